@@ -1,1 +1,20 @@
-//! Herald node library.
+//! A Herald node.
+//!
+//! - [`state`]: the pure replicated state machine (presence, sessions,
+//!   account pools): `apply(entry, command) -> response`, no I/O, no clock.
+//! - [`raft`]: openraft glue: types, the sled log store, the state store and
+//!   the gRPC network.
+//! - [`api`]: the tonic client/admin/peer services and the HTTP JSON API.
+//! - [`node`]: the handle every service shares: propose, linearize.
+//! - [`server`]: start and stop a node; [`config`], [`clock`], [`expiry`],
+//!   [`telemetry`].
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod expiry;
+pub mod node;
+pub mod raft;
+pub mod server;
+pub mod state;
+pub mod telemetry;

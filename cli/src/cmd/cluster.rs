@@ -1,0 +1,191 @@
+//! `heraldctl cluster ...`: status, membership and leadership, like
+//! etcdctl's `endpoint status`, `member ...` and `move-leader`.
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use herald_client::proto::{self, AdminResponse};
+
+use super::Ctx;
+use crate::output::{self, Format, Table, print_json, to_json};
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Every member's own view: role, term, log and applied index, leader
+    Status,
+    /// List the members
+    Members,
+    /// Add a node as a non-voting learner (it catches up, then can be promoted)
+    AddLearner {
+        /// Raft node id (unique, never reused)
+        #[arg(long)]
+        id: u64,
+        /// Sequence number: the lowest healthy number is the preferred leader
+        #[arg(long)]
+        number: u32,
+        /// Raft peer gRPC address
+        #[arg(long)]
+        peer: String,
+        /// Client gRPC address
+        #[arg(long)]
+        client: String,
+        /// HTTP address
+        #[arg(long)]
+        http: String,
+    },
+    /// Make a learner a voter
+    Promote {
+        /// The node's id
+        id: u64,
+    },
+    /// Remove a node from the cluster
+    Remove {
+        /// The node's id
+        id: u64,
+    },
+    /// Hand leadership to another voter
+    MoveLeader {
+        /// The new leader's id
+        id: u64,
+    },
+    /// Build a snapshot now (then the log is purged up to it)
+    Snapshot {
+        /// On this node's client address (default: whichever endpoint answers)
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
+    let client = &ctx.client;
+    let resp = match cmd {
+        Cmd::Status => return status(ctx).await,
+        Cmd::Members => {
+            let resp = client.members().await?;
+            match ctx.format {
+                Format::Json => print_json(&to_json::members(&resp)),
+                Format::Table => {
+                    let mut table = Table::new(&[
+                        "ID",
+                        "NUMBER",
+                        "PEER ADDR",
+                        "CLIENT ADDR",
+                        "HTTP ADDR",
+                        "VOTER",
+                        "LEADER",
+                    ]);
+                    for m in &resp.members {
+                        table.row(vec![
+                            m.id.to_string(),
+                            m.number.to_string(),
+                            m.peer_addr.clone(),
+                            m.client_addr.clone(),
+                            m.http_addr.clone(),
+                            output::yes_no(m.voter),
+                            output::yes_no(m.id == resp.leader_id),
+                        ]);
+                    }
+                    table.print();
+                }
+            }
+            return Ok(());
+        }
+        Cmd::AddLearner {
+            id,
+            number,
+            peer,
+            client: client_addr,
+            http,
+        } => {
+            client
+                .add_learner(proto::Member {
+                    id,
+                    number,
+                    peer_addr: peer,
+                    client_addr,
+                    http_addr: http,
+                    voter: false,
+                })
+                .await?
+        }
+        Cmd::Promote { id } => client.promote(id).await?,
+        Cmd::Remove { id } => client.remove(id).await?,
+        Cmd::MoveLeader { id } => client.transfer_leader(id).await?,
+        Cmd::Snapshot { node: Some(node) } => client.snapshot_on(&node).await?,
+        Cmd::Snapshot { node: None } => client.snapshot().await?,
+    };
+    print_admin(ctx.format, &resp);
+    Ok(())
+}
+
+async fn status(ctx: &Ctx) -> Result<()> {
+    let cluster = ctx.client.cluster_status().await?;
+    match ctx.format {
+        Format::Json => {
+            let members: Vec<_> = cluster
+                .members
+                .iter()
+                .map(|m| {
+                    let mut entry = serde_json::json!({ "member": to_json::member(&m.member) });
+                    match &m.status {
+                        Ok(s) => entry["status"] = to_json::node_status(s),
+                        Err(e) => entry["error"] = e.to_string().into(),
+                    }
+                    entry
+                })
+                .collect();
+            print_json(&serde_json::json!({ "leader_id": cluster.leader_id, "members": members }));
+        }
+        Format::Table => {
+            let mut table = Table::new(&[
+                "ID",
+                "NUMBER",
+                "CLIENT ADDR",
+                "ROLE",
+                "TERM",
+                "LAST LOG",
+                "APPLIED",
+                "LEADER",
+                "SNAPSHOT",
+            ]);
+            for m in &cluster.members {
+                let mut row = vec![
+                    m.member.id.to_string(),
+                    m.member.number.to_string(),
+                    m.member.client_addr.clone(),
+                ];
+                match &m.status {
+                    Ok(s) => row.extend([
+                        s.role.clone(),
+                        s.term.to_string(),
+                        s.last_log_index.to_string(),
+                        s.applied_index.to_string(),
+                        output::or_dash(s.leader_id),
+                        output::or_dash(s.snapshot_index),
+                    ]),
+                    Err(_) => {
+                        row.extend(["unreachable", "-", "-", "-", "-", "-"].map(String::from))
+                    }
+                }
+                table.row(row);
+            }
+            table.print();
+            for m in &cluster.members {
+                if let Err(e) = &m.status {
+                    eprintln!("node {} ({}): {e}", m.member.id, m.member.client_addr);
+                }
+            }
+        }
+    }
+    if cluster.members.iter().all(|m| m.status.is_err()) && !cluster.members.is_empty() {
+        bail!("no member answered");
+    }
+    Ok(())
+}
+
+fn print_admin(format: Format, resp: &AdminResponse) {
+    match format {
+        Format::Json => print_json(&to_json::admin(resp)),
+        Format::Table if resp.log_index == 0 => println!("OK: {}", resp.message),
+        Format::Table => println!("OK: {} (log index {})", resp.message, resp.log_index),
+    }
+}

@@ -1,0 +1,190 @@
+//! `heraldctl playground`: a local cluster in one command, like
+//! `tiup playground`. The process handling lives in
+//! [`herald_cli::playground`]; this is the part that talks to the user.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+use herald_cli::playground::{LocalCluster, Options, locate_node_binary};
+
+/// How long the nodes get to agree on a leader.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the nodes get to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// How many nodes
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
+    nodes: u32,
+    /// Directory for configs, data and logs (default: .playground/<unix time>);
+    /// must be absent or empty
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Node i listens on peer base+i, client base+100+i, HTTP base+200+i,
+    /// time sync base+300+i
+    #[arg(long, default_value_t = 7100)]
+    base_port: u16,
+    /// The herald-node binary (default: next to heraldctl, rebuilt first
+    /// when run by cargo)
+    #[arg(long)]
+    node_bin: Option<PathBuf>,
+    /// Keep the directory after exit
+    #[arg(long)]
+    keep: bool,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let node_bin = locate_node_binary(args.node_bin, |cmd| println!("building the node: {cmd}"))?;
+    let dir = match args.dir {
+        Some(dir) => dir,
+        None => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            std::env::current_dir()
+                .context("finding the current directory")?
+                .join(".playground")
+                .join(now.to_string())
+        }
+    };
+    let options = Options {
+        nodes: args.nodes,
+        dir,
+        base_port: args.base_port,
+        node_bin,
+    };
+    let mut cluster = LocalCluster::start(&options).await?;
+    println!(
+        "started {} node(s) from {} in {}",
+        args.nodes,
+        options.node_bin.display(),
+        cluster.dir().display()
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    // 1. Wait for a leader every node agrees on, unless the user gives up.
+    let waited = tokio::select! {
+        r = cluster.wait_for_leader(STARTUP_TIMEOUT, |picture| println!("waiting for a leader: {picture}")) => Some(r),
+        _ = &mut ctrl_c => None,
+        _ = sigterm.recv() => None,
+    };
+    let leader = match waited {
+        None => return shut_down(cluster, args.keep, "interrupted during startup").await,
+        Some(Ok(leader)) => leader,
+        Some(Err(e)) => return fail(cluster, e.to_string()).await,
+    };
+    print_banner(&cluster, leader, args.base_port);
+
+    // 2. Run until the user stops us or a node dies.
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => {
+                if let Some((id, status)) = cluster.exited_node() {
+                    return fail(cluster, format!("node{id} exited unexpectedly ({status})")).await;
+                }
+            }
+        }
+    }
+    shut_down(cluster, args.keep, "stopping").await
+}
+
+/// Stops the nodes and removes the directory unless asked to keep it.
+async fn shut_down(mut cluster: LocalCluster, keep: bool, why: &str) -> Result<()> {
+    println!("\n{why}: sending SIGTERM to the nodes...");
+    let killed = cluster.stop(STOP_GRACE).await;
+    if !killed.is_empty() {
+        let ids: Vec<String> = killed.iter().map(|id| format!("node{id}")).collect();
+        println!("killed after {STOP_GRACE:?}: {}", ids.join(", "));
+    }
+    if keep {
+        println!("kept {}", cluster.dir().display());
+    } else {
+        std::fs::remove_dir_all(cluster.dir())
+            .with_context(|| format!("removing {}", cluster.dir().display()))?;
+        println!("removed {}", cluster.dir().display());
+    }
+    Ok(())
+}
+
+/// Shows the log tails, stops the rest, keeps the directory for a post-mortem.
+async fn fail(mut cluster: LocalCluster, why: String) -> Result<()> {
+    for node in cluster.nodes() {
+        let id = node.config.id;
+        eprintln!("--- last lines of {} ---", node.log_path.display());
+        eprintln!("{}", cluster.log_tail(id, 20));
+    }
+    cluster.stop(STOP_GRACE).await;
+    bail!("{why}; logs and data kept in {}", cluster.dir().display())
+}
+
+fn print_banner(cluster: &LocalCluster, leader: u64, base_port: u16) {
+    let mut table =
+        crate::output::Table::new(&["NODE", "CLIENT GRPC", "HTTP", "PEER", "DATA DIR", "LOG"]);
+    for node in cluster.nodes() {
+        let c = &node.config;
+        let name = if c.id == leader {
+            format!("node{} (leader)", c.id)
+        } else {
+            format!("node{}", c.id)
+        };
+        table.row(vec![
+            name,
+            c.listen.client.clone(),
+            format!("http://{}", c.listen.http),
+            c.listen.peer.clone(),
+            c.data_dir.clone(),
+            node.log_path.display().to_string(),
+        ]);
+    }
+    println!(
+        "\nHerald playground is up: {} node(s), leader node{leader}",
+        cluster.nodes().len()
+    );
+    table.print();
+
+    let exe = heraldctl_path();
+    let endpoints = if base_port == 7100 {
+        String::new()
+    } else {
+        format!(" --endpoints {}", cluster.client_endpoints().join(","))
+    };
+    let http = cluster
+        .nodes()
+        .first()
+        .map(|n| n.config.listen.http.clone())
+        .unwrap_or_default();
+    println!("\nTry:");
+    for example in [
+        "cluster status",
+        "presence login alice --sid 1001 --client pc --ttl 30s",
+        "presence batch alice bob",
+        "presence watch",
+        "session connect --terminal imei:490154203237518 --app https://apps.example/quiz",
+        "pool platform-create tv --unit 'name=news,qos=gold,response-ms=200,policy=leased'",
+    ] {
+        println!("  {exe}{endpoints} {example}");
+    }
+    println!("  curl 'http://{http}/v1/presence?ids=alice,bob'");
+    println!("\nPress Ctrl-C to stop the cluster.");
+}
+
+/// How to call this heraldctl from the current directory: a relative path
+/// when it is below it (`target/release/heraldctl`), else the full path.
+fn heraldctl_path() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "heraldctl".into();
+    };
+    let relative = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(PathBuf::from));
+    relative.unwrap_or(exe).display().to_string()
+}

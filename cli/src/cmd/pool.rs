@@ -1,0 +1,394 @@
+//! `heraldctl pool ...`: P-iptv's platforms, units and pools of temporary
+//! accounts.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use herald_cli::duration::{as_millis, format_millis};
+use herald_client::new_request_id;
+use herald_client::proto::{self, Lease, Platform, Pool};
+
+use super::{Ctx, consistency};
+use crate::args;
+use crate::output::{self, Format, Table, print_json, to_json};
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Create an interactive-application platform with its units
+    PlatformCreate {
+        /// The platform's name
+        name: String,
+        /// A unit, repeatable: 'name=news,qos=gold,response-ms=200,policy=leased,start=0,end=0'
+        /// (policy: leased, holder-only, closed; start/end: ms since the epoch, 0 = open)
+        #[arg(long = "unit", value_parser = args::unit_spec, required = true)]
+        units: Vec<proto::UnitSpec>,
+    },
+    /// Create a pool of temporary accounts for a unit
+    Create {
+        /// The unit's id
+        #[arg(long)]
+        unit: u64,
+        /// The pool's name
+        #[arg(long)]
+        name: String,
+        /// Accounts made in advance
+        #[arg(long)]
+        provision: u32,
+        /// Grow on demand up to this many accounts (default: provision only)
+        #[arg(long, default_value_t = 0)]
+        max: u32,
+        /// Default lease length (e.g. 1h)
+        #[arg(long, value_parser = args::duration)]
+        ttl: Option<Duration>,
+    },
+    /// Lease a temporary account to a user
+    Lease {
+        /// The pool's id
+        pool: u64,
+        /// The user to lease to
+        #[arg(long)]
+        user: String,
+        /// Lease length (default: the pool's)
+        #[arg(long, value_parser = args::duration)]
+        ttl: Option<Duration>,
+        /// Makes retries safe: the same id returns the same lease (default: a fresh one, printed)
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Extend a lease
+    Renew {
+        /// The lease's id
+        lease: u64,
+        /// The lease holder
+        #[arg(long)]
+        user: String,
+        /// New length from now (default: the pool's)
+        #[arg(long, value_parser = args::duration)]
+        ttl: Option<Duration>,
+    },
+    /// Give a leased account back (its data is cleared, its password reset)
+    Release {
+        /// The lease's id
+        lease: u64,
+        /// The lease holder
+        #[arg(long)]
+        user: String,
+    },
+    /// List pools (and platforms)
+    List {
+        /// Only the pools of this unit
+        #[arg(long)]
+        unit: Option<u64>,
+        /// Read the answering node's local state (fast, possibly stale)
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// List a pool's live leases
+    Leases {
+        /// The pool's id
+        pool: u64,
+        /// Read the answering node's local state (fast, possibly stale)
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Log a viewer in to a unit with an account and password
+    Login {
+        /// The unit's id
+        #[arg(long)]
+        unit: u64,
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        password: String,
+        /// The viewer's user id
+        #[arg(long)]
+        user: String,
+    },
+}
+
+pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
+    let client = &ctx.client;
+    match cmd {
+        Cmd::PlatformCreate { name, units } => {
+            let platform = client
+                .create_platform(proto::CreatePlatformRequest { name, units })
+                .await?;
+            print_platforms(ctx.format, std::slice::from_ref(&platform), true);
+        }
+        Cmd::Create {
+            unit,
+            name,
+            provision,
+            max,
+            ttl,
+        } => {
+            let pool = client
+                .create_pool(proto::CreatePoolRequest {
+                    unit_id: unit,
+                    name,
+                    provision,
+                    max_size: max,
+                    default_ttl_ms: ttl.map_or(0, as_millis),
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&to_json::pool(&pool)),
+                Format::Table => print_pools(&[pool]),
+            }
+        }
+        Cmd::Lease {
+            pool,
+            user,
+            ttl,
+            request_id,
+        } => {
+            let request_id = request_id.unwrap_or_else(|| {
+                let id = new_request_id();
+                // Before the call, so it is at hand if the outcome is unknown.
+                eprintln!("request id: {id} (retry with --request-id {id} to get the same lease)");
+                id
+            });
+            let resp = client
+                .lease_account(proto::LeaseRequest {
+                    pool_id: pool,
+                    user,
+                    ttl_ms: ttl.map_or(0, as_millis),
+                    request_id,
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&to_json::lease_response(&resp)),
+                Format::Table => {
+                    let mut table = Table::new(&[
+                        "LEASE",
+                        "POOL",
+                        "ACCOUNT",
+                        "PASSWORD",
+                        "HOLDER",
+                        "EXPIRES",
+                        "REQUEST ID",
+                        "REPLAYED",
+                    ]);
+                    if let Some(l) = &resp.lease {
+                        table.row(vec![
+                            l.lease_id.to_string(),
+                            l.pool_id.to_string(),
+                            l.account.clone(),
+                            resp.password.clone(),
+                            l.holder.clone(),
+                            output::time(l.expires_ms),
+                            l.request_id.clone(),
+                            output::yes_no(resp.replayed),
+                        ]);
+                    }
+                    table.print();
+                }
+            }
+        }
+        Cmd::Renew { lease, user, ttl } => {
+            let lease = client
+                .renew_lease(proto::RenewRequest {
+                    lease_id: lease,
+                    user,
+                    ttl_ms: ttl.map_or(0, as_millis),
+                })
+                .await?;
+            print_leases(ctx.format, &[lease], true);
+        }
+        Cmd::Release { lease, user } => {
+            client
+                .release_lease(proto::ReleaseRequest {
+                    lease_id: lease,
+                    user,
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&serde_json::json!({})),
+                Format::Table => println!("OK: lease {lease} released"),
+            }
+        }
+        Cmd::List { unit, serializable } => {
+            let resp = client
+                .list_pools(unit.unwrap_or(0), consistency(serializable))
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&to_json::pools(&resp)),
+                Format::Table => {
+                    print_pools(&resp.pools);
+                    if !resp.platforms.is_empty() {
+                        print_platforms(Format::Table, &resp.platforms, false);
+                    }
+                }
+            }
+        }
+        Cmd::Leases { pool, serializable } => {
+            let leases = client.list_leases(pool, consistency(serializable)).await?;
+            print_leases(ctx.format, &leases, false);
+        }
+        Cmd::Login {
+            unit,
+            account,
+            password,
+            user,
+        } => {
+            let resp = client
+                .account_login(proto::AccountLoginRequest {
+                    unit_id: unit,
+                    account: account.clone(),
+                    password,
+                    user,
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&to_json::account_login(&resp)),
+                Format::Table if resp.ok => {
+                    println!("OK: {account} logged in to unit {unit}");
+                    if let Some(lease) = &resp.lease {
+                        print_leases(Format::Table, std::slice::from_ref(lease), false);
+                    }
+                    if !resp.data.is_empty() {
+                        let mut keys: Vec<_> = resp.data.iter().collect();
+                        keys.sort();
+                        let mut table = Table::new(&["KEY", "VALUE"]);
+                        for (k, v) in keys {
+                            table.row(vec![k.clone(), output::bytes_preview(v)]);
+                        }
+                        table.print();
+                    }
+                }
+                Format::Table => {}
+            }
+            if !resp.ok {
+                bail!("login refused: {}", resp.reason);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_pools(pools: &[Pool]) {
+    let mut table = Table::new(&[
+        "POOL",
+        "UNIT",
+        "NAME",
+        "SIZE",
+        "MAX",
+        "FREE",
+        "LEASED",
+        "EXPIRED",
+        "DEFAULT TTL",
+    ]);
+    for p in pools {
+        table.row(vec![
+            p.pool_id.to_string(),
+            p.unit_id.to_string(),
+            p.name.clone(),
+            p.size.to_string(),
+            if p.max_size == 0 {
+                "-".into()
+            } else {
+                p.max_size.to_string()
+            },
+            p.free.to_string(),
+            p.leased.to_string(),
+            p.expired_total.to_string(),
+            if p.default_ttl_ms == 0 {
+                "-".into()
+            } else {
+                format_millis(p.default_ttl_ms)
+            },
+        ]);
+    }
+    table.print();
+}
+
+fn print_platforms(format: Format, platforms: &[Platform], single: bool) {
+    if format == Format::Json {
+        if let (true, [p]) = (single, platforms) {
+            print_json(&to_json::platform(p));
+        } else {
+            print_json(&serde_json::Value::Array(
+                platforms.iter().map(to_json::platform).collect(),
+            ));
+        }
+        return;
+    }
+    let mut table = Table::new(&[
+        "PLATFORM",
+        "NAME",
+        "UNIT",
+        "UNIT NAME",
+        "QOS",
+        "RESPONSE",
+        "POLICY",
+        "SERVICE START",
+        "SERVICE END",
+    ]);
+    for p in platforms {
+        if p.units.is_empty() {
+            table.row(vec![p.platform_id.to_string(), p.name.clone()]);
+        }
+        for u in &p.units {
+            let spec = u.spec.clone().unwrap_or_default();
+            table.row(vec![
+                p.platform_id.to_string(),
+                p.name.clone(),
+                u.unit_id.to_string(),
+                spec.name,
+                if spec.qos_class.is_empty() {
+                    "-".into()
+                } else {
+                    spec.qos_class
+                },
+                if spec.response_time_ms == 0 {
+                    "-".into()
+                } else {
+                    format!("{}ms", spec.response_time_ms)
+                },
+                output::access_policy(spec.access_policy),
+                output::time(spec.service_start_ms),
+                output::time(spec.service_end_ms),
+            ]);
+        }
+    }
+    table.print();
+}
+
+fn print_leases(format: Format, leases: &[Lease], single: bool) {
+    if format == Format::Json {
+        if let (true, [l]) = (single, leases) {
+            print_json(&to_json::lease(l));
+        } else {
+            print_json(&serde_json::json!({
+                "leases": leases.iter().map(to_json::lease).collect::<Vec<_>>()
+            }));
+        }
+        return;
+    }
+    let mut table = Table::new(&[
+        "LEASE",
+        "POOL",
+        "ACCOUNT",
+        "HOLDER",
+        "GRANTED",
+        "EXPIRES",
+        "REQUEST ID",
+    ]);
+    for l in leases {
+        table.row(vec![
+            l.lease_id.to_string(),
+            l.pool_id.to_string(),
+            l.account.clone(),
+            l.holder.clone(),
+            output::time(l.granted_ms),
+            output::time(l.expires_ms),
+            if l.request_id.is_empty() {
+                "-".into()
+            } else {
+                l.request_id.clone()
+            },
+        ]);
+    }
+    table.print();
+}

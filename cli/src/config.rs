@@ -1,0 +1,302 @@
+//! Node config files for local clusters: the layout `heraldctl playground`,
+//! `cluster-configs/` and the chaos suite share.
+//!
+//! Node `i` (1-based) of a local cluster on `base` listens on
+//! peer `base+i`, client `base+100+i`, HTTP `base+200+i` and time sync
+//! `base+300+i`; base 7100 gives clients on 7201.., heraldctl's default
+//! endpoints. The node reads these files with `deny_unknown_fields`, so this
+//! module writes exactly its schema and nothing more.
+
+use serde::{Deserialize, Serialize};
+
+/// The loopback address every local node listens on.
+pub const LOCAL_HOST: &str = "127.0.0.1";
+
+/// One node's config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    /// Raft node id, unique in the cluster.
+    pub id: u64,
+    /// Sequence number: the lowest healthy number is the preferred leader.
+    pub number: u32,
+    /// Where the node keeps its data; relative paths are relative to the
+    /// node's working directory.
+    pub data_dir: String,
+    /// Listen addresses.
+    pub listen: Listen,
+    /// The founding members, the same on every founding node; empty for a
+    /// node that will join as a learner.
+    #[serde(default)]
+    pub initial_members: Vec<Member>,
+    /// Raft timings.
+    pub raft: Raft,
+}
+
+/// The addresses a node listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listen {
+    /// Raft peer gRPC.
+    pub peer: String,
+    /// Client and admin gRPC.
+    pub client: String,
+    /// HTTP JSON (`/v1/presence`, `/health`).
+    pub http: String,
+    /// SNTP time sync (reserved).
+    pub time_sync: String,
+}
+
+/// A founding member as every node's config lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Raft node id.
+    pub id: u64,
+    /// Sequence number.
+    pub number: u32,
+    /// Raft peer gRPC address.
+    pub peer: String,
+    /// Client gRPC address.
+    pub client: String,
+    /// HTTP address.
+    pub http: String,
+}
+
+/// Raft timings and compaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Raft {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot every this many applied entries, then purge the log.
+    pub snapshot_every: u64,
+}
+
+impl Default for Raft {
+    /// Timings for loopback: elections well above the heartbeat, quick enough
+    /// that losing the leader costs well under a second.
+    fn default() -> Self {
+        Raft {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+/// The four ports of node `i` (1-based) of a local cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// Raft peer gRPC: `base + i`.
+    pub peer: u16,
+    /// Client gRPC: `base + 100 + i`.
+    pub client: u16,
+    /// HTTP: `base + 200 + i`.
+    pub http: u16,
+    /// Time sync: `base + 300 + i`.
+    pub time_sync: u16,
+}
+
+impl Ports {
+    /// The ports of node `i` on `base`, or `None` if they do not fit in a
+    /// u16 (or `i` is 0 or above 99, where the ranges would overlap).
+    pub fn of(base: u16, i: u32) -> Option<Ports> {
+        if !(1..=99).contains(&i) {
+            return None;
+        }
+        let port = |offset: u32| u16::try_from(u32::from(base) + offset + i).ok();
+        Some(Ports {
+            peer: port(0)?,
+            client: port(100)?,
+            http: port(200)?,
+            time_sync: port(300)?,
+        })
+    }
+}
+
+/// The configs of an `n`-node local cluster on `base`, node `i` keeping its
+/// data in `{data_root}/node{i}`. Node ids and numbers are both `i`.
+pub fn local_cluster(n: u32, base: u16, data_root: &str) -> Result<Vec<NodeConfig>, String> {
+    if n == 0 {
+        return Err("a cluster needs at least one node".into());
+    }
+    let ports = (1..=n)
+        .map(|i| {
+            Ports::of(base, i).ok_or_else(|| {
+                format!("node {i} of {n} does not fit on base port {base} (at most 99 nodes, ports up to 65535)")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let addr = |port: u16| format!("{LOCAL_HOST}:{port}");
+    let members: Vec<Member> = (1..=n)
+        .zip(&ports)
+        .map(|(i, p)| Member {
+            id: u64::from(i),
+            number: i,
+            peer: addr(p.peer),
+            client: addr(p.client),
+            http: addr(p.http),
+        })
+        .collect();
+    let root = data_root.trim_end_matches('/');
+    Ok((1..=n)
+        .zip(&ports)
+        .map(|(i, p)| NodeConfig {
+            id: u64::from(i),
+            number: i,
+            data_dir: format!("{root}/node{i}"),
+            listen: Listen {
+                peer: addr(p.peer),
+                client: addr(p.client),
+                http: addr(p.http),
+                time_sync: addr(p.time_sync),
+            },
+            initial_members: members.clone(),
+            raft: Raft::default(),
+        })
+        .collect())
+}
+
+impl NodeConfig {
+    /// The config as a commented TOML file, in the layout documented in
+    /// `cluster-configs/README.md`.
+    pub fn to_toml(&self) -> String {
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let mut out = String::new();
+        out.push_str(&format!(
+            "# Herald node {id}, generated by heraldctl (see cluster-configs/README.md).\n\
+             # Raft node id: unique, never reused.\n\
+             id = {id}\n\
+             # Sequence number: the lowest healthy number is the preferred leader.\n\
+             number = {number}\n\
+             data_dir = {data_dir}\n\n",
+            id = self.id,
+            number = self.number,
+            data_dir = q(&self.data_dir),
+        ));
+        out.push_str(&format!(
+            "[listen]\n\
+             # Raft peer gRPC\n\
+             peer = {}\n\
+             # client + admin gRPC\n\
+             client = {}\n\
+             # HTTP JSON (/v1/presence, /health)\n\
+             http = {}\n\
+             # SNTP (reserved)\n\
+             time_sync = {}\n",
+            q(&self.listen.peer),
+            q(&self.listen.client),
+            q(&self.listen.http),
+            q(&self.listen.time_sync),
+        ));
+        if self.initial_members.is_empty() {
+            out.push_str(
+                "\n# No initial_members: this node joins an existing cluster as a learner.\n",
+            );
+        } else {
+            out.push_str("\n# The founding members: the same list on every founding node.\n");
+        }
+        for m in &self.initial_members {
+            out.push_str(&format!(
+                "[[initial_members]]\n\
+                 id = {}\n\
+                 number = {}\n\
+                 peer = {}\n\
+                 client = {}\n\
+                 http = {}\n\n",
+                m.id,
+                m.number,
+                q(&m.peer),
+                q(&m.client),
+                q(&m.http),
+            ));
+        }
+        if self.initial_members.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "[raft]\n\
+             heartbeat_ms = {}\n\
+             election_timeout_min_ms = {}\n\
+             election_timeout_max_ms = {}\n\
+             # Build a snapshot every N applied entries, then purge the log.\n\
+             snapshot_every = {}\n",
+            self.raft.heartbeat_ms,
+            self.raft.election_timeout_min_ms,
+            self.raft.election_timeout_max_ms,
+            self.raft.snapshot_every,
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn ports_follow_the_documented_scheme() {
+        assert_eq!(
+            Ports::of(7100, 1),
+            Some(Ports {
+                peer: 7101,
+                client: 7201,
+                http: 7301,
+                time_sync: 7401
+            })
+        );
+        assert_eq!(Ports::of(7100, 3).map(|p| p.client), Some(7203));
+        assert_eq!(Ports::of(7100, 0), None);
+        assert_eq!(Ports::of(7100, 100), None);
+        assert_eq!(Ports::of(65300, 1), None);
+    }
+
+    #[test]
+    fn every_node_lists_the_same_founders() {
+        let nodes = local_cluster(3, 7100, "/tmp/pg/").expect("fits");
+        assert_eq!(nodes.len(), 3);
+        assert_eq!(nodes[1].data_dir, "/tmp/pg/node2");
+        assert_eq!(nodes[2].listen.client, "127.0.0.1:7203");
+        for node in &nodes {
+            assert_eq!(node.initial_members, nodes[0].initial_members);
+        }
+        assert!(local_cluster(0, 7100, "x").is_err());
+        assert!(local_cluster(3, 65400, "x").is_err());
+    }
+
+    #[test]
+    fn rendered_toml_parses_back() {
+        for mut node in local_cluster(5, 9000, "data/with \"quotes\"").expect("fits") {
+            let parsed: NodeConfig = toml::from_str(&node.to_toml()).expect("valid TOML");
+            assert_eq!(parsed, node);
+            node.initial_members.clear();
+            let parsed: NodeConfig = toml::from_str(&node.to_toml()).expect("valid TOML");
+            assert_eq!(parsed, node);
+        }
+    }
+
+    /// `cluster-configs/` must be exactly what this module renders. Run with
+    /// `HERALD_BLESS_CONFIGS=1` to rewrite them after changing the layout.
+    #[test]
+    fn checked_in_cluster_configs_match() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cluster-configs");
+        let bless = std::env::var_os("HERALD_BLESS_CONFIGS").is_some();
+        for n in [3u32, 5] {
+            let name = format!("local-{n}");
+            let nodes = local_cluster(n, 7100, &format!("data/{name}")).expect("fits");
+            for node in nodes {
+                let path = root.join(&name).join(format!("node{}.toml", node.id));
+                if bless {
+                    std::fs::create_dir_all(root.join(&name)).expect("mkdir");
+                    std::fs::write(&path, node.to_toml()).expect("write");
+                }
+                let on_disk = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert_eq!(on_disk, node.to_toml(), "{} is stale", path.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! A local cluster of `herald-node` processes: what `heraldctl playground`
+//! runs, and what the chaos suite can start its clusters with.
+//!
+//! Each node gets a config file, a data directory and a log file under one
+//! directory. The processes run in their own process group, so a Ctrl-C in
+//! the terminal reaches only heraldctl, which then stops the nodes in order:
+//! SIGTERM, a grace period, SIGKILL for stragglers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use herald_client::{Client, ClientConfig};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::config::{NodeConfig, local_cluster};
+
+/// Where the `herald-node` binary is.
+///
+/// An explicit path wins. Otherwise the binary next to the current
+/// executable (`target/release/` when run by cargo). When running under cargo
+/// (`CARGO` is set) it is built first, so a playground never runs a stale or
+/// missing node; `announce` is told the command before it runs.
+pub fn locate_node_binary(
+    explicit: Option<PathBuf>,
+    mut announce: impl FnMut(&str),
+) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            bail!("--node-bin {}: no such file", path.display());
+        }
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("finding the current executable")?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?;
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        announce("cargo build --release -p herald-node --bin herald-node");
+        let status = std::process::Command::new(&cargo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "herald-node",
+                "--bin",
+                "herald-node",
+            ])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .status()
+            .with_context(|| format!("running {}", PathBuf::from(&cargo).display()))?;
+        if !status.success() {
+            bail!("building herald-node failed ({status})");
+        }
+    }
+    let node = dir.join(format!("herald-node{}", std::env::consts::EXE_SUFFIX));
+    if !node.is_file() {
+        bail!(
+            "{} not found; build it with `cargo build --release -p herald-node` or pass --node-bin",
+            node.display()
+        );
+    }
+    Ok(node)
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How many founding nodes.
+    pub nodes: u32,
+    /// The directory for configs, data and logs: created if absent, refused
+    /// if it exists and is not empty.
+    pub dir: PathBuf,
+    /// Port base; see [`crate::config`].
+    pub base_port: u16,
+    /// The `herald-node` binary.
+    pub node_bin: PathBuf,
+}
+
+/// One running node.
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// Its config.
+    pub config: NodeConfig,
+    /// Where the config file is.
+    pub config_path: PathBuf,
+    /// Where its stdout and stderr go.
+    pub log_path: PathBuf,
+    child: Child,
+    exited: Option<ExitStatus>,
+}
+
+/// A running local cluster. Dropping it kills the nodes (`kill_on_drop`);
+/// [`stop`](LocalCluster::stop) is the orderly way.
+#[derive(Debug)]
+pub struct LocalCluster {
+    dir: PathBuf,
+    nodes: Vec<NodeProcess>,
+}
+
+impl LocalCluster {
+    /// Writes the configs and data directories and spawns the nodes. Does
+    /// not wait for them; see [`wait_for_leader`](LocalCluster::wait_for_leader).
+    pub async fn start(options: &Options) -> Result<LocalCluster> {
+        let dir = prepare_dir(&options.dir)?;
+        let root = dir
+            .to_str()
+            .ok_or_else(|| anyhow!("{}: the path is not UTF-8", dir.display()))?;
+        let configs =
+            local_cluster(options.nodes, options.base_port, root).map_err(|e| anyhow!(e))?;
+        let mut nodes = Vec::with_capacity(configs.len());
+        for config in configs {
+            let config_path = dir.join(format!("node{}.toml", config.id));
+            let log_path = dir.join(format!("node{}.log", config.id));
+            std::fs::write(&config_path, config.to_toml())
+                .with_context(|| format!("writing {}", config_path.display()))?;
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating {}", config.data_dir))?;
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let log_err = log.try_clone().context("duplicating the log file handle")?;
+            let child = Command::new(&options.node_bin)
+                .arg("--config")
+                .arg(&config_path)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err)
+                // Own process group: the terminal's Ctrl-C is ours to handle.
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", options.node_bin.display()))?;
+            nodes.push(NodeProcess {
+                config,
+                config_path,
+                log_path,
+                child,
+                exited: None,
+            });
+        }
+        Ok(LocalCluster { dir, nodes })
+    }
+
+    /// The cluster's directory (absolute).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The nodes, in id order.
+    pub fn nodes(&self) -> &[NodeProcess] {
+        &self.nodes
+    }
+
+    /// Every node's client gRPC address, for [`Client::new`].
+    pub fn client_endpoints(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| n.config.listen.client.clone())
+            .collect()
+    }
+
+    /// The first node found to have exited since the last call, if any.
+    pub fn exited_node(&mut self) -> Option<(u64, ExitStatus)> {
+        for node in &mut self.nodes {
+            if node.exited.is_some() {
+                continue;
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                node.exited = Some(status);
+                return Some((node.config.id, status));
+            }
+        }
+        None
+    }
+
+    /// Waits until every node answers `Admin.Status` naming the same leader,
+    /// and returns that leader's id. `progress` is told each new picture of
+    /// the cluster ("node1 follower, node2 candidate, node3 unreachable").
+    /// Fails on timeout or when a node exits.
+    pub async fn wait_for_leader(
+        &mut self,
+        timeout: Duration,
+        mut progress: impl FnMut(&str),
+    ) -> Result<u64> {
+        let client = Client::with_config(
+            self.client_endpoints(),
+            ClientConfig::with_request_timeout(Duration::from_secs(1)),
+        )?;
+        let deadline = Instant::now() + timeout;
+        let mut last_picture = String::new();
+        loop {
+            if let Some((id, status)) = self.exited_node() {
+                bail!("node{id} exited during startup ({status})");
+            }
+            let endpoints = self.client_endpoints();
+            let statuses =
+                futures::future::join_all(endpoints.iter().map(|e| client.status_of(e))).await;
+            let mut leaders = BTreeMap::new();
+            let mut parts = Vec::new();
+            for (node, status) in self.nodes.iter().zip(&statuses) {
+                let id = node.config.id;
+                match status {
+                    Ok(s) => {
+                        *leaders.entry(s.leader_id).or_insert(0) += 1;
+                        let leader = if s.leader_id == 0 {
+                            "?".to_string()
+                        } else {
+                            s.leader_id.to_string()
+                        };
+                        parts.push(format!(
+                            "node{id} {} (leader {leader}, term {})",
+                            s.role, s.term
+                        ));
+                    }
+                    Err(_) => parts.push(format!("node{id} unreachable")),
+                }
+            }
+            let all_answered = statuses.iter().all(Result::is_ok);
+            if all_answered
+                && leaders.len() == 1
+                && let Some((&leader, _)) = leaders.iter().next()
+                && leader != 0
+            {
+                return Ok(leader);
+            }
+            let picture = parts.join(", ");
+            if picture != last_picture {
+                progress(&picture);
+                last_picture = picture;
+            }
+            if Instant::now() >= deadline {
+                bail!("no agreed leader after {timeout:?}: {last_picture}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The last `lines` lines of a node's log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let Some(node) = self.nodes.iter().find(|n| n.config.id == id) else {
+            return String::new();
+        };
+        match std::fs::read_to_string(&node.log_path) {
+            Ok(text) => {
+                let all: Vec<&str> = text.lines().collect();
+                all[all.len().saturating_sub(lines)..].join("\n")
+            }
+            Err(e) => format!("(cannot read {}: {e})", node.log_path.display()),
+        }
+    }
+
+    /// Stops every node: SIGTERM, up to `grace` for all to exit, then
+    /// SIGKILL for the rest. Returns the ids of the nodes that had to be
+    /// killed.
+    pub async fn stop(&mut self, grace: Duration) -> Vec<u64> {
+        for node in &mut self.nodes {
+            if node.exited.is_none()
+                && let Some(pid) = node.child.id()
+            {
+                terminate(pid);
+            }
+        }
+        let deadline = Instant::now() + grace;
+        let mut killed = Vec::new();
+        for node in &mut self.nodes {
+            if node.exited.is_some() {
+                continue;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, node.child.wait()).await {
+                Ok(Ok(status)) => node.exited = Some(status),
+                Ok(Err(_)) | Err(_) => {
+                    killed.push(node.config.id);
+                    let _ = node.child.kill().await;
+                    node.exited = node.child.try_wait().ok().flatten();
+                }
+            }
+        }
+        killed
+    }
+}
+
+/// Creates `dir` (or accepts it empty) and returns it absolute.
+fn prepare_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.exists() {
+        let mut entries =
+            std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+        if entries.next().is_some() {
+            bail!(
+                "{} exists and is not empty; pick another --dir",
+                dir.display()
+            );
+        }
+    } else {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    dir.canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))
+}
+
+/// Sends SIGTERM, the signal herald-node treats as "shut down cleanly".
+fn terminate(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) has no memory-safety preconditions. The pid is our own
+    // child that has not been reaped yet (`Child::id` is `None` after
+    // reaping), so it cannot have been reused by another process.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_non_empty_dir() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("pg");
+        assert!(prepare_dir(&dir).is_ok(), "absent is fine");
+        assert!(prepare_dir(&dir).is_ok(), "empty is fine");
+        std::fs::write(dir.join("x"), "x").expect("write");
+        let err = prepare_dir(&dir).expect_err("non-empty");
+        assert!(err.to_string().contains("not empty"), "{err}");
+    }
+
+    /// A fake node that ignores its config and sleeps: the process handling
+    /// (spawn, exit detection, SIGTERM) works without a real herald-node.
+    #[tokio::test]
+    async fn starts_and_stops_processes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fake = tmp.path().join("fake-node");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho \"started with $*\"\nexec sleep 30\n",
+        )
+        .expect("write");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let options = Options {
+            nodes: 2,
+            dir: tmp.path().join("cluster"),
+            base_port: 17100,
+            node_bin: fake,
+        };
+        let mut cluster = LocalCluster::start(&options).await.expect("start");
+        assert_eq!(
+            cluster.client_endpoints(),
+            ["127.0.0.1:17201", "127.0.0.1:17202"]
+        );
+        assert!(cluster.dir().join("node2.toml").is_file());
+        assert!(cluster.dir().join("node2").is_dir());
+        assert!(cluster.exited_node().is_none());
+        // Let the script start before stopping it, so the log has its line.
+        for _ in 0..100 {
+            if cluster.log_tail(2, 5).contains("--config") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let killed = cluster.stop(Duration::from_secs(5)).await;
+        assert!(killed.is_empty(), "sleep dies of SIGTERM: {killed:?}");
+        assert!(cluster.log_tail(2, 5).contains("--config"));
+    }
+}

@@ -1,0 +1,344 @@
+//! The admin gRPC service: node status, membership and leadership. Changes
+//! run on the leader; a follower passes them on through the leader's admin
+//! API, so any node answers every call.
+
+use std::collections::BTreeSet;
+
+use ::herald_client::proto::admin_client::AdminClient;
+use ::herald_client::proto::admin_server::Admin;
+use ::herald_client::proto::*;
+use openraft::ChangeMembers;
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use tonic::{Request, Response, Status};
+
+use crate::node::{Herald, NodeError};
+use crate::raft::Member as RaftMember;
+
+/// Serves [`Admin`] for one node.
+pub struct AdminService {
+    node: Herald,
+}
+
+impl AdminService {
+    /// An admin service over `node`.
+    pub fn new(node: Herald) -> Self {
+        AdminService { node }
+    }
+
+    /// `Some(client)` of the leader's admin API when this node is not the leader.
+    fn leader_client(&self) -> Result<Option<AdminClient<tonic::transport::Channel>>, Status> {
+        match self.node.leader() {
+            Some((id, _)) if id == self.node.id() => Ok(None),
+            Some((_, m)) => {
+                let ch =
+                    tonic::transport::Endpoint::from_shared(format!("http://{}", m.client_addr))
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .connect_lazy();
+                Ok(Some(AdminClient::new(ch)))
+            }
+            None => Err(NodeError::Unavailable("no leader elected".into()).into()),
+        }
+    }
+
+    fn done(message: String, log_index: u64) -> Result<Response<AdminResponse>, Status> {
+        Ok(Response::new(AdminResponse { message, log_index }))
+    }
+}
+
+fn raft_err(e: impl std::fmt::Display) -> Status {
+    Status::failed_precondition(e.to_string())
+}
+
+/// Converts a proto member, checking the fields a node needs.
+fn member_from_proto(m: Option<Member>) -> Result<(u64, RaftMember), Status> {
+    let m = m.ok_or_else(|| Status::invalid_argument("member: required"))?;
+    if m.id == 0 {
+        return Err(Status::invalid_argument("member.id: must be >= 1"));
+    }
+    for (field, v) in [
+        ("member.peer_addr", &m.peer_addr),
+        ("member.client_addr", &m.client_addr),
+    ] {
+        if v.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "{field}: must be host:port (an IP socket address), got {v:?}"
+            )));
+        }
+    }
+    Ok((
+        m.id,
+        RaftMember {
+            number: m.number,
+            peer_addr: m.peer_addr,
+            client_addr: m.client_addr,
+            http_addr: m.http_addr,
+        },
+    ))
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let m = self.node.raft().metrics().borrow_watched().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let cfg = self.node.config();
+        Ok(Response::new(StatusResponse {
+            status: Some(NodeStatus {
+                id: cfg.id,
+                number: cfg.number,
+                role: role.into(),
+                term: m.current_term,
+                last_log_index: m.last_log_index.unwrap_or(0),
+                applied_index: m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+                leader_id: m.current_leader.unwrap_or(0),
+                snapshot_index: m.snapshot.as_ref().map(|l| l.index()).unwrap_or(0),
+                purged_index: m.purged.as_ref().map(|l| l.index()).unwrap_or(0),
+                client_addr: cfg.listen.client.to_string(),
+                members_log_index: m
+                    .membership_config
+                    .log_id()
+                    .as_ref()
+                    .map(|l| l.index())
+                    .unwrap_or(0),
+            }),
+        }))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let (members, leader) = self.node.members();
+        Ok(Response::new(MembersResponse {
+            members: members
+                .into_iter()
+                .map(|(id, (m, voter))| Member {
+                    id,
+                    number: m.number,
+                    peer_addr: m.peer_addr,
+                    client_addr: m.client_addr,
+                    http_addr: m.http_addr,
+                    voter,
+                })
+                .collect(),
+            leader_id: leader.unwrap_or(0),
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<AddLearnerRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        if let Some(mut c) = self.leader_client()? {
+            return c.add_learner(req.into_inner()).await;
+        }
+        let (id, member) = member_from_proto(req.into_inner().member)?;
+        let (existing, _) = self.node.members();
+        if existing.contains_key(&id) {
+            return Err(Status::already_exists(format!(
+                "member {id} already exists"
+            )));
+        }
+        if existing.values().any(|(m, _)| m.number == member.number) {
+            return Err(Status::already_exists(format!(
+                "a member already has number {}",
+                member.number
+            )));
+        }
+        // Blocking: returns once the learner has caught up with the log.
+        let r = self
+            .node
+            .raft()
+            .add_learner(id, member, true)
+            .await
+            .map_err(raft_err)?;
+        tracing::info!(id, "membership: learner added");
+        Self::done(format!("added learner {id}"), r.log_id.index())
+    }
+
+    async fn promote(
+        &self,
+        req: Request<PromoteRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        if let Some(mut c) = self.leader_client()? {
+            return c.promote(req.into_inner()).await;
+        }
+        let id = req.into_inner().id;
+        let (existing, _) = self.node.members();
+        match existing.get(&id) {
+            None => {
+                return Err(Status::not_found(format!(
+                    "member {id} not found (add it as a learner first)"
+                )));
+            }
+            Some((_, true)) => {
+                return Err(Status::failed_precondition(format!(
+                    "member {id} is already a voter"
+                )));
+            }
+            Some(_) => {}
+        }
+        let r = self
+            .node
+            .raft()
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(raft_err)?;
+        tracing::info!(id, "membership: promoted to voter");
+        Self::done(format!("promoted {id} to voter"), r.log_id.index())
+    }
+
+    async fn remove(&self, req: Request<RemoveRequest>) -> Result<Response<AdminResponse>, Status> {
+        if let Some(mut c) = self.leader_client()? {
+            return c.remove(req.into_inner()).await;
+        }
+        let id = req.into_inner().id;
+        let (existing, _) = self.node.members();
+        let Some((_, voter)) = existing.get(&id) else {
+            return Err(Status::not_found(format!("member {id} not found")));
+        };
+        let change = if *voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let r = self
+            .node
+            .raft()
+            .change_membership(change, false)
+            .await
+            .map_err(raft_err)?;
+        tracing::info!(id, "membership: removed");
+        Self::done(format!("removed {id}"), r.log_id.index())
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        if let Some(mut c) = self.leader_client()? {
+            return c.change_membership(req.into_inner()).await;
+        }
+        let voters: BTreeSet<u64> = req.into_inner().voters.into_iter().collect();
+        if voters.is_empty() {
+            return Err(Status::invalid_argument(
+                "voters: must name at least one node",
+            ));
+        }
+        let (existing, _) = self.node.members();
+        if let Some(id) = voters.iter().find(|id| !existing.contains_key(id)) {
+            return Err(Status::not_found(format!(
+                "member {id} not found (add it as a learner first)"
+            )));
+        }
+        let r = self
+            .node
+            .raft()
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false)
+            .await
+            .map_err(raft_err)?;
+        tracing::info!(?voters, "membership: voters replaced");
+        Self::done(format!("voters are now {voters:?}"), r.log_id.index())
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        if let Some(mut c) = self.leader_client()? {
+            return c.transfer_leader(req.into_inner()).await;
+        }
+        let to = req.into_inner().to;
+        let (existing, _) = self.node.members();
+        match existing.get(&to) {
+            None => return Err(Status::not_found(format!("member {to} not found"))),
+            Some((_, false)) => {
+                return Err(Status::failed_precondition(format!(
+                    "member {to} is a learner, not a voter"
+                )));
+            }
+            Some(_) => {}
+        }
+        if to == self.node.id() {
+            return Self::done(format!("{to} is already the leader"), 0);
+        }
+        self.node
+            .raft()
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(raft_err)?;
+        // Wait (bounded) for the move to show, so the CLI reports the outcome.
+        let mut rx = self.node.raft().metrics();
+        let moved = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                if rx.borrow_watched().current_leader == Some(to) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        match moved {
+            Ok(()) => {
+                tracing::info!(to, "leadership transferred");
+                Self::done(format!("leadership moved to {to}"), 0)
+            }
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "leadership did not move to {to} within 5s"
+            ))),
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let (before, applied) = {
+            let m = self.node.raft().metrics().borrow_watched().clone();
+            (
+                m.snapshot.clone(),
+                m.last_applied.as_ref().map(|l| l.index()),
+            )
+        };
+        if before.as_ref().map(|l| l.index()) == applied {
+            let index = applied.unwrap_or(0);
+            return Self::done(format!("snapshot already at index {index}"), index);
+        }
+        self.node
+            .raft()
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(raft_err)?;
+        let mut rx = self.node.raft().metrics();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                let snap = rx.borrow_watched().snapshot.clone();
+                if snap.is_some() && snap != before {
+                    return snap.map(|l| l.index()).unwrap_or(0);
+                }
+                if rx.changed().await.is_err() {
+                    return 0;
+                }
+            }
+        })
+        .await;
+        match r {
+            Ok(index) => Self::done(format!("snapshot built at index {index}"), index),
+            Err(_) => Err(Status::deadline_exceeded("snapshot not built within 30s")),
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The client gRPC service (`herald.v1.Herald`): presence, sessions and
+//! account pools. Each call validates and converts its request (bad input is
+//! refused before anything is proposed), then either proposes a command
+//! through [`Herald::propose`] or reads the local state after
+//! [`Herald::linearize`] when the read asks for linearizability.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+
+use ::herald_client::proto::herald_server::Herald as HeraldApi;
+use ::herald_client::proto::*;
+use futures::Stream;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self as cv, linearizable};
+use super::status::state_status;
+use crate::node::Herald;
+use crate::state::{self, Command, StateError};
+
+/// Serves [`HeraldApi`] for one node.
+pub struct HeraldService {
+    node: Herald,
+}
+
+impl HeraldService {
+    /// A client service over `node`.
+    pub fn new(node: Herald) -> Self {
+        HeraldService { node }
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<state::Response, Status> {
+        Ok(self.node.propose(cmd).await?)
+    }
+
+    async fn read_barrier(&self, consistency: i32) -> Result<(), Status> {
+        if linearizable(consistency).map_err(|e| state_status(&e))? {
+            self.node.linearize().await?;
+        }
+        Ok(())
+    }
+}
+
+fn invalid(e: StateError) -> Status {
+    state_status(&e)
+}
+
+fn unexpected(r: state::Response) -> Status {
+    Status::internal(format!("unexpected state machine response {r:?}"))
+}
+
+fn presence_reply(r: state::Response) -> Result<Response<PresenceWriteResponse>, Status> {
+    match r {
+        state::Response::Presence(rec) => Ok(Response::new(PresenceWriteResponse {
+            record: Some(cv::record_pb(&rec)),
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn session_of(r: state::Response) -> Result<Session, Status> {
+    match r {
+        state::Response::Session(s) => Ok(cv::session_pb(&s)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Checks a uid list for batch reads and watches: count and each id's length.
+pub fn check_uids(uids: &[String]) -> Result<(), StateError> {
+    if uids.len() > state::MAX_BATCH {
+        return Err(StateError::invalid(
+            "uids",
+            format!(
+                "at most {} ids per call, got {}",
+                state::MAX_BATCH,
+                uids.len()
+            ),
+        ));
+    }
+    for (i, uid) in uids.iter().enumerate() {
+        if uid.is_empty() || uid.len() > state::limits::MAX_UID_BYTES {
+            return Err(StateError::invalid(
+                format!("uids[{i}]"),
+                format!(
+                    "must be 1..={} bytes of UTF-8, got {}",
+                    state::limits::MAX_UID_BYTES,
+                    uid.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A fresh lease password: 16 characters from an unambiguous alphabet
+/// (about 80 bits), made here, never logged and never stored in plain text.
+fn new_password() -> (String, state::PasswordHash) {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    let password: String = (0..16)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    let salt: [u8; 16] = rng.random();
+    let hash = state::PasswordHash::new(salt, &password);
+    (password, hash)
+}
+
+/// Resolves once the flag is (or becomes) true, or its sender is gone.
+async fn until_true(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<PresenceEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl HeraldApi for HeraldService {
+    async fn login(
+        &self,
+        req: Request<LoginRequest>,
+    ) -> Result<Response<PresenceWriteResponse>, Status> {
+        let cmd = Command::Login(cv::login(req.into_inner()));
+        presence_reply(self.propose(cmd).await?)
+    }
+
+    async fn logout(
+        &self,
+        req: Request<LogoutRequest>,
+    ) -> Result<Response<PresenceWriteResponse>, Status> {
+        let cmd = Command::Logout(cv::logout(req.into_inner()));
+        presence_reply(self.propose(cmd).await?)
+    }
+
+    async fn change_permission(
+        &self,
+        req: Request<PermissionRequest>,
+    ) -> Result<Response<PresenceWriteResponse>, Status> {
+        let cmd = Command::Permission(cv::permission(req.into_inner()));
+        presence_reply(self.propose(cmd).await?)
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        check_uids(std::slice::from_ref(&r.uid)).map_err(invalid)?;
+        let m = self.node.store().read();
+        let known = m
+            .state
+            .presence(&r.uid)
+            .is_some_and(|rec| rec.clients.contains_key(&r.client_type));
+        Ok(Response::new(HeartbeatResponse { known }))
+    }
+
+    async fn get_presence(
+        &self,
+        req: Request<GetPresenceRequest>,
+    ) -> Result<Response<GetPresenceResponse>, Status> {
+        let r = req.into_inner();
+        check_uids(std::slice::from_ref(&r.uid)).map_err(invalid)?;
+        self.read_barrier(r.consistency).await?;
+        let m = self.node.store().read();
+        Ok(Response::new(GetPresenceResponse {
+            record: m.state.presence(&r.uid).map(cv::record_pb),
+        }))
+    }
+
+    async fn batch_get_presence(
+        &self,
+        req: Request<BatchGetPresenceRequest>,
+    ) -> Result<Response<BatchGetPresenceResponse>, Status> {
+        let r = req.into_inner();
+        check_uids(&r.uids).map_err(invalid)?;
+        self.read_barrier(r.consistency).await?;
+        Ok(Response::new(batch_get(&self.node, &r.uids)))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let r = req.into_inner();
+        check_uids(&r.uids).map_err(invalid)?;
+        let uids: BTreeSet<String> = r.uids.into_iter().collect();
+        let store = self.node.store().clone();
+        let mut applied = store.applied();
+        let mut stopping = self.node.stopping();
+        let mut next = match r.start_revision {
+            0 => store.read().state.last_index() + 1,
+            n => n,
+        };
+        // Refuse a compacted start now, as a status rather than a broken stream.
+        store
+            .read()
+            .state
+            .presence_events_since(next, &uids)
+            .map_err(|e| Status::out_of_range(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                // Everything up to the state's last index is in its history,
+                // so resuming at last_index + 1 leaves no gap.
+                let (events, upto) = {
+                    let m = store.read();
+                    (
+                        m.state.presence_events_since(next, &uids),
+                        m.state.last_index(),
+                    )
+                };
+                match events {
+                    Ok(events) => {
+                        for e in &events {
+                            if tx.send(Ok(cv::event_pb(e))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::out_of_range(e.to_string()))).await;
+                        return;
+                    }
+                }
+                next = next.max(upto + 1);
+                tokio::select! {
+                    r = applied.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = until_true(&mut stopping) => {
+                        let _ = tx.send(Err(Status::unavailable("node shutting down; resume elsewhere"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn connect_session(
+        &self,
+        req: Request<ConnectRequest>,
+    ) -> Result<Response<ConnectResponse>, Status> {
+        let cmd = Command::Connect(cv::connect(req.into_inner()).map_err(invalid)?);
+        let session = session_of(self.propose(cmd).await?)?;
+        Ok(Response::new(ConnectResponse {
+            session: Some(session),
+        }))
+    }
+
+    async fn progress(
+        &self,
+        req: Request<ProgressRequest>,
+    ) -> Result<Response<ProgressResponse>, Status> {
+        let cmd = Command::Progress(cv::progress(req.into_inner()).map_err(invalid)?);
+        let session = session_of(self.propose(cmd).await?)?;
+        Ok(Response::new(ProgressResponse {
+            session: Some(session),
+        }))
+    }
+
+    async fn bind(&self, req: Request<BindRequest>) -> Result<Response<BindResponse>, Status> {
+        let cmd = Command::Bind(cv::bind(req.into_inner()).map_err(invalid)?);
+        match self.propose(cmd).await? {
+            state::Response::Bound => Ok(Response::new(BindResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn handoff(
+        &self,
+        req: Request<HandoffRequest>,
+    ) -> Result<Response<HandoffResponse>, Status> {
+        let cmd = Command::Handoff(cv::handoff(req.into_inner()).map_err(invalid)?);
+        match self.propose(cmd).await? {
+            state::Response::Handoff(o) => Ok(Response::new(HandoffResponse {
+                accepted: o.accepted,
+                session: Some(cv::session_pb(&o.session)),
+                refused: o.refused.iter().map(cv::terminal_pb).collect(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get_session(
+        &self,
+        req: Request<GetSessionRequest>,
+    ) -> Result<Response<GetSessionResponse>, Status> {
+        let r = req.into_inner();
+        self.read_barrier(r.consistency).await?;
+        let m = self.node.store().read();
+        let s = m
+            .state
+            .session(r.session_id)
+            .ok_or_else(|| Status::not_found(format!("session {} not found", r.session_id)))?;
+        Ok(Response::new(GetSessionResponse {
+            session: Some(cv::session_pb(s)),
+        }))
+    }
+
+    async fn session_log(
+        &self,
+        req: Request<SessionLogRequest>,
+    ) -> Result<Response<SessionLogResponse>, Status> {
+        let r = req.into_inner();
+        self.read_barrier(r.consistency).await?;
+        let m = self.node.store().read();
+        let log = m
+            .state
+            .session_log(r.session_id)
+            .ok_or_else(|| Status::not_found(format!("session {} not found", r.session_id)))?;
+        Ok(Response::new(SessionLogResponse {
+            entries: log.iter().map(cv::work_pb).collect(),
+        }))
+    }
+
+    async fn create_platform(
+        &self,
+        req: Request<CreatePlatformRequest>,
+    ) -> Result<Response<CreatePlatformResponse>, Status> {
+        let cmd = Command::CreatePlatform(cv::create_platform(req.into_inner()).map_err(invalid)?);
+        match self.propose(cmd).await? {
+            state::Response::Platform(p) => Ok(Response::new(CreatePlatformResponse {
+                platform: Some(cv::platform_pb(&p)),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn create_pool(
+        &self,
+        req: Request<CreatePoolRequest>,
+    ) -> Result<Response<CreatePoolResponse>, Status> {
+        let cmd = Command::CreatePool(cv::create_pool(req.into_inner()));
+        match self.propose(cmd).await? {
+            state::Response::Pool(p) => Ok(Response::new(CreatePoolResponse {
+                pool: Some(cv::pool_pb(&p)),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn lease_account(
+        &self,
+        req: Request<LeaseRequest>,
+    ) -> Result<Response<LeaseResponse>, Status> {
+        let (password, hash) = new_password();
+        let cmd = Command::Lease(cv::lease(req.into_inner(), hash));
+        match self.propose(cmd).await? {
+            state::Response::Lease { lease, replayed } => Ok(Response::new(LeaseResponse {
+                lease: Some(cv::lease_pb(&lease)),
+                password,
+                replayed,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn renew_lease(
+        &self,
+        req: Request<RenewRequest>,
+    ) -> Result<Response<RenewResponse>, Status> {
+        let cmd = Command::Renew(cv::renew(req.into_inner()));
+        match self.propose(cmd).await? {
+            state::Response::Lease { lease, .. } => Ok(Response::new(RenewResponse {
+                lease: Some(cv::lease_pb(&lease)),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn release_lease(
+        &self,
+        req: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        let cmd = Command::Release(cv::release(req.into_inner()));
+        match self.propose(cmd).await? {
+            state::Response::Done => Ok(Response::new(ReleaseResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn put_account_data(
+        &self,
+        req: Request<PutAccountDataRequest>,
+    ) -> Result<Response<PutAccountDataResponse>, Status> {
+        let cmd = Command::PutAccountData(cv::put_data(req.into_inner()));
+        match self.propose(cmd).await? {
+            state::Response::Done => Ok(Response::new(PutAccountDataResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_pools(
+        &self,
+        req: Request<ListPoolsRequest>,
+    ) -> Result<Response<ListPoolsResponse>, Status> {
+        let r = req.into_inner();
+        self.read_barrier(r.consistency).await?;
+        let m = self.node.store().read();
+        let unit = (r.unit_id != 0).then_some(r.unit_id);
+        Ok(Response::new(ListPoolsResponse {
+            pools: m.state.pools(unit).iter().map(cv::pool_pb).collect(),
+            platforms: m
+                .state
+                .platforms()
+                .into_iter()
+                .map(cv::platform_pb)
+                .collect(),
+        }))
+    }
+
+    async fn list_leases(
+        &self,
+        req: Request<ListLeasesRequest>,
+    ) -> Result<Response<ListLeasesResponse>, Status> {
+        let r = req.into_inner();
+        self.read_barrier(r.consistency).await?;
+        let m = self.node.store().read();
+        let leases = m.state.leases(r.pool_id).map_err(invalid)?;
+        Ok(Response::new(ListLeasesResponse {
+            leases: leases.iter().map(cv::lease_pb).collect(),
+        }))
+    }
+
+    async fn account_login(
+        &self,
+        req: Request<AccountLoginRequest>,
+    ) -> Result<Response<AccountLoginResponse>, Status> {
+        let r = req.into_inner();
+        self.node.linearize().await?;
+        let m = self.node.store().read();
+        // Never judge a lease by a time earlier than the state has seen.
+        let now = self.node.clock().now_ms().max(m.state.now_ms());
+        let outcome = m
+            .state
+            .check_login(r.unit_id, &r.account, &r.password, &r.user, now);
+        Ok(Response::new(cv::login_outcome_pb(&outcome)))
+    }
+}
+
+/// Batch lookup shared by gRPC and HTTP: one record per uid, in order.
+pub fn batch_get(node: &Herald, uids: &[String]) -> BatchGetPresenceResponse {
+    let m = node.store().read();
+    BatchGetPresenceResponse {
+        records: uids
+            .iter()
+            .map(|u| {
+                m.state
+                    .presence(u)
+                    .map(cv::record_pb)
+                    .unwrap_or_else(|| cv::unknown_record_pb(u))
+            })
+            .collect(),
+        revision: m.state.last_index(),
+    }
+}

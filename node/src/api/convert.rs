@@ -1,0 +1,396 @@
+//! Proto <-> state-machine types. Conversions that can fail (an unknown enum
+//! value, a missing message, a malformed terminal id) return `StateError`
+//! naming the field, so bad input is rejected before anything is proposed.
+
+use std::collections::BTreeMap;
+
+use ::herald_client::proto as pb;
+
+use crate::state::{self, StateError};
+
+/// A required sub-message.
+pub fn required<T>(field: &str, v: Option<T>) -> Result<T, StateError> {
+    v.ok_or_else(|| StateError::invalid(field, "required"))
+}
+
+/// Consistency requested for a read.
+pub fn linearizable(consistency: i32) -> Result<bool, StateError> {
+    match pb::Consistency::try_from(consistency) {
+        Ok(pb::Consistency::Linearizable) => Ok(true),
+        Ok(pb::Consistency::Serializable) => Ok(false),
+        Err(_) => Err(StateError::invalid(
+            "consistency",
+            format!("unknown value {consistency}"),
+        )),
+    }
+}
+
+/// Proto terminal to a validated, normalized state terminal.
+pub fn terminal(field: &str, t: Option<pb::Terminal>) -> Result<state::Terminal, StateError> {
+    let t = required(field, t)?;
+    let kind = match pb::TerminalKind::try_from(t.kind) {
+        Ok(pb::TerminalKind::Sim) => state::TerminalKind::Sim,
+        Ok(pb::TerminalKind::Msisdn) => state::TerminalKind::Msisdn,
+        Ok(pb::TerminalKind::Imei) => state::TerminalKind::Imei,
+        Ok(pb::TerminalKind::Mac) => state::TerminalKind::Mac,
+        _ => {
+            return Err(StateError::invalid(
+                format!("{field}.kind"),
+                "must be one of SIM, MSISDN, IMEI, MAC",
+            ));
+        }
+    };
+    state::Terminal::new(kind, &t.id).map_err(|e| match e {
+        StateError::InvalidArgument { field: f, reason } => StateError::InvalidArgument {
+            field: f.replacen("terminal", field, 1),
+            reason,
+        },
+        other => other,
+    })
+}
+
+/// State terminal to proto.
+pub fn terminal_pb(t: &state::Terminal) -> pb::Terminal {
+    let kind = match t.kind() {
+        state::TerminalKind::Sim => pb::TerminalKind::Sim,
+        state::TerminalKind::Msisdn => pb::TerminalKind::Msisdn,
+        state::TerminalKind::Imei => pb::TerminalKind::Imei,
+        state::TerminalKind::Mac => pb::TerminalKind::Mac,
+        state::TerminalKind::Unspecified => pb::TerminalKind::TerminalUnspecified,
+    };
+    pb::Terminal {
+        kind: kind as i32,
+        id: t.id().to_string(),
+    }
+}
+
+fn ext(m: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    m.into_iter().collect()
+}
+
+/// A presence record to proto.
+pub fn record_pb(r: &state::PresenceRecord) -> pb::PresenceRecord {
+    pb::PresenceRecord {
+        uid: r.uid.clone(),
+        sid: r.sid,
+        online: r.online(),
+        clients: r
+            .clients
+            .values()
+            .map(|c| pb::ClientEntry {
+                client_type: c.client_type.clone(),
+                since_ms: c.since_ms,
+                ttl_ms: c.ttl_ms,
+            })
+            .collect(),
+        accept_strangers: r.accept_strangers,
+        ext: r.ext.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        updated_at_ms: r.updated_at_ms,
+        revision: r.revision,
+    }
+}
+
+/// The record of a user never seen: offline, revision 0.
+pub fn unknown_record_pb(uid: &str) -> pb::PresenceRecord {
+    pb::PresenceRecord {
+        uid: uid.to_string(),
+        ..Default::default()
+    }
+}
+
+/// A presence event to proto.
+pub fn event_pb(e: &state::PresenceEvent) -> pb::PresenceEvent {
+    let kind = match e.kind {
+        state::PresenceEventKind::Login => pb::PresenceEventKind::Login,
+        state::PresenceEventKind::Logout => pb::PresenceEventKind::Logout,
+        state::PresenceEventKind::Permission => pb::PresenceEventKind::Permission,
+        state::PresenceEventKind::Expired => pb::PresenceEventKind::Expired,
+    };
+    pb::PresenceEvent {
+        revision: e.revision,
+        kind: kind as i32,
+        uid: e.uid.clone(),
+        client_type: e.client_type.clone(),
+        record: Some(record_pb(&e.record)),
+        time_ms: e.time_ms,
+    }
+}
+
+/// Login request to its command.
+pub fn login(r: pb::LoginRequest) -> state::Login {
+    state::Login {
+        uid: r.uid,
+        sid: r.sid,
+        client_type: r.client_type,
+        accept_strangers: r.accept_strangers,
+        ext: ext(r.ext),
+        ttl_ms: r.ttl_ms,
+    }
+}
+
+/// Logout request to its command (a user's own logout).
+pub fn logout(r: pb::LogoutRequest) -> state::Logout {
+    state::Logout {
+        uid: r.uid,
+        sid: r.sid,
+        client_type: (!r.client_type.is_empty()).then_some(r.client_type),
+        ext: ext(r.ext),
+        reason: state::LogoutReason::User,
+        login_since_ms: None,
+    }
+}
+
+/// Permission request to its command.
+pub fn permission(r: pb::PermissionRequest) -> state::Permission {
+    state::Permission {
+        uid: r.uid,
+        sid: r.sid,
+        accept_strangers: r.accept_strangers,
+        ext: ext(r.ext),
+    }
+}
+
+/// A session to proto.
+pub fn session_pb(s: &state::Session) -> pb::Session {
+    pb::Session {
+        session_id: s.session_id,
+        app_url: s.app_url.clone(),
+        requires: s.requires.clone(),
+        terminal: Some(terminal_pb(&s.terminal)),
+        epoch: s.epoch,
+        seq: s.seq,
+        progress: s.progress.clone(),
+        created_ms: s.created_ms,
+        updated_ms: s.updated_ms,
+    }
+}
+
+/// A work-log entry to proto.
+pub fn work_pb(w: &state::WorkLogEntry) -> pb::WorkLogEntry {
+    pb::WorkLogEntry {
+        revision: w.revision,
+        time_ms: w.time_ms,
+        event: w.event.as_str().to_string(),
+        terminal: Some(terminal_pb(&w.terminal)),
+        epoch: w.epoch,
+        seq: w.seq,
+        detail: w.detail.clone(),
+    }
+}
+
+/// Connect request to its command.
+pub fn connect(r: pb::ConnectRequest) -> Result<state::Connect, StateError> {
+    Ok(state::Connect {
+        terminal: terminal("terminal", r.terminal)?,
+        app_url: r.app_url,
+        requires: r.capabilities,
+    })
+}
+
+/// Progress request to its command.
+pub fn progress(r: pb::ProgressRequest) -> Result<state::Progress, StateError> {
+    Ok(state::Progress {
+        session_id: r.session_id,
+        terminal: terminal("terminal", r.terminal)?,
+        epoch: r.epoch,
+        seq: r.seq,
+        data: r.progress,
+    })
+}
+
+/// Bind request to its command.
+pub fn bind(r: pb::BindRequest) -> Result<state::Bind, StateError> {
+    Ok(state::Bind {
+        first: terminal("first", r.first)?,
+        second: terminal("second", r.second)?,
+    })
+}
+
+/// Handoff request to its command.
+pub fn handoff(r: pb::HandoffRequest) -> Result<state::Handoff, StateError> {
+    let mode = match pb::HandoffMode::try_from(r.mode) {
+        Ok(pb::HandoffMode::Push) => state::HandoffMode::Push,
+        Ok(pb::HandoffMode::Pull) => state::HandoffMode::Pull,
+        Ok(pb::HandoffMode::Binding) => state::HandoffMode::Binding,
+        Err(_) => {
+            return Err(StateError::invalid(
+                "mode",
+                format!("unknown value {}", r.mode),
+            ));
+        }
+    };
+    let candidates = r
+        .candidates
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Ok(state::Candidate {
+                terminal: terminal(&format!("candidates[{i}].terminal"), c.terminal)?,
+                capabilities: c.capabilities,
+            })
+        })
+        .collect::<Result<Vec<_>, StateError>>()?;
+    let holder = match r.holder {
+        Some(h) => Some(terminal("holder", Some(h))?),
+        None => None,
+    };
+    Ok(state::Handoff {
+        session_id: r.session_id,
+        mode,
+        initiator: terminal("initiator", r.initiator)?,
+        holder,
+        candidates,
+        bound_capabilities: r.bound_capabilities,
+    })
+}
+
+fn policy(field: &str, v: i32) -> Result<state::AccessPolicy, StateError> {
+    match pb::AccessPolicy::try_from(v) {
+        Ok(pb::AccessPolicy::LeasedAccounts) => Ok(state::AccessPolicy::LeasedAccounts),
+        Ok(pb::AccessPolicy::HolderOnly) => Ok(state::AccessPolicy::HolderOnly),
+        Ok(pb::AccessPolicy::Closed) => Ok(state::AccessPolicy::Closed),
+        Err(_) => Err(StateError::invalid(field, format!("unknown value {v}"))),
+    }
+}
+
+fn policy_pb(p: state::AccessPolicy) -> pb::AccessPolicy {
+    match p {
+        state::AccessPolicy::LeasedAccounts => pb::AccessPolicy::LeasedAccounts,
+        state::AccessPolicy::HolderOnly => pb::AccessPolicy::HolderOnly,
+        state::AccessPolicy::Closed => pb::AccessPolicy::Closed,
+    }
+}
+
+/// Platform request to its command.
+pub fn create_platform(r: pb::CreatePlatformRequest) -> Result<state::CreatePlatform, StateError> {
+    let units = r
+        .units
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| {
+            Ok(state::UnitSpec {
+                name: u.name,
+                service_start_ms: u.service_start_ms,
+                service_end_ms: u.service_end_ms,
+                qos_class: u.qos_class,
+                response_time_ms: u.response_time_ms,
+                access_policy: policy(&format!("units[{i}].access_policy"), u.access_policy)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StateError>>()?;
+    Ok(state::CreatePlatform {
+        name: r.name,
+        units,
+    })
+}
+
+/// A platform to proto.
+pub fn platform_pb(p: &state::Platform) -> pb::Platform {
+    pb::Platform {
+        platform_id: p.platform_id,
+        name: p.name.clone(),
+        units: p
+            .units
+            .iter()
+            .map(|u| pb::Unit {
+                unit_id: u.unit_id,
+                platform_id: u.platform_id,
+                spec: Some(pb::UnitSpec {
+                    name: u.spec.name.clone(),
+                    service_start_ms: u.spec.service_start_ms,
+                    service_end_ms: u.spec.service_end_ms,
+                    qos_class: u.spec.qos_class.clone(),
+                    response_time_ms: u.spec.response_time_ms,
+                    access_policy: policy_pb(u.spec.access_policy) as i32,
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// Pool request to its command.
+pub fn create_pool(r: pb::CreatePoolRequest) -> state::CreatePool {
+    state::CreatePool {
+        unit_id: r.unit_id,
+        name: r.name,
+        provision: r.provision,
+        max_size: r.max_size,
+        default_ttl_ms: r.default_ttl_ms,
+    }
+}
+
+/// A pool to proto.
+pub fn pool_pb(p: &state::PoolView) -> pb::Pool {
+    pb::Pool {
+        pool_id: p.pool_id,
+        unit_id: p.unit_id,
+        name: p.name.clone(),
+        size: p.size,
+        max_size: p.max_size,
+        free: p.free,
+        leased: p.leased,
+        expired_total: p.expired_total,
+        default_ttl_ms: p.default_ttl_ms,
+    }
+}
+
+/// A lease to proto.
+pub fn lease_pb(l: &state::Lease) -> pb::Lease {
+    pb::Lease {
+        lease_id: l.lease_id,
+        pool_id: l.pool_id,
+        account: l.account.clone(),
+        holder: l.holder.clone(),
+        granted_ms: l.granted_ms,
+        expires_ms: l.expires_ms,
+        request_id: l.request_id.clone(),
+    }
+}
+
+/// Lease request to its command, with the password hash made by the caller.
+pub fn lease(r: pb::LeaseRequest, password: state::PasswordHash) -> state::LeaseAccount {
+    state::LeaseAccount {
+        pool_id: r.pool_id,
+        user: r.user,
+        ttl_ms: r.ttl_ms,
+        request_id: r.request_id,
+        password,
+    }
+}
+
+/// Renew request to its command.
+pub fn renew(r: pb::RenewRequest) -> state::RenewLease {
+    state::RenewLease {
+        lease_id: r.lease_id,
+        user: r.user,
+        ttl_ms: r.ttl_ms,
+    }
+}
+
+/// Release request to its command.
+pub fn release(r: pb::ReleaseRequest) -> state::ReleaseLease {
+    state::ReleaseLease {
+        lease_id: r.lease_id,
+        user: r.user,
+    }
+}
+
+/// Account-data request to its command.
+pub fn put_data(r: pb::PutAccountDataRequest) -> state::PutAccountData {
+    state::PutAccountData {
+        lease_id: r.lease_id,
+        user: r.user,
+        key: r.key,
+        value: r.value,
+    }
+}
+
+/// A login check's outcome to proto.
+pub fn login_outcome_pb(o: &state::LoginOutcome) -> pb::AccountLoginResponse {
+    pb::AccountLoginResponse {
+        ok: o.ok,
+        reason: o.reason.clone(),
+        lease: o.lease.as_ref().map(lease_pb),
+        data: o.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}

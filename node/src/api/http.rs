@@ -1,0 +1,103 @@
+//! HTTP JSON for web platforms (P-publish's web-service call):
+//! `GET /v1/presence?ids=a,b,c[&consistency=serializable]` and `GET /health`.
+//! Errors are `{"error": "..."}` with the HTTP code of the gRPC status.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::client::{batch_get, check_uids};
+use super::status::{http_code, node_status, state_status};
+use crate::node::Herald;
+use crate::state::StateError;
+
+/// The HTTP routes of one node.
+pub fn router(node: Herald) -> Router {
+    Router::new()
+        .route("/v1/presence", get(presence))
+        .route("/health", get(health))
+        .with_state(node)
+}
+
+fn error(status: tonic::Status) -> Response {
+    let code =
+        StatusCode::from_u16(http_code(status.code())).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, Json(json!({ "error": status.message() }))).into_response()
+}
+
+#[derive(Deserialize)]
+struct PresenceQuery {
+    ids: Option<String>,
+    consistency: Option<String>,
+}
+
+async fn presence(State(node): State<Herald>, Query(q): Query<PresenceQuery>) -> Response {
+    let Some(ids) = q.ids.filter(|s| !s.is_empty()) else {
+        return error(state_status(&StateError::invalid(
+            "ids",
+            "required: comma-separated user ids",
+        )));
+    };
+    let uids: Vec<String> = ids.split(',').map(str::to_string).collect();
+    if let Err(e) = check_uids(&uids) {
+        return error(state_status(&e));
+    }
+    match q.consistency.as_deref() {
+        None | Some("linearizable") => {
+            if let Err(e) = node.linearize().await {
+                return error(node_status(e));
+            }
+        }
+        Some("serializable") => {}
+        Some(other) => {
+            return error(state_status(&StateError::invalid(
+                "consistency",
+                format!("must be linearizable or serializable, got {other:?}"),
+            )));
+        }
+    }
+    let r = batch_get(&node, &uids);
+    let records: Vec<Value> = r
+        .records
+        .iter()
+        .map(|p| {
+            json!({
+                "uid": p.uid,
+                "sid": p.sid,
+                "online": p.online,
+                "clients": p.clients.iter().map(|c| json!({
+                    "client_type": c.client_type,
+                    "since_ms": c.since_ms,
+                    "ttl_ms": c.ttl_ms,
+                })).collect::<Vec<_>>(),
+                "accept_strangers": p.accept_strangers,
+                "ext": p.ext,
+                "updated_at_ms": p.updated_at_ms,
+                "revision": p.revision,
+            })
+        })
+        .collect();
+    Json(json!({ "revision": r.revision, "records": records })).into_response()
+}
+
+async fn health(State(node): State<Herald>) -> Response {
+    let leader = node.leader().map(|(id, _)| id);
+    let body = json!({
+        "status": if leader.is_some() { "ok" } else { "no-leader" },
+        "id": node.id(),
+        "number": node.config().number,
+        "leader": leader,
+        "applied": *node.store().applied().borrow(),
+    });
+    let code = if leader.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}

@@ -1,0 +1,145 @@
+//! The peer gRPC service: openraft's RPCs from other nodes, writes forwarded
+//! by followers, and ReadIndex for follower reads. Only Herald nodes of the
+//! same version talk here (bincode payloads).
+
+use ::herald_client::proto::peer_server::Peer;
+use ::herald_client::proto::{RaftBlob, SnapshotChunk};
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::{ForwardReply, Herald, NOT_APPLIED};
+use crate::raft::typ::{SnapshotMeta, Vote};
+use crate::raft::{decode, encode};
+use crate::state::Command;
+
+/// Serves [`Peer`] for one node.
+pub struct PeerService {
+    node: Herald,
+}
+
+impl PeerService {
+    /// A peer service over `node`.
+    pub fn new(node: Herald) -> Self {
+        PeerService { node }
+    }
+}
+
+fn bad(e: std::io::Error) -> Status {
+    Status::invalid_argument(format!("undecodable peer message: {e}"))
+}
+
+fn blob<T: serde::Serialize>(v: &T) -> Result<Response<RaftBlob>, Status> {
+    let data = encode(v).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftBlob { data }))
+}
+
+/// Unavailable, marked as certainly not applied.
+fn not_applied(msg: impl Into<String>) -> Status {
+    let mut s = Status::unavailable(msg);
+    s.metadata_mut().insert(
+        NOT_APPLIED,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    s
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let resp = self
+            .node
+            .raft()
+            .append_entries(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        blob(&resp)
+    }
+
+    async fn vote(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let resp = self
+            .node
+            .raft()
+            .vote(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        blob(&resp)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let resp = self
+            .node
+            .raft()
+            .pre_vote(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        blob(&resp)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftBlob>, Status> {
+        let max = self.node.config().raft.max_snapshot_bytes;
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.meta).map_err(bad)?;
+        let mut data = first.data;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if (data.len() + chunk.data.len()) as u64 > max {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot exceeds raft.max_snapshot_bytes = {max}"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        tracing::info!(
+            bytes = data.len(),
+            "receiving snapshot complete, installing"
+        );
+        let snapshot = crate::raft::typ::Snapshot {
+            meta,
+            snapshot: data,
+        };
+        let resp = self
+            .node
+            .raft()
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        blob(&resp)
+    }
+
+    async fn transfer_leader(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let resp = self
+            .node
+            .raft()
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        blob(&resp)
+    }
+
+    async fn forward(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        let cmd: Command = decode(&req.into_inner().data).map_err(bad)?;
+        if let Err(e) = cmd.validate() {
+            return blob(&ForwardReply::Applied(Err(e)));
+        }
+        let reply = self.node.propose_local(cmd).await;
+        blob(&reply)
+    }
+
+    async fn read_index(&self, _req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        match self.node.read_index_local().await {
+            Ok(index) => blob(&index),
+            Err(e) => Err(not_applied(e.to_string())),
+        }
+    }
+}

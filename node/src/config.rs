@@ -1,0 +1,243 @@
+//! Node configuration: one TOML file per node.
+//!
+//! Every node of a cluster runs the same binary; what differs is this file:
+//! its Raft id, its P-publish sequence number, where it listens, where it keeps
+//! its data, and who the founding members are. `cluster-configs/` holds ready
+//! local layouts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A node's whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Raft node id: unique in the cluster, never reused.
+    pub id: u64,
+    /// The node's sequence number (P-publish): the lowest healthy number is
+    /// the preferred leader.
+    pub number: u32,
+    /// Where sled keeps the Raft log, vote and snapshots.
+    pub data_dir: PathBuf,
+    /// Listen addresses.
+    pub listen: Listen,
+    /// The founding members, identical on every founding node. Empty on a
+    /// node that will be added later as a learner.
+    #[serde(default)]
+    pub initial_members: Vec<MemberConfig>,
+    /// Raft timings and log compaction.
+    #[serde(default)]
+    pub raft: RaftTimings,
+}
+
+/// Addresses a node listens on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Raft peer gRPC (append, vote, snapshot, forwarded writes).
+    pub peer: SocketAddr,
+    /// Client and admin gRPC.
+    pub client: SocketAddr,
+    /// HTTP JSON (`/v1/presence`, `/health`).
+    pub http: SocketAddr,
+    /// SNTP time-sync port (reserved for the cluster clock).
+    #[serde(default)]
+    pub time_sync: Option<SocketAddr>,
+}
+
+/// One founding member as every node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Raft node id.
+    pub id: u64,
+    /// Sequence number.
+    pub number: u32,
+    /// Peer gRPC address.
+    pub peer: String,
+    /// Client gRPC address.
+    pub client: String,
+    /// HTTP address.
+    pub http: String,
+}
+
+/// Raft timings. Defaults suit a loopback or LAN cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTimings {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot every this many applied entries, then purge the log.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower
+    /// catches up from the log rather than a snapshot.
+    pub keep_logs_after_snapshot: u64,
+    /// Largest snapshot a node accepts from a peer.
+    pub max_snapshot_bytes: u64,
+    /// sled page cache in bytes (sled may use several times this).
+    pub cache_bytes: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every: 10_000,
+            keep_logs_after_snapshot: 1_000,
+            max_snapshot_bytes: 1 << 30,
+            cache_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The TOML error.
+        source: toml::de::Error,
+    },
+    /// The values contradict each other.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that TOML types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.id == 0 {
+            return bad("id must be >= 1".into());
+        }
+        let t = &self.raft;
+        if t.heartbeat_ms == 0 || t.election_timeout_min_ms <= t.heartbeat_ms {
+            return bad(format!(
+                "raft.election_timeout_min_ms ({}) must exceed raft.heartbeat_ms ({}) > 0",
+                t.election_timeout_min_ms, t.heartbeat_ms
+            ));
+        }
+        if t.election_timeout_max_ms <= t.election_timeout_min_ms {
+            return bad(
+                "raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms".into(),
+            );
+        }
+        if t.snapshot_every == 0 {
+            return bad("raft.snapshot_every must be >= 1".into());
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        let mut numbers = std::collections::BTreeSet::new();
+        for m in &self.initial_members {
+            if !ids.insert(m.id) {
+                return bad(format!("initial_members: id {} appears twice", m.id));
+            }
+            if !numbers.insert(m.number) {
+                return bad(format!(
+                    "initial_members: number {} appears twice",
+                    m.number
+                ));
+            }
+        }
+        if !self.initial_members.is_empty() {
+            match self.initial_members.iter().find(|m| m.id == self.id) {
+                None => {
+                    return bad(format!(
+                        "initial_members does not include this node (id {})",
+                        self.id
+                    ));
+                }
+                Some(m) if m.number != self.number => {
+                    return bad(format!(
+                        "initial_members gives node {} number {}, but number = {}",
+                        self.id, m.number, self.number
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+id = 1
+number = 1
+data_dir = "/tmp/x"
+[listen]
+peer = "127.0.0.1:7101"
+client = "127.0.0.1:7201"
+http = "127.0.0.1:7301"
+[[initial_members]]
+id = 1
+number = 1
+peer = "127.0.0.1:7101"
+client = "127.0.0.1:7201"
+http = "127.0.0.1:7301"
+"#;
+
+    #[test]
+    fn parses_and_defaults() {
+        let c: Config = toml::from_str(GOOD).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.raft.heartbeat_ms, 100);
+    }
+
+    #[test]
+    fn rejects_inconsistent_members() {
+        let mut c: Config = toml::from_str(GOOD).unwrap();
+        c.number = 2;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("number"), "{err}");
+        c.number = 1;
+        c.initial_members[0].id = 9;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("does not include")
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        let text = GOOD.replace("number = 1\ndata_dir", "number = 1\nbogus = 3\ndata_dir");
+        assert!(toml::from_str::<Config>(&text).is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! A running Herald node: one handle over Raft, the state store and the
+//! cluster clock, shared by every API service. Cheap to clone.
+//!
+//! This is where the consistency rules live, once:
+//! - writes ([`Herald::propose`]) are stamped with cluster time and committed
+//!   through the leader, forwarded over the peer API when this node is not
+//!   the leader;
+//! - linearizable reads ([`Herald::linearize`]) use ReadIndex, asked of the
+//!   leader by followers, then wait until the local state has applied it.
+//!
+//! A write is retried on another leader only when it certainly was not
+//! proposed; when the outcome is unknown the caller gets
+//! [`NodeError::Indeterminate`], never a silent second apply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::herald_client::proto::RaftBlob;
+use openraft::async_runtime::WatchReceiver;
+use openraft::{ReadPolicy, ServerState};
+use tokio::time::Instant;
+
+use crate::clock::ClusterClock;
+use crate::config::Config;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::PeerChannels;
+use crate::raft::state_store::StateStore;
+use crate::raft::{Member, Proposal, Raft, decode, encode};
+use crate::state::{Command, Response, StateError};
+
+/// Metadata key a node sets on a status when the request was certainly not
+/// applied, so a caller may retry it elsewhere.
+pub const NOT_APPLIED: &str = "x-herald-not-applied";
+
+/// How long a write or read waits for a leader before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a node could not serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The state machine rejected the command (bad input or a failed precondition).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// No leader could be reached; nothing was applied.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The write may or may not have been applied.
+    #[error("indeterminate: {0}")]
+    Indeterminate(String),
+    /// A local failure (storage, encoding).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Where a write ended up.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum ForwardReply {
+    /// Committed and applied; the state machine's answer.
+    Applied(Result<Response, StateError>),
+    /// The receiving node was not the leader: nothing was proposed.
+    NotLeader,
+    /// Proposed, outcome unknown.
+    Indeterminate(String),
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) raft: Raft,
+    pub(crate) store: StateStore,
+    pub(crate) log: LogStore,
+    pub(crate) clock: ClusterClock,
+    pub(crate) peers: PeerChannels,
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Handle to a running node.
+#[derive(Clone)]
+pub struct Herald {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Herald {
+    pub(crate) fn new(inner: Inner) -> Self {
+        Herald {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// This node's Raft id.
+    pub fn id(&self) -> u64 {
+        self.inner.config.id
+    }
+
+    /// This node's config.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The state store (for reads).
+    pub fn store(&self) -> &StateStore {
+        &self.inner.store
+    }
+
+    /// The Raft log store (for status).
+    pub fn log(&self) -> &LogStore {
+        &self.inner.log
+    }
+
+    /// The cluster clock.
+    pub fn clock(&self) -> &ClusterClock {
+        &self.inner.clock
+    }
+
+    /// Becomes true when the node starts shutting down (ends long streams).
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.stopping.clone()
+    }
+
+    /// The current leader as this node knows it.
+    pub fn leader(&self) -> Option<(u64, Member)> {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let member = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, member))
+    }
+
+    /// Every member (voters and learners) with its address and whether it votes.
+    pub fn members(&self) -> (BTreeMap<u64, (Member, bool)>, Option<u64>) {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let mem = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = mem.voter_ids().collect();
+        let out = mem
+            .nodes()
+            .map(|(id, n)| (*id, (n.clone(), voters.contains(id))))
+            .collect();
+        (out, m.current_leader)
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id())
+    }
+
+    /// Waits (bounded) until some leader is known.
+    async fn wait_leader(&self, deadline: Instant) -> Result<(u64, Member), NodeError> {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(NodeError::Unavailable("no leader elected".into()));
+            }
+        }
+    }
+
+    /// Commits `cmd` through the leader and returns the state machine's answer.
+    pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
+        cmd.validate()?;
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let (leader, member) = self.wait_leader(deadline).await?;
+            let reply = if leader == self.id() {
+                self.propose_local(cmd.clone()).await
+            } else {
+                self.forward(&member, &cmd).await
+            };
+            match reply {
+                ForwardReply::Applied(r) => return r.map_err(NodeError::State),
+                ForwardReply::Indeterminate(m) => return Err(NodeError::Indeterminate(m)),
+                ForwardReply::NotLeader => {
+                    if Instant::now() >= deadline {
+                        return Err(NodeError::Unavailable("leader kept changing".into()));
+                    }
+                    // Leadership is moving: let the metrics catch up.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Proposes on this node, which believes it is the leader.
+    pub(crate) async fn propose_local(&self, cmd: Command) -> ForwardReply {
+        if !self.is_leader() {
+            return ForwardReply::NotLeader;
+        }
+        let proposal = Proposal {
+            time_ms: self.inner.clock.now_ms(),
+            cmd,
+        };
+        match self.inner.raft.client_write(proposal).await {
+            Ok(resp) => ForwardReply::Applied(resp.data.0),
+            // The entry may have been appended before leadership moved.
+            Err(e) => ForwardReply::Indeterminate(e.to_string()),
+        }
+    }
+
+    async fn forward(&self, leader: &Member, cmd: &Command) -> ForwardReply {
+        let data = match encode(cmd) {
+            Ok(d) => d,
+            Err(e) => return ForwardReply::Indeterminate(e.to_string()),
+        };
+        let mut client = match self.inner.peers.client(&leader.peer_addr) {
+            Ok(c) => c,
+            Err(_) => return ForwardReply::NotLeader,
+        };
+        let mut req = tonic::Request::new(RaftBlob { data });
+        req.set_timeout(LEADER_WAIT);
+        match client.forward(req).await {
+            Ok(r) => decode(&r.into_inner().data)
+                .unwrap_or_else(|e| ForwardReply::Indeterminate(format!("bad forward reply: {e}"))),
+            Err(s) if certainly_not_sent(&s) => ForwardReply::NotLeader,
+            Err(s) => {
+                ForwardReply::Indeterminate(format!("forwarding to the leader: {}", s.message()))
+            }
+        }
+    }
+
+    /// Makes the next local read linearizable: waits until this node has
+    /// applied everything committed before the call.
+    pub async fn linearize(&self) -> Result<(), NodeError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let (leader, member) = self.wait_leader(deadline).await?;
+            let index = if leader == self.id() {
+                match self.read_index_local().await {
+                    Ok(i) => Some(i),
+                    Err(_) => None,
+                }
+            } else {
+                self.remote_read_index(&member).await
+            };
+            if let Some(index) = index {
+                return tokio::time::timeout_at(deadline, self.inner.store.wait_applied(index))
+                    .await
+                    .map_err(|_| {
+                        NodeError::Unavailable("timed out catching up for a read".into())
+                    });
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(
+                    "could not confirm leadership for a read".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// ReadIndex on the leader: confirms leadership with a quorum and returns
+    /// the index a read must wait for.
+    pub(crate) async fn read_index_local(&self) -> Result<u64, NodeError> {
+        let read = self
+            .inner
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        Ok(read.log_id().index())
+    }
+
+    async fn remote_read_index(&self, leader: &Member) -> Option<u64> {
+        let mut client = self.inner.peers.client(&leader.peer_addr).ok()?;
+        let mut req = tonic::Request::new(RaftBlob { data: Vec::new() });
+        req.set_timeout(LEADER_WAIT);
+        let r = client.read_index(req).await.ok()?;
+        decode::<u64>(&r.into_inner().data).ok()
+    }
+}
+
+/// True when a failed call certainly did not reach the state machine: the
+/// receiver said so, or the connection was never made.
+pub fn certainly_not_sent(s: &tonic::Status) -> bool {
+    if s.metadata().get(NOT_APPLIED).is_some() {
+        return true;
+    }
+    if s.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let text = format!("{s:?}").to_ascii_lowercase();
+    text.contains("connect") || text.contains("connection refused")
+}

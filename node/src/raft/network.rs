@@ -1,0 +1,209 @@
+//! Raft between nodes over tonic: openraft's append, vote, snapshot and
+//! leader transfer as bincode blobs on Herald's `Peer` gRPC service.
+//!
+//! Channels are made lazily and cached per address in a [`PeerChannels`]
+//! shared by Raft replication, write forwarding and follower ReadIndex, so a
+//! node keeps one HTTP/2 connection per peer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::herald_client::proto::peer_client::PeerClient;
+use ::herald_client::proto::{RaftBlob, SnapshotChunk};
+use openraft::OptionalSend;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use super::typ::{Snapshot, Vote};
+use super::{Member, TypeConfig, decode, encode};
+
+/// Snapshot data is streamed in chunks of this size.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Lazily connected gRPC channels to peers, by address. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct PeerChannels {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerChannels {
+    /// A `Peer` client for `addr` (host:port), reusing a cached channel.
+    pub fn client(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(PeerClient::new(ch.clone()).max_decoding_message_size(usize::MAX));
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(PeerClient::new(ch).max_decoding_message_size(usize::MAX))
+    }
+}
+
+/// Makes [`PeerConnection`]s for openraft.
+#[derive(Clone, Default)]
+pub struct Network {
+    channels: PeerChannels,
+}
+
+impl Network {
+    /// A factory sharing `channels` with the rest of the node.
+    pub fn new(channels: PeerChannels) -> Self {
+        Network { channels }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerConnection {
+        PeerConnection {
+            target,
+            addr: node.peer_addr.clone(),
+            channels: self.channels.clone(),
+        }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct PeerConnection {
+    target: u64,
+    addr: String,
+    channels: PeerChannels,
+}
+
+fn unreachable(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(e.to_string()))
+}
+
+/// Connection failures ask openraft to back off; other failures may retry at once.
+fn status_to_rpc(target: u64, s: tonic::Status) -> RPCError<TypeConfig> {
+    let msg = format!("peer {target}: {s}");
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::from_string(msg))
+        }
+        _ => RPCError::Network(NetworkError::from_string(msg)),
+    }
+}
+
+impl PeerConnection {
+    fn client(&self) -> Result<PeerClient<Channel>, RPCError<TypeConfig>> {
+        self.channels.client(&self.addr).map_err(unreachable)
+    }
+
+    fn request<T: serde::Serialize>(
+        &self,
+        msg: &T,
+        option: &RPCOption,
+    ) -> Result<tonic::Request<RaftBlob>, RPCError<TypeConfig>> {
+        let data = encode(msg).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut req = tonic::Request::new(RaftBlob { data });
+        req.set_timeout(option.soft_ttl());
+        Ok(req)
+    }
+
+    fn reply<T: serde::de::DeserializeOwned>(
+        &self,
+        r: Result<tonic::Response<RaftBlob>, tonic::Status>,
+    ) -> Result<T, RPCError<TypeConfig>> {
+        let blob = r.map_err(|s| status_to_rpc(self.target, s))?.into_inner();
+        decode(&blob.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = self.request(&rpc, &option)?;
+        let r = self.client()?.append(req).await;
+        self.reply(r)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = self.request(&rpc, &option)?;
+        let r = self.client()?.vote(req).await;
+        self.reply(r)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = self.request(&rpc, &option)?;
+        let r = self.client()?.pre_vote(req).await;
+        self.reply(r)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let meta = encode(&(vote, snapshot.meta.clone()))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let data = snapshot.snapshot;
+        let total = data.len();
+        let mut chunks = vec![SnapshotChunk {
+            meta,
+            data: Vec::new(),
+        }];
+        chunks.extend(data.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotChunk {
+            meta: Vec::new(),
+            data: c.to_vec(),
+        }));
+        let mut client = self
+            .channels
+            .client(&self.addr)
+            .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e.to_string())))?;
+        tracing::info!(target = self.target, bytes = total, "sending snapshot");
+        let call = client.install_snapshot(futures::stream::iter(chunks));
+        let r = tokio::select! {
+            r = call => r,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        let blob = r
+            .map_err(|s| match status_to_rpc(self.target, s) {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+            })?
+            .into_inner();
+        decode(&blob.data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = self.request(&req, &option)?;
+        let r = self.client()?.transfer_leader(req).await;
+        self.reply(r)
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        Some(Backoff::new(std::iter::repeat(Duration::from_millis(100))))
+    }
+}

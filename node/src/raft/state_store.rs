@@ -1,0 +1,254 @@
+//! The state-machine side of openraft: applies committed entries to the pure
+//! [`State`], builds and installs snapshots, and keeps the latest snapshot
+//! durable in sled.
+//!
+//! The state lives in memory behind a std `RwLock` (no await happens under
+//! it), shared with the API so reads need no message passing. Its durable
+//! form is the latest snapshot (tree `snapshot`) plus the Raft log after it:
+//! on restart the node loads the snapshot and openraft re-applies the
+//! committed log tail. Applying therefore never waits on disk; the log
+//! append already made every entry durable before it was committed.
+
+use std::io;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
+use super::{Applied, TypeConfig, decode, encode};
+use crate::state::{Entry as SmEntry, State};
+
+const KEY_SNAPSHOT: &[u8] = b"current";
+
+/// The state plus what openraft needs to know about it.
+#[derive(Default)]
+pub struct Machine {
+    /// Herald's replicated state.
+    pub state: State,
+    /// The last log id applied.
+    pub last_applied: Option<LogId>,
+    /// The last membership config applied.
+    pub last_membership: StoredMembership,
+}
+
+/// A snapshot as kept in sled.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+struct Inner {
+    machine: RwLock<Machine>,
+    applied: watch::Sender<u64>,
+    snapshots: sled::Tree,
+    db: sled::Db,
+}
+
+/// Handle to the state machine store; cheap to clone. openraft drives it
+/// through [`RaftStateMachine`]; the API reads through [`StateStore::read`].
+#[derive(Clone)]
+pub struct StateStore {
+    inner: Arc<Inner>,
+}
+
+fn io_err(e: sled::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl StateStore {
+    /// Opens the store and loads the latest durable snapshot, if any.
+    pub fn open(db: &sled::Db) -> io::Result<StateStore> {
+        let snapshots = db.open_tree("snapshot").map_err(io_err)?;
+        let mut machine = Machine::default();
+        if let Some(bytes) = snapshots.get(KEY_SNAPSHOT).map_err(io_err)? {
+            let snap: StoredSnapshot = decode(&bytes)?;
+            machine.state = decode(&snap.data)?;
+            machine.last_applied = snap.meta.last_log_id;
+            machine.last_membership = snap.meta.last_membership;
+        }
+        let applied_index = machine
+            .last_applied
+            .as_ref()
+            .map(|l| l.index())
+            .unwrap_or(0);
+        let (applied, _) = watch::channel(applied_index);
+        Ok(StateStore {
+            inner: Arc::new(Inner {
+                machine: RwLock::new(machine),
+                applied,
+                snapshots,
+                db: db.clone(),
+            }),
+        })
+    }
+
+    /// Read access to the state. Hold it briefly: apply waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, Machine> {
+        // A panic while applying would be a bug in the pure state machine;
+        // the data is still the last consistent state, so keep serving it.
+        self.inner.machine.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The index of the last applied entry, as a watch for waiters.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+
+    /// Waits until the state has applied `index`.
+    pub async fn wait_applied(&self, index: u64) {
+        let mut rx = self.applied();
+        // The sender lives as long as the store, which outlives this call.
+        let _ = rx.wait_for(|&applied| applied >= index).await;
+    }
+
+    /// Size of the durable snapshot in bytes (0 if none).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.inner
+            .snapshots
+            .get(KEY_SNAPSHOT)
+            .ok()
+            .flatten()
+            .map(|v| v.len() as u64)
+            .unwrap_or(0)
+    }
+
+    fn write_machine(&self) -> std::sync::RwLockWriteGuard<'_, Machine> {
+        self.inner
+            .machine
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn persist_snapshot(&self, snap: &StoredSnapshot) -> io::Result<()> {
+        let bytes = encode(snap)?;
+        self.inner
+            .snapshots
+            .insert(KEY_SNAPSHOT, bytes)
+            .map_err(io_err)?;
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.flush().map(|_| ()).map_err(io_err))
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateStore {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let snap = {
+            let m = self.read();
+            StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: m.last_applied.clone(),
+                    last_membership: m.last_membership.clone(),
+                },
+                data: encode(&m.state)?,
+            }
+        };
+        self.persist_snapshot(&snap).await?;
+        tracing::info!(
+            index = ?snap.meta.last_log_id.as_ref().map(|l| l.index()),
+            bytes = snap.data.len(),
+            "snapshot built"
+        );
+        Ok(Snapshot {
+            meta: snap.meta,
+            snapshot: snap.data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateStore {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = StateStore;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let m = self.read();
+        Ok((m.last_applied.clone(), m.last_membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        // Collect first: the std lock must not be held across an await.
+        let batch: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        let mut replies = Vec::with_capacity(batch.len());
+        let last_index = {
+            let mut m = self.write_machine();
+            for (entry, responder) in batch {
+                let log_id = entry.log_id();
+                let index = log_id.index();
+                let reply = match entry.payload {
+                    EntryPayload::Normal(ref p) => Applied(m.state.apply(
+                        SmEntry {
+                            index,
+                            time_ms: p.time_ms,
+                        },
+                        &p.cmd,
+                    )),
+                    EntryPayload::Membership(ref mem) => {
+                        m.last_membership =
+                            StoredMembership::new(Some(log_id.clone()), mem.clone());
+                        Applied(Ok(crate::state::Response::Done))
+                    }
+                    EntryPayload::Blank => Applied(Ok(crate::state::Response::Done)),
+                };
+                m.last_applied = Some(log_id);
+                if let Some(r) = responder {
+                    replies.push((r, reply));
+                }
+            }
+            m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0)
+        };
+        self.inner.applied.send_replace(last_index);
+        for (r, reply) in replies {
+            r.send(reply);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> io::Result<()> {
+        let state: State = decode(&snapshot)?;
+        let snap = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot,
+        };
+        // Durable first: if we crash after this, restart loads the new state.
+        self.persist_snapshot(&snap).await?;
+        let index = {
+            let mut m = self.write_machine();
+            m.state = state;
+            m.last_applied = meta.last_log_id.clone();
+            m.last_membership = meta.last_membership.clone();
+            m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0)
+        };
+        self.inner.applied.send_replace(index);
+        tracing::info!(index, bytes = snap.data.len(), "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        match self.inner.snapshots.get(KEY_SNAPSHOT).map_err(io_err)? {
+            Some(bytes) => {
+                let snap: StoredSnapshot = decode(&bytes)?;
+                Ok(Some(Snapshot {
+                    meta: snap.meta,
+                    snapshot: snap.data,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+}

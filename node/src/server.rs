@@ -1,0 +1,203 @@
+//! Starting and stopping a node: open sled, build Raft, join or found the
+//! cluster, serve the peer, client/admin and HTTP listeners, and shut all of
+//! it down cleanly.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use ::herald_client::proto::admin_server::AdminServer;
+use ::herald_client::proto::herald_server::HeraldServer;
+use ::herald_client::proto::peer_server::PeerServer;
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api;
+use crate::clock::ClusterClock;
+use crate::config::Config;
+use crate::node::{Herald, Inner};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Network, PeerChannels};
+use crate::raft::state_store::StateStore;
+use crate::raft::{Member, Raft};
+
+/// A node running in this process (the binary runs one; tests run several).
+pub struct RunningNode {
+    /// The node handle.
+    pub herald: Herald,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    db: sled::Db,
+}
+
+fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
+    let t = &config.raft;
+    let rc = openraft::Config {
+        cluster_name: "herald".into(),
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_timeout_min_ms,
+        election_timeout_max: t.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+        max_in_snapshot_log_to_keep: t.keep_logs_after_snapshot,
+        install_snapshot_timeout: 30_000,
+        ..Default::default()
+    };
+    Ok(rc.validate()?)
+}
+
+/// Opens sled with a bounded page cache. sled's real footprint can be a
+/// multiple of `cache_capacity`, so keep it small: the log is purged after
+/// every snapshot and the state lives in memory anyway.
+fn open_db(config: &Config) -> anyhow::Result<sled::Db> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    sled::Config::new()
+        .path(config.data_dir.join("sled"))
+        .cache_capacity(config.raft.cache_bytes)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .with_context(|| format!("opening sled in {}", config.data_dir.display()))
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+/// Starts a node and returns once every listener is bound.
+pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    config.validate()?;
+    let db = open_db(&config)?;
+    let log = LogStore::open(&db)?;
+    let store = StateStore::open(&db)?;
+    let peers = PeerChannels::default();
+    let raft = Raft::new(
+        config.id,
+        std::sync::Arc::new(raft_config(&config)?),
+        Network::new(peers.clone()),
+        log.clone(),
+        store.clone(),
+    )
+    .await
+    .context("starting raft")?;
+
+    let peer_l = bind(config.listen.peer, "peer").await?;
+    let client_l = bind(config.listen.client, "client").await?;
+    let http_l = bind(config.listen.http, "http").await?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let herald = Herald::new(Inner {
+        config: config.clone(),
+        raft: raft.clone(),
+        store,
+        log,
+        clock: ClusterClock::default(),
+        peers,
+        stopping: stop_rx.clone(),
+    });
+
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = Vec::new();
+
+    let peer_svc = PeerServer::new(api::peer::PeerService::new(herald.clone()))
+        .max_decoding_message_size(64 << 20);
+    let s = stopped();
+    tasks.push(tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(peer_svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(peer_l), s)
+            .await;
+        if let Err(e) = r {
+            tracing::error!("peer server: {e}");
+        }
+    }));
+
+    let herald_svc = HeraldServer::new(api::client::HeraldService::new(herald.clone()));
+    let admin_svc = AdminServer::new(api::admin::AdminService::new(herald.clone()));
+    let s = stopped();
+    tasks.push(tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(herald_svc)
+            .add_service(admin_svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(client_l), s)
+            .await;
+        if let Err(e) = r {
+            tracing::error!("client server: {e}");
+        }
+    }));
+
+    let app = api::http::router(herald.clone());
+    let s = stopped();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_l, app).with_graceful_shutdown(s).await {
+            tracing::error!("http server: {e}");
+        }
+    }));
+
+    tasks.push(tokio::spawn(crate::expiry::run(herald.clone(), stopped())));
+
+    if !config.initial_members.is_empty() && !raft.is_initialized().await? {
+        let members: BTreeMap<u64, Member> = config
+            .initial_members
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    Member {
+                        number: m.number,
+                        peer_addr: m.peer.clone(),
+                        client_addr: m.client.clone(),
+                        http_addr: m.http.clone(),
+                    },
+                )
+            })
+            .collect();
+        // Every founding node proposes the same membership; whichever runs
+        // second finds the cluster initialized, which is fine.
+        if let Err(e) = raft.initialize(members).await {
+            tracing::info!("initialize: {e}");
+        }
+    }
+    tracing::info!(id = config.id, number = config.number, "node started");
+    Ok(RunningNode {
+        herald,
+        stop,
+        tasks,
+        db,
+    })
+}
+
+impl RunningNode {
+    /// Stops serving, shuts Raft down and flushes sled.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.herald.raft().shutdown().await;
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        if let Err(e) = self.db.flush_async().await {
+            tracing::error!("final flush: {e}");
+        }
+    }
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}

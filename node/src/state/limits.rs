@@ -1,0 +1,176 @@
+//! Every size and count limit of the state machine, and the checks that
+//! enforce them.
+//!
+//! Kept in one place so the API layer, the docs and the checks cannot drift
+//! apart: the API re-checks nothing itself, it calls
+//! [`Command::validate`](super::Command::validate), which uses these.
+
+use std::collections::BTreeMap;
+
+use super::StateError;
+
+/// Bytes in a presence `uid` (UTF-8), at least 1.
+pub const MAX_UID_BYTES: usize = 128;
+/// Bytes in a `client_type`, at least 1.
+pub const MAX_CLIENT_TYPE_BYTES: usize = 32;
+/// Sum of the key and value bytes of a presence `ext` map.
+pub const MAX_EXT_BYTES: usize = 4096;
+/// Uids in one batch presence read (enforced by the API, which owns batches).
+pub const MAX_BATCH: usize = 1000;
+/// Bytes of session progress.
+pub const MAX_PROGRESS_BYTES: usize = 65536;
+/// Bytes in an application URL, at least 1.
+pub const MAX_APP_URL_BYTES: usize = 2048;
+/// Bytes in a platform, unit, pool or QoS-class name.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Capabilities in one list (a session's requirements or a candidate's).
+pub const MAX_CAPABILITIES: usize = 64;
+/// Bytes in one capability, at least 1.
+pub const MAX_CAPABILITY_BYTES: usize = 64;
+/// Candidates in one handoff request.
+pub const MAX_CANDIDATES: usize = 64;
+/// Bytes in a lease `request_id`, at least 1.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// Bytes in a lease `user`, at least 1.
+pub const MAX_USER_BYTES: usize = 128;
+/// Longest TTL of a presence login or a lease: 30 days.
+pub const MAX_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+/// Bytes in an account-data key, at least 1.
+pub const MAX_DATA_KEY_BYTES: usize = 128;
+/// Bytes in an account-data value.
+pub const MAX_DATA_VALUE_BYTES: usize = 64 * 1024;
+/// Data keys one leased account may hold.
+pub const MAX_DATA_KEYS: usize = 256;
+/// Largest `provision` and `max_size` of a pool.
+pub const MAX_POOL_SIZE: u32 = 100_000;
+/// Units in one platform, at least 1.
+pub const MAX_UNITS: usize = 64;
+/// Presence events kept for watches that resume from a revision.
+pub const EVENT_HISTORY: usize = 100_000;
+/// Work-log entries kept per session (the newest ones).
+pub const WORK_LOG_LEN: usize = 1000;
+/// How long (cluster time) a lease's `request_id` is remembered after the
+/// lease ended, so a late retry is refused rather than granted a second lease.
+pub const REQUEST_ID_RETENTION_MS: u64 = 60 * 60 * 1000;
+
+/// `value` must be `min..=max` bytes.
+pub(crate) fn check_len(
+    field: &str,
+    value: &str,
+    min: usize,
+    max: usize,
+) -> Result<(), StateError> {
+    let n = value.len();
+    if n < min || n > max {
+        let reason = if min == 0 {
+            format!("must be at most {max} bytes of UTF-8, got {n}")
+        } else {
+            format!("must be {min}..={max} bytes of UTF-8, got {n}")
+        };
+        return Err(StateError::invalid(field, reason));
+    }
+    Ok(())
+}
+
+/// A presence `ext` map: at most [`MAX_EXT_BYTES`] of keys and values.
+pub(crate) fn check_ext(field: &str, ext: &BTreeMap<String, String>) -> Result<(), StateError> {
+    let n: usize = ext.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if n > MAX_EXT_BYTES {
+        return Err(StateError::invalid(
+            field,
+            format!("keys and values must total at most {MAX_EXT_BYTES} bytes, got {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A TTL: at most [`MAX_TTL_MS`] (0 is allowed; what it means is up to the
+/// command).
+pub(crate) fn check_ttl(field: &str, ttl_ms: u64) -> Result<(), StateError> {
+    if ttl_ms > MAX_TTL_MS {
+        return Err(StateError::invalid(
+            field,
+            format!("must be at most {MAX_TTL_MS} ms (30 days), got {ttl_ms}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A capability list: at most [`MAX_CAPABILITIES`] entries of
+/// 1..=[`MAX_CAPABILITY_BYTES`] bytes.
+pub(crate) fn check_capabilities(field: &str, caps: &[String]) -> Result<(), StateError> {
+    if caps.len() > MAX_CAPABILITIES {
+        return Err(StateError::invalid(
+            field,
+            format!(
+                "must have at most {MAX_CAPABILITIES} entries, got {}",
+                caps.len()
+            ),
+        ));
+    }
+    for (i, cap) in caps.iter().enumerate() {
+        check_len(&format!("{field}[{i}]"), cap, 1, MAX_CAPABILITY_BYTES)?;
+    }
+    Ok(())
+}
+
+/// At most `max` bytes of opaque data.
+pub(crate) fn check_bytes(field: &str, data: &[u8], max: usize) -> Result<(), StateError> {
+    if data.len() > max {
+        return Err(StateError::invalid(
+            field,
+            format!("must be at most {max} bytes, got {}", data.len()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_errors_name_field_and_limit() {
+        let long = "x".repeat(300);
+        let e = check_len("uid", &long, 1, MAX_UID_BYTES).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "uid: must be 1..=128 bytes of UTF-8, got 300"
+        );
+        let e = check_len("qos_class", &long, 0, MAX_NAME_BYTES).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "qos_class: must be at most 128 bytes of UTF-8, got 300"
+        );
+        assert!(check_len("uid", "", 1, MAX_UID_BYTES).is_err());
+        assert!(check_len("uid", &"x".repeat(128), 1, MAX_UID_BYTES).is_ok());
+        // Bytes, not chars: 43 three-byte chars are 129 bytes.
+        assert!(check_len("uid", &"€".repeat(43), 1, MAX_UID_BYTES).is_err());
+    }
+
+    #[test]
+    fn ext_counts_keys_and_values() {
+        let mut ext = BTreeMap::new();
+        ext.insert("k".repeat(2048), "v".repeat(2048));
+        assert!(check_ext("ext", &ext).is_ok());
+        ext.insert("z".into(), String::new());
+        let e = check_ext("ext", &ext).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ext: keys and values must total at most 4096 bytes, got 4097"
+        );
+    }
+
+    #[test]
+    fn ttl_and_capabilities() {
+        assert!(check_ttl("ttl_ms", MAX_TTL_MS).is_ok());
+        assert!(check_ttl("ttl_ms", MAX_TTL_MS + 1).is_err());
+        let caps: Vec<String> = (0..65).map(|i| i.to_string()).collect();
+        let e = check_capabilities("requires", &caps).unwrap_err();
+        assert!(e.to_string().starts_with("requires: must have at most 64"));
+        let e = check_capabilities("requires", &["ok".into(), String::new()]).unwrap_err();
+        assert!(e.to_string().starts_with("requires[1]: must be 1..=64"));
+        assert!(check_capabilities("requires", &["x".repeat(65)]).is_err());
+        assert!(check_capabilities("requires", &["x".repeat(64)]).is_ok());
+    }
+}

@@ -1,0 +1,295 @@
+//! Herald's replicated state machine: presence, session progress and
+//! temporary-account pools, as every replica holds them.
+//!
+//! This module owns the *meaning* of every write. Raft (in `crate::raft`)
+//! decides the order of commands; [`State::apply`] turns each committed
+//! `(Entry, Command)` into a new state and a [`Response`]. It is pure, like
+//! ntpd-rs's protocol crate: no I/O, no clock, no randomness, no hash-order
+//! iteration. Time comes from the entry (the leader's cluster time, clamped
+//! so it never goes back), randomness (lease passwords) is made by the
+//! leader before it proposes. So every replica computes byte-identical state
+//! from the same log, a snapshot is just this struct in bincode, and tests
+//! and the chaos checker can replay any history.
+//!
+//! A command is checked twice with the same code: [`Command::validate`]
+//! before it is proposed (so bad requests never reach the log) and again in
+//! `apply` (so a bad entry from a buggy or older peer is rejected the same
+//! way everywhere). A rejected command changes nothing; the time-driven work
+//! of its entry (clock, lease expiry) still happens, exactly as for a
+//! [`Command::Tick`].
+
+pub mod accounts;
+mod error;
+pub mod limits;
+pub mod presence;
+pub mod sessions;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use accounts::{
+    AccessPolicy, CreatePlatform, CreatePool, Lease, LeaseAccount, LoginOutcome, PasswordHash,
+    Platform, PoolView, PutAccountData, ReleaseLease, RenewLease, Unit, UnitSpec,
+};
+pub use error::StateError;
+pub use limits::MAX_BATCH;
+pub use presence::{
+    ClientEntry, Login, Logout, LogoutReason, Permission, PresenceEvent, PresenceEventKind,
+    PresenceRecord,
+};
+pub use sessions::{
+    Bind, Candidate, Connect, Handoff, HandoffMode, HandoffOutcome, Progress, Session, Terminal,
+    TerminalKind, WorkEvent, WorkLogEntry,
+};
+
+use accounts::AccountPools;
+use presence::Roster;
+use sessions::Sessions;
+
+/// Where a command sits in the log: its Raft index and the leader's cluster
+/// time when it was proposed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Raft log index; strictly increases from one apply to the next.
+    pub index: u64,
+    /// Leader's cluster time (ms since the Unix epoch).
+    pub time_ms: u64,
+}
+
+/// A write, as proposed to Raft. Each variant's payload documents its fields
+/// and limits and has its own `validate`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Presence: a client logs in.
+    Login(Login),
+    /// Presence: one or every client logs out, or a TTL expired.
+    Logout(Logout),
+    /// Presence: permission (and ext) change.
+    Permission(Permission),
+    /// Sessions: a terminal connects to an application.
+    Connect(Connect),
+    /// Sessions: the holder records progress.
+    Progress(Progress),
+    /// Sessions: bind two terminals.
+    Bind(Bind),
+    /// Sessions: move a session to another terminal.
+    Handoff(Handoff),
+    /// Accounts: create a platform and its units.
+    CreatePlatform(CreatePlatform),
+    /// Accounts: create a pool of temporary accounts.
+    CreatePool(CreatePool),
+    /// Accounts: lease an account.
+    Lease(LeaseAccount),
+    /// Accounts: extend a lease.
+    Renew(RenewLease),
+    /// Accounts: end a lease early.
+    Release(ReleaseLease),
+    /// Accounts: store data on a leased account.
+    PutAccountData(PutAccountData),
+    /// Nothing but the passing of time: the leader proposes one when a lease
+    /// is due ([`State::next_lease_expiry`]) so expiry happens without
+    /// waiting for other writes.
+    Tick,
+}
+
+impl Command {
+    /// Stateless field checks (limits and formats). Called before proposing
+    /// and again inside [`State::apply`].
+    pub fn validate(&self) -> Result<(), StateError> {
+        match self {
+            Command::Login(c) => c.validate(),
+            Command::Logout(c) => c.validate(),
+            Command::Permission(c) => c.validate(),
+            Command::Connect(c) => c.validate(),
+            Command::Progress(c) => c.validate(),
+            Command::Bind(c) => c.validate(),
+            Command::Handoff(c) => c.validate(),
+            Command::CreatePlatform(c) => c.validate(),
+            Command::CreatePool(c) => c.validate(),
+            Command::Lease(c) => c.validate(),
+            Command::Renew(c) => c.validate(),
+            Command::Release(c) => c.validate(),
+            Command::PutAccountData(c) => c.validate(),
+            Command::Tick => Ok(()),
+        }
+    }
+}
+
+/// What an applied command answers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Login, Logout, Permission: the record after the change.
+    Presence(PresenceRecord),
+    /// Connect, Progress: the session after the change.
+    Session(Session),
+    /// Handoff: accepted or refused.
+    Handoff(HandoffOutcome),
+    /// Bind.
+    Bound,
+    /// CreatePlatform: the platform with its ids.
+    Platform(Platform),
+    /// CreatePool: the new pool.
+    Pool(PoolView),
+    /// Lease (`replayed` when the request id matched an active lease) and
+    /// Renew (`replayed` false).
+    Lease {
+        /// The lease.
+        lease: Lease,
+        /// True when this answers a retry of an earlier request.
+        replayed: bool,
+    },
+    /// Release, PutAccountData, Tick.
+    Done,
+}
+
+/// The whole replicated state. Snapshots are this struct in bincode.
+///
+/// Every collection is ordered (BTreeMap/BTreeSet), so equal states
+/// serialize to equal bytes on every replica.
+#[derive(Default, Serialize, Deserialize, Clone, Debug)]
+pub struct State {
+    last_index: u64,
+    now_ms: u64,
+    roster: Roster,
+    sessions: Sessions,
+    accounts: AccountPools,
+}
+
+impl State {
+    /// Applies one committed command. `Err` = rejected, and the state is
+    /// exactly as before (nothing half-applied) except for what the entry
+    /// itself does to every state, as a [`Command::Tick`] would: the clock
+    /// and last index advance and due leases expire.
+    pub fn apply(&mut self, entry: Entry, cmd: &Command) -> Result<Response, StateError> {
+        debug_assert!(
+            entry.index > self.last_index,
+            "entry {} applied after entry {}",
+            entry.index,
+            self.last_index
+        );
+        self.last_index = entry.index;
+        // A new leader's clock may be a little behind the old one's; cluster
+        // time never goes back.
+        self.now_ms = self.now_ms.max(entry.time_ms);
+        let at = Entry {
+            index: entry.index,
+            time_ms: self.now_ms,
+        };
+        self.accounts.expire_due(at.time_ms);
+        cmd.validate()?;
+        match cmd {
+            Command::Login(c) => Ok(Response::Presence(self.roster.login(at, c))),
+            Command::Logout(c) => self.roster.logout(at, c).map(Response::Presence),
+            Command::Permission(c) => self.roster.permission(at, c).map(Response::Presence),
+            Command::Connect(c) => Ok(Response::Session(self.sessions.connect(at, c))),
+            Command::Progress(c) => self.sessions.progress(at, c).map(Response::Session),
+            Command::Bind(c) => {
+                self.sessions.bind(at, c);
+                Ok(Response::Bound)
+            }
+            Command::Handoff(c) => self.sessions.handoff(at, c).map(Response::Handoff),
+            Command::CreatePlatform(c) => self.accounts.create_platform(c).map(Response::Platform),
+            Command::CreatePool(c) => self.accounts.create_pool(c).map(Response::Pool),
+            Command::Lease(c) => self
+                .accounts
+                .lease(at, c)
+                .map(|(lease, replayed)| Response::Lease { lease, replayed }),
+            Command::Renew(c) => self.accounts.renew(at, c).map(|lease| Response::Lease {
+                lease,
+                replayed: false,
+            }),
+            Command::Release(c) => self.accounts.release(at, c).map(|()| Response::Done),
+            Command::PutAccountData(c) => self.accounts.put_data(c).map(|()| Response::Done),
+            Command::Tick => Ok(Response::Done),
+        }
+    }
+
+    /// Cluster time: the latest entry time seen (monotonic even when a new
+    /// leader's clock is behind).
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Index of the last entry applied, whether its command was accepted or
+    /// rejected.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// A user's presence record; `None` when the user was never seen.
+    pub fn presence(&self, uid: &str) -> Option<&PresenceRecord> {
+        self.roster.get(uid)
+    }
+
+    /// Presence events with `revision >= start_revision` (0 = every retained
+    /// one) for `uids` (empty = every user), in revision order.
+    /// `FailedPrecondition` ("compacted: ...") when events at or after
+    /// `start_revision` are no longer kept.
+    pub fn presence_events_since(
+        &self,
+        start_revision: u64,
+        uids: &BTreeSet<String>,
+    ) -> Result<Vec<PresenceEvent>, StateError> {
+        self.roster.events_since(start_revision, uids)
+    }
+
+    /// Users online per client type (for metrics).
+    pub fn online_counts(&self) -> BTreeMap<String, u64> {
+        self.roster.online_counts()
+    }
+
+    /// A session.
+    pub fn session(&self, id: u64) -> Option<&Session> {
+        self.sessions.get(id)
+    }
+
+    /// A session's work log, oldest first (the newest
+    /// [`limits::WORK_LOG_LEN`] entries).
+    pub fn session_log(&self, id: u64) -> Option<Vec<WorkLogEntry>> {
+        self.sessions.log(id)
+    }
+
+    /// The terminal bound to `terminal`, if any.
+    pub fn binding(&self, terminal: &Terminal) -> Option<&Terminal> {
+        self.sessions.binding(terminal)
+    }
+
+    /// Every platform, by id.
+    pub fn platforms(&self) -> Vec<&Platform> {
+        self.accounts.platforms()
+    }
+
+    /// Every pool (`None`) or the pools of one unit, by id.
+    pub fn pools(&self, unit_id: Option<u64>) -> Vec<PoolView> {
+        self.accounts.pools(unit_id)
+    }
+
+    /// The active leases of a pool, by lease id.
+    pub fn leases(&self, pool_id: u64) -> Result<Vec<Lease>, StateError> {
+        self.accounts.leases(pool_id)
+    }
+
+    /// Checks a viewer's login to a unit at cluster time `now_ms` (the
+    /// answering node's clock: a lease past its expiry is refused even
+    /// before the Tick that ends it is applied).
+    pub fn check_login(
+        &self,
+        unit_id: u64,
+        account: &str,
+        password: &str,
+        user: &str,
+        now_ms: u64,
+    ) -> LoginOutcome {
+        self.accounts
+            .check_login(unit_id, account, password, user, now_ms)
+    }
+
+    /// The earliest `expires_ms` of an active lease, so the leader knows
+    /// when to propose a [`Command::Tick`].
+    pub fn next_lease_expiry(&self) -> Option<u64> {
+        self.accounts.next_expiry()
+    }
+}

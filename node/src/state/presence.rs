@@ -1,0 +1,731 @@
+//! Presence (P-publish): who is online, on which clients, and whether they
+//! accept sessions from strangers.
+//!
+//! The `Roster` keeps one [`PresenceRecord`] per user ever seen (offline
+//! users keep theirs, so a batch read can tell "offline" from "never seen")
+//! and a bounded history of [`PresenceEvent`]s, so a watch can resume from a
+//! revision without gaps. A revision is the Raft log index of the change, like
+//! etcd's `mod_revision`, so it is the same on every replica.
+//!
+//! Heartbeats are not here: the user's owner node keeps them in memory and
+//! proposes a [`Logout`] with [`LogoutReason::Expired`] when a TTL runs out.
+//! That proposal names the login it expires (`login_since_ms`), so an expiry
+//! that raced with a fresh login is refused as stale instead of logging the
+//! user out.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::limits::{
+    EVENT_HISTORY, MAX_CLIENT_TYPE_BYTES, MAX_UID_BYTES, check_ext, check_len, check_ttl,
+};
+use super::{Entry, StateError};
+
+/// One online client of a user.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ClientEntry {
+    /// pc, mobile, web, tv or a custom string.
+    pub client_type: String,
+    /// Cluster time of the login that put this client online.
+    pub since_ms: u64,
+    /// Heartbeat TTL of that login; 0 = online until logout.
+    pub ttl_ms: u64,
+}
+
+/// A user's presence, as every replica holds it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PresenceRecord {
+    /// Internal user id.
+    pub uid: String,
+    /// The user's public service number.
+    pub sid: u64,
+    /// Online clients by client type; empty = offline.
+    pub clients: BTreeMap<String, ClientEntry>,
+    /// Whether the user accepts sessions from strangers.
+    pub accept_strangers: bool,
+    /// Free extension data.
+    pub ext: BTreeMap<String, String>,
+    /// Cluster time of the last change.
+    pub updated_at_ms: u64,
+    /// Log index of the last change; strictly increases with every change.
+    pub revision: u64,
+}
+
+impl PresenceRecord {
+    /// True while any client is online.
+    pub fn online(&self) -> bool {
+        !self.clients.is_empty()
+    }
+}
+
+/// Why a client goes offline.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogoutReason {
+    /// The user (or the IM server on its behalf) logged out.
+    User,
+    /// The owner node saw no heartbeat within the login's TTL.
+    Expired,
+}
+
+/// What kind of change a [`PresenceEvent`] records.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceEventKind {
+    /// A client logged in.
+    Login,
+    /// One or all clients logged out.
+    Logout,
+    /// The permission or ext changed.
+    Permission,
+    /// A client went offline because its TTL passed.
+    Expired,
+}
+
+/// One change of one record, as a watch delivers it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PresenceEvent {
+    /// Log index of the change (equals `record.revision`).
+    pub revision: u64,
+    /// What happened.
+    pub kind: PresenceEventKind,
+    /// Whose record changed.
+    pub uid: String,
+    /// The client concerned; empty for a permission change or a logout of
+    /// every client.
+    pub client_type: String,
+    /// The record after the change.
+    pub record: PresenceRecord,
+    /// Cluster time of the change.
+    pub time_ms: u64,
+}
+
+/// Puts a client of a user online (adding or replacing that client).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Login {
+    /// 1..=128 bytes.
+    pub uid: String,
+    /// Replaces the record's sid.
+    pub sid: u64,
+    /// 1..=32 bytes.
+    pub client_type: String,
+    /// Replaces the record's permission.
+    pub accept_strangers: bool,
+    /// Replaces the record's ext when non-empty; at most 4 KiB.
+    pub ext: BTreeMap<String, String>,
+    /// Heartbeat TTL; 0 = online until logout; at most 30 days.
+    pub ttl_ms: u64,
+}
+
+/// Takes one or every client of a user offline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Logout {
+    /// 1..=128 bytes.
+    pub uid: String,
+    /// Replaces the record's sid (reason `User` only).
+    pub sid: u64,
+    /// The client to log out; `None` = every client (reason `User` only).
+    pub client_type: Option<String>,
+    /// Replaces the record's ext when non-empty (reason `User` only).
+    pub ext: BTreeMap<String, String>,
+    /// Who asked.
+    pub reason: LogoutReason,
+    /// For `Expired` (required): the `since_ms` of the login being expired.
+    /// A client whose login is newer logged in again, and stays online.
+    /// Ignored for `User`.
+    pub login_since_ms: Option<u64>,
+}
+
+/// Changes a user's permission (and ext).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Permission {
+    /// 1..=128 bytes; the user must have a record.
+    pub uid: String,
+    /// Replaces the record's sid.
+    pub sid: u64,
+    /// Replaces the record's permission.
+    pub accept_strangers: bool,
+    /// Replaces the record's ext when non-empty; at most 4 KiB.
+    pub ext: BTreeMap<String, String>,
+}
+
+fn check_uid(uid: &str) -> Result<(), StateError> {
+    check_len("uid", uid, 1, MAX_UID_BYTES)
+}
+
+fn check_client_type(client_type: &str) -> Result<(), StateError> {
+    check_len("client_type", client_type, 1, MAX_CLIENT_TYPE_BYTES)
+}
+
+impl Login {
+    /// Field limits.
+    pub fn validate(&self) -> Result<(), StateError> {
+        check_uid(&self.uid)?;
+        check_client_type(&self.client_type)?;
+        check_ext("ext", &self.ext)?;
+        check_ttl("ttl_ms", self.ttl_ms)
+    }
+}
+
+impl Logout {
+    /// Field limits; an expiry must name one client and the login it expires.
+    pub fn validate(&self) -> Result<(), StateError> {
+        check_uid(&self.uid)?;
+        if let Some(client_type) = &self.client_type {
+            check_client_type(client_type)?;
+        }
+        check_ext("ext", &self.ext)?;
+        if self.reason == LogoutReason::Expired {
+            if self.client_type.is_none() {
+                return Err(StateError::invalid(
+                    "client_type",
+                    "required when the reason is expired",
+                ));
+            }
+            if self.login_since_ms.is_none() {
+                return Err(StateError::invalid(
+                    "login_since_ms",
+                    "required when the reason is expired",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Permission {
+    /// Field limits.
+    pub fn validate(&self) -> Result<(), StateError> {
+        check_uid(&self.uid)?;
+        check_ext("ext", &self.ext)
+    }
+}
+
+/// Every presence record and the recent event history.
+///
+/// BTreeMaps, not HashMaps: a snapshot must serialize to the same bytes on
+/// every replica.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub(crate) struct Roster {
+    records: BTreeMap<String, PresenceRecord>,
+    /// The newest [`EVENT_HISTORY`] events, in revision order.
+    history: VecDeque<PresenceEvent>,
+    /// Revision of the newest event dropped from `history`; 0 = none yet.
+    compacted_revision: u64,
+    /// Users online per client type, kept up to date on every change so
+    /// metrics never scan a million records.
+    online_by_client: BTreeMap<String, u64>,
+}
+
+impl Roster {
+    pub(crate) fn get(&self, uid: &str) -> Option<&PresenceRecord> {
+        self.records.get(uid)
+    }
+
+    pub(crate) fn online_counts(&self) -> BTreeMap<String, u64> {
+        self.online_by_client.clone()
+    }
+
+    pub(crate) fn login(&mut self, at: Entry, cmd: &Login) -> PresenceRecord {
+        let record = self
+            .records
+            .entry(cmd.uid.clone())
+            .or_insert_with(|| PresenceRecord {
+                uid: cmd.uid.clone(),
+                sid: cmd.sid,
+                clients: BTreeMap::new(),
+                accept_strangers: cmd.accept_strangers,
+                ext: BTreeMap::new(),
+                updated_at_ms: 0,
+                revision: 0,
+            });
+        let entry = ClientEntry {
+            client_type: cmd.client_type.clone(),
+            since_ms: at.time_ms,
+            ttl_ms: cmd.ttl_ms,
+        };
+        let was_online = record
+            .clients
+            .insert(cmd.client_type.clone(), entry)
+            .is_some();
+        record.sid = cmd.sid;
+        record.accept_strangers = cmd.accept_strangers;
+        if !cmd.ext.is_empty() {
+            record.ext = cmd.ext.clone();
+        }
+        stamp(record, at);
+        let after = record.clone();
+        if !was_online {
+            *self
+                .online_by_client
+                .entry(cmd.client_type.clone())
+                .or_default() += 1;
+        }
+        self.push_event(at, PresenceEventKind::Login, &cmd.client_type, &after);
+        after
+    }
+
+    pub(crate) fn logout(&mut self, at: Entry, cmd: &Logout) -> Result<PresenceRecord, StateError> {
+        // Check everything first: a refused logout leaves no trace.
+        let record = self
+            .records
+            .get(&cmd.uid)
+            .ok_or_else(|| StateError::not_found(format!("user {:?}", cmd.uid)))?;
+        let gone: Vec<String> = match &cmd.client_type {
+            Some(client_type) => {
+                let client = record.clients.get(client_type).ok_or_else(|| {
+                    StateError::not_found(format!("client {client_type:?} of user {:?}", cmd.uid))
+                })?;
+                if cmd.reason == LogoutReason::Expired {
+                    let expiring = cmd.login_since_ms.unwrap_or(u64::MAX);
+                    if client.since_ms > expiring {
+                        return Err(StateError::precondition(format!(
+                            "stale expiry: client {client_type:?} of user {:?} logged in again \
+                             at {}, after the expired login at {expiring}",
+                            cmd.uid, client.since_ms
+                        )));
+                    }
+                }
+                vec![client_type.clone()]
+            }
+            None if record.clients.is_empty() => {
+                return Err(StateError::not_found(format!(
+                    "online client of user {:?}",
+                    cmd.uid
+                )));
+            }
+            None => record.clients.keys().cloned().collect(),
+        };
+
+        let Some(record) = self.records.get_mut(&cmd.uid) else {
+            return Err(StateError::not_found(format!("user {:?}", cmd.uid)));
+        };
+        for client_type in &gone {
+            record.clients.remove(client_type);
+        }
+        if cmd.reason == LogoutReason::User {
+            record.sid = cmd.sid;
+            if !cmd.ext.is_empty() {
+                record.ext = cmd.ext.clone();
+            }
+        }
+        stamp(record, at);
+        let after = record.clone();
+        for client_type in &gone {
+            self.count_offline(client_type);
+        }
+        let kind = match cmd.reason {
+            LogoutReason::User => PresenceEventKind::Logout,
+            LogoutReason::Expired => PresenceEventKind::Expired,
+        };
+        let client_type = cmd.client_type.as_deref().unwrap_or("");
+        self.push_event(at, kind, client_type, &after);
+        Ok(after)
+    }
+
+    pub(crate) fn permission(
+        &mut self,
+        at: Entry,
+        cmd: &Permission,
+    ) -> Result<PresenceRecord, StateError> {
+        let record = self
+            .records
+            .get_mut(&cmd.uid)
+            .ok_or_else(|| StateError::not_found(format!("user {:?}", cmd.uid)))?;
+        record.sid = cmd.sid;
+        record.accept_strangers = cmd.accept_strangers;
+        if !cmd.ext.is_empty() {
+            record.ext = cmd.ext.clone();
+        }
+        stamp(record, at);
+        let after = record.clone();
+        self.push_event(at, PresenceEventKind::Permission, "", &after);
+        Ok(after)
+    }
+
+    /// Events with `revision >= start` (0 = every retained one), for `uids`
+    /// (empty = everyone), in revision order.
+    pub(crate) fn events_since(
+        &self,
+        start: u64,
+        uids: &BTreeSet<String>,
+    ) -> Result<Vec<PresenceEvent>, StateError> {
+        if start != 0 && start <= self.compacted_revision {
+            return Err(StateError::precondition(format!(
+                "compacted: events up to revision {} are no longer kept, asked for {start}; \
+                 resume from {} or later",
+                self.compacted_revision,
+                self.compacted_revision + 1
+            )));
+        }
+        let from = self.history.partition_point(|e| e.revision < start);
+        Ok(self
+            .history
+            .range(from..)
+            .filter(|e| uids.is_empty() || uids.contains(&e.uid))
+            .cloned()
+            .collect())
+    }
+
+    fn count_offline(&mut self, client_type: &str) {
+        if let Some(n) = self.online_by_client.get_mut(client_type) {
+            *n -= 1;
+            if *n == 0 {
+                // Drop zeros so equal states serialize to equal bytes.
+                self.online_by_client.remove(client_type);
+            }
+        } else {
+            debug_assert!(
+                false,
+                "client {client_type} went offline but was not counted"
+            );
+        }
+    }
+
+    fn push_event(
+        &mut self,
+        at: Entry,
+        kind: PresenceEventKind,
+        client_type: &str,
+        record: &PresenceRecord,
+    ) {
+        debug_assert!(
+            self.history.back().is_none_or(|e| e.revision < at.index),
+            "presence history must be in strictly increasing revision order"
+        );
+        self.history.push_back(PresenceEvent {
+            revision: at.index,
+            kind,
+            uid: record.uid.clone(),
+            client_type: client_type.to_owned(),
+            record: record.clone(),
+            time_ms: at.time_ms,
+        });
+        while self.history.len() > EVENT_HISTORY {
+            if let Some(dropped) = self.history.pop_front() {
+                self.compacted_revision = dropped.revision;
+            }
+        }
+    }
+
+    /// Recomputes what is kept incrementally and compares (tests only: it
+    /// scans everything).
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for (uid, record) in &self.records {
+            assert_eq!(uid, &record.uid);
+            for (client_type, client) in &record.clients {
+                assert_eq!(client_type, &client.client_type);
+                *counts.entry(client_type.clone()).or_default() += 1;
+            }
+        }
+        assert_eq!(counts, self.online_by_client, "online counts drifted");
+        for pair in self.history.iter().collect::<Vec<_>>().windows(2) {
+            assert!(pair[0].revision < pair[1].revision, "history out of order");
+        }
+        assert!(self.history.len() <= EVENT_HISTORY);
+        if let Some(first) = self.history.front() {
+            assert!(first.revision > self.compacted_revision);
+        }
+    }
+}
+
+/// Marks `record` as changed by the entry `at`.
+fn stamp(record: &mut PresenceRecord, at: Entry) {
+    debug_assert!(
+        record.revision < at.index,
+        "a record's revision must strictly increase"
+    );
+    record.revision = at.index;
+    record.updated_at_ms = at.time_ms;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::super::tests::Harness;
+    use super::super::{Command, Response, State, StateError};
+    use super::*;
+
+    fn login(uid: &str, client_type: &str) -> Command {
+        Command::Login(Login {
+            uid: uid.into(),
+            sid: 7,
+            client_type: client_type.into(),
+            accept_strangers: true,
+            ext: BTreeMap::new(),
+            ttl_ms: 0,
+        })
+    }
+
+    fn logout(uid: &str, client_type: Option<&str>) -> Command {
+        Command::Logout(Logout {
+            uid: uid.into(),
+            sid: 7,
+            client_type: client_type.map(Into::into),
+            ext: BTreeMap::new(),
+            reason: LogoutReason::User,
+            login_since_ms: None,
+        })
+    }
+
+    fn expire(uid: &str, client_type: &str, login_since_ms: u64) -> Command {
+        Command::Logout(Logout {
+            uid: uid.into(),
+            sid: 0,
+            client_type: Some(client_type.into()),
+            ext: BTreeMap::new(),
+            reason: LogoutReason::Expired,
+            login_since_ms: Some(login_since_ms),
+        })
+    }
+
+    fn record(r: Response) -> PresenceRecord {
+        match r {
+            Response::Presence(p) => p,
+            other => panic!("expected a presence record, got {other:?}"),
+        }
+    }
+
+    fn invalid_field(e: StateError) -> String {
+        match e {
+            StateError::InvalidArgument { field, .. } => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn login_adds_clients_and_logout_removes_them() {
+        let mut h = Harness::new();
+        let r = record(h.ok(login("alice", "pc")));
+        assert!(r.online());
+        assert_eq!(r.revision, h.index);
+        assert_eq!(r.clients["pc"].since_ms, h.time_ms);
+        let r = record(h.ok(login("alice", "mobile")));
+        assert_eq!(r.clients.len(), 2);
+        assert_eq!(
+            h.state.online_counts(),
+            BTreeMap::from([("mobile".into(), 1), ("pc".into(), 1)])
+        );
+        let r = record(h.ok(logout("alice", Some("pc"))));
+        assert!(r.online());
+        assert!(!r.clients.contains_key("pc"));
+        let r = record(h.ok(logout("alice", None)));
+        assert!(!r.online());
+        // Offline users keep their record.
+        assert_eq!(h.state.presence("alice").map(|p| p.online()), Some(false));
+        assert!(h.state.online_counts().is_empty());
+    }
+
+    #[test]
+    fn login_replaces_the_client_entry_and_keeps_ext_when_empty() {
+        let mut h = Harness::new();
+        let mut cmd = Login {
+            uid: "bob".into(),
+            sid: 1,
+            client_type: "tv".into(),
+            accept_strangers: false,
+            ext: BTreeMap::from([("city".into(), "Xi'an".into())]),
+            ttl_ms: 5000,
+        };
+        h.ok(Command::Login(cmd.clone()));
+        h.advance(100);
+        cmd.ext.clear();
+        cmd.sid = 2;
+        cmd.ttl_ms = 0;
+        let r = record(h.ok(Command::Login(cmd)));
+        assert_eq!(r.sid, 2);
+        assert_eq!(r.ext["city"], "Xi'an");
+        assert_eq!(r.clients["tv"].ttl_ms, 0);
+        assert_eq!(r.clients["tv"].since_ms, h.time_ms);
+        assert_eq!(h.state.online_counts()["tv"], 1);
+    }
+
+    #[test]
+    fn unknown_user_or_client_is_not_found() {
+        let mut h = Harness::new();
+        assert!(matches!(
+            h.err(logout("nobody", None)),
+            StateError::NotFound { .. }
+        ));
+        h.ok(login("alice", "pc"));
+        assert!(matches!(
+            h.err(logout("alice", Some("web"))),
+            StateError::NotFound { .. }
+        ));
+        h.ok(logout("alice", None));
+        assert!(matches!(
+            h.err(logout("alice", None)),
+            StateError::NotFound { .. }
+        ));
+        let perm = Command::Permission(Permission {
+            uid: "nobody".into(),
+            sid: 1,
+            accept_strangers: false,
+            ext: BTreeMap::new(),
+        });
+        assert!(matches!(h.err(perm), StateError::NotFound { .. }));
+    }
+
+    #[test]
+    fn permission_changes_flag_sid_and_ext() {
+        let mut h = Harness::new();
+        h.ok(login("alice", "pc"));
+        let r = record(h.ok(Command::Permission(Permission {
+            uid: "alice".into(),
+            sid: 99,
+            accept_strangers: false,
+            ext: BTreeMap::from([("k".into(), "v".into())]),
+        })));
+        assert!(!r.accept_strangers);
+        assert_eq!(r.sid, 99);
+        assert_eq!(r.ext["k"], "v");
+        assert!(r.online());
+    }
+
+    #[test]
+    fn expiry_of_an_older_login_is_stale() {
+        let mut h = Harness::new();
+        h.ok(login("alice", "pc"));
+        let first = h.time_ms;
+        h.advance(1000);
+        h.ok(login("alice", "pc")); // logged in again before the expiry landed
+        let e = h.err(expire("alice", "pc", first));
+        assert!(e.to_string().starts_with("stale expiry"), "{e}");
+        let r = record(h.ok(expire("alice", "pc", h.time_ms)));
+        assert!(!r.online());
+        let events = h.state.presence_events_since(0, &BTreeSet::new()).unwrap();
+        assert_eq!(
+            events.last().map(|e| e.kind),
+            Some(PresenceEventKind::Expired)
+        );
+    }
+
+    #[test]
+    fn expiry_must_name_client_and_login() {
+        let mut h = Harness::new();
+        h.ok(login("alice", "pc"));
+        let mut cmd = Logout {
+            uid: "alice".into(),
+            sid: 0,
+            client_type: None,
+            ext: BTreeMap::new(),
+            reason: LogoutReason::Expired,
+            login_since_ms: Some(1),
+        };
+        assert_eq!(
+            invalid_field(h.err(Command::Logout(cmd.clone()))),
+            "client_type"
+        );
+        cmd.client_type = Some("pc".into());
+        cmd.login_since_ms = None;
+        assert_eq!(invalid_field(h.err(Command::Logout(cmd))), "login_since_ms");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut h = Harness::new();
+        let e = h.err(login(&"u".repeat(129), "pc"));
+        assert_eq!(
+            e.to_string(),
+            "uid: must be 1..=128 bytes of UTF-8, got 129"
+        );
+        assert_eq!(invalid_field(h.err(login("", "pc"))), "uid");
+        assert_eq!(invalid_field(h.err(login("a", ""))), "client_type");
+        assert_eq!(
+            invalid_field(h.err(login("a", &"c".repeat(33)))),
+            "client_type"
+        );
+        h.ok(login("a", &"c".repeat(32)));
+        let mut big = Login {
+            uid: "a".into(),
+            sid: 0,
+            client_type: "pc".into(),
+            accept_strangers: false,
+            ext: BTreeMap::from([("k".into(), "v".repeat(4096))]),
+            ttl_ms: 0,
+        };
+        assert_eq!(invalid_field(h.err(Command::Login(big.clone()))), "ext");
+        big.ext = BTreeMap::new();
+        big.ttl_ms = super::super::limits::MAX_TTL_MS + 1;
+        assert_eq!(invalid_field(h.err(Command::Login(big))), "ttl_ms");
+        let perm = Permission {
+            uid: "a".into(),
+            sid: 0,
+            accept_strangers: false,
+            ext: BTreeMap::from([("k".repeat(4097), String::new())]),
+        };
+        assert_eq!(invalid_field(h.err(Command::Permission(perm))), "ext");
+        assert_eq!(
+            invalid_field(h.err(logout("a", Some(&"c".repeat(33))))),
+            "client_type"
+        );
+    }
+
+    #[test]
+    fn events_are_filtered_and_resumable() {
+        let mut h = Harness::new();
+        h.ok(login("a", "pc"));
+        let second = h.index + 1;
+        h.ok(login("b", "pc"));
+        h.ok(logout("a", None));
+        let all = h.state.presence_events_since(0, &BTreeSet::new()).unwrap();
+        assert_eq!(all.len(), 3);
+        assert!(all.windows(2).all(|w| w[0].revision < w[1].revision));
+        assert_eq!(all[2].kind, PresenceEventKind::Logout);
+        assert!(!all[2].record.online());
+        let from = h
+            .state
+            .presence_events_since(second, &BTreeSet::new())
+            .unwrap();
+        assert_eq!(from.len(), 2);
+        assert_eq!(from[0].uid, "b");
+        let only_a = h
+            .state
+            .presence_events_since(0, &BTreeSet::from(["a".to_string()]))
+            .unwrap();
+        assert_eq!(only_a.len(), 2);
+        assert!(only_a.iter().all(|e| e.uid == "a"));
+        assert!(
+            h.state
+                .presence_events_since(h.index + 1, &BTreeSet::new())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn history_is_bounded_and_reports_compaction() {
+        // Straight to State::apply: the harness's per-step checks would make
+        // this quadratic.
+        let mut state = State::default();
+        let total = EVENT_HISTORY as u64 + 5;
+        for index in 1..=total {
+            let entry = Entry {
+                index,
+                time_ms: index,
+            };
+            let client = if index % 2 == 0 { "pc" } else { "web" };
+            state.apply(entry, &login("u", client)).unwrap();
+        }
+        let all = state.presence_events_since(0, &BTreeSet::new()).unwrap();
+        assert_eq!(all.len(), EVENT_HISTORY);
+        assert_eq!(all[0].revision, 6);
+        let e = state
+            .presence_events_since(5, &BTreeSet::new())
+            .unwrap_err();
+        assert!(
+            matches!(&e, StateError::FailedPrecondition { reason } if reason.starts_with("compacted") && reason.contains("revision 5")),
+            "{e}"
+        );
+        assert_eq!(
+            state
+                .presence_events_since(6, &BTreeSet::new())
+                .unwrap()
+                .len(),
+            EVENT_HISTORY
+        );
+        state.roster.check_invariants();
+    }
+}

@@ -1,0 +1,1248 @@
+//! Session progress and handoff (P-handoff).
+//!
+//! A terminal connects to an application and records opaque progress under a
+//! sequence number that only moves forward. A handoff moves the session to
+//! another terminal: pushed by the holder, pulled by the new terminal, or
+//! through a stored binding between two terminals. The first candidate that
+//! has every capability the application requires wins; the session's epoch
+//! goes up, and from then on the old terminal's writes are refused (fencing),
+//! because they carry the old epoch. Every event of a session goes to its
+//! bounded work log.
+//!
+//! [`Terminal`]s are validated and normalized once, by [`Terminal::new`], so
+//! two spellings of one MAC or MSISDN are the same terminal everywhere.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::limits::{
+    MAX_APP_URL_BYTES, MAX_CANDIDATES, MAX_PROGRESS_BYTES, WORK_LOG_LEN, check_bytes,
+    check_capabilities, check_len,
+};
+use super::{Entry, StateError};
+
+/// How a terminal is identified.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TerminalKind {
+    /// Not set (the proto default); never valid.
+    Unspecified,
+    /// A SIM card's ICCID: 18-22 digits starting with 89.
+    Sim,
+    /// A phone number in E.164: 8-15 digits, stored without the '+'.
+    Msisdn,
+    /// A phone's IMEI: 15 digits, the last a Luhn check digit.
+    Imei,
+    /// A PC's MAC address, stored as lowercase `aa:bb:cc:dd:ee:ff`.
+    Mac,
+}
+
+impl TerminalKind {
+    /// Lowercase name, as used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminalKind::Unspecified => "unspecified",
+            TerminalKind::Sim => "sim",
+            TerminalKind::Msisdn => "msisdn",
+            TerminalKind::Imei => "imei",
+            TerminalKind::Mac => "mac",
+        }
+    }
+}
+
+/// A validated terminal id in normal form.
+///
+/// The fields are private so that a `Terminal` built in code is always valid
+/// and normalized; [`Command::validate`](super::Command::validate) checks
+/// again for ones that arrive deserialized.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Terminal {
+    kind: TerminalKind,
+    id: String,
+}
+
+impl Terminal {
+    /// Validates `id` as a terminal id of `kind` and normalizes it (MSISDN
+    /// without '+', MAC lowercase with ':'). Errors name `terminal.kind` or
+    /// `terminal.id`.
+    pub fn new(kind: TerminalKind, id: &str) -> Result<Terminal, StateError> {
+        Terminal::parse("terminal", kind, id)
+    }
+
+    /// How the terminal is identified.
+    pub fn kind(&self) -> TerminalKind {
+        self.kind
+    }
+
+    /// The normalized id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// [`Terminal::new`] with errors naming `{field}.kind` / `{field}.id`.
+    pub(crate) fn parse(field: &str, kind: TerminalKind, id: &str) -> Result<Terminal, StateError> {
+        let bad = |reason: String| StateError::invalid(format!("{field}.id"), reason);
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let id = match kind {
+            TerminalKind::Unspecified => {
+                return Err(StateError::invalid(
+                    format!("{field}.kind"),
+                    "must be one of sim, msisdn, imei, mac",
+                ));
+            }
+            TerminalKind::Sim => {
+                if !(digits(id) && (18..=22).contains(&id.len()) && id.starts_with("89")) {
+                    return Err(bad(format!(
+                        "a SIM id (ICCID) must be 18..=22 digits starting with 89, got {id:?}"
+                    )));
+                }
+                id.to_owned()
+            }
+            TerminalKind::Msisdn => {
+                let number = id.strip_prefix('+').unwrap_or(id);
+                if !(digits(number) && (8..=15).contains(&number.len())) {
+                    return Err(bad(format!(
+                        "an MSISDN must be E.164: an optional '+' and 8..=15 digits, got {id:?}"
+                    )));
+                }
+                number.to_owned()
+            }
+            TerminalKind::Imei => {
+                if !(digits(id) && id.len() == 15) {
+                    return Err(bad(format!(
+                        "an IMEI must be exactly 15 digits, got {id:?}"
+                    )));
+                }
+                if !luhn_valid(id) {
+                    return Err(bad(format!("IMEI {id} fails its Luhn check digit")));
+                }
+                id.to_owned()
+            }
+            TerminalKind::Mac => normalize_mac(id).ok_or_else(|| {
+                bad(format!(
+                    "a MAC must be six hex octets separated by ':' or '-', got {id:?}"
+                ))
+            })?,
+        };
+        Ok(Terminal { kind, id })
+    }
+
+    /// Checks a terminal that may not have come through [`Terminal::new`]
+    /// (deserialized from a proposal): it must be valid and in normal form.
+    pub(crate) fn check(&self, field: &str) -> Result<(), StateError> {
+        let normal = Terminal::parse(field, self.kind, &self.id)?;
+        if normal != *self {
+            return Err(StateError::invalid(
+                format!("{field}.id"),
+                format!("must be in normal form {:?}, got {:?}", normal.id, self.id),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Terminal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind.as_str(), self.id)
+    }
+}
+
+/// Luhn check over ASCII digits (the last one is the check digit).
+fn luhn_valid(digits: &str) -> bool {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 1 {
+                let dd = d * 2;
+                if dd > 9 { dd - 9 } else { dd }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// `aa:BB:cc:dd:ee:ff` or `aa-bb-...` (one separator throughout) to
+/// lowercase with ':'.
+fn normalize_mac(id: &str) -> Option<String> {
+    let sep = if id.contains(':') { ':' } else { '-' };
+    let octets: Vec<&str> = id.split(sep).collect();
+    let ok = octets.len() == 6
+        && octets
+            .iter()
+            .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
+    ok.then(|| octets.join(":").to_ascii_lowercase())
+}
+
+/// A terminal's interaction with an application, as every replica holds it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The log index of the connect that created it.
+    pub session_id: u64,
+    /// The application.
+    pub app_url: String,
+    /// Capabilities a terminal needs to run the application.
+    pub requires: Vec<String>,
+    /// The terminal that holds the session now.
+    pub terminal: Terminal,
+    /// Starts at 1, bumped by every handoff; fences the old terminal.
+    pub epoch: u64,
+    /// Last accepted progress sequence number (0 = none yet).
+    pub seq: u64,
+    /// Last accepted progress.
+    pub progress: Vec<u8>,
+    /// Cluster time of the connect.
+    pub created_ms: u64,
+    /// Cluster time of the last progress or handoff.
+    pub updated_ms: u64,
+}
+
+/// What a work-log entry records.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkEvent {
+    /// The session was created.
+    Connect,
+    /// Progress was recorded.
+    Progress,
+    /// The holder was bound to another terminal.
+    Bind,
+    /// The session moved to another terminal.
+    Handoff,
+    /// A handoff candidate did not fit.
+    HandoffRefused,
+}
+
+impl WorkEvent {
+    /// The name used on the wire: connect, progress, bind, handoff,
+    /// handoff_refused.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkEvent::Connect => "connect",
+            WorkEvent::Progress => "progress",
+            WorkEvent::Bind => "bind",
+            WorkEvent::Handoff => "handoff",
+            WorkEvent::HandoffRefused => "handoff_refused",
+        }
+    }
+}
+
+/// One event in a session's work log.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WorkLogEntry {
+    /// Log index of the command (one command may log several entries).
+    pub revision: u64,
+    /// Cluster time of the command.
+    pub time_ms: u64,
+    /// What happened.
+    pub event: WorkEvent,
+    /// The terminal concerned: the holder, the new holder, or the refused
+    /// candidate.
+    pub terminal: Terminal,
+    /// The session's epoch after the event.
+    pub epoch: u64,
+    /// The session's sequence number after the event.
+    pub seq: u64,
+    /// Human-readable detail (the URL, the reason a candidate was refused).
+    pub detail: String,
+}
+
+/// Who starts a handoff.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandoffMode {
+    /// The holder sends the session to the first fitting candidate.
+    Push,
+    /// The initiator (the only candidate) takes the session from `holder`.
+    Pull,
+    /// The holder sends the session to its bound terminal, then on to the
+    /// candidates if that one does not fit.
+    Binding,
+}
+
+/// A terminal offered to take a session, with what it can do.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The terminal.
+    pub terminal: Terminal,
+    /// Its capabilities; it fits when they include all the session requires.
+    pub capabilities: Vec<String>,
+}
+
+/// The result of a handoff: accepted or refused, never an error once the
+/// request itself is allowed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HandoffOutcome {
+    /// True when a candidate took the session.
+    pub accepted: bool,
+    /// The session after the handoff (unchanged when refused).
+    pub session: Session,
+    /// Candidates that did not fit, in the order tried.
+    pub refused: Vec<Terminal>,
+}
+
+/// Creates a session held by `terminal`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Connect {
+    /// The terminal connecting.
+    pub terminal: Terminal,
+    /// 1..=2048 bytes, `scheme://...`.
+    pub app_url: String,
+    /// Capabilities the application needs; at most 64 of 1..=64 bytes.
+    pub requires: Vec<String>,
+}
+
+/// Records progress of a session.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The session.
+    pub session_id: u64,
+    /// Must be the holder.
+    pub terminal: Terminal,
+    /// Must be the session's current epoch.
+    pub epoch: u64,
+    /// Must be greater than the last accepted one.
+    pub seq: u64,
+    /// At most 64 KiB, replaces the stored progress.
+    pub data: Vec<u8>,
+}
+
+/// Binds two terminals to each other (replacing their old bindings).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Bind {
+    /// One side.
+    pub first: Terminal,
+    /// The other side; must differ from `first`.
+    pub second: Terminal,
+}
+
+/// Moves a session to another terminal.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Handoff {
+    /// The session.
+    pub session_id: u64,
+    /// Who starts it.
+    pub mode: HandoffMode,
+    /// Push and Binding: the holder. Pull: the terminal taking the session.
+    pub initiator: Terminal,
+    /// Pull only (required there): the terminal the initiator believes holds
+    /// the session; it must.
+    pub holder: Option<Terminal>,
+    /// Tried in order (at most 64). Push: at least one. Pull: exactly the
+    /// initiator. Binding: tried after the bound terminal.
+    pub candidates: Vec<Candidate>,
+    /// Binding only: the bound terminal's capabilities.
+    pub bound_capabilities: Vec<String>,
+}
+
+/// `scheme://rest` with an RFC 3986 scheme, a non-empty rest and no spaces
+/// or control characters.
+fn check_app_url(url: &str) -> Result<(), StateError> {
+    check_len("app_url", url, 1, MAX_APP_URL_BYTES)?;
+    let bad = || {
+        StateError::invalid(
+            "app_url",
+            format!("must be scheme://... (http://, https:// or another scheme), got {url:?}"),
+        )
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let scheme_ok = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !scheme_ok || rest.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+impl Connect {
+    /// Field limits and formats.
+    pub fn validate(&self) -> Result<(), StateError> {
+        self.terminal.check("terminal")?;
+        check_app_url(&self.app_url)?;
+        check_capabilities("requires", &self.requires)
+    }
+}
+
+impl Progress {
+    /// Field limits.
+    pub fn validate(&self) -> Result<(), StateError> {
+        self.terminal.check("terminal")?;
+        check_bytes("data", &self.data, MAX_PROGRESS_BYTES)
+    }
+}
+
+impl Bind {
+    /// Both terminals valid and different.
+    pub fn validate(&self) -> Result<(), StateError> {
+        self.first.check("first")?;
+        self.second.check("second")?;
+        if self.first == self.second {
+            return Err(StateError::invalid(
+                "second",
+                format!("must differ from first, both are {}", self.first),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Handoff {
+    /// Field limits, and the shape each mode needs.
+    pub fn validate(&self) -> Result<(), StateError> {
+        self.initiator.check("initiator")?;
+        if self.candidates.len() > MAX_CANDIDATES {
+            return Err(StateError::invalid(
+                "candidates",
+                format!(
+                    "must have at most {MAX_CANDIDATES} entries, got {}",
+                    self.candidates.len()
+                ),
+            ));
+        }
+        for (i, c) in self.candidates.iter().enumerate() {
+            c.terminal.check(&format!("candidates[{i}].terminal"))?;
+            check_capabilities(&format!("candidates[{i}].capabilities"), &c.capabilities)?;
+        }
+        check_capabilities("bound_capabilities", &self.bound_capabilities)?;
+        match self.mode {
+            HandoffMode::Push => {
+                if self.candidates.is_empty() {
+                    return Err(StateError::invalid(
+                        "candidates",
+                        "push needs at least one candidate",
+                    ));
+                }
+            }
+            HandoffMode::Pull => {
+                let Some(holder) = &self.holder else {
+                    return Err(StateError::invalid("holder", "required for pull"));
+                };
+                holder.check("holder")?;
+                if self.candidates.len() != 1 || self.candidates[0].terminal != self.initiator {
+                    return Err(StateError::invalid(
+                        "candidates",
+                        "pull needs exactly one candidate: the initiator with its capabilities",
+                    ));
+                }
+            }
+            HandoffMode::Binding => {}
+        }
+        if self.mode != HandoffMode::Pull && self.holder.is_some() {
+            return Err(StateError::invalid("holder", "only used by pull"));
+        }
+        Ok(())
+    }
+}
+
+/// Every session, its work log, and the terminal bindings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub(crate) struct Sessions {
+    sessions: BTreeMap<u64, Session>,
+    /// The newest [`WORK_LOG_LEN`] entries of each session.
+    logs: BTreeMap<u64, VecDeque<WorkLogEntry>>,
+    /// Symmetric: `a -> b` exactly when `b -> a`.
+    bindings: BTreeMap<Terminal, Terminal>,
+    /// (holder, session id): which sessions a terminal holds, so a bind can
+    /// log to them without scanning every session.
+    held: BTreeSet<(Terminal, u64)>,
+}
+
+impl Sessions {
+    pub(crate) fn get(&self, id: u64) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    pub(crate) fn log(&self, id: u64) -> Option<Vec<WorkLogEntry>> {
+        self.logs.get(&id).map(|log| log.iter().cloned().collect())
+    }
+
+    /// The terminal bound to `terminal`, if any.
+    pub(crate) fn binding(&self, terminal: &Terminal) -> Option<&Terminal> {
+        self.bindings.get(terminal)
+    }
+
+    pub(crate) fn connect(&mut self, at: Entry, cmd: &Connect) -> Session {
+        let session = Session {
+            session_id: at.index,
+            app_url: cmd.app_url.clone(),
+            requires: cmd.requires.clone(),
+            terminal: cmd.terminal.clone(),
+            epoch: 1,
+            seq: 0,
+            progress: Vec::new(),
+            created_ms: at.time_ms,
+            updated_ms: at.time_ms,
+        };
+        debug_assert!(
+            !self.sessions.contains_key(&at.index),
+            "session ids are log indexes"
+        );
+        self.held
+            .insert((session.terminal.clone(), session.session_id));
+        self.sessions.insert(session.session_id, session.clone());
+        self.write_log(
+            at,
+            &session,
+            WorkEvent::Connect,
+            &session.terminal,
+            cmd.app_url.clone(),
+        );
+        session
+    }
+
+    pub(crate) fn progress(&mut self, at: Entry, cmd: &Progress) -> Result<Session, StateError> {
+        let session = self
+            .sessions
+            .get_mut(&cmd.session_id)
+            .ok_or_else(|| StateError::not_found(format!("session {}", cmd.session_id)))?;
+        if cmd.terminal != session.terminal || cmd.epoch != session.epoch {
+            return Err(fenced(session));
+        }
+        if cmd.seq <= session.seq {
+            return Err(StateError::precondition(format!(
+                "stale sequence {}, last accepted {}",
+                cmd.seq, session.seq
+            )));
+        }
+        session.seq = cmd.seq;
+        session.progress = cmd.data.clone();
+        session.updated_ms = at.time_ms;
+        let after = session.clone();
+        let detail = format!("{} bytes", cmd.data.len());
+        self.write_log(at, &after, WorkEvent::Progress, &after.terminal, detail);
+        Ok(after)
+    }
+
+    pub(crate) fn bind(&mut self, at: Entry, cmd: &Bind) {
+        for side in [&cmd.first, &cmd.second] {
+            if let Some(old) = self.bindings.remove(side) {
+                self.bindings.remove(&old);
+            }
+        }
+        self.bindings.insert(cmd.first.clone(), cmd.second.clone());
+        self.bindings.insert(cmd.second.clone(), cmd.first.clone());
+        for (this, other) in [(&cmd.first, &cmd.second), (&cmd.second, &cmd.first)] {
+            let held: Vec<u64> = self
+                .held
+                .range((this.clone(), 0)..=(this.clone(), u64::MAX))
+                .map(|(_, id)| *id)
+                .collect();
+            for id in held {
+                if let Some(session) = self.sessions.get(&id).cloned() {
+                    self.write_log(
+                        at,
+                        &session,
+                        WorkEvent::Bind,
+                        this,
+                        format!("bound to {other}"),
+                    );
+                }
+            }
+        }
+    }
+
+    pub(crate) fn handoff(
+        &mut self,
+        at: Entry,
+        cmd: &Handoff,
+    ) -> Result<HandoffOutcome, StateError> {
+        let session = self
+            .sessions
+            .get(&cmd.session_id)
+            .ok_or_else(|| StateError::not_found(format!("session {}", cmd.session_id)))?;
+        let holder = &session.terminal;
+        let mut targets: Vec<(&Terminal, &[String])> = Vec::new();
+        let how = match cmd.mode {
+            HandoffMode::Push | HandoffMode::Binding if cmd.initiator != *holder => {
+                return Err(StateError::precondition(format!(
+                    "initiator {} does not hold session {}: it is at epoch {} on terminal {}",
+                    cmd.initiator, session.session_id, session.epoch, holder
+                )));
+            }
+            HandoffMode::Push => format!("pushed by {holder}"),
+            HandoffMode::Pull => {
+                if cmd.holder.as_ref() != Some(holder) {
+                    return Err(StateError::precondition(format!(
+                        "session {} is held by {}, not {}",
+                        session.session_id,
+                        holder,
+                        cmd.holder
+                            .as_ref()
+                            .map_or_else(|| "nobody".to_owned(), ToString::to_string)
+                    )));
+                }
+                format!("pulled by {} from {holder}", cmd.initiator)
+            }
+            HandoffMode::Binding => {
+                let bound = self.bindings.get(holder).ok_or_else(|| {
+                    StateError::precondition(format!("terminal {holder} has no binding"))
+                })?;
+                targets.push((bound, &cmd.bound_capabilities));
+                format!("through the binding of {holder}")
+            }
+        };
+        targets.extend(
+            cmd.candidates
+                .iter()
+                .map(|c| (&c.terminal, c.capabilities.as_slice())),
+        );
+
+        let mut refused: Vec<(Terminal, String)> = Vec::new();
+        let mut chosen: Option<Terminal> = None;
+        for (terminal, caps) in targets {
+            if terminal == holder {
+                refused.push((terminal.clone(), "already holds the session".to_owned()));
+                continue;
+            }
+            let missing: Vec<&str> = session
+                .requires
+                .iter()
+                .filter(|r| !caps.contains(r))
+                .map(String::as_str)
+                .collect();
+            if missing.is_empty() {
+                chosen = Some(terminal.clone());
+                break;
+            }
+            refused.push((
+                terminal.clone(),
+                format!("missing capabilities: {}", missing.join(", ")),
+            ));
+        }
+
+        // All checks done; from here on the handoff cannot fail.
+        let before = session.clone();
+        for (terminal, why) in &refused {
+            self.write_log(
+                at,
+                &before,
+                WorkEvent::HandoffRefused,
+                terminal,
+                why.clone(),
+            );
+        }
+        let accepted = chosen.is_some();
+        let after = match chosen {
+            Some(to) => {
+                let Some(session) = self.sessions.get_mut(&cmd.session_id) else {
+                    return Err(StateError::not_found(format!("session {}", cmd.session_id)));
+                };
+                self.held
+                    .remove(&(session.terminal.clone(), session.session_id));
+                self.held.insert((to.clone(), session.session_id));
+                session.terminal = to;
+                session.epoch += 1;
+                session.updated_ms = at.time_ms;
+                let after = session.clone();
+                self.write_log(at, &after, WorkEvent::Handoff, &after.terminal, how);
+                after
+            }
+            None => before,
+        };
+        Ok(HandoffOutcome {
+            accepted,
+            session: after,
+            refused: refused.into_iter().map(|(t, _)| t).collect(),
+        })
+    }
+
+    fn write_log(
+        &mut self,
+        at: Entry,
+        session: &Session,
+        event: WorkEvent,
+        terminal: &Terminal,
+        detail: String,
+    ) {
+        let log = self.logs.entry(session.session_id).or_default();
+        log.push_back(WorkLogEntry {
+            revision: at.index,
+            time_ms: at.time_ms,
+            event,
+            terminal: terminal.clone(),
+            epoch: session.epoch,
+            seq: session.seq,
+            detail,
+        });
+        while log.len() > WORK_LOG_LEN {
+            log.pop_front();
+        }
+    }
+
+    /// Recomputes the derived indexes and compares (tests only).
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let held: BTreeSet<(Terminal, u64)> = self
+            .sessions
+            .values()
+            .map(|s| (s.terminal.clone(), s.session_id))
+            .collect();
+        assert_eq!(held, self.held, "held index drifted");
+        for (a, b) in &self.bindings {
+            assert_eq!(self.bindings.get(b), Some(a), "binding not symmetric");
+            assert_ne!(a, b);
+        }
+        for (id, s) in &self.sessions {
+            assert_eq!(*id, s.session_id);
+            assert!(s.epoch >= 1);
+            assert!(
+                self.logs
+                    .get(id)
+                    .is_some_and(|l| !l.is_empty() && l.len() <= WORK_LOG_LEN)
+            );
+        }
+    }
+}
+
+/// The refused error for a write from a terminal that does not hold the
+/// session at its current epoch.
+fn fenced(session: &Session) -> StateError {
+    StateError::precondition(format!(
+        "fenced: session {} is at epoch {} on terminal {}",
+        session.session_id, session.epoch, session.terminal
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::Harness;
+    use super::super::{Command, Response};
+    use super::*;
+
+    fn imei(id: &str) -> Terminal {
+        Terminal::new(TerminalKind::Imei, id).unwrap()
+    }
+    fn mac(id: &str) -> Terminal {
+        Terminal::new(TerminalKind::Mac, id).unwrap()
+    }
+    fn phone() -> Terminal {
+        imei("490154203237518")
+    }
+    fn tv() -> Terminal {
+        mac("00:1a:2b:3c:4d:5e")
+    }
+    fn pc() -> Terminal {
+        mac("aa:bb:cc:dd:ee:ff")
+    }
+
+    fn connect(h: &mut Harness, terminal: Terminal, requires: &[&str]) -> Session {
+        match h.ok(Command::Connect(Connect {
+            terminal,
+            app_url: "https://game.example/play".into(),
+            requires: requires.iter().map(|s| s.to_string()).collect(),
+        })) {
+            Response::Session(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn progress(session: &Session, terminal: Terminal, seq: u64) -> Command {
+        Command::Progress(Progress {
+            session_id: session.session_id,
+            terminal,
+            epoch: session.epoch,
+            seq,
+            data: seq.to_be_bytes().to_vec(),
+        })
+    }
+
+    fn cand(terminal: Terminal, caps: &[&str]) -> Candidate {
+        Candidate {
+            terminal,
+            capabilities: caps.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn handoff(h: &mut Harness, cmd: Handoff) -> HandoffOutcome {
+        match h.ok(Command::Handoff(cmd)) {
+            Response::Handoff(o) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn push(session: &Session, initiator: Terminal, candidates: Vec<Candidate>) -> Handoff {
+        Handoff {
+            session_id: session.session_id,
+            mode: HandoffMode::Push,
+            initiator,
+            holder: None,
+            candidates,
+            bound_capabilities: vec![],
+        }
+    }
+
+    fn invalid_field(e: StateError) -> String {
+        match e {
+            StateError::InvalidArgument { field, .. } => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn terminal_ids_are_validated_and_normalized() {
+        use TerminalKind::*;
+        let good = [
+            (Sim, "894400000000000000", "894400000000000000"),
+            (Sim, "8986002000000000000001", "8986002000000000000001"),
+            (Msisdn, "+8613800138000", "8613800138000"),
+            (Msisdn, "12345678", "12345678"),
+            (Msisdn, "123456789012345", "123456789012345"),
+            (Imei, "490154203237518", "490154203237518"),
+            (Imei, "356938035643809", "356938035643809"),
+            (Mac, "AA:BB:CC:DD:EE:FF", "aa:bb:cc:dd:ee:ff"),
+            (Mac, "00-1a-2B-3c-4D-5e", "00:1a:2b:3c:4d:5e"),
+        ];
+        for (kind, id, normal) in good {
+            let t = Terminal::new(kind, id).unwrap_or_else(|e| panic!("{kind:?} {id}: {e}"));
+            assert_eq!(t.id(), normal);
+            assert_eq!(t.kind(), kind);
+        }
+        let bad = [
+            (Sim, "8944000000000000"),        // 16 digits
+            (Sim, "89440000000000000000000"), // 23 digits
+            (Sim, "994400000000000000"),      // not 89
+            (Sim, "89440000000000000a"),      // not a digit
+            (Msisdn, "1234567"),              // 7 digits
+            (Msisdn, "1234567890123456"),     // 16 digits
+            (Msisdn, "++12345678"),           // two '+'
+            (Msisdn, "+1 2345678"),           // space
+            (Msisdn, "+"),                    // nothing
+            (Imei, "490154203237517"),        // bad check digit
+            (Imei, "49015420323751"),         // 14 digits
+            (Imei, "4901542032375180"),       // 16 digits
+            (Imei, "49015420323751x"),        // not a digit
+            (Mac, "aa:bb:cc:dd:ee"),          // five octets
+            (Mac, "aa:bb:cc:dd:ee:ff:00"),    // seven octets
+            (Mac, "aa:bb-cc:dd:ee:ff"),       // mixed separators
+            (Mac, "aabb.ccdd.eeff"),          // dotted form
+            (Mac, "aa:bb:cc:dd:ee:fg"),       // not hex
+            (Mac, "a:bb:cc:dd:ee:fff"),       // wrong octet widths
+            (Mac, ""),
+        ];
+        for (kind, id) in bad {
+            let e = Terminal::new(kind, id).expect_err(id);
+            assert_eq!(invalid_field(e), "terminal.id", "{kind:?} {id}");
+        }
+        let e = Terminal::new(Unspecified, "490154203237518").unwrap_err();
+        assert_eq!(invalid_field(e), "terminal.kind");
+        assert_eq!(phone().to_string(), "imei:490154203237518");
+    }
+
+    #[test]
+    fn luhn_table() {
+        assert!(luhn_valid("79927398713"));
+        assert!(!luhn_valid("79927398710"));
+        assert!(luhn_valid("490154203237518"));
+        for wrong in 0..10u8 {
+            let id = format!("49015420323751{wrong}");
+            assert_eq!(luhn_valid(&id), wrong == 8, "{id}");
+        }
+    }
+
+    #[test]
+    fn unnormalized_terminals_from_the_wire_are_rejected() {
+        let raw: Terminal = bincode::deserialize(
+            &bincode::serialize(&(TerminalKind::Mac, "AA-BB-CC-DD-EE-FF".to_string())).unwrap(),
+        )
+        .unwrap();
+        let mut h = Harness::new();
+        let e = h.err(Command::Connect(Connect {
+            terminal: raw,
+            app_url: "https://a.example".into(),
+            requires: vec![],
+        }));
+        assert_eq!(invalid_field(e), "terminal.id");
+    }
+
+    #[test]
+    fn connect_creates_a_session_at_epoch_one() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &["touch"]);
+        assert_eq!(s.session_id, h.index);
+        assert_eq!((s.epoch, s.seq), (1, 0));
+        assert_eq!(s.created_ms, h.time_ms);
+        assert_eq!(h.state.session(s.session_id), Some(&s));
+        let log = h.state.session_log(s.session_id).unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].event, WorkEvent::Connect);
+        assert_eq!(log[0].event.as_str(), "connect");
+        assert!(h.state.session(s.session_id + 1).is_none());
+        assert!(h.state.session_log(s.session_id + 1).is_none());
+    }
+
+    #[test]
+    fn connect_validation_names_the_field() {
+        let mut h = Harness::new();
+        let mut cmd = Connect {
+            terminal: phone(),
+            app_url: "ftp://files.example/x".into(),
+            requires: vec![],
+        };
+        h.ok(Command::Connect(cmd.clone()));
+        h.ok(Command::Connect(Connect {
+            app_url: "x-game+v2://start".into(),
+            ..cmd.clone()
+        }));
+        for url in [
+            "",
+            "game.example/play",
+            "://nothing",
+            "https://",
+            "1http://x",
+            "https://a b",
+            "ht tp://x",
+        ] {
+            cmd.app_url = url.into();
+            assert_eq!(
+                invalid_field(h.err(Command::Connect(cmd.clone()))),
+                "app_url",
+                "{url}"
+            );
+        }
+        // "https://" is 8 bytes.
+        cmd.app_url = format!("https://{}", "a".repeat(MAX_APP_URL_BYTES - 8 + 1));
+        assert_eq!(
+            invalid_field(h.err(Command::Connect(cmd.clone()))),
+            "app_url"
+        );
+        cmd.app_url = format!("https://{}", "a".repeat(MAX_APP_URL_BYTES - 8));
+        h.ok(Command::Connect(cmd.clone()));
+        cmd.requires = (0..65).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            invalid_field(h.err(Command::Connect(cmd.clone()))),
+            "requires"
+        );
+        cmd.requires = vec!["x".repeat(65)];
+        assert_eq!(invalid_field(h.err(Command::Connect(cmd))), "requires[0]");
+    }
+
+    #[test]
+    fn progress_moves_forward_only() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &[]);
+        h.ok(progress(&s, phone(), 1));
+        h.ok(progress(&s, phone(), 5));
+        let e = h.err(progress(&s, phone(), 5));
+        assert_eq!(e.to_string(), "stale sequence 5, last accepted 5");
+        assert!(
+            h.err(progress(&s, phone(), 2))
+                .to_string()
+                .starts_with("stale sequence 2")
+        );
+        let now = h.state.session(s.session_id).unwrap();
+        assert_eq!(now.seq, 5);
+        assert_eq!(now.progress, 5u64.to_be_bytes().to_vec());
+        let e = h.err(Command::Progress(Progress {
+            session_id: 999,
+            terminal: phone(),
+            epoch: 1,
+            seq: 9,
+            data: vec![],
+        }));
+        assert!(matches!(e, StateError::NotFound { .. }));
+        let e = h.err(Command::Progress(Progress {
+            session_id: s.session_id,
+            terminal: phone(),
+            epoch: 1,
+            seq: 9,
+            data: vec![0; MAX_PROGRESS_BYTES + 1],
+        }));
+        assert_eq!(invalid_field(e), "data");
+        h.ok(Command::Progress(Progress {
+            session_id: s.session_id,
+            terminal: phone(),
+            epoch: 1,
+            seq: 9,
+            data: vec![0; MAX_PROGRESS_BYTES],
+        }));
+    }
+
+    #[test]
+    fn wrong_terminal_or_epoch_is_fenced() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &[]);
+        let e = h.err(progress(&s, tv(), 1));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "fenced: session {} is at epoch 1 on terminal imei:490154203237518",
+                s.session_id
+            )
+        );
+        let e = h.err(Command::Progress(Progress {
+            epoch: 2,
+            ..match progress(&s, phone(), 1) {
+                Command::Progress(p) => p,
+                _ => unreachable!(),
+            }
+        }));
+        assert!(e.to_string().starts_with("fenced"));
+    }
+
+    #[test]
+    fn push_handoff_carries_progress_and_fences_the_old_terminal() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &["video"]);
+        h.ok(progress(&s, phone(), 3));
+        let out = handoff(
+            &mut h,
+            push(
+                &s,
+                phone(),
+                vec![cand(pc(), &["keyboard"]), cand(tv(), &["video", "remote"])],
+            ),
+        );
+        assert!(out.accepted);
+        assert_eq!(out.refused, vec![pc()]);
+        assert_eq!(out.session.terminal, tv());
+        assert_eq!((out.session.epoch, out.session.seq), (2, 3));
+        assert_eq!(out.session.progress, 3u64.to_be_bytes().to_vec());
+        // The phone is fenced, the TV goes on from seq 3.
+        assert!(
+            h.err(progress(&s, phone(), 4))
+                .to_string()
+                .starts_with("fenced")
+        );
+        h.ok(progress(&out.session, tv(), 4));
+        let log = h.state.session_log(s.session_id).unwrap();
+        let events: Vec<&str> = log.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(
+            events,
+            [
+                "connect",
+                "progress",
+                "handoff_refused",
+                "handoff",
+                "progress"
+            ]
+        );
+        assert_eq!(log[2].terminal, pc());
+        assert_eq!(log[2].detail, "missing capabilities: video");
+        assert_eq!(log[3].terminal, tv());
+        assert_eq!(log[3].epoch, 2);
+    }
+
+    #[test]
+    fn push_by_a_non_holder_is_refused() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &[]);
+        let e = h.err(Command::Handoff(push(&s, tv(), vec![cand(pc(), &[])])));
+        assert!(matches!(e, StateError::FailedPrecondition { .. }));
+        let e = h.err(Command::Handoff(push(&s, phone(), vec![])));
+        assert_eq!(invalid_field(e), "candidates");
+        let mut missing = push(&s, phone(), vec![cand(pc(), &[])]);
+        missing.session_id = 12345;
+        assert!(matches!(
+            h.err(Command::Handoff(missing)),
+            StateError::NotFound { .. }
+        ));
+    }
+
+    #[test]
+    fn no_fit_is_a_refusal_not_an_error() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &["4k"]);
+        let out = handoff(
+            &mut h,
+            push(
+                &s,
+                phone(),
+                vec![cand(phone(), &["4k"]), cand(tv(), &["hd"])],
+            ),
+        );
+        assert!(!out.accepted);
+        assert_eq!(out.refused, vec![phone(), tv()]);
+        assert_eq!(out.session, s);
+        assert_eq!(h.state.session(s.session_id), Some(&s));
+        let log = h.state.session_log(s.session_id).unwrap();
+        assert_eq!(log.len(), 3);
+        assert_eq!(log[1].detail, "already holds the session");
+        assert!(
+            log[1..]
+                .iter()
+                .all(|e| e.event == WorkEvent::HandoffRefused)
+        );
+    }
+
+    #[test]
+    fn pull_names_the_holder() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &["video"]);
+        let pull = |holder: Option<Terminal>, caps: &[&str]| Handoff {
+            session_id: s.session_id,
+            mode: HandoffMode::Pull,
+            initiator: tv(),
+            holder,
+            candidates: vec![cand(tv(), caps)],
+            bound_capabilities: vec![],
+        };
+        let e = h.err(Command::Handoff(pull(Some(pc()), &["video"])));
+        assert!(
+            e.to_string().contains("is held by imei:490154203237518"),
+            "{e}"
+        );
+        assert_eq!(
+            invalid_field(h.err(Command::Handoff(pull(None, &["video"])))),
+            "holder"
+        );
+        let mut wrong = pull(Some(phone()), &["video"]);
+        wrong.candidates = vec![cand(pc(), &["video"])];
+        assert_eq!(invalid_field(h.err(Command::Handoff(wrong))), "candidates");
+        let out = handoff(&mut h, pull(Some(phone()), &[]));
+        assert!(!out.accepted);
+        let out = handoff(&mut h, pull(Some(phone()), &["video"]));
+        assert!(out.accepted);
+        assert_eq!(out.session.terminal, tv());
+        assert_eq!(out.session.epoch, 2);
+    }
+
+    #[test]
+    fn holder_field_is_only_for_pull() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &[]);
+        let mut cmd = push(&s, phone(), vec![cand(tv(), &[])]);
+        cmd.holder = Some(phone());
+        assert_eq!(invalid_field(h.err(Command::Handoff(cmd))), "holder");
+    }
+
+    #[test]
+    fn binding_handoff_chains_to_a_third_terminal() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &["video"]);
+        let binding = |bound_caps: &[&str], candidates: Vec<Candidate>| Handoff {
+            session_id: s.session_id,
+            mode: HandoffMode::Binding,
+            initiator: phone(),
+            holder: None,
+            candidates,
+            bound_capabilities: bound_caps.iter().map(|c| c.to_string()).collect(),
+        };
+        let e = h.err(Command::Handoff(binding(&["video"], vec![])));
+        assert!(e.to_string().contains("has no binding"), "{e}");
+        assert_eq!(
+            h.ok(Command::Bind(Bind {
+                first: phone(),
+                second: pc()
+            })),
+            Response::Bound
+        );
+        // The bound PC lacks video; the chain goes on to the TV.
+        let out = handoff(&mut h, binding(&["keyboard"], vec![cand(tv(), &["video"])]));
+        assert!(out.accepted);
+        assert_eq!(out.refused, vec![pc()]);
+        assert_eq!(out.session.terminal, tv());
+        // Now the TV holds it and has no binding.
+        let mut again = binding(&["video"], vec![]);
+        again.initiator = tv();
+        assert!(
+            h.err(Command::Handoff(again))
+                .to_string()
+                .contains("has no binding")
+        );
+    }
+
+    #[test]
+    fn binding_handoff_to_the_bound_terminal() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &["video"]);
+        h.ok(Command::Bind(Bind {
+            first: tv(),
+            second: phone(),
+        }));
+        let out = handoff(
+            &mut h,
+            Handoff {
+                session_id: s.session_id,
+                mode: HandoffMode::Binding,
+                initiator: phone(),
+                holder: None,
+                candidates: vec![],
+                bound_capabilities: vec!["video".into()],
+            },
+        );
+        assert!(out.accepted);
+        assert!(out.refused.is_empty());
+        assert_eq!(out.session.terminal, tv());
+        let log = h.state.session_log(s.session_id).unwrap();
+        assert_eq!(log[1].event, WorkEvent::Bind);
+        assert_eq!(log[1].detail, "bound to mac:00:1a:2b:3c:4d:5e");
+    }
+
+    #[test]
+    fn rebinding_replaces_both_old_bindings() {
+        let mut h = Harness::new();
+        let sim = Terminal::new(TerminalKind::Sim, "894400000000000000").unwrap();
+        h.ok(Command::Bind(Bind {
+            first: phone(),
+            second: tv(),
+        }));
+        h.ok(Command::Bind(Bind {
+            first: pc(),
+            second: sim.clone(),
+        }));
+        h.ok(Command::Bind(Bind {
+            first: tv(),
+            second: pc(),
+        }));
+        let s = &h.state.sessions;
+        assert_eq!(s.binding(&tv()), Some(&pc()));
+        assert_eq!(s.binding(&pc()), Some(&tv()));
+        assert_eq!(s.binding(&phone()), None);
+        assert_eq!(s.binding(&sim), None);
+        h.state.sessions.check_invariants();
+        let e = h.err(Command::Bind(Bind {
+            first: tv(),
+            second: tv(),
+        }));
+        assert_eq!(invalid_field(e), "second");
+    }
+
+    #[test]
+    fn handoff_validation_names_the_field() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &[]);
+        let many: Vec<Candidate> = (0..65).map(|_| cand(tv(), &[])).collect();
+        assert_eq!(
+            invalid_field(h.err(Command::Handoff(push(&s, phone(), many)))),
+            "candidates"
+        );
+        let caps: Vec<&str> = vec!["c"; 65];
+        let e = h.err(Command::Handoff(push(&s, phone(), vec![cand(tv(), &caps)])));
+        assert_eq!(invalid_field(e), "candidates[0].capabilities");
+        let mut cmd = push(&s, phone(), vec![cand(tv(), &[])]);
+        cmd.bound_capabilities = vec![String::new()];
+        assert_eq!(
+            invalid_field(h.err(Command::Handoff(cmd))),
+            "bound_capabilities[0]"
+        );
+    }
+
+    #[test]
+    fn work_log_keeps_the_newest_entries() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &[]);
+        for seq in 1..=(WORK_LOG_LEN as u64 + 10) {
+            h.state
+                .apply(
+                    Entry {
+                        index: h.index + seq,
+                        time_ms: h.time_ms,
+                    },
+                    &progress(&s, phone(), seq),
+                )
+                .unwrap();
+        }
+        let log = h.state.session_log(s.session_id).unwrap();
+        assert_eq!(log.len(), WORK_LOG_LEN);
+        assert_eq!(log[0].seq, 11);
+        assert_eq!(log.last().map(|e| e.seq), Some(WORK_LOG_LEN as u64 + 10));
+    }
+}

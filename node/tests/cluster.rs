@@ -1,0 +1,345 @@
+//! Multi-node tests on real `herald-node` processes over loopback gRPC:
+//! replication of all three kinds of state, leader loss, restart and
+//! catch-up (also through a snapshot), and membership changes.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use ::herald_client::proto::*;
+use common::TestCluster;
+
+fn login(uid: &str, client: &str) -> LoginRequest {
+    LoginRequest {
+        uid: uid.into(),
+        sid: 1000,
+        client_type: client.into(),
+        accept_strangers: true,
+        ext: BTreeMap::from([("city".to_string(), "hangzhou".to_string())])
+            .into_iter()
+            .collect(),
+        ttl_ms: 0,
+    }
+}
+
+fn imei(id: &str) -> Terminal {
+    Terminal {
+        kind: TerminalKind::Imei as i32,
+        id: id.into(),
+    }
+}
+
+fn mac(id: &str) -> Terminal {
+    Terminal {
+        kind: TerminalKind::Mac as i32,
+        id: id.into(),
+    }
+}
+
+/// Reads a user's presence from one node, serializably (its local state).
+async fn local_presence(c: &TestCluster, node: u64, uid: &str) -> Option<PresenceRecord> {
+    c.client(node)
+        .get_presence(GetPresenceRequest {
+            uid: uid.into(),
+            consistency: Consistency::Serializable as i32,
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_presence_sessions_and_pools() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let follower = c.alive().into_iter().find(|id| *id != leader).unwrap();
+
+    // Presence, written through a follower (forwarded to the leader).
+    let rec = c
+        .client(follower)
+        .login(login("alice", "pc"))
+        .await
+        .expect("login")
+        .into_inner()
+        .record
+        .unwrap();
+    assert!(rec.online);
+    let rev = rec.revision;
+    assert!(rev > 0);
+
+    // Sessions.
+    let s = c
+        .client(leader)
+        .connect_session(ConnectRequest {
+            terminal: Some(imei("490154203237518")),
+            app_url: "https://apps.example/game".into(),
+            capabilities: vec!["touch".into()],
+        })
+        .await
+        .expect("connect")
+        .into_inner()
+        .session
+        .unwrap();
+    let sid = s.session_id;
+    c.client(follower)
+        .progress(ProgressRequest {
+            session_id: sid,
+            terminal: Some(imei("490154203237518")),
+            epoch: s.epoch,
+            seq: 1,
+            progress: b"level-3".to_vec(),
+        })
+        .await
+        .expect("progress");
+
+    // Pools.
+    let p = c
+        .client(follower)
+        .create_platform(CreatePlatformRequest {
+            name: "iptv-news".into(),
+            units: vec![UnitSpec {
+                name: "quiz".into(),
+                service_start_ms: 0,
+                service_end_ms: 0,
+                qos_class: "gold".into(),
+                response_time_ms: 200,
+                access_policy: AccessPolicy::LeasedAccounts as i32,
+            }],
+        })
+        .await
+        .expect("platform")
+        .into_inner()
+        .platform
+        .unwrap();
+    let unit = p.units[0].unit_id;
+    let pool = c
+        .client(leader)
+        .create_pool(CreatePoolRequest {
+            unit_id: unit,
+            name: "guests".into(),
+            provision: 2,
+            max_size: 2,
+            default_ttl_ms: 60_000,
+        })
+        .await
+        .expect("pool")
+        .into_inner()
+        .pool
+        .unwrap();
+    let lease = c
+        .client(follower)
+        .lease_account(LeaseRequest {
+            pool_id: pool.pool_id,
+            user: "viewer-1".into(),
+            ttl_ms: 0,
+            request_id: "req-1".into(),
+        })
+        .await
+        .expect("lease")
+        .into_inner();
+    assert!(!lease.password.is_empty());
+    let last = c.status(leader).await.unwrap().applied_index;
+    c.wait_applied(last).await;
+
+    // Every node holds every kind of state.
+    for id in c.alive() {
+        let r = local_presence(&c, id, "alice")
+            .await
+            .expect("presence everywhere");
+        assert_eq!(r.revision, rev, "node {id}");
+        let sess = c
+            .client(id)
+            .get_session(GetSessionRequest {
+                session_id: sid,
+                consistency: Consistency::Serializable as i32,
+            })
+            .await
+            .expect("session")
+            .into_inner()
+            .session
+            .unwrap();
+        assert_eq!(
+            (sess.seq, sess.progress.as_slice()),
+            (1, &b"level-3"[..]),
+            "node {id}"
+        );
+        let login = c
+            .client(id)
+            .account_login(AccountLoginRequest {
+                unit_id: unit,
+                account: lease.lease.as_ref().unwrap().account.clone(),
+                password: lease.password.clone(),
+                user: "viewer-1".into(),
+            })
+            .await
+            .expect("account login")
+            .into_inner();
+        assert!(login.ok, "node {id}: {}", login.reason);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_loss_keeps_every_acknowledged_write() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let uid = format!("user-{i}");
+        let node = 1 + (i % 3) as u64;
+        c.client(node)
+            .login(login(&uid, "mobile"))
+            .await
+            .expect("login");
+        acked.push(uid);
+    }
+    c.kill(leader);
+    let new_leader = c.wait_leader().await;
+    assert_ne!(new_leader, leader);
+    // Writes continue on the survivors.
+    for i in 20..30 {
+        let uid = format!("user-{i}");
+        c.client(new_leader)
+            .login(login(&uid, "mobile"))
+            .await
+            .expect("login after failover");
+        acked.push(uid);
+    }
+    for id in c.alive() {
+        let resp = c
+            .client(id)
+            .batch_get_presence(BatchGetPresenceRequest {
+                uids: acked.clone(),
+                consistency: Consistency::Linearizable as i32,
+            })
+            .await
+            .expect("batch get")
+            .into_inner();
+        assert_eq!(resp.records.len(), acked.len());
+        for r in resp.records {
+            assert!(r.online, "node {id} lost {}", r.uid);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_catches_up_from_log_and_from_snapshot() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let victim = c.alive().into_iter().find(|id| *id != leader).unwrap();
+    c.kill(victim);
+    for i in 0..30 {
+        c.client(leader)
+            .login(login(&format!("a-{i}"), "web"))
+            .await
+            .expect("login");
+    }
+    // Compact the log on the survivors so the victim needs a snapshot.
+    for id in c.alive() {
+        c.admin(id)
+            .snapshot(SnapshotRequest {})
+            .await
+            .expect("snapshot");
+    }
+    let purged = c.status(leader).await.unwrap().purged_index;
+    for i in 30..40 {
+        c.client(leader)
+            .login(login(&format!("a-{i}"), "web"))
+            .await
+            .expect("login");
+    }
+    let last = c.status(leader).await.unwrap().applied_index;
+    c.restart(victim);
+    c.wait_applied(last).await;
+    let s = c.status(victim).await.unwrap();
+    assert!(
+        s.snapshot_index >= purged,
+        "victim installed a snapshot: {s:?}, purged {purged}"
+    );
+    for i in 0..40 {
+        let r = local_presence(&c, victim, &format!("a-{i}")).await;
+        assert!(
+            r.is_some_and(|r| r.online),
+            "a-{i} missing on restarted node"
+        );
+    }
+    // And it survives its own restart (state reloaded from sled snapshot + log).
+    c.kill(victim);
+    c.restart(victim);
+    c.wait_applied(last).await;
+    assert!(local_presence(&c, victim, "a-39").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_learner_promote_and_remove() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    c.client(leader)
+        .login(login("before-join", "tv"))
+        .await
+        .expect("login");
+    let n4 = c.spawn_joiner(4).config.clone();
+    let member = Member {
+        id: 4,
+        number: 4,
+        peer_addr: n4.listen.peer.to_string(),
+        client_addr: n4.listen.client.to_string(),
+        http_addr: n4.listen.http.to_string(),
+        voter: false,
+    };
+    // Through a follower: admin changes are passed on to the leader.
+    let follower = c
+        .alive()
+        .into_iter()
+        .find(|id| *id != leader && *id != 4)
+        .unwrap();
+    c.admin(follower)
+        .add_learner(AddLearnerRequest {
+            member: Some(member.clone()),
+        })
+        .await
+        .expect("add learner");
+    assert_eq!(c.members(leader).await.get(&4), Some(&false));
+    // Adding it twice is refused, and changes nothing.
+    let dup = c
+        .admin(leader)
+        .add_learner(AddLearnerRequest {
+            member: Some(member),
+        })
+        .await;
+    assert_eq!(dup.unwrap_err().code(), tonic::Code::AlreadyExists);
+    c.admin(leader)
+        .promote(PromoteRequest { id: 4 })
+        .await
+        .expect("promote");
+    assert_eq!(c.members(leader).await.get(&4), Some(&true));
+    let last = c.status(leader).await.unwrap().applied_index;
+    c.wait_applied(last).await;
+    assert!(local_presence(&c, 4, "before-join").await.is_some());
+
+    // Remove a voter that is not the leader; the cluster keeps writing.
+    let gone = c
+        .alive()
+        .into_iter()
+        .find(|id| *id != leader && *id != 4)
+        .unwrap();
+    c.admin(leader)
+        .remove(RemoveRequest { id: gone })
+        .await
+        .expect("remove");
+    let members = c.members(leader).await;
+    assert!(!members.contains_key(&gone), "{members:?}");
+    assert_eq!(members.len(), 3);
+    c.kill(gone);
+    c.client(4)
+        .login(login("after-remove", "tv"))
+        .await
+        .expect("login after remove");
+    // Unknown members are refused with NotFound.
+    let err = c
+        .admin(leader)
+        .promote(PromoteRequest { id: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}

@@ -1,0 +1,290 @@
+//! Shared test harness: a cluster of real `herald-node` processes on
+//! loopback, each with its own config and data dir in a temporary directory.
+//! Processes are SIGKILLed on drop, so a failing test leaves nothing behind.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ::herald_client::proto::admin_client::AdminClient;
+use ::herald_client::proto::herald_client::HeraldClient;
+use ::herald_client::proto::{MembersRequest, NodeStatus, StatusRequest};
+use herald_node::config::{Config, Listen, MemberConfig, RaftTimings};
+use tonic::transport::Channel;
+
+/// How long any wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+fn free_addr() -> SocketAddr {
+    // Bind port 0, read the port, release it: the node binds it again
+    // moments later. Good enough on a test machine's loopback.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+/// One node process and its config.
+pub struct NodeProc {
+    /// The node's config (as written to its file).
+    pub config: Config,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+/// A local cluster of node processes.
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    /// Nodes by id.
+    pub nodes: BTreeMap<u64, NodeProc>,
+    timings: RaftTimings,
+}
+
+fn timings() -> RaftTimings {
+    RaftTimings {
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        ..RaftTimings::default()
+    }
+}
+
+fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy()
+}
+
+impl TestCluster {
+    /// Starts `n` founding nodes and waits for a leader.
+    pub async fn start(n: u64) -> TestCluster {
+        Self::start_with(n, timings()).await
+    }
+
+    /// Starts `n` founding nodes with the given Raft timings.
+    pub async fn start_with(n: u64, timings: RaftTimings) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = TestCluster {
+            dir,
+            nodes: BTreeMap::new(),
+            timings,
+        };
+        let mut configs = Vec::new();
+        for id in 1..=n {
+            configs.push(c.make_config(id));
+        }
+        let members: Vec<MemberConfig> = configs
+            .iter()
+            .map(|cfg| MemberConfig {
+                id: cfg.id,
+                number: cfg.number,
+                peer: cfg.listen.peer.to_string(),
+                client: cfg.listen.client.to_string(),
+                http: cfg.listen.http.to_string(),
+            })
+            .collect();
+        for mut cfg in configs {
+            cfg.initial_members = members.clone();
+            c.spawn(cfg);
+        }
+        c.wait_leader().await;
+        c
+    }
+
+    fn make_config(&self, id: u64) -> Config {
+        Config {
+            id,
+            number: id as u32,
+            data_dir: self.dir.path().join(format!("node{id}")),
+            listen: Listen {
+                peer: free_addr(),
+                client: free_addr(),
+                http: free_addr(),
+                time_sync: None,
+            },
+            initial_members: Vec::new(),
+            raft: self.timings.clone(),
+        }
+    }
+
+    fn spawn(&mut self, config: Config) {
+        let id = config.id;
+        let config_path = self.dir.path().join(format!("node{id}.toml"));
+        std::fs::write(&config_path, toml::to_string(&config).expect("toml"))
+            .expect("write config");
+        let log_path = self.dir.path().join(format!("node{id}.log"));
+        let mut node = NodeProc {
+            config,
+            config_path,
+            log_path,
+            child: None,
+        };
+        node.launch();
+        self.nodes.insert(id, node);
+    }
+
+    /// Adds node `id` with an empty initial membership (to join as a learner).
+    pub fn spawn_joiner(&mut self, id: u64) -> &NodeProc {
+        let cfg = self.make_config(id);
+        self.spawn(cfg);
+        &self.nodes[&id]
+    }
+
+    /// SIGKILLs a node (its data dir stays).
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed node again on its old data dir.
+    pub fn restart(&mut self, id: u64) {
+        self.nodes.get_mut(&id).expect("node").launch();
+    }
+
+    /// Ids of nodes whose process is running.
+    pub fn alive(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.child.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The client gRPC address of a node.
+    pub fn client_addr(&self, id: u64) -> String {
+        self.nodes[&id].config.listen.client.to_string()
+    }
+
+    /// The HTTP address of a node.
+    pub fn http_addr(&self, id: u64) -> String {
+        self.nodes[&id].config.listen.http.to_string()
+    }
+
+    /// A Herald client bound to one node.
+    pub fn client(&self, id: u64) -> HeraldClient<Channel> {
+        HeraldClient::new(channel(&self.client_addr(id)))
+    }
+
+    /// An admin client bound to one node.
+    pub fn admin(&self, id: u64) -> AdminClient<Channel> {
+        AdminClient::new(channel(&self.client_addr(id)))
+    }
+
+    /// A node's own status, if it answers.
+    pub async fn status(&self, id: u64) -> Option<NodeStatus> {
+        let mut a = self.admin(id);
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(Duration::from_secs(1));
+        a.status(req).await.ok()?.into_inner().status
+    }
+
+    /// Waits until every running node names the same leader, which is
+    /// itself running, and returns it.
+    pub async fn wait_leader(&self) -> u64 {
+        self.wait_for("a leader all running nodes agree on", || async {
+            let mut leader = None;
+            for id in self.alive() {
+                let s = self.status(id).await?;
+                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
+                    return None;
+                }
+                leader = Some(s.leader_id);
+            }
+            leader.filter(|l| self.alive().contains(l))
+        })
+        .await
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64) {
+        self.wait_for(&format!("every running node to apply {index}"), || async {
+            for id in self.alive() {
+                if self.status(id).await?.applied_index < index {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+    }
+
+    /// Member ids and voter flags as node `id` sees them.
+    pub async fn members(&self, id: u64) -> BTreeMap<u64, bool> {
+        let mut a = self.admin(id);
+        let r = a
+            .members(MembersRequest {})
+            .await
+            .expect("members")
+            .into_inner();
+        r.members.into_iter().map(|m| (m.id, m.voter)).collect()
+    }
+
+    /// Polls `probe` until it yields, failing the test after [`WAIT`] with
+    /// the tail of every node's log.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(v) = probe().await {
+                return v;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}\n{}", self.log_tails());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for (id, n) in &self.nodes {
+            let text = std::fs::read_to_string(&n.log_path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            out.push_str(&format!("--- node {id} ---\n{}\n", tail.join("\n")));
+        }
+        out
+    }
+}
+
+impl NodeProc {
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_herald-node"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn herald-node");
+        self.child = Some(child);
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in self.nodes.values_mut() {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
