@@ -224,9 +224,15 @@ async fn leader_loss_keeps_every_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_catches_up_from_log_and_from_snapshot() {
-    let mut c = TestCluster::start(3).await;
+    // Keep no log behind a snapshot, so a lagging node must install one.
+    let timings = herald_node::config::RaftTimings {
+        keep_logs_after_snapshot: 0,
+        ..common::timings()
+    };
+    let mut c = TestCluster::start_with(3, timings).await;
     let leader = c.wait_leader().await;
     let victim = c.alive().into_iter().find(|id| *id != leader).unwrap();
+    let victim_applied = c.status(victim).await.unwrap().applied_index;
     c.kill(victim);
     for i in 0..30 {
         c.client(leader)
@@ -241,7 +247,16 @@ async fn restarted_node_catches_up_from_log_and_from_snapshot() {
             .await
             .expect("snapshot");
     }
-    let purged = c.status(leader).await.unwrap().purged_index;
+    // Purging follows the snapshot asynchronously; the victim now needs a snapshot.
+    let purged = c
+        .wait_for(
+            "the leader to purge its log past the stopped node",
+            || async {
+                let p = c.status(leader).await?.purged_index;
+                (p > victim_applied).then_some(p)
+            },
+        )
+        .await;
     for i in 30..40 {
         c.client(leader)
             .login(login(&format!("a-{i}"), "web"))

@@ -375,7 +375,8 @@ impl Progress {
     /// Field limits.
     pub fn validate(&self) -> Result<(), StateError> {
         self.terminal.check("terminal")?;
-        check_bytes("data", &self.data, MAX_PROGRESS_BYTES)
+        // Named as on the wire (ProgressRequest.progress).
+        check_bytes("progress", &self.data, MAX_PROGRESS_BYTES)
     }
 }
 
@@ -955,7 +956,7 @@ mod tests {
             seq: 9,
             data: vec![0; MAX_PROGRESS_BYTES + 1],
         }));
-        assert_eq!(invalid_field(e), "data");
+        assert_eq!(invalid_field(e), "progress");
         h.ok(Command::Progress(Progress {
             session_id: s.session_id,
             terminal: phone(),

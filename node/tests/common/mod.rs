@@ -43,7 +43,7 @@ pub struct TestCluster {
     timings: RaftTimings,
 }
 
-fn timings() -> RaftTimings {
+pub fn timings() -> RaftTimings {
     RaftTimings {
         heartbeat_ms: 50,
         election_timeout_min_ms: 300,

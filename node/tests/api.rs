@@ -1,0 +1,534 @@
+//! The client API end to end on a real 3-node cluster: bad input is refused
+//! with the field named and nothing applied; watch delivers every change in
+//! revision order and resumes without gaps on another node; the HTTP batch
+//! lookup; handoff fencing and lease idempotency through gRPC.
+
+mod common;
+
+use std::collections::HashMap;
+
+use ::herald_client::proto::*;
+use common::TestCluster;
+use futures::StreamExt;
+use tonic::Code;
+
+fn login(uid: &str, client: &str) -> LoginRequest {
+    LoginRequest {
+        uid: uid.into(),
+        sid: 7,
+        client_type: client.into(),
+        accept_strangers: false,
+        ext: HashMap::new(),
+        ttl_ms: 0,
+    }
+}
+
+fn imei(id: &str) -> Terminal {
+    Terminal {
+        kind: TerminalKind::Imei as i32,
+        id: id.into(),
+    }
+}
+
+async fn applied(c: &TestCluster, id: u64) -> u64 {
+    c.status(id).await.unwrap().applied_index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut cl = c.client(leader);
+    cl.login(login("warmup", "pc")).await.unwrap();
+    let before = applied(&c, leader).await;
+
+    let cases: Vec<(Code, &str, tonic::Status)> = vec![
+        (
+            Code::InvalidArgument,
+            "uid",
+            cl.login(login("", "pc")).await.unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            "uid",
+            cl.login(login(&"x".repeat(129), "pc")).await.unwrap_err(),
+        ),
+        (Code::InvalidArgument, "ext", {
+            let mut r = login("bob", "pc");
+            r.ext.insert("k".into(), "v".repeat(5000));
+            cl.login(r).await.unwrap_err()
+        }),
+        (Code::InvalidArgument, "uids", {
+            let uids = (0..1001).map(|i| format!("u{i}")).collect();
+            cl.batch_get_presence(BatchGetPresenceRequest {
+                uids,
+                consistency: 0,
+            })
+            .await
+            .unwrap_err()
+        }),
+        (Code::InvalidArgument, "terminal.kind", {
+            let t = Terminal {
+                kind: 0,
+                id: "x".into(),
+            };
+            cl.connect_session(ConnectRequest {
+                terminal: Some(t),
+                app_url: "https://a".into(),
+                capabilities: vec![],
+            })
+            .await
+            .unwrap_err()
+        }),
+        (Code::InvalidArgument, "terminal.id", {
+            // Fails the IMEI Luhn check.
+            cl.connect_session(ConnectRequest {
+                terminal: Some(imei("490154203237519")),
+                app_url: "https://a".into(),
+                capabilities: vec![],
+            })
+            .await
+            .unwrap_err()
+        }),
+        (Code::InvalidArgument, "progress", {
+            cl.progress(ProgressRequest {
+                session_id: 1,
+                terminal: Some(imei("490154203237518")),
+                epoch: 1,
+                seq: 1,
+                progress: vec![0; 64 * 1024 + 1],
+            })
+            .await
+            .unwrap_err()
+        }),
+        (Code::NotFound, "session", {
+            cl.progress(ProgressRequest {
+                session_id: 999_999,
+                terminal: Some(imei("490154203237518")),
+                epoch: 1,
+                seq: 1,
+                progress: vec![1],
+            })
+            .await
+            .unwrap_err()
+        }),
+        (Code::NotFound, "pool", {
+            cl.lease_account(LeaseRequest {
+                pool_id: 424_242,
+                user: "u".into(),
+                ttl_ms: 1000,
+                request_id: "r".into(),
+            })
+            .await
+            .unwrap_err()
+        }),
+    ];
+    for (code, field, status) in cases {
+        assert_eq!(status.code(), code, "{field}: {status:?}");
+        assert!(
+            status.message().contains(field),
+            "message should name {field}: {}",
+            status.message()
+        );
+    }
+    // Validation failures never reached the log; NotFound ones were applied
+    // as rejections, which change nothing but the applied index.
+    let r = cl
+        .get_presence(GetPresenceRequest {
+            uid: "bob".into(),
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.record.is_none(), "a refused login left a record");
+    assert!(applied(&c, leader).await <= before + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_is_ordered_gapless_and_resumable_on_another_node() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut cl = c.client(leader);
+    let first = cl
+        .login(login("w0", "pc"))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap()
+        .revision;
+
+    // Watch everything from the first revision on node A.
+    let nodes = c.alive();
+    let mut stream = c
+        .client(nodes[0])
+        .watch(WatchRequest {
+            uids: vec![],
+            start_revision: first,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut written = vec![first];
+    for i in 1..10 {
+        let uid = format!("w{i}");
+        let rec = cl
+            .login(login(&uid, "mobile"))
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap();
+        written.push(rec.revision);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let e = stream.next().await.unwrap().unwrap();
+        seen.push(e.revision);
+    }
+    drop(stream);
+    // Resume on node B right after the last event seen.
+    let resume = seen.last().unwrap() + 1;
+    let mut stream = c
+        .client(nodes[1])
+        .watch(WatchRequest {
+            uids: vec![],
+            start_revision: resume,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while seen.len() < written.len() {
+        let e = stream.next().await.unwrap().unwrap();
+        seen.push(e.revision);
+    }
+    assert_eq!(
+        seen, written,
+        "watch must deliver every change once, in order"
+    );
+
+    // A uid filter sees only its user; a logout shows as an event.
+    let mut only = c
+        .client(nodes[2])
+        .watch(WatchRequest {
+            uids: vec!["w3".into()],
+            start_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    cl.logout(LogoutRequest {
+        uid: "w4".into(),
+        sid: 7,
+        client_type: String::new(),
+        ext: HashMap::new(),
+    })
+    .await
+    .unwrap();
+    cl.logout(LogoutRequest {
+        uid: "w3".into(),
+        sid: 7,
+        client_type: "mobile".into(),
+        ext: HashMap::new(),
+    })
+    .await
+    .unwrap();
+    let e = only.next().await.unwrap().unwrap();
+    assert_eq!(
+        (e.uid.as_str(), e.kind),
+        ("w3", PresenceEventKind::Logout as i32)
+    );
+    assert!(!e.record.unwrap().online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_batch_lookup_and_health() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    c.client(leader).login(login("alice", "web")).await.unwrap();
+    let follower = c.alive().into_iter().find(|id| *id != leader).unwrap();
+    let base = format!("http://{}", c.http_addr(follower));
+    let get = |path: String| async move {
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", &path])
+            .output()
+            .await
+            .expect("curl");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (
+            code.parse::<u16>().unwrap(),
+            serde_json::from_str::<serde_json::Value>(body).unwrap(),
+        )
+    };
+    // Linearizable by default, served by a follower.
+    let (code, body) = get(format!("{base}/v1/presence?ids=alice,nobody")).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["records"][0]["uid"], "alice");
+    assert_eq!(body["records"][0]["online"], true);
+    assert_eq!(body["records"][1]["online"], false);
+    let (code, body) = get(format!("{base}/v1/presence")).await;
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("ids"));
+    let many: Vec<String> = (0..1001).map(|i| format!("u{i}")).collect();
+    let (code, body) = get(format!("{base}/v1/presence?ids={}", many.join(","))).await;
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("1000"), "{body}");
+    let (code, body) = get(format!("{base}/health")).await;
+    assert_eq!((code, body["leader"].as_u64()), (200, Some(leader)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_fences_the_old_terminal_and_leases_are_idempotent() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut cl = c.client(c.alive().into_iter().find(|id| *id != leader).unwrap());
+    let phone = imei("490154203237518");
+    let tv = Terminal {
+        kind: TerminalKind::Mac as i32,
+        id: "00:1A:2B:3C:4D:5E".into(),
+    };
+    let s = cl
+        .connect_session(ConnectRequest {
+            terminal: Some(phone.clone()),
+            app_url: "https://apps.example/quiz".into(),
+            capabilities: vec!["video".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    cl.progress(ProgressRequest {
+        session_id: s.session_id,
+        terminal: Some(phone.clone()),
+        epoch: 1,
+        seq: 1,
+        progress: b"q1".to_vec(),
+    })
+    .await
+    .unwrap();
+    let stale = cl
+        .progress(ProgressRequest {
+            session_id: s.session_id,
+            terminal: Some(phone.clone()),
+            epoch: 1,
+            seq: 1,
+            progress: b"again".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    // An incompatible tv is refused; a compatible one takes the session.
+    let h = cl
+        .handoff(HandoffRequest {
+            session_id: s.session_id,
+            mode: HandoffMode::Push as i32,
+            initiator: Some(phone.clone()),
+            candidates: vec![
+                Candidate {
+                    terminal: Some(imei("356938035643809")),
+                    capabilities: vec!["audio".into()],
+                },
+                Candidate {
+                    terminal: Some(tv.clone()),
+                    capabilities: vec!["video".into(), "remote".into()],
+                },
+            ],
+            bound_capabilities: vec![],
+            holder: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(h.accepted);
+    assert_eq!(h.refused.len(), 1);
+    let after = h.session.unwrap();
+    assert_eq!(
+        (after.epoch, after.seq, after.progress.as_slice()),
+        (2, 1, &b"q1"[..])
+    );
+    assert_eq!(after.terminal.unwrap().id, "00:1a:2b:3c:4d:5e");
+    // The old terminal is fenced; the new one continues.
+    let fenced = cl
+        .progress(ProgressRequest {
+            session_id: s.session_id,
+            terminal: Some(phone),
+            epoch: 1,
+            seq: 2,
+            progress: b"late".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fenced.code(), Code::FailedPrecondition);
+    assert!(fenced.message().contains("fenced"), "{}", fenced.message());
+    cl.progress(ProgressRequest {
+        session_id: s.session_id,
+        terminal: Some(tv),
+        epoch: 2,
+        seq: 2,
+        progress: b"q2".to_vec(),
+    })
+    .await
+    .unwrap();
+    let log = cl
+        .session_log(SessionLogRequest {
+            session_id: s.session_id,
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let events: Vec<&str> = log.entries.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "connect",
+            "progress",
+            "handoff_refused",
+            "handoff",
+            "progress"
+        ]
+    );
+
+    // Leases: a retry with the same request id returns the same lease.
+    let p = cl
+        .create_platform(CreatePlatformRequest {
+            name: "tv".into(),
+            units: vec![UnitSpec {
+                name: "vote".into(),
+                access_policy: AccessPolicy::HolderOnly as i32,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .platform
+        .unwrap();
+    let unit = p.units[0].unit_id;
+    let pool = cl
+        .create_pool(CreatePoolRequest {
+            unit_id: unit,
+            name: "g".into(),
+            provision: 1,
+            max_size: 1,
+            default_ttl_ms: 60_000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pool
+        .unwrap();
+    let req = LeaseRequest {
+        pool_id: pool.pool_id,
+        user: "v1".into(),
+        ttl_ms: 0,
+        request_id: "abc".into(),
+    };
+    let a = cl.lease_account(req.clone()).await.unwrap().into_inner();
+    let b = cl.lease_account(req).await.unwrap().into_inner();
+    assert_eq!(
+        a.lease.as_ref().unwrap().lease_id,
+        b.lease.as_ref().unwrap().lease_id
+    );
+    assert!(b.replayed && !a.replayed);
+    // The pool has one account: a second user is refused, not double-leased.
+    let other = cl
+        .lease_account(LeaseRequest {
+            pool_id: pool.pool_id,
+            user: "v2".into(),
+            ttl_ms: 0,
+            request_id: "xyz".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::ResourceExhausted);
+    // The replayed password is the working one; the holder-only policy holds.
+    let account = b.lease.unwrap().account;
+    let ok = cl
+        .account_login(AccountLoginRequest {
+            unit_id: unit,
+            account: account.clone(),
+            password: b.password.clone(),
+            user: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.ok, "{}", ok.reason);
+    let wrong_user = cl
+        .account_login(AccountLoginRequest {
+            unit_id: unit,
+            account,
+            password: b.password,
+            user: "v2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!wrong_user.ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_by_cluster_time_without_other_writes() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut cl = c.client(leader);
+    let p = cl
+        .create_platform(CreatePlatformRequest {
+            name: "exp".into(),
+            units: vec![UnitSpec {
+                name: "u".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .platform
+        .unwrap();
+    let pool = cl
+        .create_pool(CreatePoolRequest {
+            unit_id: p.units[0].unit_id,
+            name: "g".into(),
+            provision: 1,
+            max_size: 1,
+            default_ttl_ms: 300,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pool
+        .unwrap();
+    cl.lease_account(LeaseRequest {
+        pool_id: pool.pool_id,
+        user: "v".into(),
+        ttl_ms: 0,
+        request_id: "1".into(),
+    })
+    .await
+    .unwrap();
+    // The leader proposes a Tick once the lease is due; every node sees it expire.
+    c.wait_for("the lease to expire on every node", || async {
+        for id in c.alive() {
+            let pools = c
+                .client(id)
+                .list_pools(ListPoolsRequest {
+                    unit_id: 0,
+                    consistency: Consistency::Serializable as i32,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .pools;
+            let p = pools.iter().find(|x| x.pool_id == pool.pool_id)?;
+            if p.free != 1 || p.expired_total != 1 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
