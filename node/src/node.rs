@@ -232,10 +232,7 @@ impl Herald {
         loop {
             let (leader, member) = self.wait_leader(deadline).await?;
             let index = if leader == self.id() {
-                match self.read_index_local().await {
-                    Ok(i) => Some(i),
-                    Err(_) => None,
-                }
+                self.read_index_local().await.ok()
             } else {
                 self.remote_read_index(&member).await
             };

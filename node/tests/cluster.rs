@@ -29,13 +29,6 @@ fn imei(id: &str) -> Terminal {
     }
 }
 
-fn mac(id: &str) -> Terminal {
-    Terminal {
-        kind: TerminalKind::Mac as i32,
-        id: id.into(),
-    }
-}
-
 /// Reads a user's presence from one node, serializably (its local state).
 async fn local_presence(c: &TestCluster, node: u64, uid: &str) -> Option<PresenceRecord> {
     c.client(node)

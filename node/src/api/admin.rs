@@ -308,10 +308,7 @@ impl Admin for AdminService {
     ) -> Result<Response<AdminResponse>, Status> {
         let (before, applied) = {
             let m = self.node.raft().metrics().borrow_watched().clone();
-            (
-                m.snapshot.clone(),
-                m.last_applied.as_ref().map(|l| l.index()),
-            )
+            (m.snapshot, m.last_applied.as_ref().map(|l| l.index()))
         };
         if before.as_ref().map(|l| l.index()) == applied {
             let index = applied.unwrap_or(0);
@@ -326,7 +323,7 @@ impl Admin for AdminService {
         let mut rx = self.node.raft().metrics();
         let r = tokio::time::timeout(std::time::Duration::from_secs(30), async {
             loop {
-                let snap = rx.borrow_watched().snapshot.clone();
+                let snap = rx.borrow_watched().snapshot;
                 if snap.is_some() && snap != before {
                     return snap.map(|l| l.index()).unwrap_or(0);
                 }

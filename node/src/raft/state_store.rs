@@ -146,7 +146,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateStore {
             let m = self.read();
             StoredSnapshot {
                 meta: SnapshotMeta {
-                    last_log_id: m.last_applied.clone(),
+                    last_log_id: m.last_applied,
                     last_membership: m.last_membership.clone(),
                 },
                 data: encode(&m.state)?,
@@ -171,7 +171,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let m = self.read();
-        Ok((m.last_applied.clone(), m.last_membership.clone()))
+        Ok((m.last_applied, m.last_membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, entries: Strm) -> io::Result<()>
@@ -195,8 +195,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                         &p.cmd,
                     )),
                     EntryPayload::Membership(ref mem) => {
-                        m.last_membership =
-                            StoredMembership::new(Some(log_id.clone()), mem.clone());
+                        m.last_membership = StoredMembership::new(Some(log_id), mem.clone());
                         Applied(Ok(crate::state::Response::Done))
                     }
                     EntryPayload::Blank => Applied(Ok(crate::state::Response::Done)),
@@ -230,7 +229,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let index = {
             let mut m = self.write_machine();
             m.state = state;
-            m.last_applied = meta.last_log_id.clone();
+            m.last_applied = meta.last_log_id;
             m.last_membership = meta.last_membership.clone();
             m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0)
         };
