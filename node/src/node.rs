@@ -122,29 +122,41 @@ impl Herald {
         self.inner.stopping.clone()
     }
 
+    /// Reads Raft's latest metrics without copying them (hot path: every
+    /// request asks who leads).
+    pub fn with_metrics<T>(
+        &self,
+        f: impl FnOnce(&openraft::RaftMetrics<crate::raft::TypeConfig>) -> T,
+    ) -> T {
+        let rx = self.inner.raft.metrics();
+        let m = rx.borrow_watched();
+        f(&m)
+    }
+
     /// The current leader as this node knows it.
     pub fn leader(&self) -> Option<(u64, Member)> {
-        let m = self.inner.raft.metrics().borrow_watched().clone();
-        let id = m.current_leader?;
-        let member = m.membership_config.membership().get_node(&id)?.clone();
-        Some((id, member))
+        self.with_metrics(|m| {
+            let id = m.current_leader?;
+            let member = m.membership_config.membership().get_node(&id)?.clone();
+            Some((id, member))
+        })
     }
 
     /// Every member (voters and learners) with its address and whether it votes.
     pub fn members(&self) -> (BTreeMap<u64, (Member, bool)>, Option<u64>) {
-        let m = self.inner.raft.metrics().borrow_watched().clone();
-        let mem = m.membership_config.membership();
-        let voters: std::collections::BTreeSet<u64> = mem.voter_ids().collect();
-        let out = mem
-            .nodes()
-            .map(|(id, n)| (*id, (n.clone(), voters.contains(id))))
-            .collect();
-        (out, m.current_leader)
+        self.with_metrics(|m| {
+            let mem = m.membership_config.membership();
+            let voters: std::collections::BTreeSet<u64> = mem.voter_ids().collect();
+            let out = mem
+                .nodes()
+                .map(|(id, n)| (*id, (n.clone(), voters.contains(id))))
+                .collect();
+            (out, m.current_leader)
+        })
     }
 
     fn is_leader(&self) -> bool {
-        let m = self.inner.raft.metrics().borrow_watched().clone();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id())
+        self.with_metrics(|m| m.state == ServerState::Leader && m.current_leader == Some(self.id()))
     }
 
     /// Waits (bounded) until some leader is known.

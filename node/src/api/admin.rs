@@ -83,7 +83,7 @@ impl Admin for AdminService {
         &self,
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let m = self.node.raft().metrics().borrow_watched().clone();
+        let m = self.node.with_metrics(|m| m.clone());
         let role = match m.state {
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",
@@ -306,10 +306,9 @@ impl Admin for AdminService {
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
-        let (before, applied) = {
-            let m = self.node.raft().metrics().borrow_watched().clone();
-            (m.snapshot, m.last_applied.as_ref().map(|l| l.index()))
-        };
+        let (before, applied) = self
+            .node
+            .with_metrics(|m| (m.snapshot, m.last_applied.as_ref().map(|l| l.index())));
         if before.as_ref().map(|l| l.index()) == applied {
             let index = applied.unwrap_or(0);
             return Self::done(format!("snapshot already at index {index}"), index);
