@@ -3,6 +3,8 @@
 //! and the benchmark start their clusters with these, so that every local
 //! cluster in the project looks the same.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod duration;
 pub mod playground;

@@ -128,6 +128,8 @@ impl LocalCluster {
                 .arg("--config")
                 .arg(&config_path)
                 .current_dir(&dir)
+                // The logs are files: no colour escapes in them.
+                .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log_err)

@@ -833,7 +833,7 @@ where
 /// `code: message`, followed by the transport error chain when the status
 /// was made locally ("tcp connect error: Connection refused (os error 111)").
 pub(crate) fn describe(status: &Status) -> String {
-    let mut text = format!("{}: {}", status.code(), status.message());
+    let mut text = format!("{:?}: {}", status.code(), status.message());
     let mut source = status.source();
     while let Some(err) = source {
         let part = err.to_string();

@@ -25,7 +25,8 @@ pub struct MemberStatus {
 }
 
 impl ClusterStatus {
-    /// True when every member answered and all name the same, known leader.
+    /// The leader every member names, when all answered and agree on one;
+    /// `None` while an election is on or a member is unreachable.
     pub fn agreed_leader(&self) -> Option<u64> {
         let mut leader = None;
         for m in &self.members {

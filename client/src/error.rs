@@ -39,7 +39,7 @@ pub enum ClientError {
     #[error("indeterminate: {0}")]
     Unknown(String),
     /// Any other gRPC status, passed through as the server sent it.
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Other(Status),
 }
 

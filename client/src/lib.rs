@@ -25,10 +25,14 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod client;
 mod cluster;
 mod endpoint;
 mod error;
+#[cfg(test)]
+mod fake;
 mod retry;
 mod watch;
 

@@ -81,15 +81,23 @@ pub async fn run(args: Args) -> Result<()> {
     };
     print_banner(&cluster, leader, args.base_port);
 
-    // 2. Run until the user stops us or a node dies.
+    // 2. Run until the user stops us. A node dying now is reported but not
+    // fatal: killing one to watch the cluster fail over is a fair use of a
+    // playground. Only when every node is gone is there nothing left to run.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut alive = cluster.nodes().len();
     loop {
         tokio::select! {
             _ = &mut ctrl_c => break,
             _ = sigterm.recv() => break,
             _ = tick.tick() => {
-                if let Some((id, status)) = cluster.exited_node() {
-                    return fail(cluster, format!("node{id} exited unexpectedly ({status})")).await;
+                while let Some((id, status)) = cluster.exited_node() {
+                    alive -= 1;
+                    eprintln!("node{id} exited ({status}); {alive} node(s) still running. Last lines of its log:");
+                    eprintln!("{}", cluster.log_tail(id, 10));
+                }
+                if alive == 0 {
+                    return fail(cluster, "every node exited".into()).await;
                 }
             }
         }

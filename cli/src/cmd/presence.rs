@@ -11,6 +11,7 @@ use clap::{ArgAction, Subcommand};
 use futures::StreamExt as _;
 use herald_cli::duration::as_millis;
 use herald_client::proto::{self, PresenceRecord};
+use herald_client::{Client, ClientConfig};
 
 use super::{Ctx, consistency};
 use crate::args;
@@ -200,7 +201,19 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
 }
 
 async fn watch(ctx: &Ctx, uids: Vec<String>, from_revision: u64) -> Result<()> {
-    let mut events = ctx.client.watch(uids, from_revision);
+    // A person watching wants it to outlast a whole-cluster restart: retry
+    // reconnects forever (backoff caps at 1 s) until Ctrl-C.
+    let config = ClientConfig {
+        max_attempts: u32::MAX,
+        ..ctx.client.config().clone()
+    };
+    let endpoints = ctx
+        .client
+        .endpoints()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let mut events = Client::with_config(endpoints, config)?.watch(uids, from_revision);
     if ctx.format == Format::Table {
         println!(
             "{:>10}  {:<10}  {:<20}  {:<8}  {:<6}  TIME",

@@ -1,0 +1,419 @@
+//! An in-process fake Herald node for the client's tests: real gRPC over
+//! loopback, scripted answers. It checks the parts a unit test cannot —
+//! fail-over on real status codes, watch resume across nodes, cluster status
+//! with a dead member — without a cluster.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt as _};
+use tonic::{Request, Response, Status};
+
+use crate::proto::admin_server::{Admin, AdminServer};
+use crate::proto::herald_server::{Herald, HeraldServer};
+use crate::proto::*;
+
+/// What a fake node does, and what it saw.
+#[derive(Default)]
+pub struct Script {
+    /// This node's id in Admin answers.
+    pub id: u64,
+    /// Answer writes with `Unavailable` ("no leader yet").
+    pub unavailable_writes: bool,
+    /// Answer logins with this validation error.
+    pub invalid_login: Option<String>,
+    /// The revision a linearizable batch read reports.
+    pub applied: u64,
+    /// The event history watches are served from.
+    pub events: Vec<PresenceEvent>,
+    /// After this many events a watch stream fails with `Unavailable`.
+    pub break_watch_after: Option<usize>,
+    /// Members for `Admin.Members`.
+    pub members: Vec<Member>,
+    /// Start revisions of the watches opened here.
+    pub watch_starts: Vec<u64>,
+}
+
+/// A running fake node.
+pub struct FakeNode {
+    pub addr: SocketAddr,
+    pub script: Arc<Mutex<Script>>,
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl FakeNode {
+    pub async fn start(script: Script) -> FakeNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let service = Fake {
+            script: Arc::new(Mutex::new(script)),
+            calls: Arc::new(AtomicUsize::new(0)),
+        };
+        let node = FakeNode {
+            addr,
+            script: service.script.clone(),
+            calls: service.calls.clone(),
+        };
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(HeraldServer::new(service.clone()))
+                .add_service(AdminServer::new(service))
+                .serve_with_incoming(incoming),
+        );
+        node
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn watch_starts(&self) -> Vec<u64> {
+        self.script.lock().expect("lock").watch_starts.clone()
+    }
+}
+
+pub fn event(revision: u64, uid: &str) -> PresenceEvent {
+    PresenceEvent {
+        revision,
+        uid: uid.into(),
+        kind: PresenceEventKind::Login as i32,
+        ..Default::default()
+    }
+}
+
+#[derive(Clone)]
+struct Fake {
+    script: Arc<Mutex<Script>>,
+    calls: Arc<AtomicUsize>,
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+impl Fake {
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn write(&self, uid: &str) -> Res<PresenceWriteResponse> {
+        self.count();
+        let script = self.script.lock().expect("lock");
+        if script.unavailable_writes {
+            return Err(Status::unavailable("no leader yet"));
+        }
+        Ok(Response::new(PresenceWriteResponse {
+            record: Some(PresenceRecord {
+                uid: uid.into(),
+                revision: script.applied + 1,
+                ..Default::default()
+            }),
+        }))
+    }
+}
+
+fn no<T>(name: &str) -> Res<T> {
+    Err(Status::unimplemented(name.to_string()))
+}
+
+#[tonic::async_trait]
+impl Herald for Fake {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<PresenceEvent, Status>> + Send>>;
+
+    async fn login(&self, r: Request<LoginRequest>) -> Res<PresenceWriteResponse> {
+        if let Some(msg) = self.script.lock().expect("lock").invalid_login.clone() {
+            self.count();
+            return Err(Status::invalid_argument(msg));
+        }
+        self.write(&r.into_inner().uid)
+    }
+    async fn logout(&self, r: Request<LogoutRequest>) -> Res<PresenceWriteResponse> {
+        self.write(&r.into_inner().uid)
+    }
+    async fn change_permission(&self, _: Request<PermissionRequest>) -> Res<PresenceWriteResponse> {
+        no("change_permission")
+    }
+    async fn heartbeat(&self, _: Request<HeartbeatRequest>) -> Res<HeartbeatResponse> {
+        no("heartbeat")
+    }
+    async fn get_presence(&self, _: Request<GetPresenceRequest>) -> Res<GetPresenceResponse> {
+        no("get_presence")
+    }
+    async fn batch_get_presence(
+        &self,
+        r: Request<BatchGetPresenceRequest>,
+    ) -> Res<BatchGetPresenceResponse> {
+        self.count();
+        let script = self.script.lock().expect("lock");
+        Ok(Response::new(BatchGetPresenceResponse {
+            records: r
+                .into_inner()
+                .uids
+                .into_iter()
+                .map(|uid| PresenceRecord {
+                    uid,
+                    ..Default::default()
+                })
+                .collect(),
+            revision: script.applied,
+        }))
+    }
+    async fn watch(&self, r: Request<WatchRequest>) -> Res<Self::WatchStream> {
+        self.count();
+        let start = r.into_inner().start_revision;
+        let mut script = self.script.lock().expect("lock");
+        script.watch_starts.push(start);
+        let events: Vec<_> = script
+            .events
+            .iter()
+            .filter(|e| e.revision >= start)
+            .cloned()
+            .map(Ok)
+            .collect();
+        let stream: Self::WatchStream = match script.break_watch_after {
+            Some(n) => Box::pin(futures::stream::iter(events.into_iter().take(n)).chain(
+                futures::stream::once(async { Err(Status::unavailable("shutting down")) }),
+            )),
+            None => Box::pin(futures::stream::iter(events).chain(futures::stream::pending())),
+        };
+        Ok(Response::new(stream))
+    }
+    async fn connect_session(&self, _: Request<ConnectRequest>) -> Res<ConnectResponse> {
+        no("connect_session")
+    }
+    async fn progress(&self, _: Request<ProgressRequest>) -> Res<ProgressResponse> {
+        no("progress")
+    }
+    async fn bind(&self, _: Request<BindRequest>) -> Res<BindResponse> {
+        no("bind")
+    }
+    async fn handoff(&self, _: Request<HandoffRequest>) -> Res<HandoffResponse> {
+        no("handoff")
+    }
+    async fn get_session(&self, _: Request<GetSessionRequest>) -> Res<GetSessionResponse> {
+        no("get_session")
+    }
+    async fn session_log(&self, _: Request<SessionLogRequest>) -> Res<SessionLogResponse> {
+        no("session_log")
+    }
+    async fn create_platform(
+        &self,
+        _: Request<CreatePlatformRequest>,
+    ) -> Res<CreatePlatformResponse> {
+        no("create_platform")
+    }
+    async fn create_pool(&self, _: Request<CreatePoolRequest>) -> Res<CreatePoolResponse> {
+        no("create_pool")
+    }
+    async fn lease_account(&self, _: Request<LeaseRequest>) -> Res<LeaseResponse> {
+        no("lease_account")
+    }
+    async fn renew_lease(&self, _: Request<RenewRequest>) -> Res<RenewResponse> {
+        no("renew_lease")
+    }
+    async fn release_lease(&self, _: Request<ReleaseRequest>) -> Res<ReleaseResponse> {
+        no("release_lease")
+    }
+    async fn put_account_data(
+        &self,
+        _: Request<PutAccountDataRequest>,
+    ) -> Res<PutAccountDataResponse> {
+        no("put_account_data")
+    }
+    async fn list_pools(&self, _: Request<ListPoolsRequest>) -> Res<ListPoolsResponse> {
+        no("list_pools")
+    }
+    async fn list_leases(&self, _: Request<ListLeasesRequest>) -> Res<ListLeasesResponse> {
+        no("list_leases")
+    }
+    async fn account_login(&self, _: Request<AccountLoginRequest>) -> Res<AccountLoginResponse> {
+        no("account_login")
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Fake {
+    async fn status(&self, _: Request<StatusRequest>) -> Res<StatusResponse> {
+        self.count();
+        let script = self.script.lock().expect("lock");
+        Ok(Response::new(StatusResponse {
+            status: Some(NodeStatus {
+                id: script.id,
+                role: if script.id == 1 { "leader" } else { "follower" }.into(),
+                leader_id: 1,
+                ..Default::default()
+            }),
+        }))
+    }
+    async fn members(&self, _: Request<MembersRequest>) -> Res<MembersResponse> {
+        self.count();
+        let script = self.script.lock().expect("lock");
+        Ok(Response::new(MembersResponse {
+            members: script.members.clone(),
+            leader_id: 1,
+        }))
+    }
+    async fn add_learner(&self, _: Request<AddLearnerRequest>) -> Res<AdminResponse> {
+        no("add_learner")
+    }
+    async fn promote(&self, _: Request<PromoteRequest>) -> Res<AdminResponse> {
+        no("promote")
+    }
+    async fn remove(&self, _: Request<RemoveRequest>) -> Res<AdminResponse> {
+        no("remove")
+    }
+    async fn change_membership(&self, _: Request<ChangeMembershipRequest>) -> Res<AdminResponse> {
+        no("change_membership")
+    }
+    async fn transfer_leader(&self, _: Request<TransferLeaderRequest>) -> Res<AdminResponse> {
+        no("transfer_leader")
+    }
+    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Res<AdminResponse> {
+        no("snapshot")
+    }
+}
+
+mod tests {
+    use super::*;
+    use crate::{Client, ClientError};
+
+    fn history() -> Vec<PresenceEvent> {
+        vec![
+            event(5, "a"),
+            event(6, "b"),
+            // One log entry that yields two events (a batch of expiries).
+            event(7, "c"),
+            event(7, "d"),
+            event(8, "e"),
+        ]
+    }
+
+    #[tokio::test]
+    async fn watch_resumes_on_another_node_without_gaps_or_duplicates() {
+        let a = FakeNode::start(Script {
+            applied: 4,
+            events: history(),
+            break_watch_after: Some(3),
+            ..Default::default()
+        })
+        .await;
+        let b = FakeNode::start(Script {
+            applied: 4,
+            events: history(),
+            ..Default::default()
+        })
+        .await;
+        let client = Client::new(vec![a.endpoint(), b.endpoint()]).expect("endpoints");
+        let got: Vec<(u64, String)> = client
+            .watch(vec![], 0)
+            .take(5)
+            .map(|e| {
+                let e = e.expect("event");
+                (e.revision, e.uid)
+            })
+            .collect()
+            .await;
+        let want: Vec<(u64, String)> = history().into_iter().map(|e| (e.revision, e.uid)).collect();
+        assert_eq!(got, want);
+        // "From now" was pinned by a linearizable read at revision 4; the
+        // resume restarted at the revision of the last delivered event.
+        assert_eq!(a.watch_starts(), [5]);
+        assert_eq!(b.watch_starts(), [7]);
+    }
+
+    #[tokio::test]
+    async fn unavailable_writes_fail_over_even_when_not_idempotent() {
+        let a = FakeNode::start(Script {
+            unavailable_writes: true,
+            ..Default::default()
+        })
+        .await;
+        let b = FakeNode::start(Script::default()).await;
+        let client = Client::new(vec![a.endpoint(), b.endpoint()]).expect("endpoints");
+        let record = client
+            .logout(LogoutRequest {
+                uid: "alice".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("served by b");
+        assert_eq!(record.uid, "alice");
+        assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(b.calls.load(Ordering::SeqCst), 1);
+        // The preference moved: the next call goes straight to b.
+        client
+            .logout(LogoutRequest::default())
+            .await
+            .expect("served by b");
+        assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn validation_errors_are_not_retried() {
+        let a = FakeNode::start(Script {
+            invalid_login: Some("uid: at most 128 bytes".into()),
+            ..Default::default()
+        })
+        .await;
+        let b = FakeNode::start(Script::default()).await;
+        let client = Client::new(vec![a.endpoint(), b.endpoint()]).expect("endpoints");
+        let err = client
+            .login(LoginRequest::default())
+            .await
+            .expect_err("invalid");
+        match err {
+            ClientError::InvalidArgument(msg) => assert_eq!(msg, "uid: at most 128 bytes"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn cluster_status_reports_dead_members() {
+        let member = |id: u64, addr: String| Member {
+            id,
+            number: id as u32,
+            client_addr: addr,
+            voter: true,
+            ..Default::default()
+        };
+        let a = FakeNode::start(Script {
+            id: 1,
+            ..Default::default()
+        })
+        .await;
+        let b = FakeNode::start(Script {
+            id: 2,
+            ..Default::default()
+        })
+        .await;
+        let members = vec![
+            member(1, a.endpoint()),
+            member(2, b.endpoint()),
+            member(3, "127.0.0.1:1".into()),
+        ];
+        a.script.lock().expect("lock").members = members;
+        let client = Client::new(vec![a.endpoint()]).expect("endpoints");
+        let status = client.cluster_status().await.expect("members from a");
+        assert_eq!(status.members.len(), 3);
+        assert_eq!(
+            status.members[0].status.as_ref().map(|s| s.id).ok(),
+            Some(1)
+        );
+        assert_eq!(
+            status.members[1].status.as_ref().map(|s| s.id).ok(),
+            Some(2)
+        );
+        assert!(matches!(
+            status.members[2].status,
+            Err(ClientError::Unavailable(_))
+        ));
+        assert_eq!(status.agreed_leader(), None, "node 3 did not answer");
+    }
+}
