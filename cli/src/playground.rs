@@ -32,7 +32,10 @@ pub fn locate_node_binary(
         if !path.is_file() {
             bail!("--node-bin {}: no such file", path.display());
         }
-        return Ok(path);
+        // Nodes start in their own directories: make the path absolute.
+        return path
+            .canonicalize()
+            .with_context(|| format!("--node-bin {}", path.display()));
     }
     let exe = std::env::current_exe().context("finding the current executable")?;
     let dir = exe

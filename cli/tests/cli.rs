@@ -1,0 +1,274 @@
+//! heraldctl against a running cluster, as a user drives it: start
+//! `heraldctl playground`, run commands, check their output and exit codes,
+//! then stop the playground with SIGTERM and check it cleans up.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn heraldctl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_heraldctl"))
+}
+
+/// `herald-node` is built by the same workspace build, next to heraldctl.
+fn node_bin() -> PathBuf {
+    let p = heraldctl().with_file_name("herald-node");
+    assert!(
+        p.is_file(),
+        "{} missing: build the workspace first",
+        p.display()
+    );
+    p
+}
+
+struct Playground {
+    child: Child,
+    dir: PathBuf,
+    endpoints: String,
+}
+
+impl Drop for Playground {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_playground(tmp: &tempfile::TempDir) -> Playground {
+    // A base port unlikely to collide with a developer's own playground.
+    let base = 20_000 + (std::process::id() % 400) * 100;
+    let dir = tmp.path().join("pg");
+    let mut child = Command::new(heraldctl())
+        .args([
+            "playground",
+            "--nodes",
+            "3",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .arg("--node-bin")
+        .arg(node_bin())
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn playground");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("playground: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("playground did not come up within 60s");
+        if line.contains("Herald playground is up") {
+            break;
+        }
+    }
+    let endpoints = (1..=3)
+        .map(|i| format!("127.0.0.1:{}", base + 100 + i))
+        .collect::<Vec<_>>()
+        .join(",");
+    Playground {
+        child,
+        dir,
+        endpoints,
+    }
+}
+
+fn run(pg: &Playground, args: &[&str]) -> Output {
+    let out = Command::new(heraldctl())
+        .env("HERALD_ENDPOINTS", &pg.endpoints)
+        .args(args)
+        .output()
+        .expect("run heraldctl");
+    println!(
+        "$ heraldctl {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(pg: &Playground, args: &[&str]) -> serde_json::Value {
+    let mut full = vec!["-w", "json"];
+    full.extend_from_slice(args);
+    let out = run(pg, &full);
+    assert!(out.status.success(), "heraldctl {args:?} failed");
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+#[test]
+fn heraldctl_drives_a_playground_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut pg = start_playground(&tmp);
+
+    // Cluster status: three members answer and agree on a leader.
+    let out = run(&pg, &["cluster", "status"]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("leader"), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains("127.0.0.1:")).count(),
+        3,
+        "{table}"
+    );
+
+    // Presence through the CLI.
+    let rec = json(
+        &pg,
+        &[
+            "presence", "login", "alice", "--sid", "1001", "--client", "pc", "--ext", "city=hz",
+        ],
+    );
+    assert_eq!(rec["online"], true);
+    let got = json(&pg, &["presence", "get", "alice"]);
+    assert_eq!(got["ext"]["city"], "hz");
+    let out = run(&pg, &["presence", "batch", "alice", "bob"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alice"));
+
+    // Sessions: connect, progress, log.
+    let s = json(
+        &pg,
+        &[
+            "session",
+            "connect",
+            "--terminal",
+            "imei:490154203237518",
+            "--app",
+            "https://apps.example/q",
+        ],
+    );
+    let id = s["session_id"].as_u64().expect("session id").to_string();
+    json(
+        &pg,
+        &[
+            "session",
+            "progress",
+            &id,
+            "--terminal",
+            "imei:490154203237518",
+            "--epoch",
+            "1",
+            "--seq",
+            "1",
+            "--data",
+            "q1",
+        ],
+    );
+    let out = run(&pg, &["session", "log", &id]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("progress"));
+
+    // Pools: platform, pool, lease, login with the leased password.
+    let p = json(
+        &pg,
+        &[
+            "pool",
+            "platform-create",
+            "tv",
+            "--unit",
+            "name=news,qos=gold,response-ms=200,policy=leased",
+        ],
+    );
+    let unit = p["units"][0]["unit_id"].as_u64().unwrap().to_string();
+    let pool = json(
+        &pg,
+        &[
+            "pool",
+            "create",
+            "--unit",
+            &unit,
+            "--name",
+            "guests",
+            "--provision",
+            "2",
+            "--ttl",
+            "1h",
+        ],
+    );
+    let pool_id = pool["pool_id"].as_u64().unwrap().to_string();
+    let lease = json(&pg, &["pool", "lease", &pool_id, "--user", "viewer-1"]);
+    let account = lease["lease"]["account"].as_str().unwrap().to_string();
+    let password = lease["password"].as_str().unwrap().to_string();
+    let login = json(
+        &pg,
+        &[
+            "pool",
+            "login",
+            "--unit",
+            &unit,
+            "--account",
+            &account,
+            "--password",
+            &password,
+            "--user",
+            "viewer-1",
+        ],
+    );
+    assert_eq!(login["ok"], true);
+
+    // Errors: to stderr, non-zero exit, the field named, nothing printed to stdout.
+    let out = run(
+        &pg,
+        &[
+            "presence",
+            "login",
+            &"x".repeat(200),
+            "--sid",
+            "1",
+            "--client",
+            "pc",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("Error:") && err.contains("uid"), "{err}");
+    assert!(out.stdout.is_empty());
+    let out = run(
+        &pg,
+        &[
+            "session",
+            "connect",
+            "--terminal",
+            "fax:123",
+            "--app",
+            "https://a",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad terminal kind is a usage error"
+    );
+    let out = run(&pg, &["cluster", "promote", "99"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+
+    // Admin: snapshot and leadership move.
+    let out = run(&pg, &["cluster", "snapshot"]);
+    assert!(out.status.success());
+    let members = json(&pg, &["cluster", "members"]);
+    let leader = members["leader_id"].as_u64().unwrap();
+    let target = if leader == 1 { "2" } else { "1" };
+    let out = run(&pg, &["cluster", "move-leader", target]);
+    assert!(out.status.success());
+    let members = json(&pg, &["cluster", "members"]);
+    assert_eq!(members["leader_id"].as_u64().unwrap().to_string(), target);
+
+    // Ctrl-C/SIGTERM stops every node and removes the directory.
+    let pid = pg.child.id() as i32;
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = pg.child.wait().unwrap();
+    assert!(status.success(), "playground exit: {status}");
+    assert!(!pg.dir.exists(), "playground dir left behind");
+}
