@@ -242,6 +242,26 @@ async fn watch_is_ordered_gapless_and_resumable_on_another_node() {
     assert!(!e.record.unwrap().online);
 }
 
+/// A plain HTTP/1.1 GET (the node answers with a content length), so the
+/// test needs no HTTP client crate or curl on the machine.
+async fn http_get(url: &str) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_at(rest.find('/').expect("path"));
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8(buf).expect("utf8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers");
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        code,
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_batch_lookup_and_health() {
     let c = TestCluster::start(3).await;
@@ -249,19 +269,7 @@ async fn http_batch_lookup_and_health() {
     c.client(leader).login(login("alice", "web")).await.unwrap();
     let follower = c.alive().into_iter().find(|id| *id != leader).unwrap();
     let base = format!("http://{}", c.http_addr(follower));
-    let get = |path: String| async move {
-        let out = tokio::process::Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", &path])
-            .output()
-            .await
-            .expect("curl");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let (body, code) = text.rsplit_once('\n').unwrap();
-        (
-            code.parse::<u16>().unwrap(),
-            serde_json::from_str::<serde_json::Value>(body).unwrap(),
-        )
-    };
+    let get = |path: String| async move { http_get(&path).await };
     // Linearizable by default, served by a follower.
     let (code, body) = get(format!("{base}/v1/presence?ids=alice,nobody")).await;
     assert_eq!(code, 200, "{body}");
