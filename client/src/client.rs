@@ -640,6 +640,27 @@ impl Client {
         .await
     }
 
+    /// Sets (or, with `relative`, shifts) the cluster-clock offset of the
+    /// node at `endpoint`: the test and chaos hook for clock skew. One attempt.
+    pub async fn set_clock_offset_on(
+        &self,
+        endpoint: &str,
+        offset_ms: i64,
+        relative: bool,
+    ) -> Result<proto::AdminResponse, ClientError> {
+        self.call_on(
+            endpoint,
+            "SetClockOffset",
+            Effect::Write,
+            proto::SetClockOffsetRequest {
+                offset_ms,
+                relative,
+            },
+            |ch, r| async move { AdminClient::new(ch).set_clock_offset(r).await },
+        )
+        .await
+    }
+
     // ------------------------------------------------------------ plumbing
 
     /// Runs one RPC with fail-over and retries; see the type's doc.

@@ -274,6 +274,9 @@ impl Admin for Fake {
     async fn snapshot(&self, _: Request<SnapshotRequest>) -> Res<AdminResponse> {
         no("snapshot")
     }
+    async fn set_clock_offset(&self, _: Request<SetClockOffsetRequest>) -> Res<AdminResponse> {
+        no("set_clock_offset")
+    }
 }
 
 mod tests {

@@ -30,6 +30,22 @@ pub struct Config {
     /// Raft timings and log compaction.
     #[serde(default)]
     pub raft: RaftTimings,
+    /// Per-peer address overrides: how *this* node dials a peer, by Raft id,
+    /// instead of the peer address in the membership. The chaos suite routes
+    /// every link through its own proxy this way.
+    #[serde(default)]
+    pub peer_routes: std::collections::BTreeMap<String, String>,
+    /// Cluster clock settings.
+    #[serde(default)]
+    pub clock: ClockConfig,
+}
+
+/// Cluster clock settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// Offset added to the system clock at start (tests and chaos inject skew with it).
+    pub initial_offset_ms: i64,
 }
 
 /// Addresses a node listens on.
@@ -123,6 +139,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The address this node dials to reach peer `id`.
+    pub fn route<'a>(&'a self, id: u64, membership_addr: &'a str) -> &'a str {
+        self.peer_routes
+            .get(&id.to_string())
+            .map(String::as_str)
+            .unwrap_or(membership_addr)
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -157,6 +181,14 @@ impl Config {
         }
         if t.snapshot_every == 0 {
             return bad("raft.snapshot_every must be >= 1".into());
+        }
+        for (id, addr) in &self.peer_routes {
+            if id.parse::<u64>().is_err() {
+                return bad(format!("peer_routes: key {id:?} must be a node id"));
+            }
+            if addr.parse::<SocketAddr>().is_err() {
+                return bad(format!("peer_routes.{id}: {addr:?} is not host:port"));
+            }
         }
         let mut ids = std::collections::BTreeSet::new();
         let mut numbers = std::collections::BTreeSet::new();
@@ -233,6 +265,18 @@ http = "127.0.0.1:7301"
                 .to_string()
                 .contains("does not include")
         );
+    }
+
+    #[test]
+    fn peer_routes_override_membership_addresses() {
+        let text = format!("{GOOD}\n[peer_routes]\n2 = \"127.0.0.1:9012\"\n");
+        let c: Config = toml::from_str(&text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.route(2, "127.0.0.1:7102"), "127.0.0.1:9012");
+        assert_eq!(c.route(3, "127.0.0.1:7103"), "127.0.0.1:7103");
+        let bad: Config =
+            toml::from_str(&format!("{GOOD}\n[peer_routes]\nx = \"nowhere\"\n")).unwrap();
+        assert!(bad.validate().is_err());
     }
 
     #[test]

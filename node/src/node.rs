@@ -184,7 +184,7 @@ impl Herald {
             let reply = if leader == self.id() {
                 self.propose_local(cmd.clone()).await
             } else {
-                self.forward(&member, &cmd).await
+                self.forward(leader, &member, &cmd).await
             };
             match reply {
                 ForwardReply::Applied(r) => return r.map_err(NodeError::State),
@@ -216,12 +216,12 @@ impl Herald {
         }
     }
 
-    async fn forward(&self, leader: &Member, cmd: &Command) -> ForwardReply {
+    async fn forward(&self, leader_id: u64, leader: &Member, cmd: &Command) -> ForwardReply {
         let data = match encode(cmd) {
             Ok(d) => d,
             Err(e) => return ForwardReply::Indeterminate(e.to_string()),
         };
-        let mut client = match self.inner.peers.client(&leader.peer_addr) {
+        let mut client = match self.inner.peers.client_to(leader_id, &leader.peer_addr) {
             Ok(c) => c,
             Err(_) => return ForwardReply::NotLeader,
         };
@@ -246,7 +246,7 @@ impl Herald {
             let index = if leader == self.id() {
                 self.read_index_local().await.ok()
             } else {
-                self.remote_read_index(&member).await
+                self.remote_read_index(leader, &member).await
             };
             if let Some(index) = index {
                 return tokio::time::timeout_at(deadline, self.inner.store.wait_applied(index))
@@ -276,8 +276,12 @@ impl Herald {
         Ok(read.log_id().index())
     }
 
-    async fn remote_read_index(&self, leader: &Member) -> Option<u64> {
-        let mut client = self.inner.peers.client(&leader.peer_addr).ok()?;
+    async fn remote_read_index(&self, leader_id: u64, leader: &Member) -> Option<u64> {
+        let mut client = self
+            .inner
+            .peers
+            .client_to(leader_id, &leader.peer_addr)
+            .ok()?;
         let mut req = tonic::Request::new(RaftBlob { data: Vec::new() });
         req.set_timeout(LEADER_WAIT);
         let r = client.read_index(req).await.ok()?;

@@ -75,7 +75,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let db = open_db(&config)?;
     let log = LogStore::open(&db)?;
     let store = StateStore::open(&db)?;
-    let peers = PeerChannels::default();
+    let routes = config
+        .peer_routes
+        .iter()
+        .filter_map(|(id, addr)| Some((id.parse::<u64>().ok()?, addr.clone())))
+        .collect();
+    let peers = PeerChannels::with_routes(routes);
     let raft = Raft::new(
         config.id,
         std::sync::Arc::new(raft_config(&config)?),
@@ -96,7 +101,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         raft: raft.clone(),
         store,
         log,
-        clock: ClusterClock::default(),
+        clock: ClusterClock::with_offset_ms(config.clock.initial_offset_ms),
         peers,
         stopping: stop_rx.clone(),
     });

@@ -104,6 +104,10 @@ impl Admin for AdminService {
                 snapshot_index: m.snapshot.as_ref().map(|l| l.index()).unwrap_or(0),
                 purged_index: m.purged.as_ref().map(|l| l.index()).unwrap_or(0),
                 client_addr: cfg.listen.client.to_string(),
+                clock_offset_us: self.node.clock().offset_ns() / 1_000,
+                last_sync_ms: self.node.clock().last_sync_ms(),
+                sync_delay_us: self.node.clock().sync_delay_ns() / 1_000,
+                cluster_time_ms: self.node.clock().now_ms(),
                 members_log_index: m
                     .membership_config
                     .log_id()
@@ -336,5 +340,32 @@ impl Admin for AdminService {
             Ok(index) => Self::done(format!("snapshot built at index {index}"), index),
             Err(_) => Err(Status::deadline_exceeded("snapshot not built within 30s")),
         }
+    }
+
+    async fn set_clock_offset(
+        &self,
+        req: Request<SetClockOffsetRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let r = req.into_inner();
+        let clock = self.node.clock();
+        let delta = r.offset_ms.saturating_mul(1_000_000);
+        let new = if r.relative {
+            clock.offset_ns().saturating_add(delta)
+        } else {
+            delta
+        };
+        clock.set_offset_ns(new);
+        tracing::warn!(
+            offset_ms = new / 1_000_000,
+            "clock offset set by admin call"
+        );
+        Self::done(
+            format!(
+                "node {} clock offset is now {} ms",
+                self.node.id(),
+                new / 1_000_000
+            ),
+            0,
+        )
     }
 }

@@ -5,7 +5,7 @@
 //! shared by Raft replication, write forwarding and follower ReadIndex, so a
 //! node keeps one HTTP/2 connection per peer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,9 +31,31 @@ pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    routes: Arc<BTreeMap<u64, String>>,
 }
 
 impl PeerChannels {
+    /// Channels that dial peer `id` at `routes[id]` when present (see
+    /// `Config::peer_routes`), else at its membership address.
+    pub fn with_routes(routes: BTreeMap<u64, String>) -> Self {
+        PeerChannels {
+            channels: Arc::default(),
+            routes: Arc::new(routes),
+        }
+    }
+
+    /// A `Peer` client for node `id`, whose membership address is `addr`.
+    pub fn client_to(
+        &self,
+        id: u64,
+        addr: &str,
+    ) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+        match self.routes.get(&id) {
+            Some(route) => self.client(route),
+            None => self.client(addr),
+        }
+    }
+
     /// A `Peer` client for `addr` (host:port), reusing a cached channel.
     pub fn client(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -99,7 +121,9 @@ fn status_to_rpc(target: u64, s: tonic::Status) -> RPCError<TypeConfig> {
 
 impl PeerConnection {
     fn client(&self) -> Result<PeerClient<Channel>, RPCError<TypeConfig>> {
-        self.channels.client(&self.addr).map_err(unreachable)
+        self.channels
+            .client_to(self.target, &self.addr)
+            .map_err(unreachable)
     }
 
     fn request<T: serde::Serialize>(
@@ -176,7 +200,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         }));
         let mut client = self
             .channels
-            .client(&self.addr)
+            .client_to(self.target, &self.addr)
             .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e.to_string())))?;
         tracing::info!(target = self.target, bytes = total, "sending snapshot");
         let call = client.install_snapshot(futures::stream::iter(chunks));

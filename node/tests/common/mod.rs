@@ -109,6 +109,8 @@ impl TestCluster {
             },
             initial_members: Vec::new(),
             raft: self.timings.clone(),
+            peer_routes: Default::default(),
+            clock: Default::default(),
         }
     }
 
