@@ -38,6 +38,18 @@ pub struct Config {
     /// Cluster clock settings.
     #[serde(default)]
     pub clock: ClockConfig,
+    /// Deliberate faults for proving the chaos checker. Never in production.
+    #[serde(default)]
+    pub testing: TestingFaults,
+}
+
+/// Deliberately broken behaviour, so a test can show the checker catches it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingFaults {
+    /// Serve "linearizable" reads from local state without ReadIndex:
+    /// a partitioned or lagging node then returns stale data.
+    pub stale_reads: bool,
 }
 
 /// Cluster clock settings.

@@ -240,6 +240,9 @@ impl Herald {
     /// Makes the next local read linearizable: waits until this node has
     /// applied everything committed before the call.
     pub async fn linearize(&self) -> Result<(), NodeError> {
+        if self.inner.config.testing.stale_reads {
+            return Ok(()); // the deliberate fault: no ReadIndex
+        }
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let (leader, member) = self.wait_leader(deadline).await?;

@@ -175,6 +175,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             tracing::info!("initialize: {e}");
         }
     }
+    if config.testing.stale_reads {
+        tracing::warn!("testing.stale_reads is on: linearizable reads are NOT linearizable");
+    }
     tracing::info!(id = config.id, number = config.number, "node started");
     Ok(RunningNode {
         herald,

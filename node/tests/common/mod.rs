@@ -111,6 +111,7 @@ impl TestCluster {
             raft: self.timings.clone(),
             peer_routes: Default::default(),
             clock: Default::default(),
+            testing: Default::default(),
         }
     }
 
