@@ -41,7 +41,7 @@ pub struct Listen {
     pub client: String,
     /// HTTP JSON (`/v1/presence`, `/health`).
     pub http: String,
-    /// SNTP time sync (reserved).
+    /// SNTP time sync.
     pub time_sync: String,
 }
 
@@ -58,6 +58,8 @@ pub struct Member {
     pub client: String,
     /// HTTP address.
     pub http: String,
+    /// SNTP address followers sync their cluster clock to when it leads.
+    pub time_sync: String,
 }
 
 /// Raft timings and compaction.
@@ -138,6 +140,7 @@ pub fn local_cluster(n: u32, base: u16, data_root: &str) -> Result<Vec<NodeConfi
             peer: addr(p.peer),
             client: addr(p.client),
             http: addr(p.http),
+            time_sync: addr(p.time_sync),
         })
         .collect();
     let root = data_root.trim_end_matches('/');
@@ -205,12 +208,14 @@ impl NodeConfig {
                  number = {}\n\
                  peer = {}\n\
                  client = {}\n\
-                 http = {}\n\n",
+                 http = {}\n\
+                 time_sync = {}\n\n",
                 m.id,
                 m.number,
                 q(&m.peer),
                 q(&m.client),
                 q(&m.http),
+                q(&m.time_sync),
             ));
         }
         if self.initial_members.is_empty() {

@@ -410,6 +410,7 @@ pub mod to_json {
             "peer_addr": m.peer_addr,
             "client_addr": m.client_addr,
             "http_addr": m.http_addr,
+            "time_addr": m.time_addr,
             "voter": m.voter,
         })
     }
@@ -434,6 +435,10 @@ pub mod to_json {
             "purged_index": s.purged_index,
             "client_addr": s.client_addr,
             "members_log_index": s.members_log_index,
+            "clock_offset_us": s.clock_offset_us,
+            "last_sync_ms": s.last_sync_ms,
+            "sync_delay_us": s.sync_delay_us,
+            "cluster_time_ms": s.cluster_time_ms,
         })
     }
 

@@ -38,6 +38,9 @@ pub struct ClientConfig {
     /// HTTP/2 ping interval; a connection that misses pings for twice this is
     /// dropped, which is what ends a watch on a paused node.
     pub keep_alive_interval: Duration,
+    /// Send per-user calls (login, logout, permission, heartbeat, get) to the
+    /// uid's owner on the consistent-hash ring first.
+    pub route_by_owner: bool,
 }
 
 impl Default for ClientConfig {
@@ -49,6 +52,7 @@ impl Default for ClientConfig {
             max_attempts: 10,
             backoff: Backoff::default(),
             keep_alive_interval: Duration::from_secs(2),
+            route_by_owner: true,
         }
     }
 }
@@ -93,7 +97,22 @@ struct Shared {
     /// Channels to nodes outside `endpoints` (members' client addresses met
     /// in `cluster_status`). A std mutex: it is never held across an await.
     others: Mutex<HashMap<String, Channel>>,
+    /// The ownership ring as last fetched, for routing per-user calls.
+    routing: Mutex<Routing>,
 }
+
+/// The ring over the voters and their client addresses, refreshed every
+/// [`ROUTING_TTL`]. Nodes forward what lands elsewhere, so a stale ring only
+/// costs a hop.
+#[derive(Default)]
+struct Routing {
+    ring: Option<crate::ring::Ring>,
+    addrs: HashMap<u64, String>,
+    fetched: Option<Instant>,
+}
+
+/// How long a fetched ring is used before it is fetched again.
+const ROUTING_TTL: Duration = Duration::from_secs(10);
 
 struct Target {
     uri: String,
@@ -145,6 +164,7 @@ impl Client {
                 config,
                 settings,
                 others: Mutex::new(HashMap::new()),
+                routing: Mutex::new(Routing::default()),
             }),
         })
     }
@@ -171,10 +191,15 @@ impl Client {
         &self,
         req: proto::LoginRequest,
     ) -> Result<proto::PresenceRecord, ClientError> {
+        let uid = req.uid.clone();
         let resp = self
-            .call("Login", Effect::IdempotentWrite, req, |ch, r| async move {
-                HeraldClient::new(ch).login(r).await
-            })
+            .routed(
+                &uid,
+                "Login",
+                Effect::IdempotentWrite,
+                req,
+                |ch, r| async move { HeraldClient::new(ch).login(r).await },
+            )
             .await?;
         required(resp.record, "Login", "record")
     }
@@ -185,8 +210,9 @@ impl Client {
         &self,
         req: proto::LogoutRequest,
     ) -> Result<proto::PresenceRecord, ClientError> {
+        let uid = req.uid.clone();
         let resp = self
-            .call("Logout", Effect::Write, req, |ch, r| async move {
+            .routed(&uid, "Logout", Effect::Write, req, |ch, r| async move {
                 HeraldClient::new(ch).logout(r).await
             })
             .await?;
@@ -199,8 +225,10 @@ impl Client {
         &self,
         req: proto::PermissionRequest,
     ) -> Result<proto::PresenceRecord, ClientError> {
+        let uid = req.uid.clone();
         let resp = self
-            .call(
+            .routed(
+                &uid,
                 "ChangePermission",
                 Effect::IdempotentWrite,
                 req,
@@ -221,8 +249,10 @@ impl Client {
             uid: uid.into(),
             client_type: client_type.into(),
         };
+        let uid = req.uid.clone();
         let resp = self
-            .call(
+            .routed(
+                &uid,
                 "Heartbeat",
                 Effect::IdempotentWrite,
                 req,
@@ -242,8 +272,9 @@ impl Client {
             uid: uid.into(),
             consistency: consistency.into(),
         };
+        let uid = req.uid.clone();
         let resp = self
-            .call("GetPresence", Effect::Read, req, |ch, r| async move {
+            .routed(&uid, "GetPresence", Effect::Read, req, |ch, r| async move {
                 HeraldClient::new(ch).get_presence(r).await
             })
             .await?;
@@ -664,6 +695,77 @@ impl Client {
     // ------------------------------------------------------------ plumbing
 
     /// Runs one RPC with fail-over and retries; see the type's doc.
+    /// The client address of `uid`'s owner, from a ring over the voters
+    /// fetched at most every [`ROUTING_TTL`].
+    async fn owner_endpoint(&self, uid: &str) -> Option<String> {
+        let stale = {
+            let mut r = self
+                .shared
+                .routing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let stale = r.fetched.is_none_or(|t| t.elapsed() >= ROUTING_TTL);
+            if stale {
+                // Claimed now, so concurrent calls do not all refetch.
+                r.fetched = Some(Instant::now());
+            }
+            stale
+        };
+        if stale && let Ok(m) = self.members().await {
+            let voters: Vec<u64> = m.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+            let mut r = self
+                .shared
+                .routing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            r.ring = Some(crate::ring::Ring::new(voters, crate::ring::DEFAULT_VNODES));
+            r.addrs = m
+                .members
+                .iter()
+                .map(|m| (m.id, m.client_addr.clone()))
+                .collect();
+        }
+        let r = self
+            .shared
+            .routing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let owner = r.ring.as_ref()?.owner(uid)?;
+        r.addrs.get(&owner).cloned()
+    }
+
+    /// A per-user call: first to the uid's owner, then, if that node cannot
+    /// take it (certainly not executed, or a retryable outcome), the usual
+    /// fail-over over the endpoints.
+    async fn routed<Req, Resp, F, Fut>(
+        &self,
+        uid: &str,
+        method: &'static str,
+        effect: Effect,
+        req: Req,
+        rpc: F,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut + Clone,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        if self.shared.config.route_by_owner
+            && let Some(endpoint) = self.owner_endpoint(uid).await
+        {
+            match self
+                .call_on(&endpoint, method, effect, req.clone(), rpc.clone())
+                .await
+            {
+                Ok(resp) => return Ok(resp),
+                Err(ClientError::Unavailable(_)) => {}
+                Err(e) if e.is_indeterminate() && effect != Effect::Write => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.call(method, effect, req, rpc).await
+    }
+
     pub(crate) async fn call<Req, Resp, F, Fut>(
         &self,
         method: &'static str,

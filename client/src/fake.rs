@@ -327,6 +327,15 @@ mod tests {
         assert_eq!(b.watch_starts(), [7]);
     }
 
+    /// A client that skips owner routing, so call counts show fail-over alone.
+    fn endpoint_failover_only(a: &FakeNode, b: &FakeNode) -> Client {
+        let config = crate::ClientConfig {
+            route_by_owner: false,
+            ..Default::default()
+        };
+        Client::with_config(vec![a.endpoint(), b.endpoint()], config).expect("endpoints")
+    }
+
     #[tokio::test]
     async fn unavailable_writes_fail_over_even_when_not_idempotent() {
         let a = FakeNode::start(Script {
@@ -335,7 +344,7 @@ mod tests {
         })
         .await;
         let b = FakeNode::start(Script::default()).await;
-        let client = Client::new(vec![a.endpoint(), b.endpoint()]).expect("endpoints");
+        let client = endpoint_failover_only(&a, &b);
         let record = client
             .logout(LogoutRequest {
                 uid: "alice".into(),
@@ -362,7 +371,7 @@ mod tests {
         })
         .await;
         let b = FakeNode::start(Script::default()).await;
-        let client = Client::new(vec![a.endpoint(), b.endpoint()]).expect("endpoints");
+        let client = endpoint_failover_only(&a, &b);
         let err = client
             .login(LoginRequest::default())
             .await

@@ -34,6 +34,7 @@ mod error;
 #[cfg(test)]
 mod fake;
 mod retry;
+pub mod ring;
 mod watch;
 
 pub use client::{Client, ClientConfig};

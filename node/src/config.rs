@@ -41,6 +41,12 @@ pub struct Config {
     /// Deliberate faults for proving the chaos checker. Never in production.
     #[serde(default)]
     pub testing: TestingFaults,
+    /// Numbered failover.
+    #[serde(default)]
+    pub failover: FailoverConfig,
+    /// Consistent-hash ring and liveness.
+    #[serde(default)]
+    pub ring: RingConfig,
 }
 
 /// Deliberately broken behaviour, so a test can show the checker catches it.
@@ -52,12 +58,86 @@ pub struct TestingFaults {
     pub stale_reads: bool,
 }
 
-/// Cluster clock settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Cluster clock settings (see `timesync`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClockConfig {
     /// Offset added to the system clock at start (tests and chaos inject skew with it).
     pub initial_offset_ms: i64,
+    /// How often a follower syncs to the leader (and the leader to upstream).
+    pub sync_interval_ms: u64,
+    /// SNTP samples per sync round.
+    pub samples: u32,
+    /// Errors within this are left alone.
+    pub tolerance_us: u64,
+    /// Errors from this up are stepped; smaller ones are slewed.
+    pub step_threshold_ms: u64,
+    /// Upstream NTP servers (host:port) the leader follows; empty = the
+    /// leader's own clock is the reference.
+    pub upstream: Vec<String>,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            initial_offset_ms: 0,
+            sync_interval_ms: 1000,
+            samples: 4,
+            tolerance_us: 500,
+            step_threshold_ms: 50,
+            upstream: Vec::new(),
+        }
+    }
+}
+
+/// Numbered failover: the lowest-numbered healthy, caught-up voter leads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// Move leadership back to a lower-numbered node that recovered after
+    /// this leader took over. Off: only nodes that stayed healthy count.
+    pub failback: bool,
+    /// How long the preferred node must be healthy and caught up before the
+    /// leader hands over (and the pause after a handover): the hysteresis.
+    pub hold_ms: u64,
+    /// Election timeouts grow by this per rank of the node's number, so
+    /// lower numbers tend to win elections.
+    pub election_bias_ms: u64,
+    /// A follower within this many entries of the leader's log is caught up.
+    pub max_lag_entries: u64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            failback: true,
+            hold_ms: 3000,
+            election_bias_ms: 150,
+            max_lag_entries: 100,
+        }
+    }
+}
+
+/// Consistent-hash ring and peer liveness (who owns which users).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RingConfig {
+    /// Virtual nodes per member.
+    pub vnodes: u32,
+    /// How often each node probes its peers.
+    pub probe_interval_ms: u64,
+    /// A peer that has not answered for this long is down and leaves the ring.
+    pub down_after_ms: u64,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            vnodes: 64,
+            probe_interval_ms: 250,
+            down_after_ms: 1500,
+        }
+    }
 }
 
 /// Addresses a node listens on.
@@ -89,6 +169,9 @@ pub struct MemberConfig {
     pub client: String,
     /// HTTP address.
     pub http: String,
+    /// SNTP time-sync address (followers sync to the leader's).
+    #[serde(default)]
+    pub time_sync: Option<String>,
 }
 
 /// Raft timings. Defaults suit a loopback or LAN cluster.

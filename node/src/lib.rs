@@ -8,13 +8,19 @@
 //! - [`node`]: the handle every service shares: propose, linearize.
 //! - [`server`]: start and stop a node; [`config`], [`clock`], [`expiry`],
 //!   [`telemetry`].
+//! - The P-publish cluster mechanisms: [`timesync`] (SNTP server and
+//!   leader-based sync of the cluster clock), [`failover`] (numbered
+//!   failover), [`owner`] (consistent-hash ownership, heartbeats, TTL expiry).
 
 pub mod api;
 pub mod clock;
 pub mod config;
 pub mod expiry;
+pub mod failover;
 pub mod node;
+pub mod owner;
 pub mod raft;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod timesync;

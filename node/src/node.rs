@@ -72,6 +72,7 @@ pub(crate) struct Inner {
     pub(crate) clock: ClusterClock,
     pub(crate) peers: PeerChannels,
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    pub(crate) ownership: crate::owner::Ownership,
 }
 
 /// Handle to a running node.
@@ -117,6 +118,53 @@ impl Herald {
         &self.inner.clock
     }
 
+    /// Who owns which users (the ring) and the TTL clients this node watches.
+    pub fn ownership(&self) -> &crate::owner::Ownership {
+        &self.inner.ownership
+    }
+
+    /// Channels to peers (with this node's peer routes).
+    pub fn peers(&self) -> &PeerChannels {
+        &self.inner.peers
+    }
+
+    /// What this node's SNTP server says about its time source: the leader
+    /// is the reference (stratum 1); a follower that synced recently is
+    /// stratum 2; otherwise it admits being unsynchronized (16).
+    pub fn time_source(&self) -> crate::timesync::Source {
+        let clock = self.clock();
+        if self.is_leader() {
+            return crate::timesync::Source {
+                stratum: 1,
+                reference_id: *b"HRLD",
+                reference_ns: clock.now_ns(),
+            };
+        }
+        let fresh = 4 * self.inner.config.clock.sync_interval_ms;
+        let last = clock.last_sync_ms();
+        if last > 0 && clock.now_ms().saturating_sub(last) <= fresh {
+            let reference_id = self
+                .leader()
+                .and_then(|(_, m)| m.time_addr.parse::<std::net::SocketAddr>().ok())
+                .and_then(|a| match a.ip() {
+                    std::net::IpAddr::V4(v4) => Some(v4.octets()),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .unwrap_or([0; 4]);
+            crate::timesync::Source {
+                stratum: 2,
+                reference_id,
+                reference_ns: (last as i64) * 1_000_000,
+            }
+        } else {
+            crate::timesync::Source {
+                stratum: 16,
+                reference_id: *b"INIT",
+                reference_ns: 0,
+            }
+        }
+    }
+
     /// Becomes true when the node starts shutting down (ends long streams).
     pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.inner.stopping.clone()
@@ -155,7 +203,8 @@ impl Herald {
         })
     }
 
-    fn is_leader(&self) -> bool {
+    /// True while this node is the Raft leader.
+    pub fn is_leader(&self) -> bool {
         self.with_metrics(|m| m.state == ServerState::Leader && m.current_leader == Some(self.id()))
     }
 

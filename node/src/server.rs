@@ -35,11 +35,13 @@ pub struct RunningNode {
 
 fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
     let t = &config.raft;
+    // Lower numbers time out first, so they tend to win elections.
+    let (election_min, election_max) = crate::failover::election_timeouts(config);
     let rc = openraft::Config {
         cluster_name: "herald".into(),
         heartbeat_interval: t.heartbeat_ms,
-        election_timeout_min: t.election_timeout_min_ms,
-        election_timeout_max: t.election_timeout_max_ms,
+        election_timeout_min: election_min,
+        election_timeout_max: election_max,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every),
         max_in_snapshot_log_to_keep: t.keep_logs_after_snapshot,
         install_snapshot_timeout: 30_000,
@@ -94,6 +96,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let peer_l = bind(config.listen.peer, "peer").await?;
     let client_l = bind(config.listen.client, "client").await?;
     let http_l = bind(config.listen.http, "http").await?;
+    let time_socket = match config.listen.time_sync {
+        Some(addr) => Some(
+            tokio::net::UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("binding the time-sync (SNTP) socket on {addr}"))?,
+        ),
+        None => None,
+    };
 
     let (stop, stop_rx) = watch::channel(false);
     let herald = Herald::new(Inner {
@@ -104,6 +114,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         clock: ClusterClock::with_offset_ms(config.clock.initial_offset_ms),
         peers,
         stopping: stop_rx.clone(),
+        ownership: crate::owner::Ownership::new(config.id, config.ring.vnodes),
     });
 
     let stopped = move || {
@@ -152,6 +163,22 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     }));
 
     tasks.push(tokio::spawn(crate::expiry::run(herald.clone(), stopped())));
+    tasks.push(tokio::spawn(crate::timesync::sync(
+        herald.clone(),
+        stopped(),
+    )));
+    if let Some(socket) = time_socket {
+        tasks.push(tokio::spawn(crate::timesync::serve(
+            herald.clone(),
+            socket,
+            stopped(),
+        )));
+    }
+    tasks.push(tokio::spawn(crate::failover::run(
+        herald.clone(),
+        stopped(),
+    )));
+    tasks.push(tokio::spawn(crate::owner::run(herald.clone(), stopped())));
 
     if !config.initial_members.is_empty() && !raft.is_initialized().await? {
         let members: BTreeMap<u64, Member> = config
@@ -165,6 +192,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
                         peer_addr: m.peer.clone(),
                         client_addr: m.client.clone(),
                         http_addr: m.http.clone(),
+                        time_addr: m.time_sync.clone().unwrap_or_default(),
                     },
                 )
             })

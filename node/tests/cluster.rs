@@ -293,6 +293,11 @@ async fn add_learner_promote_and_remove() {
         peer_addr: n4.listen.peer.to_string(),
         client_addr: n4.listen.client.to_string(),
         http_addr: n4.listen.http.to_string(),
+        time_addr: n4
+            .listen
+            .time_sync
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         voter: false,
     };
     // Through a follower: admin changes are passed on to the leader.

@@ -31,6 +31,9 @@ pub enum Cmd {
         /// HTTP address
         #[arg(long)]
         http: String,
+        /// SNTP time-sync address (followers sync to it when this node leads)
+        #[arg(long, default_value = "")]
+        time_sync: String,
     },
     /// Make a learner a voter
     Promote {
@@ -95,6 +98,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
             peer,
             client: client_addr,
             http,
+            time_sync,
         } => {
             client
                 .add_learner(proto::Member {
@@ -103,6 +107,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                     peer_addr: peer,
                     client_addr,
                     http_addr: http,
+                    time_addr: time_sync,
                     voter: false,
                 })
                 .await?
@@ -115,6 +120,20 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
     };
     print_admin(ctx.format, &resp);
     Ok(())
+}
+
+/// How long ago the node last synced its clock ("reference" for a leader
+/// that never synced: it is the reference).
+fn sync_age(s: &proto::NodeStatus) -> String {
+    if s.last_sync_ms == 0 {
+        return if s.role == "leader" {
+            "reference".into()
+        } else {
+            "never".into()
+        };
+    }
+    let age = s.cluster_time_ms.saturating_sub(s.last_sync_ms);
+    format!("{:.1}s ago", age as f64 / 1000.0)
 }
 
 async fn status(ctx: &Ctx) -> Result<()> {
@@ -146,6 +165,9 @@ async fn status(ctx: &Ctx) -> Result<()> {
                 "APPLIED",
                 "LEADER",
                 "SNAPSHOT",
+                "CLOCK OFFSET",
+                "LAST SYNC",
+                "SYNC DELAY",
             ]);
             for m in &cluster.members {
                 let mut row = vec![
@@ -161,10 +183,13 @@ async fn status(ctx: &Ctx) -> Result<()> {
                         s.applied_index.to_string(),
                         output::or_dash(s.leader_id),
                         output::or_dash(s.snapshot_index),
+                        format!("{:+.3} ms", s.clock_offset_us as f64 / 1000.0),
+                        sync_age(s),
+                        format!("{:.3} ms", s.sync_delay_us as f64 / 1000.0),
                     ]),
-                    Err(_) => {
-                        row.extend(["unreachable", "-", "-", "-", "-", "-"].map(String::from))
-                    }
+                    Err(_) => row.extend(
+                        ["unreachable", "-", "-", "-", "-", "-", "-", "-", "-"].map(String::from),
+                    ),
                 }
                 table.row(row);
             }

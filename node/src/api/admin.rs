@@ -73,6 +73,7 @@ fn member_from_proto(m: Option<Member>) -> Result<(u64, RaftMember), Status> {
             peer_addr: m.peer_addr,
             client_addr: m.client_addr,
             http_addr: m.http_addr,
+            time_addr: m.time_addr,
         },
     ))
 }
@@ -132,6 +133,7 @@ impl Admin for AdminService {
                     peer_addr: m.peer_addr,
                     client_addr: m.client_addr,
                     http_addr: m.http_addr,
+                    time_addr: m.time_addr,
                     voter,
                 })
                 .collect(),

@@ -35,6 +35,18 @@ impl HeraldService {
         Ok(self.node.propose(cmd).await?)
     }
 
+    /// Passes a heartbeat to the uid's owner; `None` if it cannot be reached.
+    async fn forward_heartbeat(&self, owner: u64, r: &HeartbeatRequest) -> Option<bool> {
+        let (members, _) = self.node.members();
+        let (member, _) = members.get(&owner)?;
+        let mut client = self.node.peers().client_to(owner, &member.peer_addr).ok()?;
+        let data = crate::raft::encode(&(r.uid.clone(), r.client_type.clone())).ok()?;
+        let mut req = tonic::Request::new(RaftBlob { data });
+        req.set_timeout(std::time::Duration::from_secs(1));
+        let reply = client.heartbeat(req).await.ok()?;
+        crate::raft::decode(&reply.into_inner().data).ok()
+    }
+
     async fn read_barrier(&self, consistency: i32) -> Result<(), Status> {
         if linearizable(consistency).map_err(|e| state_status(&e))? {
             self.node.linearize().await?;
@@ -146,11 +158,19 @@ impl HeraldApi for HeraldService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let r = req.into_inner();
         check_uids(std::slice::from_ref(&r.uid)).map_err(invalid)?;
+        // Heartbeats live in the owner's memory: pass them on to the owner,
+        // and keep them here only if the owner cannot be reached.
+        let owner = self.node.ownership().owner(&r.uid);
+        if let Some(owner) = owner.filter(|o| *o != self.node.id())
+            && let Some(known) = self.forward_heartbeat(owner, &r).await
+        {
+            return Ok(Response::new(HeartbeatResponse { known }));
+        }
         let m = self.node.store().read();
-        let known = m
-            .state
-            .presence(&r.uid)
-            .is_some_and(|rec| rec.clients.contains_key(&r.client_type));
+        let known = self
+            .node
+            .ownership()
+            .heartbeat(&m.state, &r.uid, &r.client_type);
         Ok(Response::new(HeartbeatResponse { known }))
     }
 

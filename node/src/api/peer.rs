@@ -142,4 +142,19 @@ impl Peer for PeerService {
             Err(e) => Err(not_applied(e.to_string())),
         }
     }
+
+    async fn ping(&self, _req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        blob(&self.node.id())
+    }
+
+    async fn heartbeat(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        // Handled here whatever this node's view of the ring: never forwarded twice.
+        let (uid, client_type): (String, String) = decode(&req.into_inner().data).map_err(bad)?;
+        let m = self.node.store().read();
+        let known = self
+            .node
+            .ownership()
+            .heartbeat(&m.state, &uid, &client_type);
+        blob(&known)
+    }
 }

@@ -28,6 +28,8 @@ pub struct Member {
     pub client_addr: String,
     /// HTTP JSON address.
     pub http_addr: String,
+    /// SNTP time-sync address ("" = none).
+    pub time_addr: String,
 }
 
 /// A command stamped with the proposing leader's cluster time: the only

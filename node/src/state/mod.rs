@@ -236,6 +236,11 @@ impl State {
         self.roster.events_since(start_revision, uids)
     }
 
+    /// Every presence record, in uid order (for the owner's TTL rescan).
+    pub fn presence_records(&self) -> impl Iterator<Item = &PresenceRecord> {
+        self.roster.records()
+    }
+
     /// Users online per client type (for metrics).
     pub fn online_counts(&self) -> BTreeMap<String, u64> {
         self.roster.online_counts()

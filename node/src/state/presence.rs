@@ -221,6 +221,10 @@ impl Roster {
         self.records.get(uid)
     }
 
+    pub(crate) fn records(&self) -> impl Iterator<Item = &PresenceRecord> {
+        self.records.values()
+    }
+
     pub(crate) fn online_counts(&self) -> BTreeMap<String, u64> {
         self.online_by_client.clone()
     }

@@ -17,13 +17,18 @@ use herald_node::config::{Config, Listen, MemberConfig, RaftTimings};
 use tonic::transport::Channel;
 
 /// How long any wait in a test may take before the test fails.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub const WAIT: Duration = Duration::from_secs(60);
 
 fn free_addr() -> SocketAddr {
     // Bind port 0, read the port, release it: the node binds it again
     // moments later. Good enough on a test machine's loopback.
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr")
+}
+
+fn free_udp_addr() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp 127.0.0.1:0");
+    s.local_addr().expect("local addr")
 }
 
 /// One node process and its config.
@@ -44,12 +49,9 @@ pub struct TestCluster {
 }
 
 pub fn timings() -> RaftTimings {
-    RaftTimings {
-        heartbeat_ms: 50,
-        election_timeout_min_ms: 300,
-        election_timeout_max_ms: 600,
-        ..RaftTimings::default()
-    }
+    // The defaults: tighter timings make elections thrash when the test
+    // machine's two cores are busy compiling.
+    RaftTimings::default()
 }
 
 fn channel(addr: &str) -> Channel {
@@ -68,6 +70,15 @@ impl TestCluster {
 
     /// Starts `n` founding nodes with the given Raft timings.
     pub async fn start_with(n: u64, timings: RaftTimings) -> TestCluster {
+        Self::start_custom(n, timings, |_| {}).await
+    }
+
+    /// Starts `n` founding nodes, letting `tweak` adjust each config.
+    pub async fn start_custom(
+        n: u64,
+        timings: RaftTimings,
+        tweak: impl Fn(&mut Config),
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = TestCluster {
             dir,
@@ -86,10 +97,12 @@ impl TestCluster {
                 peer: cfg.listen.peer.to_string(),
                 client: cfg.listen.client.to_string(),
                 http: cfg.listen.http.to_string(),
+                time_sync: cfg.listen.time_sync.map(|a| a.to_string()),
             })
             .collect();
         for mut cfg in configs {
             cfg.initial_members = members.clone();
+            tweak(&mut cfg);
             c.spawn(cfg);
         }
         c.wait_leader().await;
@@ -105,13 +118,15 @@ impl TestCluster {
                 peer: free_addr(),
                 client: free_addr(),
                 http: free_addr(),
-                time_sync: None,
+                time_sync: Some(free_udp_addr()),
             },
             initial_members: Vec::new(),
             raft: self.timings.clone(),
             peer_routes: Default::default(),
             clock: Default::default(),
             testing: Default::default(),
+            failover: Default::default(),
+            ring: Default::default(),
         }
     }
 
@@ -136,6 +151,12 @@ impl TestCluster {
         let cfg = self.make_config(id);
         self.spawn(cfg);
         &self.nodes[&id]
+    }
+
+    /// A client library handle over every node (fail-over between them).
+    pub fn client_lib(&self) -> herald_client::Client {
+        let eps = self.nodes.keys().map(|id| self.client_addr(*id)).collect();
+        herald_client::Client::new(eps).expect("client")
     }
 
     /// SIGKILLs a node (its data dir stays).

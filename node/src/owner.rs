@@ -1,0 +1,340 @@
+//! Who owns which users, and the TTL presence their owners keep.
+//!
+//! Each node probes its peers (`Peer.Ping`, over the same routes as Raft, so
+//! a partition looks the same to both) and builds a consistent-hash [`Ring`]
+//! over the voters it sees alive. A uid's owner keeps that user's heartbeats
+//! in memory, never in the log, and when a client's TTL passes without one
+//! it proposes a logout with reason `expired` for that very login (the
+//! command names the login's `since`, so a re-login is never expired by a
+//! stale proposal).
+//!
+//! The owner learns of TTL logins by tailing the state's presence events.
+//! Whenever the ring changes (a node dies or joins) or the event history it
+//! tails was compacted, it rescans the state and gives every TTL client it
+//! newly owns a full TTL of grace: a failover never logs out live users.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ::herald_client::proto::RaftBlob;
+use ::herald_client::ring::Ring;
+use tokio::time::Instant;
+
+use crate::node::Herald;
+use crate::state::{Command, Logout, LogoutReason, PresenceEventKind, State};
+
+/// One TTL client this node owns.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    deadline: Instant,
+    ttl: Duration,
+    since_ms: u64,
+    sid: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    last_seen: BTreeMap<u64, Instant>,
+    ring: Option<Arc<Ring>>,
+    tracked: HashMap<(String, String), Tracked>,
+    /// Set when the ring changed and tracked entries need a rescan.
+    rescan: bool,
+    expired_total: u64,
+}
+
+/// This node's view of ownership; cheap to share (inside `Herald`).
+pub struct Ownership {
+    me: u64,
+    vnodes: u32,
+    inner: Mutex<Inner>,
+}
+
+impl Ownership {
+    /// Ownership for node `me` with `vnodes` virtual nodes per member.
+    pub fn new(me: u64, vnodes: u32) -> Self {
+        Ownership {
+            me,
+            vnodes,
+            inner: Mutex::new(Inner {
+                rescan: true,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The owner of `uid` as this node sees it (`None` before the first ring).
+    pub fn owner(&self, uid: &str) -> Option<u64> {
+        self.lock().ring.as_ref()?.owner(uid)
+    }
+
+    /// The voters this node currently sees alive (its ring).
+    pub fn live(&self) -> BTreeSet<u64> {
+        self.lock()
+            .ring
+            .as_ref()
+            .map(|r| r.nodes().clone())
+            .unwrap_or_default()
+    }
+
+    /// TTL clients this node owns and watches.
+    pub fn tracked_count(&self) -> usize {
+        self.lock().tracked.len()
+    }
+
+    /// Expiry logouts this node has had committed.
+    pub fn expired_total(&self) -> u64 {
+        self.lock().expired_total
+    }
+
+    /// Handles a heartbeat on the owner: refreshes the client's deadline.
+    /// Returns whether the client is logged in (false: log in again).
+    pub fn heartbeat(&self, state: &State, uid: &str, client_type: &str) -> bool {
+        let Some(entry) = state
+            .presence(uid)
+            .and_then(|r| r.clients.get(client_type).map(|c| (r.sid, c)))
+        else {
+            self.lock()
+                .tracked
+                .remove(&(uid.to_string(), client_type.to_string()));
+            return false;
+        };
+        let (sid, c) = entry;
+        if c.ttl_ms > 0 {
+            let ttl = Duration::from_millis(c.ttl_ms);
+            self.lock().tracked.insert(
+                (uid.to_string(), client_type.to_string()),
+                Tracked {
+                    deadline: Instant::now() + ttl,
+                    ttl,
+                    since_ms: c.since_ms,
+                    sid,
+                },
+            );
+        }
+        true
+    }
+
+    /// Records probe results and rebuilds the ring if the live set changed.
+    fn update_liveness(&self, voters: &BTreeSet<u64>, answered: &[u64], down_after: Duration) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        for id in answered {
+            inner.last_seen.insert(*id, now);
+        }
+        inner.last_seen.retain(|id, _| voters.contains(id));
+        let live: BTreeSet<u64> = voters
+            .iter()
+            .copied()
+            .filter(|id| {
+                *id == self.me
+                    || inner
+                        .last_seen
+                        .get(id)
+                        .is_some_and(|t| now.duration_since(*t) < down_after)
+            })
+            .collect();
+        if inner.ring.as_ref().map(|r| r.nodes()) != Some(&live) {
+            tracing::info!(?live, "ownership ring changed");
+            inner.ring = Some(Arc::new(Ring::new(live, self.vnodes)));
+            inner.rescan = true;
+        }
+    }
+
+    /// Follows presence events from `next`; returns the next revision to read.
+    fn follow(&self, state: &State, next: u64) -> u64 {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let events = match state.presence_events_since(next, &BTreeSet::new()) {
+            Ok(e) => e,
+            Err(_) => {
+                inner.rescan = true; // fell behind the history: rescan instead
+                Vec::new()
+            }
+        };
+        let ring = inner.ring.clone();
+        for e in &events {
+            match e.kind {
+                PresenceEventKind::Login => {
+                    let key = (e.uid.clone(), e.client_type.clone());
+                    let Some(c) = e.record.clients.get(&e.client_type) else {
+                        continue;
+                    };
+                    let mine = ring.as_ref().and_then(|r| r.owner(&e.uid)) == Some(self.me);
+                    if c.ttl_ms > 0 && mine {
+                        let ttl = Duration::from_millis(c.ttl_ms);
+                        inner.tracked.insert(
+                            key,
+                            Tracked {
+                                deadline: now + ttl,
+                                ttl,
+                                since_ms: c.since_ms,
+                                sid: e.record.sid,
+                            },
+                        );
+                    } else {
+                        inner.tracked.remove(&key);
+                    }
+                }
+                PresenceEventKind::Logout | PresenceEventKind::Expired => {
+                    if e.client_type.is_empty() {
+                        inner.tracked.retain(|(uid, _), _| uid != &e.uid);
+                    } else {
+                        inner
+                            .tracked
+                            .remove(&(e.uid.clone(), e.client_type.clone()));
+                    }
+                }
+                PresenceEventKind::Permission => {}
+            }
+        }
+        if inner.rescan {
+            inner.rescan = false;
+            let Some(ring) = ring else {
+                return state.last_index() + 1;
+            };
+            inner
+                .tracked
+                .retain(|(uid, _), _| ring.owner(uid) == Some(self.me));
+            let mut inherited = 0;
+            for r in state.presence_records() {
+                if ring.owner(&r.uid) != Some(self.me) {
+                    continue;
+                }
+                for c in r.clients.values().filter(|c| c.ttl_ms > 0) {
+                    let key = (r.uid.clone(), c.client_type.clone());
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        inner.tracked.entry(key)
+                    {
+                        // A full TTL of grace for users we inherit.
+                        let ttl = Duration::from_millis(c.ttl_ms);
+                        slot.insert(Tracked {
+                            deadline: now + ttl,
+                            ttl,
+                            since_ms: c.since_ms,
+                            sid: r.sid,
+                        });
+                        inherited += 1;
+                    }
+                }
+            }
+            if inherited > 0 {
+                tracing::info!(inherited, "took over TTL clients with a full TTL of grace");
+            }
+        }
+        state.last_index() + 1
+    }
+
+    /// Entries whose deadline passed; their deadlines move a second on so a
+    /// failed proposal is retried, not spun on.
+    fn due(&self) -> Vec<((String, String), Tracked)> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        for (k, t) in inner.tracked.iter_mut() {
+            if t.deadline <= now {
+                out.push((k.clone(), *t));
+                t.deadline = now + Duration::from_secs(1);
+            }
+        }
+        out
+    }
+
+    fn expired(&self, key: &(String, String), since_ms: u64, committed: bool) {
+        let mut inner = self.lock();
+        if inner
+            .tracked
+            .get(key)
+            .is_some_and(|t| t.since_ms == since_ms)
+        {
+            inner.tracked.remove(key);
+        }
+        if committed {
+            inner.expired_total += 1;
+        }
+    }
+}
+
+async fn ping(node: &Herald, id: u64, addr: &str, timeout: Duration) -> bool {
+    let Ok(mut client) = node.peers().client_to(id, addr) else {
+        return false;
+    };
+    let mut req = tonic::Request::new(RaftBlob { data: Vec::new() });
+    req.set_timeout(timeout);
+    tokio::time::timeout(timeout, client.ping(req))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Probes peers, keeps the ring, follows TTL logins and proposes expiry,
+/// until `stopped` resolves.
+pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
+    tokio::pin!(stopped);
+    let cfg = node.config().ring.clone();
+    let probe_every = Duration::from_millis(cfg.probe_interval_ms.max(10));
+    let down_after = Duration::from_millis(cfg.down_after_ms);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_probe: Option<Instant> = None;
+    let mut next_rev = 1;
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tick.tick() => {}
+        }
+        let own = node.ownership();
+        if last_probe.is_none_or(|t| t.elapsed() >= probe_every) {
+            last_probe = Some(Instant::now());
+            let (members, _) = node.members();
+            let voters: BTreeSet<u64> = members
+                .iter()
+                .filter(|(_, (_, v))| *v)
+                .map(|(id, _)| *id)
+                .collect();
+            let probes = members
+                .iter()
+                .filter(|(id, (_, voter))| *voter && **id != node.id())
+                .map(|(id, (m, _))| {
+                    let (id, addr, node) = (*id, m.peer_addr.clone(), node.clone());
+                    async move { ping(&node, id, &addr, probe_every).await.then_some(id) }
+                });
+            let answered: Vec<u64> = futures::future::join_all(probes)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            if !voters.is_empty() {
+                own.update_liveness(&voters, &answered, down_after);
+            }
+        }
+        next_rev = {
+            let m = node.store().read();
+            own.follow(&m.state, next_rev)
+        };
+        for ((uid, client_type), t) in own.due() {
+            let cmd = Command::Logout(Logout {
+                uid: uid.clone(),
+                sid: t.sid,
+                client_type: Some(client_type.clone()),
+                ext: BTreeMap::new(),
+                reason: LogoutReason::Expired,
+                login_since_ms: Some(t.since_ms),
+            });
+            let key = (uid, client_type);
+            match node.propose(cmd).await {
+                Ok(_) => {
+                    tracing::info!(uid = %key.0, client = %key.1, ttl_ms = t.ttl.as_millis() as u64, "presence expired");
+                    own.expired(&key, t.since_ms, true);
+                }
+                // Logged out or logged in again meanwhile: nothing to expire.
+                Err(crate::node::NodeError::State(_)) => own.expired(&key, t.since_ms, false),
+                Err(e) => tracing::debug!(uid = %key.0, "expiry proposal: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The P-publish cluster mechanisms on real node processes: the cluster
+//! clock over SNTP, numbered failover with and without failback, and TTL
+//! presence kept alive by heartbeats to the owner on the hash ring.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ::herald_client::proto::*;
+use common::TestCluster;
+use futures::StreamExt;
+use herald_node::config::RaftTimings;
+use tokio::time::Instant;
+
+const SYNC_MS: u64 = 1000;
+const TOLERANCE_US: i64 = 500;
+
+fn timings() -> RaftTimings {
+    common::timings()
+}
+
+fn login(uid: &str, ttl_ms: u64) -> LoginRequest {
+    LoginRequest {
+        uid: uid.into(),
+        sid: 1,
+        client_type: "mobile".into(),
+        accept_strangers: false,
+        ext: HashMap::new(),
+        ttl_ms,
+    }
+}
+
+/// Every running node's clock offset (µs) keyed by id.
+async fn offsets(c: &TestCluster) -> Option<HashMap<u64, i64>> {
+    let mut out = HashMap::new();
+    for id in c.alive() {
+        out.insert(id, c.status(id).await?.clock_offset_us);
+    }
+    Some(out)
+}
+
+/// Waits until every node's clock is within tolerance of `reference`'s and
+/// returns how long that took.
+async fn wait_clocks_agree(c: &TestCluster, reference: u64) -> Duration {
+    let t0 = Instant::now();
+    c.wait_for(
+        &format!("clocks to agree with node {reference}"),
+        || async {
+            let o = offsets(c).await?;
+            let r = o.get(&reference)?;
+            o.values()
+                .all(|x| (x - r).abs() <= TOLERANCE_US)
+                .then_some(())
+        },
+    )
+    .await;
+    t0.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_sync_corrects_skew_and_follows_a_new_leader() {
+    // Node 3 starts 5 s ahead; no failback moves so leadership stays put.
+    let c = TestCluster::start_custom(3, timings(), |cfg| {
+        cfg.clock.sync_interval_ms = SYNC_MS;
+        cfg.clock.tolerance_us = TOLERANCE_US as u64;
+        cfg.failover.hold_ms = 600_000;
+        if cfg.id == 3 {
+            cfg.clock.initial_offset_ms = 5_000;
+        }
+    })
+    .await;
+    let leader = c.wait_leader().await;
+    assert!(
+        offsets(&c)
+            .await
+            .unwrap()
+            .values()
+            .any(|o| o.abs() > 4_000_000),
+        "the skew is in place"
+    );
+    let took = wait_clocks_agree(&c, leader).await;
+    // Within two sync intervals (plus a little for process start-up).
+    assert!(
+        took <= Duration::from_millis(2 * SYNC_MS + 1000),
+        "took {took:?}"
+    );
+
+    // Move leadership, then put the new leader's clock 3 s ahead: the others follow it.
+    let next = c.alive().into_iter().find(|id| *id != leader).unwrap();
+    c.admin(leader)
+        .transfer_leader(TransferLeaderRequest { to: next })
+        .await
+        .unwrap();
+    assert_eq!(c.wait_leader().await, next);
+    c.admin(next)
+        .set_clock_offset(SetClockOffsetRequest {
+            offset_ms: 3_000,
+            relative: true,
+        })
+        .await
+        .unwrap();
+    let took = wait_clocks_agree(&c, next).await;
+    assert!(
+        took <= Duration::from_millis(2 * SYNC_MS + 1000),
+        "took {took:?}"
+    );
+    let o = offsets(&c).await.unwrap();
+    assert!(
+        o.values().all(|x| *x > 2_500_000),
+        "everyone moved ~3 s ahead: {o:?}"
+    );
+    // Status reports the sync: when and how long the round trip took.
+    let s = c.status(leader).await.unwrap();
+    assert!(s.last_sync_ms > 0 && s.sync_delay_us > 0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_time_never_goes_back_across_a_leader_change() {
+    let c = TestCluster::start_custom(3, timings(), |cfg| cfg.failover.hold_ms = 600_000).await;
+    let leader = c.wait_leader().await;
+    let first = c
+        .client(leader)
+        .login(login("t1", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    let next = c.alive().into_iter().find(|id| *id != leader).unwrap();
+    c.admin(leader)
+        .transfer_leader(TransferLeaderRequest { to: next })
+        .await
+        .unwrap();
+    assert_eq!(c.wait_leader().await, next);
+    // The new leader's clock is 10 s behind the old one's.
+    c.admin(next)
+        .set_clock_offset(SetClockOffsetRequest {
+            offset_ms: -10_000,
+            relative: true,
+        })
+        .await
+        .unwrap();
+    let second = c
+        .client(next)
+        .login(login("t2", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert!(second.revision > first.revision);
+    assert!(
+        second.updated_at_ms >= first.updated_at_ms,
+        "cluster time went back: {} then {}",
+        first.updated_at_ms,
+        second.updated_at_ms
+    );
+}
+
+async fn numbered_failover(failback: bool) {
+    let mut c = TestCluster::start_custom(3, timings(), |cfg| {
+        cfg.failover.failback = failback;
+        cfg.failover.hold_ms = 1000;
+    })
+    .await;
+    // Leadership settles on the lowest number.
+    c.wait_for("node 1 to lead", || async {
+        (c.wait_leader().await == 1).then_some(())
+    })
+    .await;
+    let cl = c.client_lib();
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        cl.login(login(&format!("f{i}"), 0)).await.unwrap();
+        acked.push(format!("f{i}"));
+    }
+    c.kill(1);
+    c.wait_for("node 2 to lead", || async {
+        (c.wait_leader().await == 2).then_some(())
+    })
+    .await;
+    for i in 10..20 {
+        cl.login(login(&format!("f{i}"), 0)).await.unwrap();
+        acked.push(format!("f{i}"));
+    }
+    c.restart(1);
+    let applied = c.status(2).await.unwrap().applied_index;
+    c.wait_applied(applied).await;
+    if failback {
+        c.wait_for("leadership to return to node 1", || async {
+            (c.wait_leader().await == 1).then_some(())
+        })
+        .await;
+    } else {
+        // Absence of a move can only be watched for: three hold times.
+        let until = Instant::now() + Duration::from_millis(3000);
+        while Instant::now() < until {
+            assert_eq!(
+                c.wait_leader().await,
+                2,
+                "leadership failed back with failback off"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let r = cl
+        .batch_get_presence(acked.clone(), Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert!(
+        r.records.iter().all(|p| p.online),
+        "an acknowledged write was lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbered_failover_with_failback() {
+    numbered_failover(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbered_failover_without_failback() {
+    numbered_failover(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_expires_silent_clients_and_heartbeats_survive_owner_loss() {
+    let mut c = TestCluster::start_custom(3, timings(), |cfg| {
+        cfg.failover.hold_ms = 600_000;
+        cfg.ring.down_after_ms = 800;
+    })
+    .await;
+    let leader = c.wait_leader().await;
+    let cl = c.client_lib();
+    // A user whose owner (on the ring over all three nodes) is not the leader.
+    let ring = ::herald_client::ring::Ring::new(c.alive(), ::herald_client::ring::DEFAULT_VNODES);
+    let keep = (0..)
+        .map(|i| format!("keep-{i}"))
+        .find(|u| ring.owner(u) != Some(leader))
+        .unwrap();
+    let owner = ring.owner(&keep).unwrap();
+    let first = cl.login(login(&keep, 2_000)).await.unwrap();
+    cl.login(login("silent", 1_500)).await.unwrap();
+    let survivor = c.alive().into_iter().find(|id| *id != owner).unwrap();
+    let mut events = c
+        .client(survivor)
+        .watch(WatchRequest {
+            uids: vec![keep.clone(), "silent".into()],
+            start_revision: first.revision,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Heartbeat `keep` every 300 ms while its owner dies.
+    let hb = {
+        let cl = cl.clone();
+        let keep = keep.clone();
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(7);
+            while Instant::now() < until {
+                let _ = cl.heartbeat(keep.clone(), "mobile").await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.kill(owner);
+
+    // The silent user expires (observed through watch); `keep` never does.
+    let deadline = Instant::now() + Duration::from_secs(7);
+    let mut silent_expired = false;
+    while Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(Ok(e))) => {
+                if e.kind == PresenceEventKind::Expired as i32 {
+                    assert_ne!(e.uid, keep, "a heartbeating client was expired");
+                    silent_expired |= e.uid == "silent";
+                }
+            }
+            Ok(Some(Err(s))) => panic!("watch broke: {s}"),
+            Ok(None) => panic!("watch ended"),
+            Err(_) => break,
+        }
+    }
+    hb.await.unwrap();
+    assert!(
+        silent_expired,
+        "a client that stopped heartbeating was not expired"
+    );
+    let r = c
+        .client(survivor)
+        .get_presence(GetPresenceRequest {
+            uid: keep.clone(),
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert!(
+        r.online,
+        "{keep} went offline although it kept heartbeating"
+    );
+}
