@@ -56,7 +56,10 @@ impl ClusterClock {
 
     /// Replaces the offset (a clock step, or skew injected by tests).
     pub fn set_offset_ns(&self, offset_ns: i64) {
-        self.shared.offset_ns.store(offset_ns, Ordering::Relaxed);
+        let old = self.shared.offset_ns.swap(offset_ns, Ordering::Relaxed);
+        if old != offset_ns {
+            tracing::info!(old_ns = old, new_ns = offset_ns, "clock corrected");
+        }
     }
 
     /// Records a completed sync: when (cluster ms) and its round-trip delay.

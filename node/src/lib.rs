@@ -7,12 +7,13 @@
 //! - [`api`]: the tonic client/admin/peer services and the HTTP JSON API.
 //! - [`node`]: the handle every service shares: propose, linearize.
 //! - [`server`]: start and stop a node; [`config`], [`clock`], [`expiry`],
-//!   [`telemetry`].
+//!   [`metrics`] (Prometheus), [`telemetry`] (logs and traces).
 
 pub mod api;
 pub mod clock;
 pub mod config;
 pub mod expiry;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod server;

@@ -112,6 +112,7 @@ impl TestCluster {
             peer_routes: Default::default(),
             clock: Default::default(),
             testing: Default::default(),
+            telemetry: Default::default(),
         }
     }
 
