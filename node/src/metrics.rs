@@ -676,15 +676,65 @@ pub fn render(node: &Herald) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
-/// `GET /metrics`.
-pub async fn http_handler(State(node): State<Herald>) -> Response {
+/// Rewrites the encoder's OpenMetrics text as Prometheus text format 0.0.4,
+/// for scrapers and tools that only read the older format (`promtool check
+/// metrics`, curl). The two differ, for the metric types Herald uses, only
+/// in that OpenMetrics names a counter family without its `_total` suffix
+/// and has `# UNIT` and `# EOF` lines.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match descriptor {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus
+/// does), else Prometheus text format 0.0.4.
+pub async fn http_handler(State(node): State<Herald>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
     match render(&node) {
-        Ok(body) => (
+        Ok(body) if openmetrics => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
             body,
+        )
+            .into_response(),
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            to_prometheus_text(&body),
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -845,6 +895,15 @@ mod tests {
         assert!(s.resident_bytes > 0);
         assert!(s.open_fds > 0);
         assert!(s.start_time_seconds > 1.0e9);
+    }
+
+    #[test]
+    fn prometheus_text_names_counter_families_with_total() {
+        let om = "# HELP a_total x\n# HELP c Count.\n# TYPE c counter\n# UNIT c seconds\nc_total 1\n# HELP g G.\n# TYPE g gauge\ng 2\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_total x\n# HELP c_total Count.\n# TYPE c_total counter\nc_total 1\n# HELP g G.\n# TYPE g gauge\ng 2\n"
+        );
     }
 
     #[test]
