@@ -542,10 +542,13 @@ impl Metrics {
             {
                 self.session_fenced_writes.inc();
             }
-            (Command::Lease(_), Ok(state::Response::Lease { replayed, .. })) => {
-                if !replayed {
-                    self.lease_grants.inc();
-                }
+            (
+                Command::Lease(_),
+                Ok(state::Response::Lease {
+                    replayed: false, ..
+                }),
+            ) => {
+                self.lease_grants.inc();
             }
             (Command::Lease(_), Err(e)) => {
                 let reason = match e {

@@ -33,6 +33,7 @@ pub struct NodeProc {
     config_path: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 /// A local cluster of node processes.
@@ -41,6 +42,7 @@ pub struct TestCluster {
     /// Nodes by id.
     pub nodes: BTreeMap<u64, NodeProc>,
     timings: RaftTimings,
+    env: Vec<(String, String)>,
 }
 
 pub fn timings() -> RaftTimings {
@@ -68,11 +70,21 @@ impl TestCluster {
 
     /// Starts `n` founding nodes with the given Raft timings.
     pub async fn start_with(n: u64, timings: RaftTimings) -> TestCluster {
+        Self::start_with_env(n, timings, &[]).await
+    }
+
+    /// Starts `n` founding nodes whose processes get `env` on top of the
+    /// usual environment.
+    pub async fn start_with_env(n: u64, timings: RaftTimings, env: &[(&str, &str)]) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = TestCluster {
             dir,
             nodes: BTreeMap::new(),
             timings,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let mut configs = Vec::new();
         for id in 1..=n {
@@ -127,6 +139,7 @@ impl TestCluster {
             config_path,
             log_path,
             child: None,
+            env: self.env.clone(),
         };
         node.launch();
         self.nodes.insert(id, node);
@@ -274,6 +287,7 @@ impl NodeProc {
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
