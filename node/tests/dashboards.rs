@@ -227,8 +227,8 @@ fn login(uid: &str, client: &str) -> LoginRequest {
 
 /// A short load that moves every domain metric: writes through a follower
 /// and the leader, a handoff and a fenced write, leases and a denial, an
-/// HTTP lookup and a few bad requests.
-async fn load(c: &TestCluster) {
+/// HTTP lookup and a few bad requests. Returns (leader, follower).
+async fn load(c: &TestCluster) -> (u64, u64) {
     let leader = c.wait_leader().await;
     let follower = c
         .alive()
@@ -353,6 +353,14 @@ async fn load(c: &TestCluster) {
         .await
         .expect("http lookup");
     assert_eq!(code, 200, "{body}");
+    (leader, follower)
+}
+
+/// The value of one sample (`name` or `name{labels}`) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +395,35 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
     );
 
     let c = TestCluster::start(3).await;
-    load(&c).await;
+    let (leader, follower) = load(&c).await;
+    // The load moved the counters it should have, by as much as it should:
+    // the leader applied every write before answering it.
+    let (_, on_leader) = http_get(&c.http_addr(leader), "/metrics")
+        .await
+        .expect("leader /metrics");
+    for (series, want) in [
+        ("herald_presence_changes_total{kind=\"login\"}", 8.0),
+        ("herald_presence_changes_total{kind=\"logout\"}", 2.0),
+        ("herald_presence_changes_total{kind=\"permission\"}", 2.0),
+        ("herald_session_handoffs_total{outcome=\"accepted\"}", 1.0),
+        ("herald_session_fenced_writes_total", 1.0),
+        ("herald_lease_grants_total", 2.0),
+        ("herald_lease_denials_total{reason=\"exhausted\"}", 1.0),
+        ("herald_raft_is_leader", 1.0),
+        ("herald_presence_online_users{client_type=\"pc\"}", 2.0),
+    ] {
+        assert_eq!(
+            sample(&on_leader, series),
+            Some(want),
+            "{series}\n{on_leader}"
+        );
+    }
+    let (_, on_follower) = http_get(&c.http_addr(follower), "/metrics")
+        .await
+        .expect("follower /metrics");
+    let bad = "herald_api_requests_total{server=\"client\",method=\"/herald.v1.Herald/Login\",code=\"InvalidArgument\"}";
+    assert_eq!(sample(&on_follower, bad), Some(1.0), "{on_follower}");
+    assert_eq!(sample(&on_follower, "herald_raft_is_leader"), Some(0.0));
     let targets: Vec<String> = c.alive().iter().map(|id| c.http_addr(*id)).collect();
     for t in &targets {
         let (code, body) = http_get(t, "/metrics").await.expect("GET /metrics");
