@@ -56,6 +56,7 @@ impl ClusterClock {
 
     /// Replaces the offset (a clock step, or skew injected by tests).
     pub fn set_offset_ns(&self, offset_ns: i64) {
+        // Corrections are logged by whoever makes them (timesync, admin).
         self.shared.offset_ns.store(offset_ns, Ordering::Relaxed);
     }
 

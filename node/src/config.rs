@@ -47,6 +47,23 @@ pub struct Config {
     /// Consistent-hash ring and liveness.
     #[serde(default)]
     pub ring: RingConfig,
+    /// Logs and trace export.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// Logs and trace export (metrics need no settings: `/metrics` on the HTTP port).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector for traces (`http://127.0.0.1:4317`). When unset,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is used; when neither is set, no
+    /// traces are exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// `text` or `json`; `--log-format` overrides it. Default text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<crate::telemetry::LogFormat>,
 }
 
 /// Deliberately broken behaviour, so a test can show the checker catches it.

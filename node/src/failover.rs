@@ -75,6 +75,9 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
     // A live follower answers a new leader's first heartbeats at once; one
     // silent for this long after we took office was down when we did.
     let grace = stale;
+    // The liveness prober (owner.rs) pings every peer whatever the role, so
+    // it also knows who was silent just before we took office.
+    let probe_silence = Duration::from_millis(node.config().ring.probe_interval_ms * 2);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -136,7 +139,10 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
                 let down = match ack {
                     Some(age) => age > stale,
                     None => now.duration_since(led_since) >= grace,
-                };
+                } || node
+                    .ownership()
+                    .silent_for(id)
+                    .is_some_and(|s| s > probe_silence);
                 if down {
                     ever_down.insert(id);
                 }

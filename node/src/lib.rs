@@ -7,7 +7,7 @@
 //! - [`api`]: the tonic client/admin/peer services and the HTTP JSON API.
 //! - [`node`]: the handle every service shares: propose, linearize.
 //! - [`server`]: start and stop a node; [`config`], [`clock`], [`expiry`],
-//!   [`telemetry`].
+//!   [`metrics`] (Prometheus), [`telemetry`] (logs and traces).
 //! - The P-publish cluster mechanisms: [`timesync`] (SNTP server and
 //!   leader-based sync of the cluster clock), [`failover`] (numbered
 //!   failover), [`owner`] (consistent-hash ownership, heartbeats, TTL expiry).
@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod expiry;
 pub mod failover;
+pub mod metrics;
 pub mod node;
 pub mod owner;
 pub mod raft;

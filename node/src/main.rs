@@ -10,15 +10,15 @@ struct Args {
     /// The node's TOML config (see cluster-configs/).
     #[arg(long, short)]
     config: PathBuf,
-    /// Log format.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    /// Log format: text or json (default: the config's
+    /// `telemetry.log_format`, else text).
+    #[arg(long)]
+    log_format: Option<herald_node::telemetry::LogFormat>,
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    herald_node::telemetry::init_logging(&args.log_format);
     let config = match herald_node::config::Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -26,6 +26,14 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let format = args
+        .log_format
+        .or(config.telemetry.log_format)
+        .unwrap_or_default();
+    if let Err(e) = herald_node::telemetry::init(format, &config.telemetry, config.id) {
+        eprintln!("Error: telemetry: {e:#}");
+        std::process::exit(2);
+    }
     if let Err(e) = herald_node::server::run(config, shutdown_signal()).await {
         eprintln!("Error: {e:#}");
         std::process::exit(1);

@@ -73,6 +73,7 @@ pub(crate) struct Inner {
     pub(crate) peers: PeerChannels,
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
     pub(crate) ownership: crate::owner::Ownership,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// Handle to a running node.
@@ -165,6 +166,11 @@ impl Herald {
         }
     }
 
+    /// This node's Prometheus metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
     /// Becomes true when the node starts shutting down (ends long streams).
     pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.inner.stopping.clone()
@@ -225,6 +231,7 @@ impl Herald {
     }
 
     /// Commits `cmd` through the leader and returns the state machine's answer.
+    #[tracing::instrument(name = "propose", skip_all, fields(node_id = self.id()))]
     pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
         cmd.validate()?;
         let deadline = Instant::now() + LEADER_WAIT;
@@ -250,6 +257,11 @@ impl Herald {
     }
 
     /// Proposes on this node, which believes it is the leader.
+    #[tracing::instrument(
+        name = "raft.propose",
+        skip_all,
+        fields(node_id = self.id(), index = tracing::field::Empty)
+    )]
     pub(crate) async fn propose_local(&self, cmd: Command) -> ForwardReply {
         if !self.is_leader() {
             return ForwardReply::NotLeader;
@@ -258,13 +270,32 @@ impl Herald {
             time_ms: self.inner.clock.now_ms(),
             cmd,
         };
+        let started = std::time::Instant::now();
+        let m = &self.inner.metrics;
         match self.inner.raft.client_write(proposal).await {
-            Ok(resp) => ForwardReply::Applied(resp.data.0),
+            Ok(resp) => {
+                m.raft_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                m.raft_proposals
+                    .get_or_create(&crate::metrics::ResultLabel {
+                        result: "committed",
+                    })
+                    .inc();
+                tracing::Span::current().record("index", resp.log_id.index());
+                tracing::debug!(index = resp.log_id.index(), "committed and applied");
+                ForwardReply::Applied(resp.data.0)
+            }
             // The entry may have been appended before leadership moved.
-            Err(e) => ForwardReply::Indeterminate(e.to_string()),
+            Err(e) => {
+                m.raft_proposals
+                    .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
+                    .inc();
+                ForwardReply::Indeterminate(e.to_string())
+            }
         }
     }
 
+    #[tracing::instrument(name = "forward", skip_all, fields(node_id = self.id(), leader = leader_id))]
     async fn forward(&self, leader_id: u64, leader: &Member, cmd: &Command) -> ForwardReply {
         let data = match encode(cmd) {
             Ok(d) => d,
@@ -276,6 +307,7 @@ impl Herald {
         };
         let mut req = tonic::Request::new(RaftBlob { data });
         req.set_timeout(LEADER_WAIT);
+        crate::telemetry::inject(req.metadata_mut());
         match client.forward(req).await {
             Ok(r) => decode(&r.into_inner().data)
                 .unwrap_or_else(|e| ForwardReply::Indeterminate(format!("bad forward reply: {e}"))),

@@ -82,6 +82,11 @@ impl Ownership {
             .unwrap_or_default()
     }
 
+    /// How long ago peer `id` last answered a liveness probe (`None`: never).
+    pub fn silent_for(&self, id: u64) -> Option<Duration> {
+        self.lock().last_seen.get(&id).map(|t| t.elapsed())
+    }
+
     /// TTL clients this node owns and watches.
     pub fn tracked_count(&self) -> usize {
         self.lock().tracked.len()

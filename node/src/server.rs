@@ -16,8 +16,10 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api;
+use crate::api::layer::{Listener, ObserveLayer};
 use crate::clock::ClusterClock;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::node::{Herald, Inner};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerChannels};
@@ -82,8 +84,9 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListe
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     config.validate()?;
     let db = open_db(&config)?;
-    let log = LogStore::open(&db)?;
-    let store = StateStore::open(&db)?;
+    let metrics = Metrics::new();
+    let log = LogStore::open(&db)?.with_metrics(metrics.clone());
+    let store = StateStore::open_with_metrics(&db, metrics.clone())?;
     let routes = config
         .peer_routes
         .iter()
@@ -122,7 +125,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         peers,
         stopping: stop_rx.clone(),
         ownership: crate::owner::Ownership::new(config.id, config.ring.vnodes),
+        metrics: metrics.clone(),
     });
+    let observe = |l| ObserveLayer::new(metrics.clone(), config.id, l);
 
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -135,9 +140,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let peer_svc = PeerServer::new(api::peer::PeerService::new(herald.clone()))
         .max_decoding_message_size(64 << 20);
     let s = stopped();
+    let peer_layer = observe(Listener::Peer);
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(peer_layer)
             .add_service(peer_svc)
             .serve_with_incoming_shutdown(incoming(peer_l), s)
             .await;
@@ -149,9 +156,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let herald_svc = HeraldServer::new(api::client::HeraldService::new(herald.clone()));
     let admin_svc = AdminServer::new(api::admin::AdminService::new(herald.clone()));
     let s = stopped();
+    let client_layer = observe(Listener::Client);
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(client_layer)
             .add_service(herald_svc)
             .add_service(admin_svc)
             .serve_with_incoming_shutdown(incoming(client_l), s)
@@ -161,7 +170,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         }
     }));
 
-    let app = api::http::router(herald.clone());
+    let app = api::http::router(herald.clone()).layer(observe(Listener::Http));
     let s = stopped();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(http_l, app).with_graceful_shutdown(s).await {
@@ -186,6 +195,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         stopped(),
     )));
     tasks.push(tokio::spawn(crate::owner::run(herald.clone(), stopped())));
+    tasks.push(tokio::spawn(crate::metrics::watch_raft(
+        herald.clone(),
+        stopped(),
+    )));
 
     if !config.initial_members.is_empty() && !raft.is_initialized().await? {
         let members: BTreeMap<u64, Member> = config
@@ -242,5 +255,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     shutdown.await;
     tracing::info!("shutting down");
     node.shutdown().await;
+    crate::telemetry::shutdown().await;
     Ok(())
 }

@@ -195,7 +195,7 @@ fn adopt(
             clock.set_offset_ns(o);
         }
         Correction::Slew(o) => {
-            tracing::debug!(
+            tracing::info!(
                 reference = what,
                 from_us = clock.offset_ns() / 1000,
                 to_us = o / 1000,

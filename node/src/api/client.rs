@@ -217,7 +217,9 @@ impl HeraldApi for HeraldService {
             .presence_events_since(next, &uids)
             .map_err(|e| Status::out_of_range(e.to_string()))?;
         let (tx, rx) = mpsc::channel(1024);
+        let open_stream = self.node.metrics().watch_stream();
         tokio::spawn(async move {
+            let _open_stream = open_stream;
             loop {
                 // Everything up to the state's last index is in its history,
                 // so resuming at last_index + 1 leaves no gap.

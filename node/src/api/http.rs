@@ -1,5 +1,6 @@
 //! HTTP JSON for web platforms (P-publish's web-service call):
-//! `GET /v1/presence?ids=a,b,c[&consistency=serializable]` and `GET /health`.
+//! `GET /v1/presence?ids=a,b,c[&consistency=serializable]` and `GET /health`;
+//! `GET /metrics` serves Prometheus metrics ([`crate::metrics`]).
 //! Errors are `{"error": "..."}` with the HTTP code of the gRPC status.
 
 use axum::Json;
@@ -21,6 +22,7 @@ pub fn router(node: Herald) -> Router {
     Router::new()
         .route("/v1/presence", get(presence))
         .route("/health", get(health))
+        .route("/metrics", get(crate::metrics::http_handler))
         .with_state(node)
 }
 

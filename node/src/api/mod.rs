@@ -1,11 +1,13 @@
 //! Herald's APIs over one [`crate::node::Herald`] handle: the client gRPC
 //! service ([`client`]), the admin service ([`admin`]), the peer service
 //! ([`peer`]) and the HTTP JSON endpoints ([`http`]). [`status`] maps every
-//! error to a gRPC status in one place; [`convert`] maps proto to state types.
+//! error to a gRPC status in one place; [`convert`] maps proto to state types;
+//! [`layer`] observes every request of every listener (metrics, request id, span).
 
 pub mod admin;
 pub mod client;
 pub mod convert;
 pub mod http;
+pub mod layer;
 pub mod peer;
 pub mod status;

@@ -21,6 +21,7 @@ use openraft::{OptionalSend, RaftLogReader};
 
 use super::typ::{Entry, LogId, Vote};
 use super::{TypeConfig, decode, encode};
+use crate::metrics::Metrics;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
@@ -32,6 +33,7 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    metrics: Metrics,
 }
 
 fn io_err(e: sled::Error) -> io::Error {
@@ -45,7 +47,19 @@ impl LogStore {
             db: db.clone(),
             log: db.open_tree("log").map_err(io_err)?,
             meta: db.open_tree("raft_meta").map_err(io_err)?,
+            metrics: Metrics::default(),
         })
+    }
+
+    /// Reports fsync latency to `metrics` (a private registry otherwise).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// sled's size on disk in bytes (0 if it cannot tell).
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -70,11 +84,17 @@ impl LogStore {
         self.log.is_empty()
     }
 
-    async fn flush(&self) -> io::Result<()> {
+    async fn flush(&self, op: &'static str) -> io::Result<()> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush().map(|_| ()).map_err(io_err))
-            .await
-            .map_err(io::Error::other)?
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let r = db.flush().map(|_| ()).map_err(io_err);
+            metrics.observe_fsync(op, started);
+            r
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 }
 
@@ -126,7 +146,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         self.put_meta(KEY_VOTE, vote)?;
-        self.flush().await
+        self.flush("vote").await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
@@ -155,8 +175,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Readable now; durable once the flush below completes. sled's flush
         // covers every write made before it, so concurrent appends group-commit.
         let db = self.db.clone();
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let res = db.flush().map(|_| ()).map_err(io_err);
+            metrics.observe_fsync("append", started);
             callback.io_completed(res);
         });
         Ok(())

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use super::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use super::{Applied, TypeConfig, decode, encode};
+use crate::metrics::Metrics;
 use crate::state::{Entry as SmEntry, State};
 
 const KEY_SNAPSHOT: &[u8] = b"current";
@@ -48,6 +49,7 @@ struct Inner {
     applied: watch::Sender<u64>,
     snapshots: sled::Tree,
     db: sled::Db,
+    metrics: Metrics,
 }
 
 /// Handle to the state machine store; cheap to clone. openraft drives it
@@ -64,6 +66,11 @@ fn io_err(e: sled::Error) -> io::Error {
 impl StateStore {
     /// Opens the store and loads the latest durable snapshot, if any.
     pub fn open(db: &sled::Db) -> io::Result<StateStore> {
+        Self::open_with_metrics(db, Metrics::default())
+    }
+
+    /// Like [`StateStore::open`], reporting applies and snapshots to `metrics`.
+    pub fn open_with_metrics(db: &sled::Db, metrics: Metrics) -> io::Result<StateStore> {
         let snapshots = db.open_tree("snapshot").map_err(io_err)?;
         let mut machine = Machine::default();
         if let Some(bytes) = snapshots.get(KEY_SNAPSHOT).map_err(io_err)? {
@@ -84,6 +91,7 @@ impl StateStore {
                 applied,
                 snapshots,
                 db: db.clone(),
+                metrics,
             }),
         })
     }
@@ -132,9 +140,15 @@ impl StateStore {
             .insert(KEY_SNAPSHOT, bytes)
             .map_err(io_err)?;
         let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || db.flush().map(|_| ()).map_err(io_err))
-            .await
-            .map_err(io::Error::other)?
+        let metrics = self.inner.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let r = db.flush().map(|_| ()).map_err(io_err);
+            metrics.observe_fsync("snapshot", started);
+            r
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 }
 
@@ -153,6 +167,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateStore {
             }
         };
         self.persist_snapshot(&snap).await?;
+        self.inner.metrics.raft_snapshot_builds.inc();
         tracing::info!(
             index = ?snap.meta.last_log_id.as_ref().map(|l| l.index()),
             bytes = snap.data.len(),
@@ -182,18 +197,30 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let batch: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         let mut replies = Vec::with_capacity(batch.len());
         let last_index = {
+            // One span per applied batch, on every replica; the leader's
+            // `raft.propose` span records the same index.
+            let _span = tracing::info_span!(
+                "raft.apply",
+                first = batch.first().map(|(e, _)| e.index()),
+                entries = batch.len()
+            )
+            .entered();
             let mut m = self.write_machine();
             for (entry, responder) in batch {
                 let log_id = entry.log_id();
                 let index = log_id.index();
                 let reply = match entry.payload {
-                    EntryPayload::Normal(ref p) => Applied(m.state.apply(
-                        SmEntry {
-                            index,
-                            time_ms: p.time_ms,
-                        },
-                        &p.cmd,
-                    )),
+                    EntryPayload::Normal(ref p) => {
+                        let r = m.state.apply(
+                            SmEntry {
+                                index,
+                                time_ms: p.time_ms,
+                            },
+                            &p.cmd,
+                        );
+                        self.inner.metrics.observe_apply(p, &r);
+                        Applied(r)
+                    }
                     EntryPayload::Membership(ref mem) => {
                         m.last_membership = StoredMembership::new(Some(log_id), mem.clone());
                         Applied(Ok(crate::state::Response::Done))
@@ -234,6 +261,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0)
         };
         self.inner.applied.send_replace(index);
+        self.inner.metrics.raft_snapshot_installs.inc();
         tracing::info!(index, bytes = snap.data.len(), "snapshot installed");
         Ok(())
     }

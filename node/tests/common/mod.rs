@@ -38,6 +38,7 @@ pub struct NodeProc {
     config_path: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 /// A local cluster of node processes.
@@ -46,6 +47,7 @@ pub struct TestCluster {
     /// Nodes by id.
     pub nodes: BTreeMap<u64, NodeProc>,
     timings: RaftTimings,
+    env: Vec<(String, String)>,
 }
 
 pub fn timings() -> RaftTimings {
@@ -70,7 +72,7 @@ impl TestCluster {
 
     /// Starts `n` founding nodes with the given Raft timings.
     pub async fn start_with(n: u64, timings: RaftTimings) -> TestCluster {
-        Self::start_custom(n, timings, |_| {}).await
+        Self::start_full(n, timings, &[], |_| {}).await
     }
 
     /// Starts `n` founding nodes, letting `tweak` adjust each config.
@@ -79,11 +81,32 @@ impl TestCluster {
         timings: RaftTimings,
         tweak: impl Fn(&mut Config),
     ) -> TestCluster {
+        Self::start_full(n, timings, &[], tweak).await
+    }
+
+    /// Starts `n` founding nodes whose processes get `env` on top of the
+    /// usual environment.
+    pub async fn start_with_env(n: u64, timings: RaftTimings, env: &[(&str, &str)]) -> TestCluster {
+        Self::start_full(n, timings, env, |_| {}).await
+    }
+
+    /// Starts `n` founding nodes with extra process `env`, letting `tweak`
+    /// adjust each config.
+    pub async fn start_full(
+        n: u64,
+        timings: RaftTimings,
+        env: &[(&str, &str)],
+        tweak: impl Fn(&mut Config),
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = TestCluster {
             dir,
             nodes: BTreeMap::new(),
             timings,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let mut configs = Vec::new();
         for id in 1..=n {
@@ -127,6 +150,7 @@ impl TestCluster {
             testing: Default::default(),
             failover: Default::default(),
             ring: Default::default(),
+            telemetry: Default::default(),
         }
     }
 
@@ -141,6 +165,7 @@ impl TestCluster {
             config_path,
             log_path,
             child: None,
+            env: self.env.clone(),
         };
         node.launch();
         self.nodes.insert(id, node);
@@ -294,6 +319,7 @@ impl NodeProc {
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
