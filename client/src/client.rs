@@ -186,20 +186,18 @@ impl Client {
     // ------------------------------------------------------------ presence
 
     /// Logs a client of a user in (P-publish `UserLogin`); returns the record
-    /// after the change. Idempotent, so retried after any failure.
+    /// after the change. Not retried once it may have been applied: replaying
+    /// an old login after other writers changed the record would bring its
+    /// old values back (the chaos suite caught exactly that).
     pub async fn login(
         &self,
         req: proto::LoginRequest,
     ) -> Result<proto::PresenceRecord, ClientError> {
         let uid = req.uid.clone();
         let resp = self
-            .routed(
-                &uid,
-                "Login",
-                Effect::IdempotentWrite,
-                req,
-                |ch, r| async move { HeraldClient::new(ch).login(r).await },
-            )
+            .routed(&uid, "Login", Effect::Write, req, |ch, r| async move {
+                HeraldClient::new(ch).login(r).await
+            })
             .await?;
         required(resp.record, "Login", "record")
     }
@@ -220,7 +218,8 @@ impl Client {
     }
 
     /// Changes whether a user accepts sessions from strangers (and replaces
-    /// `ext` when it is non-empty). Idempotent.
+    /// `ext` when it is non-empty). Not retried once it may have been applied
+    /// (same reason as [`Client::login`]).
     pub async fn change_permission(
         &self,
         req: proto::PermissionRequest,
@@ -230,7 +229,7 @@ impl Client {
             .routed(
                 &uid,
                 "ChangePermission",
-                Effect::IdempotentWrite,
+                Effect::Write,
                 req,
                 |ch, r| async move { HeraldClient::new(ch).change_permission(r).await },
             )

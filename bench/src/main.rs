@@ -1,0 +1,657 @@
+//! `herald-bench`: Herald against a 3-node etcd 3.4 on the same machine,
+//! same load and same durability, one system at a time.
+//!
+//! For each system: start a fresh 3-node cluster on loopback, write every
+//! key once, run each workload for a warm-up and a measured window, kill -9
+//! the leader under write load a few times, stop. Then, for Herald only,
+//! load many presence records into a fresh cluster and restart it. Results
+//! go to `results/<timestamp>/` (markdown, JSON, SVG) and the table to
+//! stdout; progress goes to stderr.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use herald_bench::driver::{self, Load, Mix};
+use herald_bench::etcd::{self, EtcdCluster};
+use herald_bench::herald::HeraldCluster;
+use herald_bench::procfs;
+use herald_bench::report::{self, ETCD, Failover, HERALD, MemoryRestart, Report, RunResult};
+use herald_bench::stats::{longest_gap_after, median};
+use herald_bench::target::Target;
+use herald_cli::duration::parse_duration;
+use tokio::time::Instant;
+
+/// Herald vs a 3-node etcd on this machine: throughput, latency, CPU,
+/// memory, fail-over and restart.
+#[derive(Debug, Parser)]
+#[command(name = "herald-bench", version)]
+struct Args {
+    /// A quick run for CI: short windows, few keys, one kill, 10 k records.
+    #[arg(long)]
+    tiny: bool,
+    /// Where results go [default: results/<UTC timestamp>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Measured window of each workload [default: 10s, --tiny 2s].
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Warm-up before each measured window [default: 2s, --tiny 1s].
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// Keys (uids) the workloads pick from, uniformly [default: 10000,
+    /// --tiny 1000]. Every key is written once before the workloads.
+    #[arg(long)]
+    keys: Option<u64>,
+    /// Client connections per system (at most one per request in flight).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Seed of the key sequences (the same for both systems).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Leader kills per system [default: 3, --tiny 1].
+    #[arg(long)]
+    kills: Option<usize>,
+    /// Presence records for the memory and restart test [default: 1000000,
+    /// --tiny 10000].
+    #[arg(long)]
+    records: Option<u64>,
+    /// Time limit of the memory test's load; it reports what got loaded.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    load_limit: Duration,
+    /// The herald-node binary [default: next to this executable].
+    #[arg(long)]
+    node_bin: Option<PathBuf>,
+    /// The etcd binary [default: `etcd` on PATH, installed with apt if
+    /// missing].
+    #[arg(long)]
+    etcd_bin: Option<PathBuf>,
+    /// Do not run etcd (and do not install it): Herald's figures only.
+    #[arg(long)]
+    skip_etcd: bool,
+    /// Skip the fail-over test.
+    #[arg(long)]
+    skip_failover: bool,
+    /// Skip the memory and restart test.
+    #[arg(long)]
+    skip_memory: bool,
+    /// Only these workloads (comma-separated names, e.g. write-c16,read-c64).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where the clusters' data dirs and logs live during the run
+    /// [default: $TMPDIR/herald-bench-<timestamp>]; removed afterwards
+    /// unless --keep-work.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the work dir (data and logs) after the run.
+    #[arg(long)]
+    keep_work: bool,
+    /// Base port of the Herald cluster (clients on base+101..).
+    #[arg(long, default_value_t = 27100)]
+    herald_base_port: u16,
+    /// First client port of the etcd cluster (member i: +10 i, peer +1).
+    #[arg(long, default_value_t = 42379)]
+    etcd_base_port: u16,
+}
+
+/// One workload of the suite.
+#[derive(Debug, Clone)]
+struct Workload {
+    name: &'static str,
+    concurrency: usize,
+    mix: Mix,
+}
+
+fn workloads() -> Vec<Workload> {
+    let w = |name, concurrency, mix| Workload {
+        name,
+        concurrency,
+        mix,
+    };
+    vec![
+        w("write-c1", 1, Mix::Writes),
+        w("write-c16", 16, Mix::Writes),
+        w("write-c64", 64, Mix::Writes),
+        w("write-c256", 256, Mix::Writes),
+        w("read-c64", 64, Mix::Reads),
+        w("batch100-c16", 16, Mix::BatchReads(100)),
+        w("mixed90r-c64", 64, Mix::Mixed { read_percent: 90 }),
+    ]
+}
+
+/// The settled parameters of a run.
+#[derive(Debug, Clone)]
+struct Plan {
+    duration: Duration,
+    warmup: Duration,
+    keys: u64,
+    connections: usize,
+    seed: u64,
+    kills: usize,
+    records: u64,
+    load_limit: Duration,
+    workloads: Vec<Workload>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(args) => r,
+            // Dropping `run` drops the clusters, which kills their processes.
+            _ = tokio::signal::ctrl_c() => bail!("interrupted; clusters stopped"),
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let now = chrono::Utc::now();
+    let stamp = now.format("%Y%m%dT%H%M%SZ").to_string();
+    let tiny = args.tiny;
+    let all = workloads();
+    for name in &args.only {
+        if !all.iter().any(|w| w.name == name) {
+            let names: Vec<&str> = all.iter().map(|w| w.name).collect();
+            bail!(
+                "--only {name}: no such workload (have {})",
+                names.join(", ")
+            );
+        }
+    }
+    let plan = Plan {
+        duration: args
+            .duration
+            .unwrap_or(Duration::from_secs(if tiny { 2 } else { 10 })),
+        warmup: args
+            .warmup
+            .unwrap_or(Duration::from_secs(if tiny { 1 } else { 2 })),
+        keys: args.keys.unwrap_or(if tiny { 1_000 } else { 10_000 }),
+        connections: args.connections.max(1),
+        seed: args.seed,
+        kills: args.kills.unwrap_or(if tiny { 1 } else { 3 }),
+        records: args
+            .records
+            .unwrap_or(if tiny { 10_000 } else { 1_000_000 }),
+        load_limit: args.load_limit,
+        workloads: all
+            .into_iter()
+            .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.name))
+            .collect(),
+    };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(&stamp));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("herald-bench-{stamp}")));
+    if work.exists() {
+        bail!("{} exists; pick another --work-dir", work.display());
+    }
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    let node_bin = herald_cli::playground::locate_node_binary(args.node_bin.clone(), |cmd| {
+        eprintln!("running: {cmd}")
+    })?;
+    let etcd_bin = if args.skip_etcd {
+        eprintln!("--skip-etcd: etcd is not run; ratios are left blank");
+        None
+    } else {
+        match etcd::ensure_installed(args.etcd_bin.as_deref())? {
+            Some(bin) => Some(bin),
+            None => bail!(
+                "etcd is not installed and apt-get is not available to install it \
+                 (Debian package etcd-server 3.4); install etcd 3.4, pass --etcd-bin, \
+                 or pass --skip-etcd for Herald's figures only"
+            ),
+        }
+    };
+
+    let mut report = Report {
+        started_at: now.to_rfc3339(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ..Report::default()
+    };
+    let params = &mut report.parameters;
+    params.insert("duration".into(), format!("{:?}", plan.duration));
+    params.insert("warmup".into(), format!("{:?}", plan.warmup));
+    params.insert("keys".into(), plan.keys.to_string());
+    params.insert("connections".into(), plan.connections.to_string());
+    params.insert("seed".into(), plan.seed.to_string());
+    params.insert("node binary".into(), node_bin.display().to_string());
+    if let Some(bin) = &etcd_bin {
+        params.insert("etcd binary".into(), bin.display().to_string());
+    }
+    params.insert(
+        "machine".into(),
+        format!(
+            "{} CPUs, {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel()
+        ),
+    );
+    params.insert(
+        "etcd batch read".into(),
+        "one txn of 100 gets (a single linearizable round trip)".into(),
+    );
+
+    let herald_ports: Vec<u16> = (1..=3u16)
+        .flat_map(|i| [0u16, 100, 200, 300].map(|o| args.herald_base_port.saturating_add(o + i)))
+        .collect();
+    let etcd_ports: Vec<u16> = (0..3u16)
+        .flat_map(|i| [0u16, 1].map(|o| args.etcd_base_port.saturating_add(10 * i + o)))
+        .collect();
+    let mut wanted = herald_ports;
+    if etcd_bin.is_some() {
+        wanted.extend(etcd_ports);
+    }
+    if let Some(port) = procfs::port_in_use(&wanted) {
+        bail!(
+            "port {port} on 127.0.0.1 is taken (another herald-bench or cluster running?); \
+             stop it or pick other --herald-base-port / --etcd-base-port"
+        );
+    }
+
+    let started = Instant::now();
+    if let Some(bin) = &etcd_bin {
+        eprintln!("== etcd: 3 members on 127.0.0.1:{}..", args.etcd_base_port);
+        let mut cluster =
+            EtcdCluster::start(bin, &work.join("etcd"), args.etcd_base_port, 3).await?;
+        let result = bench_etcd(&mut cluster, &plan, !args.skip_failover, &mut report).await;
+        cluster.stop().await;
+        save(&out, &report)?;
+        if let Err(e) = result {
+            for i in 0..3 {
+                eprintln!("--- etcd{i} log tail ---\n{}", cluster.log_tail(i, 10));
+            }
+            return Err(e);
+        }
+    }
+    {
+        eprintln!(
+            "== herald: 3 nodes, clients on 127.0.0.1:{}..",
+            args.herald_base_port + 101
+        );
+        let mut cluster =
+            HeraldCluster::start(&node_bin, &work.join("herald"), args.herald_base_port, 3).await?;
+        let result = bench_herald(&mut cluster, &plan, !args.skip_failover, &mut report).await;
+        cluster.stop().await;
+        save(&out, &report)?;
+        if let Err(e) = result {
+            for id in cluster.ids() {
+                eprintln!("--- node{id} log tail ---\n{}", cluster.log_tail(id, 10));
+            }
+            return Err(e);
+        }
+    }
+    if !args.skip_memory {
+        eprintln!("== herald memory and restart: {} records", plan.records);
+        let mut cluster = HeraldCluster::start(
+            &node_bin,
+            &work.join("herald-memory"),
+            args.herald_base_port,
+            3,
+        )
+        .await?;
+        let result = memory_and_restart(&mut cluster, &plan).await;
+        cluster.stop().await;
+        match result {
+            Ok(m) => report.memory = Some(m),
+            Err(e) => {
+                for id in cluster.ids() {
+                    eprintln!("--- node{id} log tail ---\n{}", cluster.log_tail(id, 10));
+                }
+                return Err(e);
+            }
+        }
+    }
+    report.parameters.insert(
+        "total run time".into(),
+        format!("{:.0} s", started.elapsed().as_secs_f64()),
+    );
+
+    let markdown = save(&out, &report)?;
+    println!("{markdown}");
+    eprintln!(
+        "results in {} (results.md, results.json, results.svg); {:.0} s in all",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if args.keep_work {
+        eprintln!("work dir kept: {}", work.display());
+    } else if let Err(e) = std::fs::remove_dir_all(&work) {
+        eprintln!("warning: removing {}: {e}", work.display());
+    }
+    Ok(())
+}
+
+/// Writes results.md, results.json and results.svg (after each phase, so an
+/// interrupted run keeps what it measured); returns the markdown.
+fn save(out: &Path, report: &Report) -> Result<String> {
+    let markdown = report::markdown(report);
+    write(&out.join("results.md"), &markdown)?;
+    write(
+        &out.join("results.json"),
+        &serde_json::to_string_pretty(report).context("encoding results.json")?,
+    )?;
+    write(&out.join("results.svg"), &report::svg(&report.runs))?;
+    Ok(markdown)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| format!("Linux {}", s.trim()))
+        .unwrap_or_else(|_| "unknown kernel".into())
+}
+
+/// What a system offers the benchmark.
+trait System {
+    const NAME: &'static str;
+    async fn target(&self, connections: usize) -> Result<Target>;
+    fn pids(&self) -> Vec<u32>;
+    fn data_bytes(&self) -> u64;
+}
+
+impl System for EtcdCluster {
+    const NAME: &'static str = ETCD;
+    async fn target(&self, connections: usize) -> Result<Target> {
+        let leader = self.leader_index(Duration::from_secs(10)).await?;
+        Target::etcd(&self.endpoints(), leader, connections).await
+    }
+    fn pids(&self) -> Vec<u32> {
+        EtcdCluster::pids(self)
+    }
+    fn data_bytes(&self) -> u64 {
+        EtcdCluster::data_bytes(self)
+    }
+}
+
+impl System for HeraldCluster {
+    const NAME: &'static str = HERALD;
+    async fn target(&self, connections: usize) -> Result<Target> {
+        let leader = self.leader(Duration::from_secs(10)).await?;
+        Target::herald(&self.endpoints(), self.index_of(leader), connections)
+    }
+    fn pids(&self) -> Vec<u32> {
+        HeraldCluster::pids(self)
+    }
+    fn data_bytes(&self) -> u64 {
+        HeraldCluster::data_bytes(self)
+    }
+}
+
+/// Writes every key once, then runs each workload.
+async fn workloads_on<S: System>(system: &S, plan: &Plan, report: &mut Report) -> Result<()> {
+    let name = S::NAME;
+    let target = Arc::new(system.target(plan.connections).await?);
+    eprintln!("  {name}: writing {} keys once", plan.keys);
+    let fill_started = Instant::now();
+    let filled = driver::fill(target, plan.keys, 64, None, |done| {
+        eprintln!("  {name}: {done}/{} keys", plan.keys)
+    })
+    .await;
+    let (errors, first) = (filled.errors, filled.first_error);
+    eprintln!(
+        "  {name}: keys written in {:.1} s",
+        fill_started.elapsed().as_secs_f64()
+    );
+    if errors > 0 {
+        report.notes.push(format!(
+            "{name}: {errors} of {} preload writes failed; first: {}",
+            plan.keys,
+            first.unwrap_or_default()
+        ));
+    }
+    for (i, w) in plan.workloads.iter().enumerate() {
+        let connections = plan.connections.min(w.concurrency);
+        let target = Arc::new(system.target(connections).await?);
+        let load = Load {
+            concurrency: w.concurrency,
+            warmup: plan.warmup,
+            duration: plan.duration,
+            mix: w.mix,
+            keys: plan.keys,
+            seed: plan.seed.wrapping_add(1000 * i as u64),
+            record_acks: false,
+        };
+        let pids = system.pids();
+        let task = tokio::spawn(async move { driver::run(target, &load).await });
+        tokio::time::sleep(plan.warmup).await;
+        for &pid in &pids {
+            procfs::reset_peak_rss(pid);
+        }
+        let before = procfs::usage(&pids);
+        let outcome = task.await.context("load task failed")?;
+        let after = procfs::usage(&pids);
+        let s = &outcome.summary;
+        eprintln!(
+            "  {name} {:<13} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {}",
+            w.name, s.throughput, s.p50_ms, s.p99_ms, s.p999_ms, s.errors
+        );
+        if let Some(e) = &outcome.first_error {
+            eprintln!("    first error: {e}");
+            report
+                .notes
+                .push(format!("{name} {}: first error: {e}", w.name));
+        }
+        report.runs.push(RunResult {
+            workload: w.name.to_string(),
+            system: name.to_string(),
+            concurrency: w.concurrency,
+            summary: outcome.summary,
+            cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+            peak_rss_bytes: after.max_peak_rss,
+            data_bytes: system.data_bytes(),
+            first_error: outcome.first_error,
+        });
+    }
+    Ok(())
+}
+
+/// Write load with 16 in flight; after `before`, `kill` runs; the write
+/// outage is the longest pause between acknowledgements from then on.
+async fn one_kill<S: System>(
+    system: &S,
+    plan: &Plan,
+    kill: impl AsyncFnOnce() -> Result<()>,
+) -> Result<f64> {
+    let before = Duration::from_secs(2);
+    let after = Duration::from_secs(6);
+    let target = Arc::new(system.target(plan.connections).await?);
+    let load = Load {
+        concurrency: 16,
+        warmup: Duration::ZERO,
+        duration: before + after,
+        mix: Mix::Writes,
+        keys: plan.keys,
+        seed: plan.seed ^ 0xfa11,
+        record_acks: true,
+    };
+    let task = tokio::spawn(async move { driver::run(target, &load).await });
+    let origin = Instant::now();
+    tokio::time::sleep(before).await;
+    kill().await?;
+    let killed_at = origin.elapsed().as_secs_f64();
+    let outcome = task.await.context("load task failed")?;
+    let acks: Vec<f64> = outcome
+        .acks
+        .iter()
+        .map(|t| t.saturating_duration_since(origin).as_secs_f64())
+        .collect();
+    let last = acks.iter().copied().fold(0.0, f64::max);
+    if last < killed_at {
+        bail!(
+            "{}: no write was acknowledged in the {after:?} after the kill ({})",
+            S::NAME,
+            outcome.first_error.unwrap_or_default()
+        );
+    }
+    longest_gap_after(&acks, killed_at)
+        .map(|g| g * 1000.0)
+        .ok_or_else(|| anyhow::anyhow!("{}: no acknowledged writes", S::NAME))
+}
+
+async fn bench_etcd(
+    cluster: &mut EtcdCluster,
+    plan: &Plan,
+    failover: bool,
+    report: &mut Report,
+) -> Result<()> {
+    workloads_on(&*cluster, plan, report).await?;
+    if !failover {
+        return Ok(());
+    }
+    let mut gaps = Vec::new();
+    for k in 0..plan.kills {
+        let leader = cluster.leader_index(Duration::from_secs(10)).await?;
+        let shared: &EtcdCluster = cluster;
+        let pid = shared.pids().get(leader).copied();
+        let gap = one_kill(shared, plan, async || {
+            let pid = pid.ok_or_else(|| anyhow::anyhow!("etcd: leader has no pid"))?;
+            procfs::signal(pid, libc::SIGKILL);
+            Ok(())
+        })
+        .await?;
+        eprintln!(
+            "  etcd: kill {} of leader etcd{leader}: write outage {gap:.0} ms",
+            k + 1
+        );
+        gaps.push(gap);
+        // Reap the killed member and bring it back before the next kill.
+        cluster.kill(leader).await?;
+        cluster.restart(leader)?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.leader_index(Duration::from_secs(20)).await?;
+    }
+    report.failover.push(Failover {
+        system: ETCD.into(),
+        median_ms: median(&gaps),
+        gaps_ms: gaps,
+    });
+    Ok(())
+}
+
+async fn bench_herald(
+    cluster: &mut HeraldCluster,
+    plan: &Plan,
+    failover: bool,
+    report: &mut Report,
+) -> Result<()> {
+    workloads_on(&*cluster, plan, report).await?;
+    if !failover {
+        return Ok(());
+    }
+    let mut gaps = Vec::new();
+    for k in 0..plan.kills {
+        let leader = cluster.leader(Duration::from_secs(10)).await?;
+        let shared: &HeraldCluster = cluster;
+        let pid = shared.pid(leader);
+        let gap = one_kill(shared, plan, async || {
+            let pid = pid.ok_or_else(|| anyhow::anyhow!("herald: leader has no pid"))?;
+            procfs::signal(pid, libc::SIGKILL);
+            Ok(())
+        })
+        .await?;
+        eprintln!(
+            "  herald: kill {} of leader node{leader}: write outage {gap:.0} ms",
+            k + 1
+        );
+        gaps.push(gap);
+        cluster.restart(leader)?;
+        cluster
+            .wait_serving(leader, Duration::from_secs(30))
+            .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    report.failover.push(Failover {
+        system: HERALD.into(),
+        median_ms: median(&gaps),
+        gaps_ms: gaps,
+    });
+    Ok(())
+}
+
+async fn memory_and_restart(cluster: &mut HeraldCluster, plan: &Plan) -> Result<MemoryRestart> {
+    let target = Arc::new(cluster.target(16).await?);
+    let load_started = Instant::now();
+    let target_records = plan.records;
+    let mut last = (0u64, load_started);
+    let filled = driver::fill(target, target_records, 256, Some(plan.load_limit), |done| {
+        let now = Instant::now();
+        let recent = (done - last.0) as f64 / (now - last.1).as_secs_f64().max(1e-9);
+        last = (done, now);
+        eprintln!(
+            "  herald: {done}/{target_records} records, {:.0}/s overall, {recent:.0}/s in the last interval",
+            done as f64 / load_started.elapsed().as_secs_f64().max(1e-9)
+        );
+    })
+    .await;
+    let load_seconds = load_started.elapsed().as_secs_f64();
+    let records = filled.done;
+    let load_errors = filled.errors;
+    eprintln!("  herald: {records} records in {load_seconds:.1} s, {load_errors} errors");
+    if filled.timed_out {
+        eprintln!(
+            "  herald: stopped at the --load-limit of {:?} with {records} of {target_records} records",
+            plan.load_limit
+        );
+    }
+    if let Some(e) = &filled.first_error {
+        eprintln!("    first error: {e}");
+    }
+    let rss = |cluster: &HeraldCluster| -> BTreeMap<u64, u64> {
+        cluster
+            .ids()
+            .into_iter()
+            .filter_map(|id| Some((id, procfs::status_bytes(cluster.pid(id)?, "VmRSS")?)))
+            .collect()
+    };
+    let rss_after_load = rss(cluster);
+    let data_bytes = cluster.data_bytes();
+    eprintln!("  herald: restarting all nodes");
+    let times = cluster.restart_all(Duration::from_secs(120)).await?;
+    for (id, t) in &times {
+        eprintln!(
+            "  herald: node{id} serving {:.0} ms after start",
+            t.as_secs_f64() * 1000.0
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after_restart = rss(cluster);
+    Ok(MemoryRestart {
+        target_records,
+        records,
+        load_seconds,
+        load_errors,
+        rss_after_load,
+        data_bytes,
+        restart_to_serving_ms: times
+            .into_iter()
+            .map(|(id, t)| (id, t.as_secs_f64() * 1000.0))
+            .collect(),
+        rss_after_restart,
+    })
+}

@@ -1,0 +1,209 @@
+//! A session's progress: which terminal holds it, at which epoch, and the
+//! last accepted sequence number. Progress must name the holder and its
+//! epoch (else "fenced") and move `seq` forward (else "stale"); a handoff by
+//! the holder moves the session to the other terminal and bumps the epoch.
+
+use serde_json::Value;
+
+use super::linear::{Entry, Model};
+use crate::history::{Op, Outcome};
+
+/// The session as the model sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionState {
+    /// Bumped by every handoff.
+    pub epoch: u64,
+    /// Terminal index (0 = the one that connected).
+    pub terminal: u64,
+    /// Last accepted sequence number.
+    pub seq: u64,
+}
+
+/// What a progress write answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressAnswer {
+    /// Accepted.
+    Ok,
+    /// FailedPrecondition "fenced".
+    Fenced,
+    /// FailedPrecondition "stale".
+    Stale,
+    /// Unknown.
+    Unknown,
+}
+
+/// One session operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionOp {
+    /// Progress from `terminal` at `epoch` with `seq`.
+    Progress {
+        /// Sender.
+        terminal: u64,
+        /// The epoch it believes in.
+        epoch: u64,
+        /// Its sequence number.
+        seq: u64,
+        /// The answer.
+        answer: ProgressAnswer,
+    },
+    /// A push handoff initiated by `from`; `result` is the session after an
+    /// accepted one, `None` after a refusal (FailedPrecondition), and the
+    /// flag says whether the outcome is unknown.
+    Handoff {
+        /// Initiator.
+        from: u64,
+        /// The session after, when accepted.
+        result: Option<SessionState>,
+        /// Outcome unknown.
+        unknown: bool,
+    },
+    /// A linearizable read.
+    Read(SessionState),
+}
+
+/// The session's sequential specification.
+#[derive(Debug, Default)]
+pub struct SessionModel;
+
+impl Model for SessionModel {
+    type Op = SessionOp;
+    type State = SessionState;
+    fn init(&self) -> SessionState {
+        SessionState {
+            epoch: 1,
+            terminal: 0,
+            seq: 0,
+        }
+    }
+    fn step(&self, s: &SessionState, op: &SessionOp) -> Vec<SessionState> {
+        match *op {
+            SessionOp::Progress {
+                terminal,
+                epoch,
+                seq,
+                answer,
+            } => {
+                let fenced = terminal != s.terminal || epoch != s.epoch;
+                let stale = !fenced && seq <= s.seq;
+                let applied = SessionState { seq, ..*s };
+                match answer {
+                    ProgressAnswer::Ok if !fenced && !stale => vec![applied],
+                    ProgressAnswer::Fenced if fenced => vec![*s],
+                    ProgressAnswer::Stale if stale => vec![*s],
+                    ProgressAnswer::Unknown if !fenced && !stale => vec![*s, applied],
+                    ProgressAnswer::Unknown => vec![*s],
+                    _ => vec![],
+                }
+            }
+            SessionOp::Handoff {
+                from,
+                result,
+                unknown,
+            } => {
+                let holder = from == s.terminal;
+                let moved = SessionState {
+                    epoch: s.epoch + 1,
+                    terminal: 1 - s.terminal,
+                    seq: s.seq,
+                };
+                match (unknown, result) {
+                    (true, _) if holder => vec![*s, moved],
+                    (true, _) => vec![*s],
+                    (false, Some(r)) if holder && r == moved => vec![moved],
+                    (false, None) if !holder => vec![*s],
+                    _ => vec![],
+                }
+            }
+            SessionOp::Read(r) if r == *s => vec![*s],
+            SessionOp::Read(_) => vec![],
+        }
+    }
+
+    /// Epochs and seqs only grow: a progress write whose epoch has passed,
+    /// or whose seq has been overtaken in its epoch, can never apply.
+    fn inert(&self, states: &[SessionState], op: &SessionOp) -> bool {
+        match *op {
+            SessionOp::Progress {
+                terminal,
+                epoch,
+                seq,
+                ..
+            } => states.iter().all(|s| {
+                s.epoch > epoch || (s.epoch == epoch && (s.terminal != terminal || s.seq >= seq))
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// Reads `{"epoch", "terminal", "seq"}`.
+pub fn state_of(v: &Value) -> Option<SessionState> {
+    Some(SessionState {
+        epoch: v.get("epoch")?.as_u64()?,
+        terminal: v.get("terminal")?.as_u64()?,
+        seq: v.get("seq")?.as_u64()?,
+    })
+}
+
+fn precondition(op: &Op) -> Option<&str> {
+    (op.output.get("code").and_then(Value::as_str) == Some("FailedPrecondition"))
+        .then(|| op.error.as_deref().unwrap_or(""))
+}
+
+/// The operations on one session.
+pub fn entries(ops: &[&Op]) -> Vec<Entry<SessionOp>> {
+    ops.iter()
+        .filter_map(|op| {
+            let typed = match op.f.as_str() {
+                "progress" => {
+                    let answer = match op.outcome {
+                        Outcome::Ok => ProgressAnswer::Ok,
+                        Outcome::Info => ProgressAnswer::Unknown,
+                        Outcome::Fail => match precondition(op) {
+                            Some(m) if m.contains("fenced") => ProgressAnswer::Fenced,
+                            Some(m) if m.contains("stale") => ProgressAnswer::Stale,
+                            _ => return None,
+                        },
+                    };
+                    SessionOp::Progress {
+                        terminal: op.input.get("terminal")?.as_u64()?,
+                        epoch: op.input.get("epoch")?.as_u64()?,
+                        seq: op.input.get("seq")?.as_u64()?,
+                        answer,
+                    }
+                }
+                "handoff" => {
+                    let from = op.input.get("from")?.as_u64()?;
+                    match op.outcome {
+                        Outcome::Ok => SessionOp::Handoff {
+                            from,
+                            result: state_of(&op.output),
+                            unknown: false,
+                        },
+                        Outcome::Info => SessionOp::Handoff {
+                            from,
+                            result: None,
+                            unknown: true,
+                        },
+                        Outcome::Fail => {
+                            precondition(op)?;
+                            SessionOp::Handoff {
+                                from,
+                                result: None,
+                                unknown: false,
+                            }
+                        }
+                    }
+                }
+                "get" if op.outcome == Outcome::Ok => SessionOp::Read(state_of(&op.output)?),
+                _ => return None,
+            };
+            Some(Entry {
+                op: typed,
+                id: op.id,
+                call: op.invoke_ns,
+                ret: op.complete_ns,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,310 @@
+//! Hand-made histories, valid and not: the checker must tell them apart and
+//! name the anomaly.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::history::{Op, Outcome};
+
+/// Builds ops with explicit times.
+struct H(Vec<Op>);
+
+impl H {
+    fn new() -> H {
+        H(Vec::new())
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn op(
+        mut self,
+        process: u64,
+        workload: &str,
+        f: &str,
+        input: Value,
+        output: Value,
+        outcome: Outcome,
+        error: Option<&str>,
+        times: (u64, Option<u64>),
+    ) -> H {
+        let id = self.0.len();
+        self.0.push(Op {
+            id,
+            process,
+            workload: workload.into(),
+            f: f.into(),
+            key: "k".into(),
+            input,
+            output,
+            outcome,
+            error: error.map(str::to_string),
+            invoke_ns: times.0,
+            complete_ns: times.1,
+            answered_ns: times.1,
+        });
+        self
+    }
+    fn write(self, p: u64, v: u64, rev: u64, t: (u64, u64)) -> H {
+        self.op(
+            p,
+            "register",
+            "write",
+            json!({"v": v}),
+            json!({"v": v, "revision": rev}),
+            Outcome::Ok,
+            None,
+            (t.0, Some(t.1)),
+        )
+    }
+    fn read(self, p: u64, v: u64, rev: u64, t: (u64, u64), fin: bool) -> H {
+        self.op(
+            p,
+            "register",
+            "read",
+            json!({"final": fin}),
+            json!({"v": v, "revision": rev}),
+            Outcome::Ok,
+            None,
+            (t.0, Some(t.1)),
+        )
+    }
+    fn check(self) -> Report {
+        check(&self.0, Duration::from_secs(10))
+    }
+}
+
+fn kinds(r: &Report) -> Vec<String> {
+    r.kinds().into_keys().collect()
+}
+
+#[test]
+fn a_correct_register_history_is_valid() {
+    let r = H::new()
+        .write(1, 1, 10, (0, 10))
+        .read(2, 1, 10, (5, 15), false)
+        .write(1, 2, 12, (20, 30))
+        .read(2, 1, 10, (21, 25), false) // concurrent with the write
+        .read(2, 2, 12, (31, 35), true)
+        .check();
+    assert!(r.valid, "{r:#?}");
+    assert_eq!(r.counts["register/write"].ok, 2);
+}
+
+#[test]
+fn a_stale_read_is_reported() {
+    // The write of 2 completed before the read began, yet the read saw 1.
+    let r = H::new()
+        .write(1, 1, 10, (0, 10))
+        .write(1, 2, 12, (20, 30))
+        .read(2, 1, 10, (40, 45), false)
+        .check();
+    assert!(!r.valid);
+    assert_eq!(kinds(&r), ["not-linearizable"]);
+    let a = &r.anomalies[0];
+    assert_eq!(
+        a.ops.last().map(|o| o.id),
+        Some(2),
+        "the stale read is named"
+    );
+}
+
+#[test]
+fn a_lost_write_is_reported() {
+    // Acknowledged at revision 12, but after healing the record is at 10.
+    let r = H::new()
+        .write(1, 1, 10, (0, 10))
+        .write(1, 2, 12, (20, 30))
+        .read(3, 1, 10, (100, 110), true)
+        .check();
+    assert_eq!(kinds(&r), ["lost-write", "not-linearizable"]);
+}
+
+#[test]
+fn info_writes_may_or_may_not_have_happened() {
+    let h = H::new().write(1, 1, 10, (0, 10)).op(
+        1,
+        "register",
+        "write",
+        json!({"v": 2}),
+        Value::Null,
+        Outcome::Info,
+        Some("timeout"),
+        (20, None),
+    );
+    assert!(h.read(2, 1, 10, (40, 45), true).check().valid);
+    let h = H::new().write(1, 1, 10, (0, 10)).op(
+        1,
+        "register",
+        "write",
+        json!({"v": 2}),
+        Value::Null,
+        Outcome::Info,
+        Some("timeout"),
+        (20, None),
+    );
+    let r = h
+        .read(2, 2, 13, (40, 45), false)
+        .read(2, 1, 10, (50, 55), false)
+        .check();
+    assert_eq!(kinds(&r), ["not-linearizable"], "it cannot un-happen");
+}
+
+fn lease(h: H, p: u64, rid: &str, out: Result<&str, &str>, t: (u64, u64)) -> H {
+    let input = json!({"rid": rid, "user": format!("u{p}"), "pool_size": 2});
+    match out {
+        Ok(account) => h.op(
+            p,
+            "pool",
+            "lease",
+            input,
+            json!({"account": account, "lease_id": 1}),
+            Outcome::Ok,
+            None,
+            (t.0, Some(t.1)),
+        ),
+        Err(code) => h.op(
+            p,
+            "pool",
+            "lease",
+            input,
+            json!({"code": code}),
+            Outcome::Fail,
+            Some(code),
+            (t.0, Some(t.1)),
+        ),
+    }
+}
+
+fn release(h: H, p: u64, rid: &str, t: (u64, u64)) -> H {
+    h.op(
+        p,
+        "pool",
+        "release",
+        json!({"rid": rid}),
+        json!({}),
+        Outcome::Ok,
+        None,
+        (t.0, Some(t.1)),
+    )
+}
+
+#[test]
+fn a_correct_pool_history_is_valid() {
+    let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
+    h = lease(h, 2, "r2", Ok("b"), (5, 15));
+    h = lease(h, 3, "r3", Err("ResourceExhausted"), (20, 25));
+    h = release(h, 1, "r1", (30, 40));
+    h = lease(h, 3, "r4", Ok("a"), (45, 50));
+    // A retry of r2 replays the same account.
+    h = lease(h, 2, "r2", Ok("b"), (55, 60));
+    let r = h.check();
+    assert!(r.valid, "{r:#?}");
+}
+
+#[test]
+fn a_double_lease_is_reported() {
+    let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
+    h = lease(h, 2, "r2", Ok("a"), (20, 30));
+    let r = h.check();
+    assert_eq!(kinds(&r), ["double-lease", "not-linearizable"]);
+}
+
+#[test]
+fn exhaustion_with_a_free_account_is_reported() {
+    let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
+    h = lease(h, 2, "r2", Err("ResourceExhausted"), (20, 30));
+    assert_eq!(kinds(&h.check()), ["not-linearizable"]);
+}
+
+#[test]
+fn a_replay_giving_another_account_is_reported() {
+    let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
+    h = lease(h, 1, "r1", Ok("b"), (20, 30));
+    assert_eq!(kinds(&h.check()), ["not-linearizable"]);
+}
+
+fn session(out: (u64, u64, u64)) -> Value {
+    json!({"epoch": out.0, "terminal": out.1, "seq": out.2})
+}
+
+fn progress(h: H, p: u64, t: u64, epoch: u64, seq: u64, ok: bool, times: (u64, u64)) -> H {
+    let input = json!({"terminal": t, "epoch": epoch, "seq": seq});
+    if ok {
+        h.op(
+            p,
+            "session",
+            "progress",
+            input,
+            session((epoch, t, seq)),
+            Outcome::Ok,
+            None,
+            (times.0, Some(times.1)),
+        )
+    } else {
+        h.op(
+            p,
+            "session",
+            "progress",
+            input,
+            json!({"code": "FailedPrecondition"}),
+            Outcome::Fail,
+            Some("fenced: session 1 is at epoch 2"),
+            (times.0, Some(times.1)),
+        )
+    }
+}
+
+fn handoff(h: H, p: u64, from: u64, epoch_after: u64, seq: u64, t: (u64, u64)) -> H {
+    h.op(
+        p,
+        "session",
+        "handoff",
+        json!({"from": from, "to": 1 - from}),
+        json!({"accepted": true, "epoch": epoch_after, "terminal": 1 - from, "seq": seq}),
+        Outcome::Ok,
+        None,
+        (t.0, Some(t.1)),
+    )
+}
+
+fn get(h: H, p: u64, out: (u64, u64, u64), t: (u64, u64), fin: bool) -> H {
+    h.op(
+        p,
+        "session",
+        "get",
+        json!({"final": fin}),
+        session(out),
+        Outcome::Ok,
+        None,
+        (t.0, Some(t.1)),
+    )
+}
+
+#[test]
+fn a_correct_session_history_is_valid() {
+    let mut h = progress(H::new(), 1, 0, 1, 1, true, (0, 10));
+    h = handoff(h, 1, 0, 2, 1, (20, 30));
+    h = progress(h, 1, 0, 1, 2, false, (40, 50)); // fenced, as it must be
+    h = progress(h, 2, 1, 2, 3, true, (60, 70));
+    h = get(h, 3, (2, 1, 3), (80, 90), true);
+    let r = h.check();
+    assert!(r.valid, "{r:#?}");
+}
+
+#[test]
+fn a_fenced_terminal_succeeding_is_reported() {
+    let mut h = progress(H::new(), 1, 0, 1, 1, true, (0, 10));
+    h = handoff(h, 1, 0, 2, 1, (20, 30));
+    h = progress(h, 1, 0, 1, 2, true, (40, 50));
+    let r = h.check();
+    assert_eq!(kinds(&r), ["fenced-write-accepted", "not-linearizable"]);
+}
+
+#[test]
+fn progress_going_back_is_reported() {
+    let mut h = progress(H::new(), 1, 0, 1, 5, true, (0, 10));
+    h = get(h, 2, (1, 0, 3), (20, 30), false);
+    let r = h.check();
+    assert_eq!(kinds(&r), ["not-linearizable", "progress-went-back"]);
+    let mut h = progress(H::new(), 1, 0, 1, 5, true, (0, 10));
+    h = get(h, 2, (1, 0, 0), (20, 30), true);
+    assert_eq!(kinds(&h.check()), ["lost-write", "not-linearizable"]);
+}

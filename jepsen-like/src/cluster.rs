@@ -1,0 +1,456 @@
+//! A cluster of real `herald-node` processes on loopback, built for faults.
+//!
+//! Unlike `heraldctl playground` (whose config rendering and binary lookup
+//! this reuses), every peer link goes through its own [`Link`] proxy, and
+//! single nodes can be killed, paused, restarted or added later. Everything
+//! lives in a fresh temporary directory; dropping the [`Cluster`] kills every
+//! process (paused ones too) and removes it, so a panic or a Ctrl-C that ends
+//! the runtime leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use herald_cli::config::{NodeConfig, local_cluster};
+use herald_client::{Client, ClientConfig, proto};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::proxy::{Link, LinkMode};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Founding voters (3 or 5).
+    pub nodes: u32,
+    /// Prepare one more node (configs, ports, proxies) that is not started:
+    /// the membership nemesis adds and removes it.
+    pub spare: bool,
+    /// The `herald-node` binary.
+    pub node_bin: PathBuf,
+    /// Nodes started with `[testing] stale_reads = true`.
+    pub stale_reads: Vec<u64>,
+}
+
+/// One node: its config and, while it runs, its process.
+#[derive(Debug)]
+pub struct Node {
+    /// Raft id (= number).
+    pub id: u64,
+    /// Its config.
+    pub config: NodeConfig,
+    /// The config file.
+    pub config_path: PathBuf,
+    /// Its stdout and stderr.
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Node {
+    /// The client gRPC address.
+    pub fn client_addr(&self) -> String {
+        self.config.listen.client.clone()
+    }
+}
+
+/// A running cluster; see the module docs.
+#[derive(Debug)]
+pub struct Cluster {
+    // Dropped last: the processes die (Drop below) before their files go.
+    dir: tempfile::TempDir,
+    node_bin: PathBuf,
+    nodes: BTreeMap<u64, Node>,
+    links: BTreeMap<(u64, u64), Link>,
+    founders: Vec<u64>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(child) = &mut node.child {
+                if node.paused {
+                    signal(child, libc::SIGCONT);
+                }
+                let _ = child.start_kill();
+            }
+        }
+    }
+}
+
+/// Where the node binary is: `explicit`, else `$HERALD_NODE_BIN`, else
+/// `target/release/herald-node` when running as a cargo test (whose
+/// executable sits in `deps/`), else what `heraldctl playground` would use.
+pub fn locate_node_binary(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let explicit = explicit.or_else(|| std::env::var_os("HERALD_NODE_BIN").map(PathBuf::from));
+    if explicit.is_none()
+        && let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+        && dir.ends_with("deps")
+        && let Some(release) = dir.parent()
+    {
+        let candidate = release.join("herald-node");
+        return herald_cli::playground::locate_node_binary(Some(candidate), |_| {});
+    }
+    herald_cli::playground::locate_node_binary(explicit, |cmd| eprintln!("$ {cmd}"))
+}
+
+/// `n` free loopback ports (bound together, released together).
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("finding free ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    let Some(pid) = child.id().and_then(|p| libc::pid_t::try_from(p).ok()) else {
+        return;
+    };
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+    // unreaped child, so it cannot name another process.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+impl Cluster {
+    /// Writes configs, starts the proxies and the founding nodes. Does not
+    /// wait for a leader; see [`wait_for_leader`](Cluster::wait_for_leader).
+    pub async fn start(options: &ClusterOptions) -> Result<Cluster> {
+        if options.nodes == 0 {
+            bail!("a cluster needs at least one node");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("herald-jepsen-")
+            .tempdir()
+            .context("creating a temporary directory")?;
+        let total = options.nodes + u32::from(options.spare);
+        let ports = free_ports(4 * total as usize)?;
+        let addr = |i: u64, k: usize| format!("127.0.0.1:{}", ports[4 * (i as usize - 1) + k]);
+        let root = dir
+            .path()
+            .to_str()
+            .ok_or_else(|| anyhow!("temporary directory is not UTF-8"))?;
+        // The playground's layout, moved onto free ports: any field the
+        // config gains later keeps its playground value.
+        let mut configs = local_cluster(total, 20000, root).map_err(|e| anyhow!(e))?;
+        for c in &mut configs {
+            c.listen.peer = addr(c.id, 0);
+            c.listen.client = addr(c.id, 1);
+            c.listen.http = addr(c.id, 2);
+            c.listen.time_sync = addr(c.id, 3);
+            for m in &mut c.initial_members {
+                m.peer = addr(m.id, 0);
+                m.client = addr(m.id, 1);
+                m.http = addr(m.id, 2);
+                m.time_sync = addr(m.id, 3);
+            }
+            if c.id <= u64::from(options.nodes) {
+                c.initial_members.truncate(options.nodes as usize);
+            } else {
+                c.initial_members.clear();
+            }
+        }
+        let mut links = BTreeMap::new();
+        for from in 1..=u64::from(total) {
+            for to in 1..=u64::from(total) {
+                if from != to {
+                    let upstream: SocketAddr = configs[to as usize - 1].listen.peer.parse()?;
+                    links.insert((from, to), Link::start(from, to, upstream).await?);
+                }
+            }
+        }
+        let founders: Vec<u64> = (1..=u64::from(options.nodes)).collect();
+        let mut nodes = BTreeMap::new();
+        for config in configs {
+            let id = config.id;
+            let data_dir = PathBuf::from(&config.data_dir);
+            let mut text = config.to_toml();
+            text.push_str(
+                "\n# Every link to a peer goes through the chaos suite's proxy.\n[peer_routes]\n",
+            );
+            for ((from, to), link) in &links {
+                if *from == id {
+                    text.push_str(&format!("\"{to}\" = \"{}\"\n", link.listen));
+                }
+            }
+            if options.stale_reads.contains(&id) {
+                text.push_str("\n[testing]\nstale_reads = true\n");
+            }
+            let config_path = dir.path().join(format!("node{id}.toml"));
+            std::fs::write(&config_path, text)
+                .with_context(|| format!("writing {}", config_path.display()))?;
+            std::fs::create_dir_all(&data_dir)?;
+            nodes.insert(
+                id,
+                Node {
+                    id,
+                    config,
+                    config_path,
+                    log_path: dir.path().join(format!("node{id}.log")),
+                    child: None,
+                    paused: false,
+                },
+            );
+        }
+        let mut cluster = Cluster {
+            dir,
+            node_bin: options.node_bin.clone(),
+            nodes,
+            links,
+            founders: founders.clone(),
+        };
+        for id in founders {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The temporary directory with configs, data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The founding members' ids.
+    pub fn founders(&self) -> &[u64] {
+        &self.founders
+    }
+
+    /// Every node, the spare included.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// One node.
+    pub fn node(&self, id: u64) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    /// The founders' client addresses, in id order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.founders
+            .iter()
+            .filter_map(|id| self.nodes.get(id).map(Node::client_addr))
+            .collect()
+    }
+
+    /// Starts (or restarts) node `id`'s process; a no-op when it runs.
+    pub fn spawn(&mut self, id: u64) -> Result<()> {
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
+        if let Some(child) = &mut node.child
+            && child.try_wait().ok().flatten().is_none()
+        {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .with_context(|| format!("opening {}", node.log_path.display()))?;
+        let log_err = log.try_clone()?;
+        let child = Command::new(&self.node_bin)
+            .arg("--config")
+            .arg(&node.config_path)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Own process group: a terminal's Ctrl-C reaches only us, and we
+            // kill the nodes.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.node_bin.display()))?;
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub async fn kill(&mut self, id: u64) {
+        if let Some(node) = self.nodes.get_mut(&id)
+            && let Some(mut child) = node.child.take()
+        {
+            let _ = child.kill().await;
+            node.paused = false;
+        }
+    }
+
+    /// SIGSTOPs node `id`.
+    pub fn pause(&mut self, id: u64) {
+        if let Some(node) = self.nodes.get_mut(&id)
+            && let Some(child) = &node.child
+        {
+            signal(child, libc::SIGSTOP);
+            node.paused = true;
+        }
+    }
+
+    /// SIGCONTs node `id`.
+    pub fn resume(&mut self, id: u64) {
+        if let Some(node) = self.nodes.get_mut(&id)
+            && let Some(child) = &node.child
+        {
+            signal(child, libc::SIGCONT);
+            node.paused = false;
+        }
+    }
+
+    /// Whether node `id` has a live process (paused counts as live).
+    pub fn is_running(&mut self, id: u64) -> bool {
+        self.nodes
+            .get_mut(&id)
+            .and_then(|n| n.child.as_mut())
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Ids of nodes with a process.
+    pub fn running(&mut self) -> Vec<u64> {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        ids.into_iter().filter(|&id| self.is_running(id)).collect()
+    }
+
+    /// Resumes paused nodes and restarts killed founders and `extra`.
+    pub fn revive(&mut self, extra: &[u64]) -> Result<()> {
+        let ids: Vec<u64> = self.founders.iter().chain(extra).copied().collect();
+        for id in ids {
+            if self.nodes.get(&id).is_some_and(|n| n.paused) {
+                self.resume(id);
+            }
+            if !self.is_running(id) {
+                self.spawn(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the mode of link `from -> to`.
+    pub fn set_link(&self, from: u64, to: u64, mode: LinkMode) {
+        if let Some(link) = self.links.get(&(from, to)) {
+            link.set(mode);
+        }
+    }
+
+    /// Cuts every link between nodes of different groups (nodes in no group
+    /// keep their links), with `mode`.
+    pub fn partition(&self, groups: &[Vec<u64>], mode: LinkMode) {
+        let group_of = |id: u64| groups.iter().position(|g| g.contains(&id));
+        for &(from, to) in self.links.keys() {
+            if let (Some(a), Some(b)) = (group_of(from), group_of(to))
+                && a != b
+            {
+                self.set_link(from, to, mode);
+            }
+        }
+    }
+
+    /// Every link back to [`LinkMode::Pass`].
+    pub fn heal_network(&self) {
+        for link in self.links.values() {
+            link.set(LinkMode::Pass);
+        }
+    }
+
+    /// A client for node `id` alone (no fail-over).
+    pub fn client_for(&self, id: u64, config: ClientConfig) -> Result<Client> {
+        let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        Ok(Client::with_config(vec![node.client_addr()], config)?)
+    }
+
+    /// Each running node's own status (unreachable ones left out).
+    pub async fn statuses(&mut self) -> BTreeMap<u64, proto::NodeStatus> {
+        let running = self.running();
+        let Ok(client) = Client::with_config(
+            self.endpoints(),
+            ClientConfig {
+                request_timeout: Duration::from_millis(500),
+                deadline: Duration::from_millis(800),
+                max_attempts: 1,
+                ..ClientConfig::default()
+            },
+        ) else {
+            return BTreeMap::new();
+        };
+        let asks = running.iter().filter_map(|id| {
+            let addr = self.nodes.get(id)?.client_addr();
+            let client = client.clone();
+            Some(async move { (*id, client.status_of(&addr).await) })
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter_map(|(id, s)| Some((id, s.ok()?)))
+            .collect()
+    }
+
+    /// The leader with the highest term any node reports, if any.
+    pub async fn leader(&mut self) -> Option<u64> {
+        self.statuses()
+            .await
+            .values()
+            .filter(|s| s.role == "leader")
+            .max_by_key(|s| s.term)
+            .map(|s| s.id)
+    }
+
+    /// Waits until every node in `ids` answers naming the same leader.
+    pub async fn wait_for_leader(&mut self, ids: &[u64], timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses = self.statuses().await;
+            let leaders: Vec<u64> = ids
+                .iter()
+                .filter_map(|id| statuses.get(id).map(|s| s.leader_id))
+                .collect();
+            if leaders.len() == ids.len()
+                && let Some(&first) = leaders.first()
+                && first != 0
+                && leaders.iter().all(|&l| l == first)
+            {
+                return Ok(first);
+            }
+            if Instant::now() >= deadline {
+                bail!("no agreed leader among {ids:?} after {timeout:?}: {statuses:?}");
+            }
+            // Nothing to await: the nodes do not announce elections.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Copies every node's log into `to`.
+    pub fn copy_logs(&self, to: &Path) -> Result<()> {
+        std::fs::create_dir_all(to)?;
+        for node in self.nodes.values() {
+            if node.log_path.is_file() {
+                std::fs::copy(&node.log_path, to.join(format!("node{}.log", node.id)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The membership record for node `id`, for `AddLearner`.
+    pub fn member(&self, id: u64) -> Option<proto::Member> {
+        let node = self.nodes.get(&id)?;
+        Some(proto::Member {
+            id,
+            number: node.config.number,
+            peer_addr: node.config.listen.peer.clone(),
+            client_addr: node.config.listen.client.clone(),
+            http_addr: node.config.listen.http.clone(),
+            time_addr: node.config.listen.time_sync.clone(),
+            voter: false,
+        })
+    }
+}

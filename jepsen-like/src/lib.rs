@@ -1,0 +1,24 @@
+//! Herald's chaos and partition suite, as a library: the binary
+//! `herald-jepsen` and the tests drive it.
+//!
+//! - [`cluster`] starts `herald-node` processes on loopback, every peer link
+//!   through its own [`proxy`], and kills, pauses and restarts them;
+//! - [`nemesis`] turns faults into schedules (partitions, kills, pauses,
+//!   clock skew, membership changes);
+//! - [`workload`] runs clients that record a [`history`];
+//! - [`checker`] searches each key's history for a linearization and checks
+//!   the invariants directly;
+//! - [`report`] writes `summary.json` and the SVG plots; [`run`] ties it
+//!   together.
+
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod checker;
+pub mod cluster;
+pub mod history;
+pub mod nemesis;
+pub mod proxy;
+pub mod report;
+pub mod run;
+pub mod workload;

@@ -1,0 +1,248 @@
+//! `herald-jepsen`: Herald's chaos suite. See `jepsen-like/README.md`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use herald_cli::duration::parse_duration;
+use herald_jepsen::checker;
+use herald_jepsen::cluster::locate_node_binary;
+use herald_jepsen::history::{fault_windows, pair, read_jsonl};
+use herald_jepsen::nemesis::{Fault, parse_group};
+use herald_jepsen::report::{self, Summary};
+use herald_jepsen::run::{RunOptions, Schedule, run};
+use herald_jepsen::workload::Workload;
+
+#[derive(Parser)]
+#[command(name = "herald-jepsen", about = "Chaos and partition tests for Herald")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every fault once, briefly, on 3 nodes, all workloads, fixed seed.
+    Smoke {
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Random faults from the chosen groups for a while.
+    Run {
+        /// Workload time, e.g. 60s.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Founding nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: u32,
+        /// partition, kill, pause, clock, membership, or single fault names.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "partition,kill,pause,clock,membership"
+        )]
+        nemesis: Vec<String>,
+        /// register, pool, session.
+        #[arg(long, value_delimiter = ',', default_value = "register,pool,session")]
+        workload: Vec<Workload>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How long each fault is held (randomized ±50%).
+        #[arg(long, default_value = "4s", value_parser = parse_duration)]
+        hold: Duration,
+        /// Quiet time before each fault (randomized ±50%).
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        gap: Duration,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Re-check a recorded history.jsonl.
+    Check {
+        history: PathBuf,
+        /// Search time allowed per key.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        budget: Duration,
+        /// Only check this workload.
+        #[arg(long)]
+        workload: Option<String>,
+    },
+    /// Time the checker on a synthetic register history.
+    BenchChecker {
+        #[arg(long, default_value_t = 10_000)]
+        ops: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Output directory (default jepsen-runs/<command>-seed<N>-<unix time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The herald-node binary (default: $HERALD_NODE_BIN, then next to this one).
+    #[arg(long)]
+    node_bin: Option<PathBuf>,
+    /// Start these node ids with `[testing] stale_reads = true` (proves the checker).
+    #[arg(long, value_delimiter = ',')]
+    stale_reads: Vec<u64>,
+}
+
+fn out_dir(common: &Common, name: &str, seed: u64) -> PathBuf {
+    common.out.clone().unwrap_or_else(|| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        PathBuf::from(format!("jepsen-runs/{name}-seed{seed}-{now}"))
+    })
+}
+
+fn finish(summary: &Summary, out: &std::path::Path) -> ExitCode {
+    println!("{}", report::verdict_table(summary));
+    for a in &summary.check.anomalies {
+        println!("  {} [{} {}]: {}", a.kind, a.workload, a.key, a.message);
+    }
+    println!("output: {}", out.display());
+    if summary.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+async fn main_inner(args: Args) -> Result<ExitCode> {
+    let opts = match args.command {
+        Cmd::Check {
+            history,
+            budget,
+            workload,
+        } => {
+            let events = read_jsonl(&history)?;
+            let mut ops = pair(&events);
+            if let Some(w) = workload {
+                ops.retain(|o| o.workload == w);
+                for (i, o) in ops.iter_mut().enumerate() {
+                    o.id = i;
+                }
+            }
+            let check = checker::check(&ops, budget);
+            let summary = Summary {
+                valid: check.valid,
+                seed: 0,
+                nodes: 0,
+                workloads: ops
+                    .iter()
+                    .map(|o| o.workload.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                nemeses: Vec::new(),
+                faults: fault_windows(&events),
+                unread_keys: Vec::new(),
+                check,
+                wall_ms: 0,
+            };
+            return Ok(finish(&summary, &history));
+        }
+        Cmd::BenchChecker { ops, seed } => {
+            for corrupt in [false, true] {
+                let (report, took) = herald_jepsen::bench::run(ops, seed, corrupt);
+                println!(
+                    "{} ops over {} keys{}: {} in {:.2?}",
+                    report.ops,
+                    report.keys,
+                    if corrupt {
+                        ", one stale read planted"
+                    } else {
+                        ""
+                    },
+                    if report.valid {
+                        "linearizable".to_string()
+                    } else {
+                        format!("NOT linearizable {:?}", report.kinds())
+                    },
+                    took
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Smoke { seed, common } => RunOptions {
+            nodes: 3,
+            duration: Duration::ZERO,
+            faults: Fault::ALL.to_vec(),
+            workloads: vec![Workload::Register, Workload::Pool, Workload::Session],
+            seed,
+            out: out_dir(&common, "smoke", seed),
+            node_bin: locate_node_binary(common.node_bin.clone())?,
+            schedule: Schedule::EachOnce,
+            hold: Duration::from_secs(3),
+            gap: Duration::from_millis(1500),
+            stale_reads: common.stale_reads.clone(),
+        },
+        Cmd::Run {
+            duration,
+            nodes,
+            nemesis,
+            workload,
+            seed,
+            hold,
+            gap,
+            common,
+        } => {
+            if !(1..=9).contains(&nodes) {
+                bail!("--nodes must be between 1 and 9");
+            }
+            let mut faults = Vec::new();
+            for name in &nemesis {
+                for f in parse_group(name)? {
+                    if !faults.contains(&f) {
+                        faults.push(f);
+                    }
+                }
+            }
+            RunOptions {
+                nodes,
+                duration,
+                faults,
+                workloads: workload,
+                seed,
+                out: out_dir(&common, "run", seed),
+                node_bin: locate_node_binary(common.node_bin.clone())?,
+                schedule: Schedule::Random,
+                hold,
+                gap,
+                stale_reads: common.stale_reads.clone(),
+            }
+        }
+    };
+    println!(
+        "nodes {}, faults {:?}, workloads {:?}, seed {}, output {}",
+        opts.nodes,
+        opts.faults.iter().map(|f| f.name()).collect::<Vec<_>>(),
+        opts.workloads,
+        opts.seed,
+        opts.out.display()
+    );
+    // Ctrl-C drops the run, and with it the cluster, which kills the nodes.
+    let summary = tokio::select! {
+        s = run(&opts) => s?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; nodes killed"),
+    };
+    Ok(finish(&summary, &opts.out))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match main_inner(Args::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

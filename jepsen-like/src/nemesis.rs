@@ -1,0 +1,475 @@
+//! Faults and their schedules.
+//!
+//! Each fault is applied, held for a while, and healed; the history gets a
+//! nemesis `invoke` when it starts and an `ok` (with what exactly was done)
+//! when it is healed, which is what the plots shade.
+//!
+//! | name            | what it does |
+//! |-----------------|--------------|
+//! | `isolate-leader`| cuts every link to and from the current leader |
+//! | `split`         | random minority / majority halves |
+//! | `bridge`        | two halves that only one node connects |
+//! | `one-way`       | the leader's outgoing links only (it hears, nobody hears it) |
+//! | `flapping`      | a new random split or a heal every 0.3–0.8 s |
+//! | `delay`         | 50–200 ms on every link |
+//! | `kill-one`      | SIGKILL one node (the leader half the time), restart it |
+//! | `pause`         | SIGSTOP one node (the leader half the time), SIGCONT |
+//! | `kill-all`      | SIGKILL every node, restart them all |
+//! | `clock`         | skew nodes' cluster clocks by up to ±5 s, jump the leader's |
+//! | `membership`    | add the spare node (learner, then voter); next time remove it |
+//!
+//! Cut links are either stalled (bytes held, TCP survives) or dropped
+//! (connections reset), chosen at random per fault.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use herald_client::{Client, ClientConfig};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::cluster::Cluster;
+use crate::history::{EventType, NEMESIS, Recorder};
+use crate::proxy::LinkMode;
+
+/// One kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// Cut the leader off.
+    IsolateLeader,
+    /// Minority / majority.
+    Split,
+    /// Two halves joined by one node.
+    Bridge,
+    /// The leader cannot send.
+    OneWay,
+    /// Random splits and heals in quick succession.
+    Flapping,
+    /// Slow links.
+    Delay,
+    /// SIGKILL and restart one node.
+    Kill,
+    /// SIGSTOP / SIGCONT one node.
+    Pause,
+    /// SIGKILL every node and restart them.
+    KillAll,
+    /// Clock skew and jumps.
+    Clock,
+    /// Add or remove a node.
+    Membership,
+}
+
+impl Fault {
+    /// Every fault, in the smoke run's order.
+    pub const ALL: [Fault; 11] = [
+        Fault::IsolateLeader,
+        Fault::Split,
+        Fault::Bridge,
+        Fault::OneWay,
+        Fault::Flapping,
+        Fault::Delay,
+        Fault::Kill,
+        Fault::Pause,
+        Fault::Clock,
+        Fault::Membership,
+        Fault::KillAll,
+    ];
+
+    /// Its name in histories and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::IsolateLeader => "isolate-leader",
+            Fault::Split => "split",
+            Fault::Bridge => "bridge",
+            Fault::OneWay => "one-way",
+            Fault::Flapping => "flapping",
+            Fault::Delay => "delay",
+            Fault::Kill => "kill-one",
+            Fault::Pause => "pause",
+            Fault::KillAll => "kill-all",
+            Fault::Clock => "clock",
+            Fault::Membership => "membership",
+        }
+    }
+}
+
+/// The faults a `--nemesis` name enables: `partition`, `kill`, `pause`,
+/// `clock`, `membership`, or a single fault's name.
+pub fn parse_group(name: &str) -> Result<Vec<Fault>> {
+    Ok(match name {
+        "partition" => vec![
+            Fault::IsolateLeader,
+            Fault::Split,
+            Fault::Bridge,
+            Fault::OneWay,
+            Fault::Flapping,
+            Fault::Delay,
+        ],
+        "kill" => vec![Fault::Kill, Fault::KillAll],
+        "pause" => vec![Fault::Pause],
+        "clock" => vec![Fault::Clock],
+        "membership" => vec![Fault::Membership],
+        other => match Fault::ALL.iter().find(|f| f.name() == other) {
+            Some(f) => vec![*f],
+            None => bail!(
+                "unknown nemesis {other:?} (partition, kill, pause, clock, membership, or one of {})",
+                Fault::ALL.map(Fault::name).join(", ")
+            ),
+        },
+    })
+}
+
+impl FromStr for Fault {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match parse_group(s)?.as_slice() {
+            [one] => Ok(*one),
+            _ => bail!("{s:?} names several faults"),
+        }
+    }
+}
+
+/// Applies faults to a cluster and remembers what to undo.
+pub struct Nemesis {
+    rng: StdRng,
+    recorder: Recorder,
+    spare: Option<u64>,
+    spare_member: bool,
+    spare_removed: bool,
+    admin: Client,
+}
+
+impl Nemesis {
+    /// A nemesis for `cluster`; `spare` is the node the membership fault adds.
+    pub fn new(
+        cluster: &Cluster,
+        spare: Option<u64>,
+        seed: u64,
+        recorder: Recorder,
+    ) -> Result<Nemesis> {
+        let admin = Client::with_config(
+            cluster.endpoints(),
+            ClientConfig::with_request_timeout(Duration::from_secs(2)),
+        )?;
+        Ok(Nemesis {
+            rng: StdRng::seed_from_u64(seed),
+            recorder,
+            spare,
+            spare_member: false,
+            spare_removed: false,
+            admin,
+        })
+    }
+
+    /// The nodes faults may hit: the founders and the spare while it is a member.
+    pub fn members(&self, cluster: &Cluster) -> Vec<u64> {
+        let mut ids = cluster.founders().to_vec();
+        if self.spare_member
+            && let Some(s) = self.spare
+        {
+            ids.push(s);
+        }
+        ids
+    }
+
+    /// The spare, while it is a member.
+    pub fn extra_members(&self) -> Vec<u64> {
+        self.spare
+            .filter(|_| self.spare_member)
+            .into_iter()
+            .collect()
+    }
+
+    fn cut_mode(&mut self) -> LinkMode {
+        if self.rng.random_bool(0.5) {
+            LinkMode::Stall
+        } else {
+            LinkMode::Drop
+        }
+    }
+
+    async fn leader_or_any(&mut self, cluster: &mut Cluster) -> u64 {
+        let members = self.members(cluster);
+        match cluster.leader().await {
+            Some(l) if members.contains(&l) => l,
+            _ => members[self.rng.random_range(0..members.len())],
+        }
+    }
+
+    async fn target(&mut self, cluster: &mut Cluster) -> u64 {
+        if self.rng.random_bool(0.5) {
+            self.leader_or_any(cluster).await
+        } else {
+            let members = self.members(cluster);
+            members[self.rng.random_range(0..members.len())]
+        }
+    }
+
+    fn random_split(&mut self, cluster: &Cluster) -> Vec<Vec<u64>> {
+        let mut ids = self.members(cluster);
+        ids.shuffle(&mut self.rng);
+        let minority = (ids.len() - 1) / 2;
+        let rest = ids.split_off(minority.max(1));
+        vec![ids, rest]
+    }
+
+    /// Applies `fault`, holds it for `hold`, heals it; records both ends.
+    pub async fn run(&mut self, cluster: &mut Cluster, fault: Fault, hold: Duration) -> Result<()> {
+        let name = fault.name();
+        let rec = self.recorder.clone();
+        rec.record(
+            NEMESIS,
+            EventType::Invoke,
+            "nemesis",
+            name,
+            "",
+            json!(""),
+            None,
+        );
+        let detail = self.apply(cluster, fault, hold).await;
+        let detail = match detail {
+            Ok(d) => d,
+            Err(e) => format!("failed: {e:#}"),
+        };
+        rec.record(
+            NEMESIS,
+            EventType::Ok,
+            "nemesis",
+            name,
+            "",
+            json!(detail),
+            None,
+        );
+        Ok(())
+    }
+
+    async fn apply(
+        &mut self,
+        cluster: &mut Cluster,
+        fault: Fault,
+        hold: Duration,
+    ) -> Result<String> {
+        let detail = match fault {
+            Fault::IsolateLeader => {
+                let leader = self.leader_or_any(cluster).await;
+                let others: Vec<u64> = self
+                    .members(cluster)
+                    .into_iter()
+                    .filter(|&i| i != leader)
+                    .collect();
+                let mode = self.cut_mode();
+                cluster.partition(&[vec![leader], others], mode);
+                tokio::time::sleep(hold).await;
+                cluster.heal_network();
+                format!("isolated leader {leader} ({mode:?})")
+            }
+            Fault::Split => {
+                let groups = self.random_split(cluster);
+                let mode = self.cut_mode();
+                cluster.partition(&groups, mode);
+                tokio::time::sleep(hold).await;
+                cluster.heal_network();
+                format!("split {groups:?} ({mode:?})")
+            }
+            Fault::Bridge => {
+                let mut ids = self.members(cluster);
+                ids.shuffle(&mut self.rng);
+                let bridge = ids[ids.len() / 2];
+                let a: Vec<u64> = ids[..ids.len() / 2].to_vec();
+                let b: Vec<u64> = ids[ids.len() / 2 + 1..].to_vec();
+                let mode = self.cut_mode();
+                cluster.partition(&[a.clone(), b.clone()], mode);
+                tokio::time::sleep(hold).await;
+                cluster.heal_network();
+                format!("{a:?} | {bridge} | {b:?} ({mode:?})")
+            }
+            Fault::OneWay => {
+                let leader = self.leader_or_any(cluster).await;
+                let mode = self.cut_mode();
+                for to in self.members(cluster) {
+                    if to != leader {
+                        cluster.set_link(leader, to, mode);
+                    }
+                }
+                tokio::time::sleep(hold).await;
+                cluster.heal_network();
+                format!("links from leader {leader} cut ({mode:?})")
+            }
+            Fault::Flapping => {
+                let until = tokio::time::Instant::now() + hold;
+                let mut flips = 0;
+                while tokio::time::Instant::now() < until {
+                    cluster.heal_network();
+                    if self.rng.random_bool(0.7) {
+                        let groups = self.random_split(cluster);
+                        let mode = self.cut_mode();
+                        cluster.partition(&groups, mode);
+                    }
+                    flips += 1;
+                    let wait = Duration::from_millis(self.rng.random_range(300..800));
+                    tokio::time::sleep(
+                        wait.min(until.saturating_duration_since(tokio::time::Instant::now())),
+                    )
+                    .await;
+                }
+                cluster.heal_network();
+                format!("{flips} flips")
+            }
+            Fault::Delay => {
+                let ms = self.rng.random_range(50..200);
+                for from in self.members(cluster) {
+                    for to in self.members(cluster) {
+                        cluster.set_link(from, to, LinkMode::Delay(Duration::from_millis(ms)));
+                    }
+                }
+                tokio::time::sleep(hold).await;
+                cluster.heal_network();
+                format!("{ms} ms on every link")
+            }
+            Fault::Kill => {
+                let id = self.target(cluster).await;
+                cluster.kill(id).await;
+                tokio::time::sleep(hold).await;
+                cluster.spawn(id)?;
+                format!("killed and restarted node {id}")
+            }
+            Fault::Pause => {
+                let id = self.target(cluster).await;
+                cluster.pause(id);
+                tokio::time::sleep(hold).await;
+                cluster.resume(id);
+                format!("paused node {id}")
+            }
+            Fault::KillAll => {
+                let ids = self.members(cluster);
+                for &id in &ids {
+                    cluster.kill(id).await;
+                }
+                tokio::time::sleep(hold.min(Duration::from_secs(1))).await;
+                for &id in &ids {
+                    cluster.spawn(id)?;
+                }
+                // The restart is the fault: hold until a leader is back.
+                let _ = cluster
+                    .wait_for_leader(&ids, hold.max(Duration::from_secs(10)))
+                    .await;
+                format!("killed and restarted nodes {ids:?}")
+            }
+            Fault::Clock => {
+                let mut done = Vec::new();
+                for id in self.members(cluster) {
+                    let Some(addr) = cluster.node(id).map(|n| n.client_addr()) else {
+                        continue;
+                    };
+                    let offset = self.rng.random_range(-5000..5000i64);
+                    if self
+                        .admin
+                        .set_clock_offset_on(&addr, offset, false)
+                        .await
+                        .is_ok()
+                    {
+                        done.push(format!("{id}:{offset:+}ms"));
+                    }
+                }
+                let leader = self.leader_or_any(cluster).await;
+                if let Some(addr) = cluster.node(leader).map(|n| n.client_addr())
+                    && self
+                        .admin
+                        .set_clock_offset_on(&addr, 3000, true)
+                        .await
+                        .is_ok()
+                {
+                    done.push(format!("leader {leader} jumped +3000ms"));
+                }
+                tokio::time::sleep(hold).await;
+                for id in self.members(cluster) {
+                    if let Some(addr) = cluster.node(id).map(|n| n.client_addr()) {
+                        let _ = self.admin.set_clock_offset_on(&addr, 0, false).await;
+                    }
+                }
+                format!("skew {}", done.join(", "))
+            }
+            Fault::Membership => self.membership(cluster, hold).await?,
+        };
+        Ok(detail)
+    }
+
+    async fn membership(&mut self, cluster: &mut Cluster, hold: Duration) -> Result<String> {
+        let Some(spare) = self.spare else {
+            tokio::time::sleep(hold).await;
+            return Ok("no spare node: nothing to do".into());
+        };
+        if self.spare_removed {
+            // Ids are never reused: move leadership instead.
+            let to = cluster.founders()[self.rng.random_range(0..cluster.founders().len())];
+            let r = self.admin.transfer_leader(to).await;
+            tokio::time::sleep(hold).await;
+            return Ok(format!("transfer leadership to {to}: {}", ok_or(r)));
+        }
+        if !self.spare_member {
+            cluster.spawn(spare)?;
+            let Some(member) = cluster.member(spare) else {
+                bail!("no spare node {spare}");
+            };
+            let added = self.admin.add_learner(member).await;
+            let promoted = match &added {
+                Ok(_) => ok_or(self.admin.promote(spare).await),
+                Err(_) => "skipped".into(),
+            };
+            // Once the learner was proposed it may be in; treat it as a member.
+            self.spare_member = true;
+            tokio::time::sleep(hold).await;
+            Ok(format!(
+                "added node {spare}: learner {}, promote {promoted}",
+                ok_or(added)
+            ))
+        } else {
+            let removed = self.admin.remove(spare).await;
+            let outcome = ok_or(removed);
+            tokio::time::sleep(hold).await;
+            cluster.kill(spare).await;
+            self.spare_member = false;
+            self.spare_removed = true;
+            Ok(format!("removed node {spare}: {outcome}"))
+        }
+    }
+
+    /// Undoes every fault: links pass, paused nodes resume, dead members
+    /// restart, clocks go back to zero offset.
+    pub async fn heal_all(&mut self, cluster: &mut Cluster) -> Result<()> {
+        cluster.heal_network();
+        cluster.revive(&self.extra_members())?;
+        for id in self.members(cluster) {
+            if let Some(addr) = cluster.node(id).map(|n| n.client_addr()) {
+                let _ = self.admin.set_clock_offset_on(&addr, 0, false).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ok_or<T>(r: Result<T, herald_client::ClientError>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_and_names_parse() {
+        assert_eq!(parse_group("partition").expect("group").len(), 6);
+        assert_eq!("kill-all".parse::<Fault>().expect("one"), Fault::KillAll);
+        assert!("kill".parse::<Fault>().is_err(), "a group, not one fault");
+        assert!(parse_group("meteor").is_err());
+        for f in Fault::ALL {
+            assert_eq!(f.name().parse::<Fault>().expect("round trip"), f);
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! One chaos run: cluster up, workloads and nemesis concurrently, heal,
+//! final reads, check, write the output directory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::checker;
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::history::{Recorder, fault_windows, pair};
+use crate::nemesis::{Fault, Nemesis};
+use crate::report::{self, Summary};
+use crate::workload::{self, Context, Workload};
+
+/// How faults are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// Each enabled fault once, in order (the smoke run).
+    EachOnce,
+    /// Random faults from the enabled set until the duration is over.
+    Random,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Founding nodes.
+    pub nodes: u32,
+    /// Workload time (for [`Schedule::Random`]; each-once runs as long as the faults take).
+    pub duration: Duration,
+    /// Enabled faults.
+    pub faults: Vec<Fault>,
+    /// Enabled workloads.
+    pub workloads: Vec<Workload>,
+    /// Everything random derives from it.
+    pub seed: u64,
+    /// Output directory.
+    pub out: PathBuf,
+    /// The node binary.
+    pub node_bin: PathBuf,
+    /// Fault schedule.
+    pub schedule: Schedule,
+    /// How long a fault is held.
+    pub hold: Duration,
+    /// Quiet time before each fault.
+    pub gap: Duration,
+    /// Nodes started with `[testing] stale_reads = true`.
+    pub stale_reads: Vec<u64>,
+}
+
+/// Runs it; the summary says whether the history was valid.
+pub async fn run(opts: &RunOptions) -> Result<Summary> {
+    let started = Instant::now();
+    let spare = opts.faults.contains(&Fault::Membership);
+    let mut cluster = Cluster::start(&ClusterOptions {
+        nodes: opts.nodes,
+        spare,
+        node_bin: opts.node_bin.clone(),
+        stale_reads: opts.stale_reads.clone(),
+    })
+    .await?;
+    let founders = cluster.founders().to_vec();
+    let result = drive(
+        opts,
+        &mut cluster,
+        spare.then_some(u64::from(opts.nodes) + 1),
+    )
+    .await;
+    let logs = opts.out.join("logs");
+    if let Err(e) = cluster.copy_logs(&logs) {
+        eprintln!("copying node logs: {e:#}");
+    }
+    drop(cluster);
+    let (recorder, unread) = result.with_context(|| format!("cluster of nodes {founders:?}"))?;
+    let events = recorder.events();
+    let ops = pair(&events);
+    let check = checker::check(&ops, Duration::from_secs(60));
+    let summary = Summary {
+        valid: check.valid && unread.is_empty(),
+        seed: opts.seed,
+        nodes: opts.nodes,
+        workloads: opts
+            .workloads
+            .iter()
+            .map(|w| format!("{w:?}").to_lowercase())
+            .collect(),
+        nemeses: opts.faults.iter().map(|f| f.name().to_string()).collect(),
+        faults: fault_windows(&events),
+        unread_keys: unread,
+        check,
+        wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    report::write(&opts.out, &events, &ops, &summary)?;
+    Ok(summary)
+}
+
+async fn drive(
+    opts: &RunOptions,
+    cluster: &mut Cluster,
+    spare: Option<u64>,
+) -> Result<(Recorder, Vec<String>)> {
+    let founders = cluster.founders().to_vec();
+    cluster
+        .wait_for_leader(&founders, Duration::from_secs(30))
+        .await?;
+    let admin = workload::client_preferring(&cluster.endpoints(), 0)?;
+    let setup = workload::setup(&admin, &opts.workloads).await?;
+
+    let recorder = Recorder::new();
+    let (stop_tx, stop) = watch::channel(false);
+    let ctx = Context {
+        recorder: recorder.clone(),
+        endpoints: cluster.endpoints(),
+        stop,
+        seed: opts.seed,
+        next_process: Arc::new(AtomicU64::new(1)),
+    };
+    let mut workers = JoinSet::new();
+    workload::spawn(&opts.workloads, &setup, &ctx, &mut workers);
+
+    let monitor = tokio::spawn(monitor(
+        cluster.nodes().map(|n| (n.id, n.client_addr())).collect(),
+        recorder.clone(),
+    ));
+    let mut nemesis = Nemesis::new(cluster, spare, opts.seed, recorder.clone())?;
+    let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_add(1));
+    let began = Instant::now();
+    match opts.schedule {
+        Schedule::EachOnce => {
+            for &fault in &opts.faults {
+                tokio::time::sleep(opts.gap).await;
+                nemesis.run(cluster, fault, opts.hold).await?;
+            }
+            tokio::time::sleep(opts.gap).await;
+        }
+        Schedule::Random => loop {
+            let gap = opts.gap.mul_f64(rng.random_range(0.5..1.5));
+            let hold = opts.hold.mul_f64(rng.random_range(0.5..1.5));
+            if opts.faults.is_empty() || began.elapsed() + gap + hold > opts.duration {
+                tokio::time::sleep(opts.duration.saturating_sub(began.elapsed())).await;
+                break;
+            }
+            tokio::time::sleep(gap).await;
+            let fault = opts.faults[rng.random_range(0..opts.faults.len())];
+            nemesis.run(cluster, fault, hold).await?;
+        },
+    }
+    nemesis.heal_all(cluster).await?;
+    stop_tx.send_replace(true);
+    while workers.join_next().await.is_some() {}
+    let members = nemesis.members(cluster);
+    if let Err(e) = cluster
+        .wait_for_leader(&members, Duration::from_secs(30))
+        .await
+    {
+        eprintln!("after healing: {e:#}");
+    }
+    let unread =
+        workload::final_reads(&opts.workloads, &setup, &ctx, Duration::from_secs(30)).await;
+    monitor.abort();
+    Ok((recorder, unread))
+}
+
+/// Records every node's role, term and leader twice a second, so elections
+/// show in the history next to the faults that caused them.
+/// Runs until aborted.
+async fn monitor(nodes: Vec<(u64, String)>, recorder: Recorder) {
+    let Ok(client) = herald_client::Client::with_config(
+        nodes.iter().map(|(_, a)| a.clone()).collect(),
+        herald_client::ClientConfig {
+            request_timeout: Duration::from_millis(300),
+            deadline: Duration::from_millis(400),
+            max_attempts: 1,
+            ..herald_client::ClientConfig::default()
+        },
+    ) else {
+        return;
+    };
+    let mut last = serde_json::Value::Null;
+    loop {
+        let asks = nodes.iter().map(|(id, addr)| {
+            let client = client.clone();
+            async move { (*id, client.status_of(addr).await) }
+        });
+        let mut value = serde_json::Map::new();
+        for (id, status) in futures::future::join_all(asks).await {
+            if let Ok(s) = status {
+                value.insert(
+                    id.to_string(),
+                    serde_json::json!({"role": s.role, "term": s.term, "leader": s.leader_id}),
+                );
+            }
+        }
+        let value = serde_json::Value::Object(value);
+        if value != last {
+            recorder.record(
+                crate::history::MONITOR,
+                crate::history::EventType::Ok,
+                "monitor",
+                "status",
+                "",
+                value.clone(),
+                None,
+            );
+            last = value;
+        }
+        // Sampling, not synchronisation: the nodes publish no events.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

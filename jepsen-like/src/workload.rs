@@ -1,0 +1,708 @@
+//! Client workloads. Each worker is one logical process: it runs one
+//! operation at a time and records it in the history, `invoke` before the
+//! request and `ok`/`fail`/`info` after, using the client's own verdict on
+//! whether a failed write may have been applied.
+//!
+//! - `register`: logins carrying `ext.v = n` (unique n) and linearizable
+//!   reads of a few uids;
+//! - `pool`: lease / renew / release / list on a pool of 3 accounts, with
+//!   lease retries by the same request id after an unknown outcome;
+//! - `session`: two terminals per session, progress with a shared,
+//!   increasing `seq`, push handoffs between them, and reads.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use herald_client::proto::{self, Consistency};
+use herald_client::{Client, ClientConfig, ClientError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::history::{EventType, Recorder};
+
+/// Register keys (uids).
+pub const REGISTER_KEYS: usize = 4;
+/// Accounts in the pool.
+pub const POOL_SIZE: u32 = 3;
+/// Sessions in the session workload.
+pub const SESSIONS: usize = 2;
+/// Lease TTL: longer than any run, so expiry stays out of the model.
+const LEASE_TTL_MS: u64 = 3_600_000;
+
+/// A workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Workload {
+    /// Presence register.
+    Register,
+    /// Account pool.
+    Pool,
+    /// Session progress.
+    Session,
+}
+
+impl FromStr for Workload {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "register" => Ok(Workload::Register),
+            "pool" => Ok(Workload::Pool),
+            "session" => Ok(Workload::Session),
+            _ => bail!("unknown workload {s:?} (register, pool, session)"),
+        }
+    }
+}
+
+/// What the workloads need from the cluster before they start.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// The pool's id.
+    pub pool_id: u64,
+    /// Sessions and their two terminals.
+    pub sessions: Vec<(u64, [proto::Terminal; 2])>,
+}
+
+/// The client settings of workers: short timeouts so faults show up as
+/// `info`/`fail` quickly instead of stalling the workload, and no routing by
+/// uid owner: each worker sticks to its own node (then fails over), so reads
+/// on followers and forwarded writes are what gets tested.
+pub fn worker_client_config() -> ClientConfig {
+    ClientConfig {
+        request_timeout: Duration::from_millis(1000),
+        connect_timeout: Duration::from_millis(500),
+        deadline: Duration::from_millis(2500),
+        max_attempts: 3,
+        route_by_owner: false,
+        ..ClientConfig::default()
+    }
+}
+
+/// A client that prefers endpoint `home` and fails over to the others.
+pub fn client_preferring(endpoints: &[String], home: usize) -> Result<Client> {
+    let mut rotated = endpoints.to_vec();
+    rotated.rotate_left(home % endpoints.len().max(1));
+    Ok(Client::with_config(rotated, worker_client_config())?)
+}
+
+fn luhn_imei(body: u64) -> String {
+    let digits: Vec<u32> = format!("{body:014}")
+        .chars()
+        .filter_map(|c| c.to_digit(10))
+        .collect();
+    let sum: u32 = digits
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    format!("{body:014}{}", (10 - sum % 10) % 10)
+}
+
+fn terminals(s: usize) -> [proto::Terminal; 2] {
+    [
+        proto::Terminal {
+            kind: proto::TerminalKind::Imei.into(),
+            id: luhn_imei(35_000_000_000_000 + s as u64),
+        },
+        proto::Terminal {
+            kind: proto::TerminalKind::Mac.into(),
+            id: format!("02:00:00:00:00:{s:02x}"),
+        },
+    ]
+}
+
+/// Retries a setup call until it succeeds or `timeout` passes.
+async fn retry<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(anyhow!("{what}: {e}"));
+            }
+            // Nothing to await but the cluster settling.
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Creates the pool and the sessions the chosen workloads use.
+pub async fn setup(client: &Client, workloads: &[Workload]) -> Result<Setup> {
+    let mut setup = Setup::default();
+    let t = Duration::from_secs(20);
+    if workloads.contains(&Workload::Pool) {
+        let platform = retry("CreatePlatform", t, || {
+            client.create_platform(proto::CreatePlatformRequest {
+                name: "jepsen".into(),
+                units: vec![proto::UnitSpec {
+                    name: "quiz".into(),
+                    ..Default::default()
+                }],
+            })
+        })
+        .await?;
+        let unit_id = platform
+            .units
+            .first()
+            .map(|u| u.unit_id)
+            .ok_or_else(|| anyhow!("CreatePlatform returned no unit"))?;
+        let pool = retry("CreatePool", t, || {
+            client.create_pool(proto::CreatePoolRequest {
+                unit_id,
+                name: "jepsen".into(),
+                provision: POOL_SIZE,
+                max_size: POOL_SIZE,
+                default_ttl_ms: LEASE_TTL_MS,
+            })
+        })
+        .await?;
+        setup.pool_id = pool.pool_id;
+    }
+    if workloads.contains(&Workload::Session) {
+        for s in 0..SESSIONS {
+            let terms = terminals(s);
+            let session = retry("ConnectSession", t, || {
+                client.connect_session(proto::ConnectRequest {
+                    terminal: Some(terms[0].clone()),
+                    app_url: "https://apps.example/quiz".into(),
+                    capabilities: vec!["video".into()],
+                })
+            })
+            .await?;
+            setup.sessions.push((session.session_id, terms));
+        }
+    }
+    Ok(setup)
+}
+
+/// Everything a worker shares.
+#[derive(Clone)]
+pub struct Context {
+    /// The history.
+    pub recorder: Recorder,
+    /// The founders' client addresses.
+    pub endpoints: Vec<String>,
+    /// Becomes true when workers must stop.
+    pub stop: watch::Receiver<bool>,
+    /// The run's seed.
+    pub seed: u64,
+    /// Ids for new processes.
+    pub next_process: Arc<AtomicU64>,
+}
+
+impl Context {
+    /// A fresh process id (1, 2, ...; 0 is the nemesis).
+    pub fn process(&self) -> u64 {
+        self.next_process.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Records one operation around `call`.
+// The event's fields, the call and how to render its result: all needed.
+#[allow(clippy::too_many_arguments)]
+async fn op<T, Fut>(
+    rec: &Recorder,
+    process: u64,
+    workload: &str,
+    f: &str,
+    key: &str,
+    input: Value,
+    call: Fut,
+    output: impl FnOnce(&T) -> Value,
+) -> Result<T, ClientError>
+where
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    rec.record(process, EventType::Invoke, workload, f, key, input, None);
+    let result = call.await;
+    match &result {
+        Ok(v) => rec.record(process, EventType::Ok, workload, f, key, output(v), None),
+        Err(e) if e.is_indeterminate() => rec.record(
+            process,
+            EventType::Info,
+            workload,
+            f,
+            key,
+            Value::Null,
+            Some(e.to_string()),
+        ),
+        Err(e) => rec.record(
+            process,
+            EventType::Fail,
+            workload,
+            f,
+            key,
+            json!({ "code": format!("{:?}", e.code()) }),
+            Some(e.to_string()),
+        ),
+    }
+    result
+}
+
+fn stopped(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow()
+}
+
+/// A short random pause between operations, so a 2-core machine keeps up.
+async fn think(rng: &mut StdRng) {
+    tokio::time::sleep(Duration::from_millis(rng.random_range(5..25))).await;
+}
+
+/// Starts the workers of `workloads`.
+pub fn spawn(workloads: &[Workload], setup: &Setup, ctx: &Context, tasks: &mut JoinSet<()>) {
+    let n = ctx.endpoints.len();
+    for w in workloads {
+        match w {
+            Workload::Register => {
+                for i in 0..5 {
+                    tasks.spawn(register_worker(ctx.clone(), ctx.process(), i % n));
+                }
+            }
+            Workload::Pool => {
+                for i in 0..4 {
+                    tasks.spawn(pool_worker(
+                        ctx.clone(),
+                        ctx.process(),
+                        i % n,
+                        setup.pool_id,
+                    ));
+                }
+            }
+            Workload::Session => {
+                for (s, (session_id, terms)) in setup.sessions.iter().enumerate() {
+                    let seq = Arc::new(AtomicU64::new(0));
+                    for t in 0..2u64 {
+                        tasks.spawn(session_worker(
+                            ctx.clone(),
+                            ctx.process(),
+                            (2 * s + t as usize) % n,
+                            *session_id,
+                            terms.clone(),
+                            t,
+                            seq.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn register_key(k: usize) -> String {
+    format!("reg-{k}")
+}
+
+fn record_value(r: &Option<proto::PresenceRecord>) -> Value {
+    match r {
+        Some(r) => json!({
+            "v": r.ext.get("v").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+            "revision": r.revision,
+        }),
+        None => json!({"v": 0, "revision": 0}),
+    }
+}
+
+/// A linearizable read of register `key`, recorded; returns the value seen.
+pub async fn register_read(
+    rec: &Recorder,
+    client: &Client,
+    p: u64,
+    key: &str,
+    fin: bool,
+) -> Result<u64, ClientError> {
+    op(
+        rec,
+        p,
+        "register",
+        "read",
+        key,
+        json!({ "final": fin }),
+        client.get_presence(key, Consistency::Linearizable),
+        record_value,
+    )
+    .await
+    .map(|r| {
+        r.and_then(|r| r.ext.get("v").and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    })
+}
+
+/// A login writing `ext.v = v` to register `key`, recorded.
+pub async fn register_write(
+    rec: &Recorder,
+    client: &Client,
+    p: u64,
+    key: &str,
+    v: u64,
+) -> Result<(), ClientError> {
+    let req = proto::LoginRequest {
+        uid: key.to_string(),
+        sid: 1,
+        client_type: "pc".into(),
+        ext: BTreeMap::from([("v".to_string(), v.to_string())])
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    op(
+        rec,
+        p,
+        "register",
+        "write",
+        key,
+        json!({ "v": v }),
+        client.login(req),
+        |r| record_value(&Some(r.clone())),
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn register_worker(ctx: Context, p: u64, home: usize) {
+    let Ok(client) = client_preferring(&ctx.endpoints, home) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(ctx.seed ^ (p << 32));
+    let mut counter = 0u64;
+    while !stopped(&ctx.stop) {
+        let key = register_key(rng.random_range(0..REGISTER_KEYS));
+        if rng.random_bool(0.5) {
+            counter += 1;
+            let v = p * 1_000_000 + counter;
+            let _ = register_write(&ctx.recorder, &client, p, &key, v).await;
+        } else {
+            let _ = register_read(&ctx.recorder, &client, p, &key, false).await;
+        }
+        think(&mut rng).await;
+    }
+}
+
+fn lease_value(r: &proto::LeaseResponse) -> Value {
+    match &r.lease {
+        Some(l) => json!({"account": l.account, "lease_id": l.lease_id, "replayed": r.replayed}),
+        None => json!({}),
+    }
+}
+
+fn leases_value(leases: &[proto::Lease]) -> Value {
+    let map: serde_json::Map<String, Value> = leases
+        .iter()
+        .map(|l| (l.request_id.clone(), Value::String(l.account.clone())))
+        .collect();
+    json!({ "leases": map })
+}
+
+async fn pool_list(ctx: &Context, client: &Client, p: u64, pool_id: u64, fin: bool) -> bool {
+    op(
+        &ctx.recorder,
+        p,
+        "pool",
+        "list",
+        &pool_id.to_string(),
+        json!({ "final": fin }),
+        client.list_leases(pool_id, Consistency::Linearizable),
+        |l| leases_value(l),
+    )
+    .await
+    .is_ok()
+}
+
+async fn pool_worker(ctx: Context, p: u64, home: usize, pool_id: u64) {
+    let Ok(client) = client_preferring(&ctx.endpoints, home) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(ctx.seed ^ (p << 32));
+    let user = format!("user-{p}");
+    let key = pool_id.to_string();
+    let rec = &ctx.recorder;
+    let mut held: Option<(u64, String)> = None;
+    let mut pending: Option<String> = None;
+    let mut counter = 0u64;
+    while !stopped(&ctx.stop) {
+        match held.clone() {
+            None if rng.random_bool(0.8) => {
+                let rid = pending.take().unwrap_or_else(|| {
+                    counter += 1;
+                    format!("{p}-{counter}-{:x}", ctx.seed)
+                });
+                let req = proto::LeaseRequest {
+                    pool_id,
+                    user: user.clone(),
+                    ttl_ms: LEASE_TTL_MS,
+                    request_id: rid.clone(),
+                };
+                let input = json!({"rid": rid, "user": user, "pool_size": POOL_SIZE});
+                match op(
+                    rec,
+                    p,
+                    "pool",
+                    "lease",
+                    &key,
+                    input,
+                    client.lease_account(req),
+                    lease_value,
+                )
+                .await
+                {
+                    Ok(r) => held = r.lease.map(|l| (l.lease_id, rid)),
+                    // Unknown: retry with the same id, which returns the
+                    // lease if the first attempt got one.
+                    Err(e) if e.is_indeterminate() => pending = Some(rid),
+                    Err(_) => {}
+                }
+            }
+            None => {
+                pool_list(&ctx, &client, p, pool_id, false).await;
+            }
+            Some((lease_id, rid)) => {
+                let roll = rng.random_range(0..10);
+                if roll < 4 {
+                    let req = proto::RenewRequest {
+                        lease_id,
+                        user: user.clone(),
+                        ttl_ms: LEASE_TTL_MS,
+                    };
+                    let r = op(
+                        rec,
+                        p,
+                        "pool",
+                        "renew",
+                        &key,
+                        json!({"rid": rid}),
+                        client.renew_lease(req),
+                        |l| json!({"account": l.account}),
+                    )
+                    .await;
+                    if matches!(r, Err(ClientError::FailedPrecondition(_))) {
+                        held = None;
+                    }
+                } else if roll < 8 {
+                    let req = proto::ReleaseRequest {
+                        lease_id,
+                        user: user.clone(),
+                    };
+                    let r = op(
+                        rec,
+                        p,
+                        "pool",
+                        "release",
+                        &key,
+                        json!({"rid": rid}),
+                        client.release_lease(req),
+                        |_| json!({}),
+                    )
+                    .await;
+                    // After an unknown outcome, release again: a second
+                    // release of an ended lease is refused, which is fine.
+                    if matches!(r, Ok(()) | Err(ClientError::FailedPrecondition(_))) {
+                        held = None;
+                    }
+                } else {
+                    pool_list(&ctx, &client, p, pool_id, false).await;
+                }
+            }
+        }
+        think(&mut rng).await;
+    }
+}
+
+fn session_value(s: &proto::Session, terms: &[proto::Terminal; 2]) -> Value {
+    let t = u64::from(s.terminal.as_ref().is_some_and(|t| t.id == terms[1].id));
+    json!({"epoch": s.epoch, "terminal": t, "seq": s.seq})
+}
+
+async fn session_read(
+    ctx: &Context,
+    client: &Client,
+    p: u64,
+    session_id: u64,
+    terms: &[proto::Terminal; 2],
+    fin: bool,
+) -> Option<u64> {
+    op(
+        &ctx.recorder,
+        p,
+        "session",
+        "get",
+        &session_id.to_string(),
+        json!({ "final": fin }),
+        client.get_session(session_id, Consistency::Linearizable),
+        |s| session_value(s, terms),
+    )
+    .await
+    .ok()
+    .map(|s| s.epoch)
+}
+
+async fn session_worker(
+    ctx: Context,
+    p: u64,
+    home: usize,
+    session_id: u64,
+    terms: [proto::Terminal; 2],
+    me: u64,
+    seq: Arc<AtomicU64>,
+) {
+    let Ok(client) = client_preferring(&ctx.endpoints, home) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(ctx.seed ^ (p << 32));
+    let key = session_id.to_string();
+    let rec = &ctx.recorder;
+    let mine = terms[me as usize].clone();
+    let other = terms[1 - me as usize].clone();
+    let mut epoch = 1u64;
+    while !stopped(&ctx.stop) {
+        let roll = rng.random_range(0..10);
+        if roll < 6 {
+            let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let req = proto::ProgressRequest {
+                session_id,
+                terminal: Some(mine.clone()),
+                epoch,
+                seq: n,
+                progress: n.to_be_bytes().to_vec(),
+            };
+            let input = json!({"terminal": me, "epoch": epoch, "seq": n});
+            let r = op(
+                rec,
+                p,
+                "session",
+                "progress",
+                &key,
+                input,
+                client.progress(req),
+                |s| session_value(s, &terms),
+            )
+            .await;
+            if let Err(ClientError::FailedPrecondition(m)) = r
+                && m.contains("fenced")
+                && let Some(e) = session_read(&ctx, &client, p, session_id, &terms, false).await
+            {
+                epoch = e;
+            }
+        } else if roll < 8 {
+            let req = proto::HandoffRequest {
+                session_id,
+                mode: proto::HandoffMode::Push.into(),
+                initiator: Some(mine.clone()),
+                candidates: vec![proto::Candidate {
+                    terminal: Some(other.clone()),
+                    capabilities: vec!["video".into()],
+                }],
+                ..Default::default()
+            };
+            let input = json!({"from": me, "to": 1 - me});
+            let _ = op(
+                rec,
+                p,
+                "session",
+                "handoff",
+                &key,
+                input,
+                client.handoff(req),
+                |h| {
+                    let mut v = h
+                        .session
+                        .as_ref()
+                        .map(|s| session_value(s, &terms))
+                        .unwrap_or(json!({}));
+                    v["accepted"] = json!(h.accepted);
+                    v
+                },
+            )
+            .await;
+        } else if let Some(e) = session_read(&ctx, &client, p, session_id, &terms, false).await {
+            epoch = e;
+        }
+        think(&mut rng).await;
+    }
+}
+
+/// After healing: one successful linearizable read of every key, retried
+/// until `timeout`. Returns the keys that could not be read.
+pub async fn final_reads(
+    workloads: &[Workload],
+    setup: &Setup,
+    ctx: &Context,
+    timeout: Duration,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let p = ctx.process();
+    let Ok(client) = client_preferring(&ctx.endpoints, 0) else {
+        return vec!["client".into()];
+    };
+    let mut missing = Vec::new();
+    let mut keys: Vec<(Workload, String)> = Vec::new();
+    for w in workloads {
+        match w {
+            Workload::Register => {
+                keys.extend((0..REGISTER_KEYS).map(|k| (*w, register_key(k))));
+            }
+            Workload::Pool => keys.push((*w, setup.pool_id.to_string())),
+            Workload::Session => {
+                keys.extend(setup.sessions.iter().map(|(id, _)| (*w, id.to_string())));
+            }
+        }
+    }
+    for (w, key) in keys {
+        loop {
+            let done = match w {
+                Workload::Register => register_read(&ctx.recorder, &client, p, &key, true)
+                    .await
+                    .is_ok(),
+                Workload::Pool => pool_list(ctx, &client, p, setup.pool_id, true).await,
+                Workload::Session => {
+                    let id: u64 = key.parse().unwrap_or(0);
+                    let terms = setup
+                        .sessions
+                        .iter()
+                        .find(|(s, _)| *s == id)
+                        .map(|(_, t)| t.clone())
+                        .unwrap_or_else(|| terminals(0));
+                    session_read(ctx, &client, p, id, &terms, true)
+                        .await
+                        .is_some()
+                }
+            };
+            if done {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                missing.push(key);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imeis_pass_the_luhn_check() {
+        // The example IMEI from the node's tests.
+        assert_eq!(luhn_imei(49_015_420_323_751), "490154203237518");
+        assert_eq!(luhn_imei(35_000_000_000_000).len(), 15);
+    }
+}
