@@ -242,23 +242,14 @@ async fn watch_is_ordered_gapless_and_resumable_on_another_node() {
     assert!(!e.record.unwrap().online);
 }
 
-/// A plain HTTP/1.1 GET (the node answers with a content length), so the
-/// test needs no HTTP client crate or curl on the machine.
+/// A GET through the shared harness's plain HTTP/1.1 client; the body as JSON.
 async fn http_get(url: &str) -> (u16, serde_json::Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_at(rest.find('/').expect("path"));
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8(buf).expect("utf8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("headers");
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (code, body) = common::http_get(host, path).await.expect("GET");
     (
         code,
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")),
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
     )
 }
 

@@ -25,7 +25,6 @@ use std::time::Duration;
 use ::herald_client::proto::*;
 use common::TestCluster;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What Grafana would put for its variables: every node, and a rate window
 /// that holds several 1 s scrapes.
@@ -71,44 +70,6 @@ fn tool(name: &str) -> PathBuf {
              Debian's prometheus package, which has prometheus and promtool; it needs apt and root)"
         )
     })
-}
-
-/// GET over plain HTTP/1.1; returns status and body.
-async fn http_get(host: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(host).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((code, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 fn url_encode(s: &str) -> String {
@@ -364,9 +325,10 @@ async fn load(c: &TestCluster) -> (u64, u64) {
         assert_eq!(r.is_ok(), user != "v3", "{user}: {r:?}"); // the pool has two
     }
 
-    let (code, body) = http_get(&c.http_addr(follower), "/v1/presence?ids=user-0-0,user-1-1")
-        .await
-        .expect("http lookup");
+    let (code, body) =
+        common::http_get(&c.http_addr(follower), "/v1/presence?ids=user-0-0,user-1-1")
+            .await
+            .expect("http lookup");
     assert_eq!(code, 200, "{body}");
     (leader, follower)
 }
@@ -413,7 +375,7 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
     let (leader, follower) = load(&c).await;
     // The load moved the counters it should have, by as much as it should:
     // the leader applied every write before answering it.
-    let (_, on_leader) = http_get(&c.http_addr(leader), "/metrics")
+    let (_, on_leader) = common::http_get(&c.http_addr(leader), "/metrics")
         .await
         .expect("leader /metrics");
     for (series, want) in [
@@ -433,7 +395,7 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
             "{series}\n{on_leader}"
         );
     }
-    let (_, on_follower) = http_get(&c.http_addr(follower), "/metrics")
+    let (_, on_follower) = common::http_get(&c.http_addr(follower), "/metrics")
         .await
         .expect("follower /metrics");
     let bad = "herald_api_requests_total{server=\"client\",method=\"/herald.v1.Herald/Login\",code=\"InvalidArgument\"}";
@@ -441,7 +403,7 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
     assert_eq!(sample(&on_follower, "herald_raft_is_leader"), Some(0.0));
     let targets: Vec<String> = c.alive().iter().map(|id| c.http_addr(*id)).collect();
     for t in &targets {
-        let (code, body) = http_get(t, "/metrics").await.expect("GET /metrics");
+        let (code, body) = common::http_get(t, "/metrics").await.expect("GET /metrics");
         assert_eq!(code, 200, "{t}/metrics: {body}");
         let (ok, out) = promtool(&["check", "metrics"], Some(&body));
         assert!(ok, "promtool check metrics on {t}/metrics:\n{out}\n{body}");
@@ -449,7 +411,7 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
 
     let prom = start_prometheus(&targets);
     c.wait_for("prometheus to be ready", || async {
-        let (code, _) = http_get(&prom.addr, "/-/ready").await.ok()?;
+        let (code, _) = common::http_get(&prom.addr, "/-/ready").await.ok()?;
         (code == 200).then_some(())
     })
     .await;
@@ -475,7 +437,9 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
         let mut still_empty = Vec::new();
         for (dash, title, expr) in pending {
             let path = format!("/api/v1/query?query={}", url_encode(&expr));
-            let (code, body) = http_get(&prom.addr, &path).await.expect("query prometheus");
+            let (code, body) = common::http_get(&prom.addr, &path)
+                .await
+                .expect("query prometheus");
             let v: Value = serde_json::from_str(&body)
                 .unwrap_or_else(|e| panic!("{dash} / {title}: bad answer {code} ({e}): {body}"));
             assert_eq!(
