@@ -41,7 +41,7 @@ pub use client::{Client, ClientConfig};
 pub use cluster::{ClusterStatus, MemberStatus};
 pub use endpoint::parse_endpoint;
 pub use error::ClientError;
-pub use retry::Backoff;
+pub use retry::{Backoff, never_executed};
 pub use watch::WatchStream;
 
 /// Generated protobuf messages and gRPC clients/servers for `herald.v1`.

@@ -101,6 +101,13 @@ pub(crate) fn classify(status: &Status) -> Outcome {
     }
 }
 
+/// True when a failed call certainly did not execute on the server: the
+/// connection was never made, or the server refused before acting. Nodes use
+/// it too, to decide whether a forwarded write may be sent again.
+pub fn never_executed(status: &Status) -> bool {
+    classify(status) == Outcome::NotExecuted
+}
+
 fn is_connect_error(status: &Status) -> bool {
     let mut source = status.source();
     while let Some(err) = source {

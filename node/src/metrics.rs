@@ -166,7 +166,8 @@ pub struct Defs {
     pub raft_applied_index: Gauge,
     /// `herald_raft_snapshot_index`: last index in the latest snapshot.
     pub raft_snapshot_index: Gauge,
-    /// `herald_raft_proposals_total{result}`: proposals on this node as leader.
+    /// `herald_raft_proposals_total{result}`: proposals on this node as leader
+    /// (`committed`, `failed` = outcome unknown, `not_leader` = refused unappended).
     pub raft_proposals: Family<ResultLabel, Counter>,
     /// `herald_raft_commit_seconds`: leader append to committed-and-applied.
     pub raft_commit_seconds: Histogram,
@@ -465,7 +466,7 @@ impl Metrics {
 
     /// Creates the known label combinations at zero.
     fn precreate(&self) {
-        for result in ["committed", "failed"] {
+        for result in ["committed", "failed", "not_leader"] {
             let _ = self.raft_proposals.get_or_create(&ResultLabel { result });
         }
         for op in ["append", "vote", "snapshot"] {

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use ::herald_client::proto::RaftBlob;
 use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ReadPolicy, ServerState};
 use tokio::time::Instant;
 
@@ -285,7 +286,18 @@ impl Herald {
                 tracing::debug!(index = resp.log_id.index(), "committed and applied");
                 ForwardReply::Applied(resp.data.0)
             }
-            // The entry may have been appended before leadership moved.
+            // Refused before appending: this node was not (or no longer) a
+            // writable leader, so the caller may safely try the new one.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                m.raft_proposals
+                    .get_or_create(&crate::metrics::ResultLabel {
+                        result: "not_leader",
+                    })
+                    .inc();
+                ForwardReply::NotLeader
+            }
+            // Appended, then discarded or cut off: another leader may still
+            // commit it, so the outcome is unknown.
             Err(e) => {
                 m.raft_proposals
                     .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
@@ -374,14 +386,9 @@ impl Herald {
 }
 
 /// True when a failed call certainly did not reach the state machine: the
-/// receiver said so, or the connection was never made.
+/// receiver said so, or the connection was never made. A reset or closed
+/// connection is *not* proof: the request may have been appended before the
+/// leader died, and sending it again would apply it twice.
 pub fn certainly_not_sent(s: &tonic::Status) -> bool {
-    if s.metadata().get(NOT_APPLIED).is_some() {
-        return true;
-    }
-    if s.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let text = format!("{s:?}").to_ascii_lowercase();
-    text.contains("connect") || text.contains("connection refused")
+    s.metadata().get(NOT_APPLIED).is_some() || herald_client::never_executed(s)
 }

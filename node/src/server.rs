@@ -47,6 +47,14 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every),
         max_in_snapshot_log_to_keep: t.keep_logs_after_snapshot,
         install_snapshot_timeout: 30_000,
+        // A restarted leader must win an election like anyone else. Restoring
+        // leadership at once is only safe when the committed index and the
+        // state machine are durable on every commit; ours are not (the state
+        // is in memory and replays to the last *flushed* commit index), so a
+        // restored leader would answer ReadIndex reads from a state behind
+        // acknowledged writes. A new term's no-op entry fixes that: reads
+        // wait until it is committed and applied. Found by the chaos suite.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     Ok(rc.validate()?)
@@ -257,4 +265,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     node.shutdown().await;
     crate::telemetry::shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarted_leader_is_not_restored_without_an_election() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../cluster-configs/local-3/node1.toml"
+        );
+        let rc = raft_config(&Config::load(std::path::Path::new(path)).unwrap()).unwrap();
+        assert_eq!(rc.enable_leader_restore, Some(false));
+    }
 }

@@ -73,6 +73,26 @@ mod tests {
         assert!(!crate::node::certainly_not_sent(&s));
     }
 
+    /// Found by the chaos suite: a forward whose connection dropped after the
+    /// request left was taken as "never sent" (its text says "connection"),
+    /// so the follower proposed the write again through the next leader and
+    /// an old value was applied after newer ones.
+    #[test]
+    fn a_connection_lost_mid_call_may_have_applied() {
+        for kind in [
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionAborted,
+            std::io::ErrorKind::BrokenPipe,
+        ] {
+            let mut s = tonic::Status::unavailable("connection reset: connection closed");
+            s.set_source(std::sync::Arc::new(std::io::Error::from(kind)));
+            assert!(!crate::node::certainly_not_sent(&s), "{s:?}");
+        }
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let s = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        assert!(crate::node::certainly_not_sent(&s));
+    }
+
     #[test]
     fn invalid_argument_names_the_field() {
         let s = state_status(&StateError::invalid("uid", "must be 1..=128 bytes"));
