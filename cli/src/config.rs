@@ -83,7 +83,7 @@ impl Default for Raft {
             heartbeat_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
-            snapshot_every: 10_000,
+            snapshot_every: 100_000,
         }
     }
 }

@@ -218,7 +218,7 @@ impl Default for RaftTimings {
             heartbeat_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
-            snapshot_every: 10_000,
+            snapshot_every: 100_000,
             keep_logs_after_snapshot: 1_000,
             max_snapshot_bytes: 1 << 30,
             cache_bytes: 32 << 20,

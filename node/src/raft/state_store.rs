@@ -75,7 +75,7 @@ impl StateStore {
         let mut machine = Machine::default();
         if let Some(bytes) = snapshots.get(KEY_SNAPSHOT).map_err(io_err)? {
             let snap: StoredSnapshot = decode(&bytes)?;
-            machine.state = decode(&snap.data)?;
+            machine.state = State::from_snapshot(&snap.data).map_err(io::Error::other)?;
             machine.last_applied = snap.meta.last_log_id;
             machine.last_membership = snap.meta.last_membership;
         }
@@ -163,7 +163,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateStore {
                     last_log_id: m.last_applied,
                     last_membership: m.last_membership.clone(),
                 },
-                data: encode(&m.state)?,
+                data: m.state.to_snapshot().map_err(io::Error::other)?,
             }
         };
         self.persist_snapshot(&snap).await?;
@@ -246,7 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> io::Result<()> {
-        let state: State = decode(&snapshot)?;
+        let state = State::from_snapshot(&snapshot).map_err(io::Error::other)?;
         let snap = StoredSnapshot {
             meta: meta.clone(),
             data: snapshot,

@@ -145,7 +145,8 @@ pub enum Response {
     Done,
 }
 
-/// The whole replicated state. Snapshots are this struct in bincode.
+/// The whole replicated state. Snapshots are this struct in bincode
+/// ([`State::to_snapshot`]), less the per-replica watch history.
 ///
 /// Every collection is ordered (BTreeMap/BTreeSet), so equal states
 /// serialize to equal bytes on every replica.
@@ -159,6 +160,19 @@ pub struct State {
 }
 
 impl State {
+    /// Decodes a snapshot made by [`State::to_snapshot`].
+    pub fn from_snapshot(bytes: &[u8]) -> bincode::Result<State> {
+        let mut state: State = bincode::deserialize(bytes)?;
+        state.roster.restored(state.last_index);
+        Ok(state)
+    }
+
+    /// The snapshot form of the state: everything replicated, in bincode;
+    /// not the watch history, which each replica keeps for itself.
+    pub fn to_snapshot(&self) -> bincode::Result<Vec<u8>> {
+        bincode::serialize(self)
+    }
+
     /// Applies one committed command. `Err` = rejected, and the state is
     /// exactly as before (nothing half-applied) except for what the entry
     /// itself does to every state, as a [`Command::Tick`] would: the clock
