@@ -38,8 +38,10 @@ pub struct ClientConfig {
     /// HTTP/2 ping interval; a connection that misses pings for twice this is
     /// dropped, which is what ends a watch on a paused node.
     pub keep_alive_interval: Duration,
-    /// Send per-user calls (login, logout, permission, heartbeat, get) to the
-    /// uid's owner on the consistent-hash ring first.
+    /// Route per-user calls first: heartbeats and gets to the uid's owner on
+    /// the consistent-hash ring (it keeps the heartbeats), logins, logouts
+    /// and permission changes to the Raft leader (which commits them; via
+    /// the owner they would take one more hop). Off = plain fail-over order.
     pub route_by_owner: bool,
 }
 
@@ -108,7 +110,17 @@ struct Shared {
 struct Routing {
     ring: Option<crate::ring::Ring>,
     addrs: HashMap<u64, String>,
+    leader: Option<u64>,
     fetched: Option<Instant>,
+}
+
+/// Where a per-user call goes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// The uid's owner on the ring.
+    Owner,
+    /// The Raft leader.
+    Leader,
 }
 
 /// How long a fetched ring is used before it is fetched again.
@@ -693,10 +705,10 @@ impl Client {
 
     // ------------------------------------------------------------ plumbing
 
-    /// Runs one RPC with fail-over and retries; see the type's doc.
-    /// The client address of `uid`'s owner, from a ring over the voters
-    /// fetched at most every [`ROUTING_TTL`].
-    async fn owner_endpoint(&self, uid: &str) -> Option<String> {
+    /// The client address a per-user call for `uid` should try first, from
+    /// the members (ring over the voters, and the leader) fetched at most
+    /// every [`ROUTING_TTL`], or again after the leader was found gone.
+    async fn route_endpoint(&self, uid: &str, via: Via) -> Option<String> {
         let stale = {
             let mut r = self
                 .shared
@@ -718,6 +730,7 @@ impl Client {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             r.ring = Some(crate::ring::Ring::new(voters, crate::ring::DEFAULT_VNODES));
+            r.leader = (m.leader_id != 0).then_some(m.leader_id);
             r.addrs = m
                 .members
                 .iter()
@@ -729,11 +742,26 @@ impl Client {
             .routing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let owner = r.ring.as_ref()?.owner(uid)?;
-        r.addrs.get(&owner).cloned()
+        let node = match via {
+            Via::Owner => r.ring.as_ref()?.owner(uid)?,
+            Via::Leader => r.leader?,
+        };
+        r.addrs.get(&node).cloned()
     }
 
-    /// A per-user call: first to the uid's owner, then, if that node cannot
+    /// Forgets the leader after a call to it failed, and has the next routed
+    /// call fetch the members again.
+    fn leader_gone(&self) {
+        let mut r = self
+            .shared
+            .routing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        r.leader = None;
+        r.fetched = None;
+    }
+
+    /// A per-user call: first to its node (see [`Via`]), then, if that node cannot
     /// take it (certainly not executed, or a retryable outcome), the usual
     /// fail-over over the endpoints.
     async fn routed<Req, Resp, F, Fut>(
@@ -749,17 +777,32 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut + Clone,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        // Raft writes to the leader; reads and heartbeats to the owner.
+        let via = if effect == Effect::Write {
+            Via::Leader
+        } else {
+            Via::Owner
+        };
         if self.shared.config.route_by_owner
-            && let Some(endpoint) = self.owner_endpoint(uid).await
+            && let Some(endpoint) = self.route_endpoint(uid, via).await
         {
             match self
                 .call_on(&endpoint, method, effect, req.clone(), rpc.clone())
                 .await
             {
                 Ok(resp) => return Ok(resp),
-                Err(ClientError::Unavailable(_)) => {}
-                Err(e) if e.is_indeterminate() && effect != Effect::Write => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    let lost = matches!(e, ClientError::Unavailable(_)) || e.is_indeterminate();
+                    if via == Via::Leader && lost {
+                        self.leader_gone();
+                    }
+                    // Try the others only if it did not run, or may run twice.
+                    if !(matches!(e, ClientError::Unavailable(_))
+                        || (e.is_indeterminate() && effect != Effect::Write))
+                    {
+                        return Err(e);
+                    }
+                }
             }
         }
         self.call(method, effect, req, rpc).await

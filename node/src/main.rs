@@ -4,6 +4,12 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: a write allocates many short-lived
+/// buffers (gRPC frames, bincode, log entries), and malloc/free was a fifth
+/// of the node's CPU in the write-path profile (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "herald-node", version, about = "Run one Herald node")]
 struct Args {

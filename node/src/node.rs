@@ -330,6 +330,22 @@ impl Herald {
         }
     }
 
+    /// Keeps a heartbeat on this node, the uid's owner; false if the user's
+    /// client is not logged in. Logins go to the leader, so a client's first
+    /// heartbeat can arrive before this replica applied its login: a miss is
+    /// looked up again after catching up to the leader before it is reported.
+    pub async fn heartbeat_here(&self, uid: &str, client_type: &str) -> bool {
+        let known = {
+            let m = self.store().read();
+            self.ownership().heartbeat(&m.state, uid, client_type)
+        };
+        if known || self.linearize().await.is_err() {
+            return known;
+        }
+        let m = self.store().read();
+        self.ownership().heartbeat(&m.state, uid, client_type)
+    }
+
     /// Makes the next local read linearizable: waits until this node has
     /// applied everything committed before the call.
     pub async fn linearize(&self) -> Result<(), NodeError> {

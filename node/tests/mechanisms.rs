@@ -305,3 +305,60 @@ async fn ttl_expires_silent_clients_and_heartbeats_survive_owner_loss() {
         "{keep} went offline although it kept heartbeating"
     );
 }
+
+/// How many `method` calls node `id`'s client listener has answered.
+async fn served(c: &TestCluster, id: u64, method: &str) -> u64 {
+    let (_, body) = common::http_get(&c.http_addr(id), "/metrics")
+        .await
+        .expect("metrics");
+    let needle = format!("method=\"/herald.v1.Herald/{method}\",code=\"Ok\"}} ");
+    body.lines()
+        .filter(|l| {
+            l.starts_with("herald_api_requests_total{server=\"client\"") && l.contains(&needle)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_sends_writes_to_the_leader_and_heartbeats_to_the_owner() {
+    let c = TestCluster::start_custom(3, timings(), |cfg| {
+        cfg.failover.hold_ms = 600_000;
+    })
+    .await;
+    let leader = c.wait_leader().await;
+    let cl = c.client_lib();
+    let ring = ::herald_client::ring::Ring::new(c.alive(), ::herald_client::ring::DEFAULT_VNODES);
+    // Users owned by a follower: via the owner, each login would be forwarded.
+    let uids: Vec<String> = (0..)
+        .map(|i| format!("routed-{i}"))
+        .filter(|u| ring.owner(u) != Some(leader))
+        .take(10)
+        .collect();
+    for uid in &uids {
+        cl.login(login(uid, 0)).await.expect("login");
+        assert!(
+            cl.heartbeat(uid.clone(), "mobile")
+                .await
+                .expect("heartbeat")
+        );
+    }
+    let mut logins = HashMap::new();
+    let mut heartbeats = HashMap::new();
+    for id in c.alive() {
+        logins.insert(id, served(&c, id, "Login").await);
+        heartbeats.insert(id, served(&c, id, "Heartbeat").await);
+    }
+    assert_eq!(logins[&leader], 10, "logins per node: {logins:?}");
+    let mut want = HashMap::new();
+    for uid in &uids {
+        *want.entry(ring.owner(uid).unwrap()).or_insert(0u64) += 1;
+    }
+    for id in c.alive() {
+        assert_eq!(
+            heartbeats[&id],
+            want.get(&id).copied().unwrap_or(0),
+            "heartbeats per node: {heartbeats:?}, owners: {want:?}"
+        );
+    }
+}

@@ -166,11 +166,7 @@ impl HeraldApi for HeraldService {
         {
             return Ok(Response::new(HeartbeatResponse { known }));
         }
-        let m = self.node.store().read();
-        let known = self
-            .node
-            .ownership()
-            .heartbeat(&m.state, &r.uid, &r.client_type);
+        let known = self.node.heartbeat_here(&r.uid, &r.client_type).await;
         Ok(Response::new(HeartbeatResponse { known }))
     }
 

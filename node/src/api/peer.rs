@@ -150,11 +150,6 @@ impl Peer for PeerService {
     async fn heartbeat(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
         // Handled here whatever this node's view of the ring: never forwarded twice.
         let (uid, client_type): (String, String) = decode(&req.into_inner().data).map_err(bad)?;
-        let m = self.node.store().read();
-        let known = self
-            .node
-            .ownership()
-            .heartbeat(&m.state, &uid, &client_type);
-        blob(&known)
+        blob(&self.node.heartbeat_here(&uid, &client_type).await)
     }
 }
