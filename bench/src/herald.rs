@@ -124,6 +124,21 @@ impl HeraldCluster {
         }
     }
 
+    /// The leader once it is the lowest-numbered node (where numbered
+    /// failover settles when every node is up), or whoever leads after
+    /// `timeout`.
+    pub async fn settled_leader(&self, timeout: Duration) -> Result<u64> {
+        let preferred = self.ids().into_iter().min().unwrap_or(1);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leader = self.leader(timeout).await?;
+            if leader == preferred || Instant::now() >= deadline {
+                return Ok(leader);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Index (0-based, id order) of node `id`.
     pub fn index_of(&self, id: u64) -> usize {
         self.ids().iter().position(|&i| i == id).unwrap_or(0)

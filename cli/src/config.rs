@@ -80,9 +80,9 @@ impl Default for Raft {
     /// that losing the leader costs well under a second.
     fn default() -> Self {
         Raft {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
             snapshot_every: 100_000,
         }
     }

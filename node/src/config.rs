@@ -129,7 +129,7 @@ impl Default for FailoverConfig {
         FailoverConfig {
             failback: true,
             hold_ms: 3000,
-            election_bias_ms: 150,
+            election_bias_ms: 100,
             max_lag_entries: 100,
         }
     }
@@ -215,9 +215,9 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
             snapshot_every: 100_000,
             keep_logs_after_snapshot: 1_000,
             max_snapshot_bytes: 1 << 30,

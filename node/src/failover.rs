@@ -30,6 +30,14 @@ use crate::node::Herald;
 /// Election timeouts for this node: the configured range shifted up by
 /// `election_bias_ms` per rank of its number among the founding members
 /// (rank 0 for the lowest number), so lower numbers time out first.
+///
+/// What this means for fail-over time: openraft gives every voter a leader
+/// lease of its own `election_timeout_max` after the last heartbeat, and a
+/// voter inside its lease refuses (pre-)votes. The first campaign after a
+/// leader dies therefore usually fails and the second, one timeout later,
+/// wins: fail-over takes about two election timeouts of the next number
+/// (measured with 50 / 250-500 / bias 100 ms: 1.0-1.3 s from kill -9 to the
+/// next acknowledged write, of which ~1 s before the first node noticed).
 pub fn election_timeouts(config: &Config) -> (u64, u64) {
     let t = &config.raft;
     let rank = config

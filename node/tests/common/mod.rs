@@ -51,9 +51,15 @@ pub struct TestCluster {
 }
 
 pub fn timings() -> RaftTimings {
-    // The defaults: tighter timings make elections thrash when the test
-    // machine's two cores are busy compiling.
-    RaftTimings::default()
+    // Looser than the defaults (50 / 250-500 ms): several test clusters run
+    // at once on two cores, often beside a compiler, and tight timings make
+    // their elections thrash.
+    RaftTimings {
+        heartbeat_ms: 100,
+        election_timeout_min_ms: 400,
+        election_timeout_max_ms: 800,
+        ..RaftTimings::default()
+    }
 }
 
 fn channel(addr: &str) -> Channel {
