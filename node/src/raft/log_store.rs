@@ -26,6 +26,8 @@ use crate::metrics::Metrics;
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
 const KEY_COMMITTED: &[u8] = b"committed";
+/// Log entries removed per sled batch when purging.
+const PURGE_BATCH: usize = 1_000;
 
 /// The sled-backed log store. Cheap to clone: sled trees are shared handles.
 #[derive(Clone)]
@@ -202,12 +204,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: entries at or below it are ignored
         // by openraft, so a crash between the two steps is harmless.
         self.put_meta(KEY_PURGED, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(..=log_id.index().to_be_bytes()) {
-            let (k, _) = kv.map_err(io_err)?;
-            batch.remove(k);
+        // In small batches, yielding in between: one batch of 100 000
+        // removals stalled this node's runtime for over a second.
+        let upto = log_id.index().to_be_bytes();
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for kv in self.log.range(..=upto).take(PURGE_BATCH) {
+                let (k, _) = kv.map_err(io_err)?;
+                batch.remove(k);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            self.log.apply_batch(batch).map_err(io_err)?;
+            tokio::task::yield_now().await;
         }
-        self.log.apply_batch(batch).map_err(io_err)?;
-        Ok(())
     }
 }

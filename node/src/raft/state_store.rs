@@ -133,22 +133,51 @@ impl StateStore {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn persist_snapshot(&self, snap: &StoredSnapshot) -> io::Result<()> {
+    /// Makes `snap` the durable snapshot: encode, sled insert, flush. Blocking
+    /// (a snapshot of a million records is ~150 MB): run it off the runtime.
+    fn persist_snapshot_blocking(&self, snap: &StoredSnapshot) -> io::Result<()> {
         let bytes = encode(snap)?;
         self.inner
             .snapshots
             .insert(KEY_SNAPSHOT, bytes)
             .map_err(io_err)?;
-        let db = self.inner.db.clone();
-        let metrics = self.inner.metrics.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let r = db.flush().map(|_| ()).map_err(io_err);
-            metrics.observe_fsync("snapshot", started);
-            r
-        })
-        .await
-        .map_err(io::Error::other)?
+        let started = std::time::Instant::now();
+        let r = self.inner.db.flush().map(|_| ()).map_err(io_err);
+        self.inner.metrics.observe_fsync("snapshot", started);
+        r
+    }
+
+    /// Runs `f` on the blocking pool with a clone of this store.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(StateStore) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(store))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// The write lock for apply. Uncontended it is taken at once; while a
+    /// snapshot is being encoded under the read lock it may take a while, so
+    /// on a multi-thread runtime the wait hands this worker's other tasks
+    /// (heartbeats, RPCs) to another thread.
+    fn write_machine_for_apply(&self) -> std::sync::RwLockWriteGuard<'_, Machine> {
+        use std::sync::TryLockError;
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match self.inner.machine.try_write() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                if Handle::try_current()
+                    .is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+                {
+                    tokio::task::block_in_place(|| self.write_machine())
+                } else {
+                    self.write_machine()
+                }
+            }
+        }
     }
 }
 
@@ -156,17 +185,24 @@ impl RaftSnapshotBuilder<TypeConfig> for StateStore {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let snap = {
-            let m = self.read();
-            StoredSnapshot {
-                meta: SnapshotMeta {
-                    last_log_id: m.last_applied,
-                    last_membership: m.last_membership.clone(),
-                },
-                data: m.state.to_snapshot().map_err(io::Error::other)?,
-            }
-        };
-        self.persist_snapshot(&snap).await?;
+        // Encoding takes the read lock for as long as it runs; do it on the
+        // blocking pool so this runtime's workers keep serving meanwhile.
+        let snap = self
+            .blocking(|store| {
+                let snap = {
+                    let m = store.read();
+                    StoredSnapshot {
+                        meta: SnapshotMeta {
+                            last_log_id: m.last_applied,
+                            last_membership: m.last_membership.clone(),
+                        },
+                        data: m.state.to_snapshot().map_err(io::Error::other)?,
+                    }
+                };
+                store.persist_snapshot_blocking(&snap)?;
+                Ok(snap)
+            })
+            .await?;
         self.inner.metrics.raft_snapshot_builds.inc();
         tracing::info!(
             index = ?snap.meta.last_log_id.as_ref().map(|l| l.index()),
@@ -205,7 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 entries = batch.len()
             )
             .entered();
-            let mut m = self.write_machine();
+            let mut m = self.write_machine_for_apply();
             for (entry, responder) in batch {
                 let log_id = entry.log_id();
                 let index = log_id.index();
@@ -246,13 +282,20 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> io::Result<()> {
-        let state = State::from_snapshot(&snapshot).map_err(io::Error::other)?;
-        let snap = StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot,
-        };
-        // Durable first: if we crash after this, restart loads the new state.
-        self.persist_snapshot(&snap).await?;
+        let meta_owned = meta.clone();
+        // Decode and make durable off the runtime; durable first: if we crash
+        // after this, restart loads the new state.
+        let (state, snap) = self
+            .blocking(move |store| {
+                let state = State::from_snapshot(&snapshot).map_err(io::Error::other)?;
+                let snap = StoredSnapshot {
+                    meta: meta_owned,
+                    data: snapshot,
+                };
+                store.persist_snapshot_blocking(&snap)?;
+                Ok((state, snap))
+            })
+            .await?;
         let index = {
             let mut m = self.write_machine();
             m.state = state;
