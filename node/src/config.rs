@@ -360,7 +360,7 @@ http = "127.0.0.1:7301"
     fn parses_and_defaults() {
         let c: Config = toml::from_str(GOOD).unwrap();
         c.validate().unwrap();
-        assert_eq!(c.raft.heartbeat_ms, 100);
+        assert_eq!(c.raft.heartbeat_ms, 50);
     }
 
     #[test]

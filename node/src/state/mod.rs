@@ -25,6 +25,7 @@ pub mod presence;
 pub mod sessions;
 #[cfg(test)]
 mod tests;
+pub mod vecmap;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::limits::{
     EVENT_HISTORY, MAX_CLIENT_TYPE_BYTES, MAX_UID_BYTES, check_ext, check_len, check_ttl,
 };
+use super::vecmap::VecMap;
 use super::{Entry, StateError};
 
 /// One online client of a user.
@@ -41,11 +42,11 @@ pub struct PresenceRecord {
     /// The user's public service number.
     pub sid: u64,
     /// Online clients by client type; empty = offline.
-    pub clients: BTreeMap<String, ClientEntry>,
+    pub clients: VecMap<String, ClientEntry>,
     /// Whether the user accepts sessions from strangers.
     pub accept_strangers: bool,
     /// Free extension data.
-    pub ext: BTreeMap<String, String>,
+    pub ext: VecMap<String, String>,
     /// Cluster time of the last change.
     pub updated_at_ms: u64,
     /// Log index of the last change; strictly increases with every change.
@@ -252,9 +253,9 @@ impl Roster {
             .or_insert_with(|| PresenceRecord {
                 uid: cmd.uid.clone(),
                 sid: cmd.sid,
-                clients: BTreeMap::new(),
+                clients: VecMap::new(),
                 accept_strangers: cmd.accept_strangers,
-                ext: BTreeMap::new(),
+                ext: VecMap::new(),
                 updated_at_ms: 0,
                 revision: 0,
             });
@@ -270,7 +271,7 @@ impl Roster {
         record.sid = cmd.sid;
         record.accept_strangers = cmd.accept_strangers;
         if !cmd.ext.is_empty() {
-            record.ext = cmd.ext.clone();
+            record.ext = VecMap::from(&cmd.ext);
         }
         stamp(record, at);
         let after = record.clone();
@@ -325,7 +326,7 @@ impl Roster {
         if cmd.reason == LogoutReason::User {
             record.sid = cmd.sid;
             if !cmd.ext.is_empty() {
-                record.ext = cmd.ext.clone();
+                record.ext = VecMap::from(&cmd.ext);
             }
         }
         stamp(record, at);
@@ -354,7 +355,7 @@ impl Roster {
         record.sid = cmd.sid;
         record.accept_strangers = cmd.accept_strangers;
         if !cmd.ext.is_empty() {
-            record.ext = cmd.ext.clone();
+            record.ext = VecMap::from(&cmd.ext);
         }
         stamp(record, at);
         let after = record.clone();
