@@ -84,7 +84,11 @@ pub fn record_pb(r: &state::PresenceRecord) -> pb::PresenceRecord {
             })
             .collect(),
         accept_strangers: r.accept_strangers,
-        ext: r.ext.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ext: r
+            .ext
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
         updated_at_ms: r.updated_at_ms,
         revision: r.revision,
     }

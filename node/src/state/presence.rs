@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::limits::{
     EVENT_HISTORY, MAX_CLIENT_TYPE_BYTES, MAX_UID_BYTES, check_ext, check_len, check_ttl,
 };
-use super::vecmap::VecMap;
+use super::vecmap::{StrMap, VecMap};
 use super::{Entry, StateError};
 
 /// One online client of a user.
@@ -46,7 +46,7 @@ pub struct PresenceRecord {
     /// Whether the user accepts sessions from strangers.
     pub accept_strangers: bool,
     /// Free extension data.
-    pub ext: VecMap<String, String>,
+    pub ext: StrMap,
     /// Cluster time of the last change.
     pub updated_at_ms: u64,
     /// Log index of the last change; strictly increases with every change.
@@ -255,7 +255,7 @@ impl Roster {
                 sid: cmd.sid,
                 clients: VecMap::new(),
                 accept_strangers: cmd.accept_strangers,
-                ext: VecMap::new(),
+                ext: StrMap::new(),
                 updated_at_ms: 0,
                 revision: 0,
             });
@@ -271,7 +271,7 @@ impl Roster {
         record.sid = cmd.sid;
         record.accept_strangers = cmd.accept_strangers;
         if !cmd.ext.is_empty() {
-            record.ext = VecMap::from(&cmd.ext);
+            record.ext = StrMap::from(&cmd.ext);
         }
         stamp(record, at);
         let after = record.clone();
@@ -326,7 +326,7 @@ impl Roster {
         if cmd.reason == LogoutReason::User {
             record.sid = cmd.sid;
             if !cmd.ext.is_empty() {
-                record.ext = VecMap::from(&cmd.ext);
+                record.ext = StrMap::from(&cmd.ext);
             }
         }
         stamp(record, at);
@@ -355,7 +355,7 @@ impl Roster {
         record.sid = cmd.sid;
         record.accept_strangers = cmd.accept_strangers;
         if !cmd.ext.is_empty() {
-            record.ext = VecMap::from(&cmd.ext);
+            record.ext = StrMap::from(&cmd.ext);
         }
         stamp(record, at);
         let after = record.clone();
@@ -557,7 +557,7 @@ mod tests {
         cmd.ttl_ms = 0;
         let r = record(h.ok(Command::Login(cmd)));
         assert_eq!(r.sid, 2);
-        assert_eq!(r.ext["city"], "Xi'an");
+        assert_eq!(r.ext.get("city"), Some("Xi'an"));
         assert_eq!(r.clients["tv"].ttl_ms, 0);
         assert_eq!(r.clients["tv"].since_ms, h.time_ms);
         assert_eq!(h.state.online_counts()["tv"], 1);
@@ -601,7 +601,7 @@ mod tests {
         })));
         assert!(!r.accept_strangers);
         assert_eq!(r.sid, 99);
-        assert_eq!(r.ext["k"], "v");
+        assert_eq!(r.ext.get("k"), Some("v"));
         assert!(r.online());
     }
 
