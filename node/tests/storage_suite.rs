@@ -23,7 +23,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for SledB
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         let log =
             LogStore::open(&db).map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-        let sm = StateStore::open(&db)
+        let sm = StateStore::open(&db, dir.path())
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         Ok((dir, log, sm))
     }

@@ -168,6 +168,19 @@ impl State {
         Ok(state)
     }
 
+    /// A copy of everything a snapshot holds, made in milliseconds even with
+    /// a million users (records are shared pointers), so a snapshot can be
+    /// encoded from it without holding the state lock.
+    pub fn snapshot_view(&self) -> State {
+        State {
+            last_index: self.last_index,
+            now_ms: self.now_ms,
+            roster: self.roster.snapshot_view(),
+            sessions: self.sessions.clone(),
+            accounts: self.accounts.clone(),
+        }
+    }
+
     /// The snapshot form of the state: everything replicated, in bincode;
     /// not the watch history, which each replica keeps for itself.
     pub fn to_snapshot(&self) -> bincode::Result<Vec<u8>> {

@@ -14,6 +14,7 @@
 //! user out.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -213,7 +214,11 @@ impl Permission {
 /// bytes with 100 000 retained events), which is what made snapshots costly.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub(crate) struct Roster {
-    records: BTreeMap<String, PresenceRecord>,
+    /// Shared pointers, so a snapshot can take a copy of the map under the
+    /// state lock in milliseconds and encode it after the lock is released
+    /// ([`Roster::snapshot_view`]); a change copies only the record it
+    /// touches, and only while a snapshot still holds it.
+    records: BTreeMap<Arc<str>, Arc<PresenceRecord>>,
     /// The newest [`EVENT_HISTORY`] events, in revision order.
     #[serde(skip)]
     history: VecDeque<PresenceEvent>,
@@ -228,7 +233,18 @@ pub(crate) struct Roster {
 
 impl Roster {
     pub(crate) fn get(&self, uid: &str) -> Option<&PresenceRecord> {
-        self.records.get(uid)
+        self.records.get(uid).map(|r| &**r)
+    }
+
+    /// What a snapshot encodes: the records (pointer copies) and counts,
+    /// without the watch history. Cheap enough to take under the state lock.
+    pub(crate) fn snapshot_view(&self) -> Roster {
+        Roster {
+            records: self.records.clone(),
+            history: VecDeque::new(),
+            compacted_revision: 0,
+            online_by_client: self.online_by_client.clone(),
+        }
     }
 
     /// After loading a snapshot taken at `last_index`: events up to there
@@ -239,7 +255,7 @@ impl Roster {
     }
 
     pub(crate) fn records(&self) -> impl Iterator<Item = &PresenceRecord> {
-        self.records.values()
+        self.records.values().map(|r| &**r)
     }
 
     pub(crate) fn online_counts(&self) -> BTreeMap<String, u64> {
@@ -249,16 +265,19 @@ impl Roster {
     pub(crate) fn login(&mut self, at: Entry, cmd: &Login) -> PresenceRecord {
         let record = self
             .records
-            .entry(cmd.uid.clone())
-            .or_insert_with(|| PresenceRecord {
-                uid: cmd.uid.clone(),
-                sid: cmd.sid,
-                clients: VecMap::new(),
-                accept_strangers: cmd.accept_strangers,
-                ext: StrMap::new(),
-                updated_at_ms: 0,
-                revision: 0,
+            .entry(Arc::from(cmd.uid.as_str()))
+            .or_insert_with(|| {
+                Arc::new(PresenceRecord {
+                    uid: cmd.uid.clone(),
+                    sid: cmd.sid,
+                    clients: VecMap::new(),
+                    accept_strangers: cmd.accept_strangers,
+                    ext: StrMap::new(),
+                    updated_at_ms: 0,
+                    revision: 0,
+                })
             });
+        let record = Arc::make_mut(record);
         let entry = ClientEntry {
             client_type: cmd.client_type.clone(),
             since_ms: at.time_ms,
@@ -289,7 +308,7 @@ impl Roster {
         // Check everything first: a refused logout leaves no trace.
         let record = self
             .records
-            .get(&cmd.uid)
+            .get(cmd.uid.as_str())
             .ok_or_else(|| StateError::not_found(format!("user {:?}", cmd.uid)))?;
         let gone: Vec<String> = match &cmd.client_type {
             Some(client_type) => {
@@ -317,7 +336,7 @@ impl Roster {
             None => record.clients.keys().cloned().collect(),
         };
 
-        let Some(record) = self.records.get_mut(&cmd.uid) else {
+        let Some(record) = self.records.get_mut(cmd.uid.as_str()).map(Arc::make_mut) else {
             return Err(StateError::not_found(format!("user {:?}", cmd.uid)));
         };
         for client_type in &gone {
@@ -350,7 +369,8 @@ impl Roster {
     ) -> Result<PresenceRecord, StateError> {
         let record = self
             .records
-            .get_mut(&cmd.uid)
+            .get_mut(cmd.uid.as_str())
+            .map(Arc::make_mut)
             .ok_or_else(|| StateError::not_found(format!("user {:?}", cmd.uid)))?;
         record.sid = cmd.sid;
         record.accept_strangers = cmd.accept_strangers;
@@ -434,7 +454,7 @@ impl Roster {
     pub(crate) fn check_invariants(&self) {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         for (uid, record) in &self.records {
-            assert_eq!(uid, &record.uid);
+            assert_eq!(&**uid, record.uid.as_str());
             for (client_type, client) in &record.clients {
                 assert_eq!(client_type, &client.client_type);
                 *counts.entry(client_type.clone()).or_default() += 1;

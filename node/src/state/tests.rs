@@ -188,6 +188,33 @@ fn snapshots_leave_out_the_watch_history_and_a_restore_reports_it_compacted() {
     assert_eq!(events[0].revision, next);
 }
 
+#[test]
+fn a_snapshot_view_is_the_snapshot_and_later_changes_do_not_reach_it() {
+    let mut h = Harness::new();
+    let login = |v: &str| {
+        Command::Login(Login {
+            uid: "u".into(),
+            sid: 1,
+            client_type: "pc".into(),
+            accept_strangers: true,
+            ext: BTreeMap::from([("v".into(), v.into())]),
+            ttl_ms: 0,
+        })
+    };
+    h.ok(login("1"));
+    let view = h.state.snapshot_view();
+    let at_view = h.state.to_snapshot().unwrap();
+    assert_eq!(view.to_snapshot().unwrap(), at_view);
+    h.ok(login("2"));
+    assert_eq!(
+        view.to_snapshot().unwrap(),
+        at_view,
+        "the view changed with the state"
+    );
+    assert_eq!(view.presence("u").unwrap().ext.get("v"), Some("1"));
+    assert_eq!(h.state.presence("u").unwrap().ext.get("v"), Some("2"));
+}
+
 // ---------------------------------------------------------------- properties
 
 const UIDS: [&str; 3] = ["ann", "bob", "cat"];
