@@ -710,11 +710,7 @@ impl Client {
     /// every [`ROUTING_TTL`], or again after the leader was found gone.
     async fn route_endpoint(&self, uid: &str, via: Via) -> Option<String> {
         let stale = {
-            let mut r = self
-                .shared
-                .routing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut r = self.routing();
             let stale = r.fetched.is_none_or(|t| t.elapsed() >= ROUTING_TTL);
             if stale {
                 // Claimed now, so concurrent calls do not all refetch.
@@ -724,11 +720,7 @@ impl Client {
         };
         if stale && let Ok(m) = self.members().await {
             let voters: Vec<u64> = m.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
-            let mut r = self
-                .shared
-                .routing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut r = self.routing();
             r.ring = Some(crate::ring::Ring::new(voters, crate::ring::DEFAULT_VNODES));
             r.leader = (m.leader_id != 0).then_some(m.leader_id);
             r.addrs = m
@@ -737,11 +729,7 @@ impl Client {
                 .map(|m| (m.id, m.client_addr.clone()))
                 .collect();
         }
-        let r = self
-            .shared
-            .routing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let r = self.routing();
         let node = match via {
             Via::Owner => r.ring.as_ref()?.owner(uid)?,
             Via::Leader => r.leader?,
@@ -749,14 +737,17 @@ impl Client {
         r.addrs.get(&node).cloned()
     }
 
+    fn routing(&self) -> std::sync::MutexGuard<'_, Routing> {
+        self.shared
+            .routing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Forgets the leader after a call to it failed, and has the next routed
     /// call fetch the members again.
     fn leader_gone(&self) {
-        let mut r = self
-            .shared
-            .routing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut r = self.routing();
         r.leader = None;
         r.fetched = None;
     }

@@ -333,13 +333,6 @@ async fn load(c: &TestCluster) -> (u64, u64) {
     (leader, follower)
 }
 
-/// The value of one sample (`name` or `name{labels}`) in Prometheus text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
     let started = std::time::Instant::now();
@@ -390,7 +383,7 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
         ("herald_presence_online_users{client_type=\"pc\"}", 2.0),
     ] {
         assert_eq!(
-            sample(&on_leader, series),
+            common::sample(&on_leader, series),
             Some(want),
             "{series}\n{on_leader}"
         );
@@ -399,8 +392,15 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
         .await
         .expect("follower /metrics");
     let bad = "herald_api_requests_total{server=\"client\",method=\"/herald.v1.Herald/Login\",code=\"InvalidArgument\"}";
-    assert_eq!(sample(&on_follower, bad), Some(1.0), "{on_follower}");
-    assert_eq!(sample(&on_follower, "herald_raft_is_leader"), Some(0.0));
+    assert_eq!(
+        common::sample(&on_follower, bad),
+        Some(1.0),
+        "{on_follower}"
+    );
+    assert_eq!(
+        common::sample(&on_follower, "herald_raft_is_leader"),
+        Some(0.0)
+    );
     let targets: Vec<String> = c.alive().iter().map(|id| c.http_addr(*id)).collect();
     for t in &targets {
         let (code, body) = common::http_get(t, "/metrics").await.expect("GET /metrics");

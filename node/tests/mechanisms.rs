@@ -311,13 +311,10 @@ async fn served(c: &TestCluster, id: u64, method: &str) -> u64 {
     let (_, body) = common::http_get(&c.http_addr(id), "/metrics")
         .await
         .expect("metrics");
-    let needle = format!("method=\"/herald.v1.Herald/{method}\",code=\"Ok\"}} ");
-    body.lines()
-        .filter(|l| {
-            l.starts_with("herald_api_requests_total{server=\"client\"") && l.contains(&needle)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let series = format!(
+        "herald_api_requests_total{{server=\"client\",method=\"/herald.v1.Herald/{method}\",code=\"Ok\"}}"
+    );
+    common::sample(&body, &series).unwrap_or(0.0) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

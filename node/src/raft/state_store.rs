@@ -195,28 +195,6 @@ impl StateStore {
             .await
             .map_err(io::Error::other)?
     }
-
-    /// The write lock for apply. Uncontended it is taken at once; while a
-    /// snapshot is being encoded under the read lock it may take a while, so
-    /// on a multi-thread runtime the wait hands this worker's other tasks
-    /// (heartbeats, RPCs) to another thread.
-    fn write_machine_for_apply(&self) -> std::sync::RwLockWriteGuard<'_, Machine> {
-        use std::sync::TryLockError;
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        match self.inner.machine.try_write() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                if Handle::try_current()
-                    .is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
-                {
-                    tokio::task::block_in_place(|| self.write_machine())
-                } else {
-                    self.write_machine()
-                }
-            }
-        }
-    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateStore {
@@ -283,7 +261,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 entries = batch.len()
             )
             .entered();
-            let mut m = self.write_machine_for_apply();
+            let mut m = self.write_machine();
             for (entry, responder) in batch {
                 let log_id = entry.log_id();
                 let index = log_id.index();
@@ -365,5 +343,64 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             }
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::state::presence::Login;
+    use crate::state::{Command, Entry as SmEntry};
+
+    /// Snapshots used to be a value in the sled tree `snapshot`; a data dir
+    /// from then must still come back with its state, or everything the
+    /// purged log held would be gone.
+    #[test]
+    fn a_snapshot_an_older_version_kept_in_sled_is_still_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("sled"))
+            .open()
+            .unwrap();
+        let mut state = State::default();
+        let login = Command::Login(Login {
+            uid: "old".into(),
+            sid: 1,
+            client_type: "pc".into(),
+            accept_strangers: true,
+            ext: BTreeMap::new(),
+            ttl_ms: 0,
+        });
+        state
+            .apply(
+                SmEntry {
+                    index: 7,
+                    time_ms: 1,
+                },
+                &login,
+            )
+            .unwrap();
+        let snap = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, 7)),
+                last_membership: StoredMembership::default(),
+            },
+            data: state.to_snapshot().unwrap(),
+        };
+        let legacy = db.open_tree("snapshot").unwrap();
+        legacy.insert(KEY_SNAPSHOT, encode(&snap).unwrap()).unwrap();
+
+        let store = StateStore::open(&db, dir.path()).unwrap();
+        assert!(store.read().state.presence("old").is_some());
+        assert_eq!(*store.applied().borrow(), 7);
+        assert!(store.snapshot_bytes() > 0);
+        // Once a new snapshot is written, the file is what is read.
+        store.persist_snapshot_blocking(&snap).unwrap();
+        assert!(dir.path().join(SNAPSHOT_FILE).exists());
+        legacy.remove(KEY_SNAPSHOT).unwrap();
+        let again = StateStore::open(&db, dir.path()).unwrap();
+        assert!(again.read().state.presence("old").is_some());
     }
 }

@@ -263,21 +263,25 @@ impl Roster {
     }
 
     pub(crate) fn login(&mut self, at: Entry, cmd: &Login) -> PresenceRecord {
-        let record = self
-            .records
-            .entry(Arc::from(cmd.uid.as_str()))
-            .or_insert_with(|| {
-                Arc::new(PresenceRecord {
-                    uid: cmd.uid.clone(),
-                    sid: cmd.sid,
-                    clients: VecMap::new(),
-                    accept_strangers: cmd.accept_strangers,
-                    ext: StrMap::new(),
-                    updated_at_ms: 0,
-                    revision: 0,
-                })
-            });
-        let record = Arc::make_mut(record);
+        // Look up first: a key is allocated only for a new user.
+        if !self.records.contains_key(cmd.uid.as_str()) {
+            let record = PresenceRecord {
+                uid: cmd.uid.clone(),
+                sid: cmd.sid,
+                clients: VecMap::new(),
+                accept_strangers: cmd.accept_strangers,
+                ext: StrMap::new(),
+                updated_at_ms: 0,
+                revision: 0,
+            };
+            self.records
+                .insert(Arc::from(cmd.uid.as_str()), Arc::new(record));
+        }
+        let record = Arc::make_mut(
+            self.records
+                .get_mut(cmd.uid.as_str())
+                .expect("inserted above"),
+        );
         let entry = ClientEntry {
             client_type: cmd.client_type.clone(),
             since_ms: at.time_ms,

@@ -383,3 +383,10 @@ pub fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// The value of one sample (`name` or `name{labels}`) in Prometheus text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
