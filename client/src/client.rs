@@ -123,6 +123,10 @@ enum Via {
     Leader,
 }
 
+/// Response metadata a node adds to a write it forwarded to the Raft
+/// leader: the leader's id. The client routes its next writes there.
+pub const LEADER_HINT: &str = "herald-leader";
+
 /// How long a fetched ring is used before it is fetched again.
 const ROUTING_TTL: Duration = Duration::from_secs(10);
 
@@ -744,6 +748,20 @@ impl Client {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Routes writes to node `id`, which a node named as the leader. Fetches
+    /// the members again when `id` is not among those known.
+    fn leader_is(&self, id: u64) {
+        let mut r = self.routing();
+        if r.leader == Some(id) {
+            return;
+        }
+        if r.addrs.contains_key(&id) {
+            r.leader = Some(id);
+        } else {
+            r.fetched = None;
+        }
+    }
+
     /// Forgets the leader after a call to it failed, and has the next routed
     /// call fetch the members again.
     fn leader_gone(&self) {
@@ -773,6 +791,26 @@ impl Client {
             Via::Leader
         } else {
             Via::Owner
+        };
+        // A node that forwarded a write names the leader: route there next.
+        let rpc = {
+            let client = self.clone();
+            move |ch: Channel, r: tonic::Request<Req>| {
+                let call = rpc(ch, r);
+                let client = client.clone();
+                async move {
+                    let resp = call.await?;
+                    if let Some(id) = resp
+                        .metadata()
+                        .get(LEADER_HINT)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                    {
+                        client.leader_is(id);
+                    }
+                    Ok(resp)
+                }
+            }
         };
         if self.shared.config.route_by_owner
             && let Some(endpoint) = self.route_endpoint(uid, via).await

@@ -37,7 +37,7 @@ mod retry;
 pub mod ring;
 mod watch;
 
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, LEADER_HINT};
 pub use cluster::{ClusterStatus, MemberStatus};
 pub use endpoint::parse_endpoint;
 pub use error::ClientError;

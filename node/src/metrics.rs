@@ -518,7 +518,7 @@ impl Metrics {
                 .get_or_create(&ChangeLabel { kind })
                 .inc();
         };
-        match (&p.cmd, result) {
+        match (&*p.cmd, result) {
             (Command::Login(_), Ok(_)) => change("login"),
             (Command::Logout(l), Ok(_)) => change(match l.reason {
                 LogoutReason::User => "logout",

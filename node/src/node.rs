@@ -269,7 +269,7 @@ impl Herald {
         }
         let proposal = Proposal {
             time_ms: self.inner.clock.now_ms(),
-            cmd,
+            cmd: std::sync::Arc::new(cmd),
         };
         let started = std::time::Instant::now();
         let m = &self.inner.metrics;

@@ -359,3 +359,44 @@ async fn the_client_library_sends_writes_to_the_leader_and_heartbeats_to_the_own
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_cached_an_old_leader_follows_the_leader_a_follower_names() {
+    let c = TestCluster::start_custom(3, timings(), |cfg| {
+        cfg.failover.hold_ms = 600_000;
+    })
+    .await;
+    let old = c.wait_leader().await;
+    let cl = c.client_lib();
+    // The client learns the leader with its first write, for ROUTING_TTL.
+    cl.login(login("hint-0", 0)).await.expect("login");
+    let new = c.alive().into_iter().find(|&id| id != old).unwrap();
+    c.admin(old)
+        .transfer_leader(TransferLeaderRequest { to: new })
+        .await
+        .expect("transfer leadership");
+    c.wait_for("the new leader", || async {
+        (c.status(new).await?.role == "leader").then_some(())
+    })
+    .await;
+    let before = (
+        served(&c, old, "Login").await,
+        served(&c, new, "Login").await,
+    );
+    for i in 1..=10 {
+        cl.login(login(&format!("hint-{i}"), 0))
+            .await
+            .expect("login");
+    }
+    let after = (
+        served(&c, old, "Login").await,
+        served(&c, new, "Login").await,
+    );
+    // The first goes to the cached (old) leader, which forwards it and names
+    // the new one; the other nine go straight to the new leader.
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 9),
+        "logins served by the old and the new leader"
+    );
+}

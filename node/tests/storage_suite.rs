@@ -21,8 +21,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for SledB
             .cache_capacity(4 << 20)
             .open()
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-        let log =
-            LogStore::open(&db).map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let log = LogStore::open(&db, dir.path())
+            .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         let sm = StateStore::open(&db, dir.path())
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         Ok((dir, log, sm))

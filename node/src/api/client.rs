@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 
+use ::herald_client::LEADER_HINT;
 use ::herald_client::proto::herald_server::Herald as HeraldApi;
 use ::herald_client::proto::*;
 use futures::Stream;
@@ -33,6 +34,23 @@ impl HeraldService {
 
     async fn propose(&self, cmd: Command) -> Result<state::Response, Status> {
         Ok(self.node.propose(cmd).await?)
+    }
+
+    /// A presence write the client routes to the leader: proposed, and when
+    /// this node is not the leader (it forwarded the write), answered with
+    /// the leader's id in [`LEADER_HINT`] so the client's next write goes
+    /// there directly instead of taking this hop again.
+    async fn presence_write(
+        &self,
+        cmd: Command,
+    ) -> Result<Response<PresenceWriteResponse>, Status> {
+        let mut resp = presence_reply(self.propose(cmd).await?)?;
+        if !self.node.is_leader()
+            && let Some((leader, _)) = self.node.leader()
+        {
+            resp.metadata_mut().insert(LEADER_HINT, leader.into());
+        }
+        Ok(resp)
     }
 
     /// Passes a heartbeat to the uid's owner; `None` if it cannot be reached.
@@ -133,7 +151,7 @@ impl HeraldApi for HeraldService {
         req: Request<LoginRequest>,
     ) -> Result<Response<PresenceWriteResponse>, Status> {
         let cmd = Command::Login(cv::login(req.into_inner()));
-        presence_reply(self.propose(cmd).await?)
+        self.presence_write(cmd).await
     }
 
     async fn logout(
@@ -141,7 +159,7 @@ impl HeraldApi for HeraldService {
         req: Request<LogoutRequest>,
     ) -> Result<Response<PresenceWriteResponse>, Status> {
         let cmd = Command::Logout(cv::logout(req.into_inner()));
-        presence_reply(self.propose(cmd).await?)
+        self.presence_write(cmd).await
     }
 
     async fn change_permission(
@@ -149,7 +167,7 @@ impl HeraldApi for HeraldService {
         req: Request<PermissionRequest>,
     ) -> Result<Response<PresenceWriteResponse>, Status> {
         let cmd = Command::Permission(cv::permission(req.into_inner()));
-        presence_reply(self.propose(cmd).await?)
+        self.presence_write(cmd).await
     }
 
     async fn heartbeat(

@@ -38,8 +38,9 @@ pub struct Member {
 pub struct Proposal {
     /// Leader's cluster time when it proposed, in ms since the epoch.
     pub time_ms: u64,
-    /// What to apply.
-    pub cmd: Command,
+    /// What to apply. Shared: the log store keeps recent entries in memory
+    /// and hands out clones of them.
+    pub cmd: std::sync::Arc<Command>,
 }
 
 impl fmt::Display for Proposal {
