@@ -116,9 +116,11 @@ impl Recent {
         }
     }
 
-    /// Entries `from..to`, when all of them are here.
+    /// Entries `from..to`, when all of them are here. Empty (after a
+    /// restart, before the first append) it knows nothing: the log's tail
+    /// is in sled.
     fn get(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
-        if from < self.first || to > self.end() || from > to {
+        if self.entries.is_empty() || from < self.first || to > self.end() || from > to {
             return None;
         }
         let (a, b) = ((from - self.first) as usize, (to - self.first) as usize);
@@ -538,6 +540,21 @@ mod tests {
         let mut reopened = LogStore::open(&db, dir.path()).unwrap();
         let got = reopened.try_get_log_entries(2_400..).await.unwrap();
         assert_eq!(indices(&got), (2_501..3_001).collect::<Vec<_>>());
+        let got = reopened.try_get_log_entries(2_990..2_995).await.unwrap();
+        assert_eq!(indices(&got), (2_990..2_995).collect::<Vec<_>>());
+    }
+
+    /// What openraft does first after a restart: read the head of the log.
+    /// The (empty) cache must not answer for it.
+    #[tokio::test]
+    async fn a_reopened_store_reads_its_log_from_sled() {
+        let (dir, mut store) = store();
+        append(&mut store, 0..100).await;
+        let db = store.db.clone();
+        drop(store);
+        let mut reopened = LogStore::open(&db, dir.path()).unwrap();
+        let got = reopened.try_get_log_entries(0..64).await.unwrap();
+        assert_eq!(indices(&got), (0..64).collect::<Vec<_>>());
     }
 
     /// The purge point is honoured from disk too: entries the purger had
