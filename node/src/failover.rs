@@ -15,6 +15,20 @@
 //! preferred node must stay preferred for all of it, and after a handover
 //! the (new) leader waits a hold time before considering another, so
 //! leadership never flaps.
+//!
+//! And a third, for fail-over time: the *takeover* ([`run_takeover`]).
+//! openraft gives every voter a leader lease of its own
+//! `election_timeout_max` after the last heartbeat, and a voter inside its
+//! lease refuses votes; with the biased timeouts the next number's first
+//! campaign after a leader dies usually lands inside the others' leases
+//! and fails, and the second one wins a whole timeout later (1.0-1.3 s
+//! from kill -9 to the next acknowledged write, measured). So a follower
+//! that has heard nothing from its leader for as long as the longest lease
+//! in the cluster (plus a stagger by rank, lower numbers first) campaigns
+//! then, once, when every lease has run out and the votes will be granted.
+//! It never campaigns earlier than openraft's own timers would, and it asks
+//! with a pre-vote first, so a node cut off from a leader the others still
+//! follow does not disturb them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -31,25 +45,121 @@ use crate::node::Herald;
 /// `election_bias_ms` per rank of its number among the founding members
 /// (rank 0 for the lowest number), so lower numbers time out first.
 ///
-/// What this means for fail-over time: openraft gives every voter a leader
-/// lease of its own `election_timeout_max` after the last heartbeat, and a
-/// voter inside its lease refuses (pre-)votes. The first campaign after a
-/// leader dies therefore usually fails and the second, one timeout later,
-/// wins: fail-over takes about two election timeouts of the next number
-/// (measured with 50 / 250-500 / bias 100 ms: 1.0-1.3 s from kill -9 to the
-/// next acknowledged write, of which ~1 s before the first node noticed).
+/// Each voter's leader lease is its own (biased) `election_timeout_max`;
+/// see [`takeover_after`] for what that means for fail-over.
 pub fn election_timeouts(config: &Config) -> (u64, u64) {
     let t = &config.raft;
-    let rank = config
-        .initial_members
-        .iter()
-        .filter(|m| m.number < config.number)
-        .count() as u64;
-    let bias = rank * config.failover.election_bias_ms;
+    let bias = rank(config, config.number) * config.failover.election_bias_ms;
     (
         t.election_timeout_min_ms + bias,
         t.election_timeout_max_ms + bias,
     )
+}
+
+/// The rank of sequence number `number` among the founding members (0 for
+/// the lowest); what [`election_timeouts`] biases by.
+fn rank(config: &Config, number: u32) -> u64 {
+    config
+        .initial_members
+        .iter()
+        .filter(|m| m.number < number)
+        .count() as u64
+}
+
+/// Slack after the last lease ran out, for clocks and scheduling.
+const TAKEOVER_MARGIN_MS: u64 = 20;
+
+/// How long a follower waits without hearing from its leader before it
+/// campaigns itself: the longest leader lease among `voters` (sequence
+/// numbers; a voter's lease is its own biased `election_timeout_max`, see
+/// [`election_timeouts`]), a margin, and half a bias step per rank of this
+/// node so that lower numbers go first and two nodes rarely split the vote.
+pub fn takeover_after(config: &Config, voters: impl IntoIterator<Item = u32>) -> Duration {
+    let bias = config.failover.election_bias_ms;
+    let longest_lease = voters
+        .into_iter()
+        .map(|n| config.raft.election_timeout_max_ms + rank(config, n) * bias)
+        .max()
+        .unwrap_or(config.raft.election_timeout_max_ms);
+    Duration::from_millis(
+        longest_lease + TAKEOVER_MARGIN_MS + rank(config, config.number) * bias / 2,
+    )
+}
+
+/// When this node last heard from a leader: any `AppendEntries` it
+/// accepted, heartbeats included.
+#[derive(Debug, Default)]
+pub struct LeaderContact(std::sync::Mutex<Option<Instant>>);
+
+impl LeaderContact {
+    /// Records contact now.
+    pub fn touch(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// The last contact, if there was one.
+    pub fn last(&self) -> Option<Instant> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How often the takeover check runs.
+const TAKEOVER_TICK: Duration = Duration::from_millis(10);
+
+/// The takeover (see the module doc). Runs on every node; acts only on a
+/// voter that is not leading and has heard from a leader before (a fresh
+/// cluster's first election is left to openraft's timers).
+pub async fn run_takeover(node: Herald, stopped: impl Future<Output = ()>) {
+    tokio::pin!(stopped);
+    let mut tick = tokio::time::interval(TAKEOVER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The silence we already campaigned for, identified by its start.
+    let mut campaigned_after: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tick.tick() => {}
+        }
+        let Some(last) = node.leader_contact().last() else {
+            continue;
+        };
+        if campaigned_after == Some(last) {
+            continue;
+        }
+        let voters = node.with_metrics(|m| {
+            if !matches!(m.state, ServerState::Follower | ServerState::Candidate) {
+                return None;
+            }
+            let mem = m.membership_config.membership();
+            let voters: Vec<u32> = mem
+                .voter_ids()
+                .filter_map(|id| mem.get_node(&id).map(|n| n.number))
+                .collect();
+            mem.voter_ids().any(|id| id == node.id()).then_some(voters)
+        });
+        let Some(voters) = voters else {
+            continue;
+        };
+        let wait = takeover_after(node.config(), voters);
+        if last.elapsed() < wait {
+            continue;
+        }
+        campaigned_after = Some(last);
+        tracing::info!(
+            silent_ms = last.elapsed().as_millis() as u64,
+            "takeover: no word from the leader for longer than any lease; campaigning"
+        );
+        node.inner.metrics.takeovers.inc();
+        if let Err(e) = node.raft().trigger().elect(true).await {
+            tracing::warn!("takeover election: {e}");
+        }
+    }
 }
 
 /// One voter as the leader sees it.
@@ -253,5 +363,49 @@ http = "b:3"
         let (min1, max1) = election_timeouts(&cfg);
         assert!(min1 < min2 && max1 < max2);
         assert_eq!(min2 - min1, cfg.failover.election_bias_ms);
+    }
+
+    fn three_nodes(number: u32) -> Config {
+        let mut text = format!(
+            "id = {number}\nnumber = {number}\ndata_dir = \"/tmp/x\"\n\
+             [listen]\npeer = \"127.0.0.1:1\"\nclient = \"127.0.0.1:2\"\nhttp = \"127.0.0.1:3\"\n"
+        );
+        for n in 1..=3 {
+            text.push_str(&format!(
+                "[[initial_members]]\nid = {n}\nnumber = {n}\npeer = \"p\"\nclient = \"c\"\nhttp = \"h\"\n"
+            ));
+        }
+        toml::from_str(&text).unwrap()
+    }
+
+    /// The takeover waits out every voter's lease (each voter's own biased
+    /// `election_timeout_max`), so its campaign is not refused; it is never
+    /// earlier than the node's own election timer; lower numbers go first.
+    #[test]
+    fn the_takeover_comes_after_every_lease_and_lower_numbers_go_first() {
+        let voters = [1, 2, 3];
+        let waits: Vec<Duration> = (1..=3)
+            .map(|n| takeover_after(&three_nodes(n), voters))
+            .collect();
+        for n in 1..=3u32 {
+            let cfg = three_nodes(n);
+            let own_max = election_timeouts(&cfg).1;
+            assert!(waits[n as usize - 1] >= Duration::from_millis(own_max));
+            for other in voters {
+                let lease = election_timeouts(&three_nodes(other)).1;
+                assert!(
+                    waits[n as usize - 1] > Duration::from_millis(lease),
+                    "node {n} would campaign inside node {other}'s lease"
+                );
+            }
+        }
+        assert!(waits[0] < waits[1] && waits[1] < waits[2], "{waits:?}");
+        // With the defaults (500 ms, bias 100): node 2 waits 700 + 20 + 50.
+        assert_eq!(waits[1], Duration::from_millis(770));
+        // With node 1 gone from the voters, the longest lease is still node 3's.
+        assert_eq!(
+            takeover_after(&three_nodes(2), [2, 3]),
+            Duration::from_millis(770)
+        );
     }
 }

@@ -152,6 +152,9 @@ pub struct Defs {
     pub raft_is_leader: Gauge,
     /// `herald_raft_leader_changes_total`: times this node saw a new leader.
     pub raft_leader_changes: Counter,
+    /// `herald_failover_takeovers_total`: campaigns this node started after
+    /// every leader lease had run out (`failover::run_takeover`).
+    pub takeovers: Counter,
     /// `herald_raft_membership_changes_total`: membership configs this node saw.
     pub raft_membership_changes: Counter,
     /// `herald_raft_voters`: voters in the current membership.
@@ -271,6 +274,12 @@ impl Metrics {
                 r,
                 "herald_raft_leader_changes",
                 "Leader changes this node observed",
+                Counter::default()
+            ),
+            takeovers: reg!(
+                r,
+                "herald_failover_takeovers",
+                "Campaigns started after every leader lease had run out",
                 Counter::default()
             ),
             raft_membership_changes: reg!(

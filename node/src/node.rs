@@ -75,6 +75,7 @@ pub(crate) struct Inner {
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
     pub(crate) ownership: crate::owner::Ownership,
     pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) leader_contact: crate::failover::LeaderContact,
 }
 
 /// Handle to a running node.
@@ -103,6 +104,11 @@ impl Herald {
     /// The Raft handle.
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// When this node last accepted entries or a heartbeat from a leader.
+    pub fn leader_contact(&self) -> &crate::failover::LeaderContact {
+        &self.inner.leader_contact
     }
 
     /// The state store (for reads).

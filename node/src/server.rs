@@ -134,6 +134,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         stopping: stop_rx.clone(),
         ownership: crate::owner::Ownership::new(config.id, config.ring.vnodes),
         metrics: metrics.clone(),
+        leader_contact: Default::default(),
     });
     let observe = |l| ObserveLayer::new(metrics.clone(), config.id, l);
 
@@ -199,6 +200,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         )));
     }
     tasks.push(tokio::spawn(crate::failover::run(
+        herald.clone(),
+        stopped(),
+    )));
+    tasks.push(tokio::spawn(crate::failover::run_takeover(
         herald.clone(),
         stopped(),
     )));

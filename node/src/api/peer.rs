@@ -5,6 +5,7 @@
 use ::herald_client::proto::peer_server::Peer;
 use ::herald_client::proto::{RaftBlob, SnapshotChunk};
 use futures::StreamExt;
+use openraft::raft::AppendEntriesResponse;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{ForwardReply, Herald, NOT_APPLIED};
@@ -53,6 +54,10 @@ impl Peer for PeerService {
             .append_entries(rpc)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            // From the current leader (a stale one gets HigherVote).
+            self.node.leader_contact().touch();
+        }
         blob(&resp)
     }
 
