@@ -794,19 +794,19 @@ impl Client {
         };
         // A node that forwarded a write names the leader: route there next.
         let rpc = {
-            let client = self.clone();
+            let me = self;
             move |ch: Channel, r: tonic::Request<Req>| {
                 let call = rpc(ch, r);
-                let client = client.clone();
                 async move {
                     let resp = call.await?;
-                    if let Some(id) = resp
-                        .metadata()
-                        .get(LEADER_HINT)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok())
+                    if via == Via::Leader
+                        && let Some(id) = resp
+                            .metadata()
+                            .get(LEADER_HINT)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
                     {
-                        client.leader_is(id);
+                        me.leader_is(id);
                     }
                     Ok(resp)
                 }
