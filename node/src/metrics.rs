@@ -184,7 +184,7 @@ pub struct Defs {
 
     /// `herald_storage_fsync_seconds{op}`: sled flush latency.
     pub storage_fsync_seconds: Family<OpLabel, Histogram>,
-    /// `herald_storage_disk_bytes`: sled's size on disk.
+    /// `herald_storage_disk_bytes`: the log segments plus sled, on disk.
     pub storage_disk_bytes: Gauge,
     /// `herald_storage_log_entries`: Raft log entries kept (not yet purged).
     pub storage_log_entries: Gauge,
@@ -357,13 +357,13 @@ impl Metrics {
             storage_fsync_seconds: reg!(
                 r,
                 "herald_storage_fsync_seconds",
-                "sled flush (fsync) latency by what it made durable",
+                "fdatasync latency of the log (append) or of sled (vote, purge point), and of snapshots",
                 hist_family()
             ),
             storage_disk_bytes: reg!(
                 r,
                 "herald_storage_disk_bytes",
-                "sled size on disk",
+                "Raft log segments plus sled, bytes on disk",
                 Gauge::default()
             ),
             storage_log_entries: reg!(

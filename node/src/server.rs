@@ -93,7 +93,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     config.validate()?;
     let db = open_db(&config)?;
     let metrics = Metrics::new();
-    let log = LogStore::open_with_metrics(&db, &config.data_dir.join("sled"), metrics.clone())?;
+    let log = LogStore::open_with_metrics(
+        &db,
+        &config.data_dir.join("sled"),
+        &config.data_dir.join("log"),
+        metrics.clone(),
+    )?;
     let store = StateStore::open_with_metrics(&db, &config.data_dir, metrics.clone())?;
     let routes = config
         .peer_routes

@@ -1,5 +1,6 @@
-//! openraft's storage test suite against Herald's sled log store and state
-//! store: every test gets a fresh sled database in a temporary directory.
+//! openraft's storage test suite against Herald's log store (segment files
+//! plus sled for the vote) and state store: every test gets a fresh
+//! temporary directory.
 
 use herald_node::raft::TypeConfig;
 use herald_node::raft::log_store::LogStore;
@@ -8,9 +9,9 @@ use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 
-struct SledBuilder;
+struct Builder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for SledBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for Builder {
     async fn build(
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateStore), StorageError<TypeConfig>> {
@@ -21,7 +22,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for SledB
             .cache_capacity(4 << 20)
             .open()
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-        let log = LogStore::open(&db, dir.path())
+        let log = LogStore::open(&db, dir.path(), &dir.path().join("log"))
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         let sm = StateStore::open(&db, dir.path())
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
@@ -30,6 +31,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for SledB
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sled_stores_pass_openraft_suite() {
-    Suite::test_all(SledBuilder).await.expect("storage suite");
+async fn herald_stores_pass_openraft_suite() {
+    Suite::test_all(Builder).await.expect("storage suite");
 }

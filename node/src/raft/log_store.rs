@@ -1,47 +1,49 @@
-//! The Raft log and vote, durable in sled.
+//! The Raft log and vote: entries in append-only segment files
+//! ([`SegmentLog`]), the vote and the log's metadata in sled.
 //!
-//! Layout: tree `log` maps the big-endian log index to a bincode entry (so
-//! sled's key order is log order); tree `raft_meta` holds the vote, the last
-//! purged log id and the committed log id.
+//! sled's tree `raft_meta` holds the vote, the last purged log id and the
+//! committed log id; directory `log/` holds the entries (a data dir from
+//! before it kept them in sled's tree `log` and is moved over once, on
+//! open).
 //!
-//! Durability is the whole point: `append` inserts the entries (readable at
+//! Durability is the whole point: `append` writes the entries (readable at
 //! once, as openraft requires) and hands openraft's callback to the
 //! *flusher*, one thread per store that makes them durable and only then
-//! fires the callbacks, in the order the appends were made.
+//! fires the callbacks, in the order the appends were made. Durable means
+//! an `fdatasync` of the segment file, the same promise etcd's WAL makes.
+//! Raft counts an entry towards a quorum only once its callback fired, so
+//! an acknowledged write is on disk on a quorum. One sync covers every
+//! append queued while the previous one ran (group commit).
 //!
-//! Durable means `sled::Db::flush` *and then* an `fdatasync` of sled's data
-//! file through a handle of our own: on Linux sled 0.34's flush ends in
-//! `sync_file_range`, which writes the pages out but neither flushes the
-//! disk's write cache nor persists the file's size, so by itself it is not
-//! the fsync the product promises (and etcd does). Raft
-//! counts an entry towards a quorum only once its callback fired, so an
-//! acknowledged write is on disk on a quorum. One flush covers every append
-//! queued while the previous one ran (group commit). Votes go through the
-//! same thread and are durable before `save_vote` returns.
+//! Votes and purge points go through the same thread: sled's flush, then an
+//! `fdatasync` of sled's data file through a handle of our own (on Linux
+//! sled 0.34's flush ends in `sync_file_range`, which neither flushes the
+//! disk's write cache nor persists the file's size). A vote is durable
+//! before `save_vote` returns; purged segments are deleted only after the
+//! purge point is durable, so the log never has a hole a restart could see.
 //!
 //! Two things keep the log off the write path's critical section:
 //! - the most recent entries are also kept decoded in memory ([`Recent`]):
 //!   openraft reads each entry back right after appending it, to replicate
-//!   it and to apply it, and those reads skip sled and bincode;
-//! - purging only records the purge point; a background thread deletes the
-//!   entries, paced ([`PURGE_PAUSE`]). openraft awaits `purge` on its core
-//!   task, and deleting the 100 000 entries behind a snapshot there stalled
-//!   every write for up to 0.8 s. Reads never see entries at or below the
-//!   purge point.
+//!   it and to apply it, and those reads skip the disk and bincode;
+//! - purging only records the purge point; the flusher deletes the purged
+//!   segments after its next sync. openraft awaits `purge` on its core task.
+//!   Reads never see entries at or below the purge point.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::fs::File;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
+use super::segment_log::{self, SegmentLog};
 use super::typ::{Entry, LogId, Vote};
 use super::{TypeConfig, decode, encode};
 use crate::metrics::Metrics;
@@ -49,35 +51,30 @@ use crate::metrics::Metrics;
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
 const KEY_COMMITTED: &[u8] = b"committed";
-/// Log entries removed per sled batch when purging.
-const PURGE_BATCH: usize = 1_000;
-/// The purger's pause between batches. Unpaced, deleting the 100 000
-/// entries behind a snapshot competed with appends for the CPU and the
-/// flush for a second or two: write-c64 p99 rose from 18 to 33 ms. Paced,
-/// it takes ~5 s, well inside the time 100 000 writes take to arrive.
-const PURGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(40);
+/// The sled tree that held the entries before the segment log.
+const LEGACY_LOG_TREE: &str = "log";
 /// Entries kept decoded in memory: several seconds of appends at full
 /// speed, so replication and apply, which trail appends by milliseconds,
 /// always find theirs.
 const RECENT_ENTRIES: usize = 16_384;
 
-/// The sled-backed log store. Cheap to clone: every part is shared.
+/// The log store. Cheap to clone: every part is shared.
 #[derive(Clone)]
 pub struct LogStore {
     db: sled::Db,
-    log: sled::Tree,
     meta: sled::Tree,
+    segments: Arc<Mutex<SegmentLog>>,
     recent: Arc<Mutex<Recent>>,
     /// One past the last purged index (0: nothing purged). Entries below it
-    /// may still be in sled until the purger gets to them; reads skip them.
+    /// may still be on disk until the flusher deletes their segment; reads
+    /// skip them.
     purged_below: Arc<AtomicU64>,
-    purger: Arc<Mutex<Purger>>,
     flusher: mpsc::Sender<Flush>,
 }
 
 /// The tail of the log, decoded: entries `first..first + entries.len()`.
 /// Always a suffix of the log (appends go at the tail, truncation cuts the
-/// tail, purges cut the head), so a read inside it needs no sled.
+/// tail, purges cut the head), so a read inside it needs no disk.
 #[derive(Default)]
 struct Recent {
     first: u64,
@@ -124,7 +121,7 @@ impl Recent {
 
     /// Entries `from..to`, when all of them are here. Empty (after a
     /// restart, before the first append) it knows nothing: the log's tail
-    /// is in sled.
+    /// is on disk.
     fn get(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
         if self.entries.is_empty() || from < self.first || to > self.end() || from > to {
             return None;
@@ -134,103 +131,176 @@ impl Recent {
     }
 }
 
-/// The background deletion of purged entries.
-#[derive(Default)]
-struct Purger {
-    /// Delete entries up to and including this index.
-    upto: Option<u64>,
-    running: bool,
-}
-
-/// Work for the flusher thread: fsync, then report.
+/// Work for the flusher thread.
 enum Flush {
+    /// Make the appends so far durable, then report.
     Append(IOFlushed<TypeConfig>),
+    /// Make sled (the vote) durable, then report.
     Vote(tokio::sync::oneshot::Sender<io::Result<()>>),
+    /// Make sled (the purge point) durable, then delete the segments at or
+    /// below this index.
+    Purge(u64),
 }
 
 fn io_err(e: sled::Error) -> io::Error {
     io::Error::other(e)
 }
 
-/// The flusher: waits for work, takes everything queued, flushes sled once,
-/// completes it all in arrival order. Ends when every store handle is gone.
-fn run_flusher(db: sled::Db, file: File, metrics: Metrics, rx: mpsc::Receiver<Flush>) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        jobs.extend(rx.try_iter());
-        let started = std::time::Instant::now();
-        let res = db.flush().map_err(io_err).and_then(|_| file.sync_data());
-        let op = if jobs.iter().any(|j| matches!(j, Flush::Vote(_))) {
-            "vote"
-        } else {
-            "append"
-        };
-        metrics.observe_fsync(op, started);
-        for job in jobs {
-            let r = match &res {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            };
-            match job {
-                Flush::Append(cb) => cb.io_completed(r),
-                Flush::Vote(tx) => {
-                    let _ = tx.send(r);
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the flusher works on.
+struct Flusher {
+    db: sled::Db,
+    /// sled's data file, for the `fdatasync` its flush leaves out.
+    sled_file: File,
+    segments: Arc<Mutex<SegmentLog>>,
+    metrics: Metrics,
+}
+
+impl Flusher {
+    /// Waits for work, takes everything queued, syncs once for all of it,
+    /// deletes purged segments, completes the rest in arrival order. Ends
+    /// when every store handle is gone.
+    fn run(self, rx: mpsc::Receiver<Flush>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            jobs.extend(rx.try_iter());
+            let started = std::time::Instant::now();
+            let appends = jobs.iter().any(|j| matches!(j, Flush::Append(_)));
+            let metadata = jobs.iter().any(|j| !matches!(j, Flush::Append(_)));
+            let mut res = Ok(());
+            if appends {
+                // The active segment; older ones were synced when they stopped
+                // being active.
+                let file = lock(&self.segments).active_file();
+                if let Some(file) = file {
+                    res = file.sync_data();
                 }
             }
+            if metadata && res.is_ok() {
+                res = self
+                    .db
+                    .flush()
+                    .map_err(io_err)
+                    .and_then(|_| self.sled_file.sync_data());
+            }
+            let op = if metadata { "vote" } else { "append" };
+            self.metrics.observe_fsync(op, started);
+            let purge_upto = jobs
+                .iter()
+                .filter_map(|j| match j {
+                    Flush::Purge(upto) => Some(*upto),
+                    _ => None,
+                })
+                .max();
+            if let (Some(upto), Ok(())) = (purge_upto, &res) {
+                // Before the callbacks, so whoever waits on a later append
+                // finds the segments gone (one unlink per snapshot).
+                self.delete_purged(upto);
+            }
+            for job in jobs {
+                let r = match &res {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                };
+                match job {
+                    Flush::Append(cb) => cb.io_completed(r),
+                    Flush::Vote(tx) => {
+                        let _ = tx.send(r);
+                    }
+                    Flush::Purge(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Deletes the segments wholly at or below `upto` (its purge point is
+    /// durable). A failure is logged: the next purge, or the next start,
+    /// tries again.
+    fn delete_purged(&self, upto: u64) {
+        let (dir, paths) = {
+            let mut log = lock(&self.segments);
+            (log.dir().to_path_buf(), log.detach_purged(upto))
+        };
+        if let Err(e) = segment_log::remove_segments(&dir, &paths) {
+            tracing::warn!(error = %e, "deleting purged log segments");
         }
     }
 }
 
 impl LogStore {
-    /// Opens (or creates) the log trees in `db`, the sled database in
-    /// directory `sled_dir`, and starts its flusher.
-    pub fn open(db: &sled::Db, sled_dir: &Path) -> io::Result<LogStore> {
-        LogStore::open_with_metrics(db, sled_dir, Metrics::default())
+    /// Opens (or creates) the log: the metadata in `db` (the sled database
+    /// in directory `sled_dir`), the entries in directory `log_dir`; starts
+    /// its flusher.
+    pub fn open(db: &sled::Db, sled_dir: &Path, log_dir: &Path) -> io::Result<LogStore> {
+        LogStore::open_with_metrics(db, sled_dir, log_dir, Metrics::default())
     }
 
     /// [`LogStore::open`], reporting fsync latency to `metrics`.
     pub fn open_with_metrics(
         db: &sled::Db,
         sled_dir: &Path,
+        log_dir: &Path,
         metrics: Metrics,
+    ) -> io::Result<LogStore> {
+        LogStore::open_sized(db, sled_dir, log_dir, metrics, segment_log::SEGMENT_BYTES)
+    }
+
+    /// [`LogStore::open_with_metrics`] with segments of `segment_bytes`.
+    fn open_sized(
+        db: &sled::Db,
+        sled_dir: &Path,
+        log_dir: &Path,
+        metrics: Metrics,
+        segment_bytes: u64,
     ) -> io::Result<LogStore> {
         // sled keeps everything in one file, `db`; fdatasync works on a
         // read-only handle.
         let data_file = sled_dir.join("db");
-        let file = File::open(&data_file).map_err(|e| {
+        let sled_file = File::open(&data_file).map_err(|e| {
             io::Error::new(e.kind(), format!("opening {}: {e}", data_file.display()))
         })?;
+        let meta = db.open_tree("raft_meta").map_err(io_err)?;
+        let purged: Option<LogId> = get_meta(&meta, KEY_PURGED)?;
+        let purged_below = purged.map_or(0, |p| p.index() + 1);
+        migrate_from_sled(db, log_dir, purged_below)?;
+        let mut log = SegmentLog::open_with(log_dir, segment_bytes).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("opening the log in {}: {e}", log_dir.display()),
+            )
+        })?;
+        if purged_below > 0 {
+            // Segments a purge had not deleted yet when the node stopped.
+            let stale = log.detach_purged(purged_below - 1);
+            segment_log::remove_segments(log_dir, &stale)?;
+        }
+        let segments = Arc::new(Mutex::new(log));
         let (flusher, rx) = mpsc::channel();
-        let flush_db = db.clone();
+        let worker = Flusher {
+            db: db.clone(),
+            sled_file,
+            segments: segments.clone(),
+            metrics,
+        };
         std::thread::Builder::new()
             .name("herald-log-flush".into())
-            .spawn(move || run_flusher(flush_db, file, metrics, rx))?;
-        let store = LogStore {
+            .spawn(move || worker.run(rx))?;
+        Ok(LogStore {
             db: db.clone(),
-            log: db.open_tree("log").map_err(io_err)?,
-            meta: db.open_tree("raft_meta").map_err(io_err)?,
+            meta,
+            segments,
             recent: Arc::default(),
-            purged_below: Arc::default(),
-            purger: Arc::default(),
+            purged_below: Arc::new(AtomicU64::new(purged_below)),
             flusher,
-        };
-        let purged: Option<LogId> = store.get_meta(KEY_PURGED)?;
-        if let Some(p) = purged {
-            store.purged_below.store(p.index() + 1, Ordering::Release);
-        }
-        Ok(store)
+        })
     }
 
-    /// sled's size on disk in bytes (0 if it cannot tell).
+    /// Bytes on disk: sled's and the log's (0 for what it cannot tell).
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
-
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self.meta.get(key).map_err(io_err)? {
-            Some(v) => Ok(Some(decode(&v)?)),
-            None => Ok(None),
-        }
+        self.db.size_on_disk().unwrap_or(0) + lock(&self.segments).bytes()
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
@@ -239,88 +309,76 @@ impl LogStore {
     }
 
     /// Entries kept in the log (for metrics and status); counts purged
-    /// entries the purger has not deleted yet.
+    /// entries whose segment is not deleted yet.
     pub fn len(&self) -> usize {
-        self.log.len()
+        lock(&self.segments).len() as usize
     }
 
     /// True when the log holds no entries.
     pub fn is_empty(&self) -> bool {
-        self.log.is_empty()
+        lock(&self.segments).is_empty()
     }
 
-    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
-        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    fn recent(&self) -> MutexGuard<'_, Recent> {
+        lock(&self.recent)
     }
 
     fn flusher_gone() -> io::Error {
         io::Error::other("log flusher thread is gone")
     }
+}
 
-    /// Deletes purged entries on a blocking thread until none are left,
-    /// unless a purger already runs (it picks up the new purge point).
-    fn start_purger(&self) {
-        {
-            let mut p = self.purger();
-            if p.running {
-                return;
-            }
-            p.running = true;
+fn get_meta<T: serde::de::DeserializeOwned>(
+    meta: &sled::Tree,
+    key: &[u8],
+) -> io::Result<Option<T>> {
+    match meta.get(key).map_err(io_err)? {
+        Some(v) => Ok(Some(decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Moves the entries of a data dir from before the segment log out of
+/// sled's tree `log` into `log_dir`, once. The segments are written in a
+/// side directory and renamed into place when complete and synced, so a
+/// crash halfway leaves the sled copy in charge and the move starts over.
+/// Entries below `purged_below` are left behind: they are purged.
+fn migrate_from_sled(db: &sled::Db, log_dir: &Path, purged_below: u64) -> io::Result<()> {
+    let legacy = db.open_tree(LEGACY_LOG_TREE).map_err(io_err)?;
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    if !log_dir.exists() {
+        let side: PathBuf = log_dir.with_extension("migrating");
+        if side.exists() {
+            std::fs::remove_dir_all(&side)?;
         }
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.drain_purges() {
-                // Left for the next purge, which starts from the bottom.
-                tracing::warn!(error = %e, "purging the log");
-                store.purger().running = false;
-            }
-        });
-    }
-
-    fn purger(&self) -> std::sync::MutexGuard<'_, Purger> {
-        self.purger.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Deletes purged entries until none are left; then marks the purger
-    /// idle (under the same lock as the check, so a purge recorded meanwhile
-    /// is not missed).
-    fn drain_purges(&self) -> io::Result<()> {
-        loop {
-            let upto = {
-                let mut p = self.purger();
-                match p.upto {
-                    Some(u) => u,
-                    None => {
-                        p.running = false;
-                        return Ok(());
-                    }
-                }
-            };
-            if self.delete_batch(upto)? == 0 {
-                let mut p = self.purger();
-                if p.upto == Some(upto) {
-                    p.upto = None;
-                }
-            } else {
-                std::thread::sleep(PURGE_PAUSE);
+        let mut log = SegmentLog::open(&side)?;
+        let mut batch = Vec::with_capacity(1_000);
+        for kv in legacy.range(purged_below.to_be_bytes()..) {
+            let (_, v) = kv.map_err(io_err)?;
+            let entry: Entry = decode(&v)?;
+            batch.push(entry);
+            if batch.len() == 1_000 {
+                log.append(batch.iter().map(|e| (e.index(), e)))?;
+                batch.clear();
             }
         }
-    }
-
-    /// Deletes up to [`PURGE_BATCH`] entries at or below `upto`; how many.
-    fn delete_batch(&self, upto: u64) -> io::Result<usize> {
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for kv in self.log.range(..=upto.to_be_bytes()).take(PURGE_BATCH) {
-            let (k, _) = kv.map_err(io_err)?;
-            batch.remove(k);
-            n += 1;
+        log.append(batch.iter().map(|e| (e.index(), e)))?;
+        if let Some(file) = log.active_file() {
+            file.sync_data()?;
         }
-        if n > 0 {
-            self.log.apply_batch(batch).map_err(io_err)?;
+        drop(log);
+        std::fs::rename(&side, log_dir)?;
+        if let Some(parent) = log_dir.parent() {
+            segment_log::sync_dir(parent)?;
         }
-        Ok(n)
+        tracing::info!(entries = legacy.len(), dir = %log_dir.display(), "moved the raft log out of sled");
     }
+    // The segments are complete: the sled copy can go.
+    db.drop_tree(LEGACY_LOG_TREE).map_err(io_err)?;
+    db.flush().map_err(io_err)?;
+    Ok(())
 }
 
 /// `range` as a half-open `from..to` of log indices.
@@ -354,20 +412,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 return Ok(hit);
             }
         }
-        let mut out = Vec::new();
-        for kv in self.log.range(from.to_be_bytes()..) {
-            let (k, v) = kv.map_err(io_err)?;
-            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(io::Error::other)?);
-            if index >= to {
-                break;
-            }
-            out.push(decode::<Entry>(&v)?);
-        }
-        Ok(out)
+        lock(&self.segments).read(from, to)
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        self.get_meta(KEY_VOTE)
+        get_meta(&self.meta, KEY_VOTE)
     }
 }
 
@@ -375,16 +424,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
-        let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
+        let last_purged_log_id: Option<LogId> = get_meta(&self.meta, KEY_PURGED)?;
         let purged_below = self.purged_below.load(Ordering::Acquire);
-        let last = match self.log.last().map_err(io_err)? {
-            Some((k, v))
-                if u64::from_be_bytes(k.as_ref().try_into().map_err(io::Error::other)?)
-                    >= purged_below =>
-            {
-                Some(decode::<Entry>(&v)?.log_id())
+        let last = {
+            let log = lock(&self.segments);
+            if log.end() > purged_below {
+                log.last::<Entry>()?.map(|e| e.log_id())
+            } else {
+                None
             }
-            _ => None,
         };
         Ok(LogState {
             last_log_id: last.or(last_purged_log_id),
@@ -415,7 +463,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
-        self.get_meta(KEY_COMMITTED)
+        get_meta(&self.meta, KEY_COMMITTED)
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
@@ -423,48 +471,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        lock(&self.segments).append(entries.iter().map(|e| (e.index(), e)))?;
         let mut recent = self.recent();
         for entry in entries {
-            batch.insert(&entry.index().to_be_bytes(), encode(&entry)?);
             recent.push(entry);
         }
-        self.log.apply_batch(batch).map_err(io_err)?;
         drop(recent);
-        // Readable now; durable once the flusher's next flush completes.
+        // Readable now; durable once the flusher's next sync completes.
         self.flusher
             .send(Flush::Append(callback))
             .map_err(|_| Self::flusher_gone())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
-        let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
-        self.recent().truncate_after(last_log_id.map(|l| l.index()));
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(from.to_be_bytes()..) {
-            let (k, _) = kv.map_err(io_err)?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(io_err)?;
-        // Truncated entries were never committed; no need to flush here: a
-        // later append's flush makes the truncation durable before it counts.
-        Ok(())
+        let last = last_log_id.map(|l| l.index());
+        self.recent().truncate_after(last);
+        // Durable before it returns: truncation is rare (a new leader
+        // overwriting an uncommitted tail).
+        lock(&self.segments).truncate_after(last)
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         // Record the purge point; from then on reads skip entries at or
-        // below it, and the purger deletes them in the background (from the
-        // bottom up, so the log never has a hole).
+        // below it. The flusher makes the point durable and then deletes
+        // the segments wholly below it, so the log never has a hole.
         self.put_meta(KEY_PURGED, &log_id)?;
         let upto = log_id.index();
         self.purged_below.fetch_max(upto + 1, Ordering::AcqRel);
         self.recent().purge(upto);
-        {
-            let mut p = self.purger();
-            p.upto = Some(p.upto.map_or(upto, |u| u.max(upto)));
-        }
-        self.start_purger();
-        Ok(())
+        self.flusher
+            .send(Flush::Purge(upto))
+            .map_err(|_| Self::flusher_gone())
     }
 }
 
@@ -478,11 +516,10 @@ mod tests {
         entries.iter().map(|e| e.index()).collect()
     }
 
-    fn store() -> (tempfile::TempDir, LogStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let store = LogStore::open(&db, dir.path()).unwrap();
-        (dir, store)
+    fn open(dir: &Path) -> (sled::Db, LogStore) {
+        let db = sled::Config::new().path(dir.join("sled")).open().unwrap();
+        let store = LogStore::open(&db, &dir.join("sled"), &dir.join("log")).unwrap();
+        (db, store)
     }
 
     #[test]
@@ -492,7 +529,7 @@ mod tests {
             r.push(blank_ent::<TypeConfig>(1, 1, i));
         }
         assert_eq!(r.get(5, 10).map(|e| indices(&e)), Some(vec![5, 6, 7, 8, 9]));
-        assert_eq!(r.get(4, 6), None, "below the first entry: ask sled");
+        assert_eq!(r.get(4, 6), None, "below the first entry: ask the disk");
         assert_eq!(r.get(9, 11), None, "past the last entry");
         r.truncate_after(Some(7));
         assert_eq!(r.end(), 8);
@@ -518,15 +555,24 @@ mod tests {
 
     async fn append(store: &mut LogStore, range: std::ops::Range<u64>) {
         let entries: Vec<Entry> = range.map(|i| blank_ent::<TypeConfig>(1, 1, i)).collect();
-        store.append(entries, IOFlushed::noop()).await.unwrap();
+        let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+        let done = IOFlushed::signal(tx);
+        store.append(entries, done).await.unwrap();
+        rx.await.unwrap().unwrap();
     }
 
-    /// Reads served from sled (after a restart, nothing is cached) and from
+    /// Waits until the flusher has handled everything sent before.
+    async fn flushed(store: &mut LogStore) {
+        append(store, 0..0).await;
+    }
+
+    /// Reads served from disk (after a restart, nothing is cached) and from
     /// the cache must agree, and neither may return purged entries, even
-    /// before the purger has deleted them.
+    /// before their segment is deleted.
     #[tokio::test]
-    async fn reads_skip_purged_entries_and_the_purger_deletes_them() {
-        let (dir, mut store) = store();
+    async fn reads_skip_purged_entries_and_the_flusher_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, mut store) = open(dir.path());
         append(&mut store, 1..3_001).await;
         store
             .purge(log_id::<TypeConfig>(1, 1, 2_500))
@@ -537,51 +583,108 @@ mod tests {
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index()), Some(2_500));
         assert_eq!(state.last_log_id.map(|l| l.index()), Some(3_000));
-        // What the background purger does, done here to the end (deleting
-        // alongside it is harmless).
-        store.drain_purges().unwrap();
-        assert_eq!(store.len(), 500, "purged entries are deleted");
 
-        // A fresh handle on the same data: nothing cached, read from sled.
-        let db = store.db.clone();
+        // A fresh handle on the same data: nothing cached, read from disk.
         drop(store);
-        let mut reopened = LogStore::open(&db, dir.path()).unwrap();
+        let mut reopened =
+            LogStore::open(&db, &dir.path().join("sled"), &dir.path().join("log")).unwrap();
         let got = reopened.try_get_log_entries(2_400..).await.unwrap();
         assert_eq!(indices(&got), (2_501..3_001).collect::<Vec<_>>());
         let got = reopened.try_get_log_entries(2_990..2_995).await.unwrap();
         assert_eq!(indices(&got), (2_990..2_995).collect::<Vec<_>>());
     }
 
+    /// Purging deletes whole segments, and only once the purge point is on
+    /// disk; what is left still reads back after a restart.
+    #[tokio::test]
+    async fn purged_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sled_dir, log_dir) = (dir.path().join("sled"), dir.path().join("log"));
+        let db = sled::Config::new().path(&sled_dir).open().unwrap();
+        let open = || LogStore::open_sized(&db, &sled_dir, &log_dir, Metrics::default(), 4096);
+        let mut store = open().unwrap();
+        append(&mut store, 1..1_001).await;
+        let segments = || std::fs::read_dir(&log_dir).unwrap().count();
+        assert!(segments() > 2, "{} segments", segments());
+        store.purge(log_id::<TypeConfig>(1, 1, 990)).await.unwrap();
+        flushed(&mut store).await;
+        assert_eq!(segments(), 1, "every segment but the last is gone");
+        drop(store);
+        let durable: Option<LogId> =
+            get_meta(&db.open_tree("raft_meta").unwrap(), KEY_PURGED).unwrap();
+        assert_eq!(durable.map(|l| l.index()), Some(990));
+        let mut reopened = open().unwrap();
+        let got = reopened.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(indices(&got), (991..1_001).collect::<Vec<_>>());
+    }
+
     /// What openraft does first after a restart: read the head of the log.
     /// The (empty) cache must not answer for it.
     #[tokio::test]
-    async fn a_reopened_store_reads_its_log_from_sled() {
-        let (dir, mut store) = store();
+    async fn a_reopened_store_reads_its_log_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, mut store) = open(dir.path());
         append(&mut store, 0..100).await;
-        let db = store.db.clone();
         drop(store);
-        let mut reopened = LogStore::open(&db, dir.path()).unwrap();
+        let mut reopened =
+            LogStore::open(&db, &dir.path().join("sled"), &dir.path().join("log")).unwrap();
         let got = reopened.try_get_log_entries(0..64).await.unwrap();
         assert_eq!(indices(&got), (0..64).collect::<Vec<_>>());
     }
 
-    /// The purge point is honoured from disk too: entries the purger had
+    /// The purge point is honoured from disk too: entries whose segment was
     /// not deleted yet when the node stopped are neither read nor reported
     /// as the last entry.
     #[tokio::test]
     async fn entries_left_behind_by_an_interrupted_purge_stay_invisible() {
-        let (dir, mut store) = store();
+        let dir = tempfile::tempdir().unwrap();
+        let (db, mut store) = open(dir.path());
         append(&mut store, 1..11).await;
-        // The purge point written, but no entry deleted (the purger did not run).
+        // The purge point written, but no segment deleted.
         store
             .put_meta(KEY_PURGED, &log_id::<TypeConfig>(1, 1, 10))
             .unwrap();
-        let db = store.db.clone();
         drop(store);
-        let mut reopened = LogStore::open(&db, dir.path()).unwrap();
+        let mut reopened =
+            LogStore::open(&db, &dir.path().join("sled"), &dir.path().join("log")).unwrap();
         assert!(reopened.try_get_log_entries(0..).await.unwrap().is_empty());
         let state = reopened.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index()), Some(10));
         assert_eq!(state.last_purged_log_id.map(|l| l.index()), Some(10));
+    }
+
+    /// A data dir from before the segment log keeps its entries: they move
+    /// from sled's `log` tree into segments on open, once.
+    #[tokio::test]
+    async fn a_log_kept_in_sled_moves_into_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("sled"))
+            .open()
+            .unwrap();
+        let tree = db.open_tree(LEGACY_LOG_TREE).unwrap();
+        for i in 1..=20u64 {
+            let e = blank_ent::<TypeConfig>(1, 1, i);
+            tree.insert(i.to_be_bytes(), encode(&e).unwrap()).unwrap();
+        }
+        let meta = db.open_tree("raft_meta").unwrap();
+        meta.insert(KEY_PURGED, encode(&log_id::<TypeConfig>(1, 1, 5)).unwrap())
+            .unwrap();
+        // A half-done earlier attempt is thrown away.
+        std::fs::create_dir_all(dir.path().join("log.migrating")).unwrap();
+        std::fs::write(dir.path().join("log.migrating/junk"), b"x").unwrap();
+
+        let mut store =
+            LogStore::open(&db, &dir.path().join("sled"), &dir.path().join("log")).unwrap();
+        let got = store.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(indices(&got), (6..=20).collect::<Vec<_>>());
+        assert!(
+            !db.tree_names()
+                .iter()
+                .any(|n| &n[..] == LEGACY_LOG_TREE.as_bytes())
+        );
+        assert!(!dir.path().join("log.migrating").exists());
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index()), Some(20));
     }
 }

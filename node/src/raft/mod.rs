@@ -14,6 +14,7 @@ use crate::state::{Command, Response, StateError};
 
 pub mod log_store;
 pub mod network;
+pub mod segment_log;
 pub mod state_store;
 
 /// A member as Raft's membership config stores it: what any node needs to
