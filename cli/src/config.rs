@@ -81,8 +81,8 @@ impl Default for Raft {
     fn default() -> Self {
         Raft {
             heartbeat_ms: 50,
-            election_timeout_min_ms: 250,
-            election_timeout_max_ms: 500,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             snapshot_every: 100_000,
         }
     }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -98,16 +99,31 @@ pub fn locate_node_binary(explicit: Option<PathBuf>) -> Result<PathBuf> {
     herald_cli::playground::locate_node_binary(explicit, |cmd| eprintln!("$ {cmd}"))
 }
 
-/// `n` free loopback ports (bound together, released together).
+/// `n` loopback ports free for TCP and UDP, below Linux's ephemeral range
+/// (32768 and up). A port found by binding port 0 is released before the
+/// node binds it, and in between an outgoing connection or a proxy's
+/// port-0 bind may be handed it (a node then failed with "Address already
+/// in use"). Below the range only explicit binds take ports, and the cursor
+/// never returns the same port twice in one run.
 fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("finding free ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let start = std::process::id().wrapping_mul(397) % SPAN;
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        if k >= SPAN {
+            bail!("finding free ports: none left below 32768");
+        }
+        let port = (LOW + (start + k) % SPAN) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            ports.push(port);
+        }
+    }
+    Ok(ports)
 }
 
 fn signal(child: &Child, sig: libc::c_int) {

@@ -129,7 +129,7 @@ impl Default for FailoverConfig {
         FailoverConfig {
             failback: true,
             hold_ms: 3000,
-            election_bias_ms: 100,
+            election_bias_ms: 50,
             max_lag_entries: 100,
         }
     }
@@ -216,8 +216,8 @@ impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
             heartbeat_ms: 50,
-            election_timeout_min_ms: 250,
-            election_timeout_max_ms: 500,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             snapshot_every: 100_000,
             keep_logs_after_snapshot: 1_000,
             max_snapshot_bytes: 1 << 30,

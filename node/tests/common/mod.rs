@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ::herald_client::proto::admin_client::AdminClient;
@@ -19,16 +20,31 @@ use tonic::transport::Channel;
 /// How long any wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-fn free_addr() -> SocketAddr {
-    // Bind port 0, read the port, release it: the node binds it again
-    // moments later. Good enough on a test machine's loopback.
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr")
+/// A loopback port free for TCP and UDP, below Linux's ephemeral range
+/// (32768 and up). A port found by binding port 0 is released before the
+/// node binds it, and in between any outgoing connection may be handed it
+/// ("Address already in use", seen in the chaos suite). Below the range
+/// only explicit binds take ports, and the cursor never returns the same
+/// port twice in one test process.
+fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let start = std::process::id().wrapping_mul(397) % SPAN;
+    loop {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(k < SPAN, "no free loopback port left");
+        let port = (LOW + (start + k) % SPAN) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
 }
 
-fn free_udp_addr() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp 127.0.0.1:0");
-    s.local_addr().expect("local addr")
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 /// One node process and its config.
@@ -51,7 +67,7 @@ pub struct TestCluster {
 }
 
 pub fn timings() -> RaftTimings {
-    // Looser than the defaults (50 / 250-500 ms): several test clusters run
+    // Looser than the defaults (50 / 150-300 ms): several test clusters run
     // at once on two cores, often beside a compiler, and tight timings make
     // their elections thrash.
     RaftTimings {
@@ -147,7 +163,7 @@ impl TestCluster {
                 peer: free_addr(),
                 client: free_addr(),
                 http: free_addr(),
-                time_sync: Some(free_udp_addr()),
+                time_sync: Some(free_addr()),
             },
             initial_members: Vec::new(),
             raft: self.timings.clone(),
