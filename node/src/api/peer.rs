@@ -5,12 +5,12 @@
 use ::herald_client::proto::peer_server::Peer;
 use ::herald_client::proto::{RaftBlob, SnapshotChunk};
 use futures::StreamExt;
-use openraft::raft::AppendEntriesResponse;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendError};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{ForwardReply, Herald, NOT_APPLIED};
 use crate::raft::typ::{SnapshotMeta, Vote};
-use crate::raft::{decode, encode};
+use crate::raft::{TypeConfig, decode, encode};
 use crate::state::Command;
 
 /// Serves [`Peer`] for one node.
@@ -44,8 +44,51 @@ fn not_applied(msg: impl Into<String>) -> Status {
     s
 }
 
+/// The reply stream of [`Peer::append_stream`].
+pub type AppendResults =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftBlob, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl Peer for PeerService {
+    type AppendStreamStream = AppendResults;
+
+    /// The follower's end of pipelined replication: openraft's
+    /// `stream_append` takes the requests in order as they arrive and yields
+    /// each one's result (after its entries are durable) in the same order.
+    /// A request that does not decode, or a broken inbound stream, ends the
+    /// input; the results of what came before still go out.
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<RaftBlob>>,
+    ) -> Result<Response<AppendResults>, Status> {
+        let requests = req.into_inner().scan((), |_, item| {
+            let rpc = match item {
+                Ok(b) => decode::<AppendEntriesRequest<TypeConfig>>(&b.data)
+                    .inspect_err(|e| tracing::warn!(error = %e, "undecodable append in a stream"))
+                    .ok(),
+                Err(_) => None,
+            };
+            std::future::ready(rpc)
+        });
+        let node = self.node.clone();
+        let results = self
+            .node
+            .raft()
+            .stream_append(requests)
+            .map(move |r| match r {
+                Ok(result) => {
+                    if !matches!(result, Err(StreamAppendError::HigherVote(_))) {
+                        // From the current leader (a stale one gets HigherVote).
+                        node.leader_contact().touch();
+                    }
+                    let data = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+                    Ok(RaftBlob { data })
+                }
+                Err(fatal) => Err(Status::unavailable(fatal.to_string())),
+            });
+        Ok(Response::new(Box::pin(results)))
+    }
+
     async fn append(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
         let resp = self

@@ -1,5 +1,6 @@
-//! Raft between nodes over tonic: openraft's append, vote, snapshot and
-//! leader transfer as bincode blobs on Herald's `Peer` gRPC service.
+//! Raft between nodes over tonic: openraft's append (pipelined on one
+//! stream per follower), vote, snapshot and leader transfer as bincode
+//! blobs on Herald's `Peer` gRPC service.
 //!
 //! Channels are made lazily and cached per address in a [`PeerChannels`]
 //! shared by Raft replication, write forwarding and follower ReadIndex, so a
@@ -7,22 +8,32 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::herald_client::proto::peer_client::PeerClient;
 use ::herald_client::proto::{RaftBlob, SnapshotChunk};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use openraft::OptionalSend;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
 use super::typ::{Snapshot, Vote};
 use super::{Member, TypeConfig, decode, encode};
+
+/// One result of pipelined replication, as openraft wants it.
+type AppendResult = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// How long a replication stream may owe results before it is given up.
+const STREAM_STALL: Duration = Duration::from_secs(1);
 
 /// Snapshot data is streamed in chunks of this size.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -157,6 +168,77 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         let req = self.request(&rpc, &option)?;
         let r = self.client()?.append(req).await;
         self.reply(r)
+    }
+
+    /// Pipelined replication over one gRPC stream (`Peer.AppendStream`):
+    /// openraft yields the next request as soon as new entries are
+    /// submitted, and it goes out without waiting for the result of the one
+    /// before, so a follower's `fdatasync` of one batch overlaps the
+    /// transfer of the next and its log store group-commits them.
+    ///
+    /// A stream has no deadline of its own; instead, when results are owed
+    /// and none arrives for [`STREAM_STALL`], the stream ends with
+    /// `Unreachable` (a partitioned or paused follower), and openraft opens
+    /// a new one. (openraft's `soft_ttl` for replication is ¾ of a
+    /// heartbeat, 37 ms: one slow `fdatasync` on a busy machine would cut
+    /// the stream and resend everything in flight.)
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendResult>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let target = self.target;
+        let ttl = option.soft_ttl().max(STREAM_STALL);
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let sent = Arc::new(AtomicU64::new(0));
+            let counter = sent.clone();
+            let requests = input.map(move |rpc| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                // bincode cannot fail on these types; an empty blob would
+                // be refused by the follower and end the stream.
+                RaftBlob {
+                    data: encode(&rpc).unwrap_or_default(),
+                }
+            });
+            let mut request = tonic::Request::new(requests);
+            request.set_timeout(Duration::from_secs(24 * 3600));
+            let responses = tokio::time::timeout(ttl, client.append_stream(request))
+                .await
+                .map_err(|_| {
+                    unreachable(format!(
+                        "peer {target}: opening the append stream timed out"
+                    ))
+                })?
+                .map_err(|s| status_to_rpc(target, s))?
+                .into_inner();
+            let results = futures::stream::unfold(
+                (responses, sent, 0u64),
+                move |(mut responses, sent, received)| async move {
+                    let item = loop {
+                        match tokio::time::timeout(ttl, responses.next()).await {
+                            Ok(item) => break item?,
+                            Err(_) if sent.load(Ordering::Relaxed) > received => {
+                                break Err(tonic::Status::unavailable(format!(
+                                    "no append result for {ttl:?}"
+                                )));
+                            }
+                            // Nothing owed: an idle stream.
+                            Err(_) => continue,
+                        }
+                    };
+                    let result = item.map_err(|s| status_to_rpc(target, s)).and_then(|blob| {
+                        decode::<StreamAppendResult<TypeConfig>>(&blob.data)
+                            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+                    });
+                    Some((result, (responses, sent, received + 1)))
+                },
+            );
+            Ok(Box::pin(results) as BoxStream<'s, AppendResult>)
+        })
     }
 
     async fn vote(
