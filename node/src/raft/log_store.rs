@@ -518,8 +518,13 @@ mod tests {
 
     fn open(dir: &Path) -> (sled::Db, LogStore) {
         let db = sled::Config::new().path(dir.join("sled")).open().unwrap();
-        let store = LogStore::open(&db, &dir.join("sled"), &dir.join("log")).unwrap();
+        let store = reopen(&db, dir);
         (db, store)
+    }
+
+    /// A fresh handle on the store in `dir`: nothing cached.
+    fn reopen(db: &sled::Db, dir: &Path) -> LogStore {
+        LogStore::open(db, &dir.join("sled"), &dir.join("log")).unwrap()
     }
 
     #[test]
@@ -586,8 +591,7 @@ mod tests {
 
         // A fresh handle on the same data: nothing cached, read from disk.
         drop(store);
-        let mut reopened =
-            LogStore::open(&db, &dir.path().join("sled"), &dir.path().join("log")).unwrap();
+        let mut reopened = reopen(&db, dir.path());
         let got = reopened.try_get_log_entries(2_400..).await.unwrap();
         assert_eq!(indices(&got), (2_501..3_001).collect::<Vec<_>>());
         let got = reopened.try_get_log_entries(2_990..2_995).await.unwrap();
@@ -626,8 +630,7 @@ mod tests {
         let (db, mut store) = open(dir.path());
         append(&mut store, 0..100).await;
         drop(store);
-        let mut reopened =
-            LogStore::open(&db, &dir.path().join("sled"), &dir.path().join("log")).unwrap();
+        let mut reopened = reopen(&db, dir.path());
         let got = reopened.try_get_log_entries(0..64).await.unwrap();
         assert_eq!(indices(&got), (0..64).collect::<Vec<_>>());
     }
@@ -645,8 +648,7 @@ mod tests {
             .put_meta(KEY_PURGED, &log_id::<TypeConfig>(1, 1, 10))
             .unwrap();
         drop(store);
-        let mut reopened =
-            LogStore::open(&db, &dir.path().join("sled"), &dir.path().join("log")).unwrap();
+        let mut reopened = reopen(&db, dir.path());
         assert!(reopened.try_get_log_entries(0..).await.unwrap().is_empty());
         let state = reopened.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index()), Some(10));
@@ -674,8 +676,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("log.migrating")).unwrap();
         std::fs::write(dir.path().join("log.migrating/junk"), b"x").unwrap();
 
-        let mut store =
-            LogStore::open(&db, &dir.path().join("sled"), &dir.path().join("log")).unwrap();
+        let mut store = reopen(&db, dir.path());
         let got = store.try_get_log_entries(0..).await.unwrap();
         assert_eq!(indices(&got), (6..=20).collect::<Vec<_>>());
         assert!(
