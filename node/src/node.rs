@@ -238,7 +238,7 @@ impl Herald {
     }
 
     /// Commits `cmd` through the leader and returns the state machine's answer.
-    #[tracing::instrument(name = "propose", skip_all, fields(node_id = self.id()))]
+    #[tracing::instrument(target = "herald_trace", name = "propose", skip_all, fields(node_id = self.id()))]
     pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
         cmd.validate()?;
         let deadline = Instant::now() + LEADER_WAIT;
@@ -265,6 +265,7 @@ impl Herald {
 
     /// Proposes on this node, which believes it is the leader.
     #[tracing::instrument(
+        target = "herald_trace",
         name = "raft.propose",
         skip_all,
         fields(node_id = self.id(), index = tracing::field::Empty)
@@ -313,7 +314,7 @@ impl Herald {
         }
     }
 
-    #[tracing::instrument(name = "forward", skip_all, fields(node_id = self.id(), leader = leader_id))]
+    #[tracing::instrument(target = "herald_trace", name = "forward", skip_all, fields(node_id = self.id(), leader = leader_id))]
     async fn forward(&self, leader_id: u64, leader: &Member, cmd: &Command) -> ForwardReply {
         let data = match encode(cmd) {
             Ok(d) => d,

@@ -155,48 +155,41 @@ impl Ownership {
     fn follow(&self, state: &State, next: u64) -> u64 {
         let now = Instant::now();
         let mut inner = self.lock();
-        let events = match state.presence_events_since(next, &BTreeSet::new()) {
-            Ok(e) => e,
-            Err(_) => {
-                inner.rescan = true; // fell behind the history: rescan instead
-                Vec::new()
-            }
-        };
         let ring = inner.ring.clone();
-        for e in &events {
-            match e.kind {
-                PresenceEventKind::Login => {
-                    let key = (e.uid.clone(), e.client_type.clone());
-                    let Some(c) = e.record.clients.get(&e.client_type) else {
-                        continue;
-                    };
-                    let mine = ring.as_ref().and_then(|r| r.owner(&e.uid)) == Some(self.me);
-                    if c.ttl_ms > 0 && mine {
-                        let ttl = Duration::from_millis(c.ttl_ms);
-                        inner.tracked.insert(
-                            key,
-                            Tracked {
-                                deadline: now + ttl,
-                                ttl,
-                                since_ms: c.since_ms,
-                                sid: e.record.sid,
-                            },
-                        );
-                    } else {
-                        inner.tracked.remove(&key);
-                    }
+        let tracked = &mut inner.tracked;
+        let visited = state.visit_presence_events_since(next, |e| match e.kind {
+            PresenceEventKind::Login => {
+                let Some(c) = e.record.clients.get(&e.client_type) else {
+                    return;
+                };
+                let key = || (e.uid.clone(), e.client_type.clone());
+                let mine = || ring.as_ref().and_then(|r| r.owner(&e.uid)) == Some(self.me);
+                if c.ttl_ms > 0 && mine() {
+                    let ttl = Duration::from_millis(c.ttl_ms);
+                    tracked.insert(
+                        key(),
+                        Tracked {
+                            deadline: now + ttl,
+                            ttl,
+                            since_ms: c.since_ms,
+                            sid: e.record.sid,
+                        },
+                    );
+                } else if !tracked.is_empty() {
+                    tracked.remove(&key());
                 }
-                PresenceEventKind::Logout | PresenceEventKind::Expired => {
-                    if e.client_type.is_empty() {
-                        inner.tracked.retain(|(uid, _), _| uid != &e.uid);
-                    } else {
-                        inner
-                            .tracked
-                            .remove(&(e.uid.clone(), e.client_type.clone()));
-                    }
-                }
-                PresenceEventKind::Permission => {}
             }
+            PresenceEventKind::Logout | PresenceEventKind::Expired => {
+                if e.client_type.is_empty() {
+                    tracked.retain(|(uid, _), _| uid != &e.uid);
+                } else if !tracked.is_empty() {
+                    tracked.remove(&(e.uid.clone(), e.client_type.clone()));
+                }
+            }
+            PresenceEventKind::Permission => {}
+        });
+        if visited.is_err() {
+            inner.rescan = true; // fell behind the history: rescan instead
         }
         if inner.rescan {
             inner.rescan = false;

@@ -13,7 +13,8 @@
 //!   else a fresh one; scoped to the request ([`current_request_id`]) so a
 //!   forwarded write carries it to the leader.
 //! - a `request` span with the node and request ids, a child of the
-//!   caller's trace when a W3C `traceparent` came with it. On the peer
+//!   caller's trace when a W3C `traceparent` came with it (created only
+//!   when traces are exported: see `telemetry::SPAN_TARGET`). On the peer
 //!   listener only requests that carry one (forwarded client writes) get a
 //!   span: Raft's own heartbeats and appends would drown the traces.
 
@@ -153,6 +154,7 @@ where
             tracing::Span::none()
         } else {
             let span = tracing::info_span!(
+                target: crate::telemetry::SPAN_TARGET,
                 "request",
                 otel.name = %method,
                 otel.kind = "server",

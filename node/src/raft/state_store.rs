@@ -284,6 +284,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             // One span per applied batch, on every replica; the leader's
             // `raft.propose` span records the same index.
             let _span = tracing::info_span!(
+                target: crate::telemetry::SPAN_TARGET,
                 "raft.apply",
                 first = batch.first().map(|(e, _)| e.index()),
                 entries = batch.len()

@@ -28,6 +28,7 @@ mod tests;
 pub mod vecmap;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -123,7 +124,7 @@ impl Command {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Response {
     /// Login, Logout, Permission: the record after the change.
-    Presence(PresenceRecord),
+    Presence(Arc<PresenceRecord>),
     /// Connect, Progress: the session after the change.
     Session(Session),
     /// Handoff: accepted or refused.
@@ -262,6 +263,17 @@ impl State {
         uids: &BTreeSet<String>,
     ) -> Result<Vec<PresenceEvent>, StateError> {
         self.roster.events_since(start_revision, uids)
+    }
+
+    /// Calls `f` on every presence event with `revision >= start_revision`
+    /// (0 = every retained one), in revision order, without copying them;
+    /// an error when they were compacted.
+    pub fn visit_presence_events_since(
+        &self,
+        start_revision: u64,
+        f: impl FnMut(&PresenceEvent),
+    ) -> Result<(), StateError> {
+        self.roster.visit_events_since(start_revision, f)
     }
 
     /// Every presence record, in uid order (for the owner's TTL rescan).

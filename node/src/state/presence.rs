@@ -95,8 +95,9 @@ pub struct PresenceEvent {
     /// The client concerned; empty for a permission change or a logout of
     /// every client.
     pub client_type: String,
-    /// The record after the change.
-    pub record: PresenceRecord,
+    /// The record after the change (shared with the state until the
+    /// record changes again, so an event costs no copy of the record).
+    pub record: Arc<PresenceRecord>,
     /// Cluster time of the change.
     pub time_ms: u64,
 }
@@ -262,42 +263,30 @@ impl Roster {
         self.online_by_client.clone()
     }
 
-    pub(crate) fn login(&mut self, at: Entry, cmd: &Login) -> PresenceRecord {
-        // Look up first: a key is allocated only for a new user.
-        if !self.records.contains_key(cmd.uid.as_str()) {
-            let record = PresenceRecord {
-                uid: cmd.uid.clone(),
-                sid: cmd.sid,
-                clients: VecMap::new(),
-                accept_strangers: cmd.accept_strangers,
-                ext: StrMap::new(),
-                updated_at_ms: 0,
-                revision: 0,
-            };
-            self.records
-                .insert(Arc::from(cmd.uid.as_str()), Arc::new(record));
-        }
-        let record = Arc::make_mut(
-            self.records
-                .get_mut(cmd.uid.as_str())
-                .expect("inserted above"),
-        );
-        let entry = ClientEntry {
-            client_type: cmd.client_type.clone(),
-            since_ms: at.time_ms,
-            ttl_ms: cmd.ttl_ms,
+    pub(crate) fn login(&mut self, at: Entry, cmd: &Login) -> Arc<PresenceRecord> {
+        let ext = (!cmd.ext.is_empty()).then(|| StrMap::from(&cmd.ext));
+        // One search for a known user; a key is allocated only for a new one.
+        let (after, was_online) = match self.records.get_mut(cmd.uid.as_str()) {
+            Some(shared) => {
+                let was_online = login_into(shared, at, cmd, ext);
+                (Arc::clone(shared), was_online)
+            }
+            None => {
+                let mut shared = Arc::new(PresenceRecord {
+                    uid: cmd.uid.clone(),
+                    sid: cmd.sid,
+                    clients: VecMap::new(),
+                    accept_strangers: cmd.accept_strangers,
+                    ext: StrMap::new(),
+                    updated_at_ms: 0,
+                    revision: 0,
+                });
+                let was_online = login_into(&mut shared, at, cmd, ext);
+                self.records
+                    .insert(Arc::from(cmd.uid.as_str()), Arc::clone(&shared));
+                (shared, was_online)
+            }
         };
-        let was_online = record
-            .clients
-            .insert(cmd.client_type.clone(), entry)
-            .is_some();
-        record.sid = cmd.sid;
-        record.accept_strangers = cmd.accept_strangers;
-        if !cmd.ext.is_empty() {
-            record.ext = StrMap::from(&cmd.ext);
-        }
-        stamp(record, at);
-        let after = record.clone();
         if !was_online {
             *self
                 .online_by_client
@@ -308,7 +297,11 @@ impl Roster {
         after
     }
 
-    pub(crate) fn logout(&mut self, at: Entry, cmd: &Logout) -> Result<PresenceRecord, StateError> {
+    pub(crate) fn logout(
+        &mut self,
+        at: Entry,
+        cmd: &Logout,
+    ) -> Result<Arc<PresenceRecord>, StateError> {
         // Check everything first: a refused logout leaves no trace.
         let record = self
             .records
@@ -340,20 +333,22 @@ impl Roster {
             None => record.clients.keys().cloned().collect(),
         };
 
-        let Some(record) = self.records.get_mut(cmd.uid.as_str()).map(Arc::make_mut) else {
+        let Some(shared) = self.records.get_mut(cmd.uid.as_str()) else {
             return Err(StateError::not_found(format!("user {:?}", cmd.uid)));
         };
+        let new_ext = cmd.reason == LogoutReason::User && !cmd.ext.is_empty();
+        let record = unshare(shared, new_ext);
         for client_type in &gone {
             record.clients.remove(client_type);
         }
         if cmd.reason == LogoutReason::User {
             record.sid = cmd.sid;
-            if !cmd.ext.is_empty() {
-                record.ext = StrMap::from(&cmd.ext);
-            }
+        }
+        if new_ext {
+            record.ext = StrMap::from(&cmd.ext);
         }
         stamp(record, at);
-        let after = record.clone();
+        let after = Arc::clone(shared);
         for client_type in &gone {
             self.count_offline(client_type);
         }
@@ -370,19 +365,19 @@ impl Roster {
         &mut self,
         at: Entry,
         cmd: &Permission,
-    ) -> Result<PresenceRecord, StateError> {
-        let record = self
+    ) -> Result<Arc<PresenceRecord>, StateError> {
+        let shared = self
             .records
             .get_mut(cmd.uid.as_str())
-            .map(Arc::make_mut)
             .ok_or_else(|| StateError::not_found(format!("user {:?}", cmd.uid)))?;
+        let record = unshare(shared, !cmd.ext.is_empty());
         record.sid = cmd.sid;
         record.accept_strangers = cmd.accept_strangers;
         if !cmd.ext.is_empty() {
             record.ext = StrMap::from(&cmd.ext);
         }
         stamp(record, at);
-        let after = record.clone();
+        let after = Arc::clone(shared);
         self.push_event(at, PresenceEventKind::Permission, "", &after);
         Ok(after)
     }
@@ -394,6 +389,22 @@ impl Roster {
         start: u64,
         uids: &BTreeSet<String>,
     ) -> Result<Vec<PresenceEvent>, StateError> {
+        let mut out = Vec::new();
+        self.visit_events_since(start, |e| {
+            if uids.is_empty() || uids.contains(&e.uid) {
+                out.push(e.clone());
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` on every event with `revision >= start` (0 = every
+    /// retained one), in revision order, without copying them.
+    pub(crate) fn visit_events_since(
+        &self,
+        start: u64,
+        mut f: impl FnMut(&PresenceEvent),
+    ) -> Result<(), StateError> {
         if start != 0 && start <= self.compacted_revision {
             return Err(StateError::precondition(format!(
                 "compacted: events up to revision {} are no longer kept, asked for {start}; \
@@ -403,12 +414,8 @@ impl Roster {
             )));
         }
         let from = self.history.partition_point(|e| e.revision < start);
-        Ok(self
-            .history
-            .range(from..)
-            .filter(|e| uids.is_empty() || uids.contains(&e.uid))
-            .cloned()
-            .collect())
+        self.history.range(from..).for_each(&mut f);
+        Ok(())
     }
 
     fn count_offline(&mut self, client_type: &str) {
@@ -431,7 +438,7 @@ impl Roster {
         at: Entry,
         kind: PresenceEventKind,
         client_type: &str,
-        record: &PresenceRecord,
+        record: &Arc<PresenceRecord>,
     ) {
         debug_assert!(
             self.history.back().is_none_or(|e| e.revision < at.index),
@@ -442,7 +449,7 @@ impl Roster {
             kind,
             uid: record.uid.clone(),
             client_type: client_type.to_owned(),
-            record: record.clone(),
+            record: Arc::clone(record),
             time_ms: at.time_ms,
         });
         while self.history.len() > EVENT_HISTORY {
@@ -476,6 +483,58 @@ impl Roster {
 }
 
 /// Marks `record` as changed by the entry `at`.
+/// Applies a login to one record; true if that client was online already.
+/// `ext`, when given, replaces the record's ext.
+fn login_into(
+    shared: &mut Arc<PresenceRecord>,
+    at: Entry,
+    cmd: &Login,
+    ext: Option<StrMap>,
+) -> bool {
+    let record = unshare(shared, ext.is_some());
+    let entry = ClientEntry {
+        client_type: cmd.client_type.clone(),
+        since_ms: at.time_ms,
+        ttl_ms: cmd.ttl_ms,
+    };
+    let was_online = record
+        .clients
+        .insert(cmd.client_type.clone(), entry)
+        .is_some();
+    record.sid = cmd.sid;
+    record.accept_strangers = cmd.accept_strangers;
+    if let Some(ext) = ext {
+        record.ext = ext;
+    }
+    stamp(record, at);
+    was_online
+}
+
+/// The record behind `shared`, for changing: copied first when something
+/// else holds it (the event history, a snapshot being written), like
+/// `Arc::make_mut`, except that `fresh_ext` leaves out an ext about to be
+/// replaced instead of copying it.
+fn unshare(shared: &mut Arc<PresenceRecord>, fresh_ext: bool) -> &mut PresenceRecord {
+    if Arc::get_mut(shared).is_none() {
+        let old = &**shared;
+        let copy = PresenceRecord {
+            uid: old.uid.clone(),
+            sid: old.sid,
+            clients: old.clients.clone(),
+            accept_strangers: old.accept_strangers,
+            ext: if fresh_ext {
+                StrMap::new()
+            } else {
+                old.ext.clone()
+            },
+            updated_at_ms: old.updated_at_ms,
+            revision: old.revision,
+        };
+        *shared = Arc::new(copy);
+    }
+    Arc::get_mut(shared).expect("made unique above")
+}
+
 fn stamp(record: &mut PresenceRecord, at: Entry) {
     debug_assert!(
         record.revision < at.index,
@@ -528,7 +587,7 @@ mod tests {
 
     fn record(r: Response) -> PresenceRecord {
         match r {
-            Response::Presence(p) => p,
+            Response::Presence(p) => Arc::unwrap_or_clone(p),
             other => panic!("expected a presence record, got {other:?}"),
         }
     }
