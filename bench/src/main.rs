@@ -136,6 +136,11 @@ struct Plan {
     workloads: Vec<Workload>,
 }
 
+/// mimalloc: the generator runs on the servers' cores, so every cycle it
+/// saves goes to whichever system is measured (both clients use it).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
