@@ -82,7 +82,7 @@ impl Default for Raft {
         Raft {
             heartbeat_ms: 50,
             election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
+            election_timeout_max_ms: 250,
             snapshot_every: 100_000,
         }
     }

@@ -217,7 +217,7 @@ impl Default for RaftTimings {
         RaftTimings {
             heartbeat_ms: 50,
             election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
+            election_timeout_max_ms: 250,
             snapshot_every: 100_000,
             keep_logs_after_snapshot: 1_000,
             max_snapshot_bytes: 1 << 30,

@@ -400,12 +400,12 @@ http = "b:3"
             }
         }
         assert!(waits[0] < waits[1] && waits[1] < waits[2], "{waits:?}");
-        // With the defaults (300 ms, bias 50): node 2 waits 400 + 20 + 25.
-        assert_eq!(waits[1], Duration::from_millis(445));
+        // With the defaults (250 ms, bias 50): node 2 waits 350 + 20 + 25.
+        assert_eq!(waits[1], Duration::from_millis(395));
         // With node 1 gone from the voters, the longest lease is still node 3's.
         assert_eq!(
             takeover_after(&three_nodes(2), [2, 3]),
-            Duration::from_millis(445)
+            Duration::from_millis(395)
         );
     }
 }

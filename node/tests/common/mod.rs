@@ -67,7 +67,7 @@ pub struct TestCluster {
 }
 
 pub fn timings() -> RaftTimings {
-    // Looser than the defaults (50 / 150-300 ms): several test clusters run
+    // Looser than the defaults (50 / 150-250 ms): several test clusters run
     // at once on two cores, often beside a compiler, and tight timings make
     // their elections thrash.
     RaftTimings {
