@@ -241,11 +241,13 @@ impl Herald {
     #[tracing::instrument(target = "herald_trace", name = "propose", skip_all, fields(node_id = self.id()))]
     pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
         cmd.validate()?;
+        // Shared, not cloned, across the attempts.
+        let cmd = std::sync::Arc::new(cmd);
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let (leader, member) = self.wait_leader(deadline).await?;
             let reply = if leader == self.id() {
-                self.propose_local(cmd.clone()).await
+                self.propose_local(std::sync::Arc::clone(&cmd)).await
             } else {
                 self.forward(leader, &member, &cmd).await
             };
@@ -270,13 +272,13 @@ impl Herald {
         skip_all,
         fields(node_id = self.id(), index = tracing::field::Empty)
     )]
-    pub(crate) async fn propose_local(&self, cmd: Command) -> ForwardReply {
+    pub(crate) async fn propose_local(&self, cmd: std::sync::Arc<Command>) -> ForwardReply {
         if !self.is_leader() {
             return ForwardReply::NotLeader;
         }
         let proposal = Proposal {
             time_ms: self.inner.clock.now_ms(),
-            cmd: std::sync::Arc::new(cmd),
+            cmd,
         };
         let started = std::time::Instant::now();
         let m = &self.inner.metrics;

@@ -41,7 +41,8 @@ pub const SPAN_TARGET: &str = "herald_trace";
 /// Log filter when `RUST_LOG` is unset.
 const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,herald_trace=off";
 
-/// What the span exporter records: the per-request spans and the rest at info.
+/// What the span exporter records: what the default log filter records,
+/// plus the per-request spans.
 const TRACE_FILTER: &str = "info,openraft=warn,herald_trace=info";
 
 /// The exporting provider, when traces are exported; `shutdown` flushes it.

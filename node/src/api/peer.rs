@@ -180,7 +180,7 @@ impl Peer for PeerService {
         if let Err(e) = cmd.validate() {
             return blob(&ForwardReply::Applied(Err(e)));
         }
-        let reply = self.node.propose_local(cmd).await;
+        let reply = self.node.propose_local(std::sync::Arc::new(cmd)).await;
         blob(&reply)
     }
 

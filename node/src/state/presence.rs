@@ -336,16 +336,14 @@ impl Roster {
         let Some(shared) = self.records.get_mut(cmd.uid.as_str()) else {
             return Err(StateError::not_found(format!("user {:?}", cmd.uid)));
         };
-        let new_ext = cmd.reason == LogoutReason::User && !cmd.ext.is_empty();
+        let new_ext = (cmd.reason == LogoutReason::User && !cmd.ext.is_empty())
+            .then(|| StrMap::from(&cmd.ext));
         let record = unshare(shared, new_ext);
         for client_type in &gone {
             record.clients.remove(client_type);
         }
         if cmd.reason == LogoutReason::User {
             record.sid = cmd.sid;
-        }
-        if new_ext {
-            record.ext = StrMap::from(&cmd.ext);
         }
         stamp(record, at);
         let after = Arc::clone(shared);
@@ -370,12 +368,12 @@ impl Roster {
             .records
             .get_mut(cmd.uid.as_str())
             .ok_or_else(|| StateError::not_found(format!("user {:?}", cmd.uid)))?;
-        let record = unshare(shared, !cmd.ext.is_empty());
+        let record = unshare(
+            shared,
+            (!cmd.ext.is_empty()).then(|| StrMap::from(&cmd.ext)),
+        );
         record.sid = cmd.sid;
         record.accept_strangers = cmd.accept_strangers;
-        if !cmd.ext.is_empty() {
-            record.ext = StrMap::from(&cmd.ext);
-        }
         stamp(record, at);
         let after = Arc::clone(shared);
         self.push_event(at, PresenceEventKind::Permission, "", &after);
@@ -482,7 +480,6 @@ impl Roster {
     }
 }
 
-/// Marks `record` as changed by the entry `at`.
 /// Applies a login to one record; true if that client was online already.
 /// `ext`, when given, replaces the record's ext.
 fn login_into(
@@ -491,7 +488,7 @@ fn login_into(
     cmd: &Login,
     ext: Option<StrMap>,
 ) -> bool {
-    let record = unshare(shared, ext.is_some());
+    let record = unshare(shared, ext);
     let entry = ClientEntry {
         client_type: cmd.client_type.clone(),
         since_ms: at.time_ms,
@@ -503,18 +500,15 @@ fn login_into(
         .is_some();
     record.sid = cmd.sid;
     record.accept_strangers = cmd.accept_strangers;
-    if let Some(ext) = ext {
-        record.ext = ext;
-    }
     stamp(record, at);
     was_online
 }
 
-/// The record behind `shared`, for changing: copied first when something
-/// else holds it (the event history, a snapshot being written), like
-/// `Arc::make_mut`, except that `fresh_ext` leaves out an ext about to be
-/// replaced instead of copying it.
-fn unshare(shared: &mut Arc<PresenceRecord>, fresh_ext: bool) -> &mut PresenceRecord {
+/// The record behind `shared`, for changing, with `new_ext` (when given)
+/// as its ext: copied first when something else holds it (the event
+/// history, a snapshot being written), like `Arc::make_mut`, except that an
+/// ext about to be replaced is not copied.
+fn unshare(shared: &mut Arc<PresenceRecord>, new_ext: Option<StrMap>) -> &mut PresenceRecord {
     if Arc::get_mut(shared).is_none() {
         let old = &**shared;
         let copy = PresenceRecord {
@@ -522,7 +516,7 @@ fn unshare(shared: &mut Arc<PresenceRecord>, fresh_ext: bool) -> &mut PresenceRe
             sid: old.sid,
             clients: old.clients.clone(),
             accept_strangers: old.accept_strangers,
-            ext: if fresh_ext {
+            ext: if new_ext.is_some() {
                 StrMap::new()
             } else {
                 old.ext.clone()
@@ -532,9 +526,14 @@ fn unshare(shared: &mut Arc<PresenceRecord>, fresh_ext: bool) -> &mut PresenceRe
         };
         *shared = Arc::new(copy);
     }
-    Arc::get_mut(shared).expect("made unique above")
+    let record = Arc::get_mut(shared).expect("made unique above");
+    if let Some(ext) = new_ext {
+        record.ext = ext;
+    }
+    record
 }
 
+/// Marks `record` as changed by the entry `at`.
 fn stamp(record: &mut PresenceRecord, at: Entry) {
     debug_assert!(
         record.revision < at.index,
@@ -597,6 +596,57 @@ mod tests {
             StateError::InvalidArgument { field, .. } => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    /// Records are shared with the event history; a change must copy, not
+    /// edit, the record an earlier event holds.
+    #[test]
+    fn events_keep_the_record_as_it_was_at_their_revision() {
+        let mut h = Harness::new();
+        let ext = |v: &str| BTreeMap::from([("k".to_string(), v.to_string())]);
+        let Command::Login(mut first) = login("alice", "pc") else {
+            unreachable!()
+        };
+        first.ext = ext("1");
+        h.ok(Command::Login(first));
+        h.ok(Command::Permission(Permission {
+            uid: "alice".into(),
+            sid: 8,
+            accept_strangers: false,
+            ext: ext("2"),
+        }));
+        h.ok(login("alice", "mobile"));
+        let Command::Logout(mut bye) = logout("alice", Some("pc")) else {
+            unreachable!()
+        };
+        bye.ext = ext("3");
+        h.ok(Command::Logout(bye));
+        let events = h.state.presence_events_since(0, &BTreeSet::new()).unwrap();
+        let seen: Vec<(u64, bool, Vec<&str>, Option<&str>)> = events
+            .iter()
+            .map(|e| {
+                let r = &e.record;
+                (
+                    r.sid,
+                    r.accept_strangers,
+                    r.clients.keys().map(String::as_str).collect(),
+                    r.ext.get("k"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (7, true, vec!["pc"], Some("1")),
+                (8, false, vec!["pc"], Some("2")),
+                (7, true, vec!["mobile", "pc"], Some("2")),
+                (7, true, vec!["mobile"], Some("3")),
+            ]
+        );
+        for e in &events {
+            assert_eq!(e.record.revision, e.revision);
+        }
+        assert_eq!(*h.state.presence("alice").unwrap(), *events[3].record);
     }
 
     #[test]
