@@ -12,8 +12,8 @@
 //!   their latency ([`Herald::propose`]), snapshot builds/installs and the
 //!   domain events of every applied entry (state store), API requests (the
 //!   [`crate::api::layer`] tower layer on every server);
-//! - **watched**: [`watch_raft`] follows openraft's metrics channel to count
-//!   leader and membership changes (and log one line for each);
+//! - **watched**: [`watch_raft`] follows openraft's server metrics channel
+//!   to count leader and membership changes (and log one line for each);
 //! - **sampled at scrape time** ([`render`]): Raft indexes and replication
 //!   lag, sled size, users online, pool accounts, the cluster clock and the
 //!   process (`/proc/self`), so gauges are exact when Prometheus reads them and
@@ -575,15 +575,6 @@ impl Metrics {
         }
     }
 
-    /// Tracks one request in flight until the guard drops.
-    pub fn in_flight(&self, server: &'static str) -> GaugeGuard {
-        GaugeGuard::new(
-            self.api_in_flight
-                .get_or_create(&ServerLabel { server })
-                .clone(),
-        )
-    }
-
     /// Tracks one open watch stream until the guard drops.
     pub fn watch_stream(&self) -> GaugeGuard {
         GaugeGuard::new(self.api_watch_streams.clone())
@@ -755,11 +746,14 @@ pub async fn http_handler(State(node): State<Herald>, headers: axum::http::Heade
     }
 }
 
-/// Follows openraft's metrics until `stopped`: counts leader and membership
-/// changes and logs one line for each.
+/// Follows openraft's server metrics until `stopped`: counts leader and
+/// membership changes and logs one line for each. The server metrics change
+/// only with the vote, the role, the leader or the membership; the full
+/// metrics change with every append and apply, and watching those woke this
+/// task several times per write.
 pub async fn watch_raft(node: Herald, stopped: impl std::future::Future<Output = ()>) {
     tokio::pin!(stopped);
-    let mut rx = node.raft().metrics();
+    let mut rx = node.raft().server_metrics();
     let mut leader: Option<u64> = None;
     let mut membership: Option<crate::raft::typ::LogId> = None;
     loop {
@@ -770,7 +764,7 @@ pub async fn watch_raft(node: Herald, stopped: impl std::future::Future<Output =
             let learners: Vec<u64> = mem.learner_ids().collect();
             (
                 m.current_leader,
-                m.current_term,
+                m.vote.leader_id().term,
                 *m.membership_config.log_id(),
                 voters,
                 learners,

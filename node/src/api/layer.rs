@@ -8,36 +8,61 @@
 //!   `grpc-status` header of an error, `Ok` when absent: a success or a
 //!   stream that started) or the HTTP status code. `method` is the gRPC path
 //!   or a known HTTP route; anything else is `other`, so a scanner cannot
-//!   grow the label set.
+//!   grow the label set. This runs on every request of the leader's one
+//!   runtime thread, so a gRPC method's `Ok` series are looked up by path
+//!   once and kept (no label strings per request); errors and HTTP go the
+//!   long way.
 //! - the request id: the caller's `x-request-id` when it is a sane token,
-//!   else a fresh one; scoped to the request ([`current_request_id`]) so a
-//!   forwarded write carries it to the leader.
+//!   else a fresh one made on first use; scoped to the request
+//!   ([`current_request_id`]) so a forwarded write carries it to the leader.
 //! - a `request` span with the node and request ids, a child of the
 //!   caller's trace when a W3C `traceparent` came with it (created only
 //!   when traces are exported: see `telemetry::SPAN_TARGET`). On the peer
 //!   listener only requests that carry one (forwarded client writes) get a
 //!   span: Raft's own heartbeats and appends would drown the traces.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tracing::Instrument;
 
-use crate::metrics::{MethodLabels, Metrics, RequestLabels};
+use crate::metrics::{MethodLabels, Metrics, RequestLabels, ServerLabel};
 
 /// Header carrying the request id, in both directions of a forward.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// The request id of one request: the caller's when sane, else made on
+/// first use. Most requests never ask (only a forwarded write and an
+/// exported span do), so a fresh one is not formatted for every request.
+struct RequestId {
+    given: Option<HeaderValue>,
+    id: OnceLock<String>,
+}
+
+impl RequestId {
+    fn get(&self) -> &str {
+        self.id.get_or_init(|| match &self.given {
+            Some(v) => v.to_str().unwrap_or_default().to_string(),
+            None => format!("{:016x}", rand::random::<u64>()),
+        })
+    }
+}
+
 tokio::task_local! {
-    static CURRENT_REQUEST_ID: String;
+    static CURRENT_REQUEST_ID: RequestId;
 }
 
 /// The id of the request this task is serving, if any.
 pub fn current_request_id() -> Option<String> {
-    CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
+    CURRENT_REQUEST_ID.try_with(|r| r.get().to_string()).ok()
 }
 
 /// Which listener a layer serves; decides labels and tracing.
@@ -61,21 +86,89 @@ impl Listener {
     }
 }
 
+/// The metrics of one gRPC method that has succeeded at least once: its
+/// latency histogram and its `code="Ok"` counter, found by path without
+/// building label strings.
+struct MethodMetrics {
+    method: String,
+    seconds: Histogram,
+    ok: Counter,
+}
+
 /// The layer; see the module doc.
 #[derive(Clone)]
 pub struct ObserveLayer {
     metrics: Metrics,
     node_id: u64,
     listener: Listener,
+    in_flight: Gauge,
+    /// Successful gRPC methods by path. Only paths that answered `Ok` get
+    /// in, so the map is bounded by the services' methods.
+    ok_paths: Arc<RwLock<HashMap<String, Arc<MethodMetrics>>>>,
 }
 
 impl ObserveLayer {
     /// A layer for one listener of node `node_id`.
     pub fn new(metrics: Metrics, node_id: u64, listener: Listener) -> Self {
+        let in_flight = metrics
+            .api_in_flight
+            .get_or_create(&ServerLabel {
+                server: listener.label(),
+            })
+            .clone();
         ObserveLayer {
             metrics,
             node_id,
             listener,
+            in_flight,
+            ok_paths: Arc::default(),
+        }
+    }
+
+    /// The cached metrics of a gRPC method that answered `Ok` before.
+    fn ok_path(&self, path: &str) -> Option<Arc<MethodMetrics>> {
+        let map = self.ok_paths.read().unwrap_or_else(|p| p.into_inner());
+        map.get(path).cloned()
+    }
+
+    /// Counts a finished request the long way: label strings and family
+    /// lookups (errors, HTTP, and a gRPC method's first success, which
+    /// fills the cache).
+    fn count(&self, method: &str, code: String, elapsed: f64) {
+        let server = self.listener.label();
+        let m = &self.metrics;
+        // An unknown gRPC method must not become a label value.
+        let method = if code == "Unimplemented" {
+            "other".to_string()
+        } else {
+            method.to_string()
+        };
+        let seconds = m
+            .api_request_seconds
+            .get_or_create(&MethodLabels {
+                server,
+                method: method.clone(),
+            })
+            .clone();
+        seconds.observe(elapsed);
+        let counter = m
+            .api_requests
+            .get_or_create(&RequestLabels {
+                server,
+                method: method.clone(),
+                code: code.clone(),
+            })
+            .clone();
+        counter.inc();
+        if code == "Ok" && self.listener != Listener::Http {
+            let mut map = self.ok_paths.write().unwrap_or_else(|p| p.into_inner());
+            map.entry(method.clone()).or_insert_with(|| {
+                Arc::new(MethodMetrics {
+                    method,
+                    seconds,
+                    ok: counter,
+                })
+            });
         }
     }
 }
@@ -99,25 +192,33 @@ pub struct Observe<S> {
 
 const HTTP_ROUTES: &[&str] = &["/v1/presence", "/health", "/metrics"];
 
-fn request_id(headers: &HeaderMap) -> String {
-    let given = headers
+/// The caller's request id when it is a sane token (1 to 64 of
+/// `[A-Za-z0-9-_.:]`).
+fn given_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers
         .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
         .filter(|v| {
             (1..=64).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        });
-    match given {
-        Some(v) => v.to_string(),
-        None => format!("{:016x}", rand::random::<u64>()),
-    }
+                && v.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+        })
+        .cloned()
 }
 
 /// gRPC status name for a numeric `grpc-status`.
 fn grpc_code_name(code: &str) -> String {
     let n: i32 = code.parse().unwrap_or(2);
     format!("{:?}", tonic::Code::from_i32(n))
+}
+
+/// Decrements the in-flight gauge when the request ends, however it ends.
+struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for Observe<S>
@@ -142,13 +243,23 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         let listener = layer.listener;
-        let server = listener.label();
         let path = req.uri().path();
-        let method = match listener {
-            Listener::Http if !HTTP_ROUTES.contains(&path) => "other".to_string(),
-            _ => path.to_string(),
+        let cached = match listener {
+            Listener::Http => None,
+            _ => layer.ok_path(path),
         };
-        let rid = request_id(req.headers());
+        let method = if cached.is_some() {
+            // Only needed again on an error.
+            String::new()
+        } else if listener == Listener::Http && !HTTP_ROUTES.contains(&path) {
+            "other".to_string()
+        } else {
+            path.to_string()
+        };
+        let rid = RequestId {
+            given: given_request_id(req.headers()),
+            id: OnceLock::new(),
+        };
         let parent = crate::telemetry::extract_context(req.headers());
         let span = if listener == Listener::Peer && parent.is_none() {
             tracing::Span::none()
@@ -156,53 +267,53 @@ where
             let span = tracing::info_span!(
                 target: crate::telemetry::SPAN_TARGET,
                 "request",
-                otel.name = %method,
+                otel.name = %path,
                 otel.kind = "server",
                 node_id = layer.node_id,
-                request_id = %rid,
-                listener = server,
+                request_id = tracing::field::Empty,
+                listener = listener.label(),
                 code = tracing::field::Empty,
             );
+            if !span.is_disabled() {
+                span.record("request_id", rid.get());
+            }
             if let Some(cx) = parent {
                 crate::telemetry::set_parent(&span, cx);
             }
             span
         };
         Box::pin(async move {
-            let _in_flight = layer.metrics.in_flight(server);
+            layer.in_flight.inc();
+            let _in_flight = InFlight(layer.in_flight.clone());
             let started = Instant::now();
             let result = CURRENT_REQUEST_ID
                 .scope(rid, inner.call(req).instrument(span.clone()))
                 .await;
             let code = match &result {
                 Ok(resp) => match resp.headers().get("grpc-status") {
-                    Some(v) => grpc_code_name(v.to_str().unwrap_or("2")),
-                    None if listener == Listener::Http => resp.status().as_u16().to_string(),
-                    None => "Ok".to_string(),
+                    Some(v) => Some(grpc_code_name(v.to_str().unwrap_or("2"))),
+                    None if listener == Listener::Http => Some(resp.status().as_u16().to_string()),
+                    None => None,
                 },
-                Err(_) => "error".to_string(),
+                Err(_) => Some("error".to_string()),
             };
-            span.record("code", code.as_str());
-            let m = &layer.metrics;
-            // An unknown gRPC method must not become a label value.
-            let method = if code == "Unimplemented" {
-                "other".to_string()
-            } else {
-                method
-            };
-            m.api_request_seconds
-                .get_or_create(&MethodLabels {
-                    server,
-                    method: method.clone(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-            m.api_requests
-                .get_or_create(&RequestLabels {
-                    server,
-                    method,
-                    code,
-                })
-                .inc();
+            if !span.is_disabled() {
+                span.record("code", code.as_deref().unwrap_or("Ok"));
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            match (code, cached) {
+                (None, Some(m)) => {
+                    m.seconds.observe(elapsed);
+                    m.ok.inc();
+                }
+                (code, cached) => {
+                    let method = match &cached {
+                        Some(m) => &m.method,
+                        None => &method,
+                    };
+                    layer.count(method, code.unwrap_or_else(|| "Ok".into()), elapsed);
+                }
+            }
             result
         })
     }
@@ -214,13 +325,72 @@ mod tests {
 
     #[test]
     fn request_ids_are_kept_when_sane_and_replaced_otherwise() {
+        let id = |h: &HeaderMap| {
+            RequestId {
+                given: given_request_id(h),
+                id: OnceLock::new(),
+            }
+            .get()
+            .to_string()
+        };
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, "abc-123".parse().unwrap());
-        assert_eq!(request_id(&h), "abc-123");
+        assert_eq!(id(&h), "abc-123");
         h.insert(REQUEST_ID, "bad id with spaces".parse().unwrap());
-        let fresh = request_id(&h);
+        let fresh = id(&h);
         assert_eq!(fresh.len(), 16);
         assert!(fresh.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Asked twice, the same id.
+        let r = RequestId {
+            given: None,
+            id: OnceLock::new(),
+        };
+        assert_eq!(r.get().to_string(), r.get());
+    }
+
+    /// The `Ok` fast path (cached handles) counts into the same series as
+    /// the long way, and an error after it still gets its method's label.
+    #[tokio::test]
+    async fn successes_after_the_first_count_into_the_same_series() {
+        use tower::{Layer, Service, ServiceExt};
+        let metrics = Metrics::new();
+        let layer = ObserveLayer::new(metrics.clone(), 1, Listener::Client);
+        let mut svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+            let mut resp = Response::new(());
+            if req.headers().contains_key("fail") {
+                resp.headers_mut()
+                    .insert("grpc-status", HeaderValue::from_static("3"));
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }));
+        let call = |fail: bool| {
+            let mut b = Request::builder().uri("/herald.v1.Herald/Login");
+            if fail {
+                b = b.header("fail", "1");
+            }
+            b.body(()).unwrap()
+        };
+        for fail in [false, false, false, true] {
+            svc.ready().await.unwrap().call(call(fail)).await.unwrap();
+        }
+        let ok = metrics
+            .api_requests
+            .get_or_create(&RequestLabels {
+                server: "client",
+                method: "/herald.v1.Herald/Login".into(),
+                code: "Ok".into(),
+            })
+            .get();
+        let bad = metrics
+            .api_requests
+            .get_or_create(&RequestLabels {
+                server: "client",
+                method: "/herald.v1.Herald/Login".into(),
+                code: "InvalidArgument".into(),
+            })
+            .get();
+        assert_eq!((ok, bad), (3, 1));
+        assert_eq!(layer.in_flight.get(), 0);
     }
 
     #[test]
