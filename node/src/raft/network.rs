@@ -83,6 +83,25 @@ impl PeerChannels {
     }
 }
 
+/// The `InstallSnapshot` stream: one chunk with the encoded meta, then the
+/// data in [`SNAPSHOT_CHUNK`]s. Chunks are cut as the stream is polled
+/// (HTTP/2 flow control keeps only a few in flight), not all at once: a
+/// copy of the whole snapshot would double the sender's memory while it
+/// sends.
+fn snapshot_chunks(meta: Vec<u8>, data: Vec<u8>) -> impl Iterator<Item = SnapshotChunk> {
+    let total = data.len();
+    let first = SnapshotChunk {
+        meta,
+        data: Vec::new(),
+    };
+    std::iter::once(first).chain(
+        (0..total.div_ceil(SNAPSHOT_CHUNK)).map(move |i| SnapshotChunk {
+            meta: Vec::new(),
+            data: data[i * SNAPSHOT_CHUNK..total.min((i + 1) * SNAPSHOT_CHUNK)].to_vec(),
+        }),
+    )
+}
+
 /// Makes [`PeerConnection`]s for openraft.
 #[derive(Clone, Default)]
 pub struct Network {
@@ -272,14 +291,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let data = snapshot.snapshot;
         let total = data.len();
-        let mut chunks = vec![SnapshotChunk {
-            meta,
-            data: Vec::new(),
-        }];
-        chunks.extend(data.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotChunk {
-            meta: Vec::new(),
-            data: c.to_vec(),
-        }));
+        let chunks = snapshot_chunks(meta, data);
         let mut client = self
             .channels
             .client_to(self.target, &self.addr)
@@ -311,5 +323,36 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
 
     fn backoff(&self) -> Option<Backoff> {
         Some(Backoff::new(std::iter::repeat(Duration::from_millis(100))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_chunks_carry_the_meta_first_and_the_data_in_order() {
+        for len in [
+            0,
+            1,
+            SNAPSHOT_CHUNK - 1,
+            SNAPSHOT_CHUNK,
+            SNAPSHOT_CHUNK + 1,
+            3 * SNAPSHOT_CHUNK,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let chunks: Vec<SnapshotChunk> =
+                snapshot_chunks(b"meta".to_vec(), data.clone()).collect();
+            assert_eq!(chunks[0].meta, b"meta", "len {len}");
+            assert!(chunks[0].data.is_empty());
+            assert_eq!(chunks.len(), 1 + len.div_ceil(SNAPSHOT_CHUNK), "len {len}");
+            let mut joined = Vec::new();
+            for c in &chunks[1..] {
+                assert!(c.meta.is_empty());
+                assert!(!c.data.is_empty() && c.data.len() <= SNAPSHOT_CHUNK);
+                joined.extend_from_slice(&c.data);
+            }
+            assert_eq!(joined, data, "len {len}");
+        }
     }
 }
