@@ -1,5 +1,6 @@
-//! The [`Client`] handle: one lazy channel per endpoint, fail-over between
-//! them, and one method per RPC of the `Herald` and `Admin` services.
+//! The [`Client`] handle: one lazy channel per endpoint (with a
+//! [`Coalescer`] over it, see `batch.rs`), fail-over between them, and one
+//! method per RPC of the `Herald` and `Admin` services.
 
 use std::collections::HashMap;
 use std::error::Error as _;
@@ -13,6 +14,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tonic::transport::Channel;
 
+use crate::batch::Coalescer;
 use crate::endpoint::{ChannelSettings, lazy_channel, parse_endpoint};
 use crate::proto::admin_client::AdminClient;
 use crate::proto::herald_client::HeraldClient;
@@ -43,6 +45,11 @@ pub struct ClientConfig {
     /// and permission changes to the Raft leader (which commits them; via
     /// the owner they would take one more hop). Off = plain fail-over order.
     pub route_by_owner: bool,
+    /// Coalesce per-user calls (login, logout, permission change, heartbeat,
+    /// get) issued together to the same node into one `Batch` round trip;
+    /// each is still served and answered on its own (see `batch.rs`). Off =
+    /// one unary RPC per call.
+    pub coalesce: bool,
 }
 
 impl Default for ClientConfig {
@@ -55,6 +62,7 @@ impl Default for ClientConfig {
             backoff: Backoff::default(),
             keep_alive_interval: Duration::from_secs(2),
             route_by_owner: true,
+            coalesce: true,
         }
     }
 }
@@ -98,7 +106,7 @@ struct Shared {
     settings: ChannelSettings,
     /// Channels to nodes outside `endpoints` (members' client addresses met
     /// in `cluster_status`). A std mutex: it is never held across an await.
-    others: Mutex<HashMap<String, Channel>>,
+    others: Mutex<HashMap<String, Conn>>,
     /// The ownership ring as last fetched, for routing per-user calls.
     routing: Mutex<Routing>,
 }
@@ -127,12 +135,34 @@ enum Via {
 /// leader: the leader's id. The client routes its next writes there.
 pub const LEADER_HINT: &str = "herald-leader";
 
+/// Metadata key a node sets on a status when the request was certainly not
+/// applied, so a caller may retry it elsewhere.
+pub const NOT_APPLIED: &str = "x-herald-not-applied";
+
 /// How long a fetched ring is used before it is fetched again.
 const ROUTING_TTL: Duration = Duration::from_secs(10);
 
 struct Target {
     uri: String,
-    channel: Channel,
+    conn: Conn,
+}
+
+/// One node's connection: the tonic channel (lazy, reconnecting) and the
+/// coalescer over it. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    pub(crate) channel: Channel,
+    pub(crate) batch: Arc<Coalescer>,
+}
+
+impl Conn {
+    fn new(uri: &str, settings: ChannelSettings, coalesce: bool) -> Result<Conn, ClientError> {
+        let channel = lazy_channel(uri, settings)?;
+        Ok(Conn {
+            batch: Arc::new(Coalescer::new(channel.clone(), coalesce)),
+            channel,
+        })
+    }
 }
 
 impl fmt::Debug for Client {
@@ -169,8 +199,8 @@ impl Client {
             .iter()
             .map(|raw| {
                 let uri = parse_endpoint(raw)?;
-                let channel = lazy_channel(&uri, settings)?;
-                Ok(Target { uri, channel })
+                let conn = Conn::new(&uri, settings, config.coalesce)?;
+                Ok(Target { uri, conn })
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
         Ok(Client {
@@ -212,7 +242,7 @@ impl Client {
         let uid = req.uid.clone();
         let resp = self
             .routed(&uid, "Login", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch).login(r).await
+                ch.batch.login(r).await
             })
             .await?;
         required(resp.record, "Login", "record")
@@ -227,7 +257,7 @@ impl Client {
         let uid = req.uid.clone();
         let resp = self
             .routed(&uid, "Logout", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch).logout(r).await
+                ch.batch.logout(r).await
             })
             .await?;
         required(resp.record, "Logout", "record")
@@ -247,7 +277,7 @@ impl Client {
                 "ChangePermission",
                 Effect::Write,
                 req,
-                |ch, r| async move { HeraldClient::new(ch).change_permission(r).await },
+                |ch, r| async move { ch.batch.change_permission(r).await },
             )
             .await?;
         required(resp.record, "ChangePermission", "record")
@@ -271,7 +301,7 @@ impl Client {
                 "Heartbeat",
                 Effect::IdempotentWrite,
                 req,
-                |ch, r| async move { HeraldClient::new(ch).heartbeat(r).await },
+                |ch, r| async move { ch.batch.heartbeat(r).await },
             )
             .await?;
         Ok(resp.known)
@@ -290,7 +320,7 @@ impl Client {
         let uid = req.uid.clone();
         let resp = self
             .routed(&uid, "GetPresence", Effect::Read, req, |ch, r| async move {
-                HeraldClient::new(ch).get_presence(r).await
+                ch.batch.get_presence(r).await
             })
             .await?;
         Ok(resp.record)
@@ -309,7 +339,7 @@ impl Client {
             consistency: consistency.into(),
         };
         self.call("BatchGetPresence", Effect::Read, req, |ch, r| async move {
-            HeraldClient::new(ch).batch_get_presence(r).await
+            HeraldClient::new(ch.channel).batch_get_presence(r).await
         })
         .await
     }
@@ -336,7 +366,7 @@ impl Client {
     ) -> Result<proto::Session, ClientError> {
         let resp = self
             .call("ConnectSession", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch).connect_session(r).await
+                HeraldClient::new(ch.channel).connect_session(r).await
             })
             .await?;
         required(resp.session, "ConnectSession", "session")
@@ -351,7 +381,7 @@ impl Client {
     ) -> Result<proto::Session, ClientError> {
         let resp = self
             .call("Progress", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch).progress(r).await
+                HeraldClient::new(ch.channel).progress(r).await
             })
             .await?;
         required(resp.session, "Progress", "session")
@@ -369,7 +399,7 @@ impl Client {
             second: Some(second),
         };
         self.call("Bind", Effect::Write, req, |ch, r| async move {
-            HeraldClient::new(ch).bind(r).await
+            HeraldClient::new(ch.channel).bind(r).await
         })
         .await?;
         Ok(())
@@ -383,7 +413,7 @@ impl Client {
         req: proto::HandoffRequest,
     ) -> Result<proto::HandoffResponse, ClientError> {
         self.call("Handoff", Effect::Write, req, |ch, r| async move {
-            HeraldClient::new(ch).handoff(r).await
+            HeraldClient::new(ch.channel).handoff(r).await
         })
         .await
     }
@@ -400,7 +430,7 @@ impl Client {
         };
         let resp = self
             .call("GetSession", Effect::Read, req, |ch, r| async move {
-                HeraldClient::new(ch).get_session(r).await
+                HeraldClient::new(ch.channel).get_session(r).await
             })
             .await?;
         resp.session
@@ -419,7 +449,7 @@ impl Client {
         };
         let resp = self
             .call("SessionLog", Effect::Read, req, |ch, r| async move {
-                HeraldClient::new(ch).session_log(r).await
+                HeraldClient::new(ch.channel).session_log(r).await
             })
             .await?;
         Ok(resp.entries)
@@ -435,7 +465,7 @@ impl Client {
     ) -> Result<proto::Platform, ClientError> {
         let resp = self
             .call("CreatePlatform", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch).create_platform(r).await
+                HeraldClient::new(ch.channel).create_platform(r).await
             })
             .await?;
         required(resp.platform, "CreatePlatform", "platform")
@@ -448,7 +478,7 @@ impl Client {
     ) -> Result<proto::Pool, ClientError> {
         let resp = self
             .call("CreatePool", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch).create_pool(r).await
+                HeraldClient::new(ch.channel).create_pool(r).await
             })
             .await?;
         required(resp.pool, "CreatePool", "pool")
@@ -468,7 +498,7 @@ impl Client {
             Effect::IdempotentWrite
         };
         self.call("LeaseAccount", effect, req, |ch, r| async move {
-            HeraldClient::new(ch).lease_account(r).await
+            HeraldClient::new(ch.channel).lease_account(r).await
         })
         .await
     }
@@ -477,7 +507,7 @@ impl Client {
     pub async fn renew_lease(&self, req: proto::RenewRequest) -> Result<proto::Lease, ClientError> {
         let resp = self
             .call("RenewLease", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch).renew_lease(r).await
+                HeraldClient::new(ch.channel).renew_lease(r).await
             })
             .await?;
         required(resp.lease, "RenewLease", "lease")
@@ -487,7 +517,7 @@ impl Client {
     /// reset. Not idempotent.
     pub async fn release_lease(&self, req: proto::ReleaseRequest) -> Result<(), ClientError> {
         self.call("ReleaseLease", Effect::Write, req, |ch, r| async move {
-            HeraldClient::new(ch).release_lease(r).await
+            HeraldClient::new(ch.channel).release_lease(r).await
         })
         .await?;
         Ok(())
@@ -500,7 +530,7 @@ impl Client {
         req: proto::PutAccountDataRequest,
     ) -> Result<(), ClientError> {
         self.call("PutAccountData", Effect::Write, req, |ch, r| async move {
-            HeraldClient::new(ch).put_account_data(r).await
+            HeraldClient::new(ch.channel).put_account_data(r).await
         })
         .await?;
         Ok(())
@@ -517,7 +547,7 @@ impl Client {
             consistency: consistency.into(),
         };
         self.call("ListPools", Effect::Read, req, |ch, r| async move {
-            HeraldClient::new(ch).list_pools(r).await
+            HeraldClient::new(ch.channel).list_pools(r).await
         })
         .await
     }
@@ -534,7 +564,7 @@ impl Client {
         };
         let resp = self
             .call("ListLeases", Effect::Read, req, |ch, r| async move {
-                HeraldClient::new(ch).list_leases(r).await
+                HeraldClient::new(ch.channel).list_leases(r).await
             })
             .await?;
         Ok(resp.leases)
@@ -547,7 +577,7 @@ impl Client {
         req: proto::AccountLoginRequest,
     ) -> Result<proto::AccountLoginResponse, ClientError> {
         self.call("AccountLogin", Effect::Read, req, |ch, r| async move {
-            HeraldClient::new(ch).account_login(r).await
+            HeraldClient::new(ch.channel).account_login(r).await
         })
         .await
     }
@@ -564,7 +594,7 @@ impl Client {
                 "Status",
                 Effect::Read,
                 proto::StatusRequest {},
-                |ch, r| async move { AdminClient::new(ch).status(r).await },
+                |ch, r| async move { AdminClient::new(ch.channel).status(r).await },
             )
             .await?;
         required(resp.status, "Status", "status")
@@ -576,7 +606,7 @@ impl Client {
             "Members",
             Effect::Read,
             proto::MembersRequest {},
-            |ch, r| async move { AdminClient::new(ch).members(r).await },
+            |ch, r| async move { AdminClient::new(ch.channel).members(r).await },
         )
         .await
     }
@@ -614,7 +644,7 @@ impl Client {
             member: Some(member),
         };
         self.call("AddLearner", Effect::Write, req, |ch, r| async move {
-            AdminClient::new(ch).add_learner(r).await
+            AdminClient::new(ch.channel).add_learner(r).await
         })
         .await
     }
@@ -625,7 +655,7 @@ impl Client {
             "Promote",
             Effect::Write,
             proto::PromoteRequest { id },
-            |ch, r| async move { AdminClient::new(ch).promote(r).await },
+            |ch, r| async move { AdminClient::new(ch.channel).promote(r).await },
         )
         .await
     }
@@ -636,7 +666,7 @@ impl Client {
             "Remove",
             Effect::Write,
             proto::RemoveRequest { id },
-            |ch, r| async move { AdminClient::new(ch).remove(r).await },
+            |ch, r| async move { AdminClient::new(ch.channel).remove(r).await },
         )
         .await
     }
@@ -648,7 +678,7 @@ impl Client {
     ) -> Result<proto::AdminResponse, ClientError> {
         let req = proto::ChangeMembershipRequest { voters };
         self.call("ChangeMembership", Effect::Write, req, |ch, r| async move {
-            AdminClient::new(ch).change_membership(r).await
+            AdminClient::new(ch.channel).change_membership(r).await
         })
         .await
     }
@@ -657,7 +687,7 @@ impl Client {
     pub async fn transfer_leader(&self, to: u64) -> Result<proto::AdminResponse, ClientError> {
         let req = proto::TransferLeaderRequest { to };
         self.call("TransferLeader", Effect::Write, req, |ch, r| async move {
-            AdminClient::new(ch).transfer_leader(r).await
+            AdminClient::new(ch.channel).transfer_leader(r).await
         })
         .await
     }
@@ -669,7 +699,7 @@ impl Client {
             "Snapshot",
             Effect::Write,
             proto::SnapshotRequest {},
-            |ch, r| async move { AdminClient::new(ch).snapshot(r).await },
+            |ch, r| async move { AdminClient::new(ch.channel).snapshot(r).await },
         )
         .await
     }
@@ -681,7 +711,7 @@ impl Client {
             "Snapshot",
             Effect::Write,
             proto::SnapshotRequest {},
-            |ch, r| async move { AdminClient::new(ch).snapshot(r).await },
+            |ch, r| async move { AdminClient::new(ch.channel).snapshot(r).await },
         )
         .await
     }
@@ -702,7 +732,7 @@ impl Client {
                 offset_ms,
                 relative,
             },
-            |ch, r| async move { AdminClient::new(ch).set_clock_offset(r).await },
+            |ch, r| async move { AdminClient::new(ch.channel).set_clock_offset(r).await },
         )
         .await
     }
@@ -783,7 +813,7 @@ impl Client {
     ) -> Result<Resp, ClientError>
     where
         Req: Clone,
-        F: Fn(Channel, tonic::Request<Req>) -> Fut + Clone,
+        F: Fn(Conn, tonic::Request<Req>) -> Fut + Clone,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         // Raft writes to the leader; reads and heartbeats to the owner.
@@ -795,7 +825,7 @@ impl Client {
         // A node that forwarded a write names the leader: route there next.
         let rpc = {
             let me = self;
-            move |ch: Channel, r: tonic::Request<Req>| {
+            move |ch: Conn, r: tonic::Request<Req>| {
                 let call = rpc(ch, r);
                 async move {
                     let resp = call.await?;
@@ -846,7 +876,7 @@ impl Client {
     ) -> Result<Resp, ClientError>
     where
         Req: Clone,
-        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        F: Fn(Conn, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let config = &self.shared.config;
@@ -871,7 +901,7 @@ impl Client {
             let index = self.preferred();
             let target = &self.shared.endpoints[index];
             let (outcome, detail) = match attempt(
-                &target.channel,
+                &target.conn,
                 config.request_timeout.min(remaining),
                 req.clone(),
                 &rpc,
@@ -926,11 +956,11 @@ impl Client {
         rpc: F,
     ) -> Result<Resp, ClientError>
     where
-        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        F: Fn(Conn, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        let (uri, channel) = self.channel_for(endpoint)?;
-        let detail = match attempt(&channel, self.shared.config.request_timeout, req, &rpc).await {
+        let (uri, conn) = self.conn_for(endpoint)?;
+        let detail = match attempt(&conn, self.shared.config.request_timeout, req, &rpc).await {
             Ok(resp) => return Ok(resp),
             Err(Failed::Status(status)) => match classify(&status) {
                 Outcome::Definite => return Err(ClientError::from(status)),
@@ -963,7 +993,7 @@ impl Client {
     /// The channel of endpoint `index`, and its URI for messages.
     pub(crate) fn target(&self, index: usize) -> (&str, Channel) {
         let target = &self.shared.endpoints[index % self.shared.endpoints.len()];
-        (&target.uri, target.channel.clone())
+        (&target.uri, target.conn.channel.clone())
     }
 
     /// After endpoint `failed` failed, prefer the next one, unless another
@@ -978,22 +1008,22 @@ impl Client {
         );
     }
 
-    fn channel_for(&self, endpoint: &str) -> Result<(String, Channel), ClientError> {
+    fn conn_for(&self, endpoint: &str) -> Result<(String, Conn), ClientError> {
         let uri = parse_endpoint(endpoint)?;
         if let Some(target) = self.shared.endpoints.iter().find(|t| t.uri == uri) {
-            return Ok((uri, target.channel.clone()));
+            return Ok((uri, target.conn.clone()));
         }
         let mut others = self
             .shared
             .others
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(channel) = others.get(&uri) {
-            return Ok((uri, channel.clone()));
+        if let Some(conn) = others.get(&uri) {
+            return Ok((uri, conn.clone()));
         }
-        let channel = lazy_channel(&uri, self.shared.settings)?;
-        others.insert(uri.clone(), channel.clone());
-        Ok((uri, channel))
+        let conn = Conn::new(&uri, self.shared.settings, self.shared.config.coalesce)?;
+        others.insert(uri.clone(), conn.clone());
+        Ok((uri, conn))
     }
 }
 
@@ -1006,18 +1036,18 @@ enum Failed {
 /// One attempt with a timeout. The timeout is also sent as `grpc-timeout`, so
 /// the server can give up on work nobody waits for.
 async fn attempt<Req, Resp, F, Fut>(
-    channel: &Channel,
+    conn: &Conn,
     timeout: Duration,
     req: Req,
     rpc: &F,
 ) -> Result<Resp, Failed>
 where
-    F: Fn(Channel, tonic::Request<Req>) -> Fut,
+    F: Fn(Conn, tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
     let mut request = tonic::Request::new(req);
     request.set_timeout(timeout);
-    match tokio::time::timeout(timeout, rpc(channel.clone(), request)).await {
+    match tokio::time::timeout(timeout, rpc(conn.clone(), request)).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => Err(Failed::Status(status)),
         Err(_) => Err(Failed::TimedOut(timeout)),

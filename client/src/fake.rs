@@ -34,6 +34,12 @@ pub struct Script {
     pub members: Vec<Member>,
     /// Start revisions of the watches opened here.
     pub watch_starts: Vec<u64>,
+    /// Answer a login of this uid with `InvalidArgument`.
+    pub invalid_uid: Option<String>,
+    /// How long a write takes to answer.
+    pub write_delay: std::time::Duration,
+    /// How many calls each `Batch` carried, in arrival order.
+    pub batch_sizes: Vec<usize>,
 }
 
 /// A running fake node.
@@ -124,14 +130,58 @@ impl Herald for Fake {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<PresenceEvent, Status>> + Send>>;
 
     async fn login(&self, r: Request<LoginRequest>) -> Res<PresenceWriteResponse> {
-        if let Some(msg) = self.script.lock().expect("lock").invalid_login.clone() {
+        let uid = r.into_inner().uid;
+        let (invalid, delay) = {
+            let script = self.script.lock().expect("lock");
+            let invalid = match &script.invalid_uid {
+                Some(bad) if *bad == uid => Some(format!("uid: {bad} is refused")),
+                _ => script.invalid_login.clone(),
+            };
+            (invalid, script.write_delay)
+        };
+        tokio::time::sleep(delay).await;
+        if let Some(msg) = invalid {
             self.count();
             return Err(Status::invalid_argument(msg));
         }
-        self.write(&r.into_inner().uid)
+        self.write(&uid)
     }
     async fn logout(&self, r: Request<LogoutRequest>) -> Res<PresenceWriteResponse> {
         self.write(&r.into_inner().uid)
+    }
+    async fn batch(&self, r: Request<BatchRequest>) -> Res<BatchResponse> {
+        use crate::batch_reply;
+        use crate::proto::batch_call::Call;
+        use crate::proto::batch_reply::Reply;
+        let calls = r.into_inner().calls;
+        self.script
+            .lock()
+            .expect("lock")
+            .batch_sizes
+            .push(calls.len());
+        let replies = futures::future::join_all(calls.into_iter().map(|c| async move {
+            let result = match c.call {
+                Some(Call::Login(m)) => self
+                    .login(Request::new(m))
+                    .await
+                    .map(|r| batch_reply(r, Reply::PresenceWrite)),
+                Some(Call::Logout(m)) => self
+                    .logout(Request::new(m))
+                    .await
+                    .map(|r| batch_reply(r, Reply::PresenceWrite)),
+                _ => Err(Status::unimplemented("this call in a batch")),
+            };
+            result.unwrap_or_else(|s| BatchReply {
+                reply: Some(Reply::Error(CallError {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                    not_applied: false,
+                })),
+                leader_hint: 0,
+            })
+        }))
+        .await;
+        Ok(Response::new(BatchResponse { replies }))
     }
     async fn change_permission(&self, _: Request<PermissionRequest>) -> Res<PresenceWriteResponse> {
         no("change_permission")
@@ -427,5 +477,109 @@ mod tests {
             Err(ClientError::Unavailable(_))
         ));
         assert_eq!(status.agreed_leader(), None, "node 3 did not answer");
+    }
+
+    fn login_of(uid: &str) -> LoginRequest {
+        LoginRequest {
+            uid: uid.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A client of `a` alone, without owner routing (whose member fetches
+    /// would count as calls and split the callers).
+    fn direct(a: &FakeNode, coalesce: bool) -> Client {
+        let config = crate::ClientConfig {
+            route_by_owner: false,
+            coalesce,
+            ..Default::default()
+        };
+        Client::with_config(vec![a.endpoint()], config).expect("endpoints")
+    }
+
+    /// Logins of `uids`, issued together on one task (so they meet in one
+    /// scheduler turn, as the callers woken by one reply do).
+    async fn logins(client: &Client, uids: &[&str]) -> Vec<Result<PresenceRecord, ClientError>> {
+        futures::future::join_all(uids.iter().map(|u| client.login(login_of(u)))).await
+    }
+
+    #[tokio::test]
+    async fn calls_issued_together_share_one_batch_and_each_gets_its_answer() {
+        let a = FakeNode::start(Script {
+            invalid_uid: Some("bad".into()),
+            ..Default::default()
+        })
+        .await;
+        let client = direct(&a, true);
+        let got = logins(&client, &["u1", "bad", "u3", "u4"]).await;
+        assert_eq!(a.script.lock().expect("lock").batch_sizes, [4]);
+        assert_eq!(got[0].as_ref().expect("u1").uid, "u1");
+        match &got[1] {
+            // Its own validation error, not retried, not shared.
+            Err(ClientError::InvalidArgument(m)) => assert_eq!(m, "uid: bad is refused"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(got[2].as_ref().expect("u3").uid, "u3");
+        assert_eq!(got[3].as_ref().expect("u4").uid, "u4");
+        assert_eq!(a.calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_lone_call_and_an_uncoalescing_client_send_unary_rpcs() {
+        let a = FakeNode::start(Script::default()).await;
+        let client = direct(&a, true);
+        client.login(login_of("alone")).await.expect("login");
+        let plain = direct(&a, false);
+        for r in logins(&plain, &["u1", "u2", "u3"]).await {
+            r.expect("login");
+        }
+        assert_eq!(a.calls.load(Ordering::SeqCst), 4);
+        assert!(a.script.lock().expect("lock").batch_sizes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_does_not_take_the_batch_with_it() {
+        let a = FakeNode::start(Script {
+            write_delay: std::time::Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await;
+        let client = direct(&a, true);
+        // The first call opens the batch; it is dropped once the batch has
+        // left, long before the answers come back.
+        let impatient = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            client.login(login_of("impatient")),
+        );
+        let (gave_up, rest) = tokio::join!(impatient, logins(&client, &["u2", "u3"]));
+        assert!(gave_up.is_err(), "the first call should have timed out");
+        for (r, uid) in rest.into_iter().zip(["u2", "u3"]) {
+            assert_eq!(r.expect("answered").uid, uid);
+        }
+        assert_eq!(a.script.lock().expect("lock").batch_sizes, [3]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_be_sent_fails_over_like_unary_calls() {
+        // Nothing listens on a: dialing fails, so nothing was executed and
+        // even non-idempotent logouts may go to b.
+        let dead = "127.0.0.1:1".to_string();
+        let b = FakeNode::start(Script::default()).await;
+        let config = crate::ClientConfig {
+            route_by_owner: false,
+            ..Default::default()
+        };
+        let client = Client::with_config(vec![dead, b.endpoint()], config).expect("endpoints");
+        let got = futures::future::join_all(["u1", "u2", "u3"].map(|u| {
+            client.logout(LogoutRequest {
+                uid: u.into(),
+                ..Default::default()
+            })
+        }))
+        .await;
+        for (r, uid) in got.into_iter().zip(["u1", "u2", "u3"]) {
+            assert_eq!(r.expect("served by b").uid, uid);
+        }
+        assert_eq!(b.calls.load(Ordering::SeqCst), 3);
     }
 }

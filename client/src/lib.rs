@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 mod client;
 mod cluster;
 mod endpoint;
@@ -37,7 +38,8 @@ mod retry;
 pub mod ring;
 mod watch;
 
-pub use client::{Client, ClientConfig, LEADER_HINT};
+pub use batch::batch_reply;
+pub use client::{Client, ClientConfig, LEADER_HINT, NOT_APPLIED};
 pub use cluster::{ClusterStatus, MemberStatus};
 pub use endpoint::parse_endpoint;
 pub use error::ClientError;

@@ -30,9 +30,7 @@ use crate::raft::state_store::StateStore;
 use crate::raft::{Member, Proposal, Raft, decode, encode};
 use crate::state::{Command, Response, StateError};
 
-/// Metadata key a node sets on a status when the request was certainly not
-/// applied, so a caller may retry it elsewhere.
-pub const NOT_APPLIED: &str = "x-herald-not-applied";
+pub use ::herald_client::NOT_APPLIED;
 
 /// How long a write or read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(5);

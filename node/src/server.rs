@@ -167,10 +167,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         }
     }));
 
-    let herald_svc = HeraldServer::new(api::client::HeraldService::new(herald.clone()));
+    let client_layer = observe(Listener::Client);
+    let herald_svc = HeraldServer::new(api::client::HeraldService::new(
+        herald.clone(),
+        client_layer.accounting(),
+    ));
     let admin_svc = AdminServer::new(api::admin::AdminService::new(herald.clone()));
     let s = stopped();
-    let client_layer = observe(Listener::Client);
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .tcp_nodelay(true)

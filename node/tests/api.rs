@@ -1,7 +1,8 @@
 //! The client API end to end on a real 3-node cluster: bad input is refused
 //! with the field named and nothing applied; watch delivers every change in
 //! revision order and resumes without gaps on another node; the HTTP batch
-//! lookup; handoff fencing and lease idempotency through gRPC.
+//! lookup; handoff fencing and lease idempotency through gRPC; a `Batch`
+//! answers each of its calls on its own.
 
 mod common;
 
@@ -143,6 +144,99 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         .into_inner();
     assert!(r.record.is_none(), "a refused login left a record");
     assert!(applied(&c, leader).await <= before + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_call_as_its_unary_rpc_would() {
+    use batch_call::Call;
+    use batch_reply::Reply;
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let follower = c.alive().into_iter().find(|id| *id != leader).unwrap();
+    c.client(leader).login(login("alice", "pc")).await.unwrap();
+
+    // To a follower, which forwards the writes and reads through ReadIndex.
+    let mut cl = c.client(follower);
+    let call = |c: Call| BatchCall { call: Some(c) };
+    let calls = vec![
+        call(Call::Login(login("carol", "tv"))),
+        call(Call::Login(login(&"x".repeat(129), "pc"))),
+        call(Call::GetPresence(GetPresenceRequest {
+            uid: "alice".into(),
+            consistency: Consistency::Linearizable as i32,
+        })),
+        BatchCall { call: None },
+        call(Call::Heartbeat(HeartbeatRequest {
+            uid: "nobody".into(),
+            client_type: "pc".into(),
+        })),
+    ];
+    let replies = cl
+        .batch(BatchRequest { calls })
+        .await
+        .unwrap()
+        .into_inner()
+        .replies;
+    assert_eq!(replies.len(), 5, "{replies:?}");
+    match &replies[0].reply {
+        Some(Reply::PresenceWrite(w)) => {
+            let r = w.record.as_ref().unwrap();
+            assert!(r.uid == "carol" && r.online, "{r:?}");
+        }
+        other => panic!("carol's login: {other:?}"),
+    }
+    // A forwarded write names the leader (the one it was forwarded to).
+    let hint = replies[0].leader_hint;
+    assert!(hint != 0 && hint != follower, "leader hint {hint}");
+    let refused = |r: &BatchReply, field: &str| match &r.reply {
+        Some(Reply::Error(e)) => {
+            assert_eq!(e.code, Code::InvalidArgument as i32, "{e:?}");
+            assert!(e.message.contains(field), "should name {field}: {e:?}");
+            assert!(!e.not_applied, "{e:?}");
+        }
+        other => panic!("expected a refusal naming {field}: {other:?}"),
+    };
+    refused(&replies[1], "uid");
+    match &replies[2].reply {
+        // Linearizable: alice's acknowledged login is visible on the follower.
+        Some(Reply::GetPresence(g)) => assert!(g.record.as_ref().unwrap().online),
+        other => panic!("alice's get: {other:?}"),
+    }
+    refused(&replies[3], "calls[3]");
+    match &replies[4].reply {
+        Some(Reply::Heartbeat(h)) => assert!(!h.known),
+        other => panic!("the heartbeat: {other:?}"),
+    }
+
+    // Each call is counted under its own method.
+    let (_, metrics) = common::http_get(&c.http_addr(follower), "/metrics")
+        .await
+        .unwrap();
+    for (code, want) in [("Ok", 1.0), ("InvalidArgument", 1.0)] {
+        let series = format!(
+            "herald_api_requests_total{{server=\"client\",method=\"/herald.v1.Herald/Login\",code=\"{code}\"}}"
+        );
+        assert_eq!(common::sample(&metrics, &series), Some(want), "{series}");
+    }
+
+    // Too many calls: the whole batch is refused and nothing is applied.
+    let calls = (0..1001)
+        .map(|i| call(Call::Login(login(&format!("big{i}"), "pc"))))
+        .collect();
+    let err = cl.batch(BatchRequest { calls }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("calls"), "{err:?}");
+    let err = cl.batch(BatchRequest { calls: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let r = cl
+        .get_presence(GetPresenceRequest {
+            uid: "big0".into(),
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.record.is_none(), "a refused batch applied a login");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self as cv, linearizable};
+use super::layer::Accounting;
 use super::status::state_status;
 use crate::node::Herald;
 use crate::state::{self, Command, StateError};
@@ -24,12 +25,23 @@ use crate::state::{self, Command, StateError};
 /// Serves [`HeraldApi`] for one node.
 pub struct HeraldService {
     node: Herald,
+    /// The client listener's request counting, for the calls of a `Batch`.
+    accounting: Accounting,
 }
 
 impl HeraldService {
-    /// A client service over `node`.
-    pub fn new(node: Herald) -> Self {
-        HeraldService { node }
+    /// A client service over `node`; `accounting` is the client listener's
+    /// ([`super::layer::ObserveLayer::accounting`]).
+    pub fn new(node: Herald, accounting: Accounting) -> Self {
+        HeraldService { node, accounting }
+    }
+
+    pub(super) fn node(&self) -> &Herald {
+        &self.node
+    }
+
+    pub(super) fn accounting(&self) -> &Accounting {
+        &self.accounting
     }
 
     async fn propose(&self, cmd: Command) -> Result<state::Response, Status> {
@@ -209,6 +221,10 @@ impl HeraldApi for HeraldService {
         check_uids(&r.uids).map_err(invalid)?;
         self.read_barrier(r.consistency).await?;
         Ok(Response::new(batch_get(&self.node, &r.uids)))
+    }
+
+    async fn batch(&self, req: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
+        self.serve_batch(req.into_inner()).await.map(Response::new)
     }
 
     type WatchStream = WatchStream;

@@ -95,33 +95,40 @@ struct MethodMetrics {
     ok: Counter,
 }
 
-/// The layer; see the module doc.
+/// Request counting for one listener: `herald_api_requests_total` and the
+/// latency histogram by method and code. Cheap to clone (shared cache).
+///
+/// Shared by the layer (one count per HTTP/2 request) and by the client
+/// service's `Batch` handler, which counts each call of a batch under its
+/// own method, as if it had come alone.
 #[derive(Clone)]
-pub struct ObserveLayer {
+pub struct Accounting {
     metrics: Metrics,
-    node_id: u64,
     listener: Listener,
-    in_flight: Gauge,
     /// Successful gRPC methods by path. Only paths that answered `Ok` get
     /// in, so the map is bounded by the services' methods.
     ok_paths: Arc<RwLock<HashMap<String, Arc<MethodMetrics>>>>,
 }
 
-impl ObserveLayer {
-    /// A layer for one listener of node `node_id`.
-    pub fn new(metrics: Metrics, node_id: u64, listener: Listener) -> Self {
-        let in_flight = metrics
-            .api_in_flight
-            .get_or_create(&ServerLabel {
-                server: listener.label(),
-            })
-            .clone();
-        ObserveLayer {
+impl Accounting {
+    /// Counting for `listener`'s requests into `metrics`.
+    pub fn new(metrics: Metrics, listener: Listener) -> Self {
+        Accounting {
             metrics,
-            node_id,
             listener,
-            in_flight,
             ok_paths: Arc::default(),
+        }
+    }
+
+    /// Counts one finished gRPC call of `path` (e.g.
+    /// `/herald.v1.Herald/Login`); `code` is its status name, `None` for `Ok`.
+    pub fn record(&self, path: &str, code: Option<&str>, elapsed: f64) {
+        match (code, self.ok_path(path)) {
+            (None, Some(m)) => {
+                m.seconds.observe(elapsed);
+                m.ok.inc();
+            }
+            (code, _) => self.count(path, code.unwrap_or("Ok"), elapsed),
         }
     }
 
@@ -134,7 +141,7 @@ impl ObserveLayer {
     /// Counts a finished request the long way: label strings and family
     /// lookups (errors, HTTP, and a gRPC method's first success, which
     /// fills the cache).
-    fn count(&self, method: &str, code: String, elapsed: f64) {
+    fn count(&self, method: &str, code: &str, elapsed: f64) {
         let server = self.listener.label();
         let m = &self.metrics;
         // An unknown gRPC method must not become a label value.
@@ -156,7 +163,7 @@ impl ObserveLayer {
             .get_or_create(&RequestLabels {
                 server,
                 method: method.clone(),
-                code: code.clone(),
+                code: code.to_string(),
             })
             .clone();
         counter.inc();
@@ -170,6 +177,39 @@ impl ObserveLayer {
                 })
             });
         }
+    }
+}
+
+/// The layer; see the module doc.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    accounting: Accounting,
+    node_id: u64,
+    listener: Listener,
+    in_flight: Gauge,
+}
+
+impl ObserveLayer {
+    /// A layer for one listener of node `node_id`.
+    pub fn new(metrics: Metrics, node_id: u64, listener: Listener) -> Self {
+        let in_flight = metrics
+            .api_in_flight
+            .get_or_create(&ServerLabel {
+                server: listener.label(),
+            })
+            .clone();
+        ObserveLayer {
+            accounting: Accounting::new(metrics, listener),
+            node_id,
+            listener,
+            in_flight,
+        }
+    }
+
+    /// The layer's request counting, for services that count calls of
+    /// their own (the client service's `Batch`).
+    pub fn accounting(&self) -> Accounting {
+        self.accounting.clone()
     }
 }
 
@@ -246,7 +286,7 @@ where
         let path = req.uri().path();
         let cached = match listener {
             Listener::Http => None,
-            _ => layer.ok_path(path),
+            _ => layer.accounting.ok_path(path),
         };
         let method = if cached.is_some() {
             // Only needed again on an error.
@@ -311,7 +351,9 @@ where
                         Some(m) => &m.method,
                         None => &method,
                     };
-                    layer.count(method, code.unwrap_or_else(|| "Ok".into()), elapsed);
+                    layer
+                        .accounting
+                        .count(method, code.as_deref().unwrap_or("Ok"), elapsed);
                 }
             }
             result
