@@ -215,12 +215,22 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let mut client = self.client()?;
             let sent = Arc::new(AtomicU64::new(0));
             let counter = sent.clone();
-            let requests = input.map(move |rpc| {
+            let requests = input.then(move |rpc| {
                 counter.fetch_add(1, Ordering::Relaxed);
-                // bincode cannot fail on these types; an empty blob would
-                // be refused by the follower and end the stream.
-                RaftBlob {
-                    data: encode(&rpc).unwrap_or_default(),
+                async move {
+                    if rpc.entries.is_empty() {
+                        // A commit-only append (a new commit index, no
+                        // entries) follows every commit. Let this turn's
+                        // apply and client replies go first: a follower
+                        // learning the commit a few µs later costs nothing,
+                        // a client waiting on two more socket writes does.
+                        tokio::task::yield_now().await;
+                    }
+                    // bincode cannot fail on these types; an empty blob
+                    // would be refused by the follower and end the stream.
+                    RaftBlob {
+                        data: encode(&rpc).unwrap_or_default(),
+                    }
                 }
             });
             let mut request = tonic::Request::new(requests);
