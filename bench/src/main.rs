@@ -75,6 +75,11 @@ struct Args {
     /// Skip the fail-over test.
     #[arg(long)]
     skip_failover: bool,
+    /// Herald's client sends every call as its own unary RPC instead of
+    /// coalescing the calls issued together to one node into one `Batch`
+    /// round trip (herald_client's default; etcd-client has no such mode).
+    #[arg(long)]
+    no_coalesce: bool,
     /// Skip the memory and restart test.
     #[arg(long)]
     skip_memory: bool,
@@ -134,6 +139,8 @@ struct Plan {
     records: u64,
     load_limit: Duration,
     workloads: Vec<Workload>,
+    /// Herald clients coalesce calls into `Batch` round trips.
+    coalesce: bool,
 }
 
 /// mimalloc: the generator runs on the servers' cores, so every cycle it
@@ -195,6 +202,7 @@ async fn run(args: Args) -> Result<()> {
             .records
             .unwrap_or(if tiny { 10_000 } else { 1_000_000 }),
         load_limit: args.load_limit,
+        coalesce: !args.no_coalesce,
         workloads: all
             .into_iter()
             .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.name))
@@ -242,6 +250,15 @@ async fn run(args: Args) -> Result<()> {
     params.insert("keys".into(), plan.keys.to_string());
     params.insert("connections".into(), plan.connections.to_string());
     params.insert("seed".into(), plan.seed.to_string());
+    params.insert(
+        "herald client".into(),
+        if plan.coalesce {
+            "coalesces calls issued together into Batch round trips (default)"
+        } else {
+            "one unary RPC per call (--no-coalesce)"
+        }
+        .into(),
+    );
     params.insert("node binary".into(), node_bin.display().to_string());
     if let Some(bin) = &etcd_bin {
         params.insert("etcd binary".into(), bin.display().to_string());
@@ -375,14 +392,14 @@ fn kernel() -> String {
 /// What a system offers the benchmark.
 trait System {
     const NAME: &'static str;
-    async fn target(&self, connections: usize) -> Result<Target>;
+    async fn target(&self, connections: usize, plan: &Plan) -> Result<Target>;
     fn pids(&self) -> Vec<u32>;
     fn data_bytes(&self) -> u64;
 }
 
 impl System for EtcdCluster {
     const NAME: &'static str = ETCD;
-    async fn target(&self, connections: usize) -> Result<Target> {
+    async fn target(&self, connections: usize, _plan: &Plan) -> Result<Target> {
         let leader = self.leader_index(Duration::from_secs(10)).await?;
         Target::etcd(&self.endpoints(), leader, connections).await
     }
@@ -396,9 +413,14 @@ impl System for EtcdCluster {
 
 impl System for HeraldCluster {
     const NAME: &'static str = HERALD;
-    async fn target(&self, connections: usize) -> Result<Target> {
+    async fn target(&self, connections: usize, plan: &Plan) -> Result<Target> {
         let leader = self.leader(Duration::from_secs(10)).await?;
-        Target::herald(&self.endpoints(), self.index_of(leader), connections)
+        Target::herald(
+            &self.endpoints(),
+            self.index_of(leader),
+            connections,
+            plan.coalesce,
+        )
     }
     fn pids(&self) -> Vec<u32> {
         HeraldCluster::pids(self)
@@ -411,7 +433,7 @@ impl System for HeraldCluster {
 /// Writes every key once, then runs each workload.
 async fn workloads_on<S: System>(system: &S, plan: &Plan, report: &mut Report) -> Result<()> {
     let name = S::NAME;
-    let target = Arc::new(system.target(plan.connections).await?);
+    let target = Arc::new(system.target(plan.connections, plan).await?);
     eprintln!("  {name}: writing {} keys once", plan.keys);
     let fill_started = Instant::now();
     let filled = driver::fill(target, plan.keys, 64, None, |done| {
@@ -432,7 +454,7 @@ async fn workloads_on<S: System>(system: &S, plan: &Plan, report: &mut Report) -
     }
     for (i, w) in plan.workloads.iter().enumerate() {
         let connections = plan.connections.min(w.concurrency);
-        let target = Arc::new(system.target(connections).await?);
+        let target = Arc::new(system.target(connections, plan).await?);
         let load = Load {
             concurrency: w.concurrency,
             warmup: plan.warmup,
@@ -485,7 +507,7 @@ async fn one_kill<S: System>(
 ) -> Result<f64> {
     let before = Duration::from_secs(2);
     let after = Duration::from_secs(6);
-    let target = Arc::new(system.target(plan.connections).await?);
+    let target = Arc::new(system.target(plan.connections, plan).await?);
     let load = Load {
         concurrency: 16,
         warmup: Duration::ZERO,
@@ -602,7 +624,7 @@ async fn bench_herald(
 }
 
 async fn memory_and_restart(cluster: &mut HeraldCluster, plan: &Plan) -> Result<MemoryRestart> {
-    let target = Arc::new(cluster.target(16).await?);
+    let target = Arc::new(cluster.target(16, plan).await?);
     let load_started = Instant::now();
     let target_records = plan.records;
     let mut last = (0u64, load_started);

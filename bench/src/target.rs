@@ -48,13 +48,21 @@ pub struct EtcdConnection {
 
 impl Target {
     /// Herald clients over `endpoints`, client `c` preferring endpoint
-    /// `(first + c) % len`.
-    pub fn herald(endpoints: &[String], first: usize, connections: usize) -> Result<Target> {
+    /// `(first + c) % len`; `coalesce` as in [`ClientConfig::coalesce`].
+    pub fn herald(
+        endpoints: &[String],
+        first: usize,
+        connections: usize,
+        coalesce: bool,
+    ) -> Result<Target> {
         let clients = (0..connections.max(1))
             .map(|c| {
                 let rotated = rotate(endpoints, first + c);
-                Client::with_config(rotated, ClientConfig::with_request_timeout(REQUEST_TIMEOUT))
-                    .context("creating a Herald client")
+                let config = ClientConfig {
+                    coalesce,
+                    ..ClientConfig::with_request_timeout(REQUEST_TIMEOUT)
+                };
+                Client::with_config(rotated, config).context("creating a Herald client")
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Target::Herald(clients))
