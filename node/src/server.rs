@@ -270,9 +270,15 @@ impl RunningNode {
     }
 }
 
-/// Runs a node until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs a node until `shutdown` resolves; `started` is called once it
+/// serves (every listener bound, the state loaded).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    started: impl FnOnce(),
+) -> anyhow::Result<()> {
     let node = start(config).await?;
+    started();
     shutdown.await;
     tracing::info!("shutting down");
     node.shutdown().await;
