@@ -239,6 +239,53 @@ async fn a_batch_answers_each_call_as_its_unary_rpc_would() {
     assert!(r.record.is_none(), "a refused batch applied a login");
 }
 
+/// The gets of a batch share one ReadIndex: a follower that restarts
+/// without the latest acknowledged write must not answer them from its
+/// stale state, however early it is asked. (A batch whose gets skipped the
+/// ReadIndex still passed the chaos smoke; this test fails on it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_gets_on_a_restarted_follower_sees_every_acknowledged_write() {
+    use batch_call::Call;
+    use batch_reply::Reply;
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let follower = c.alive().into_iter().find(|id| *id != leader).unwrap();
+    c.kill(follower);
+    // Acknowledged by the other two while the follower is down.
+    c.client(leader).login(login("late", "pc")).await.unwrap();
+    c.restart(follower);
+    let get = || BatchCall {
+        call: Some(Call::GetPresence(GetPresenceRequest {
+            uid: "late".into(),
+            consistency: Consistency::Linearizable as i32,
+        })),
+    };
+    // The first answer the restarted node gives, however early.
+    let cl = c.client(follower);
+    let replies = c
+        .wait_for("the restarted follower to answer a batch", || {
+            let mut cl = cl.clone();
+            async move {
+                let calls = vec![get(), get()];
+                cl.batch(BatchRequest { calls }).await.ok()
+            }
+        })
+        .await
+        .into_inner()
+        .replies;
+    for r in &replies {
+        match &r.reply {
+            Some(Reply::GetPresence(g)) => {
+                assert!(
+                    g.record.as_ref().is_some_and(|r| r.online),
+                    "stale read: {g:?}"
+                )
+            }
+            other => panic!("a get: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_is_ordered_gapless_and_resumable_on_another_node() {
     let c = TestCluster::start(3).await;
