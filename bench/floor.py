@@ -57,6 +57,13 @@ def log_file(dir, name):
     return fd
 
 
+def durable_append(fd, data, off):
+    """Writes at `off` and fdatasyncs, as a log append must; the next offset."""
+    os.pwrite(fd, data, off)
+    os.fdatasync(fd)
+    return off + len(data)
+
+
 def follower(dir, i, ready):
     fd = log_file(dir, f"follower{i}")
     s = listen(PORT + 1 + i)
@@ -67,9 +74,7 @@ def follower(dir, i, ready):
         d = c.recv(256)
         if not d:
             return
-        os.pwrite(fd, d, off)
-        off += len(d)
-        os.fdatasync(fd)
+        off = durable_append(fd, d, off)
         c.sendall(b"k")
 
 
@@ -86,9 +91,7 @@ def leader(dir, ready):
             return
         for f in followers:
             f.sendall(d)
-        os.pwrite(fd, d, off)
-        off += len(d)
-        os.fdatasync(fd)
+        off = durable_append(fd, d, off)
         first, _, _ = select.select(followers, [], [])
         first[0].recv(1)
         c.sendall(b"k")
