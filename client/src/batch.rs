@@ -187,16 +187,16 @@ impl Coalescer {
             }
         };
         if let Some(id) = opened {
-            // Let the calls issued in this turn join, then send.
-            tokio::task::yield_now().await;
-            let mine = {
-                let mut slot = lock(&self.slot);
-                match slot.forming.as_ref() {
-                    Some(f) if f.id == id => slot.forming.take(),
-                    // Filled up and sent by a later caller meanwhile.
-                    _ => None,
-                }
+            // Let the calls issued in this turn join, then send. If this
+            // caller is dropped meanwhile, the guard sends the others.
+            let mut guard = Opened {
+                owner: self,
+                id,
+                taken: false,
             };
+            tokio::task::yield_now().await;
+            let mine = guard.take();
+            guard.taken = true;
             if let Some(mut f) = mine {
                 if f.calls.len() == 1 {
                     // Alone: the unary RPC, on this task.
@@ -213,6 +213,44 @@ impl Coalescer {
     /// Sends a batch of two or more calls from a task of its own.
     fn send(&self, f: Forming) {
         tokio::spawn(deliver(self.channel.clone(), f));
+    }
+}
+
+/// The batch a caller opened, until it takes it to send. Dropped instead
+/// (the caller gave up during its yield), it must not strand the calls
+/// that joined: it sends them without the opener's own call, which, like
+/// a unary call dropped before it left, is never sent.
+struct Opened<'a> {
+    owner: &'a Coalescer,
+    id: u64,
+    /// The opener took its batch (or found it sent): nothing left to do.
+    taken: bool,
+}
+
+impl Opened<'_> {
+    /// The batch, if it is still the one forming (a later caller sends a
+    /// full one itself).
+    fn take(&self) -> Option<Forming> {
+        let mut slot = lock(&self.owner.slot);
+        match slot.forming.as_ref() {
+            Some(f) if f.id == self.id => slot.forming.take(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Opened<'_> {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        let Some(mut f) = self.take() else { return };
+        // The opener's call is the first.
+        f.calls.remove(0);
+        f.waiters.remove(0);
+        if !f.calls.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
+            self.owner.send(f);
+        }
     }
 }
 

@@ -560,6 +560,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_opener_dropped_before_sending_leaves_the_others_answered() {
+        let a = FakeNode::start(Script::default()).await;
+        let client = direct(&a, true);
+        // The first call opens the batch and yields; the next two join it;
+        // then the first is dropped before it could send the batch.
+        let mut opener = Box::pin(client.login(login_of("gone")));
+        assert!(futures::poll!(opener.as_mut()).is_pending());
+        let mut rest = Box::pin(logins(&client, &["u2", "u3"]));
+        assert!(futures::poll!(rest.as_mut()).is_pending());
+        drop(opener);
+        let rest = tokio::time::timeout(std::time::Duration::from_secs(2), rest)
+            .await
+            .expect("the joined calls were stranded");
+        for (r, uid) in rest.into_iter().zip(["u2", "u3"]) {
+            assert_eq!(r.expect("answered").uid, uid);
+        }
+        // The dropped call was never sent, as with a unary call dropped
+        // before it left.
+        assert_eq!(a.script.lock().expect("lock").batch_sizes, [2]);
+        assert_eq!(a.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn a_batch_that_cannot_be_sent_fails_over_like_unary_calls() {
         // Nothing listens on a: dialing fails, so nothing was executed and
         // even non-idempotent logouts may go to b.
