@@ -43,6 +43,8 @@ impl HeraldCluster {
             dir: dir.to_path_buf(),
             base_port,
             node_bin: node_bin.to_path_buf(),
+            insecure: true,
+            testing: false,
         };
         let cluster = LocalCluster::start(&options).await?;
         let root = cluster.dir().to_path_buf();

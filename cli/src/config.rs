@@ -6,6 +6,10 @@
 //! `base+300+i`; base 7100 gives clients on 7201.., heraldctl's default
 //! endpoints. The node reads these files with `deny_unknown_fields`, so this
 //! module writes exactly its schema and nothing more.
+//!
+//! A cluster is secure ([`Security::Tls`]: every node names its CA,
+//! certificate and key, and `root` is the founding administrator) unless
+//! asked to be [`Security::Insecure`] (plaintext, no auth).
 
 use serde::{Deserialize, Serialize};
 
@@ -22,14 +26,60 @@ pub struct NodeConfig {
     /// Where the node keeps its data; relative paths are relative to the
     /// node's working directory.
     pub data_dir: String,
+    /// Plaintext with no TLS and no auth (an explicit choice).
+    #[serde(default)]
+    pub insecure: bool,
     /// Listen addresses.
     pub listen: Listen,
+    /// The node's certificate files, when secure.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// The founding administrators.
+    #[serde(default)]
+    pub auth: Auth,
     /// The founding members, the same on every founding node; empty for a
     /// node that will join as a learner.
     #[serde(default)]
     pub initial_members: Vec<Member>,
     /// Raft timings.
     pub raft: Raft,
+}
+
+/// A node's certificate files (PEM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tls {
+    /// The cluster's CA certificate.
+    pub ca_file: String,
+    /// The node's certificate.
+    pub cert_file: String,
+    /// The node's key.
+    pub key_file: String,
+}
+
+/// Who administers the cluster before any user exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    /// Client-certificate names that are administrators on every node.
+    #[serde(default)]
+    pub root_users: Vec<String>,
+}
+
+/// The user the playground and the checked-in configs make the founding
+/// administrator (its client certificate is `client.root.crt`).
+pub const ROOT_USER: &str = "root";
+
+/// Whether a local cluster speaks TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Security {
+    /// Plaintext, no auth.
+    Insecure,
+    /// TLS with the certificates in `certs_dir` (as
+    /// `herald_certs::local_cluster` names them), `root` the founding
+    /// administrator.
+    Tls {
+        /// Where `ca.crt` and `node<i>.crt`/`.key` are.
+        certs_dir: String,
+    },
 }
 
 /// The addresses a node listens on.
@@ -120,7 +170,12 @@ impl Ports {
 
 /// The configs of an `n`-node local cluster on `base`, node `i` keeping its
 /// data in `{data_root}/node{i}`. Node ids and numbers are both `i`.
-pub fn local_cluster(n: u32, base: u16, data_root: &str) -> Result<Vec<NodeConfig>, String> {
+pub fn local_cluster(
+    n: u32,
+    base: u16,
+    data_root: &str,
+    security: &Security,
+) -> Result<Vec<NodeConfig>, String> {
     if n == 0 {
         return Err("a cluster needs at least one node".into());
     }
@@ -150,6 +205,24 @@ pub fn local_cluster(n: u32, base: u16, data_root: &str) -> Result<Vec<NodeConfi
             id: u64::from(i),
             number: i,
             data_dir: format!("{root}/node{i}"),
+            insecure: *security == Security::Insecure,
+            tls: match security {
+                Security::Insecure => None,
+                Security::Tls { certs_dir } => {
+                    let dir = certs_dir.trim_end_matches('/');
+                    Some(Tls {
+                        ca_file: format!("{dir}/{}", herald_certs::CA_CERT),
+                        cert_file: format!("{dir}/{}.crt", herald_certs::node_stem(i.into())),
+                        key_file: format!("{dir}/{}.key", herald_certs::node_stem(i.into())),
+                    })
+                }
+            },
+            auth: match security {
+                Security::Insecure => Auth::default(),
+                Security::Tls { .. } => Auth {
+                    root_users: vec![ROOT_USER.to_string()],
+                },
+            },
             listen: Listen {
                 peer: addr(p.peer),
                 client: addr(p.client),
@@ -174,11 +247,19 @@ impl NodeConfig {
              id = {id}\n\
              # Sequence number: the lowest healthy number is the preferred leader.\n\
              number = {number}\n\
-             data_dir = {data_dir}\n\n",
+             data_dir = {data_dir}\n",
             id = self.id,
             number = self.number,
             data_dir = q(&self.data_dir),
         ));
+        if self.insecure {
+            out.push_str(
+                "# Plaintext on every port, no TLS and no authentication: for a\n\
+                 # throwaway local cluster only.\n\
+                 insecure = true\n",
+            );
+        }
+        out.push('\n');
         out.push_str(&format!(
             "[listen]\n\
              # Raft peer gRPC\n\
@@ -194,6 +275,28 @@ impl NodeConfig {
             q(&self.listen.http),
             q(&self.listen.time_sync),
         ));
+        if let Some(tls) = &self.tls {
+            out.push_str(&format!(
+                "\n# TLS on every port, mutual TLS between nodes (heraldctl cert makes these).\n\
+                 [tls]\n\
+                 ca_file = {}\n\
+                 cert_file = {}\n\
+                 key_file = {}\n",
+                q(&tls.ca_file),
+                q(&tls.cert_file),
+                q(&tls.key_file),
+            ));
+        }
+        if !self.auth.root_users.is_empty() {
+            let users: Vec<String> = self.auth.root_users.iter().map(|u| q(u)).collect();
+            out.push_str(&format!(
+                "\n# The founding administrators: client-certificate names that are admins\n\
+                 # on every node (heraldctl cert create-client root).\n\
+                 [auth]\n\
+                 root_users = [{}]\n",
+                users.join(", ")
+            ));
+        }
         if self.initial_members.is_empty() {
             out.push_str(
                 "\n# No initial_members: this node joins an existing cluster as a learner.\n",
@@ -261,25 +364,32 @@ mod tests {
 
     #[test]
     fn every_node_lists_the_same_founders() {
-        let nodes = local_cluster(3, 7100, "/tmp/pg/").expect("fits");
+        let nodes = local_cluster(3, 7100, "/tmp/pg/", &Security::Insecure).expect("fits");
         assert_eq!(nodes.len(), 3);
         assert_eq!(nodes[1].data_dir, "/tmp/pg/node2");
         assert_eq!(nodes[2].listen.client, "127.0.0.1:7203");
         for node in &nodes {
             assert_eq!(node.initial_members, nodes[0].initial_members);
         }
-        assert!(local_cluster(0, 7100, "x").is_err());
-        assert!(local_cluster(3, 65400, "x").is_err());
+        assert!(local_cluster(0, 7100, "x", &Security::Insecure).is_err());
+        assert!(local_cluster(3, 65400, "x", &Security::Insecure).is_err());
     }
 
     #[test]
     fn rendered_toml_parses_back() {
-        for mut node in local_cluster(5, 9000, "data/with \"quotes\"").expect("fits") {
-            let parsed: NodeConfig = toml::from_str(&node.to_toml()).expect("valid TOML");
-            assert_eq!(parsed, node);
-            node.initial_members.clear();
-            let parsed: NodeConfig = toml::from_str(&node.to_toml()).expect("valid TOML");
-            assert_eq!(parsed, node);
+        let secure = Security::Tls {
+            certs_dir: "certs/x\"y".into(),
+        };
+        for security in [Security::Insecure, secure] {
+            for mut node in local_cluster(5, 9000, "data/with \"quotes\"", &security).expect("fits")
+            {
+                assert_eq!(node.insecure, node.tls.is_none());
+                let parsed: NodeConfig = toml::from_str(&node.to_toml()).expect("valid TOML");
+                assert_eq!(parsed, node);
+                node.initial_members.clear();
+                let parsed: NodeConfig = toml::from_str(&node.to_toml()).expect("valid TOML");
+                assert_eq!(parsed, node);
+            }
         }
     }
 
@@ -291,7 +401,10 @@ mod tests {
         let bless = std::env::var_os("HERALD_BLESS_CONFIGS").is_some();
         for n in [3u32, 5] {
             let name = format!("local-{n}");
-            let nodes = local_cluster(n, 7100, &format!("data/{name}")).expect("fits");
+            let security = Security::Tls {
+                certs_dir: format!("certs/{name}"),
+            };
+            let nodes = local_cluster(n, 7100, &format!("data/{name}"), &security).expect("fits");
             for node in nodes {
                 let path = root.join(&name).join(format!("node{}.toml", node.id));
                 if bless {

@@ -6,5 +6,6 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod context;
 pub mod duration;
 pub mod playground;

@@ -8,8 +8,12 @@ mod output;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
+use anyhow::bail;
 use clap::{Parser, Subcommand};
-use herald_client::{Client, ClientConfig};
+use herald_cli::context::Context;
+use herald_client::{Client, ClientConfig, ClientTls};
 
 use crate::cmd::Ctx;
 use crate::output::Format;
@@ -24,18 +28,39 @@ const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203";
     about = "Use and administer a Herald cluster"
 )]
 struct Cli {
-    /// Client gRPC endpoints, comma-separated
-    #[arg(long, global = true, env = "HERALD_ENDPOINTS", value_delimiter = ',', default_value = DEFAULT_ENDPOINTS)]
-    endpoints: Vec<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
     /// Output format
     #[arg(short = 'w', long = "write-out", global = true, value_enum, default_value_t = Format::Table)]
     write_out: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where heraldctl connects and how it proves who it is.
+#[derive(clap::Args)]
+struct ConnArgs {
+    /// Client gRPC endpoints, comma-separated (default: the running
+    /// playground's, else 127.0.0.1:7201..7203)
+    #[arg(long, global = true, env = "HERALD_ENDPOINTS", value_delimiter = ',')]
+    endpoints: Option<Vec<String>>,
+    /// The cluster's CA certificate: turns TLS on (default: the running
+    /// playground's)
+    #[arg(long, global = true, env = "HERALD_CACERT")]
+    cacert: Option<PathBuf>,
+    /// Client certificate to present (with --key)
+    #[arg(long, global = true, env = "HERALD_CERT")]
+    cert: Option<PathBuf>,
+    /// The client certificate's key
+    #[arg(long, global = true, env = "HERALD_KEY")]
+    key: Option<PathBuf>,
+    /// Bearer token (heraldctl token create), instead of a client certificate
+    #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Timeout of one request attempt; with fail-over a command may take up
     /// to three times this
     #[arg(long, global = true, default_value = "5s", value_parser = args::duration)]
     timeout: Duration,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +77,21 @@ enum Command {
     /// Platforms, units and pools of temporary accounts
     #[command(subcommand)]
     Pool(cmd::pool::Cmd),
+    /// Whether auth is enforced, and who you are
+    #[command(subcommand)]
+    Auth(cmd::auth::AuthCmd),
+    /// Users and their roles
+    #[command(subcommand)]
+    User(cmd::auth::UserCmd),
+    /// Grant and revoke roles (admin, publisher, reader, pools, sessions)
+    #[command(subcommand)]
+    Role(cmd::auth::RoleCmd),
+    /// Bearer tokens for callers without a client certificate
+    #[command(subcommand)]
+    Token(cmd::auth::TokenCmd),
+    /// Make a cluster's CA, node and client certificates (offline)
+    #[command(subcommand)]
+    Cert(cmd::cert::Cmd),
     /// Start a local cluster and keep it running until Ctrl-C
     Playground(cmd::playground::Args),
 }
@@ -77,12 +117,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where to connect and with which credentials: what was given (flags or
+/// environment), else all of the running playground's context, else the
+/// default endpoints in plaintext.
+fn connection(cli: &ConnArgs) -> anyhow::Result<(Vec<String>, ClientConfig)> {
+    let given =
+        cli.cacert.is_some() || cli.cert.is_some() || cli.key.is_some() || cli.token.is_some();
+    let context = if cli.endpoints.is_none() && !given {
+        Context::load()
+    } else {
+        None
+    };
+    connection_with(cli, context)
+}
+
+/// [`connection`] with the playground context already looked up.
+fn connection_with(
+    cli: &ConnArgs,
+    context: Option<Context>,
+) -> anyhow::Result<(Vec<String>, ClientConfig)> {
+    let mut config = ClientConfig::with_request_timeout(cli.timeout);
+    let endpoints = match (&cli.endpoints, &context) {
+        (Some(e), _) => e.clone(),
+        (None, Some(c)) => c.endpoints.clone(),
+        (None, None) => DEFAULT_ENDPOINTS.split(',').map(String::from).collect(),
+    };
+    let (cacert, cert, key) = match &context {
+        Some(c) => (c.cacert.clone(), c.cert.clone(), c.key.clone()),
+        None => (cli.cacert.clone(), cli.cert.clone(), cli.key.clone()),
+    };
+    let identity = match (&cert, &key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => bail!("--cert and --key go together (HERALD_CERT, HERALD_KEY)"),
+    };
+    config.tls = match &cacert {
+        Some(ca) => Some(ClientTls::from_files(ca, identity)?),
+        None if identity.is_some() => {
+            bail!("--cert needs --cacert: the cluster's CA certificate (HERALD_CACERT)")
+        }
+        None => None,
+    };
+    config.token = cli.token.clone();
+    Ok((endpoints, config))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = || -> anyhow::Result<Ctx> {
-        let client = Client::with_config(
-            cli.endpoints.clone(),
-            ClientConfig::with_request_timeout(cli.timeout),
-        )?;
+        let (endpoints, config) = connection(&cli.conn)?;
+        let client = Client::with_config(endpoints, config)?;
         Ok(Ctx {
             client,
             format: cli.write_out,
@@ -93,6 +176,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Presence(c) => cmd::presence::run(c, &ctx()?).await,
         Command::Session(c) => cmd::session::run(c, &ctx()?).await,
         Command::Pool(c) => cmd::pool::run(c, &ctx()?).await,
+        Command::Auth(c) => cmd::auth::auth(c, &ctx()?).await,
+        Command::User(c) => cmd::auth::user(c, &ctx()?).await,
+        Command::Role(c) => cmd::auth::role_cmd(c, &ctx()?).await,
+        Command::Token(c) => cmd::auth::token(c, &ctx()?).await,
+        Command::Cert(c) => cmd::cert::run(c),
         Command::Playground(args) => cmd::playground::run(args).await,
     }
 }
@@ -111,12 +199,28 @@ mod tests {
     fn endpoints_default_to_the_playground() {
         let cli = Cli::try_parse_from(["heraldctl", "cluster", "status"]).expect("parses");
         if std::env::var_os("HERALD_ENDPOINTS").is_none() {
+            let (endpoints, config) = connection_with(&cli.conn, None).expect("defaults");
             assert_eq!(
-                cli.endpoints,
+                endpoints,
                 ["127.0.0.1:7201", "127.0.0.1:7202", "127.0.0.1:7203"]
             );
+            assert!(config.tls.is_none());
+            // A running playground's context gives endpoints and credentials.
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ca = dir.path().join("ca.crt");
+            std::fs::write(&ca, "not really a certificate").expect("write");
+            let context = Context {
+                dir: dir.path().to_owned(),
+                endpoints: vec!["127.0.0.1:9201".into()],
+                cacert: Some(ca),
+                cert: None,
+                key: None,
+            };
+            let (endpoints, config) = connection_with(&cli.conn, Some(context)).expect("context");
+            assert_eq!(endpoints, ["127.0.0.1:9201"]);
+            assert!(config.tls.is_some());
         }
-        assert_eq!(cli.timeout, Duration::from_secs(5));
+        assert_eq!(cli.conn.timeout, Duration::from_secs(5));
         let cli = Cli::try_parse_from([
             "heraldctl",
             "--endpoints",
@@ -128,8 +232,23 @@ mod tests {
             "alice",
         ])
         .expect("parses");
-        assert_eq!(cli.endpoints, ["a:1", "b:2"]);
+        assert_eq!(
+            cli.conn.endpoints.as_deref(),
+            Some(&["a:1".to_string(), "b:2".to_string()][..])
+        );
         assert_eq!(cli.write_out, Format::Json);
+        let cli = Cli::try_parse_from([
+            "heraldctl",
+            "--cert",
+            "c.crt",
+            "--key",
+            "c.key",
+            "cluster",
+            "status",
+        ])
+        .expect("parses");
+        let err = connection_with(&cli.conn, None).unwrap_err().to_string();
+        assert!(err.contains("--cacert"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! directory. The processes run in their own process group, so a Ctrl-C in
 //! the terminal reaches only heraldctl, which then stops the nodes in order:
 //! SIGTERM, a grace period, SIGKILL for stragglers.
+//!
+//! Secure unless asked otherwise: a CA, a certificate per node and the
+//! `root` client certificate are made in `<dir>/certs`, every node speaks
+//! TLS (mutual between nodes) and `root` is the founding administrator.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,11 +16,11 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use herald_client::{Client, ClientConfig};
+use herald_client::{Client, ClientConfig, ClientTls};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::config::{NodeConfig, local_cluster};
+use crate::config::{NodeConfig, ROOT_USER, Security, local_cluster};
 
 /// Where the `herald-node` binary is.
 ///
@@ -83,6 +87,10 @@ pub struct Options {
     pub base_port: u16,
     /// The `herald-node` binary.
     pub node_bin: PathBuf,
+    /// Plaintext, no certificates, no auth.
+    pub insecure: bool,
+    /// Start the nodes with `--testing` (test hooks on).
+    pub testing: bool,
 }
 
 /// One running node.
@@ -104,7 +112,11 @@ pub struct NodeProcess {
 pub struct LocalCluster {
     dir: PathBuf,
     nodes: Vec<NodeProcess>,
+    certs: Option<herald_certs::LocalCerts>,
 }
+
+/// How long the playground's certificates are valid.
+const CERT_DAYS: u32 = 365;
 
 impl LocalCluster {
     /// Writes the configs and data directories and spawns the nodes. Does
@@ -114,8 +126,32 @@ impl LocalCluster {
         let root = dir
             .to_str()
             .ok_or_else(|| anyhow!("{}: the path is not UTF-8", dir.display()))?;
-        let configs =
-            local_cluster(options.nodes, options.base_port, root).map_err(|e| anyhow!(e))?;
+        let certs = if options.insecure {
+            None
+        } else {
+            let ids: Vec<u64> = (1..=u64::from(options.nodes)).collect();
+            Some(
+                herald_certs::local_cluster(
+                    &dir.join("certs"),
+                    &ids,
+                    &[ROOT_USER],
+                    herald_certs::Validity::days(CERT_DAYS),
+                )
+                .context("making the playground's certificates")?,
+            )
+        };
+        let security = match &certs {
+            None => Security::Insecure,
+            Some(c) => Security::Tls {
+                certs_dir: c
+                    .dir
+                    .to_str()
+                    .ok_or_else(|| anyhow!("{}: the path is not UTF-8", c.dir.display()))?
+                    .to_string(),
+            },
+        };
+        let configs = local_cluster(options.nodes, options.base_port, root, &security)
+            .map_err(|e| anyhow!(e))?;
         let mut nodes = Vec::with_capacity(configs.len());
         for config in configs {
             let config_path = dir.join(format!("node{}.toml", config.id));
@@ -127,9 +163,12 @@ impl LocalCluster {
             let log = std::fs::File::create(&log_path)
                 .with_context(|| format!("creating {}", log_path.display()))?;
             let log_err = log.try_clone().context("duplicating the log file handle")?;
-            let child = Command::new(&options.node_bin)
-                .arg("--config")
-                .arg(&config_path)
+            let mut command = Command::new(&options.node_bin);
+            command.arg("--config").arg(&config_path);
+            if options.testing {
+                command.arg("--testing");
+            }
+            let child = command
                 .current_dir(&dir)
                 // The logs are files: no colour escapes in them.
                 .env("NO_COLOR", "1")
@@ -149,7 +188,25 @@ impl LocalCluster {
                 exited: None,
             });
         }
-        Ok(LocalCluster { dir, nodes })
+        Ok(LocalCluster { dir, nodes, certs })
+    }
+
+    /// The certificates, unless the cluster is insecure.
+    pub fn certs(&self) -> Option<&herald_certs::LocalCerts> {
+        self.certs.as_ref()
+    }
+
+    /// A client config that reaches this cluster: its CA and the `root`
+    /// client certificate (nothing for an insecure cluster).
+    pub fn client_config(&self, base: ClientConfig) -> Result<ClientConfig> {
+        let tls = match &self.certs {
+            None => None,
+            Some(c) => {
+                let (cert, key) = c.client(ROOT_USER);
+                Some(ClientTls::from_files(&c.ca(), Some((&cert, &key)))?)
+            }
+        };
+        Ok(ClientConfig { tls, ..base })
     }
 
     /// The cluster's directory (absolute).
@@ -195,7 +252,7 @@ impl LocalCluster {
     ) -> Result<u64> {
         let client = Client::with_config(
             self.client_endpoints(),
-            ClientConfig::with_request_timeout(Duration::from_secs(1)),
+            self.client_config(ClientConfig::with_request_timeout(Duration::from_secs(1)))?,
         )?;
         let deadline = Instant::now() + timeout;
         let mut last_picture = String::new();
@@ -358,6 +415,8 @@ mod tests {
             dir: tmp.path().join("cluster"),
             base_port: 17100,
             node_bin: fake,
+            insecure: false,
+            testing: false,
         };
         let mut cluster = LocalCluster::start(&options).await.expect("start");
         assert_eq!(
@@ -365,6 +424,14 @@ mod tests {
             ["127.0.0.1:17201", "127.0.0.1:17202"]
         );
         assert!(cluster.dir().join("node2.toml").is_file());
+        let certs = cluster.certs().expect("secure by default");
+        assert!(certs.ca().is_file() && certs.node(2).0.is_file());
+        assert!(certs.client(ROOT_USER).0.is_file());
+        let toml = std::fs::read_to_string(cluster.dir().join("node2.toml")).expect("config");
+        assert!(
+            toml.contains("[tls]") && !toml.contains("insecure"),
+            "{toml}"
+        );
         assert!(cluster.dir().join("node2").is_dir());
         assert!(cluster.exited_node().is_none());
         // Let the script start before stopping it, so the log has its line.

@@ -26,9 +26,9 @@
 
 use std::sync::{Mutex, PoisonError};
 
+use crate::endpoint::Transport;
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::proto::batch_call::Call;
@@ -49,7 +49,7 @@ type Waiter = oneshot::Sender<Result<BatchReply, Status>>;
 /// One connection's coalescer. Cheap to share (behind an `Arc` in the
 /// client's connection); a std mutex, never held across an await.
 pub(crate) struct Coalescer {
-    channel: Channel,
+    channel: Transport,
     /// Off: every call goes as its own unary RPC.
     enabled: bool,
     slot: Mutex<Slot>,
@@ -76,7 +76,7 @@ struct Forming {
 impl Coalescer {
     /// A coalescer over `channel`; with `enabled` false it only passes
     /// calls on as unary RPCs.
-    pub(crate) fn new(channel: Channel, enabled: bool) -> Self {
+    pub(crate) fn new(channel: Transport, enabled: bool) -> Self {
         Coalescer {
             channel,
             enabled,
@@ -256,7 +256,7 @@ impl Drop for Opened<'_> {
 
 /// Sends one batch and hands each reply (or the batch's failure) to its
 /// caller.
-async fn deliver(channel: Channel, f: Forming) {
+async fn deliver(channel: Transport, f: Forming) {
     let Forming {
         calls,
         waiters,
@@ -298,7 +298,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One call as its own unary RPC, its answer in a batch reply's shape.
 async fn unary(
-    channel: Channel,
+    channel: Transport,
     call: BatchCall,
     timeout: Option<MetadataValue<tonic::metadata::Ascii>>,
 ) -> Result<BatchReply, Status> {

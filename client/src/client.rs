@@ -10,18 +10,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::time::Instant;
-use tonic::Status;
-use tonic::transport::Channel;
-
 use crate::batch::Coalescer;
-use crate::endpoint::{ChannelSettings, lazy_channel, parse_endpoint};
+use crate::endpoint::{ChannelSettings, ClientTls, Transport, lazy_channel};
 use crate::proto::admin_client::AdminClient;
+use crate::proto::auth_client::AuthClient;
 use crate::proto::herald_client::HeraldClient;
 use crate::proto::{self, Consistency};
 use crate::retry::{Backoff, Effect, Outcome, classify};
 use crate::watch::{self, WatchStream};
 use crate::{ClientError, ClusterStatus, MemberStatus};
+use tokio::time::Instant;
+use tonic::Status;
 
 /// Timeouts and retry limits of a [`Client`].
 #[derive(Clone, Debug)]
@@ -50,6 +49,12 @@ pub struct ClientConfig {
     /// each is still served and answered on its own (see `batch.rs`). Off =
     /// one unary RPC per call.
     pub coalesce: bool,
+    /// TLS: the cluster's CA, and a client certificate to present. `None`
+    /// dials plaintext (a node in insecure mode).
+    pub tls: Option<ClientTls>,
+    /// A bearer token (`heraldctl token create`) sent with every request,
+    /// for callers without a client certificate. Never printed.
+    pub token: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -63,6 +68,8 @@ impl Default for ClientConfig {
             keep_alive_interval: Duration::from_secs(2),
             route_by_owner: true,
             coalesce: true,
+            tls: None,
+            token: None,
         }
     }
 }
@@ -151,12 +158,12 @@ struct Target {
 /// coalescer over it. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Conn {
-    pub(crate) channel: Channel,
+    pub(crate) channel: Transport,
     pub(crate) batch: Arc<Coalescer>,
 }
 
 impl Conn {
-    fn new(uri: &str, settings: ChannelSettings, coalesce: bool) -> Result<Conn, ClientError> {
+    fn new(uri: &str, settings: &ChannelSettings, coalesce: bool) -> Result<Conn, ClientError> {
         let channel = lazy_channel(uri, settings)?;
         Ok(Conn {
             batch: Arc::new(Coalescer::new(channel.clone(), coalesce)),
@@ -191,15 +198,32 @@ impl Client {
                 "endpoints: at least one is required".into(),
             ));
         }
+        let authorization = match &config.token {
+            Some(token) => {
+                let mut v = format!("Bearer {token}")
+                    .parse::<tonic::codegen::http::HeaderValue>()
+                    .map_err(|_| {
+                        ClientError::InvalidArgument(
+                            "token: must be printable ASCII (as heraldctl token create prints it)"
+                                .into(),
+                        )
+                    })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
         let settings = ChannelSettings {
             connect_timeout: config.connect_timeout,
             keep_alive_interval: config.keep_alive_interval,
+            tls: config.tls.clone(),
+            authorization,
         };
         let endpoints = endpoints
             .iter()
             .map(|raw| {
-                let uri = parse_endpoint(raw)?;
-                let conn = Conn::new(&uri, settings, config.coalesce)?;
+                let uri = settings.parse(raw)?;
+                let conn = Conn::new(&uri, &settings, config.coalesce)?;
                 Ok(Target { uri, conn })
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
@@ -737,6 +761,147 @@ impl Client {
         .await
     }
 
+    // ------------------------------------------------------------ auth
+
+    /// Who the cluster takes this client for, its roles, and whether auth
+    /// is enforced (asked of any node).
+    pub async fn auth_status(&self) -> Result<proto::AuthStatusResponse, ClientError> {
+        self.call(
+            "Auth.Status",
+            Effect::Read,
+            proto::AuthStatusRequest {},
+            |ch, r| async move { AuthClient::new(ch.channel).status(r).await },
+        )
+        .await
+    }
+
+    /// Turns auth enforcement on (`true`) or off for the whole cluster.
+    /// Idempotent.
+    pub async fn auth_set_enabled(&self, on: bool) -> Result<proto::AuthResponse, ClientError> {
+        if on {
+            self.call(
+                "Auth.Enable",
+                Effect::IdempotentWrite,
+                proto::AuthEnableRequest {},
+                |ch, r| async move { AuthClient::new(ch.channel).enable(r).await },
+            )
+            .await
+        } else {
+            self.call(
+                "Auth.Disable",
+                Effect::IdempotentWrite,
+                proto::AuthDisableRequest {},
+                |ch, r| async move { AuthClient::new(ch.channel).disable(r).await },
+            )
+            .await
+        }
+    }
+
+    /// Adds a user with roles.
+    pub async fn user_add(
+        &self,
+        name: &str,
+        roles: Vec<proto::Role>,
+    ) -> Result<proto::AuthResponse, ClientError> {
+        let req = proto::UserAddRequest {
+            name: name.to_string(),
+            roles: roles.into_iter().map(|r| r as i32).collect(),
+        };
+        self.call("Auth.UserAdd", Effect::Write, req, |ch, r| async move {
+            AuthClient::new(ch.channel).user_add(r).await
+        })
+        .await
+    }
+
+    /// Removes a user and revokes its tokens.
+    pub async fn user_remove(&self, name: &str) -> Result<proto::AuthResponse, ClientError> {
+        let req = proto::UserRemoveRequest {
+            name: name.to_string(),
+        };
+        self.call("Auth.UserRemove", Effect::Write, req, |ch, r| async move {
+            AuthClient::new(ch.channel).user_remove(r).await
+        })
+        .await
+    }
+
+    /// Every user and its roles.
+    pub async fn user_list(&self) -> Result<Vec<proto::User>, ClientError> {
+        let resp = self
+            .call(
+                "Auth.UserList",
+                Effect::Read,
+                proto::UserListRequest {},
+                |ch, r| async move { AuthClient::new(ch.channel).user_list(r).await },
+            )
+            .await?;
+        Ok(resp.users)
+    }
+
+    /// Grants (`grant`) or revokes a role.
+    pub async fn role_change(
+        &self,
+        user: &str,
+        role: proto::Role,
+        grant: bool,
+    ) -> Result<proto::AuthResponse, ClientError> {
+        let req = proto::RoleChangeRequest {
+            user: user.to_string(),
+            role: role as i32,
+        };
+        if grant {
+            self.call(
+                "Auth.RoleGrant",
+                Effect::IdempotentWrite,
+                req,
+                |ch, r| async move { AuthClient::new(ch.channel).role_grant(r).await },
+            )
+            .await
+        } else {
+            self.call("Auth.RoleRevoke", Effect::Write, req, |ch, r| async move {
+                AuthClient::new(ch.channel).role_revoke(r).await
+            })
+            .await
+        }
+    }
+
+    /// Makes a bearer token for `user` (shown once in the response).
+    pub async fn token_create(
+        &self,
+        user: &str,
+        ttl: Duration,
+    ) -> Result<proto::TokenCreateResponse, ClientError> {
+        let req = proto::TokenCreateRequest {
+            user: user.to_string(),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.call("Auth.TokenCreate", Effect::Write, req, |ch, r| async move {
+            AuthClient::new(ch.channel).token_create(r).await
+        })
+        .await
+    }
+
+    /// Revokes a token by id.
+    pub async fn token_revoke(&self, token_id: u64) -> Result<proto::AuthResponse, ClientError> {
+        let req = proto::TokenRevokeRequest { token_id };
+        self.call("Auth.TokenRevoke", Effect::Write, req, |ch, r| async move {
+            AuthClient::new(ch.channel).token_revoke(r).await
+        })
+        .await
+    }
+
+    /// The live tokens of `user` ("" = everyone's); never the tokens themselves.
+    pub async fn token_list(&self, user: &str) -> Result<Vec<proto::TokenInfo>, ClientError> {
+        let req = proto::TokenListRequest {
+            user: user.to_string(),
+        };
+        let resp = self
+            .call("Auth.TokenList", Effect::Read, req, |ch, r| async move {
+                AuthClient::new(ch.channel).token_list(r).await
+            })
+            .await?;
+        Ok(resp.tokens)
+    }
+
     // ------------------------------------------------------------ plumbing
 
     /// The client address a per-user call for `uid` should try first, from
@@ -991,7 +1156,7 @@ impl Client {
     }
 
     /// The channel of endpoint `index`, and its URI for messages.
-    pub(crate) fn target(&self, index: usize) -> (&str, Channel) {
+    pub(crate) fn target(&self, index: usize) -> (&str, Transport) {
         let target = &self.shared.endpoints[index % self.shared.endpoints.len()];
         (&target.uri, target.conn.channel.clone())
     }
@@ -1009,7 +1174,7 @@ impl Client {
     }
 
     fn conn_for(&self, endpoint: &str) -> Result<(String, Conn), ClientError> {
-        let uri = parse_endpoint(endpoint)?;
+        let uri = self.shared.settings.parse(endpoint)?;
         if let Some(target) = self.shared.endpoints.iter().find(|t| t.uri == uri) {
             return Ok((uri, target.conn.clone()));
         }
@@ -1021,7 +1186,7 @@ impl Client {
         if let Some(conn) = others.get(&uri) {
             return Ok((uri, conn.clone()));
         }
-        let conn = Conn::new(&uri, self.shared.settings, self.shared.config.coalesce)?;
+        let conn = Conn::new(&uri, &self.shared.settings, self.shared.config.coalesce)?;
         others.insert(uri.clone(), conn.clone());
         Ok((uri, conn))
     }

@@ -34,6 +34,14 @@ pub enum ClientError {
     /// the retries or the deadline ran out. Safe to retry later.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// No usable credential: present a client certificate from the
+    /// cluster's CA or a bearer token. Nothing was executed.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller lacks the role the call needs (the message names it).
+    /// Nothing was executed.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// Indeterminate: the request was sent but no answer came back (timeout,
     /// connection lost), so the write may or may not have been applied.
     #[error("indeterminate: {0}")]
@@ -53,6 +61,8 @@ impl ClientError {
             ClientError::ResourceExhausted(_) => Code::ResourceExhausted,
             ClientError::AlreadyExists(_) => Code::AlreadyExists,
             ClientError::Unavailable(_) => Code::Unavailable,
+            ClientError::Unauthenticated(_) => Code::Unauthenticated,
+            ClientError::PermissionDenied(_) => Code::PermissionDenied,
             ClientError::Unknown(_) => Code::Unknown,
             ClientError::Other(status) => status.code(),
         }
@@ -75,6 +85,8 @@ impl ClientError {
             | ClientError::ResourceExhausted(m)
             | ClientError::AlreadyExists(m)
             | ClientError::Unavailable(m)
+            | ClientError::Unauthenticated(m)
+            | ClientError::PermissionDenied(m)
             | ClientError::Unknown(m) => m,
             ClientError::Other(status) => status.message(),
         }
@@ -94,6 +106,8 @@ impl From<Status> for ClientError {
             Code::ResourceExhausted => ClientError::ResourceExhausted(message),
             Code::AlreadyExists => ClientError::AlreadyExists(message),
             Code::Unavailable => ClientError::Unavailable(message),
+            Code::Unauthenticated => ClientError::Unauthenticated(message),
+            Code::PermissionDenied => ClientError::PermissionDenied(message),
             Code::Unknown => ClientError::Unknown(message),
             _ => ClientError::Other(status),
         }

@@ -41,7 +41,7 @@ mod watch;
 pub use batch::batch_reply;
 pub use client::{Client, ClientConfig, LEADER_HINT, NOT_APPLIED};
 pub use cluster::{ClusterStatus, MemberStatus};
-pub use endpoint::parse_endpoint;
+pub use endpoint::{ClientTls, Transport, parse_endpoint, parse_endpoint_for};
 pub use error::ClientError;
 pub use retry::{Backoff, never_executed};
 pub use watch::WatchStream;

@@ -2,7 +2,10 @@
 //!
 //! Unlike `heraldctl playground` (whose config rendering and binary lookup
 //! this reuses), every peer link goes through its own [`Link`] proxy, and
-//! single nodes can be killed, paused, restarted or added later. Everything
+//! single nodes can be killed, paused, restarted or added later. Secure like
+//! production (TLS everywhere, mutual TLS between nodes, auth on; the TCP
+//! proxies carry the TLS streams untouched), with the nodes in testing mode
+//! so the clock nemesis can skew them. Everything
 //! lives in a fresh temporary directory; dropping the [`Cluster`] kills every
 //! process (paused ones too) and removes it, so a panic or a Ctrl-C that ends
 //! the runtime leaves nothing behind.
@@ -15,8 +18,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use herald_cli::config::{NodeConfig, local_cluster};
-use herald_client::{Client, ClientConfig, proto};
+use herald_cli::config::{NodeConfig, ROOT_USER, Security, local_cluster};
+use herald_client::{Client, ClientConfig, ClientTls, proto};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -67,6 +70,7 @@ pub struct Cluster {
     nodes: BTreeMap<u64, Node>,
     links: BTreeMap<(u64, u64), Link>,
     founders: Vec<u64>,
+    tls: ClientTls,
 }
 
 impl Drop for Cluster {
@@ -157,7 +161,20 @@ impl Cluster {
             .ok_or_else(|| anyhow!("temporary directory is not UTF-8"))?;
         // The playground's layout, moved onto free ports: any field the
         // config gains later keeps its playground value.
-        let mut configs = local_cluster(total, 20000, root).map_err(|e| anyhow!(e))?;
+        let ids: Vec<u64> = (1..=u64::from(total)).collect();
+        let certs = herald_certs::local_cluster(
+            &dir.path().join("certs"),
+            &ids,
+            &[ROOT_USER],
+            herald_certs::Validity::days(7),
+        )
+        .context("making the cluster's certificates")?;
+        let (root_cert, root_key) = certs.client(ROOT_USER);
+        let tls = ClientTls::from_files(&certs.ca(), Some((&root_cert, &root_key)))?;
+        let security = Security::Tls {
+            certs_dir: format!("{root}/certs"),
+        };
+        let mut configs = local_cluster(total, 20000, root, &security).map_err(|e| anyhow!(e))?;
         for c in &mut configs {
             c.listen.peer = addr(c.id, 0);
             c.listen.client = addr(c.id, 1);
@@ -223,6 +240,7 @@ impl Cluster {
             nodes,
             links,
             founders: founders.clone(),
+            tls,
         };
         for id in founders {
             cluster.spawn(id)?;
@@ -275,7 +293,10 @@ impl Cluster {
             .open(&node.log_path)
             .with_context(|| format!("opening {}", node.log_path.display()))?;
         let log_err = log.try_clone()?;
+        // Testing mode: the clock nemesis uses SetClockOffset, and the
+        // checker's own test runs use the [testing] faults.
         let child = Command::new(&self.node_bin)
+            .arg("--testing")
             .arg("--config")
             .arg(&node.config_path)
             .current_dir(self.dir.path())
@@ -379,9 +400,18 @@ impl Cluster {
         }
     }
 
-    /// A client for node `id` alone (no fail-over).
-    pub fn client_for(&self, id: u64, config: ClientConfig) -> Result<Client> {
+    /// How clients reach the cluster: its CA and the `root` certificate.
+    pub fn client_tls(&self) -> Option<ClientTls> {
+        Some(self.tls.clone())
+    }
+
+    /// A client for node `id` alone (no fail-over), with the cluster's TLS
+    /// unless `config` brings its own.
+    pub fn client_for(&self, id: u64, mut config: ClientConfig) -> Result<Client> {
         let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        if config.tls.is_none() {
+            config.tls = self.client_tls();
+        }
         Ok(Client::with_config(vec![node.client_addr()], config)?)
     }
 
@@ -391,6 +421,7 @@ impl Cluster {
         let Ok(client) = Client::with_config(
             self.endpoints(),
             ClientConfig {
+                tls: self.client_tls(),
                 request_timeout: Duration::from_millis(500),
                 deadline: Duration::from_millis(800),
                 max_attempts: 1,

@@ -152,7 +152,10 @@ impl Nemesis {
     ) -> Result<Nemesis> {
         let admin = Client::with_config(
             cluster.endpoints(),
-            ClientConfig::with_request_timeout(Duration::from_secs(2)),
+            ClientConfig {
+                tls: cluster.client_tls(),
+                ..ClientConfig::with_request_timeout(Duration::from_secs(2))
+            },
         )?;
         Ok(Nemesis {
             rng: StdRng::seed_from_u64(seed),

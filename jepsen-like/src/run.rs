@@ -110,7 +110,7 @@ async fn drive(
     cluster
         .wait_for_leader(&founders, Duration::from_secs(30))
         .await?;
-    let admin = workload::client_preferring(&cluster.endpoints(), 0)?;
+    let admin = workload::client_preferring(&cluster.endpoints(), cluster.client_tls(), 0)?;
     let setup = workload::setup(&admin, &opts.workloads).await?;
 
     let recorder = Recorder::new();
@@ -118,6 +118,7 @@ async fn drive(
     let ctx = Context {
         recorder: recorder.clone(),
         endpoints: cluster.endpoints(),
+        tls: cluster.client_tls(),
         stop,
         seed: opts.seed,
         next_process: Arc::new(AtomicU64::new(1)),
@@ -127,6 +128,7 @@ async fn drive(
 
     let monitor = tokio::spawn(monitor(
         cluster.nodes().map(|n| (n.id, n.client_addr())).collect(),
+        cluster.client_tls(),
         recorder.clone(),
     ));
     let mut nemesis = Nemesis::new(cluster, spare, opts.seed, recorder.clone())?;
@@ -171,10 +173,15 @@ async fn drive(
 /// Records every node's role, term and leader twice a second, so elections
 /// show in the history next to the faults that caused them.
 /// Runs until aborted.
-async fn monitor(nodes: Vec<(u64, String)>, recorder: Recorder) {
+async fn monitor(
+    nodes: Vec<(u64, String)>,
+    tls: Option<herald_client::ClientTls>,
+    recorder: Recorder,
+) {
     let Ok(client) = herald_client::Client::with_config(
         nodes.iter().map(|(_, a)| a.clone()).collect(),
         herald_client::ClientConfig {
+            tls,
             request_timeout: Duration::from_millis(300),
             deadline: Duration::from_millis(400),
             max_attempts: 1,

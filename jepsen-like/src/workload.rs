@@ -73,8 +73,10 @@ pub struct Setup {
 /// `info`/`fail` quickly instead of stalling the workload, and no routing by
 /// uid owner: each worker sticks to its own node (then fails over), so reads
 /// on followers and forwarded writes are what gets tested.
-pub fn worker_client_config() -> ClientConfig {
+/// `tls` is the cluster's ([`crate::cluster::Cluster::client_tls`]).
+pub fn worker_client_config(tls: Option<herald_client::ClientTls>) -> ClientConfig {
     ClientConfig {
+        tls,
         request_timeout: Duration::from_millis(1000),
         connect_timeout: Duration::from_millis(500),
         deadline: Duration::from_millis(2500),
@@ -85,10 +87,14 @@ pub fn worker_client_config() -> ClientConfig {
 }
 
 /// A client that prefers endpoint `home` and fails over to the others.
-pub fn client_preferring(endpoints: &[String], home: usize) -> Result<Client> {
+pub fn client_preferring(
+    endpoints: &[String],
+    tls: Option<herald_client::ClientTls>,
+    home: usize,
+) -> Result<Client> {
     let mut rotated = endpoints.to_vec();
     rotated.rotate_left(home % endpoints.len().max(1));
-    Ok(Client::with_config(rotated, worker_client_config())?)
+    Ok(Client::with_config(rotated, worker_client_config(tls))?)
 }
 
 fn luhn_imei(body: u64) -> String {
@@ -199,6 +205,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The founders' client addresses.
     pub endpoints: Vec<String>,
+    /// How workers reach them (the cluster's CA and the `root` certificate).
+    pub tls: Option<herald_client::ClientTls>,
     /// Becomes true when workers must stop.
     pub stop: watch::Receiver<bool>,
     /// The run's seed.
@@ -376,7 +384,7 @@ pub async fn register_write(
 }
 
 async fn register_worker(ctx: Context, p: u64, home: usize) {
-    let Ok(client) = client_preferring(&ctx.endpoints, home) else {
+    let Ok(client) = client_preferring(&ctx.endpoints, ctx.tls.clone(), home) else {
         return;
     };
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ (p << 32));
@@ -425,7 +433,7 @@ async fn pool_list(ctx: &Context, client: &Client, p: u64, pool_id: u64, fin: bo
 }
 
 async fn pool_worker(ctx: Context, p: u64, home: usize, pool_id: u64) {
-    let Ok(client) = client_preferring(&ctx.endpoints, home) else {
+    let Ok(client) = client_preferring(&ctx.endpoints, ctx.tls.clone(), home) else {
         return;
     };
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ (p << 32));
@@ -560,7 +568,7 @@ async fn session_worker(
     me: u64,
     seq: Arc<AtomicU64>,
 ) {
-    let Ok(client) = client_preferring(&ctx.endpoints, home) else {
+    let Ok(client) = client_preferring(&ctx.endpoints, ctx.tls.clone(), home) else {
         return;
     };
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ (p << 32));
@@ -646,7 +654,7 @@ pub async fn final_reads(
 ) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + timeout;
     let p = ctx.process();
-    let Ok(client) = client_preferring(&ctx.endpoints, 0) else {
+    let Ok(client) = client_preferring(&ctx.endpoints, ctx.tls.clone(), 0) else {
         return vec!["client".into()];
     };
     let mut missing = Vec::new();

@@ -27,10 +27,10 @@ async fn a_partitioned_node_serving_local_reads_is_caught() {
         .await
         .expect("leader");
     let on1 = cluster
-        .client_for(1, worker_client_config())
+        .client_for(1, worker_client_config(None))
         .expect("client");
     let on3 = cluster
-        .client_for(3, worker_client_config())
+        .client_for(3, worker_client_config(None))
         .expect("client");
     let rec = Recorder::new();
     let key = "stale-uid";

@@ -19,10 +19,24 @@ pub struct Config {
     /// The node's sequence number (P-publish): the lowest healthy number is
     /// the preferred leader.
     pub number: u32,
-    /// Where sled keeps the Raft log, vote and snapshots.
+    /// Where the node keeps its Raft log (segment files), its vote and
+    /// metadata (sled) and its latest snapshot.
     pub data_dir: PathBuf,
+    /// Serve every port in plaintext, with no TLS and (unless an
+    /// administrator enables it) no authentication. An explicit choice: a
+    /// node with neither `[tls]` nor `insecure = true` refuses to start, and
+    /// an insecure node says so loudly in its log, its metrics and its status.
+    #[serde(default)]
+    pub insecure: bool,
     /// Listen addresses.
     pub listen: Listen,
+    /// TLS on every listener and mutual TLS between nodes (see
+    /// [`TlsConfig`]). Required unless `insecure = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// The founding administrators and how callers are authenticated.
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// The founding members, identical on every founding node. Empty on a
     /// node that will be added later as a learner.
     #[serde(default)]
@@ -38,7 +52,8 @@ pub struct Config {
     /// Cluster clock settings.
     #[serde(default)]
     pub clock: ClockConfig,
-    /// Deliberate faults for proving the chaos checker. Never in production.
+    /// Deliberate faults for proving the chaos checker. Never in production:
+    /// refused unless the node runs in testing mode ([`Config::testing_mode`]).
     #[serde(default)]
     pub testing: TestingFaults,
     /// Numbered failover.
@@ -50,6 +65,43 @@ pub struct Config {
     /// Logs and trace export.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Testing mode: test hooks (`Admin.SetClockOffset`, `[testing]`
+    /// faults, a non-zero `clock.initial_offset_ms`) work only when this is
+    /// on. Never read from the file: only `herald-node --testing` sets it,
+    /// so a config copied from a test cannot turn hooks on in production.
+    #[serde(skip)]
+    pub testing_mode: bool,
+}
+
+/// The certificate files of a node (PEM). Relative paths are relative to
+/// the node's working directory, like `data_dir`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster's CA certificate: peers and client certificates must
+    /// chain to it.
+    pub ca_file: PathBuf,
+    /// This node's certificate (`heraldctl cert create-node`): it names the
+    /// node's id and the hosts it is dialed at.
+    pub cert_file: PathBuf,
+    /// This node's private key.
+    pub key_file: PathBuf,
+}
+
+/// Who may do what before any user exists: the founding administrators.
+/// Users, roles and tokens themselves are replicated through Raft
+/// (`heraldctl user|role|token`), so changes need no restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Client-certificate names that are administrators whatever the
+    /// replicated auth state says (`heraldctl cert create-client root`).
+    /// The same list on every node.
+    pub root_users: Vec<String>,
+    /// Hex SHA-256 digests of bearer tokens that are administrators (as
+    /// user `root`), for callers that cannot present a certificate. Only
+    /// the digest is kept: `printf %s "$TOKEN" | sha256sum`.
+    pub root_token_sha256: Vec<String>,
 }
 
 /// Logs and trace export (metrics need no settings: `/metrics` on the HTTP port).
@@ -259,16 +311,23 @@ impl Config {
             .unwrap_or(membership_addr)
     }
 
-    /// Reads and validates a config file.
+    /// Reads and validates a config file for a node in production mode.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, false)
+    }
+
+    /// Reads and validates a config file; `testing_mode` as `herald-node
+    /// --testing` sets it.
+    pub fn load_with(path: &Path, testing_mode: bool) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
+        config.testing_mode = testing_mode;
         config.validate()?;
         Ok(config)
     }
@@ -278,6 +337,44 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.id == 0 {
             return bad("id must be >= 1".into());
+        }
+        match (&self.tls, self.insecure) {
+            (None, false) => {
+                return bad(
+                    "no [tls] section: name the node's ca_file, cert_file and key_file \
+                     (heraldctl cert create-ca / create-node make them), or set insecure = true \
+                     to serve plaintext with no authentication"
+                        .into(),
+                );
+            }
+            (Some(_), true) => {
+                return bad("both [tls] and insecure = true: choose one".into());
+            }
+            _ => {}
+        }
+        for user in &self.auth.root_users {
+            if let Err(e) = herald_certs::check_user_name(user) {
+                return bad(format!("auth.root_users: {e}"));
+            }
+        }
+        for digest in &self.auth.root_token_sha256 {
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!(
+                    "auth.root_token_sha256: {digest:?} is not 64 hex digits (a SHA-256 digest)"
+                ));
+            }
+        }
+        if !self.testing_mode {
+            if self.testing.stale_reads {
+                return bad(
+                    "[testing] stale_reads is a test hook: it needs herald-node --testing".into(),
+                );
+            }
+            if self.clock.initial_offset_ms != 0 {
+                return bad(
+                    "clock.initial_offset_ms is a test hook: it needs herald-node --testing".into(),
+                );
+            }
         }
         let t = &self.raft;
         if t.heartbeat_ms == 0 || t.election_timeout_min_ms <= t.heartbeat_ms {
@@ -344,6 +441,7 @@ mod tests {
 id = 1
 number = 1
 data_dir = "/tmp/x"
+insecure = true
 [listen]
 peer = "127.0.0.1:7101"
 client = "127.0.0.1:7201"
@@ -389,6 +487,50 @@ http = "127.0.0.1:7301"
         let bad: Config =
             toml::from_str(&format!("{GOOD}\n[peer_routes]\nx = \"nowhere\"\n")).unwrap();
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn plaintext_is_an_explicit_choice() {
+        let text = GOOD.replace("insecure = true\n", "");
+        let c: Config = toml::from_str(&text).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("[tls]") && err.contains("insecure"), "{err}");
+        let with_tls = format!(
+            "{text}\n[tls]\nca_file = \"ca.crt\"\ncert_file = \"n.crt\"\nkey_file = \"n.key\"\n"
+        );
+        let c: Config = toml::from_str(&with_tls).unwrap();
+        c.validate().unwrap();
+        let both = with_tls.replace("data_dir", "insecure = true\ndata_dir");
+        let c: Config = toml::from_str(&both).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("choose one"));
+    }
+
+    #[test]
+    fn test_hooks_need_testing_mode() {
+        let mut c: Config = toml::from_str(GOOD).unwrap();
+        c.testing.stale_reads = true;
+        assert!(c.validate().unwrap_err().to_string().contains("--testing"));
+        c.testing_mode = true;
+        c.validate().unwrap();
+        c.testing = TestingFaults::default();
+        c.testing_mode = false;
+        c.clock.initial_offset_ms = 5;
+        assert!(c.validate().unwrap_err().to_string().contains("--testing"));
+        // The mode is never read from the file.
+        let text = format!("{GOOD}\ntesting_mode = true\n");
+        assert!(toml::from_str::<Config>(&text).is_err());
+    }
+
+    #[test]
+    fn root_credentials_are_checked() {
+        let mut c: Config = toml::from_str(GOOD).unwrap();
+        c.auth.root_users = vec!["bad name".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("root_users"));
+        c.auth.root_users = vec!["root".into()];
+        c.auth.root_token_sha256 = vec!["abc".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("SHA-256"));
+        c.auth.root_token_sha256 = vec!["a".repeat(64)];
+        c.validate().unwrap();
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!   account pools): `apply(entry, command) -> response`, no I/O, no clock.
 //! - [`raft`]: openraft glue: types, the sled log store, the state store and
 //!   the gRPC network.
-//! - [`api`]: the tonic client/admin/peer services and the HTTP JSON API.
+//! - [`api`]: the tonic client/admin/auth/peer services and the HTTP JSON API.
+//! - [`security`]: TLS on every listener, and the one guard that decides
+//!   who each caller is and what it may do.
 //! - [`node`]: the handle every service shares: propose, linearize.
 //! - [`server`]: start and stop a node; [`config`], [`clock`], [`expiry`],
 //!   [`metrics`] (Prometheus), [`telemetry`] (logs and traces).
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod node;
 pub mod owner;
 pub mod raft;
+pub mod security;
 pub mod server;
 pub mod state;
 pub mod telemetry;

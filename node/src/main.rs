@@ -20,6 +20,11 @@ struct Args {
     /// `telemetry.log_format`, else text).
     #[arg(long)]
     log_format: Option<herald_node::telemetry::LogFormat>,
+    /// Testing mode: turns on the test hooks (`Admin.SetClockOffset`, the
+    /// config's `[testing]` faults and `clock.initial_offset_ms`). For the
+    /// chaos suite and tests only; never in production.
+    #[arg(long)]
+    testing: bool,
 }
 
 /// One thread per node: three nodes and their clients share a couple of
@@ -32,7 +37,7 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
-    let config = match herald_node::config::Config::load(&args.config) {
+    let config = match herald_node::config::Config::load_with(&args.config, args.testing) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("Error: {e}");

@@ -101,6 +101,17 @@ pub struct ServerLabel {
     pub server: &'static str,
 }
 
+/// `{server, code, permission}`: a request the auth guard turned away.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `client`, `peer` or `http`.
+    pub server: &'static str,
+    /// `unauthenticated` or `permission_denied`.
+    pub code: &'static str,
+    /// The permission the call needed (`publisher`, `admin`, ...).
+    pub permission: &'static str,
+}
+
 /// `{client_type}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientTypeLabel {
@@ -198,6 +209,22 @@ pub struct Defs {
     pub api_in_flight: Family<ServerLabel, Gauge>,
     /// `herald_api_watch_streams`: open presence watch streams.
     pub api_watch_streams: Gauge,
+
+    /// `herald_auth_refusals_total{server,code,permission}`: requests the
+    /// guard turned away before any handler ran.
+    pub auth_refusals: Family<RefusalLabels, Counter>,
+    /// `herald_tls_handshake_failures_total{server}`: connections dropped
+    /// during the TLS handshake (wrong CA, expired certificate, plaintext
+    /// client, timeout).
+    pub tls_handshake_failures: Family<ServerLabel, Counter>,
+    /// `herald_security_insecure`: 1 when the node serves plaintext with no
+    /// TLS (`insecure = true`).
+    pub security_insecure: Gauge,
+    /// `herald_security_testing_mode`: 1 when test hooks are on
+    /// (`herald-node --testing`).
+    pub security_testing_mode: Gauge,
+    /// `herald_auth_enabled`: 1 while auth is enforced.
+    pub auth_enabled: Gauge,
 
     /// `herald_presence_online_users{client_type}`: users with a client of
     /// that type online.
@@ -396,6 +423,36 @@ impl Metrics {
                 r,
                 "herald_api_watch_streams",
                 "Open presence watch streams",
+                Gauge::default()
+            ),
+            auth_refusals: reg!(
+                r,
+                "herald_auth_refusals",
+                "Requests refused by the auth guard, by listener, code and the permission needed",
+                Family::default()
+            ),
+            tls_handshake_failures: reg!(
+                r,
+                "herald_tls_handshake_failures",
+                "Connections dropped during the TLS handshake",
+                Family::default()
+            ),
+            security_insecure: reg!(
+                r,
+                "herald_security_insecure",
+                "1 when the node serves plaintext with no TLS (insecure = true)",
+                Gauge::default()
+            ),
+            security_testing_mode: reg!(
+                r,
+                "herald_security_testing_mode",
+                "1 when test hooks are on (herald-node --testing)",
+                Gauge::default()
+            ),
+            auth_enabled: reg!(
+                r,
+                "herald_auth_enabled",
+                "1 while authentication and authorization are enforced",
                 Gauge::default()
             ),
             presence_online: reg!(
@@ -632,6 +689,7 @@ fn sample(node: &Herald) {
             }
         }
     });
+    m.auth_enabled.set(i64::from(node.guard().enabled()));
     m.storage_disk_bytes.set(node.log().size_on_disk() as i64);
     m.storage_log_entries.set(node.log().len() as i64);
     {

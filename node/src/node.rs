@@ -74,6 +74,7 @@ pub(crate) struct Inner {
     pub(crate) ownership: crate::owner::Ownership,
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) leader_contact: crate::failover::LeaderContact,
+    pub(crate) guard: crate::security::Guard,
 }
 
 /// Handle to a running node.
@@ -107,6 +108,11 @@ impl Herald {
     /// When this node last accepted entries or a heartbeat from a leader.
     pub fn leader_contact(&self) -> &crate::failover::LeaderContact {
         &self.inner.leader_contact
+    }
+
+    /// Who may call what (see [`crate::security`]).
+    pub fn guard(&self) -> &crate::security::Guard {
+        &self.inner.guard
     }
 
     /// The state store (for reads).

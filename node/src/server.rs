@@ -7,24 +7,25 @@ use std::future::Future;
 use std::time::Duration;
 
 use ::herald_client::proto::admin_server::AdminServer;
+use ::herald_client::proto::auth_server::AuthServer;
 use ::herald_client::proto::herald_server::HeraldServer;
 use ::herald_client::proto::peer_server::PeerServer;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api;
 use crate::api::layer::{Listener, ObserveLayer};
 use crate::clock::ClusterClock;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ServerLabel};
 use crate::node::{Herald, Inner};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerChannels};
 use crate::raft::state_store::StateStore;
 use crate::raft::{Member, Raft};
+use crate::security::{Gate, Guard, GuardLayer, NodeTls, PeerInfo};
 
 /// A node running in this process (the binary runs one; tests run several).
 pub struct RunningNode {
@@ -75,13 +76,6 @@ fn open_db(config: &Config) -> anyhow::Result<sled::Db> {
         .with_context(|| format!("opening sled in {}", config.data_dir.display()))
 }
 
-/// Accepted connections with Nagle off. `Server::tcp_nodelay` only covers
-/// listeners tonic binds itself; without this, small gRPC replies wait for
-/// delayed ACKs (~40 ms per forwarded write).
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -91,8 +85,29 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListe
 /// Starts a node and returns once every listener is bound.
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     config.validate()?;
-    let db = open_db(&config)?;
+    let tls = match &config.tls {
+        Some(files) => Some(NodeTls::load(files, config.id)?),
+        None => None,
+    };
     let metrics = Metrics::new();
+    if config.insecure {
+        tracing::warn!(
+            "INSECURE: this node serves every port in plaintext with no TLS; anyone who can \
+             reach it can read its traffic and, unless auth is enabled, do anything \
+             (insecure = true in the config)"
+        );
+    }
+    if config.testing_mode {
+        tracing::warn!(
+            "TESTING MODE: test hooks (SetClockOffset, [testing] faults) are on; never run \
+             a production node with --testing"
+        );
+    }
+    metrics.security_insecure.set(i64::from(config.insecure));
+    metrics
+        .security_testing_mode
+        .set(i64::from(config.testing_mode));
+    let db = open_db(&config)?;
     let log = LogStore::open_with_metrics(
         &db,
         &config.data_dir.join("sled"),
@@ -105,7 +120,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .iter()
         .filter_map(|(id, addr)| Some((id.parse::<u64>().ok()?, addr.clone())))
         .collect();
-    let peers = PeerChannels::with_routes(routes);
+    let peers = PeerChannels::with_routes(routes, tls.as_ref().map(|t| t.dial.clone()));
     let raft = Raft::new(
         config.id,
         std::sync::Arc::new(raft_config(&config)?),
@@ -129,19 +144,39 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     };
 
     let (stop, stop_rx) = watch::channel(false);
+    let clock = ClusterClock::with_offset_ms(config.clock.initial_offset_ms);
+    let guard = Guard::new(&config, store.clone(), clock.clone(), metrics.clone());
     let herald = Herald::new(Inner {
         config: config.clone(),
         raft: raft.clone(),
         store,
         log,
-        clock: ClusterClock::with_offset_ms(config.clock.initial_offset_ms),
+        clock,
         peers,
         stopping: stop_rx.clone(),
         ownership: crate::owner::Ownership::new(config.id, config.ring.vnodes),
         metrics: metrics.clone(),
         leader_contact: Default::default(),
+        guard: guard.clone(),
     });
     let observe = |l| ObserveLayer::new(metrics.clone(), config.id, l);
+    // Every listener goes through the same acceptor: TLS handshakes (or
+    // plain TCP in insecure mode), Nagle off (small gRPC replies would wait
+    // for delayed ACKs, ~40 ms per forwarded write), the caller's verified
+    // certificate read once per connection.
+    let incoming = |l: TcpListener,
+                    server: &'static str,
+                    tls: Option<std::sync::Arc<rustls::ServerConfig>>| {
+        let failures = metrics
+            .tls_handshake_failures
+            .get_or_create(&ServerLabel { server })
+            .clone();
+        crate::security::tls::accept(l, tls, server, failures, stop_rx.clone())
+            .with_context(|| format!("starting the {server} listener"))
+    };
+    let peer_in = incoming(peer_l, "peer", tls.as_ref().map(|t| t.peer.clone()))?;
+    let client_in = incoming(client_l, "client", tls.as_ref().map(|t| t.client.clone()))?;
+    let http_in = incoming(http_l, "http", tls.as_ref().map(|t| t.http.clone()))?;
 
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -155,12 +190,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .max_decoding_message_size(64 << 20);
     let s = stopped();
     let peer_layer = observe(Listener::Peer);
+    let peer_guard = GuardLayer::new(guard.clone(), Gate::Peer);
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .layer(peer_layer)
+            .layer(peer_guard)
             .add_service(peer_svc)
-            .serve_with_incoming_shutdown(incoming(peer_l), s)
+            .serve_with_incoming_shutdown(peer_in, s)
             .await;
         if let Err(e) = r {
             tracing::error!("peer server: {e}");
@@ -173,14 +209,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         client_layer.accounting(),
     ));
     let admin_svc = AdminServer::new(api::admin::AdminService::new(herald.clone()));
+    let auth_svc = AuthServer::new(api::auth::AuthService::new(herald.clone()));
+    let client_guard = GuardLayer::new(guard.clone(), Gate::Client);
     let s = stopped();
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .layer(client_layer)
+            .layer(client_guard)
             .add_service(herald_svc)
             .add_service(admin_svc)
-            .serve_with_incoming_shutdown(incoming(client_l), s)
+            .add_service(auth_svc)
+            .serve_with_incoming_shutdown(client_in, s)
             .await;
         if let Err(e) = r {
             tracing::error!("client server: {e}");
@@ -190,7 +229,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let app = api::http::router(herald.clone()).layer(observe(Listener::Http));
     let s = stopped();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_l, app).with_graceful_shutdown(s).await {
+        let app = app.into_make_service_with_connect_info::<PeerInfo>();
+        if let Err(e) = axum::serve(http_in, app).with_graceful_shutdown(s).await {
             tracing::error!("http server: {e}");
         }
     }));

@@ -209,9 +209,7 @@ async fn a_batch_answers_each_call_as_its_unary_rpc_would() {
     }
 
     // Each call is counted under its own method.
-    let (_, metrics) = common::http_get(&c.http_addr(follower), "/metrics")
-        .await
-        .unwrap();
+    let (_, metrics) = c.get(follower, "/metrics").await.unwrap();
     for (code, want) in [("Ok", 1.0), ("InvalidArgument", 1.0)] {
         let series = format!(
             "herald_api_requests_total{{server=\"client\",method=\"/herald.v1.Herald/Login\",code=\"{code}\"}}"
@@ -383,11 +381,10 @@ async fn watch_is_ordered_gapless_and_resumable_on_another_node() {
     assert!(!e.record.unwrap().online);
 }
 
-/// A GET through the shared harness's plain HTTP/1.1 client; the body as JSON.
-async fn http_get(url: &str) -> (u16, serde_json::Value) {
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_at(rest.find('/').expect("path"));
-    let (code, body) = common::http_get(host, path).await.expect("GET");
+/// A GET on node `id`'s HTTP port through the shared harness (TLS, as
+/// root); the body as JSON.
+async fn http_get(c: &TestCluster, id: u64, path: &str) -> (u16, serde_json::Value) {
+    let (code, body) = c.get(id, path).await.expect("GET");
     (
         code,
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
@@ -400,8 +397,9 @@ async fn http_batch_lookup_and_health() {
     let leader = c.wait_leader().await;
     c.client(leader).login(login("alice", "web")).await.unwrap();
     let follower = c.alive().into_iter().find(|id| *id != leader).unwrap();
-    let base = format!("http://{}", c.http_addr(follower));
-    let get = |path: String| async move { http_get(&path).await };
+    let base = "";
+    let c = &c;
+    let get = |path: String| async move { http_get(c, follower, &path).await };
     // Linearizable by default, served by a follower.
     let (code, body) = get(format!("{base}/v1/presence?ids=alice,nobody")).await;
     assert_eq!(code, 200, "{body}");

@@ -133,7 +133,9 @@ impl Drop for Prometheus {
     }
 }
 
-fn start_prometheus(targets: &[String]) -> Prometheus {
+/// Prometheus scraping `targets` over TLS, trusting `ca` (the nodes'
+/// `/metrics` is open: no client certificate needed).
+fn start_prometheus(targets: &[String], ca: &std::path::Path) -> Prometheus {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -143,7 +145,9 @@ fn start_prometheus(targets: &[String]) -> Prometheus {
     let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
-         - job_name: herald\n    static_configs:\n      - targets: [{}]\n",
+         - job_name: herald\n    scheme: https\n    tls_config:\n      ca_file: {}\n    \
+         static_configs:\n      - targets: [{}]\n",
+        ca.display(),
         list.join(", ")
     );
     let config_path = dir.path().join("prometheus.yml");
@@ -325,10 +329,10 @@ async fn load(c: &TestCluster) -> (u64, u64) {
         assert_eq!(r.is_ok(), user != "v3", "{user}: {r:?}"); // the pool has two
     }
 
-    let (code, body) =
-        common::http_get(&c.http_addr(follower), "/v1/presence?ids=user-0-0,user-1-1")
-            .await
-            .expect("http lookup");
+    let (code, body) = c
+        .get(follower, "/v1/presence?ids=user-0-0,user-1-1")
+        .await
+        .expect("http lookup");
     assert_eq!(code, 200, "{body}");
     (leader, follower)
 }
@@ -338,14 +342,18 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
     let started = std::time::Instant::now();
     // Fail first, and clearly, when the tools are missing.
     tool("prometheus");
-    let (ok, out) = promtool(
-        &[
-            "check",
-            "config",
-            &repo().join("grafana/prometheus.yml").display().to_string(),
-        ],
-        None,
+    // promtool wants the CA file to exist: check a copy that names a real one.
+    let shipped = std::fs::read_to_string(repo().join("grafana/prometheus.yml")).expect("read");
+    assert!(
+        shipped.contains("ca_file: ../certs/local-3/ca.crt"),
+        "{shipped}"
     );
+    let check_dir = tempfile::tempdir().expect("tempdir");
+    let ca = herald_certs::Ca::create("check", herald_certs::Validity::days(1)).expect("ca");
+    std::fs::write(check_dir.path().join("ca.crt"), ca.cert_pem()).expect("write");
+    let copy = check_dir.path().join("prometheus.yml");
+    std::fs::write(&copy, shipped.replace("../certs/local-3/ca.crt", "ca.crt")).expect("write");
+    let (ok, out) = promtool(&["check", "config", &copy.display().to_string()], None);
     assert!(ok, "promtool check config grafana/prometheus.yml:\n{out}");
 
     let mut dashboards = Vec::new();
@@ -368,9 +376,7 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
     let (leader, follower) = load(&c).await;
     // The load moved the counters it should have, by as much as it should:
     // the leader applied every write before answering it.
-    let (_, on_leader) = common::http_get(&c.http_addr(leader), "/metrics")
-        .await
-        .expect("leader /metrics");
+    let (_, on_leader) = c.get(leader, "/metrics").await.expect("leader /metrics");
     for (series, want) in [
         ("herald_presence_changes_total{kind=\"login\"}", 8.0),
         ("herald_presence_changes_total{kind=\"logout\"}", 2.0),
@@ -388,7 +394,8 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
             "{series}\n{on_leader}"
         );
     }
-    let (_, on_follower) = common::http_get(&c.http_addr(follower), "/metrics")
+    let (_, on_follower) = c
+        .get(follower, "/metrics")
         .await
         .expect("follower /metrics");
     let bad = "herald_api_requests_total{server=\"client\",method=\"/herald.v1.Herald/Login\",code=\"InvalidArgument\"}";
@@ -402,14 +409,14 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
         Some(0.0)
     );
     let targets: Vec<String> = c.alive().iter().map(|id| c.http_addr(*id)).collect();
-    for t in &targets {
-        let (code, body) = common::http_get(t, "/metrics").await.expect("GET /metrics");
+    for (t, id) in targets.iter().zip(c.alive()) {
+        let (code, body) = c.get(id, "/metrics").await.expect("GET /metrics");
         assert_eq!(code, 200, "{t}/metrics: {body}");
         let (ok, out) = promtool(&["check", "metrics"], Some(&body));
         assert!(ok, "promtool check metrics on {t}/metrics:\n{out}\n{body}");
     }
 
-    let prom = start_prometheus(&targets);
+    let prom = start_prometheus(&targets, &c.certs.ca());
     c.wait_for("prometheus to be ready", || async {
         let (code, _) = common::http_get(&prom.addr, "/-/ready").await.ok()?;
         (code == 200).then_some(())

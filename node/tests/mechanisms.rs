@@ -308,9 +308,7 @@ async fn ttl_expires_silent_clients_and_heartbeats_survive_owner_loss() {
 
 /// How many `method` calls node `id`'s client listener has answered.
 async fn served(c: &TestCluster, id: u64, method: &str) -> u64 {
-    let (_, body) = common::http_get(&c.http_addr(id), "/metrics")
-        .await
-        .expect("metrics");
+    let (_, body) = c.get(id, "/metrics").await.expect("metrics");
     let series = format!(
         "herald_api_requests_total{{server=\"client\",method=\"/herald.v1.Herald/{method}\",code=\"Ok\"}}"
     );

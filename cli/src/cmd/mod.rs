@@ -1,5 +1,7 @@
 //! One module per noun, one enum variant per verb, like etcdctl.
 
+pub mod auth;
+pub mod cert;
 pub mod cluster;
 pub mod playground;
 pub mod pool;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
+use herald_cli::config::ROOT_USER;
+use herald_cli::context::Context;
 use herald_cli::playground::{LocalCluster, Options, locate_node_binary};
 
 /// How long the nodes get to agree on a leader.
@@ -33,6 +35,13 @@ pub struct Args {
     /// Keep the directory after exit
     #[arg(long)]
     keep: bool,
+    /// Plaintext on every port, no certificates and no authentication
+    /// (the default is TLS everywhere, with `root` as administrator)
+    #[arg(long)]
+    insecure: bool,
+    /// Start the nodes in testing mode (test hooks such as SetClockOffset on)
+    #[arg(long)]
+    testing: bool,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -54,6 +63,8 @@ pub async fn run(args: Args) -> Result<()> {
         dir,
         base_port: args.base_port,
         node_bin,
+        insecure: args.insecure,
+        testing: args.testing,
     };
     let mut cluster = LocalCluster::start(&options).await?;
     println!(
@@ -79,7 +90,15 @@ pub async fn run(args: Args) -> Result<()> {
         Some(Ok(leader)) => leader,
         Some(Err(e)) => return fail(cluster, e.to_string()).await,
     };
-    print_banner(&cluster, leader, args.base_port);
+    let context = context_of(&cluster);
+    let context_path = match context.save() {
+        Ok(path) => Some(path),
+        Err(e) => {
+            eprintln!("warning: heraldctl will not find this playground by itself: {e:#}");
+            None
+        }
+    };
+    print_banner(&cluster, leader, args.base_port, context_path.as_deref());
 
     // 2. Run until the user stops us. A node dying now is reported but not
     // fatal: killing one to watch the cluster fail over is a fair use of a
@@ -102,7 +121,20 @@ pub async fn run(args: Args) -> Result<()> {
             }
         }
     }
+    context.remove_if_mine();
     shut_down(cluster, args.keep, "stopping").await
+}
+
+/// What heraldctl needs to reach this playground.
+fn context_of(cluster: &LocalCluster) -> Context {
+    let certs = cluster.certs();
+    Context {
+        dir: cluster.dir().to_owned(),
+        endpoints: cluster.client_endpoints(),
+        cacert: certs.map(|c| c.ca()),
+        cert: certs.map(|c| c.client(ROOT_USER).0),
+        key: certs.map(|c| c.client(ROOT_USER).1),
+    }
 }
 
 /// Stops the nodes and removes the directory unless asked to keep it.
@@ -134,7 +166,12 @@ async fn fail(mut cluster: LocalCluster, why: String) -> Result<()> {
     bail!("{why}; logs and data kept in {}", cluster.dir().display())
 }
 
-fn print_banner(cluster: &LocalCluster, leader: u64, base_port: u16) {
+fn print_banner(
+    cluster: &LocalCluster,
+    leader: u64,
+    base_port: u16,
+    context_path: Option<&std::path::Path>,
+) {
     let mut table =
         crate::output::Table::new(&["NODE", "CLIENT GRPC", "HTTP", "PEER", "DATA DIR", "LOG"]);
     for node in cluster.nodes() {
@@ -147,7 +184,11 @@ fn print_banner(cluster: &LocalCluster, leader: u64, base_port: u16) {
         table.row(vec![
             name,
             c.listen.client.clone(),
-            format!("http://{}", c.listen.http),
+            format!(
+                "{}://{}",
+                if c.insecure { "http" } else { "https" },
+                c.listen.http
+            ),
             c.listen.peer.clone(),
             c.data_dir.clone(),
             node.log_path.display().to_string(),
@@ -159,8 +200,37 @@ fn print_banner(cluster: &LocalCluster, leader: u64, base_port: u16) {
     );
     table.print();
 
+    match cluster.certs() {
+        Some(certs) => {
+            let (cert, key) = certs.client(ROOT_USER);
+            println!(
+                "\nSecure: TLS on every port, mutual TLS between nodes, auth on; you are {ROOT_USER:?}, \
+                 the founding administrator."
+            );
+            match context_path {
+                Some(p) => println!(
+                    "heraldctl finds this playground by itself while it runs ({}).",
+                    p.display()
+                ),
+                None => println!("Tell heraldctl where it is:"),
+            }
+            println!("From elsewhere (another heraldctl, a gRPC client, curl):");
+            println!(
+                "  export HERALD_ENDPOINTS={}",
+                cluster.client_endpoints().join(",")
+            );
+            println!(
+                "  export HERALD_CACERT={} HERALD_CERT={} HERALD_KEY={}",
+                certs.ca().display(),
+                cert.display(),
+                key.display()
+            );
+        }
+        None => println!("\nINSECURE: plaintext on every port and no authentication (--insecure)."),
+    }
+
     let exe = heraldctl_path();
-    let endpoints = if base_port == 7100 {
+    let endpoints = if base_port == 7100 || context_path.is_some() {
         String::new()
     } else {
         format!(" --endpoints {}", cluster.client_endpoints().join(","))
@@ -181,7 +251,19 @@ fn print_banner(cluster: &LocalCluster, leader: u64, base_port: u16) {
     ] {
         println!("  {exe}{endpoints} {example}");
     }
-    println!("  curl 'http://{http}/v1/presence?ids=alice,bob'");
+    match cluster.certs() {
+        Some(certs) => {
+            let (cert, key) = certs.client(ROOT_USER);
+            println!(
+                "  curl --cacert {} --cert {} --key {} 'https://{http}/v1/presence?ids=alice,bob'",
+                certs.ca().display(),
+                cert.display(),
+                key.display()
+            );
+            println!("  {exe} auth status");
+        }
+        None => println!("  curl 'http://{http}/v1/presence?ids=alice,bob'"),
+    }
     println!("\nPress Ctrl-C to stop the cluster.");
 }
 

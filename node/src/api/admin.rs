@@ -31,10 +31,15 @@ impl AdminService {
         match self.node.leader() {
             Some((id, _)) if id == self.node.id() => Ok(None),
             Some((_, m)) => {
-                let ch =
-                    tonic::transport::Endpoint::from_shared(format!("http://{}", m.client_addr))
-                        .map_err(|e| Status::internal(e.to_string()))?
-                        .connect_lazy();
+                // Through the node's TLS: the leader sees this node's
+                // certificate and trusts it with what this node's guard
+                // already allowed the caller.
+                let ch = self
+                    .node
+                    .peers()
+                    .endpoint(&m.client_addr)
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .connect_lazy();
                 Ok(Some(AdminClient::new(ch)))
             }
             None => Err(NodeError::Unavailable("no leader elected".into()).into()),
@@ -45,6 +50,11 @@ impl AdminService {
         Ok(Response::new(AdminResponse { message, log_index }))
     }
 }
+
+/// The largest clock offset the test hook sets: far beyond any real skew,
+/// and far from the values whose nanoseconds overflow (i64::MAX ms once
+/// made the node's SNTP answer 1970).
+pub const MAX_CLOCK_OFFSET_MS: u64 = 7 * 24 * 3600 * 1000;
 
 fn raft_err(e: impl std::fmt::Display) -> Status {
     Status::failed_precondition(e.to_string())
@@ -109,6 +119,9 @@ impl Admin for AdminService {
                 last_sync_ms: self.node.clock().last_sync_ms(),
                 sync_delay_us: self.node.clock().sync_delay_ns() / 1_000,
                 cluster_time_ms: self.node.clock().now_ms(),
+                insecure: cfg.insecure,
+                testing: cfg.testing_mode,
+                auth_enabled: self.node.guard().enabled(),
                 members_log_index: m
                     .membership_config
                     .log_id()
@@ -348,14 +361,24 @@ impl Admin for AdminService {
         &self,
         req: Request<SetClockOffsetRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
+        if !self.node.config().testing_mode {
+            return Err(Status::failed_precondition(
+                "SetClockOffset is a test hook: this node was not started with herald-node --testing",
+            ));
+        }
         let r = req.into_inner();
         let clock = self.node.clock();
-        let delta = r.offset_ms.saturating_mul(1_000_000);
-        let new = if r.relative {
-            clock.offset_ns().saturating_add(delta)
+        let new_ms = if r.relative {
+            (clock.offset_ns() / 1_000_000).saturating_add(r.offset_ms)
         } else {
-            delta
+            r.offset_ms
         };
+        if new_ms.unsigned_abs() > MAX_CLOCK_OFFSET_MS {
+            return Err(Status::invalid_argument(format!(
+                "offset_ms: the resulting offset must be within ±{MAX_CLOCK_OFFSET_MS} ms (7 days), got {new_ms}"
+            )));
+        }
+        let new = new_ms * 1_000_000;
         clock.set_offset_ns(new);
         tracing::warn!(
             offset_ms = new / 1_000_000,

@@ -16,6 +16,11 @@
 //! Each call is counted under its own method in `herald_api_requests_total`
 //! (the `Batch` envelope is counted too, by the layer), so the dashboards
 //! read the same whether or not clients coalesce.
+//!
+//! Each call is also authorized as its own method would be (the guard let
+//! the envelope in for any authenticated caller): a call the caller may not
+//! make is answered `PERMISSION_DENIED`, marked not applied, and the others
+//! are still served.
 
 use std::time::Instant;
 
@@ -30,6 +35,7 @@ use tonic::{Request, Status};
 
 use super::client::HeraldService;
 use crate::node::NOT_APPLIED;
+use crate::security::{Principal, policy};
 use crate::state::MAX_BATCH;
 
 /// The unary method each kind of call stands for (its metrics label).
@@ -46,7 +52,11 @@ type Barrier<'a> = Shared<BoxFuture<'a, Result<(), Status>>>;
 impl HeraldService {
     /// Serves every call of `req`; refuses the whole batch (nothing served)
     /// only when it is empty or too large.
-    pub(super) async fn serve_batch(&self, req: BatchRequest) -> Result<BatchResponse, Status> {
+    pub(super) async fn serve_batch(
+        &self,
+        principal: Principal,
+        req: BatchRequest,
+    ) -> Result<BatchResponse, Status> {
         let calls = req.calls;
         if calls.is_empty() || calls.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -67,7 +77,7 @@ impl HeraldService {
             calls
                 .into_iter()
                 .enumerate()
-                .map(|(i, c)| self.serve_call(i, c, barrier.clone())),
+                .map(|(i, c)| self.serve_call(i, c, &principal, barrier.clone())),
         )
         .await;
         Ok(BatchResponse { replies })
@@ -77,31 +87,56 @@ impl HeraldService {
         &self,
         index: usize,
         call: BatchCall,
+        principal: &Principal,
         barrier: Option<Barrier<'_>>,
     ) -> BatchReply {
         let started = Instant::now();
+        let path = match &call.call {
+            Some(Call::Login(_)) => LOGIN,
+            Some(Call::Logout(_)) => LOGOUT,
+            Some(Call::ChangePermission(_)) => CHANGE_PERMISSION,
+            Some(Call::Heartbeat(_)) => HEARTBEAT,
+            Some(Call::GetPresence(_)) => GET_PRESENCE,
+            None => BATCH,
+        };
+        if let Some(needs) = policy::permission_of(path).filter(|_| path != BATCH)
+            && let Err(refusal) = self.node().guard().authorize(principal, needs, path)
+        {
+            let mut s = super::status::refusal_status(&refusal);
+            s.metadata_mut().insert(
+                NOT_APPLIED,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            return self.answer(path, started, Err(s));
+        }
+        // Each call's request carries the caller, as a unary one would.
+        fn request<T>(msg: T, principal: &Principal) -> Request<T> {
+            let mut r = Request::new(msg);
+            r.extensions_mut().insert(principal.clone());
+            r
+        }
         let (path, result) = match call.call {
             Some(Call::Login(r)) => (
                 LOGIN,
-                self.login(Request::new(r))
+                self.login(request(r, principal))
                     .await
                     .map(|r| batch_reply(r, Reply::PresenceWrite)),
             ),
             Some(Call::Logout(r)) => (
                 LOGOUT,
-                self.logout(Request::new(r))
+                self.logout(request(r, principal))
                     .await
                     .map(|r| batch_reply(r, Reply::PresenceWrite)),
             ),
             Some(Call::ChangePermission(r)) => (
                 CHANGE_PERMISSION,
-                self.change_permission(Request::new(r))
+                self.change_permission(request(r, principal))
                     .await
                     .map(|r| batch_reply(r, Reply::PresenceWrite)),
             ),
             Some(Call::Heartbeat(r)) => (
                 HEARTBEAT,
-                self.heartbeat(Request::new(r))
+                self.heartbeat(request(r, principal))
                     .await
                     .map(|r| batch_reply(r, Reply::Heartbeat)),
             ),
@@ -116,7 +151,7 @@ impl HeraldService {
                 };
                 match shared {
                     Ok(()) => self
-                        .get_presence(Request::new(r))
+                        .get_presence(request(r, principal))
                         .await
                         .map(|r| batch_reply(r, Reply::GetPresence)),
                     Err(s) => Err(s),
@@ -129,6 +164,16 @@ impl HeraldService {
                 ))),
             ),
         };
+        self.answer(path, started, result)
+    }
+
+    /// Counts one call under its method and turns its result into a reply.
+    fn answer(
+        &self,
+        path: &str,
+        started: Instant,
+        result: Result<BatchReply, Status>,
+    ) -> BatchReply {
         let code = result.as_ref().err().map(|s| format!("{:?}", s.code()));
         self.accounting()
             .record(path, code.as_deref(), started.elapsed().as_secs_f64());

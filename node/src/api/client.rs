@@ -224,7 +224,10 @@ impl HeraldApi for HeraldService {
     }
 
     async fn batch(&self, req: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
-        self.serve_batch(req.into_inner()).await.map(Response::new)
+        let principal = crate::security::principal_of(&req);
+        self.serve_batch(principal, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type WatchStream = WatchStream;

@@ -2,11 +2,17 @@
 //! `GET /v1/presence?ids=a,b,c[&consistency=serializable]` and `GET /health`;
 //! `GET /metrics` serves Prometheus metrics ([`crate::metrics`]).
 //! Errors are `{"error": "..."}` with the HTTP code of the gRPC status.
+//!
+//! Every request passes the node's auth guard first ([`guard`]):
+//! `/v1/presence` needs the `reader` role (a client certificate or a bearer
+//! token); `/health` and `/metrics` are open, like etcd's, so supervisors
+//! and Prometheus need no credential (they still speak TLS).
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -15,7 +21,8 @@ use serde_json::{Value, json};
 use super::client::{batch_get, check_uids};
 use super::status::{http_code, node_status, state_status};
 use crate::node::Herald;
-use crate::state::StateError;
+use crate::security::{PeerCert, PeerInfo, Permission};
+use crate::state::{Role, StateError};
 
 /// The HTTP routes of one node.
 pub fn router(node: Herald) -> Router {
@@ -23,7 +30,35 @@ pub fn router(node: Herald) -> Router {
         .route("/v1/presence", get(presence))
         .route("/health", get(health))
         .route("/metrics", get(crate::metrics::http_handler))
+        .layer(middleware::from_fn_with_state(node.clone(), guard))
         .with_state(node)
+}
+
+/// What an HTTP route needs of its caller.
+fn permission(path: &str) -> Permission {
+    match path {
+        "/v1/presence" => Permission::Role(Role::Reader),
+        _ => Permission::Open,
+    }
+}
+
+/// The node's auth guard in front of every route.
+async fn guard(State(node): State<Herald>, mut req: Request, next: Next) -> Response {
+    let cert = req
+        .extensions()
+        .get::<ConnectInfo<PeerInfo>>()
+        .map_or(PeerCert::None, |c| c.0.cert.clone());
+    let path = req.uri().path().to_string();
+    match node
+        .guard()
+        .check("http", &cert, req.headers(), permission(&path), &path)
+    {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(refusal) => error(super::status::refusal_status(&refusal)),
+    }
 }
 
 fn error(status: tonic::Status) -> Response {

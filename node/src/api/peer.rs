@@ -1,6 +1,15 @@
 //! The peer gRPC service: openraft's RPCs from other nodes, writes forwarded
 //! by followers, and ReadIndex for follower reads. Only Herald nodes of the
 //! same version talk here (bincode payloads).
+//!
+//! Admission, before openraft sees a message: the listener's guard lets in
+//! only node certificates from the cluster's CA (`security::guard`); here a
+//! node must also be a member (voter or learner, as this node's membership
+//! says) — except a leader newer than any this node knows, whose appends
+//! and snapshots a lagging node needs in order to learn that membership —
+//! and no message may carry an absurd term or log index
+//! ([`check_message`]): one forged vote with term 2^64-1 once wedged every
+//! node of a cluster (openraft's `term + 1` overflowed).
 
 use ::herald_client::proto::peer_server::Peer;
 use ::herald_client::proto::{RaftBlob, SnapshotChunk};
@@ -9,9 +18,46 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendEr
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{ForwardReply, Herald, NOT_APPLIED};
-use crate::raft::typ::{SnapshotMeta, Vote};
+use crate::raft::typ::{LogId, SnapshotMeta, Vote};
 use crate::raft::{TypeConfig, decode, encode};
+use crate::security::{Principal, principal_of};
 use crate::state::Command;
+
+/// A message whose term is this far beyond this node's is refused. Terms
+/// grow by one per election round, and pre-vote keeps an isolated node's
+/// term still, so a million rounds of a real cluster are years away.
+pub const MAX_TERM_STEP: u64 = 1 << 20;
+/// A log index beyond this is refused: no log gets near it, and openraft's
+/// index arithmetic must never be handed a value it could overflow.
+pub const MAX_LOG_INDEX: u64 = u64::MAX >> 2;
+
+/// Whether a Raft message is sane for a node at `local_term`: its vote's
+/// term at most [`MAX_TERM_STEP`] ahead, every log id's index at most
+/// [`MAX_LOG_INDEX`] and its term no newer than the vote's. Pure, so it is
+/// tested as a table.
+pub fn check_message<'a>(
+    local_term: u64,
+    vote_term: u64,
+    log_ids: impl IntoIterator<Item = &'a LogId>,
+) -> Result<(), String> {
+    if vote_term > local_term.saturating_add(MAX_TERM_STEP) {
+        return Err(format!(
+            "term {vote_term} is absurdly far beyond this node's term {local_term} (at most {MAX_TERM_STEP} ahead)"
+        ));
+    }
+    for id in log_ids {
+        if id.index > MAX_LOG_INDEX {
+            return Err(format!("log index {} is beyond {MAX_LOG_INDEX}", id.index));
+        }
+        if id.leader_id.term > vote_term {
+            return Err(format!(
+                "log id of term {} is newer than the sender's term {vote_term}",
+                id.leader_id.term
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Serves [`Peer`] for one node.
 pub struct PeerService {
@@ -22,6 +68,58 @@ impl PeerService {
     /// A peer service over `node`.
     pub fn new(node: Herald) -> Self {
         PeerService { node }
+    }
+}
+
+impl PeerService {
+    /// Refuses a message from a node that is not a member as this node's
+    /// membership says. `leader_vote` is the sender's vote when the message
+    /// is an append or a snapshot: a non-member may still send those as a
+    /// committed leader at least as new as any this node knows (a lagging
+    /// node learns the new membership only from that leader). In insecure
+    /// mode nobody proves an id, and only the message checks apply.
+    fn admit(&self, principal: &Principal, leader_vote: Option<&Vote>) -> Result<(), Status> {
+        let Principal::Node(from) = principal else {
+            return Ok(()); // insecure mode (the guard admits nodes only otherwise)
+        };
+        let (member, term) = self.node.with_metrics(|m| {
+            let member = m
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(id, _)| id == from);
+            (member, m.current_term)
+        });
+        if member {
+            return Ok(());
+        }
+        if let Some(vote) = leader_vote
+            && vote.is_committed()
+            && vote.leader_id().term >= term
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            from,
+            "refused a peer message from a node that is not a member"
+        );
+        Err(Status::permission_denied(format!(
+            "node {from} is not a member of this node's cluster"
+        )))
+    }
+
+    /// [`check_message`] against this node's term; refused and logged.
+    fn sane<'a>(
+        &self,
+        from: &Principal,
+        vote: &Vote,
+        log_ids: impl IntoIterator<Item = &'a LogId>,
+    ) -> Result<(), Status> {
+        let local = self.node.with_metrics(|m| m.current_term);
+        check_message(local, vote.leader_id().term, log_ids).map_err(|why| {
+            tracing::warn!(from = %from.name(), %why, "refused an absurd Raft message");
+            Status::invalid_argument(format!("refused Raft message: {why}"))
+        })
     }
 }
 
@@ -44,6 +142,23 @@ fn not_applied(msg: impl Into<String>) -> Status {
     s
 }
 
+impl PeerService {
+    /// Admission and sanity of one append (unary or in a stream).
+    fn check_append(
+        &self,
+        principal: &Principal,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<(), Status> {
+        self.admit(principal, Some(&rpc.vote))?;
+        let ids = rpc
+            .prev_log_id
+            .iter()
+            .chain(rpc.leader_commit.iter())
+            .chain(rpc.entries.iter().map(|e| &e.log_id));
+        self.sane(principal, &rpc.vote, ids)
+    }
+}
+
 /// The reply stream of [`Peer::append_stream`].
 pub type AppendResults =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftBlob, Status>> + Send + 'static>>;
@@ -61,11 +176,18 @@ impl Peer for PeerService {
         &self,
         req: Request<Streaming<RaftBlob>>,
     ) -> Result<Response<AppendResults>, Status> {
-        let requests = req.into_inner().scan((), |_, item| {
+        let principal = principal_of(&req);
+        let this = PeerService {
+            node: self.node.clone(),
+        };
+        // An undecodable, absurd or non-member request ends the input like
+        // a broken stream: what came before still gets its results.
+        let requests = req.into_inner().scan((), move |_, item| {
             let rpc = match item {
                 Ok(b) => decode::<AppendEntriesRequest<TypeConfig>>(&b.data)
                     .inspect_err(|e| tracing::warn!(error = %e, "undecodable append in a stream"))
-                    .ok(),
+                    .ok()
+                    .filter(|rpc| this.check_append(&principal, rpc).is_ok()),
                 Err(_) => None,
             };
             std::future::ready(rpc)
@@ -90,7 +212,9 @@ impl Peer for PeerService {
     }
 
     async fn append(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let principal = principal_of(&req);
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().data).map_err(bad)?;
+        self.check_append(&principal, &rpc)?;
         let resp = self
             .node
             .raft()
@@ -105,7 +229,11 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let principal = principal_of(&req);
+        let rpc: openraft::raft::VoteRequest<TypeConfig> =
+            decode(&req.into_inner().data).map_err(bad)?;
+        self.admit(&principal, None)?;
+        self.sane(&principal, &rpc.vote, rpc.last_log_id.iter())?;
         let resp = self
             .node
             .raft()
@@ -116,7 +244,11 @@ impl Peer for PeerService {
     }
 
     async fn pre_vote(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let principal = principal_of(&req);
+        let rpc: openraft::raft::VoteRequest<TypeConfig> =
+            decode(&req.into_inner().data).map_err(bad)?;
+        self.admit(&principal, None)?;
+        self.sane(&principal, &rpc.vote, rpc.last_log_id.iter())?;
         let resp = self
             .node
             .raft()
@@ -131,12 +263,15 @@ impl Peer for PeerService {
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftBlob>, Status> {
         let max = self.node.config().raft.max_snapshot_bytes;
+        let principal = principal_of(&req);
         let mut stream = req.into_inner();
         let first = stream
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&first.meta).map_err(bad)?;
+        self.admit(&principal, Some(&vote))?;
+        self.sane(&principal, &vote, meta.last_log_id.iter())?;
         let mut data = first.data;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
@@ -165,7 +300,11 @@ impl Peer for PeerService {
     }
 
     async fn transfer_leader(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let principal = principal_of(&req);
+        let rpc: openraft::raft::TransferLeaderRequest<TypeConfig> =
+            decode(&req.into_inner().data).map_err(bad)?;
+        self.admit(&principal, None)?;
+        self.sane(&principal, rpc.from_leader(), rpc.last_log_id())?;
         let resp = self
             .node
             .raft()
@@ -176,6 +315,7 @@ impl Peer for PeerService {
     }
 
     async fn forward(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        self.admit(&principal_of(&req), None)?;
         let cmd: Command = decode(&req.into_inner().data).map_err(bad)?;
         if let Err(e) = cmd.validate() {
             return blob(&ForwardReply::Applied(Err(e)));
@@ -184,20 +324,56 @@ impl Peer for PeerService {
         blob(&reply)
     }
 
-    async fn read_index(&self, _req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+    async fn read_index(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        self.admit(&principal_of(&req), None)?;
         match self.node.read_index_local().await {
             Ok(index) => blob(&index),
             Err(e) => Err(not_applied(e.to_string())),
         }
     }
 
-    async fn ping(&self, _req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+    async fn ping(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        self.admit(&principal_of(&req), None)?;
         blob(&self.node.id())
     }
 
     async fn heartbeat(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        self.admit(&principal_of(&req), None)?;
         // Handled here whatever this node's view of the ring: never forwarded twice.
         let (uid, client_type): (String, String) = decode(&req.into_inner().data).map_err(bad)?;
         blob(&self.node.heartbeat_here(&uid, &client_type).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        openraft::LogId {
+            leader_id: openraft::impls::leader_id_adv::LeaderId { term, node_id: 1 },
+            index,
+        }
+    }
+
+    /// The 27-byte packet that wedged a cluster carried a vote of term
+    /// 2^64-1; nothing that absurd gets past this check.
+    #[test]
+    fn absurd_terms_and_indexes_are_refused() {
+        assert!(check_message(5, 6, []).is_ok());
+        assert!(check_message(0, MAX_TERM_STEP, []).is_ok());
+        assert!(check_message(0, MAX_TERM_STEP + 1, []).is_err());
+        assert!(check_message(5, u64::MAX, []).is_err());
+        assert!(
+            check_message(u64::MAX - 3, u64::MAX, []).is_ok(),
+            "saturating, not wrapping"
+        );
+        assert!(check_message(5, 6, [&log_id(6, 10)]).is_ok());
+        assert!(
+            check_message(5, 6, [&log_id(7, 10)]).is_err(),
+            "entry newer than the vote"
+        );
+        assert!(check_message(5, 6, [&log_id(6, u64::MAX)]).is_err());
+        assert!(check_message(5, 6, [&log_id(6, MAX_LOG_INDEX)]).is_ok());
     }
 }

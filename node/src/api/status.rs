@@ -43,6 +43,14 @@ impl From<NodeError> for Status {
     }
 }
 
+/// Maps an auth refusal to its gRPC status.
+pub fn refusal_status(r: &crate::security::Refusal) -> Status {
+    match r {
+        crate::security::Refusal::Unauthenticated(m) => Status::unauthenticated(m.clone()),
+        crate::security::Refusal::PermissionDenied(m) => Status::permission_denied(m.clone()),
+    }
+}
+
 /// HTTP status for a gRPC code (for the JSON API).
 pub fn http_code(code: tonic::Code) -> u16 {
     use tonic::Code::*;
@@ -56,6 +64,8 @@ pub fn http_code(code: tonic::Code) -> u16 {
         Unavailable => 503,
         DeadlineExceeded => 504,
         Unimplemented => 501,
+        Unauthenticated => 401,
+        PermissionDenied => 403,
         _ => 500,
     }
 }

@@ -39,19 +39,38 @@ const STREAM_STALL: Duration = Duration::from_secs(1);
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 
 /// Lazily connected gRPC channels to peers, by address. Cheap to clone.
+///
+/// With TLS (`tls` is the node's dial config: the cluster's CA, and this
+/// node's certificate as its client identity) every channel is mutual TLS;
+/// without, plaintext (insecure mode).
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     routes: Arc<BTreeMap<u64, String>>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl PeerChannels {
     /// Channels that dial peer `id` at `routes[id]` when present (see
     /// `Config::peer_routes`), else at its membership address.
-    pub fn with_routes(routes: BTreeMap<u64, String>) -> Self {
+    pub fn with_routes(
+        routes: BTreeMap<u64, String>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Self {
         PeerChannels {
             channels: Arc::default(),
             routes: Arc::new(routes),
+            tls,
+        }
+    }
+
+    /// An endpoint for `addr` (host:port) with this node's TLS, if any.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone()),
+            None => Ok(endpoint),
         }
     }
 
@@ -73,7 +92,8 @@ impl PeerChannels {
         if let Some(ch) = map.get(addr) {
             return Ok(PeerClient::new(ch.clone()).max_decoding_message_size(usize::MAX));
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let ch = self
+            .endpoint(addr)?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

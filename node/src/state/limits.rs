@@ -49,6 +49,10 @@ pub const MAX_UNITS: usize = 64;
 pub const EVENT_HISTORY: usize = 100_000;
 /// Work-log entries kept per session (the newest ones).
 pub const WORK_LOG_LEN: usize = 1000;
+/// Users in the auth state.
+pub const MAX_USERS: usize = 10_000;
+/// Bearer tokens one user may hold at once.
+pub const MAX_TOKENS_PER_USER: usize = 16;
 /// How long (cluster time) a lease's `request_id` is remembered after the
 /// lease ended, so a late retry is refused rather than granted a second lease.
 pub const REQUEST_ID_RETENTION_MS: u64 = 60 * 60 * 1000;

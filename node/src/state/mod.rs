@@ -19,6 +19,7 @@
 //! [`Command::Tick`].
 
 pub mod accounts;
+pub mod auth;
 mod error;
 pub mod limits;
 pub mod presence;
@@ -36,6 +37,7 @@ pub use accounts::{
     AccessPolicy, CreatePlatform, CreatePool, Lease, LeaseAccount, LoginOutcome, PasswordHash,
     Platform, PoolView, PutAccountData, ReleaseLease, RenewLease, Unit, UnitSpec,
 };
+pub use auth::{Auth, AuthCommand, AuthOutcome, Role};
 pub use error::StateError;
 pub use limits::MAX_BATCH;
 pub use presence::{
@@ -91,6 +93,8 @@ pub enum Command {
     Release(ReleaseLease),
     /// Accounts: store data on a leased account.
     PutAccountData(PutAccountData),
+    /// Auth: users, roles, tokens and enforcement.
+    Auth(AuthCommand),
     /// Nothing but the passing of time: the leader proposes one when a lease
     /// is due ([`State::next_lease_expiry`]) so expiry happens without
     /// waiting for other writes.
@@ -115,6 +119,7 @@ impl Command {
             Command::Renew(c) => c.validate(),
             Command::Release(c) => c.validate(),
             Command::PutAccountData(c) => c.validate(),
+            Command::Auth(c) => c.validate(),
             Command::Tick => Ok(()),
         }
     }
@@ -143,6 +148,8 @@ pub enum Response {
         /// True when this answers a retry of an earlier request.
         replayed: bool,
     },
+    /// Auth commands.
+    Auth(AuthOutcome),
     /// Release, PutAccountData, Tick.
     Done,
 }
@@ -159,6 +166,7 @@ pub struct State {
     roster: Roster,
     sessions: Sessions,
     accounts: AccountPools,
+    auth: Auth,
 }
 
 impl State {
@@ -179,6 +187,7 @@ impl State {
             roster: self.roster.snapshot_view(),
             sessions: self.sessions.clone(),
             accounts: self.accounts.clone(),
+            auth: self.auth.clone(),
         }
     }
 
@@ -232,6 +241,7 @@ impl State {
             }),
             Command::Release(c) => self.accounts.release(at, c).map(|()| Response::Done),
             Command::PutAccountData(c) => self.accounts.put_data(c).map(|()| Response::Done),
+            Command::Auth(c) => self.auth.apply(at, c).map(Response::Auth),
             Command::Tick => Ok(Response::Done),
         }
     }
@@ -284,6 +294,11 @@ impl State {
     /// Users online per client type (for metrics).
     pub fn online_counts(&self) -> BTreeMap<String, u64> {
         self.roster.online_counts()
+    }
+
+    /// Users, roles, tokens and whether auth is enforced.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
     }
 
     /// A session.

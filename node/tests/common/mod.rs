@@ -14,8 +14,12 @@ use std::time::Duration;
 use ::herald_client::proto::admin_client::AdminClient;
 use ::herald_client::proto::herald_client::HeraldClient;
 use ::herald_client::proto::{MembersRequest, NodeStatus, StatusRequest};
-use herald_node::config::{Config, Listen, MemberConfig, RaftTimings};
-use tonic::transport::Channel;
+use herald_certs::{Ca, LocalCerts, Validity};
+use herald_node::config::{AuthConfig, Config, Listen, MemberConfig, RaftTimings, TlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// The founding administrator of every test cluster.
+pub const ROOT: &str = "root";
 
 /// How long any wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -47,7 +51,8 @@ fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
-/// One node process and its config.
+/// One node process and its config (`config.testing_mode` decides whether
+/// it is started with `--testing`).
 pub struct NodeProc {
     /// The node's config (as written to its file).
     pub config: Config,
@@ -57,9 +62,13 @@ pub struct NodeProc {
     env: Vec<(String, String)>,
 }
 
-/// A local cluster of node processes.
+/// A local cluster of node processes, secure like a production one: TLS on
+/// every port, mutual TLS between nodes, `root` the administrator whose
+/// client certificate the harness's clients present.
 pub struct TestCluster {
     dir: tempfile::TempDir,
+    /// The cluster's certificates (CA key beside them).
+    pub certs: LocalCerts,
     /// Nodes by id.
     pub nodes: BTreeMap<u64, NodeProc>,
     timings: RaftTimings,
@@ -78,12 +87,31 @@ pub fn timings() -> RaftTimings {
     }
 }
 
-fn channel(addr: &str) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+/// A TLS channel to `addr` presenting `user`'s client certificate (`None`:
+/// no certificate).
+pub fn channel_as(certs: &LocalCerts, addr: &str, user: Option<&str>) -> Channel {
+    let ca = std::fs::read(certs.ca()).expect("ca.crt");
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some(user) = user {
+        let (cert, key) = certs.client(user);
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).expect("client cert"),
+            std::fs::read(key).expect("client key"),
+        ));
+    }
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
         .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls")
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(10))
         .connect_lazy()
+}
+
+/// The client library's TLS settings for `user`'s certificate.
+pub fn client_tls(certs: &LocalCerts, user: &str) -> herald_client::ClientTls {
+    let (cert, key) = certs.client(user);
+    herald_client::ClientTls::from_files(&certs.ca(), Some((&cert, &key))).expect("client tls")
 }
 
 impl TestCluster {
@@ -121,8 +149,12 @@ impl TestCluster {
         tweak: impl Fn(&mut Config),
     ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let certs =
+            herald_certs::local_cluster(&dir.path().join("certs"), &[], &[ROOT], Validity::days(2))
+                .expect("certificates");
         let mut c = TestCluster {
             dir,
+            certs,
             nodes: BTreeMap::new(),
             timings,
             env: env
@@ -154,11 +186,55 @@ impl TestCluster {
         c
     }
 
+    /// The CA, to issue more certificates.
+    pub fn ca(&self) -> Ca {
+        Ca::load(&self.certs.dir, &self.certs.dir.join(herald_certs::CA_KEY)).expect("CA")
+    }
+
+    /// Node `id`'s certificate, made on first use.
+    fn node_cert(&self, id: u64) -> TlsConfig {
+        let (cert, key) = self.certs.node(id);
+        if !cert.exists() {
+            self.ca()
+                .issue_node(
+                    id,
+                    &["127.0.0.1".into(), "localhost".into()],
+                    Validity::days(2),
+                )
+                .expect("node certificate")
+                .save(&self.certs.dir, &herald_certs::node_stem(id))
+                .expect("save node certificate");
+        }
+        TlsConfig {
+            ca_file: self.certs.ca(),
+            cert_file: cert,
+            key_file: key,
+        }
+    }
+
+    /// Makes a client certificate for `user` (if not made yet).
+    pub fn client_cert(&self, user: &str) {
+        if !self.certs.client(user).0.exists() {
+            self.ca()
+                .issue_client(user, Validity::days(2))
+                .expect("client certificate")
+                .save(&self.certs.dir, &herald_certs::client_stem(user))
+                .expect("save client certificate");
+        }
+    }
+
     fn make_config(&self, id: u64) -> Config {
         Config {
             id,
             number: id as u32,
             data_dir: self.dir.path().join(format!("node{id}")),
+            insecure: false,
+            tls: Some(self.node_cert(id)),
+            auth: AuthConfig {
+                root_users: vec![ROOT.into()],
+                root_token_sha256: Vec::new(),
+            },
+            testing_mode: false,
             listen: Listen {
                 peer: free_addr(),
                 client: free_addr(),
@@ -200,10 +276,23 @@ impl TestCluster {
         &self.nodes[&id]
     }
 
-    /// A client library handle over every node (fail-over between them).
+    /// A client library handle over every node (fail-over between them),
+    /// as `root`.
     pub fn client_lib(&self) -> herald_client::Client {
+        self.client_lib_with(herald_client::ClientConfig::default())
+    }
+
+    /// [`TestCluster::client_lib`] with other settings (TLS as `root`
+    /// unless `config` brings its own).
+    pub fn client_lib_with(
+        &self,
+        mut config: herald_client::ClientConfig,
+    ) -> herald_client::Client {
         let eps = self.nodes.keys().map(|id| self.client_addr(*id)).collect();
-        herald_client::Client::new(eps).expect("client")
+        if config.tls.is_none() {
+            config.tls = Some(client_tls(&self.certs, ROOT));
+        }
+        herald_client::Client::with_config(eps, config).expect("client")
     }
 
     /// SIGKILLs a node (its data dir stays).
@@ -239,14 +328,19 @@ impl TestCluster {
         self.nodes[&id].config.listen.http.to_string()
     }
 
-    /// A Herald client bound to one node.
+    /// A Herald client bound to one node, as `root`.
     pub fn client(&self, id: u64) -> HeraldClient<Channel> {
-        HeraldClient::new(channel(&self.client_addr(id)))
+        HeraldClient::new(channel_as(&self.certs, &self.client_addr(id), Some(ROOT)))
     }
 
-    /// An admin client bound to one node.
+    /// An admin client bound to one node, as `root`.
     pub fn admin(&self, id: u64) -> AdminClient<Channel> {
-        AdminClient::new(channel(&self.client_addr(id)))
+        AdminClient::new(channel_as(&self.certs, &self.client_addr(id), Some(ROOT)))
+    }
+
+    /// GET `path` on node `id`'s HTTP port over TLS, as `root`.
+    pub async fn get(&self, id: u64, path: &str) -> std::io::Result<(u16, String)> {
+        https_get(&self.certs, &self.http_addr(id), path, Some(ROOT), &[]).await
     }
 
     /// A node's own status, if it answers.
@@ -337,7 +431,11 @@ impl NodeProc {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_herald-node"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald-node"));
+        if self.config.testing_mode {
+            command.arg("--testing");
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info,openraft=warn")
@@ -361,7 +459,7 @@ impl Drop for TestCluster {
     }
 }
 
-/// GET over plain HTTP/1.1; returns status and body.
+/// GET over plain HTTP/1.1 (Prometheus, fakes); returns status and body.
 pub async fn http_get(host: &str, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(host).await?;
@@ -369,7 +467,62 @@ pub async fn http_get(host: &str, path: &str) -> std::io::Result<(u16, String)> 
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    Ok(parse_response(&buf))
+}
+
+/// GET over HTTP/1.1 in TLS, trusting the cluster's CA and presenting
+/// `user`'s client certificate (if any) and `headers`.
+pub async fn https_get(
+    certs: &LocalCerts,
+    host: &str,
+    path: &str,
+    user: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(certs.ca()).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("add ca");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match user {
+        Some(user) => {
+            let (cert, key) = certs.client(user);
+            let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+                .expect("cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("cert");
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(host).await?;
+    let ip = host.rsplit_once(':').map_or(host, |(ip, _)| ip).to_string();
+    let name = rustls_pki_types::ServerName::try_from(ip).expect("server name");
+    let mut s = connector.connect(name, tcp).await?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    // A TLS peer that closes without close_notify is fine for these tests.
+    let _ = s.read_to_end(&mut buf).await;
+    Ok(parse_response(&buf))
+}
+
+fn parse_response(buf: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let code = head
         .split_whitespace()
@@ -384,7 +537,7 @@ pub async fn http_get(host: &str, path: &str) -> std::io::Result<(u16, String)> 
     } else {
         body.to_string()
     };
-    Ok((code, body))
+    (code, body)
 }
 
 pub fn dechunk(mut body: &str) -> String {
