@@ -268,6 +268,25 @@ fn listings_name_holders_and_are_checked_against_the_requests() {
 }
 
 #[test]
+fn a_listing_showing_one_request_twice_is_reported() {
+    // r1's lease may have happened; the listing shows it twice, with two
+    // accounts, and leaves out r2's.
+    let mut h = H::new().op(
+        1,
+        "pool",
+        "lease",
+        json!({"rid": "r1", "user": "viewer-r1", "pool_size": 3}),
+        Value::Null,
+        Outcome::Info,
+        Some("timeout"),
+        (0, None),
+    );
+    h = lease(h, 2, "r2", Ok("b"), (5, 15));
+    h = list(h, 3, &[("viewer-r1", "a"), ("viewer-r1", "c")], (20, 25));
+    assert_eq!(kinds(&h.check()), ["not-linearizable"]);
+}
+
+#[test]
 fn a_listing_with_two_holders_of_one_account_is_a_double_lease() {
     let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
     h = lease(h, 2, "r2", Ok("b"), (5, 15));
