@@ -1219,8 +1219,8 @@ mod tests {
     #[test]
     fn a_presented_secret_must_be_there_and_bounded() {
         assert_eq!(
-            invalid_field(lease_secret_hash("").unwrap_err()),
-            "lease_secret"
+            lease_secret_hash("").unwrap_err().to_string(),
+            "lease_secret: required: the lease_secret LeaseAccount returned with the lease"
         );
         assert_eq!(
             invalid_field(lease_secret_hash(&"s".repeat(129)).unwrap_err()),
