@@ -388,6 +388,7 @@ pub mod to_json {
         json!({
             "lease": opt(r.lease.as_ref(), lease),
             "password": r.password,
+            "lease_secret": r.lease_secret,
             "replayed": r.replayed,
         })
     }

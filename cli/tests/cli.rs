@@ -84,8 +84,16 @@ fn start_playground(tmp: &tempfile::TempDir) -> Playground {
 }
 
 fn run(pg: &Playground, args: &[&str]) -> Output {
+    run_env(pg, &[], args)
+}
+
+/// [`run`] with extra environment variables (and no lease secret from the
+/// test runner's own environment).
+fn run_env(pg: &Playground, env: &[(&str, &str)], args: &[&str]) -> Output {
     let out = Command::new(heraldctl())
         .env("HERALD_ENDPOINTS", &pg.endpoints)
+        .env_remove("HERALD_LEASE_SECRET")
+        .envs(env.iter().copied())
         .args(args)
         .output()
         .expect("run heraldctl");
@@ -215,6 +223,144 @@ fn heraldctl_drives_a_playground_cluster() {
         ],
     );
     assert_eq!(login["ok"], true);
+
+    // Lease secrets: `pool lease` prints one; renew, data-put, release and a
+    // holder-only login need it (--secret or HERALD_LEASE_SECRET), and
+    // listings show no request ids.
+    let p = json(
+        &pg,
+        &[
+            "pool",
+            "platform-create",
+            "vip",
+            "--unit",
+            "name=lounge,policy=holder-only",
+        ],
+    );
+    let vip_unit = p["units"][0]["unit_id"].as_u64().unwrap().to_string();
+    let vip_pool = json(
+        &pg,
+        &[
+            "pool",
+            "create",
+            "--unit",
+            &vip_unit,
+            "--name",
+            "vip",
+            "--provision",
+            "1",
+            "--ttl",
+            "1h",
+        ],
+    );
+    let vip_pool = vip_pool["pool_id"].as_u64().unwrap().to_string();
+    let out = run(
+        &pg,
+        &[
+            "pool",
+            "lease",
+            &vip_pool,
+            "--user",
+            "viewer-2",
+            "--request-id",
+            "cli-request-1",
+        ],
+    );
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        table.contains("SECRET") && table.contains("cli-request-1"),
+        "{table}"
+    );
+    let vip = json(
+        &pg,
+        &[
+            "pool",
+            "lease",
+            &vip_pool,
+            "--user",
+            "viewer-2",
+            "--request-id",
+            "cli-request-1",
+        ],
+    );
+    assert_eq!(vip["replayed"], true);
+    let secret = vip["lease_secret"].as_str().unwrap().to_string();
+    assert_eq!(secret.len(), 32, "{vip}");
+    assert!(!table.contains(&secret), "a replay's secret is a fresh one");
+    let vip_id = vip["lease"]["lease_id"].as_u64().unwrap().to_string();
+    let vip_account = vip["lease"]["account"].as_str().unwrap().to_string();
+    let vip_password = vip["password"].as_str().unwrap().to_string();
+    let out = run(&pg, &["pool", "leases", &vip_pool]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listing.contains("viewer-2") && !listing.contains("cli-request-1"),
+        "{listing}"
+    );
+    let listed = json(&pg, &["pool", "leases", &vip_pool]);
+    assert_eq!(listed["leases"][0]["request_id"], "");
+    // No secret: a usage error, nothing sent.
+    let out = run(&pg, &["pool", "renew", &vip_id, "--user", "viewer-2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--secret"));
+    // A wrong one: refused by the cluster.
+    let out = run(
+        &pg,
+        &[
+            "pool", "release", &vip_id, "--user", "viewer-2", "--secret", "guess",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PermissionDenied") && err.contains("lease_secret"),
+        "{err}"
+    );
+    let login_args = [
+        "pool",
+        "login",
+        "--unit",
+        &vip_unit,
+        "--account",
+        &vip_account,
+        "--password",
+        &vip_password,
+        "--user",
+        "viewer-2",
+    ];
+    let out = run(&pg, &login_args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lease_secret required"));
+    let with_secret = [("HERALD_LEASE_SECRET", secret.as_str())];
+    let out = run_env(&pg, &with_secret, &login_args);
+    assert!(out.status.success());
+    let out = run_env(
+        &pg,
+        &with_secret,
+        &[
+            "pool", "data-put", &vip_id, "--user", "viewer-2", "--key", "posts", "--value", "hi",
+        ],
+    );
+    assert!(out.status.success());
+    let mut full = vec!["-w", "json"];
+    full.extend_from_slice(&login_args);
+    full.extend_from_slice(&["--secret", &secret]);
+    let login = run(&pg, &full);
+    let login: serde_json::Value = serde_json::from_slice(&login.stdout).unwrap();
+    assert_eq!(login["data"]["posts"], "aGk=", "{login}");
+    let renewed = json(
+        &pg,
+        &[
+            "pool", "renew", &vip_id, "--user", "viewer-2", "--secret", &secret,
+        ],
+    );
+    assert_eq!(renewed["holder"], "viewer-2");
+    let out = run_env(
+        &pg,
+        &with_secret,
+        &["pool", "release", &vip_id, "--user", "viewer-2"],
+    );
+    assert!(out.status.success());
 
     // Errors: to stderr, non-zero exit, the field named, nothing printed to stdout.
     let out = run(

@@ -508,10 +508,16 @@ impl Client {
         required(resp.pool, "CreatePool", "pool")
     }
 
-    /// Leases a temporary account. With a `request_id` (see
-    /// [`new_request_id`](crate::new_request_id)) the call is idempotent and
-    /// retried after any failure; a replay returns the same lease with
-    /// `replayed` set. Without one a lost answer is [`ClientError::Unknown`].
+    /// Leases a temporary account. The answer holds the account's password
+    /// and the `lease_secret` that renew, release, account data and
+    /// holder-only logins require; both are shown only here, so keep them.
+    ///
+    /// With a `request_id` (see [`new_request_id`](crate::new_request_id))
+    /// the call is idempotent and retried after any failure; a replay returns
+    /// the same lease with `replayed` set and a fresh password and secret,
+    /// while those of earlier answers keep working (a lease keeps at most 4
+    /// answers; one more replay is [`ClientError::ResourceExhausted`]).
+    /// Without one a lost answer is [`ClientError::Unknown`].
     pub async fn lease_account(
         &self,
         req: proto::LeaseRequest,
@@ -527,7 +533,9 @@ impl Client {
         .await
     }
 
-    /// Extends a lease held by `user`. Not idempotent.
+    /// Extends a lease held by `user`; `req.lease_secret` must be one
+    /// [`lease_account`](Client::lease_account) returned for it. Not
+    /// idempotent.
     pub async fn renew_lease(&self, req: proto::RenewRequest) -> Result<proto::Lease, ClientError> {
         let resp = self
             .call("RenewLease", Effect::Write, req, |ch, r| async move {
@@ -537,8 +545,9 @@ impl Client {
         required(resp.lease, "RenewLease", "lease")
     }
 
-    /// Gives a leased account back; its data is cleared and its password
-    /// reset. Not idempotent.
+    /// Gives a leased account back (with its `lease_secret`, as for
+    /// [`renew_lease`](Client::renew_lease)); its data is cleared and its
+    /// passwords and secrets stop working. Not idempotent.
     pub async fn release_lease(&self, req: proto::ReleaseRequest) -> Result<(), ClientError> {
         self.call("ReleaseLease", Effect::Write, req, |ch, r| async move {
             HeraldClient::new(ch.channel).release_lease(r).await
@@ -548,7 +557,8 @@ impl Client {
     }
 
     /// Stores data (chat history, posts) with a leased account for the
-    /// length of the lease.
+    /// length of the lease (with its `lease_secret`, as for
+    /// [`renew_lease`](Client::renew_lease)).
     pub async fn put_account_data(
         &self,
         req: proto::PutAccountDataRequest,
@@ -576,7 +586,8 @@ impl Client {
         .await
     }
 
-    /// The live leases of a pool.
+    /// The live leases of a pool: holders, accounts and times, never request
+    /// ids or secrets.
     pub async fn list_leases(
         &self,
         pool_id: u64,
@@ -594,8 +605,9 @@ impl Client {
         Ok(resp.leases)
     }
 
-    /// Checks an account and password against a unit's access policy. A
-    /// refusal is an answer (`ok` false, with a `reason`), not an error.
+    /// Checks an account and password against a unit's access policy
+    /// (holder-only units also want the `lease_secret`). A refusal is an
+    /// answer (`ok` false, with a `reason`), not an error.
     pub async fn account_login(
         &self,
         req: proto::AccountLoginRequest,

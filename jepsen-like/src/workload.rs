@@ -6,7 +6,9 @@
 //! - `register`: logins carrying `ext.v = n` (unique n) and linearizable
 //!   reads of a few uids;
 //! - `pool`: lease / renew / release / list on a pool of 3 accounts, with
-//!   lease retries by the same request id after an unknown outcome;
+//!   lease retries by the same request id after an unknown outcome; each
+//!   lease request is for its own viewer, so a listing's holder names the
+//!   request, and renew and release present the lease secret;
 //! - `session`: two terminals per session, progress with a shared,
 //!   increasing `seq`, push handoffs between them, and reads.
 
@@ -409,12 +411,31 @@ fn lease_value(r: &proto::LeaseResponse) -> Value {
     }
 }
 
+/// A listing as the checker reads it: holder and account of each lease (the
+/// cluster shows no request ids; the holder names the request, see
+/// [`viewer_of`]).
 fn leases_value(leases: &[proto::Lease]) -> Value {
-    let map: serde_json::Map<String, Value> = leases
+    let leases: Vec<Value> = leases
         .iter()
-        .map(|l| (l.request_id.clone(), Value::String(l.account.clone())))
+        .map(|l| json!({"holder": l.holder, "account": l.account, "lease_id": l.lease_id}))
         .collect();
-    json!({ "leases": map })
+    json!({ "leases": leases })
+}
+
+/// The viewer a lease request is for: one per request id, so a listing's
+/// holder tells the checker which request holds the account.
+fn viewer_of(rid: &str) -> String {
+    format!("viewer-{rid}")
+}
+
+/// A lease this process holds: what renew and release need.
+#[derive(Clone)]
+struct Held {
+    lease_id: u64,
+    rid: String,
+    user: String,
+    /// The latest answer's secret; every answer's works until the lease ends.
+    secret: String,
 }
 
 async fn pool_list(ctx: &Context, client: &Client, p: u64, pool_id: u64, fin: bool) -> bool {
@@ -437,10 +458,9 @@ async fn pool_worker(ctx: Context, p: u64, home: usize, pool_id: u64) {
         return;
     };
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ (p << 32));
-    let user = format!("user-{p}");
     let key = pool_id.to_string();
     let rec = &ctx.recorder;
-    let mut held: Option<(u64, String)> = None;
+    let mut held: Option<Held> = None;
     let mut pending: Option<String> = None;
     let mut counter = 0u64;
     while !stopped(&ctx.stop) {
@@ -450,6 +470,7 @@ async fn pool_worker(ctx: Context, p: u64, home: usize, pool_id: u64) {
                     counter += 1;
                     format!("{p}-{counter}-{:x}", ctx.seed)
                 });
+                let user = viewer_of(&rid);
                 let req = proto::LeaseRequest {
                     pool_id,
                     user: user.clone(),
@@ -469,7 +490,14 @@ async fn pool_worker(ctx: Context, p: u64, home: usize, pool_id: u64) {
                 )
                 .await
                 {
-                    Ok(r) => held = r.lease.map(|l| (l.lease_id, rid)),
+                    Ok(r) => {
+                        held = r.lease.map(|l| Held {
+                            lease_id: l.lease_id,
+                            rid,
+                            user,
+                            secret: r.lease_secret,
+                        })
+                    }
                     // Unknown: retry with the same id, which returns the
                     // lease if the first attempt got one.
                     Err(e) if e.is_indeterminate() => pending = Some(rid),
@@ -479,13 +507,19 @@ async fn pool_worker(ctx: Context, p: u64, home: usize, pool_id: u64) {
             None => {
                 pool_list(&ctx, &client, p, pool_id, false).await;
             }
-            Some((lease_id, rid)) => {
+            Some(Held {
+                lease_id,
+                rid,
+                user,
+                secret,
+            }) => {
                 let roll = rng.random_range(0..10);
                 if roll < 4 {
                     let req = proto::RenewRequest {
                         lease_id,
-                        user: user.clone(),
+                        user,
                         ttl_ms: LEASE_TTL_MS,
+                        lease_secret: secret,
                     };
                     let r = op(
                         rec,
@@ -504,7 +538,8 @@ async fn pool_worker(ctx: Context, p: u64, home: usize, pool_id: u64) {
                 } else if roll < 8 {
                     let req = proto::ReleaseRequest {
                         lease_id,
-                        user: user.clone(),
+                        user,
+                        lease_secret: secret,
                     };
                     let r = op(
                         rec,

@@ -138,7 +138,7 @@ pub struct OutcomeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     /// The state error's kind: `exhausted`, `not_found`, `precondition`,
-    /// `invalid`, `exists`.
+    /// `invalid`, `exists`, `denied`.
     pub reason: &'static str,
 }
 
@@ -555,6 +555,7 @@ impl Metrics {
             "precondition",
             "invalid",
             "exists",
+            "denied",
         ] {
             let _ = self.lease_denials.get_or_create(&ReasonLabel { reason });
         }
@@ -623,6 +624,7 @@ impl Metrics {
                     StateError::FailedPrecondition { .. } => "precondition",
                     StateError::InvalidArgument { .. } => "invalid",
                     StateError::AlreadyExists { .. } => "exists",
+                    StateError::PermissionDenied { .. } => "denied",
                 };
                 self.lease_denials
                     .get_or_create(&ReasonLabel { reason })

@@ -164,6 +164,7 @@ async fn three_nodes_replicate_presence_sessions_and_pools() {
                 account: lease.lease.as_ref().unwrap().account.clone(),
                 password: lease.password.clone(),
                 user: "viewer-1".into(),
+                lease_secret: lease.lease_secret.clone(),
             })
             .await
             .expect("account login")

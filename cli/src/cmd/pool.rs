@@ -56,24 +56,46 @@ pub enum Cmd {
         #[arg(long)]
         request_id: Option<String>,
     },
-    /// Extend a lease
+    /// Extend a lease (needs its lease secret)
     Renew {
         /// The lease's id
         lease: u64,
         /// The lease holder
         #[arg(long)]
         user: String,
+        #[command(flatten)]
+        secret: LeaseSecret,
         /// New length from now (default: the pool's)
         #[arg(long, value_parser = args::duration)]
         ttl: Option<Duration>,
     },
-    /// Give a leased account back (its data is cleared, its password reset)
+    /// Give a leased account back (needs its lease secret; the account's data
+    /// is cleared, its password reset)
     Release {
         /// The lease's id
         lease: u64,
         /// The lease holder
         #[arg(long)]
         user: String,
+        #[command(flatten)]
+        secret: LeaseSecret,
+    },
+    /// Store one key of a leased account's data, kept for the lease (needs its
+    /// lease secret)
+    DataPut {
+        /// The lease's id
+        lease: u64,
+        /// The lease holder
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        secret: LeaseSecret,
+        /// The key (1-128 bytes)
+        #[arg(long)]
+        key: String,
+        /// The value, as text (at most 64 KiB)
+        #[arg(long)]
+        value: String,
     },
     /// List pools (and platforms)
     List {
@@ -104,7 +126,26 @@ pub enum Cmd {
         /// The viewer's user id
         #[arg(long)]
         user: String,
+        /// The lease secret `pool lease` printed; holder-only units require
+        /// it (or set HERALD_LEASE_SECRET)
+        #[arg(long = "secret", env = "HERALD_LEASE_SECRET", hide_env_values = true)]
+        secret: Option<String>,
     },
+}
+
+/// The lease secret `pool lease` printed, which proves the caller holds the
+/// lease. The environment variable keeps it out of the shell history and the
+/// process list.
+#[derive(clap::Args)]
+pub struct LeaseSecret {
+    /// The lease secret `pool lease` printed (or set HERALD_LEASE_SECRET)
+    #[arg(
+        long = "secret",
+        env = "HERALD_LEASE_SECRET",
+        hide_env_values = true,
+        required = true
+    )]
+    secret: String,
 }
 
 pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
@@ -165,6 +206,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                         "POOL",
                         "ACCOUNT",
                         "PASSWORD",
+                        "SECRET",
                         "HOLDER",
                         "EXPIRES",
                         "REQUEST ID",
@@ -176,6 +218,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                             l.pool_id.to_string(),
                             l.account.clone(),
                             resp.password.clone(),
+                            resp.lease_secret.clone(),
                             l.holder.clone(),
                             output::time(l.expires_ms),
                             l.request_id.clone(),
@@ -183,29 +226,66 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                         ]);
                     }
                     table.print();
+                    // Shown once: the cluster keeps only hashes.
+                    eprintln!(
+                        "keep the password and the secret: they are not shown again; \
+                         renew, release and data-put need --secret (or HERALD_LEASE_SECRET)"
+                    );
                 }
             }
         }
-        Cmd::Renew { lease, user, ttl } => {
+        Cmd::Renew {
+            lease,
+            user,
+            secret,
+            ttl,
+        } => {
             let lease = client
                 .renew_lease(proto::RenewRequest {
                     lease_id: lease,
                     user,
                     ttl_ms: ttl.map_or(0, as_millis),
+                    lease_secret: secret.secret,
                 })
                 .await?;
             print_leases(ctx.format, &[lease], true);
         }
-        Cmd::Release { lease, user } => {
+        Cmd::Release {
+            lease,
+            user,
+            secret,
+        } => {
             client
                 .release_lease(proto::ReleaseRequest {
                     lease_id: lease,
                     user,
+                    lease_secret: secret.secret,
                 })
                 .await?;
             match ctx.format {
                 Format::Json => print_json(&serde_json::json!({})),
                 Format::Table => println!("OK: lease {lease} released"),
+            }
+        }
+        Cmd::DataPut {
+            lease,
+            user,
+            secret,
+            key,
+            value,
+        } => {
+            client
+                .put_account_data(proto::PutAccountDataRequest {
+                    lease_id: lease,
+                    user,
+                    key: key.clone(),
+                    value: value.into_bytes(),
+                    lease_secret: secret.secret,
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&serde_json::json!({})),
+                Format::Table => println!("OK: {key} stored with lease {lease}"),
             }
         }
         Cmd::List { unit, serializable } => {
@@ -231,6 +311,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
             account,
             password,
             user,
+            secret,
         } => {
             let resp = client
                 .account_login(proto::AccountLoginRequest {
@@ -238,6 +319,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                     account: account.clone(),
                     password,
                     user,
+                    lease_secret: secret.unwrap_or_default(),
                 })
                 .await?;
             match ctx.format {
@@ -366,15 +448,9 @@ fn print_leases(format: Format, leases: &[Lease], single: bool) {
         }
         return;
     }
-    let mut table = Table::new(&[
-        "LEASE",
-        "POOL",
-        "ACCOUNT",
-        "HOLDER",
-        "GRANTED",
-        "EXPIRES",
-        "REQUEST ID",
-    ]);
+    // No request id column: the cluster shows request ids only to the
+    // requester, in the `pool lease` answer.
+    let mut table = Table::new(&["LEASE", "POOL", "ACCOUNT", "HOLDER", "GRANTED", "EXPIRES"]);
     for l in leases {
         table.row(vec![
             l.lease_id.to_string(),
@@ -383,11 +459,6 @@ fn print_leases(format: Format, leases: &[Lease], single: bool) {
             l.holder.clone(),
             output::time(l.granted_ms),
             output::time(l.expires_ms),
-            if l.request_id.is_empty() {
-                "-".into()
-            } else {
-                l.request_id.clone()
-            },
         ]);
     }
     table.print();

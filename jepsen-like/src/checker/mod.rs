@@ -236,21 +236,18 @@ fn double_leases(workload: &str, key: &str, ops: &[&Op]) -> Vec<Anomaly> {
                 *at = (*at).min(op.invoke_ns);
             }
             ("list", Outcome::Ok, _) => {
-                if let Some(leases) = op.output.get("leases").and_then(Value::as_object) {
-                    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
-                    for (rid, account) in leases {
-                        let account = account.as_str().unwrap_or("");
-                        if let Some(other) = seen.insert(account, rid) {
-                            anomalies.push(Anomaly {
-                                kind: "double-lease".into(),
-                                workload: workload.into(),
-                                key: key.into(),
-                                message: format!(
-                                    "a listing shows account {account} leased to requests {other} and {rid} at once"
-                                ),
-                                ops: vec![(*op).clone()],
-                            });
-                        }
+                let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+                for (holder, account) in pool::listed(op).unwrap_or_default() {
+                    if let Some(other) = seen.insert(account, holder) {
+                        anomalies.push(Anomaly {
+                            kind: "double-lease".into(),
+                            workload: workload.into(),
+                            key: key.into(),
+                            message: format!(
+                                "a listing shows account {account} leased to {other} and {holder} at once"
+                            ),
+                            ops: vec![(*op).clone()],
+                        });
                     }
                 }
             }

@@ -1,11 +1,13 @@
 //! The account pool: which lease request (by request id) holds which account.
 //!
 //! Leases are identified by their request id, the one thing the client knows
-//! before the answer. An `info` lease may have taken an account we never
-//! learn: it holds a placeholder (`None`) that counts against the pool's
-//! size and is bound to a name when a replay or a listing reveals it. Leases
-//! in the checked runs live far longer than the run, so expiry never enters
-//! the model.
+//! before the answer. `ListLeases` shows no request ids, only holders, so the
+//! workload leases each request to its own viewer and the checker maps a
+//! listed holder back to the request that named it. An `info` lease may have
+//! taken an account we never learn: it holds a placeholder (`None`) that
+//! counts against the pool's size and is bound to a name when a replay or a
+//! listing reveals it. Leases in the checked runs live far longer than the
+//! run, so expiry never enters the model.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,8 +23,11 @@ pub enum Answer {
     Ok(Option<String>),
     /// FailedPrecondition: an ended lease, a replayed request of an ended lease.
     Precondition,
-    /// ResourceExhausted: no free account.
+    /// ResourceExhausted: no free account, or (for a replay) the lease keeps
+    /// the most answers it may.
     Exhausted,
+    /// PermissionDenied: a lease secret the cluster returned was refused.
+    Denied,
     /// Unknown outcome.
     Unknown,
 }
@@ -36,8 +41,9 @@ pub enum PoolOp {
     Renew(String, Answer),
     /// Release the lease of this request id.
     Release(String, Answer),
-    /// `ListLeases`: request id -> account of every active lease.
-    List(BTreeMap<String, String>),
+    /// `ListLeases`: (request id, account) of every active lease, the
+    /// request id found from the listed holder.
+    List(Vec<(String, String)>),
 }
 
 /// The pool's state.
@@ -100,7 +106,13 @@ impl Model for PoolModel {
                 Answer::Exhausted if !held(rid) && s.holders.len() >= self.size => {
                     vec![s.clone()]
                 }
+                // A replay past the cap on answers per lease. The model does
+                // not count answers: one call may apply more than once
+                // (the client retries an idempotent write).
+                Answer::Exhausted if held(rid) => vec![s.clone()],
                 Answer::Exhausted => vec![],
+                // Every lease request comes from the same principal.
+                Answer::Denied => vec![],
                 Answer::Unknown => {
                     let mut out = vec![s.clone()];
                     if !held(rid) && !s.ended.contains(rid) && s.holders.len() < self.size {
@@ -111,6 +123,8 @@ impl Model for PoolModel {
                     out
                 }
             },
+            // The workload presents a secret the cluster returned for the
+            // lease: a refusal (Denied) is never right.
             PoolOp::Renew(rid, answer) => match answer {
                 Answer::Ok(_) if held(rid) => vec![s.clone()],
                 Answer::Precondition if !held(rid) => vec![s.clone()],
@@ -130,7 +144,8 @@ impl Model for PoolModel {
                 }
             }
             PoolOp::List(listed) => {
-                if listed.len() != s.holders.len() {
+                let distinct: BTreeSet<&String> = listed.iter().map(|(rid, _)| rid).collect();
+                if listed.len() != s.holders.len() || distinct.len() != listed.len() {
                     return vec![];
                 }
                 let mut n = s.clone();
@@ -173,14 +188,40 @@ fn answer(op: &Op) -> Option<Answer> {
         Outcome::Fail => match op.output.get("code").and_then(Value::as_str) {
             Some("FailedPrecondition") => Some(Answer::Precondition),
             Some("ResourceExhausted") => Some(Answer::Exhausted),
+            Some("PermissionDenied") => Some(Answer::Denied),
             // Unavailable, InvalidArgument, ...: nothing happened, nothing learned.
             _ => None,
         },
     }
 }
 
+/// The request each viewer was leased for, from the lease ops' inputs.
+pub fn requests_by_holder<'a>(ops: &[&'a Op]) -> BTreeMap<&'a str, &'a str> {
+    ops.iter()
+        .filter(|op| op.f == "lease")
+        .filter_map(|op| {
+            Some((
+                op.input.get("user")?.as_str()?,
+                op.input.get("rid")?.as_str()?,
+            ))
+        })
+        .collect()
+}
+
+/// A listing's leases as (holder, account), in the order listed.
+pub fn listed(op: &Op) -> Option<Vec<(&str, &str)>> {
+    let leases = op.output.get("leases")?.as_array()?;
+    Some(
+        leases
+            .iter()
+            .filter_map(|l| Some((l.get("holder")?.as_str()?, l.get("account")?.as_str()?)))
+            .collect(),
+    )
+}
+
 /// The pool operations of one pool.
 pub fn entries(ops: &[&Op]) -> Vec<Entry<PoolOp>> {
+    let requests = requests_by_holder(ops);
     ops.iter()
         .filter_map(|op| {
             let rid = || {
@@ -193,15 +234,19 @@ pub fn entries(ops: &[&Op]) -> Vec<Entry<PoolOp>> {
                 "lease" => PoolOp::Lease(rid()?, answer(op)?),
                 "renew" => PoolOp::Renew(rid()?, answer(op)?),
                 "release" => PoolOp::Release(rid()?, answer(op)?),
-                "list" if op.outcome == Outcome::Ok => {
-                    let leases = op.output.get("leases")?.as_object()?;
-                    PoolOp::List(
-                        leases
-                            .iter()
-                            .filter_map(|(r, a)| Some((r.clone(), a.as_str()?.to_string())))
-                            .collect(),
-                    )
-                }
+                "list" if op.outcome == Outcome::Ok => PoolOp::List(
+                    listed(op)?
+                        .into_iter()
+                        .map(|(holder, account)| {
+                            // A holder no request named cannot match any
+                            // lease of the model, so the listing fails.
+                            let rid = requests
+                                .get(holder)
+                                .map_or_else(|| format!("(holder {holder})"), |r| r.to_string());
+                            (rid, account.to_string())
+                        })
+                        .collect(),
+                ),
                 _ => return None,
             };
             Some(Entry {

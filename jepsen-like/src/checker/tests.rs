@@ -148,7 +148,7 @@ fn info_writes_may_or_may_not_have_happened() {
 }
 
 fn lease(h: H, p: u64, rid: &str, out: Result<&str, &str>, t: (u64, u64)) -> H {
-    let input = json!({"rid": rid, "user": format!("u{p}"), "pool_size": 2});
+    let input = json!({"rid": rid, "user": format!("viewer-{rid}"), "pool_size": 2});
     match out {
         Ok(account) => h.op(
             p,
@@ -171,6 +171,37 @@ fn lease(h: H, p: u64, rid: &str, out: Result<&str, &str>, t: (u64, u64)) -> H {
             (t.0, Some(t.1)),
         ),
     }
+}
+
+/// A linearizable listing showing `(holder, account)` pairs.
+fn list(h: H, p: u64, leases: &[(&str, &str)], t: (u64, u64)) -> H {
+    let leases: Vec<Value> = leases
+        .iter()
+        .map(|(holder, account)| json!({"holder": holder, "account": account, "lease_id": 1}))
+        .collect();
+    h.op(
+        p,
+        "pool",
+        "list",
+        json!({"final": false}),
+        json!({ "leases": leases }),
+        Outcome::Ok,
+        None,
+        (t.0, Some(t.1)),
+    )
+}
+
+fn renew_denied(h: H, p: u64, rid: &str, t: (u64, u64)) -> H {
+    h.op(
+        p,
+        "pool",
+        "renew",
+        json!({"rid": rid}),
+        json!({"code": "PermissionDenied"}),
+        Outcome::Fail,
+        Some("lease_secret: does not match lease 1"),
+        (t.0, Some(t.1)),
+    )
 }
 
 fn release(h: H, p: u64, rid: &str, t: (u64, u64)) -> H {
@@ -205,6 +236,78 @@ fn a_double_lease_is_reported() {
     h = lease(h, 2, "r2", Ok("a"), (20, 30));
     let r = h.check();
     assert_eq!(kinds(&r), ["double-lease", "not-linearizable"]);
+}
+
+#[test]
+fn listings_name_holders_and_are_checked_against_the_requests() {
+    let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
+    h = lease(h, 2, "r2", Ok("b"), (5, 15));
+    h = list(h, 3, &[("viewer-r1", "a"), ("viewer-r2", "b")], (20, 25));
+    assert!(h.check().valid);
+    // A listing missing a lease, or showing a holder no request named.
+    let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
+    h = list(h, 3, &[], (20, 25));
+    assert_eq!(kinds(&h.check()), ["not-linearizable"]);
+    let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
+    h = list(h, 3, &[("viewer-r1", "a"), ("mallory", "b")], (20, 25));
+    assert_eq!(kinds(&h.check()), ["not-linearizable"]);
+    // A listing binds an unknown lease to the account it shows.
+    let mut h = H::new().op(
+        1,
+        "pool",
+        "lease",
+        json!({"rid": "r1", "user": "viewer-r1", "pool_size": 2}),
+        Value::Null,
+        Outcome::Info,
+        Some("timeout"),
+        (0, None),
+    );
+    h = list(h, 3, &[("viewer-r1", "b")], (20, 25));
+    h = lease(h, 1, "r1", Ok("a"), (30, 35));
+    assert_eq!(kinds(&h.check()), ["not-linearizable"]);
+}
+
+#[test]
+fn a_listing_showing_one_request_twice_is_reported() {
+    // r1's lease may have happened; the listing shows it twice, with two
+    // accounts, and leaves out r2's.
+    let mut h = H::new().op(
+        1,
+        "pool",
+        "lease",
+        json!({"rid": "r1", "user": "viewer-r1", "pool_size": 3}),
+        Value::Null,
+        Outcome::Info,
+        Some("timeout"),
+        (0, None),
+    );
+    h = lease(h, 2, "r2", Ok("b"), (5, 15));
+    h = list(h, 3, &[("viewer-r1", "a"), ("viewer-r1", "c")], (20, 25));
+    assert_eq!(kinds(&h.check()), ["not-linearizable"]);
+}
+
+#[test]
+fn a_listing_with_two_holders_of_one_account_is_a_double_lease() {
+    let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
+    h = lease(h, 2, "r2", Ok("b"), (5, 15));
+    h = list(h, 3, &[("viewer-r1", "a"), ("viewer-r2", "a")], (20, 25));
+    assert_eq!(kinds(&h.check()), ["double-lease", "not-linearizable"]);
+}
+
+#[test]
+fn a_refused_lease_secret_is_reported() {
+    // The workload only presents secrets the cluster returned.
+    let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
+    h = renew_denied(h, 1, "r1", (20, 25));
+    assert_eq!(kinds(&h.check()), ["not-linearizable"]);
+}
+
+#[test]
+fn a_replay_past_the_answer_cap_is_refused_without_a_change() {
+    let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
+    h = lease(h, 1, "r1", Err("ResourceExhausted"), (20, 25));
+    h = list(h, 3, &[("viewer-r1", "a")], (30, 35));
+    assert!(h.check().valid);
 }
 
 #[test]

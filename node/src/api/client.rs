@@ -136,6 +136,22 @@ pub fn check_uids(uids: &[String]) -> Result<(), StateError> {
     Ok(())
 }
 
+/// The authenticated principal that sent `req` (the guard put it in the
+/// request), recorded with a lease so only it may replay the lease request.
+/// Empty for an anonymous caller (auth off).
+fn caller_of<T>(req: &tonic::Request<T>) -> String {
+    crate::security::principal_of(req).name()
+}
+
+/// A fresh lease secret: 128 random bits as 32 hex characters, made here,
+/// returned once and only hashed from then on. It proves the caller holds
+/// the lease (renew, release, account data, holder-only logins).
+fn new_lease_secret() -> (String, state::SecretHash) {
+    let secret = format!("{:032x}", rand::rng().random::<u128>());
+    let hash = state::SecretHash::of(&secret);
+    (secret, hash)
+}
+
 /// A fresh lease password: 16 characters from an unambiguous alphabet
 /// (about 80 bits), made here, never logged and never stored in plain text.
 fn new_password() -> (String, state::PasswordHash) {
@@ -397,14 +413,28 @@ impl HeraldApi for HeraldService {
         &self,
         req: Request<LeaseRequest>,
     ) -> Result<Response<LeaseResponse>, Status> {
-        let (password, hash) = new_password();
-        let cmd = Command::Lease(cv::lease(req.into_inner(), hash));
+        let caller = caller_of(&req);
+        let (password, password_hash) = new_password();
+        let (lease_secret, secret_hash) = new_lease_secret();
+        let r = req.into_inner();
+        let request_id = r.request_id.clone();
+        let made = cv::NewCredentials {
+            password: password_hash,
+            lease_secret: secret_hash,
+        };
+        let cmd = Command::Lease(cv::lease(r, caller, made));
         match self.propose(cmd).await? {
-            state::Response::Lease { lease, replayed } => Ok(Response::new(LeaseResponse {
-                lease: Some(cv::lease_pb(&lease)),
-                password,
-                replayed,
-            })),
+            state::Response::Lease { lease, replayed } => {
+                // The requester may see its own request id; listings never do.
+                let mut lease = cv::lease_pb(&lease);
+                lease.request_id = request_id;
+                Ok(Response::new(LeaseResponse {
+                    lease: Some(lease),
+                    password,
+                    replayed,
+                    lease_secret,
+                }))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -413,7 +443,7 @@ impl HeraldApi for HeraldService {
         &self,
         req: Request<RenewRequest>,
     ) -> Result<Response<RenewResponse>, Status> {
-        let cmd = Command::Renew(cv::renew(req.into_inner()));
+        let cmd = Command::Renew(cv::renew(req.into_inner()).map_err(invalid)?);
         match self.propose(cmd).await? {
             state::Response::Lease { lease, .. } => Ok(Response::new(RenewResponse {
                 lease: Some(cv::lease_pb(&lease)),
@@ -426,7 +456,7 @@ impl HeraldApi for HeraldService {
         &self,
         req: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
-        let cmd = Command::Release(cv::release(req.into_inner()));
+        let cmd = Command::Release(cv::release(req.into_inner()).map_err(invalid)?);
         match self.propose(cmd).await? {
             state::Response::Done => Ok(Response::new(ReleaseResponse {})),
             other => Err(unexpected(other)),
@@ -437,7 +467,7 @@ impl HeraldApi for HeraldService {
         &self,
         req: Request<PutAccountDataRequest>,
     ) -> Result<Response<PutAccountDataResponse>, Status> {
-        let cmd = Command::PutAccountData(cv::put_data(req.into_inner()));
+        let cmd = Command::PutAccountData(cv::put_data(req.into_inner()).map_err(invalid)?);
         match self.propose(cmd).await? {
             state::Response::Done => Ok(Response::new(PutAccountDataResponse {})),
             other => Err(unexpected(other)),
@@ -481,13 +511,19 @@ impl HeraldApi for HeraldService {
         req: Request<AccountLoginRequest>,
     ) -> Result<Response<AccountLoginResponse>, Status> {
         let r = req.into_inner();
+        let secret = cv::login_secret(&r).map_err(invalid)?;
         self.node.linearize().await?;
         let m = self.node.store().read();
         // Never judge a lease by a time earlier than the state has seen.
         let now = self.node.clock().now_ms().max(m.state.now_ms());
-        let outcome = m
-            .state
-            .check_login(r.unit_id, &r.account, &r.password, &r.user, now);
+        let outcome = m.state.check_login(
+            r.unit_id,
+            &r.account,
+            &r.password,
+            &r.user,
+            secret.as_ref(),
+            now,
+        );
         Ok(Response::new(cv::login_outcome_pb(&outcome)))
     }
 }

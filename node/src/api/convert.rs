@@ -338,7 +338,9 @@ pub fn pool_pb(p: &state::PoolView) -> pb::Pool {
     }
 }
 
-/// A lease to proto.
+/// A lease to proto, as anyone may see it: no request id (with it, a replay
+/// returns the lease) and no secret. Only the `LeaseAccount` answer echoes
+/// the request id, to the caller that sent it.
 pub fn lease_pb(l: &state::Lease) -> pb::Lease {
     pb::Lease {
         lease_id: l.lease_id,
@@ -347,46 +349,71 @@ pub fn lease_pb(l: &state::Lease) -> pb::Lease {
         holder: l.holder.clone(),
         granted_ms: l.granted_ms,
         expires_ms: l.expires_ms,
-        request_id: l.request_id.clone(),
+        request_id: String::new(),
     }
 }
 
-/// Lease request to its command, with the password hash made by the caller.
-pub fn lease(r: pb::LeaseRequest, password: state::PasswordHash) -> state::LeaseAccount {
+/// The credentials the serving node made for one `LeaseAccount` call,
+/// hashed: all that goes into the command.
+pub struct NewCredentials {
+    /// The account password's salted hash.
+    pub password: state::PasswordHash,
+    /// The lease secret's hash.
+    pub lease_secret: state::SecretHash,
+}
+
+/// Lease request to its command, with the caller principal and the hashes
+/// of the credentials made by the serving node.
+pub fn lease(r: pb::LeaseRequest, caller: String, made: NewCredentials) -> state::LeaseAccount {
     state::LeaseAccount {
         pool_id: r.pool_id,
         user: r.user,
         ttl_ms: r.ttl_ms,
         request_id: r.request_id,
-        password,
+        caller,
+        password: made.password,
+        lease_secret: made.lease_secret,
     }
 }
 
-/// Renew request to its command.
-pub fn renew(r: pb::RenewRequest) -> state::RenewLease {
-    state::RenewLease {
+/// Renew request to its command: the presented secret is checked and hashed
+/// here, so only its hash is proposed.
+pub fn renew(r: pb::RenewRequest) -> Result<state::RenewLease, StateError> {
+    Ok(state::RenewLease {
+        lease_secret: state::lease_secret_hash(&r.lease_secret)?,
         lease_id: r.lease_id,
         user: r.user,
         ttl_ms: r.ttl_ms,
-    }
+    })
 }
 
-/// Release request to its command.
-pub fn release(r: pb::ReleaseRequest) -> state::ReleaseLease {
-    state::ReleaseLease {
+/// Release request to its command (the secret hashed, as for renew).
+pub fn release(r: pb::ReleaseRequest) -> Result<state::ReleaseLease, StateError> {
+    Ok(state::ReleaseLease {
+        lease_secret: state::lease_secret_hash(&r.lease_secret)?,
         lease_id: r.lease_id,
         user: r.user,
-    }
+    })
 }
 
-/// Account-data request to its command.
-pub fn put_data(r: pb::PutAccountDataRequest) -> state::PutAccountData {
-    state::PutAccountData {
+/// Account-data request to its command (the secret hashed, as for renew).
+pub fn put_data(r: pb::PutAccountDataRequest) -> Result<state::PutAccountData, StateError> {
+    Ok(state::PutAccountData {
+        lease_secret: state::lease_secret_hash(&r.lease_secret)?,
         lease_id: r.lease_id,
         user: r.user,
         key: r.key,
         value: r.value,
+    })
+}
+
+/// The lease secret of a login, hashed; `None` when none was presented
+/// (only holder-only units need one, and they say so in the answer).
+pub fn login_secret(r: &pb::AccountLoginRequest) -> Result<Option<state::SecretHash>, StateError> {
+    if r.lease_secret.is_empty() {
+        return Ok(None);
     }
+    state::lease_secret_hash(&r.lease_secret).map(Some)
 }
 
 /// A login check's outcome to proto.

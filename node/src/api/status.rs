@@ -19,6 +19,7 @@ pub fn state_status(e: &StateError) -> Status {
         StateError::FailedPrecondition { .. } => Status::failed_precondition(msg),
         StateError::ResourceExhausted { .. } => Status::resource_exhausted(msg),
         StateError::AlreadyExists { .. } => Status::already_exists(msg),
+        StateError::PermissionDenied { .. } => Status::permission_denied(msg),
     }
 }
 

@@ -2,9 +2,13 @@
 //!
 //! An operator creates a [`Platform`] of units (service period, QoS, access
 //! policy). Each unit has pools of temporary accounts, made in advance and
-//! grown on demand. A viewer without an account leases one: the leader makes
-//! a random password and proposes only its salted hash, so the log, the
-//! snapshots and this module never see a password in plain text.
+//! grown on demand. A viewer without an account leases one: the node that
+//! serves the request makes a random password and a random *lease secret*
+//! and proposes only their hashes, so the log, the snapshots and this module
+//! never see either in plain text. The password logs the viewer in; the
+//! secret proves the caller holds the lease: renew, release, account data and
+//! logins to [`AccessPolicy::HolderOnly`] units need it, and listings never
+//! show it nor the request id.
 //!
 //! The rule that matters most: at most one active [`Lease`] per account, at
 //! any time, on every replica. It holds because leases are granted, ended and
@@ -15,7 +19,12 @@
 //!
 //! A retried lease request (same pool and `request_id`) gets the same lease,
 //! never a second one, for as long as the lease is active, and is refused for
-//! [`REQUEST_ID_RETENTION_MS`] after it ended.
+//! [`REQUEST_ID_RETENTION_MS`] after it ended. Only the caller principal and
+//! user that asked first may replay it. A replay cannot re-send the first
+//! answer's password (only its hash is kept), so it gets a fresh password and
+//! secret that work *beside* the earlier ones: a duplicate delivery never
+//! locks out the viewer who already uses the first answer. A lease keeps at
+//! most [`MAX_LEASE_CREDENTIALS`] such pairs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::limits::{
-    MAX_DATA_KEY_BYTES, MAX_DATA_KEYS, MAX_DATA_VALUE_BYTES, MAX_NAME_BYTES, MAX_POOL_SIZE,
+    MAX_CALLER_BYTES, MAX_DATA_KEY_BYTES, MAX_DATA_KEYS, MAX_DATA_VALUE_BYTES,
+    MAX_LEASE_CREDENTIALS, MAX_LEASE_SECRET_BYTES, MAX_NAME_BYTES, MAX_POOL_SIZE,
     MAX_REQUEST_ID_BYTES, MAX_UNITS, MAX_USER_BYTES, REQUEST_ID_RETENTION_MS, check_bytes,
     check_len, check_ttl,
 };
@@ -55,16 +65,51 @@ impl PasswordHash {
         }
     }
 
-    /// True when `password` is the one hashed. Compares every byte, so the
-    /// time taken does not tell how much of a guess was right.
+    /// True when `password` is the one hashed.
     pub fn matches(&self, password: &str) -> bool {
-        let candidate = hash_password(&self.salt, password);
-        candidate
-            .iter()
-            .zip(self.hash.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        same_bytes(&hash_password(&self.salt, password), &self.hash)
     }
+}
+
+/// Compares every byte, so the time taken does not tell how much of a guess
+/// was right.
+fn same_bytes(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// SHA-256 of a lease secret: what commands carry and the state keeps
+/// instead of the secret. Herald's secrets are 128 random bits, so unlike a
+/// password they need no salt: the hash gives nothing to guess from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecretHash(pub [u8; 32]);
+
+impl SecretHash {
+    /// Hashes a secret as the caller presented it.
+    pub fn of(secret: &str) -> Self {
+        SecretHash(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// True when both hash the same secret (every byte compared).
+    pub fn matches(&self, other: &SecretHash) -> bool {
+        same_bytes(&self.0, &other.0)
+    }
+}
+
+/// Checks a presented `lease_secret` (there, and not oversized) and hashes
+/// it. The serving node calls it before proposing or reading, so the
+/// secret itself goes no further than that node.
+pub fn lease_secret_hash(secret: &str) -> Result<SecretHash, StateError> {
+    if secret.is_empty() {
+        return Err(StateError::invalid(
+            "lease_secret",
+            "required: the lease_secret LeaseAccount returned with the lease",
+        ));
+    }
+    check_len("lease_secret", secret, 1, MAX_LEASE_SECRET_BYTES)?;
+    Ok(SecretHash::of(secret))
 }
 
 /// Who may log in to a unit.
@@ -133,8 +178,6 @@ pub struct Lease {
     pub granted_ms: u64,
     /// The lease ends at this cluster time unless renewed.
     pub expires_ms: u64,
-    /// The request id that asked for it.
-    pub request_id: String,
 }
 
 /// A pool as clients see it.
@@ -219,10 +262,17 @@ pub struct LeaseAccount {
     pub user: String,
     /// 0 = the pool's default; at most 30 days.
     pub ttl_ms: u64,
-    /// 1..=128 bytes; a retry with the same id gets the same lease.
+    /// 1..=128 bytes; a retry with the same id, caller and user gets the
+    /// same lease.
     pub request_id: String,
-    /// The hash of the password the leader made for this request.
+    /// The authenticated principal that asks (empty when the listener does
+    /// not authenticate); at most 256 bytes. A replay of `request_id` must
+    /// come from the same one.
+    pub caller: String,
+    /// The hash of the password the serving node made for this request.
     pub password: PasswordHash,
+    /// The hash of the lease secret the serving node made for this request.
+    pub lease_secret: SecretHash,
 }
 
 /// Extends a lease.
@@ -232,6 +282,8 @@ pub struct RenewLease {
     pub lease_id: u64,
     /// Must be the holder.
     pub user: String,
+    /// Must hash a secret the lease's request returned.
+    pub lease_secret: SecretHash,
     /// From now; 0 = the pool's default; at most 30 days.
     pub ttl_ms: u64,
 }
@@ -243,6 +295,8 @@ pub struct ReleaseLease {
     pub lease_id: u64,
     /// Must be the holder.
     pub user: String,
+    /// Must hash a secret the lease's request returned.
+    pub lease_secret: SecretHash,
 }
 
 /// Stores one key of a leased account's data.
@@ -252,6 +306,8 @@ pub struct PutAccountData {
     pub lease_id: u64,
     /// Must be the holder.
     pub user: String,
+    /// Must hash a secret the lease's request returned.
+    pub lease_secret: SecretHash,
     /// 1..=128 bytes; at most 256 keys per account.
     pub key: String,
     /// At most 64 KiB.
@@ -347,7 +403,8 @@ impl LeaseAccount {
     pub fn validate(&self) -> Result<(), StateError> {
         check_user(&self.user)?;
         check_ttl("ttl_ms", self.ttl_ms)?;
-        check_len("request_id", &self.request_id, 1, MAX_REQUEST_ID_BYTES)
+        check_len("request_id", &self.request_id, 1, MAX_REQUEST_ID_BYTES)?;
+        check_len("caller", &self.caller, 0, MAX_CALLER_BYTES)
     }
 }
 
@@ -437,7 +494,6 @@ fn grow(accounts: &mut BTreeMap<String, Account>, pool: &mut Pool) -> String {
         name.clone(),
         Account {
             pool_id: pool.pool_id,
-            password: None,
             data: BTreeMap::new(),
             lease_id: None,
         },
@@ -446,16 +502,55 @@ fn grow(accounts: &mut BTreeMap<String, Account>, pool: &mut Pool) -> String {
     name
 }
 
-/// One temporary account.
+/// One temporary account. Its password belongs to the lease that holds it
+/// ([`Held::credentials`]), so ending the lease is what resets it.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct Account {
     pool_id: u64,
-    /// Set by the lease that holds the account, wiped when it ends.
-    password: Option<PasswordHash>,
     /// Kept while leased, wiped when the lease ends.
     data: BTreeMap<String, Vec<u8>>,
     /// The active lease, if any.
     lease_id: Option<u64>,
+}
+
+/// What one answer to a lease request returned, hashed: the account's
+/// password and the lease secret.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+struct Credentials {
+    password: PasswordHash,
+    secret: SecretHash,
+}
+
+/// An active lease as the state keeps it: the [`Lease`] anyone may list, and
+/// what proves who holds it, which nothing outside this module sees.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Held {
+    lease: Lease,
+    /// The request id that asked for it. Never listed: with it (and the
+    /// caller and user) a replay returns the lease and fresh credentials.
+    request_id: String,
+    /// The principal that asked; only it may replay the request.
+    caller: String,
+    /// One pair per answer to the request, oldest first,
+    /// 1..=[`MAX_LEASE_CREDENTIALS`]; each stays valid until the lease ends.
+    credentials: Vec<Credentials>,
+}
+
+impl Held {
+    /// True when `secret` is one an answer returned. Checks them all rather
+    /// than stopping at a match, so the time taken does not tell which.
+    fn has_secret(&self, secret: &SecretHash) -> bool {
+        self.credentials
+            .iter()
+            .fold(false, |found, c| found | c.secret.matches(secret))
+    }
+
+    /// True when `password` is one an answer returned.
+    fn has_password(&self, password: &str) -> bool {
+        self.credentials
+            .iter()
+            .fold(false, |found, c| found | c.password.matches(password))
+    }
 }
 
 /// What a lease request id led to.
@@ -482,7 +577,7 @@ pub(crate) struct AccountPools {
     /// By name; names embed unit and pool ids, so they are unique.
     accounts: BTreeMap<String, Account>,
     /// Active leases only.
-    leases: BTreeMap<u64, Lease>,
+    leases: BTreeMap<u64, Held>,
     /// (expires_ms, lease_id) of every active lease: expiry pops from the
     /// front instead of scanning.
     expiry: BTreeSet<(u64, u64)>,
@@ -514,7 +609,8 @@ impl AccountPools {
             .leased
             .iter()
             .filter_map(|name| self.accounts.get(name)?.lease_id)
-            .filter_map(|id| self.leases.get(&id).cloned())
+            .filter_map(|id| self.leases.get(&id))
+            .map(|held| held.lease.clone())
             .collect();
         leases.sort_by_key(|l| l.lease_id);
         Ok(leases)
@@ -657,16 +753,25 @@ impl AccountPools {
             holder: cmd.user.clone(),
             granted_ms: at.time_ms,
             expires_ms: at.time_ms.saturating_add(ttl),
-            request_id: cmd.request_id.clone(),
         };
         if let Some(acct) = self.accounts.get_mut(&account) {
             debug_assert!(acct.lease_id.is_none(), "account {account} leased twice");
-            debug_assert!(acct.data.is_empty() && acct.password.is_none());
+            debug_assert!(acct.data.is_empty());
             acct.lease_id = Some(lease.lease_id);
-            acct.password = Some(cmd.password);
         }
         self.expiry.insert((lease.expires_ms, lease.lease_id));
-        self.leases.insert(lease.lease_id, lease.clone());
+        self.leases.insert(
+            lease.lease_id,
+            Held {
+                lease: lease.clone(),
+                request_id: cmd.request_id.clone(),
+                caller: cmd.caller.clone(),
+                credentials: vec![Credentials {
+                    password: cmd.password,
+                    secret: cmd.lease_secret,
+                }],
+            },
+        );
         self.requests.insert(
             key,
             RequestRecord {
@@ -677,8 +782,11 @@ impl AccountPools {
         Ok((lease, false))
     }
 
-    /// A retried lease request: the same lease with the retry's password (the
-    /// caller lost the first one), or a refusal once that lease ended.
+    /// A retried lease request: the same lease, with the retry's password and
+    /// secret added beside the earlier answers' (the caller may have lost
+    /// them, or may be using them: a duplicate delivery must not lock out the
+    /// viewer). Refused for another caller or user, once the lease ended, and
+    /// once the lease keeps [`MAX_LEASE_CREDENTIALS`] pairs.
     fn replay(
         &mut self,
         lease_id: u64,
@@ -694,24 +802,49 @@ impl AccountPools {
         if ended_ms.is_some() {
             return Err(ended());
         }
-        let lease = self.leases.get(&lease_id).ok_or_else(ended)?;
-        if lease.holder != cmd.user {
+        let held = self.leases.get(&lease_id).ok_or_else(ended)?;
+        if held.caller != cmd.caller {
+            return Err(StateError::denied(format!(
+                "request_id {:?} belongs to another caller's lease",
+                cmd.request_id
+            )));
+        }
+        if held.lease.holder != cmd.user {
             return Err(StateError::precondition(format!(
                 "request_id {:?} is in use by another user's lease",
                 cmd.request_id
             )));
         }
-        let lease = lease.clone();
-        if let Some(acct) = self.accounts.get_mut(&lease.account) {
-            acct.password = Some(cmd.password);
+        if held.credentials.len() >= MAX_LEASE_CREDENTIALS {
+            return Err(StateError::exhausted(format!(
+                "request_id {:?} was answered {MAX_LEASE_CREDENTIALS} times already, the most \
+                 lease {lease_id} keeps: the password and lease_secret of every earlier answer \
+                 still work, and no more are issued",
+                cmd.request_id
+            )));
         }
-        Ok((lease, true))
+
+        // All checks done.
+        let Some(held) = self.leases.get_mut(&lease_id) else {
+            return Err(ended());
+        };
+        held.credentials.push(Credentials {
+            password: cmd.password,
+            secret: cmd.lease_secret,
+        });
+        Ok((held.lease.clone(), true))
     }
 
-    /// The active lease `lease_id`, if `user` holds it.
-    fn held(&self, lease_id: u64, user: &str) -> Result<&Lease, StateError> {
+    /// The active lease `lease_id`, if the caller proves it holds it: `secret`
+    /// is one an answer to the lease's request returned, and `user` is the
+    /// holder. The secret is checked first: the holder is no secret (listings
+    /// show it).
+    fn held(&self, lease_id: u64, user: &str, secret: &SecretHash) -> Result<&Lease, StateError> {
         match self.leases.get(&lease_id) {
-            Some(lease) if lease.holder == user => Ok(lease),
+            Some(held) if !held.has_secret(secret) => Err(StateError::denied(format!(
+                "lease_secret: does not match lease {lease_id}"
+            ))),
+            Some(held) if held.lease.holder == user => Ok(&held.lease),
             Some(_) => Err(StateError::precondition(format!(
                 "lease {lease_id} is held by another user"
             ))),
@@ -723,14 +856,14 @@ impl AccountPools {
     }
 
     pub(crate) fn renew(&mut self, at: Entry, cmd: &RenewLease) -> Result<Lease, StateError> {
-        let lease = self.held(cmd.lease_id, &cmd.user)?;
+        let lease = self.held(cmd.lease_id, &cmd.user, &cmd.lease_secret)?;
         let pool = self
             .pools
             .get(&lease.pool_id)
             .ok_or_else(|| StateError::not_found(format!("pool {}", lease.pool_id)))?;
         let expires_ms = at.time_ms.saturating_add(pool.ttl(cmd.ttl_ms)?);
         let old = (lease.expires_ms, lease.lease_id);
-        let Some(lease) = self.leases.get_mut(&cmd.lease_id) else {
+        let Some(lease) = self.leases.get_mut(&cmd.lease_id).map(|h| &mut h.lease) else {
             return Err(StateError::not_found(format!("lease {}", cmd.lease_id)));
         };
         lease.expires_ms = expires_ms;
@@ -741,13 +874,16 @@ impl AccountPools {
     }
 
     pub(crate) fn release(&mut self, at: Entry, cmd: &ReleaseLease) -> Result<(), StateError> {
-        self.held(cmd.lease_id, &cmd.user)?;
+        self.held(cmd.lease_id, &cmd.user, &cmd.lease_secret)?;
         self.end_lease(cmd.lease_id, at.time_ms, false);
         Ok(())
     }
 
     pub(crate) fn put_data(&mut self, cmd: &PutAccountData) -> Result<(), StateError> {
-        let account = self.held(cmd.lease_id, &cmd.user)?.account.clone();
+        let account = self
+            .held(cmd.lease_id, &cmd.user, &cmd.lease_secret)?
+            .account
+            .clone();
         let acct = self
             .accounts
             .get_mut(&account)
@@ -764,15 +900,18 @@ impl AccountPools {
     /// Ends an active lease: wipes the account, frees it, and starts the
     /// request id's retention clock.
     fn end_lease(&mut self, lease_id: u64, ended_ms: u64, expired: bool) {
-        let Some(lease) = self.leases.remove(&lease_id) else {
+        let Some(Held {
+            lease, request_id, ..
+        }) = self.leases.remove(&lease_id)
+        else {
             debug_assert!(false, "ending lease {lease_id}, which is not active");
             return;
         };
         self.expiry.remove(&(lease.expires_ms, lease_id));
+        // The lease's passwords and secrets went with it.
         if let Some(acct) = self.accounts.get_mut(&lease.account) {
             debug_assert_eq!(acct.lease_id, Some(lease_id));
             acct.lease_id = None;
-            acct.password = None;
             acct.data.clear();
         }
         if let Some(pool) = self.pools.get_mut(&lease.pool_id) {
@@ -783,25 +922,25 @@ impl AccountPools {
                 pool.expired_total += 1;
             }
         }
-        if let Some(record) = self
-            .requests
-            .get_mut(&(lease.pool_id, lease.request_id.clone()))
-        {
+        if let Some(record) = self.requests.get_mut(&(lease.pool_id, request_id.clone())) {
             record.ended_ms = Some(ended_ms);
             self.forget.insert((
                 ended_ms.saturating_add(REQUEST_ID_RETENTION_MS),
                 lease.pool_id,
-                lease.request_id,
+                request_id,
             ));
         }
     }
 
+    /// `secret`: the hash of the lease secret the viewer presented, if any;
+    /// only [`AccessPolicy::HolderOnly`] units ask for it.
     pub(crate) fn check_login(
         &self,
         unit_id: u64,
         account: &str,
         password: &str,
         user: &str,
+        secret: Option<&SecretHash>,
         now_ms: u64,
     ) -> LoginOutcome {
         let Some(unit) = self.unit(unit_id) else {
@@ -823,22 +962,37 @@ impl AccountPools {
         }) else {
             return LoginOutcome::refused("unknown account");
         };
-        let Some(lease) = acct.lease_id.and_then(|id| self.leases.get(&id)) else {
+        let Some(held) = acct.lease_id.and_then(|id| self.leases.get(&id)) else {
             return LoginOutcome::refused("account is not leased");
         };
-        if lease.expires_ms <= now_ms {
+        if held.lease.expires_ms <= now_ms {
             return LoginOutcome::refused("lease has expired");
         }
-        if !acct.password.is_some_and(|p| p.matches(password)) {
+        if !held.has_password(password) {
             return LoginOutcome::refused("wrong password");
         }
-        if spec.access_policy == AccessPolicy::HolderOnly && lease.holder != user {
-            return LoginOutcome::refused("user is not the lease holder");
+        if spec.access_policy == AccessPolicy::HolderOnly {
+            if held.lease.holder != user {
+                return LoginOutcome::refused("user is not the lease holder");
+            }
+            // The password may have been passed on; the secret proves the
+            // viewer is the one the lease was given to.
+            match secret {
+                None => {
+                    return LoginOutcome::refused(
+                        "lease_secret required: the unit admits only the lease holder",
+                    );
+                }
+                Some(s) if !held.has_secret(s) => {
+                    return LoginOutcome::refused("wrong lease_secret");
+                }
+                Some(_) => {}
+            }
         }
         LoginOutcome {
             ok: true,
             reason: String::new(),
-            lease: Some(lease.clone()),
+            lease: Some(held.lease.clone()),
             data: acct.data.clone(),
         }
     }
@@ -853,14 +1007,18 @@ impl AccountPools {
             let pool = &self.pools[&acct.pool_id];
             match acct.lease_id {
                 Some(id) => {
-                    let lease = &self.leases[&id];
-                    assert_eq!(&lease.account, name, "lease points at another account");
+                    let held = &self.leases[&id];
+                    assert_eq!(&held.lease.account, name, "lease points at another account");
                     assert!(pool.leased.contains(name) && !pool.free.contains(name));
-                    assert!(acct.password.is_some());
+                    assert!(
+                        (1..=MAX_LEASE_CREDENTIALS).contains(&held.credentials.len()),
+                        "lease {id} keeps {} credential pairs",
+                        held.credentials.len()
+                    );
                 }
                 None => {
                     assert!(pool.free.contains(name) && !pool.leased.contains(name));
-                    assert!(acct.password.is_none() && acct.data.is_empty());
+                    assert!(acct.data.is_empty());
                 }
             }
             assert!(acct.data.len() <= MAX_DATA_KEYS);
@@ -876,7 +1034,9 @@ impl AccountPools {
         }
         // At most one active lease per account, and the expiry index matches.
         let mut leased_accounts = BTreeSet::new();
-        for lease in self.leases.values() {
+        for (id, held) in &self.leases {
+            let lease = &held.lease;
+            assert_eq!(*id, lease.lease_id);
             assert!(
                 leased_accounts.insert(&lease.account),
                 "two leases on {}",
@@ -884,7 +1044,7 @@ impl AccountPools {
             );
             assert_eq!(self.accounts[&lease.account].lease_id, Some(lease.lease_id));
             assert!(self.expiry.contains(&(lease.expires_ms, lease.lease_id)));
-            let record = &self.requests[&(lease.pool_id, lease.request_id.clone())];
+            let record = &self.requests[&(lease.pool_id, held.request_id.clone())];
             assert_eq!((record.lease_id, record.ended_ms), (lease.lease_id, None));
         }
         assert_eq!(self.expiry.len(), self.leases.len());
@@ -901,7 +1061,7 @@ impl AccountPools {
 mod tests {
     use super::super::limits::MAX_TTL_MS;
     use super::super::tests::Harness;
-    use super::super::{Command, Response};
+    use super::super::{Command, Response, State};
     use super::*;
 
     const HOUR: u64 = 3_600_000;
@@ -940,13 +1100,35 @@ mod tests {
         }
     }
 
+    /// The lease secret a test's serving node made beside password `pw`.
+    fn sec(pw: &str) -> String {
+        format!("secret-of-{pw}")
+    }
+
+    /// The hash of [`sec`]`(pw)`, as a command or a login carries it.
+    fn sec_hash(pw: &str) -> SecretHash {
+        SecretHash::of(&sec(pw))
+    }
+
     fn lease_cmd(pool_id: u64, user: &str, request_id: &str, password: &str) -> Command {
+        lease_cmd_as(pool_id, "", user, request_id, password)
+    }
+
+    fn lease_cmd_as(
+        pool_id: u64,
+        caller: &str,
+        user: &str,
+        request_id: &str,
+        password: &str,
+    ) -> Command {
         Command::Lease(LeaseAccount {
             pool_id,
             user: user.into(),
             ttl_ms: 0,
             request_id: request_id.into(),
+            caller: caller.into(),
             password: PasswordHash::new([7; 16], password),
+            lease_secret: sec_hash(password),
         })
     }
 
@@ -957,18 +1139,48 @@ mod tests {
         request_id: &str,
         pw: &str,
     ) -> (Lease, bool) {
-        match h.ok(lease_cmd(pool_id, user, request_id, pw)) {
+        lease_as(h, pool_id, "", user, request_id, pw)
+    }
+
+    fn lease_as(
+        h: &mut Harness,
+        pool_id: u64,
+        caller: &str,
+        user: &str,
+        request_id: &str,
+        pw: &str,
+    ) -> (Lease, bool) {
+        match h.ok(lease_cmd_as(pool_id, caller, user, request_id, pw)) {
             Response::Lease { lease, replayed } => (lease, replayed),
             other => panic!("{other:?}"),
         }
     }
 
-    fn put(lease_id: u64, user: &str, key: &str) -> Command {
+    /// Account data put by `user` with the secret made beside password `pw`.
+    fn put(lease_id: u64, user: &str, pw: &str, key: &str) -> Command {
         Command::PutAccountData(PutAccountData {
             lease_id,
             user: user.into(),
+            lease_secret: sec_hash(pw),
             key: key.into(),
             value: b"hello".to_vec(),
+        })
+    }
+
+    fn renew(lease_id: u64, user: &str, pw: &str, ttl_ms: u64) -> Command {
+        Command::Renew(RenewLease {
+            lease_id,
+            user: user.into(),
+            lease_secret: sec_hash(pw),
+            ttl_ms,
+        })
+    }
+
+    fn release(lease_id: u64, user: &str, pw: &str) -> Command {
+        Command::Release(ReleaseLease {
+            lease_id,
+            user: user.into(),
+            lease_secret: sec_hash(pw),
         })
     }
 
@@ -1001,6 +1213,25 @@ mod tests {
         assert_eq!(
             hex::encode(hash_password(&[0; 16], "")),
             "374708fff7719dd5979ec875d56cd2286f6d3cf7ec317a3b25632aab28ec37bb"
+        );
+    }
+
+    #[test]
+    fn a_presented_secret_must_be_there_and_bounded() {
+        assert_eq!(
+            lease_secret_hash("").unwrap_err().to_string(),
+            "lease_secret: required: the lease_secret LeaseAccount returned with the lease"
+        );
+        assert_eq!(
+            invalid_field(lease_secret_hash(&"s".repeat(129)).unwrap_err()),
+            "lease_secret"
+        );
+        assert_eq!(lease_secret_hash("abc").unwrap(), SecretHash::of("abc"));
+        assert!(SecretHash::of("abc").matches(&SecretHash::of("abc")));
+        assert!(!SecretHash::of("abc").matches(&SecretHash::of("abd")));
+        assert_eq!(
+            hex::encode(SecretHash::of("abc").0),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 
@@ -1113,10 +1344,7 @@ mod tests {
         let v = &h.state.pools(None)[0];
         assert_eq!((v.size, v.free, v.leased), (3, 0, 3));
         // Released accounts are reused lowest name first.
-        h.ok(Command::Release(ReleaseLease {
-            lease_id: l2.lease_id,
-            user: "bob".into(),
-        }));
+        h.ok(release(l2.lease_id, "bob", "pw"));
         let (l4, _) = lease(&mut h, pool_id, "dan", "r4", "pw");
         assert_eq!(l4.account, l2.account);
         assert!(h.state.pools(Some(unit + 1)).is_empty());
@@ -1176,7 +1404,9 @@ mod tests {
             user: String::new(),
             ttl_ms: 0,
             request_id: "r".into(),
+            caller: String::new(),
             password: PasswordHash::new([0; 16], "x"),
+            lease_secret: sec_hash("x"),
         };
         assert_eq!(invalid_field(h.err(Command::Lease(cmd.clone()))), "user");
         cmd.user = "u".repeat(129);
@@ -1193,6 +1423,9 @@ mod tests {
             "request_id"
         );
         cmd.request_id = "r".into();
+        cmd.caller = "c".repeat(257);
+        assert_eq!(invalid_field(h.err(Command::Lease(cmd.clone()))), "caller");
+        cmd.caller = "c".repeat(256);
         cmd.ttl_ms = MAX_TTL_MS + 1;
         assert_eq!(invalid_field(h.err(Command::Lease(cmd.clone()))), "ttl_ms");
         cmd.pool_id = 77;
@@ -1219,17 +1452,15 @@ mod tests {
             user: "ann".into(),
             ttl_ms: 500,
             request_id: "r".into(),
+            caller: String::new(),
             password: PasswordHash::new([0; 16], "x"),
+            lease_secret: sec_hash("x"),
         };
         let Response::Lease { lease, .. } = h.ok(Command::Lease(cmd.clone())) else {
             panic!()
         };
         assert_eq!(lease.expires_ms, h.time_ms + 500);
-        let e = h.err(Command::Renew(RenewLease {
-            lease_id: lease.lease_id,
-            user: "ann".into(),
-            ttl_ms: 0,
-        }));
+        let e = h.err(renew(lease.lease_id, "ann", "x", 0));
         assert_eq!(invalid_field(e), "ttl_ms");
         cmd.ttl_ms = 0;
         // A replay does not need a TTL: it returns the existing lease.
@@ -1239,29 +1470,40 @@ mod tests {
         ));
     }
 
+    /// Issue 23 item 7: a duplicate delivery re-passworded the account and
+    /// locked out the viewer already using the first answer.
     #[test]
-    fn a_retried_request_gets_the_same_lease_and_a_working_password() {
-        let (mut h, unit, pool_id) = setup(AccessPolicy::LeasedAccounts);
-        let (first, _) = lease(&mut h, pool_id, "ann", "r1", "lost");
+    fn a_retried_request_gets_the_same_lease_and_every_answer_keeps_working() {
+        let (mut h, unit, pool_id) = setup(AccessPolicy::HolderOnly);
+        let (first, _) = lease(&mut h, pool_id, "ann", "r1", "first");
         h.advance(10);
         let (again, replayed) = lease(&mut h, pool_id, "ann", "r1", "fresh");
         assert!(replayed);
         assert_eq!(again, first);
         assert_eq!(h.state.leases(pool_id).unwrap().len(), 1);
         let now = h.time_ms;
-        assert!(
-            !h.state
-                .check_login(unit, &first.account, "lost", "ann", now)
-                .ok
-        );
-        assert!(
-            h.state
-                .check_login(unit, &first.account, "fresh", "ann", now)
-                .ok
-        );
+        let login = |h: &Harness, pw: &str, secret: &str| {
+            h.state.check_login(
+                unit,
+                &first.account,
+                pw,
+                "ann",
+                Some(&sec_hash(secret)),
+                now,
+            )
+        };
+        for pw in ["first", "fresh"] {
+            let outcome = login(&h, pw, pw);
+            assert!(outcome.ok, "{pw}: {}", outcome.reason);
+        }
+        assert_eq!(login(&h, "never", "first").reason, "wrong password");
+        // Both answers' secrets work for the holder's writes, too.
+        h.ok(renew(first.lease_id, "ann", "first", 0));
+        h.ok(put(first.lease_id, "ann", "fresh", "k"));
         // Another user cannot ride on someone else's request id.
         let e = h.err(lease_cmd(pool_id, "eve", "r1", "mine"));
         assert!(matches!(e, StateError::FailedPrecondition { .. }), "{e}");
+        assert!(login(&h, "first", "first").ok);
         // The same request id in another pool is another request.
         let other = pool(&mut h, unit, 1, 0, HOUR);
         let (elsewhere, replayed) = lease(&mut h, other.pool_id, "ann", "r1", "pw");
@@ -1273,10 +1515,7 @@ mod tests {
     fn an_ended_leases_request_id_is_refused_then_forgotten() {
         let (mut h, _, pool_id) = setup(AccessPolicy::LeasedAccounts);
         let (l, _) = lease(&mut h, pool_id, "ann", "r1", "pw");
-        h.ok(Command::Release(ReleaseLease {
-            lease_id: l.lease_id,
-            user: "ann".into(),
-        }));
+        h.ok(release(l.lease_id, "ann", "pw"));
         let released_at = h.time_ms;
         let e = h.err(lease_cmd(pool_id, "ann", "r1", "pw"));
         assert_eq!(
@@ -1315,18 +1554,18 @@ mod tests {
     fn expiry_wipes_the_account_and_frees_it() {
         let (mut h, unit, pool_id) = setup(AccessPolicy::LeasedAccounts);
         let (l, _) = lease(&mut h, pool_id, "ann", "r1", "pw");
-        h.ok(put(l.lease_id, "ann", "chat"));
+        h.ok(put(l.lease_id, "ann", "pw", "chat"));
         assert_eq!(h.state.next_lease_expiry(), Some(l.expires_ms));
         let login = h
             .state
-            .check_login(unit, &l.account, "pw", "ann", h.time_ms);
+            .check_login(unit, &l.account, "pw", "ann", None, h.time_ms);
         assert!(login.ok, "{}", login.reason);
         assert_eq!(login.data["chat"], b"hello".to_vec());
         assert_eq!(login.lease.as_ref(), Some(&l));
         // A read at the expiry time already refuses, before any Tick lands.
         let late = h
             .state
-            .check_login(unit, &l.account, "pw", "ann", l.expires_ms);
+            .check_login(unit, &l.account, "pw", "ann", None, l.expires_ms);
         assert_eq!(late.reason, "lease has expired");
         h.set_time(l.expires_ms - 1);
         h.ok(Command::Tick);
@@ -1338,20 +1577,24 @@ mod tests {
         let v = &h.state.pools(None)[0];
         assert_eq!((v.free, v.leased, v.expired_total), (2, 0, 1));
         h.state.accounts.check_invariants();
-        let e = h.err(put(l.lease_id, "ann", "chat"));
+        let e = h.err(put(l.lease_id, "ann", "pw", "chat"));
         assert_eq!(e.to_string(), format!("lease {} has ended", l.lease_id));
         // The next lease of the account starts clean, with its own password.
         let (next, _) = lease(&mut h, pool_id, "bob", "r2", "new");
         assert_eq!(next.account, l.account);
         let login = h
             .state
-            .check_login(unit, &next.account, "new", "bob", h.time_ms);
+            .check_login(unit, &next.account, "new", "bob", None, h.time_ms);
         assert!(login.ok && login.data.is_empty());
         assert!(
             !h.state
-                .check_login(unit, &next.account, "pw", "bob", h.time_ms)
+                .check_login(unit, &next.account, "pw", "bob", None, h.time_ms)
                 .ok
         );
+        // ... and its own secret: the ended lease's no longer works.
+        let e = h.err(renew(next.lease_id, "bob", "pw", 0));
+        assert!(matches!(e, StateError::PermissionDenied { .. }), "{e}");
+        h.ok(renew(next.lease_id, "bob", "new", 0));
     }
 
     #[test]
@@ -1359,10 +1602,7 @@ mod tests {
         let (mut h, _, pool_id) = setup(AccessPolicy::LeasedAccounts);
         let (l, _) = lease(&mut h, pool_id, "ann", "r1", "pw");
         h.set_time(l.expires_ms + 5);
-        let e = h.err(Command::Release(ReleaseLease {
-            lease_id: l.lease_id,
-            user: "ann".into(),
-        }));
+        let e = h.err(release(l.lease_id, "ann", "pw"));
         assert!(e.to_string().contains("has ended"), "{e}");
         assert!(h.state.leases(pool_id).unwrap().is_empty());
     }
@@ -1371,30 +1611,21 @@ mod tests {
     fn renew_release_and_data_are_for_the_holder_only() {
         let (mut h, _, pool_id) = setup(AccessPolicy::LeasedAccounts);
         let (l, _) = lease(&mut h, pool_id, "ann", "r1", "pw");
-        let renew = |user: &str, ttl_ms| {
-            Command::Renew(RenewLease {
-                lease_id: l.lease_id,
-                user: user.into(),
-                ttl_ms,
-            })
-        };
+        let renew = |user: &str, ttl_ms| renew(l.lease_id, user, "pw", ttl_ms);
         assert!(matches!(
             h.err(renew("eve", 10)),
             StateError::FailedPrecondition { .. }
         ));
         assert!(matches!(
-            h.err(Command::Release(ReleaseLease {
-                lease_id: l.lease_id,
-                user: "eve".into()
-            })),
+            h.err(release(l.lease_id, "eve", "pw")),
             StateError::FailedPrecondition { .. }
         ));
         assert!(matches!(
-            h.err(put(l.lease_id, "eve", "k")),
+            h.err(put(l.lease_id, "eve", "pw", "k")),
             StateError::FailedPrecondition { .. }
         ));
         assert!(matches!(
-            h.err(put(99, "ann", "k")),
+            h.err(put(99, "ann", "pw", "k")),
             StateError::NotFound { .. }
         ));
         h.advance(1000);
@@ -1409,13 +1640,7 @@ mod tests {
         assert_eq!(renewed.expires_ms, h.time_ms + HOUR);
         assert_eq!(invalid_field(h.err(renew("ann", MAX_TTL_MS + 1))), "ttl_ms");
         assert_eq!(invalid_field(h.err(renew("", 1))), "user");
-        assert_eq!(
-            h.ok(Command::Release(ReleaseLease {
-                lease_id: l.lease_id,
-                user: "ann".into()
-            })),
-            Response::Done
-        );
+        assert_eq!(h.ok(release(l.lease_id, "ann", "pw")), Response::Done);
         // Released, not expired.
         assert_eq!(h.state.pools(None)[0].expired_total, 0);
         assert!(h.err(renew("ann", 1)).to_string().contains("has ended"));
@@ -1429,6 +1654,7 @@ mod tests {
             Command::PutAccountData(PutAccountData {
                 lease_id: l.lease_id,
                 user: "ann".into(),
+                lease_secret: sec_hash("pw"),
                 key,
                 value: vec![1; len],
             })
@@ -1466,8 +1692,10 @@ mod tests {
         let (l, _) = lease(&mut h, pool_a, "ann", "r", "pw");
         let (lc, _) = lease(&mut h, pool_c, "ann", "r", "pw");
         let now = h.time_ms;
+        let secret = sec_hash("pw");
         let check = |account: &str, pw: &str, user: &str, at: u64| {
-            h.state.check_login(unit, account, pw, user, at)
+            h.state
+                .check_login(unit, account, pw, user, Some(&secret), at)
         };
         assert!(check(&l.account, "pw", "ann", now).ok);
         assert_eq!(
@@ -1493,17 +1721,20 @@ mod tests {
             check(&lc.account, "pw", "ann", now).reason,
             "unknown account"
         );
-        let closed_login = h.state.check_login(closed, &lc.account, "pw", "ann", now);
+        let closed_login =
+            h.state
+                .check_login(closed, &lc.account, "pw", "ann", Some(&secret), now);
         assert_eq!(closed_login.reason, "unit is closed");
-        assert!(!h.state.check_login(99, &l.account, "pw", "ann", now).ok);
-        h.ok(Command::Release(ReleaseLease {
-            lease_id: l.lease_id,
-            user: "ann".into(),
-        }));
+        assert!(
+            !h.state
+                .check_login(99, &l.account, "pw", "ann", Some(&secret), now)
+                .ok
+        );
+        h.ok(release(l.lease_id, "ann", "pw"));
         let now = h.time_ms;
         assert_eq!(
             h.state
-                .check_login(unit, &l.account, "pw", "ann", now)
+                .check_login(unit, &l.account, "pw", "ann", Some(&secret), now)
                 .reason,
             "account is not leased"
         );
@@ -1515,9 +1746,159 @@ mod tests {
         let (l, _) = lease(&mut h, pool_id, "ann", "r1", "pw");
         assert!(
             h.state
-                .check_login(unit, &l.account, "pw", "someone", h.time_ms)
+                .check_login(unit, &l.account, "pw", "someone", None, h.time_ms)
                 .ok
         );
+    }
+
+    /// Issue 15 item 5: the holder and the password are not enough for a
+    /// holder-only unit; the lease secret is.
+    #[test]
+    fn holder_only_login_requires_the_lease_secret() {
+        let (mut h, unit, pool_id) = setup(AccessPolicy::HolderOnly);
+        let (l, _) = lease(&mut h, pool_id, "ann", "r1", "pw");
+        let login = |secret: Option<&SecretHash>| {
+            h.state
+                .check_login(unit, &l.account, "pw", "ann", secret, h.time_ms)
+        };
+        assert_eq!(
+            login(None).reason,
+            "lease_secret required: the unit admits only the lease holder"
+        );
+        assert_eq!(login(Some(&sec_hash("guess"))).reason, "wrong lease_secret");
+        let ok = login(Some(&sec_hash("pw")));
+        assert!(ok.ok, "{}", ok.reason);
+        assert_eq!(ok.lease.as_ref(), Some(&l));
+    }
+
+    /// Issue 15 item 5: renew, release and account data trusted a bare
+    /// `user`; without the secret they are refused and change nothing (the
+    /// harness checks every refusal leaves the state byte-identical).
+    #[test]
+    fn renew_release_and_data_need_the_lease_secret() {
+        let (mut h, unit, pool_id) = setup(AccessPolicy::LeasedAccounts);
+        let (l, _) = lease(&mut h, pool_id, "ann", "r1", "pw");
+        h.ok(put(l.lease_id, "ann", "pw", "chat"));
+        let before = h.state.to_snapshot().unwrap();
+        for cmd in [
+            renew(l.lease_id, "ann", "guess", 10),
+            release(l.lease_id, "ann", "guess"),
+            put(l.lease_id, "ann", "guess", "chat"),
+            // The holder's name does not stand in for the secret either.
+            renew(l.lease_id, "eve", "guess", 10),
+        ] {
+            let e = h.err(cmd);
+            assert!(matches!(e, StateError::PermissionDenied { .. }), "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!("lease_secret: does not match lease {}", l.lease_id)
+            );
+        }
+        let after = h.state.to_snapshot().unwrap();
+        // Only the entry's index moved: same lease, same expiry, same data.
+        let mut replayed = State::from_snapshot(&before).unwrap();
+        replayed
+            .apply(
+                Entry {
+                    index: h.index,
+                    time_ms: h.time_ms,
+                },
+                &Command::Tick,
+            )
+            .unwrap();
+        assert!(replayed.to_snapshot().unwrap() == after);
+        let login = h
+            .state
+            .check_login(unit, &l.account, "pw", "ann", None, h.time_ms);
+        assert!(login.ok, "{}", login.reason);
+        assert_eq!(login.data["chat"], b"hello".to_vec());
+        assert_eq!(h.state.leases(pool_id).unwrap(), vec![l.clone()]);
+        h.ok(release(l.lease_id, "ann", "pw"));
+    }
+
+    /// A replay returns the lease only to the principal that asked first.
+    #[test]
+    fn a_replay_by_another_caller_is_refused() {
+        let (mut h, unit, pool_id) = setup(AccessPolicy::HolderOnly);
+        let (l, _) = lease_as(&mut h, pool_id, "frontend-a", "ann", "r1", "pw");
+        // Another principal with the holder's name and the request id (say,
+        // from an old listing) gets nothing, and the holder keeps working.
+        let e = h.err(lease_cmd_as(pool_id, "frontend-b", "ann", "r1", "stolen"));
+        assert!(matches!(e, StateError::PermissionDenied { .. }), "{e}");
+        assert!(e.to_string().contains("another caller"), "{e}");
+        let e = h.err(lease_cmd_as(pool_id, "", "ann", "r1", "stolen"));
+        assert!(matches!(e, StateError::PermissionDenied { .. }), "{e}");
+        let now = h.time_ms;
+        let stolen = h.state.check_login(
+            unit,
+            &l.account,
+            "stolen",
+            "ann",
+            Some(&sec_hash("stolen")),
+            now,
+        );
+        assert_eq!(stolen.reason, "wrong password");
+        assert!(
+            h.state
+                .check_login(unit, &l.account, "pw", "ann", Some(&sec_hash("pw")), now)
+                .ok
+        );
+        assert!(matches!(
+            h.err(renew(l.lease_id, "ann", "stolen", 0)),
+            StateError::PermissionDenied { .. }
+        ));
+        // The same principal may replay.
+        let (again, replayed) = lease_as(&mut h, pool_id, "frontend-a", "ann", "r1", "pw2");
+        assert!(replayed);
+        assert_eq!(again, l);
+    }
+
+    /// A lease keeps at most MAX_LEASE_CREDENTIALS answers; one more replay
+    /// is refused and changes nothing, and every earlier answer still works.
+    #[test]
+    fn replays_are_capped_and_the_cap_refuses_without_a_change() {
+        let (mut h, unit, pool_id) = setup(AccessPolicy::HolderOnly);
+        let answers: Vec<String> = (0..MAX_LEASE_CREDENTIALS)
+            .map(|i| format!("pw{i}"))
+            .collect();
+        let (l, _) = lease(&mut h, pool_id, "ann", "r1", &answers[0]);
+        for pw in &answers[1..] {
+            let (again, replayed) = lease(&mut h, pool_id, "ann", "r1", pw);
+            assert!(replayed);
+            assert_eq!(again, l);
+        }
+        let e = h.err(lease_cmd(pool_id, "ann", "r1", "one-more"));
+        assert!(matches!(e, StateError::ResourceExhausted { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("answered {MAX_LEASE_CREDENTIALS} times")),
+            "{e}"
+        );
+        let now = h.time_ms;
+        for pw in &answers {
+            let login = h
+                .state
+                .check_login(unit, &l.account, pw, "ann", Some(&sec_hash(pw)), now);
+            assert!(login.ok, "{pw}: {}", login.reason);
+        }
+        let refused = h.state.check_login(
+            unit,
+            &l.account,
+            "one-more",
+            "ann",
+            Some(&sec_hash("one-more")),
+            now,
+        );
+        assert_eq!(refused.reason, "wrong password");
+        assert!(matches!(
+            h.err(release(l.lease_id, "ann", "one-more")),
+            StateError::PermissionDenied { .. }
+        ));
+        h.ok(release(
+            l.lease_id,
+            "ann",
+            &answers[MAX_LEASE_CREDENTIALS - 1],
+        ));
     }
 
     #[test]

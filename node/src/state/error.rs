@@ -44,6 +44,13 @@ pub enum StateError {
         /// What collided ("platform \"tv\"").
         what: String,
     },
+    /// The caller did not prove it may act on the thing: a wrong lease
+    /// secret, or a lease request id replayed by another principal.
+    #[error("{reason}")]
+    PermissionDenied {
+        /// What proof was missing or wrong (never the secret itself).
+        reason: String,
+    },
 }
 
 impl StateError {
@@ -77,6 +84,13 @@ impl StateError {
     /// An [`StateError::AlreadyExists`] for `what`.
     pub fn exists(what: impl Into<String>) -> Self {
         StateError::AlreadyExists { what: what.into() }
+    }
+
+    /// A [`StateError::PermissionDenied`] with `reason`.
+    pub fn denied(reason: impl Into<String>) -> Self {
+        StateError::PermissionDenied {
+            reason: reason.into(),
+        }
     }
 }
 

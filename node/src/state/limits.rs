@@ -56,6 +56,18 @@ pub const MAX_TOKENS_PER_USER: usize = 16;
 /// How long (cluster time) a lease's `request_id` is remembered after the
 /// lease ended, so a late retry is refused rather than granted a second lease.
 pub const REQUEST_ID_RETENTION_MS: u64 = 60 * 60 * 1000;
+/// Password and lease-secret pairs one lease keeps: the first answer to its
+/// request and up to three replays. A replay cannot re-send an earlier
+/// answer (only hashes are kept), so it issues a fresh pair valid beside the
+/// earlier ones; the cap keeps a retry storm from growing a lease without
+/// bound.
+pub const MAX_LEASE_CREDENTIALS: usize = 4;
+/// Bytes in a presented `lease_secret`. Herald's are 32 characters; the cap
+/// only bounds what a request makes the serving node hash.
+pub const MAX_LEASE_SECRET_BYTES: usize = 128;
+/// Bytes in the caller principal recorded with a lease (a certificate or
+/// token name; empty when the listener does not authenticate).
+pub const MAX_CALLER_BYTES: usize = 256;
 
 /// `value` must be `min..=max` bytes.
 pub(crate) fn check_len(

@@ -6,8 +6,8 @@
 //! `(Entry, Command)` into a new state and a [`Response`]. It is pure, like
 //! ntpd-rs's protocol crate: no I/O, no clock, no randomness, no hash-order
 //! iteration. Time comes from the entry (the leader's cluster time, clamped
-//! so it never goes back), randomness (lease passwords) is made by the
-//! leader before it proposes. So every replica computes byte-identical state
+//! so it never goes back), randomness (lease passwords and secrets) is made
+//! by the serving node before it proposes, and only hashed. So every replica computes byte-identical state
 //! from the same log, a snapshot is just this struct in bincode, and tests
 //! and the chaos checker can replay any history.
 //!
@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 
 pub use accounts::{
     AccessPolicy, CreatePlatform, CreatePool, Lease, LeaseAccount, LoginOutcome, PasswordHash,
-    Platform, PoolView, PutAccountData, ReleaseLease, RenewLease, Unit, UnitSpec,
+    Platform, PoolView, PutAccountData, ReleaseLease, RenewLease, SecretHash, Unit, UnitSpec,
+    lease_secret_hash,
 };
 pub use auth::{Auth, AuthCommand, AuthOutcome, Role};
 pub use error::StateError;
@@ -334,17 +335,20 @@ impl State {
 
     /// Checks a viewer's login to a unit at cluster time `now_ms` (the
     /// answering node's clock: a lease past its expiry is refused even
-    /// before the Tick that ends it is applied).
+    /// before the Tick that ends it is applied). `lease_secret` is the hash
+    /// of the secret the viewer presented ([`lease_secret_hash`]), which
+    /// holder-only units require.
     pub fn check_login(
         &self,
         unit_id: u64,
         account: &str,
         password: &str,
         user: &str,
+        lease_secret: Option<&SecretHash>,
         now_ms: u64,
     ) -> LoginOutcome {
         self.accounts
-            .check_login(unit_id, account, password, user, now_ms)
+            .check_login(unit_id, account, password, user, lease_secret, now_ms)
     }
 
     /// The earliest `expires_ms` of an active lease, so the leader knows

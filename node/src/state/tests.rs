@@ -222,6 +222,8 @@ const CLIENTS: [&str; 2] = ["pc", "mobile"];
 const CAPS: [&str; 3] = ["video", "touch", "4k"];
 const USERS: [&str; 3] = ["u1", "u2", "u3"];
 const REQUESTS: [&str; 3] = ["r1", "r2", "r3"];
+/// Principals asking for leases ("" = an unauthenticated listener).
+const CALLERS: [&str; 2] = ["", "frontend"];
 
 fn terminals() -> [Terminal; 4] {
     [
@@ -300,6 +302,7 @@ enum Op {
     },
     Lease {
         pool: usize,
+        caller: usize,
         user: usize,
         ttl: u64,
         request: usize,
@@ -309,16 +312,19 @@ enum Op {
         lease: usize,
         as_holder: bool,
         user: usize,
+        right_secret: bool,
         ttl: u64,
     },
     Release {
         lease: usize,
         as_holder: bool,
         user: usize,
+        right_secret: bool,
     },
     Put {
         lease: usize,
         as_holder: bool,
+        right_secret: bool,
         key: u8,
     },
     Tick,
@@ -341,13 +347,14 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..2usize, 1..3u8, any::<bool>()).prop_map(|(name, units, closed)| Op::CreatePlatform { name, units, closed }),
         2 => (0..5usize, 0..3u32, 0..4u32, prop_oneof![Just(0u64), 500..4000u64])
             .prop_map(|(unit, provision, max_size, ttl)| Op::CreatePool { unit, provision, max_size, ttl }),
-        4 => (0..4usize, 0..3usize, prop_oneof![Just(0u64), 100..5000u64], 0..3usize, any::<u8>())
-            .prop_map(|(pool, user, ttl, request, pw)| Op::Lease { pool, user, ttl, request, pw }),
-        2 => (0..8usize, prop::bool::weighted(0.8), 0..3usize, prop_oneof![Just(0u64), 100..5000u64])
-            .prop_map(|(lease, as_holder, user, ttl)| Op::Renew { lease, as_holder, user, ttl }),
-        2 => (0..8usize, prop::bool::weighted(0.8), 0..3usize)
-            .prop_map(|(lease, as_holder, user)| Op::Release { lease, as_holder, user }),
-        2 => (0..8usize, prop::bool::weighted(0.8), 0..3u8).prop_map(|(lease, as_holder, key)| Op::Put { lease, as_holder, key }),
+        4 => (0..4usize, prop_oneof![3 => Just(0usize), 1 => Just(1usize)], 0..3usize, prop_oneof![Just(0u64), 100..5000u64], 0..3usize, any::<u8>())
+            .prop_map(|(pool, caller, user, ttl, request, pw)| Op::Lease { pool, caller, user, ttl, request, pw }),
+        2 => (0..8usize, prop::bool::weighted(0.8), 0..3usize, prop::bool::weighted(0.8), prop_oneof![Just(0u64), 100..5000u64])
+            .prop_map(|(lease, as_holder, user, right_secret, ttl)| Op::Renew { lease, as_holder, user, right_secret, ttl }),
+        2 => (0..8usize, prop::bool::weighted(0.8), 0..3usize, prop::bool::weighted(0.8))
+            .prop_map(|(lease, as_holder, user, right_secret)| Op::Release { lease, as_holder, user, right_secret }),
+        2 => (0..8usize, prop::bool::weighted(0.8), prop::bool::weighted(0.8), 0..3u8)
+            .prop_map(|(lease, as_holder, right_secret, key)| Op::Put { lease, as_holder, right_secret, key }),
         1 => Just(Op::Tick),
         1 => Just(Op::Invalid),
     ]
@@ -359,7 +366,26 @@ struct Known {
     sessions: Vec<u64>,
     units: Vec<u64>,
     pools: Vec<u64>,
-    leases: Vec<(u64, String)>,
+    /// (lease id, holder, the first answer's secret).
+    leases: Vec<(u64, String, String)>,
+    /// Every answer a lease request got, in order.
+    answers: Vec<Answer>,
+}
+
+/// The credentials one accepted lease command returned (in plain text, as
+/// the client got them).
+struct Answer {
+    lease_id: u64,
+    pool_id: u64,
+    account: String,
+    holder: String,
+    password: String,
+    secret: String,
+}
+
+/// The password and secret a lease op's serving node made (plain text).
+fn lease_credentials(pw: u8) -> (String, String) {
+    (format!("pw{pw}"), format!("secret{pw}"))
 }
 
 fn pick<T: Copy>(items: &[T], k: usize, missing: T) -> T {
@@ -373,13 +399,14 @@ fn pick<T: Copy>(items: &[T], k: usize, missing: T) -> T {
 fn concretize(op: &Op, state: &State, known: &Known) -> Command {
     let t = terminals();
     let pick_session = |k| pick(&known.sessions, k, 999);
-    let pick_lease = |k: usize, as_holder: bool, user: usize| match known
-        .leases
-        .get(k % known.leases.len().max(1))
-    {
-        Some((id, holder)) if as_holder => (*id, holder.clone()),
-        Some((id, _)) => (*id, USERS[user].to_string()),
-        None => (999, USERS[user].to_string()),
+    let pick_lease = |k: usize, as_holder: bool, user: usize, right_secret: bool| {
+        let (id, holder, secret) = match known.leases.get(k % known.leases.len().max(1)) {
+            Some((id, holder, secret)) if as_holder => (*id, holder.clone(), secret.clone()),
+            Some((id, _, secret)) => (*id, USERS[user].to_string(), secret.clone()),
+            None => (999, USERS[user].to_string(), "none".to_string()),
+        };
+        let secret = if right_secret { secret } else { "wrong".into() };
+        (id, holder, SecretHash::of(&secret))
     };
     match op.clone() {
         Op::Login {
@@ -564,27 +591,35 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
         }),
         Op::Lease {
             pool,
+            caller,
             user,
             ttl,
             request,
             pw,
-        } => Command::Lease(LeaseAccount {
-            pool_id: pick(&known.pools, pool, 999),
-            user: USERS[user].into(),
-            ttl_ms: ttl,
-            request_id: REQUESTS[request].into(),
-            password: PasswordHash::new([pw; 16], "pw"),
-        }),
+        } => {
+            let (password, secret) = lease_credentials(pw);
+            Command::Lease(LeaseAccount {
+                pool_id: pick(&known.pools, pool, 999),
+                user: USERS[user].into(),
+                ttl_ms: ttl,
+                request_id: REQUESTS[request].into(),
+                caller: CALLERS[caller].into(),
+                password: PasswordHash::new([pw; 16], &password),
+                lease_secret: SecretHash::of(&secret),
+            })
+        }
         Op::Renew {
             lease,
             as_holder,
             user,
+            right_secret,
             ttl,
         } => {
-            let (lease_id, user) = pick_lease(lease, as_holder, user);
+            let (lease_id, user, lease_secret) = pick_lease(lease, as_holder, user, right_secret);
             Command::Renew(RenewLease {
                 lease_id,
                 user,
+                lease_secret,
                 ttl_ms: ttl,
             })
         }
@@ -592,19 +627,26 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
             lease,
             as_holder,
             user,
+            right_secret,
         } => {
-            let (lease_id, user) = pick_lease(lease, as_holder, user);
-            Command::Release(ReleaseLease { lease_id, user })
+            let (lease_id, user, lease_secret) = pick_lease(lease, as_holder, user, right_secret);
+            Command::Release(ReleaseLease {
+                lease_id,
+                user,
+                lease_secret,
+            })
         }
         Op::Put {
             lease,
             as_holder,
+            right_secret,
             key,
         } => {
-            let (lease_id, user) = pick_lease(lease, as_holder, 0);
+            let (lease_id, user, lease_secret) = pick_lease(lease, as_holder, 0, right_secret);
             Command::PutAccountData(PutAccountData {
                 lease_id,
                 user,
+                lease_secret,
                 key: format!("k{key}"),
                 value: vec![key],
             })
@@ -621,18 +663,29 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
     }
 }
 
-fn learn(known: &mut Known, response: &Response) {
+fn learn(known: &mut Known, op: &Op, response: &Response) {
+    if let (Op::Lease { pw, .. }, Response::Lease { lease, .. }) = (op, response) {
+        let (password, secret) = lease_credentials(*pw);
+        if !known.leases.iter().any(|(id, ..)| *id == lease.lease_id) {
+            known
+                .leases
+                .push((lease.lease_id, lease.holder.clone(), secret.clone()));
+        }
+        known.answers.push(Answer {
+            lease_id: lease.lease_id,
+            pool_id: lease.pool_id,
+            account: lease.account.clone(),
+            holder: lease.holder.clone(),
+            password,
+            secret,
+        });
+    }
     match response {
         Response::Session(s) if !known.sessions.contains(&s.session_id) => {
             known.sessions.push(s.session_id)
         }
         Response::Pool(p) => known.pools.push(p.pool_id),
         Response::Platform(p) => known.units.extend(p.units.iter().map(|u| u.unit_id)),
-        Response::Lease { lease, .. }
-            if !known.leases.iter().any(|(id, _)| *id == lease.lease_id) =>
-        {
-            known.leases.push((lease.lease_id, lease.holder.clone()));
-        }
         _ => {}
     }
 }
@@ -692,7 +745,7 @@ proptest! {
 
             let result = state.apply(entry, &cmd);
             match &result {
-                Ok(response) => learn(&mut known, response),
+                Ok(response) => learn(&mut known, op, response),
                 // Nothing half-applied: a rejection leaves what a Tick leaves.
                 Err(e) => prop_assert!(bytes(&state) == bytes(&ticked), "{e} changed the state: {cmd:?}"),
             }
@@ -707,6 +760,31 @@ proptest! {
             check_invariants(&state);
             if let Some(next) = state.next_lease_expiry() {
                 prop_assert!(next > state.now_ms(), "a due lease survived an apply");
+            }
+            // No answer to a lease request is ever invalidated while its
+            // lease lasts: not by a replay, a renew or anything else.
+            for a in &known.answers {
+                let active = state
+                    .leases(a.pool_id)
+                    .is_ok_and(|ls| ls.iter().any(|l| l.lease_id == a.lease_id));
+                let Some(unit) = state.pools(None).iter().find(|p| p.pool_id == a.pool_id).map(|p| p.unit_id) else {
+                    continue;
+                };
+                let closed = state.platforms().iter().flat_map(|p| &p.units).any(|u| {
+                    u.unit_id == unit && u.spec.access_policy == AccessPolicy::Closed
+                });
+                if !active || closed {
+                    continue;
+                }
+                let login = state.check_login(
+                    unit,
+                    &a.account,
+                    &a.password,
+                    &a.holder,
+                    Some(&SecretHash::of(&a.secret)),
+                    state.now_ms(),
+                );
+                prop_assert!(login.ok, "lease {} answer {} refused: {}", a.lease_id, a.password, login.reason);
             }
 
             for &id in &known.sessions {
