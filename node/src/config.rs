@@ -30,6 +30,9 @@ pub struct Config {
     /// Raft timings and log compaction.
     #[serde(default)]
     pub raft: RaftTimings,
+    /// Storage safety margins (the free-space alarm).
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// Per-peer address overrides: how *this* node dials a peer, by Raft id,
     /// instead of the peer address in the membership. The chaos suite routes
     /// every link through its own proxy this way.
@@ -226,6 +229,29 @@ impl Default for RaftTimings {
     }
 }
 
+/// Storage safety margins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Below this many free bytes on the data dir's file system the node
+    /// refuses new client writes (`RESOURCE_EXHAUSTED`) until space
+    /// returns; Raft replication goes on. Default 512 MiB: room for a new
+    /// log segment (32 MiB) and for a snapshot of a million users (~250 MB)
+    /// written beside the current one.
+    pub min_free_bytes: u64,
+    /// How often free space is checked.
+    pub free_space_check_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            min_free_bytes: 512 << 20,
+            free_space_check_ms: 1000,
+        }
+    }
+}
+
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -294,6 +320,9 @@ impl Config {
         if t.snapshot_every == 0 {
             return bad("raft.snapshot_every must be >= 1".into());
         }
+        if self.storage.free_space_check_ms == 0 {
+            return bad("storage.free_space_check_ms must be >= 1".into());
+        }
         for (id, addr) in &self.peer_routes {
             if id.parse::<u64>().is_err() {
                 return bad(format!("peer_routes: key {id:?} must be a node id"));
@@ -361,6 +390,7 @@ http = "127.0.0.1:7301"
         let c: Config = toml::from_str(GOOD).unwrap();
         c.validate().unwrap();
         assert_eq!(c.raft.heartbeat_ms, 50);
+        assert_eq!(c.storage.min_free_bytes, 512 << 20);
     }
 
     #[test]

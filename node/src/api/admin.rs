@@ -109,6 +109,9 @@ impl Admin for AdminService {
                 last_sync_ms: self.node.clock().last_sync_ms(),
                 sync_delay_us: self.node.clock().sync_delay_ns() / 1_000,
                 cluster_time_ms: self.node.clock().now_ms(),
+                storage_free_bytes: self.node.space().free_bytes(),
+                nospace_alarm: self.node.space().alarm(),
+                storage_min_free_bytes: self.node.space().threshold(),
                 members_log_index: m
                     .membership_config
                     .log_id()

@@ -2,6 +2,9 @@
 //! stream per follower), vote, snapshot and leader transfer as bincode
 //! blobs on Herald's `Peer` gRPC service.
 //!
+//! Every blob is [`encode`]d with the peer message format version, and a
+//! node refuses versions it does not speak (see `raft::WIRE_VERSION`).
+//!
 //! Channels are made lazily and cached per address in a [`PeerChannels`]
 //! shared by Raft replication, write forwarding and follower ReadIndex, so a
 //! node keeps one HTTP/2 connection per peer.
@@ -100,6 +103,18 @@ fn snapshot_chunks(meta: Vec<u8>, data: Vec<u8>) -> impl Iterator<Item = Snapsho
             data: data[i * SNAPSHOT_CHUNK..total.min((i + 1) * SNAPSHOT_CHUNK)].to_vec(),
         }),
     )
+}
+
+/// The first chunk of an `InstallSnapshot` stream: who sends it, what it
+/// holds, and the CRC-32 of its data.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SnapshotHead {
+    /// The leader's vote.
+    pub vote: Vote,
+    /// What the snapshot covers.
+    pub meta: crate::raft::typ::SnapshotMeta,
+    /// CRC-32 of the whole data, checked by the receiver.
+    pub crc32: u32,
 }
 
 /// Makes [`PeerConnection`]s for openraft.
@@ -297,8 +312,15 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let meta = encode(&(vote, snapshot.meta.clone()))
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        // The checksum of the data travels with the meta: the follower
+        // checks what it assembled from the chunks before installing it.
+        let checksum = crc32fast::hash(&snapshot.snapshot);
+        let meta = encode(&SnapshotHead {
+            vote,
+            meta: snapshot.meta.clone(),
+            crc32: checksum,
+        })
+        .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let data = snapshot.snapshot;
         let total = data.len();
         let chunks = snapshot_chunks(meta, data);

@@ -167,6 +167,7 @@ impl TestCluster {
             },
             initial_members: Vec::new(),
             raft: self.timings.clone(),
+            storage: Default::default(),
             peer_routes: Default::default(),
             clock: Default::default(),
             testing: Default::default(),
