@@ -76,6 +76,10 @@ pub struct TestingFaults {
     /// Serve "linearizable" reads from local state without ReadIndex:
     /// a partitioned or lagging node then returns stale data.
     pub stale_reads: bool,
+    /// Fail the log's Nth `fdatasync` after start with EIO, as a failing
+    /// disk would (the node must stop and exit non-zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_log_sync_after: Option<u64>,
 }
 
 /// Cluster clock settings (see `timesync`).

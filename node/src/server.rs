@@ -114,6 +114,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             ..LogOptions::default()
         },
     )?;
+    if let Some(nth) = config.testing.fail_log_sync_after {
+        tracing::warn!(
+            nth,
+            "testing.fail_log_sync_after is set: the log's fdatasync will fail"
+        );
+        log.fail_sync(nth, libc::EIO);
+    }
     let space = std::sync::Arc::new(FreeSpace::new(
         &config.data_dir,
         config.storage.min_free_bytes,

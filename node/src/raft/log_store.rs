@@ -113,9 +113,10 @@ pub struct LogStore {
 /// fail. Shared by the store's handles and its flusher.
 pub struct StorageHealth {
     failure: tokio::sync::watch::Sender<Option<String>>,
-    /// When non-zero, the next sync fails with this errno instead of
-    /// touching the disk (see [`LogStore::fail_next_sync`]).
+    /// The errno an injected failure reports (0: none armed).
     injected: AtomicI32,
+    /// Syncs left before the injected failure (see [`LogStore::fail_sync`]).
+    countdown: AtomicU64,
 }
 
 impl StorageHealth {
@@ -123,16 +124,31 @@ impl StorageHealth {
         StorageHealth {
             failure: tokio::sync::watch::channel(None).0,
             injected: AtomicI32::new(0),
+            countdown: AtomicU64::new(0),
+        }
+    }
+
+    /// The errno this sync must fail with, when an injected failure is
+    /// armed and due.
+    fn injected_now(&self) -> Option<i32> {
+        let errno = self.injected.load(Ordering::Acquire);
+        if errno == 0 {
+            return None;
+        }
+        match self.countdown.fetch_sub(1, Ordering::AcqRel) {
+            0 | 1 => {
+                self.injected.store(0, Ordering::Release);
+                Some(errno)
+            }
+            _ => None,
         }
     }
 
     /// `fdatasync`s `file` (at `path`), or fails as injected.
     fn sync(&self, file: &File, op: &'static str, path: &Path) -> Result<(), LogError> {
-        let injected = self.injected.swap(0, Ordering::AcqRel);
-        let r = if injected != 0 {
-            Err(io::Error::from_raw_os_error(injected))
-        } else {
-            file.sync_data()
+        let r = match self.injected_now() {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => file.sync_data(),
         };
         r.map_err(|source| LogError::Io {
             op,
@@ -291,7 +307,7 @@ impl Flusher {
         }
         if metadata {
             let state = lock(&self.hard).clone();
-            if let Some(errno) = non_zero(self.health.injected.swap(0, Ordering::AcqRel)) {
+            if let Some(errno) = self.health.injected_now() {
                 return Err(LogError::Io {
                     op: "fdatasync of raft state file",
                     file: hard_state::path(&self.dir).display().to_string(),
@@ -318,10 +334,6 @@ impl Flusher {
         }
         Ok(())
     }
-}
-
-fn non_zero(v: i32) -> Option<i32> {
-    (v != 0).then_some(v)
 }
 
 /// The term of the leader that wrote `log_id`.
@@ -459,6 +471,13 @@ impl LogStore {
     /// touching the disk, as a failing disk would make it. Fail-stop is
     /// tested through it, without a broken disk.
     pub fn fail_next_sync(&self, errno: i32) {
+        self.fail_sync(1, errno);
+    }
+
+    /// Test seam: the `nth` sync from now (1 = the next) fails with OS
+    /// error `errno`; see [`LogStore::fail_next_sync`].
+    pub fn fail_sync(&self, nth: u64, errno: i32) {
+        self.health.countdown.store(nth, Ordering::Release);
         self.health.injected.store(errno, Ordering::Release);
     }
 
