@@ -1069,8 +1069,9 @@ mod tests {
     }
 
     /// Sabotage check: with the `valid_record_after` test removed from
-    /// `recover`, this fails: the segment is cut at the flipped record and
-    /// the records after it are destroyed.
+    /// `recover`, the refusal no longer names the valid record after it and
+    /// this fails; with `looks_torn` also answering yes, the segment is cut
+    /// at the flipped record and the records after it are destroyed.
     #[test]
     fn a_corrupt_record_in_the_middle_of_the_active_segment_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -1084,6 +1085,23 @@ mod tests {
         let before = fs::read(&path).unwrap();
         let err = open(dir.path()).err().expect("refused");
         assert_refused(err, &path, bad as u64, "followed by a valid record");
+        assert_eq!(fs::read(&path).unwrap(), before, "nothing was cut");
+    }
+
+    /// A sector that reads as zeros in the middle of synced records looks
+    /// like a torn write, but valid records follow it: refused, not cut.
+    /// Sabotage check: with the `valid_record_after` test removed from
+    /// `recover`, the segment is cut there and this fails.
+    #[test]
+    fn a_zeroed_sector_followed_by_valid_records_is_refused_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, offsets) = one_segment(dir.path(), 60);
+        assert!(offsets[60] > 3 * SECTOR as u64);
+        let first_hit = offsets.iter().position(|&o| o > SECTOR as u64).unwrap() - 1;
+        edit(&path, |b| b[SECTOR..2 * SECTOR].fill(0));
+        let before = fs::read(&path).unwrap();
+        let err = open(dir.path()).err().expect("refused");
+        assert_refused(err, &path, offsets[first_hit], "followed by a valid record");
         assert_eq!(fs::read(&path).unwrap(), before, "nothing was cut");
     }
 
