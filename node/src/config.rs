@@ -19,7 +19,8 @@ pub struct Config {
     /// The node's sequence number (P-publish): the lowest healthy number is
     /// the preferred leader.
     pub number: u32,
-    /// Where sled keeps the Raft log, vote and snapshots.
+    /// The node's data: the Raft log and its hard state (`log/`), the
+    /// latest snapshot (`snapshot.bin`) and sled (`sled/`).
     pub data_dir: PathBuf,
     /// Listen addresses.
     pub listen: Listen,

@@ -68,10 +68,11 @@ pub struct PeerLabel {
     pub peer: String,
 }
 
-/// `{op}`: what a sled flush made durable.
+/// `{op}`: what an fdatasync made durable.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
-    /// `append`, `vote` or `snapshot`.
+    /// `append` (a log segment), `vote` (the hard state file: the vote or
+    /// the purge point, with the appends of the same group) or `snapshot`.
     pub op: &'static str,
 }
 
@@ -183,7 +184,7 @@ pub struct Defs {
     /// each follower is behind the leader's last log index.
     pub raft_replication_lag: Family<PeerLabel, Gauge>,
 
-    /// `herald_storage_fsync_seconds{op}`: sled flush latency.
+    /// `herald_storage_fsync_seconds{op}`: fdatasync latency.
     pub storage_fsync_seconds: Family<OpLabel, Histogram>,
     /// `herald_storage_disk_bytes`: the log segments plus sled, on disk.
     pub storage_disk_bytes: Gauge,
@@ -364,7 +365,7 @@ impl Metrics {
             storage_fsync_seconds: reg!(
                 r,
                 "herald_storage_fsync_seconds",
-                "fdatasync latency of the log (append) or of sled (vote, purge point), and of snapshots",
+                "fdatasync latency of the log (append), of the hard state file (vote, purge point) and of snapshots",
                 hist_family()
             ),
             storage_disk_bytes: reg!(
