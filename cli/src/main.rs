@@ -195,6 +195,34 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// A subcommand argument with a global one's id (`key`, `cert`, ...)
+    /// makes clap panic when either is read; debug_assert does not see it.
+    #[test]
+    fn no_subcommand_reuses_a_global_flag() {
+        fn walk(cmd: &clap::Command, globals: &[String], path: &str) {
+            for arg in cmd.get_arguments().filter(|a| !a.is_global_set()) {
+                let id = arg.get_id().as_str();
+                assert!(
+                    !globals.iter().any(|g| g == id),
+                    "{path}: argument {id:?} shadows a global one"
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, globals, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        let root = Cli::command();
+        let globals: Vec<String> = root
+            .get_arguments()
+            .filter(|a| a.is_global_set())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(globals.contains(&"key".to_string()));
+        for sub in root.get_subcommands() {
+            walk(sub, &globals, sub.get_name());
+        }
+    }
+
     #[test]
     fn endpoints_default_to_the_playground() {
         let cli = Cli::try_parse_from(["heraldctl", "cluster", "status"]).expect("parses");

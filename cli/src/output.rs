@@ -440,6 +440,9 @@ pub mod to_json {
             "last_sync_ms": s.last_sync_ms,
             "sync_delay_us": s.sync_delay_us,
             "cluster_time_ms": s.cluster_time_ms,
+            "storage_free_bytes": s.storage_free_bytes,
+            "nospace_alarm": s.nospace_alarm,
+            "storage_min_free_bytes": s.storage_min_free_bytes,
         })
     }
 

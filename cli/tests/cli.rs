@@ -1,6 +1,7 @@
 //! heraldctl against a running cluster, as a user drives it: start
-//! `heraldctl playground`, run commands, check their output and exit codes,
-//! then stop the playground with SIGTERM and check it cleans up.
+//! `heraldctl playground` (secure, as the README's first command starts
+//! it), run commands that find it by themselves, check their output and exit
+//! codes, then stop the playground with SIGTERM and check it cleans up.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -27,10 +28,36 @@ struct Playground {
     child: Child,
     dir: PathBuf,
     endpoints: String,
+    /// The playground context heraldctl finds it by (`HERALD_CONTEXT`).
+    context: PathBuf,
 }
 
+/// The variables a user's shell might carry that would change what
+/// heraldctl connects to: cleared, so the test sees only what it sets.
+const CONNECTION_ENV: [&str; 6] = [
+    "HERALD_ENDPOINTS",
+    "HERALD_CACERT",
+    "HERALD_CERT",
+    "HERALD_KEY",
+    "HERALD_TOKEN",
+    "HERALD_LEASE_SECRET",
+];
+
 impl Drop for Playground {
+    /// SIGTERM first, so the playground stops its nodes (they run in their
+    /// own process group and would outlive a SIGKILLed playground), then
+    /// SIGKILL if it does not exit.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: a signal to our own unreaped child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -40,7 +67,9 @@ fn start_playground(tmp: &tempfile::TempDir) -> Playground {
     // A base port unlikely to collide with a developer's own playground.
     let base = 20_000 + (std::process::id() % 400) * 100;
     let dir = tmp.path().join("pg");
+    let context = tmp.path().join("context.json");
     let mut child = Command::new(heraldctl())
+        .env("HERALD_CONTEXT", &context)
         .args([
             "playground",
             "--nodes",
@@ -80,19 +109,25 @@ fn start_playground(tmp: &tempfile::TempDir) -> Playground {
         child,
         dir,
         endpoints,
+        context,
     }
 }
 
+/// heraldctl with nothing but the playground's context: how a user runs it
+/// next to `heraldctl playground`.
 fn run(pg: &Playground, args: &[&str]) -> Output {
     run_env(pg, &[], args)
 }
 
-/// [`run`] with extra environment variables (and no lease secret from the
-/// test runner's own environment).
+/// [`run`] with extra environment variables (and none of the connection
+/// variables of the test runner's own environment).
 fn run_env(pg: &Playground, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let out = Command::new(heraldctl())
-        .env("HERALD_ENDPOINTS", &pg.endpoints)
-        .env_remove("HERALD_LEASE_SECRET")
+    let mut cmd = Command::new(heraldctl());
+    for var in CONNECTION_ENV {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .env("HERALD_CONTEXT", &pg.context)
         .envs(env.iter().copied())
         .args(args)
         .output()
@@ -313,7 +348,7 @@ fn heraldctl_drives_a_playground_cluster() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("PermissionDenied") && err.contains("lease_secret"),
+        err.contains("permission denied") && err.contains("lease_secret"),
         "{err}"
     );
     let login_args = [
@@ -338,7 +373,7 @@ fn heraldctl_drives_a_playground_cluster() {
         &pg,
         &with_secret,
         &[
-            "pool", "data-put", &vip_id, "--user", "viewer-2", "--key", "posts", "--value", "hi",
+            "pool", "data-put", &vip_id, "posts", "hi", "--user", "viewer-2",
         ],
     );
     assert!(out.status.success());
@@ -410,6 +445,72 @@ fn heraldctl_drives_a_playground_cluster() {
     let members = json(&pg, &["cluster", "members"]);
     assert_eq!(members["leader_id"].as_u64().unwrap().to_string(), target);
 
+    // Auth: the playground's context made us root; a caller with no
+    // credential is refused; a user with a token gets what its role allows.
+    let me = json(&pg, &["auth", "status"]);
+    assert_eq!(
+        (me["enabled"].clone(), me["principal"].clone()),
+        (true.into(), "root".into())
+    );
+    let ca = pg.dir.join("certs/ca.crt").display().to_string();
+    let anonymous = [
+        ("HERALD_ENDPOINTS", pg.endpoints.as_str()),
+        ("HERALD_CACERT", ca.as_str()),
+    ];
+    let out = run_env(&pg, &anonymous, &["presence", "get", "alice"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unauthenticated") && err.contains("credential"),
+        "{err}"
+    );
+    // Plaintext against the TLS ports: refused, never a silent downgrade.
+    let out = run_env(
+        &pg,
+        &[("HERALD_ENDPOINTS", pg.endpoints.as_str())],
+        &["cluster", "members"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(&pg, &["user", "add", "pub1", "--roles", "publisher"]);
+    assert!(out.status.success());
+    let users = json(&pg, &["user", "list"]);
+    assert_eq!(users[0]["name"], "pub1");
+    assert_eq!(users[0]["roles"][0], "publisher");
+    let token = json(&pg, &["token", "create", "--user", "pub1", "--ttl", "1h"]);
+    let token = token["token"].as_str().unwrap().to_string();
+    let with_token = [
+        ("HERALD_ENDPOINTS", pg.endpoints.as_str()),
+        ("HERALD_CACERT", ca.as_str()),
+        ("HERALD_TOKEN", token.as_str()),
+    ];
+    let out = run_env(
+        &pg,
+        &with_token,
+        &["presence", "login", "bob", "--sid", "2", "--client", "pc"],
+    );
+    assert!(out.status.success());
+    let out = run_env(&pg, &with_token, &["presence", "get", "bob"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied") && err.contains("reader"),
+        "{err}"
+    );
+    let tokens = json(&pg, &["token", "list"]);
+    assert!(
+        !tokens.to_string().contains(&token[4..]),
+        "a listing shows no token"
+    );
+    let id = tokens[0]["token_id"].as_u64().unwrap().to_string();
+    assert!(run(&pg, &["token", "revoke", &id]).status.success());
+    let out = run_env(
+        &pg,
+        &with_token,
+        &["presence", "login", "bob", "--sid", "2", "--client", "pc"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthenticated"));
+
     // Ctrl-C/SIGTERM stops every node and removes the directory.
     let pid = pg.child.id() as i32;
     // SAFETY: sending a signal to our own child process.
@@ -417,4 +518,49 @@ fn heraldctl_drives_a_playground_cluster() {
     let status = pg.child.wait().unwrap();
     assert!(status.success(), "playground exit: {status}");
     assert!(!pg.dir.exists(), "playground dir left behind");
+    assert!(!pg.context.exists(), "playground context left behind");
+}
+
+/// `heraldctl cert`: a CA, a node and a client certificate, never
+/// overwritten; a node certificate names its id.
+#[test]
+fn heraldctl_makes_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    let key = tmp.path().join("safe/ca.key");
+    let cert = |args: &[&str]| {
+        let out = Command::new(heraldctl())
+            .args(["cert"])
+            .args(args)
+            .arg("--certs-dir")
+            .arg(&certs)
+            .arg("--ca-key")
+            .arg(&key)
+            .output()
+            .expect("run heraldctl");
+        println!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    assert!(cert(&["create-ca"]).status.success());
+    assert!(certs.join("ca.crt").is_file() && key.is_file());
+    let again = cert(&["create-ca"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert!(
+        cert(&["create-node", "--id", "4", "--host", "node4.example"])
+            .status
+            .success()
+    );
+    assert!(certs.join("node4.crt").is_file() && certs.join("node4.key").is_file());
+    assert!(cert(&["create-client", "ops"]).status.success());
+    assert!(certs.join("client.ops.crt").is_file());
+    let bad = cert(&["create-client", "bad name"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("user name"));
+    let pem = std::fs::read_to_string(certs.join("node4.crt")).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
 }

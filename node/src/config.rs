@@ -19,8 +19,8 @@ pub struct Config {
     /// The node's sequence number (P-publish): the lowest healthy number is
     /// the preferred leader.
     pub number: u32,
-    /// Where the node keeps its Raft log (segment files), its vote and
-    /// metadata (sled) and its latest snapshot.
+    /// The node's data: the Raft log and its hard state (`log/`), the
+    /// latest snapshot (`snapshot.bin`) and sled (`sled/`).
     pub data_dir: PathBuf,
     /// Serve every port in plaintext, with no TLS and (unless an
     /// administrator enables it) no authentication. An explicit choice: a
@@ -44,6 +44,9 @@ pub struct Config {
     /// Raft timings and log compaction.
     #[serde(default)]
     pub raft: RaftTimings,
+    /// Storage safety margins (the free-space alarm).
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// Per-peer address overrides: how *this* node dials a peer, by Raft id,
     /// instead of the peer address in the membership. The chaos suite routes
     /// every link through its own proxy this way.
@@ -125,6 +128,10 @@ pub struct TestingFaults {
     /// Serve "linearizable" reads from local state without ReadIndex:
     /// a partitioned or lagging node then returns stale data.
     pub stale_reads: bool,
+    /// Fail the log's Nth `fdatasync` after start with EIO, as a failing
+    /// disk would (the node must stop and exit non-zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_log_sync_after: Option<u64>,
 }
 
 /// Cluster clock settings (see `timesync`).
@@ -278,6 +285,29 @@ impl Default for RaftTimings {
     }
 }
 
+/// Storage safety margins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Below this many free bytes on the data dir's file system the node
+    /// refuses new client writes (`RESOURCE_EXHAUSTED`) until space
+    /// returns; Raft replication goes on. Default 512 MiB: room for a new
+    /// log segment (32 MiB) and for a snapshot of a million users (~250 MB)
+    /// written beside the current one.
+    pub min_free_bytes: u64,
+    /// How often free space is checked.
+    pub free_space_check_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            min_free_bytes: 512 << 20,
+            free_space_check_ms: 1000,
+        }
+    }
+}
+
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -391,6 +421,9 @@ impl Config {
         if t.snapshot_every == 0 {
             return bad("raft.snapshot_every must be >= 1".into());
         }
+        if self.storage.free_space_check_ms == 0 {
+            return bad("storage.free_space_check_ms must be >= 1".into());
+        }
         for (id, addr) in &self.peer_routes {
             if id.parse::<u64>().is_err() {
                 return bad(format!("peer_routes: key {id:?} must be a node id"));
@@ -459,6 +492,7 @@ http = "127.0.0.1:7301"
         let c: Config = toml::from_str(GOOD).unwrap();
         c.validate().unwrap();
         assert_eq!(c.raft.heartbeat_ms, 50);
+        assert_eq!(c.storage.min_free_bytes, 512 << 20);
     }
 
     #[test]

@@ -15,9 +15,10 @@
 //! - **watched**: [`watch_raft`] follows openraft's server metrics channel
 //!   to count leader and membership changes (and log one line for each);
 //! - **sampled at scrape time** ([`render`]): Raft indexes and replication
-//!   lag, sled size, users online, pool accounts, the cluster clock and the
-//!   process (`/proc/self`), so gauges are exact when Prometheus reads them and
-//!   nothing runs between scrapes.
+//!   lag, the log's size, free space and its alarm, users online, pool
+//!   accounts, the cluster clock and the process (`/proc/self`), so gauges
+//!   are exact when Prometheus reads them and nothing runs between scrapes
+//!   (free space itself is read by `raft::free_space::run`).
 //!
 //! Domain counters are counted on *every* replica as it applies an entry:
 //! each node reports the same cluster-wide rate (dashboards take the `max`
@@ -67,10 +68,11 @@ pub struct PeerLabel {
     pub peer: String,
 }
 
-/// `{op}`: what a sled flush made durable.
+/// `{op}`: what an fdatasync made durable.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
-    /// `append`, `vote` or `snapshot`.
+    /// `append` (a log segment), `vote` (the hard state file: the vote or
+    /// the purge point, with the appends of the same group) or `snapshot`.
     pub op: &'static str,
 }
 
@@ -193,12 +195,18 @@ pub struct Defs {
     /// each follower is behind the leader's last log index.
     pub raft_replication_lag: Family<PeerLabel, Gauge>,
 
-    /// `herald_storage_fsync_seconds{op}`: sled flush latency.
+    /// `herald_storage_fsync_seconds{op}`: fdatasync latency.
     pub storage_fsync_seconds: Family<OpLabel, Histogram>,
     /// `herald_storage_disk_bytes`: the log segments plus sled, on disk.
     pub storage_disk_bytes: Gauge,
     /// `herald_storage_log_entries`: Raft log entries kept (not yet purged).
     pub storage_log_entries: Gauge,
+    /// `herald_storage_free_bytes`: free bytes on the data dir's file system
+    /// at the last check.
+    pub storage_free_bytes: Gauge,
+    /// `herald_storage_nospace_alarm`: 1 while the free-space alarm refuses
+    /// new writes.
+    pub storage_nospace_alarm: Gauge,
 
     /// `herald_api_requests_total{server,method,code}`.
     pub api_requests: Family<RequestLabels, Counter>,
@@ -384,7 +392,7 @@ impl Metrics {
             storage_fsync_seconds: reg!(
                 r,
                 "herald_storage_fsync_seconds",
-                "fdatasync latency of the log (append) or of sled (vote, purge point), and of snapshots",
+                "fdatasync latency of the log (append), of the hard state file (vote, purge point) and of snapshots",
                 hist_family()
             ),
             storage_disk_bytes: reg!(
@@ -397,6 +405,18 @@ impl Metrics {
                 r,
                 "herald_storage_log_entries",
                 "Raft log entries kept on disk",
+                Gauge::default()
+            ),
+            storage_free_bytes: reg!(
+                r,
+                "herald_storage_free_bytes",
+                "Free bytes on the data dir's file system at the last check",
+                Gauge::default()
+            ),
+            storage_nospace_alarm: reg!(
+                r,
+                "herald_storage_nospace_alarm",
+                "1 while the free-space alarm refuses new writes (storage.min_free_bytes)",
                 Gauge::default()
             ),
             api_requests: reg!(
@@ -694,6 +714,12 @@ fn sample(node: &Herald) {
     m.auth_enabled.set(i64::from(node.guard().enabled()));
     m.storage_disk_bytes.set(node.log().size_on_disk() as i64);
     m.storage_log_entries.set(node.log().len() as i64);
+    let space = node.space();
+    if space.free_bytes() != u64::MAX {
+        m.storage_free_bytes
+            .set(i64::try_from(space.free_bytes()).unwrap_or(i64::MAX));
+    }
+    m.storage_nospace_alarm.set(space.alarm() as i64);
     {
         let machine = node.store().read();
         m.reset_online();
@@ -986,6 +1012,8 @@ mod tests {
             "herald_storage_fsync_seconds_bucket",
             "herald_presence_online_users{client_type=\"tv\"}",
             "herald_ring_owned_users",
+            "herald_storage_nospace_alarm",
+            "herald_storage_free_bytes",
             "process_cpu_seconds_total",
             "process_open_fds",
         ] {

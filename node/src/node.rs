@@ -75,6 +75,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) leader_contact: crate::failover::LeaderContact,
     pub(crate) guard: crate::security::Guard,
+    pub(crate) space: Arc<crate::raft::free_space::FreeSpace>,
 }
 
 /// Handle to a running node.
@@ -177,6 +178,29 @@ impl Herald {
         }
     }
 
+    /// Free space on the data dir and the alarm that refuses writes.
+    pub fn space(&self) -> &crate::raft::free_space::FreeSpace {
+        &self.inner.space
+    }
+
+    /// Why `cmd` may not be proposed now: the free-space alarm is on, on
+    /// this node (which received it) or on the leader (which would log it).
+    /// Time-driven commands (lease ticks, TTL expiry) still go: they are
+    /// not new client writes, and holding them back would keep expired
+    /// users online.
+    fn no_space(&self, cmd: &Command) -> Option<StateError> {
+        let internal = match cmd {
+            Command::Tick => true,
+            Command::Logout(l) => l.reason == crate::state::LogoutReason::Expired,
+            _ => false,
+        };
+        if internal {
+            return None;
+        }
+        let why = self.inner.space.refusal()?;
+        Some(StateError::exhausted(format!("node {}: {why}", self.id())))
+    }
+
     /// This node's Prometheus metrics.
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
@@ -245,6 +269,9 @@ impl Herald {
     #[tracing::instrument(target = "herald_trace", name = "propose", skip_all, fields(node_id = self.id()))]
     pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
         cmd.validate()?;
+        if let Some(refused) = self.no_space(&cmd) {
+            return Err(NodeError::State(refused));
+        }
         // Shared, not cloned, across the attempts.
         let cmd = std::sync::Arc::new(cmd);
         let deadline = Instant::now() + LEADER_WAIT;
@@ -279,6 +306,10 @@ impl Herald {
     pub(crate) async fn propose_local(&self, cmd: std::sync::Arc<Command>) -> ForwardReply {
         if !self.is_leader() {
             return ForwardReply::NotLeader;
+        }
+        if let Some(refused) = self.no_space(&cmd) {
+            // Not proposed: certainly not applied.
+            return ForwardReply::Applied(Err(refused));
         }
         let proposal = Proposal {
             time_ms: self.inner.clock.now_ms(),

@@ -1,6 +1,14 @@
 //! Starting and stopping a node: open sled, build Raft, join or found the
 //! cluster, serve the peer, client/admin and HTTP listeners, and shut all of
 //! it down cleanly.
+//!
+//! Fail-stop: a node whose storage failed (a failed `fdatasync`, `ENOSPC`,
+//! `EMFILE`, a read error), or whose Raft core stopped for any other reason,
+//! must not linger as a zombie that answers `/health` and serves stale
+//! reads. [`RunningNode::failed`] resolves with the cause (the operation
+//! and the file), [`serve`] logs it and returns an error, and the binary
+//! exits non-zero so its supervisor restarts it (and the restart refuses a
+//! log it cannot trust).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,6 +19,7 @@ use ::herald_client::proto::auth_server::AuthServer;
 use ::herald_client::proto::herald_server::HeraldServer;
 use ::herald_client::proto::peer_server::PeerServer;
 use anyhow::Context;
+use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -21,7 +30,8 @@ use crate::clock::ClusterClock;
 use crate::config::Config;
 use crate::metrics::{Metrics, ServerLabel};
 use crate::node::{Herald, Inner};
-use crate::raft::log_store::LogStore;
+use crate::raft::free_space::FreeSpace;
+use crate::raft::log_store::{LogOptions, LogStore};
 use crate::raft::network::{Network, PeerChannels};
 use crate::raft::state_store::StateStore;
 use crate::raft::{Member, Raft};
@@ -108,13 +118,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .security_testing_mode
         .set(i64::from(config.testing_mode));
     let db = open_db(&config)?;
-    let log = LogStore::open_with_metrics(
-        &db,
-        &config.data_dir.join("sled"),
-        &config.data_dir.join("log"),
-        metrics.clone(),
-    )?;
+    // The snapshot first: the log store needs to know what it covers.
     let store = StateStore::open_with_metrics(&db, &config.data_dir, metrics.clone())?;
+    let log = LogStore::open_with(
+        &db,
+        &config.data_dir.join("log"),
+        LogOptions {
+            metrics: metrics.clone(),
+            snapshot: store.snapshot_log_id(),
+            ..LogOptions::default()
+        },
+    )?;
+    if let Some(nth) = config.testing.fail_log_sync_after {
+        tracing::warn!(
+            nth,
+            "testing.fail_log_sync_after is set: the log's fdatasync will fail"
+        );
+        log.fail_sync(nth, libc::EIO);
+    }
+    let space = std::sync::Arc::new(FreeSpace::new(
+        &config.data_dir,
+        config.storage.min_free_bytes,
+    ));
+    if let Err(e) = space.check() {
+        tracing::warn!(error = %e, dir = %config.data_dir.display(), "statvfs of the data dir failed");
+    }
     let routes = config
         .peer_routes
         .iter()
@@ -158,6 +186,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         metrics: metrics.clone(),
         leader_contact: Default::default(),
         guard: guard.clone(),
+        space: space.clone(),
     });
     let observe = |l| ObserveLayer::new(metrics.clone(), config.id, l);
     // Every listener goes through the same acceptor: TLS handshakes (or
@@ -260,6 +289,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         herald.clone(),
         stopped(),
     )));
+    tasks.push(tokio::spawn(crate::raft::free_space::run(
+        space,
+        Duration::from_millis(config.storage.free_space_check_ms),
+        stopped(),
+    )));
 
     if !config.initial_members.is_empty() && !raft.is_initialized().await? {
         let members: BTreeMap<u64, Member> = config
@@ -297,21 +331,75 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
 }
 
 impl RunningNode {
-    /// Stops serving, shuts Raft down and flushes sled.
+    /// Stops serving, shuts Raft down, writes the hard state (so a clean
+    /// restart re-applies all it had applied) and flushes sled.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.herald.raft().shutdown().await;
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
+        if let Err(e) = self.herald.log().persist_hard_state().await {
+            tracing::warn!(error = %e, "writing the raft hard state at shutdown");
+        }
         if let Err(e) = self.db.flush_async().await {
             tracing::error!("final flush: {e}");
         }
     }
+
+    /// Resolves when this node can no longer serve, with the cause: its log
+    /// storage failed, or its Raft core stopped without being asked to (a
+    /// storage error in the state machine, a panic). Never resolves while
+    /// the node is healthy.
+    pub async fn failed(&self) -> String {
+        let mut raft = self.herald.raft().metrics();
+        let mut log = self.herald.log().failure();
+        loop {
+            if let Some(cause) = log.borrow_and_update().clone() {
+                return cause;
+            }
+            if let Err(fatal) = &raft.borrow_watched().running_state {
+                return format!("raft stopped: {fatal}");
+            }
+            tokio::select! {
+                r = raft.changed() => if r.is_err() {
+                    return "raft stopped: its metrics channel closed".into();
+                },
+                r = log.changed() => if r.is_err() {
+                    return "the log store is gone".into();
+                },
+            }
+        }
+    }
 }
 
-/// Runs a node until `shutdown` resolves; `started` is called once it
-/// serves (every listener bound, the state loaded).
+/// Serves `node` until `shutdown` resolves (a clean stop: `Ok`) or the node
+/// fails (`Err` with the cause, after logging it and stopping what can be
+/// stopped within a few seconds: a failing disk may hang the rest).
+pub async fn serve(node: RunningNode, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        cause = node.failed() => Some(cause),
+    };
+    match failure {
+        None => {
+            tracing::info!("shutting down");
+            node.shutdown().await;
+            Ok(())
+        }
+        Some(cause) => {
+            tracing::error!(
+                %cause,
+                "fatal storage error: this node stops (exit non-zero) so its supervisor restarts it"
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(5), node.shutdown()).await;
+            Err(anyhow::anyhow!("node stopped on a fatal error: {cause}"))
+        }
+    }
+}
+
+/// Runs a node until `shutdown` resolves or the node fails; `started` is
+/// called once it serves (every listener bound, the state loaded).
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
@@ -319,11 +407,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let node = start(config).await?;
     started();
-    shutdown.await;
-    tracing::info!("shutting down");
-    node.shutdown().await;
+    let result = serve(node, shutdown).await;
     crate::telemetry::shutdown().await;
-    Ok(())
+    result
 }
 
 #[cfg(test)]
@@ -338,5 +424,159 @@ mod tests {
         );
         let rc = raft_config(&Config::load(std::path::Path::new(path)).unwrap()).unwrap();
         assert_eq!(rc.enable_leader_restore, Some(false));
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap()
+    }
+
+    /// A one-node cluster in this process, data in `dir`.
+    fn single_node(dir: &std::path::Path, min_free_bytes: u64) -> Config {
+        let (peer, client, http) = (free_port(), free_port(), free_port());
+        let text = format!(
+            r#"
+id = 1
+number = 1
+data_dir = "{}"
+insecure = true
+[listen]
+peer = "127.0.0.1:{peer}"
+client = "127.0.0.1:{client}"
+http = "127.0.0.1:{http}"
+[[initial_members]]
+id = 1
+number = 1
+peer = "127.0.0.1:{peer}"
+client = "127.0.0.1:{client}"
+http = "127.0.0.1:{http}"
+[storage]
+min_free_bytes = {min_free_bytes}
+# Checked once at start; the tests feed the alarm themselves.
+free_space_check_ms = 3600000
+"#,
+            dir.display()
+        );
+        let config: Config = toml::from_str(&text).unwrap();
+        config.validate().unwrap();
+        config
+    }
+
+    async fn leader_elected(node: &RunningNode) {
+        node.herald
+            .raft()
+            .wait(Some(Duration::from_secs(30)))
+            .state(openraft::ServerState::Leader, "single node leads")
+            .await
+            .unwrap();
+    }
+
+    fn login(uid: &str) -> crate::state::Command {
+        crate::state::Command::Login(crate::state::Login {
+            uid: uid.into(),
+            sid: 77,
+            client_type: "pc".into(),
+            accept_strangers: false,
+            ext: [("city".to_string(), "secret-city".to_string())].into(),
+            ttl_ms: 0,
+        })
+    }
+
+    /// `GET /health` over loopback: the status code and the body.
+    async fn health(config: &Config) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(config.listen.http)
+            .await
+            .unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let code = out[9..12].parse().unwrap();
+        (code, out)
+    }
+
+    /// issue 16: a follower whose fdatasync failed stayed up as a zombie
+    /// (`/health` 200). A failed sync (injected through the log store's
+    /// seam) now stops Raft, `/health` answers 503 `stopped` naming the
+    /// operation and the file, and `serve` returns an error (the binary
+    /// exits non-zero). Nothing of the command reaches the cause.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fatal_storage_error_stops_the_node_and_health_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = single_node(dir.path(), 0);
+        let node = start(config.clone()).await.unwrap();
+        leader_elected(&node).await;
+        node.herald.propose(login("before")).await.unwrap();
+        assert_eq!(health(&config).await.0, 200);
+
+        node.herald.log().fail_next_sync(libc::EIO);
+        assert!(node.herald.propose(login("secret-user")).await.is_err());
+        let cause = tokio::time::timeout(Duration::from_secs(30), node.failed())
+            .await
+            .expect("the node fails");
+        assert!(
+            cause.contains("fdatasync of log segment") && cause.contains("os error 5"),
+            "{cause}"
+        );
+        assert!(
+            !cause.contains("secret-user") && !cause.contains("secret-city"),
+            "{cause}"
+        );
+        let (code, body) = health(&config).await;
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains("\"stopped\"") && body.contains("fdatasync"),
+            "{body}"
+        );
+        // Raft itself stops on the failed callback.
+        node.herald
+            .raft()
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.running_state.is_err(), "raft stopped")
+            .await
+            .unwrap();
+
+        let err = serve(node, std::future::pending()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("fdatasync of log segment"),
+            "{err}"
+        );
+    }
+
+    /// The free-space alarm refuses new writes with RESOURCE_EXHAUSTED,
+    /// naming the alarm and the threshold, and clears by itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_free_space_alarm_refuses_writes_until_space_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        // More than any disk (TOML integers stop at i64::MAX).
+        let huge = i64::MAX as u64;
+        let config = single_node(dir.path(), huge);
+        let node = start(config.clone()).await.unwrap();
+        leader_elected(&node).await;
+        assert!(node.herald.space().alarm(), "checked at start");
+        let err = node.herald.propose(login("u")).await.unwrap_err();
+        let status = crate::api::status::node_status(err);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("free-space alarm")
+                && status
+                    .message()
+                    .contains(&format!("storage.min_free_bytes = {huge}")),
+            "{}",
+            status.message()
+        );
+        // Time-driven work is not a client write.
+        node.herald
+            .propose(crate::state::Command::Tick)
+            .await
+            .unwrap();
+        // Space returns.
+        assert_eq!(node.herald.space().observe(huge), Some(false));
+        node.herald.propose(login("u")).await.unwrap();
+        node.shutdown().await;
     }
 }

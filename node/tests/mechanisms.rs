@@ -62,6 +62,8 @@ async fn wait_clocks_agree(c: &TestCluster, reference: u64) -> Duration {
 async fn clock_sync_corrects_skew_and_follows_a_new_leader() {
     // Node 3 starts 5 s ahead; no failback moves so leadership stays put.
     let c = TestCluster::start_custom(3, timings(), |cfg| {
+        // The skew below is a test hook.
+        cfg.testing_mode = true;
         cfg.clock.sync_interval_ms = SYNC_MS;
         cfg.clock.tolerance_us = TOLERANCE_US as u64;
         cfg.failover.hold_ms = 600_000;
@@ -117,7 +119,12 @@ async fn clock_sync_corrects_skew_and_follows_a_new_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entry_time_never_goes_back_across_a_leader_change() {
-    let c = TestCluster::start_custom(3, timings(), |cfg| cfg.failover.hold_ms = 600_000).await;
+    let c = TestCluster::start_custom(3, timings(), |cfg| {
+        cfg.failover.hold_ms = 600_000;
+        // SetClockOffset is a test hook.
+        cfg.testing_mode = true;
+    })
+    .await;
     let leader = c.wait_leader().await;
     let first = c
         .client(leader)

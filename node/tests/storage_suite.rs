@@ -1,6 +1,8 @@
 //! openraft's storage test suite against Herald's log store (segment files
-//! plus sled for the vote) and state store: every test gets a fresh
-//! temporary directory.
+//! plus the hard state file) and state store: every test gets a fresh
+//! temporary directory. The state store is opened with
+//! `StateStore::for_openraft_suite`: the suite applies made-up log ids with
+//! gaps between them, which a node's store refuses.
 
 use herald_node::raft::TypeConfig;
 use herald_node::raft::log_store::LogStore;
@@ -22,9 +24,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for Build
             .cache_capacity(4 << 20)
             .open()
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-        let log = LogStore::open(&db, dir.path(), &dir.path().join("log"))
+        let log = LogStore::open(&db, &dir.path().join("log"))
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-        let sm = StateStore::open(&db, dir.path())
+        let sm = StateStore::for_openraft_suite(&db, dir.path())
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         Ok((dir, log, sm))
     }

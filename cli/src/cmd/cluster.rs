@@ -168,6 +168,7 @@ async fn status(ctx: &Ctx) -> Result<()> {
                 "CLOCK OFFSET",
                 "LAST SYNC",
                 "SYNC DELAY",
+                "DISK FREE",
             ]);
             for m in &cluster.members {
                 let mut row = vec![
@@ -186,9 +187,11 @@ async fn status(ctx: &Ctx) -> Result<()> {
                         format!("{:+.3} ms", s.clock_offset_us as f64 / 1000.0),
                         sync_age(s),
                         format!("{:.3} ms", s.sync_delay_us as f64 / 1000.0),
+                        disk_free(s),
                     ]),
                     Err(_) => row.extend(
-                        ["unreachable", "-", "-", "-", "-", "-", "-", "-", "-"].map(String::from),
+                        ["unreachable", "-", "-", "-", "-", "-", "-", "-", "-", "-"]
+                            .map(String::from),
                     ),
                 }
                 table.row(row);
@@ -205,6 +208,17 @@ async fn status(ctx: &Ctx) -> Result<()> {
         bail!("no member answered");
     }
     Ok(())
+}
+
+/// Free space on a node's data dir, flagged while its free-space alarm
+/// refuses writes.
+fn disk_free(s: &proto::NodeStatus) -> String {
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    match (s.nospace_alarm, s.storage_free_bytes) {
+        (true, free) => format!("ALARM {} < {}", gib(free), gib(s.storage_min_free_bytes)),
+        (false, u64::MAX) => "-".into(),
+        (false, free) => gib(free),
+    }
 }
 
 fn print_admin(format: Format, resp: &AdminResponse) {

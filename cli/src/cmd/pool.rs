@@ -91,10 +91,9 @@ pub enum Cmd {
         #[command(flatten)]
         secret: LeaseSecret,
         /// The key (1-128 bytes)
-        #[arg(long)]
-        key: String,
+        #[arg(value_name = "KEY")]
+        data_key: String,
         /// The value, as text (at most 64 KiB)
-        #[arg(long)]
         value: String,
     },
     /// List pools (and platforms)
@@ -271,7 +270,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
             lease,
             user,
             secret,
-            key,
+            data_key: key,
             value,
         } => {
             client

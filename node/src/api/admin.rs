@@ -122,6 +122,9 @@ impl Admin for AdminService {
                 insecure: cfg.insecure,
                 testing: cfg.testing_mode,
                 auth_enabled: self.node.guard().enabled(),
+                storage_free_bytes: self.node.space().free_bytes(),
+                nospace_alarm: self.node.space().alarm(),
+                storage_min_free_bytes: self.node.space().threshold(),
                 members_log_index: m
                     .membership_config
                     .log_id()

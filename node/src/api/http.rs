@@ -122,16 +122,32 @@ async fn presence(State(node): State<Herald>, Query(q): Query<PresenceQuery>) ->
     Json(json!({ "revision": r.revision, "records": records })).into_response()
 }
 
+/// 200 only while the node can serve: Raft running and a leader known.
+/// A node whose Raft core stopped (a fatal storage error) answers 503
+/// `stopped` with the cause until its process exits.
 async fn health(State(node): State<Herald>) -> Response {
+    let stopped =
+        node.log().failure().borrow().clone().or_else(|| {
+            node.with_metrics(|m| m.running_state.as_ref().err().map(|e| e.to_string()))
+        });
     let leader = node.leader().map(|(id, _)| id);
-    let body = json!({
-        "status": if leader.is_some() { "ok" } else { "no-leader" },
+    let status = match (&stopped, leader) {
+        (Some(_), _) => "stopped",
+        (None, Some(_)) => "ok",
+        (None, None) => "no-leader",
+    };
+    let mut body = json!({
+        "status": status,
         "id": node.id(),
         "number": node.config().number,
         "leader": leader,
         "applied": *node.store().applied().borrow(),
+        "nospace_alarm": node.space().alarm(),
     });
-    let code = if leader.is_some() {
+    if let Some(cause) = stopped {
+        body["error"] = cause.into();
+    }
+    let code = if status == "ok" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -1,6 +1,7 @@
 //! The peer gRPC service: openraft's RPCs from other nodes, writes forwarded
 //! by followers, and ReadIndex for follower reads. Only Herald nodes of the
-//! same version talk here (bincode payloads).
+//! same peer message version talk here (bincode payloads behind a version
+//! header, `raft::encode`); another version is refused naming both.
 //!
 //! Admission, before openraft sees a message: the listener's guard lets in
 //! only node certificates from the cluster's CA (`security::guard`); here a
@@ -18,7 +19,8 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendEr
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{ForwardReply, Herald, NOT_APPLIED};
-use crate::raft::typ::{LogId, SnapshotMeta, Vote};
+use crate::raft::network::SnapshotHead;
+use crate::raft::typ::{LogId, Vote};
 use crate::raft::{TypeConfig, decode, encode};
 use crate::security::{Principal, principal_of};
 use crate::state::Command;
@@ -269,7 +271,11 @@ impl Peer for PeerService {
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.meta).map_err(bad)?;
+        let SnapshotHead {
+            vote,
+            meta,
+            crc32: expected,
+        } = decode(&first.meta).map_err(bad)?;
         self.admit(&principal, Some(&vote))?;
         self.sane(&principal, &vote, meta.last_log_id.iter())?;
         let mut data = first.data;
@@ -282,9 +288,17 @@ impl Peer for PeerService {
             }
             data.extend_from_slice(&chunk.data);
         }
+        let actual = crc32fast::hash(&data);
+        if actual != expected {
+            // Damaged on the way: the leader sends it again.
+            return Err(Status::data_loss(format!(
+                "snapshot data checksum {actual:08x} over {} bytes, the leader sent {expected:08x}",
+                data.len()
+            )));
+        }
         tracing::info!(
             bytes = data.len(),
-            "receiving snapshot complete, installing"
+            "receiving snapshot complete, checksum verified, installing"
         );
         let snapshot = crate::raft::typ::Snapshot {
             meta,

@@ -2,6 +2,9 @@
 //! stream per follower), vote, snapshot and leader transfer as bincode
 //! blobs on Herald's `Peer` gRPC service.
 //!
+//! Every blob is [`encode`]d with the peer message format version, and a
+//! node refuses versions it does not speak (see `raft::WIRE_VERSION`).
+//!
 //! Channels are made lazily and cached per address in a [`PeerChannels`]
 //! shared by Raft replication, write forwarding and follower ReadIndex, so a
 //! node keeps one HTTP/2 connection per peer.
@@ -34,6 +37,11 @@ type AppendResult = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>
 
 /// How long a replication stream may owe results before it is given up.
 const STREAM_STALL: Duration = Duration::from_secs(1);
+
+/// How long replication waits before reopening a stream to a peer it could
+/// not connect to (openraft's own backoff, [`PeerConnection::backoff`],
+/// never runs on that path).
+const REOPEN_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Snapshot data is streamed in chunks of this size.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -120,6 +128,18 @@ fn snapshot_chunks(meta: Vec<u8>, data: Vec<u8>) -> impl Iterator<Item = Snapsho
             data: data[i * SNAPSHOT_CHUNK..total.min((i + 1) * SNAPSHOT_CHUNK)].to_vec(),
         }),
     )
+}
+
+/// The first chunk of an `InstallSnapshot` stream: who sends it, what it
+/// holds, and the CRC-32 of its data.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SnapshotHead {
+    /// The leader's vote.
+    pub vote: Vote,
+    /// What the snapshot covers.
+    pub meta: crate::raft::typ::SnapshotMeta,
+    /// CRC-32 of the whole data, checked by the receiver.
+    pub crc32: u32,
 }
 
 /// Makes [`PeerConnection`]s for openraft.
@@ -255,15 +275,27 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             });
             let mut request = tonic::Request::new(requests);
             request.set_timeout(Duration::from_secs(24 * 3600));
-            let responses = tokio::time::timeout(ttl, client.append_stream(request))
+            let opened = tokio::time::timeout(ttl, client.append_stream(request))
                 .await
                 .map_err(|_| {
                     unreachable(format!(
                         "peer {target}: opening the append stream timed out"
                     ))
-                })?
-                .map_err(|s| status_to_rpc(target, s))?
-                .into_inner();
+                })?;
+            let responses = match opened {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    // openraft backs off by delaying the first request of the
+                    // next stream, but a stream whose connection fails never
+                    // asks for a request: without this pause a dead follower
+                    // had the leader retry every ~0.1 ms, a whole core and
+                    // ~8000 log lines a second.
+                    if herald_client::never_executed(&s) {
+                        tokio::time::sleep(REOPEN_BACKOFF).await;
+                    }
+                    return Err(status_to_rpc(target, s));
+                }
+            };
             let results = futures::stream::unfold(
                 (responses, sent, 0u64),
                 move |(mut responses, sent, received)| async move {
@@ -317,8 +349,15 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let meta = encode(&(vote, snapshot.meta.clone()))
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        // The checksum of the data travels with the meta: the follower
+        // checks what it assembled from the chunks before installing it.
+        let checksum = crc32fast::hash(&snapshot.snapshot);
+        let meta = encode(&SnapshotHead {
+            vote,
+            meta: snapshot.meta.clone(),
+            crc32: checksum,
+        })
+        .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let data = snapshot.snapshot;
         let total = data.len();
         let chunks = snapshot_chunks(meta, data);

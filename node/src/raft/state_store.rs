@@ -8,11 +8,31 @@
 //! Raft log after it:
 //! on restart the node loads the snapshot and openraft re-applies the
 //! committed log tail. Applying therefore never waits on disk; the log
-//! append already made every entry durable before it was committed.
+//! append already made every entry durable before it was committed. Apply
+//! checks that each entry follows the last one applied, in every build: a
+//! gap or a repeat is an error that stops the node, never a state that
+//! silently differs from the other replicas'.
+//!
+//! # The snapshot file (format version 2)
+//!
+//! `"HRLDSNAP"`, the format version (u32 LE), 4 zero bytes, the length of
+//! the meta (u32 LE), the meta (bincode of openraft's `SnapshotMeta`), the
+//! length of the data (u64 LE), the data (the bincode of [`State`]), and
+//! the CRC-32 of everything before it (u32 LE). The checksum is verified
+//! whenever the file is read (at start, and before it is sent to a
+//! follower); a snapshot received from the leader is checked against the
+//! checksum the leader sent with it (`api::peer`). Version 1 (before
+//! versions: the bincode of meta and data, no checksum) is still read.
+//!
+//! One writer at a time, and never backwards: a build and an install both
+//! write through [`StateStore`]'s writer lock, and a snapshot that is not
+//! newer than the one on disk is not written (a build that started before
+//! an install finished would otherwise put the older state back after the
+//! log behind the newer one was purged).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -21,13 +41,48 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::segment_log::RESTORE_ADVICE;
 use super::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
-use super::{Applied, TypeConfig, encode};
+use super::{Applied, TypeConfig, to_bincode};
 use crate::metrics::Metrics;
 use crate::state::{Entry as SmEntry, State};
 
 const KEY_SNAPSHOT: &[u8] = b"current";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// The snapshot format this build writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 2;
+const MAGIC: [u8; 8] = *b"HRLDSNAP";
+
+/// Why a snapshot could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The file is not what this module wrote.
+    #[error("snapshot {file}: {what}. {RESTORE_ADVICE}")]
+    Corrupt {
+        /// The file (or where the snapshot came from).
+        file: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// Written by a format this build does not read.
+    #[error(
+        "snapshot {file}: format version {found} is not supported (this build reads versions 1 \
+         and {FORMAT_VERSION}); run the release that wrote it, or restore the node with the \
+         replace flow"
+    )]
+    UnknownVersion {
+        /// The file.
+        file: String,
+        /// The version in its header.
+        found: u32,
+    },
+}
+
+impl From<SnapshotError> for io::Error {
+    fn from(e: SnapshotError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
 
 /// The durable snapshot's bytes: the file, else (a data dir from before the
 /// file) the sled tree it used to live in.
@@ -38,16 +93,97 @@ fn read_snapshot(file: &Path, legacy: &sled::Tree) -> io::Result<Option<Vec<u8>>
             .get(KEY_SNAPSHOT)
             .map_err(io_err)?
             .map(|v| v.to_vec())),
-        Err(e) => Err(e),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("reading snapshot {}: {e}", file.display()),
+        )),
     }
 }
 
-/// Splits a stored snapshot (the bincode of a [`StoredSnapshot`]: the meta,
-/// the data's length as a u64, the data) into its meta and its data, reusing
-/// `bytes` for the data. Decoding the data through serde pushed a 200 MB
-/// snapshot into a growing `Vec` one byte at a time: slow, and on restart
-/// the node's memory peaked at twice its steady size.
-fn split_snapshot(mut bytes: Vec<u8>) -> io::Result<(SnapshotMeta, Vec<u8>)> {
+/// The bytes of the file before the data: header, meta, data length.
+fn file_prefix(meta: &SnapshotMeta, data_len: usize) -> io::Result<Vec<u8>> {
+    let meta = to_bincode(meta)?;
+    let mut out = Vec::with_capacity(20 + meta.len() + 8);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&(data_len as u64).to_le_bytes());
+    Ok(out)
+}
+
+/// Splits a stored snapshot into its meta and its data, reusing `bytes` for
+/// the data, after checking its version and checksum. `file` names it in
+/// errors. Decoding the data through serde pushed a 200 MB snapshot into a
+/// growing `Vec` one byte at a time: slow, and on restart the node's memory
+/// peaked at twice its steady size.
+fn split_snapshot(
+    mut bytes: Vec<u8>,
+    file: &str,
+) -> Result<(SnapshotMeta, Vec<u8>), SnapshotError> {
+    let corrupt = |what: String| SnapshotError::Corrupt {
+        file: file.to_string(),
+        what,
+    };
+    if bytes.len() < MAGIC.len() || bytes[..8] != MAGIC {
+        if bytes.len() >= 4 && bytes[..4] == MAGIC[..4] {
+            return Err(corrupt("a damaged header".into()));
+        }
+        return split_v1(bytes).map_err(|e| corrupt(e.to_string()));
+    }
+    let word = |b: &[u8], at: usize| {
+        let mut w = [0; 4];
+        w.copy_from_slice(&b[at..at + 4]);
+        u32::from_le_bytes(w)
+    };
+    if bytes.len() < 20 + 8 + 4 {
+        return Err(corrupt(format!(
+            "{} bytes, shorter than any snapshot",
+            bytes.len()
+        )));
+    }
+    let version = word(&bytes, 8);
+    if version != FORMAT_VERSION {
+        return Err(SnapshotError::UnknownVersion {
+            file: file.to_string(),
+            found: version,
+        });
+    }
+    let body = bytes.len() - 4;
+    let stored = word(&bytes, body);
+    let actual = crc32fast::hash(&bytes[..body]);
+    if stored != actual {
+        return Err(corrupt(format!(
+            "checksum {actual:08x} over {body} bytes, the file says {stored:08x}"
+        )));
+    }
+    let meta_len = word(&bytes, 16) as usize;
+    let data_at = 20 + meta_len + 8;
+    if data_at > body {
+        return Err(corrupt(format!(
+            "a meta of {meta_len} bytes running past the end"
+        )));
+    }
+    let meta: SnapshotMeta = super::from_bincode(&bytes[20..20 + meta_len])
+        .map_err(|e| corrupt(format!("a meta that does not decode ({e})")))?;
+    let mut len = [0; 8];
+    len.copy_from_slice(&bytes[20 + meta_len..data_at]);
+    let data_len = u64::from_le_bytes(len);
+    if (body - data_at) as u64 != data_len {
+        return Err(corrupt(format!(
+            "{} data bytes, its header says {data_len}",
+            body - data_at
+        )));
+    }
+    bytes.truncate(body);
+    bytes.drain(..data_at);
+    Ok((meta, bytes))
+}
+
+/// A snapshot from before versions (the bincode of a [`StoredSnapshot`]:
+/// the meta, the data's length as a u64, the data), without a checksum.
+fn split_v1(mut bytes: Vec<u8>) -> io::Result<(SnapshotMeta, Vec<u8>)> {
     let invalid = |e: bincode::Error| io::Error::new(io::ErrorKind::InvalidData, e);
     let mut rest = &bytes[..];
     let meta: SnapshotMeta = bincode::deserialize_from(&mut rest).map_err(invalid)?;
@@ -94,6 +230,13 @@ struct Inner {
     /// dirty, so a 100 MB snapshot value made every log append that flushed
     /// meanwhile wait for it (p99.9 of 0.5-0.7 s with a million users).
     file: PathBuf,
+    /// The one writer of the snapshot file at a time, holding the last log
+    /// id of the snapshot the file has now. A std mutex: it is taken on
+    /// the blocking pool, never across an await.
+    writer: Mutex<Option<LogId>>,
+    /// Each applied entry must follow the last one (always, except for
+    /// openraft's storage suite: [`StateStore::for_openraft_suite`]).
+    contiguous: bool,
     metrics: Metrics,
 }
 
@@ -125,11 +268,15 @@ impl StateStore {
         let file = dir.join(SNAPSHOT_FILE);
         let mut machine = Machine::default();
         if let Some(bytes) = read_snapshot(&file, &legacy)? {
-            let (meta, data) = split_snapshot(bytes)?;
-            machine.state = State::from_snapshot(&data).map_err(io::Error::other)?;
+            let (meta, data) = split_snapshot(bytes, &file.display().to_string())?;
+            machine.state = State::from_snapshot(&data).map_err(|e| SnapshotError::Corrupt {
+                file: file.display().to_string(),
+                what: format!("a state that does not decode ({e})"),
+            })?;
             machine.last_applied = meta.last_log_id;
             machine.last_membership = meta.last_membership;
         }
+        let on_disk = machine.last_applied;
         let applied_index = machine
             .last_applied
             .as_ref()
@@ -142,9 +289,28 @@ impl StateStore {
                 applied,
                 legacy,
                 file,
+                writer: Mutex::new(on_disk),
+                contiguous: true,
                 metrics,
             }),
         })
+    }
+
+    /// A store for openraft's storage test suite, which applies made-up log
+    /// ids with gaps between them (3, then 5) to check what it checks;
+    /// entries must still come in increasing order. Never for a node.
+    pub fn for_openraft_suite(db: &sled::Db, dir: &Path) -> io::Result<StateStore> {
+        let mut store = Self::open(db, dir)?;
+        if let Some(inner) = Arc::get_mut(&mut store.inner) {
+            inner.contiguous = false;
+        }
+        Ok(store)
+    }
+
+    /// The last log id in the durable snapshot, if any: the log store may
+    /// be missing entries up to it (see `LogOptions::snapshot`).
+    pub fn snapshot_log_id(&self) -> Option<LogId> {
+        *self.inner.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Read access to the state. Hold it briefly: apply waits for it.
@@ -188,29 +354,44 @@ impl StateStore {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `snap` the durable snapshot: encode, sled insert, flush. Blocking
-    /// (a snapshot of a million records is ~150 MB): run it off the runtime.
-    fn persist_snapshot_blocking(&self, snap: &StoredSnapshot) -> io::Result<()> {
-        // The bincode of `snap`, written in two parts so the data is not
-        // copied (see [`split_snapshot`]).
-        let mut header = encode(&snap.meta)?;
-        header.extend_from_slice(&(snap.data.len() as u64).to_le_bytes());
+    /// Makes `snap` the durable snapshot, unless the file already holds
+    /// one at least as new (then `Ok(false)`). Blocking (a snapshot of a
+    /// million records is ~150 MB): run it off the runtime.
+    fn persist_snapshot_blocking(&self, snap: &StoredSnapshot) -> io::Result<bool> {
+        let mut on_disk = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if on_disk.is_some() && snap.meta.last_log_id <= *on_disk {
+            return Ok(false);
+        }
+        // Written in parts so the data is not copied (see [`split_snapshot`]).
+        let prefix = file_prefix(&snap.meta, snap.data.len())?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&prefix);
+        crc.update(&snap.data);
         let started = std::time::Instant::now();
         // Write aside, fsync, then rename over the old one and fsync the
         // directory: a crash leaves either the old snapshot or the new one.
         let tmp = self.inner.file.with_extension("tmp");
+        let fail = |op: &str, path: &Path, e: io::Error| {
+            io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
+        };
         {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&header)?;
-            f.write_all(&snap.data)?;
-            f.sync_all()?;
+            let mut f = std::fs::File::create(&tmp).map_err(|e| fail("creating", &tmp, e))?;
+            f.write_all(&prefix)
+                .and_then(|_| f.write_all(&snap.data))
+                .and_then(|_| f.write_all(&crc.finalize().to_le_bytes()))
+                .map_err(|e| fail("writing", &tmp, e))?;
+            f.sync_all().map_err(|e| fail("fdatasync of", &tmp, e))?;
         }
-        std::fs::rename(&tmp, &self.inner.file)?;
+        std::fs::rename(&tmp, &self.inner.file)
+            .map_err(|e| fail("renaming over", &self.inner.file, e))?;
         if let Some(dir) = self.inner.file.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| fail("syncing directory", dir, e))?;
         }
+        *on_disk = snap.meta.last_log_id;
         self.inner.metrics.observe_fsync("snapshot", started);
-        Ok(())
+        Ok(true)
     }
 
     /// Runs `f` on the blocking pool with a clone of this store.
@@ -240,17 +421,24 @@ impl RaftSnapshotBuilder<TypeConfig> for StateStore {
             };
             (meta, m.state.snapshot_view())
         };
-        let snap = self
+        let (snap, written) = self
             .blocking(move |store| {
                 let snap = StoredSnapshot {
                     meta,
                     data: view.to_snapshot().map_err(io::Error::other)?,
                 };
                 drop(view);
-                store.persist_snapshot_blocking(&snap)?;
-                Ok(snap)
+                let written = store.persist_snapshot_blocking(&snap)?;
+                Ok((snap, written))
             })
             .await?;
+        if !written {
+            // An install finished first: the file keeps the newer state.
+            tracing::info!(
+                index = ?snap.meta.last_log_id.as_ref().map(|l| l.index()),
+                "snapshot built, not written: the one on disk is as new or newer"
+            );
+        }
         self.inner.metrics.raft_snapshot_builds.inc();
         tracing::info!(
             index = ?snap.meta.last_log_id.as_ref().map(|l| l.index()),
@@ -294,6 +482,22 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             for (entry, responder) in batch {
                 let log_id = entry.log_id();
                 let index = log_id.index();
+                if let Some(last) = &m.last_applied
+                    && (index <= last.index()
+                        || (self.inner.contiguous && index != last.index() + 1))
+                {
+                    // openraft hands entries over in order, with no gaps;
+                    // anything else means the log was misread. Stop rather
+                    // than compute a state no other replica has.
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "apply: entry {index} does not follow the last applied entry {}: \
+                             the log handed to the state machine has a gap or a repeat",
+                            last.index()
+                        ),
+                    ));
+                }
                 let reply = match entry.payload {
                     EntryPayload::Normal(ref p) => {
                         let r = m.state.apply(
@@ -336,12 +540,26 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         // after this, restart loads the new state.
         let (state, snap) = self
             .blocking(move |store| {
-                let state = State::from_snapshot(&snapshot).map_err(io::Error::other)?;
+                let state =
+                    State::from_snapshot(&snapshot).map_err(|e| SnapshotError::Corrupt {
+                        file: "received from the leader".into(),
+                        what: format!("a state that does not decode ({e})"),
+                    })?;
                 let snap = StoredSnapshot {
                     meta: meta_owned,
                     data: snapshot,
                 };
-                store.persist_snapshot_blocking(&snap)?;
+                if !store.persist_snapshot_blocking(&snap)? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "refusing to install the snapshot up to {:?} over a newer one on disk \
+                             ({:?})",
+                            snap.meta.last_log_id,
+                            store.snapshot_log_id()
+                        ),
+                    ));
+                }
                 Ok((state, snap))
             })
             .await?;
@@ -360,18 +578,18 @@ impl RaftStateMachine<TypeConfig> for StateStore {
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         let found = self
-            .blocking(|store| read_snapshot(&store.inner.file, &store.inner.legacy))
+            .blocking(|store| {
+                let file = &store.inner.file;
+                match read_snapshot(file, &store.inner.legacy)? {
+                    Some(bytes) => Ok(Some(split_snapshot(bytes, &file.display().to_string())?)),
+                    None => Ok(None),
+                }
+            })
             .await?;
-        match found {
-            Some(bytes) => {
-                let (meta, data) = split_snapshot(bytes)?;
-                Ok(Some(Snapshot {
-                    meta,
-                    snapshot: data,
-                }))
-            }
-            None => Ok(None),
-        }
+        Ok(found.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: data,
+        }))
     }
 }
 
@@ -379,9 +597,40 @@ impl RaftStateMachine<TypeConfig> for StateStore {
 mod tests {
     use std::collections::BTreeMap;
 
+    use openraft::testing::{blank_ent, log_id};
+
     use super::*;
     use crate::state::presence::Login;
     use crate::state::{Command, Entry as SmEntry};
+
+    fn db(dir: &Path) -> sled::Db {
+        sled::Config::new().path(dir.join("sled")).open().unwrap()
+    }
+
+    /// A snapshot up to `index` holding one user, `uid`.
+    fn snapshot(index: u64, uid: &str) -> StoredSnapshot {
+        let mut state = State::default();
+        let login = Command::Login(Login {
+            uid: uid.into(),
+            sid: 1,
+            client_type: "pc".into(),
+            accept_strangers: true,
+            ext: BTreeMap::new(),
+            ttl_ms: 0,
+        });
+        state.apply(SmEntry { index, time_ms: 1 }, &login).unwrap();
+        StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id::<TypeConfig>(1, 1, index)),
+                last_membership: StoredMembership::default(),
+            },
+            data: state.to_snapshot().unwrap(),
+        }
+    }
+
+    fn file_of(dir: &Path) -> PathBuf {
+        dir.join(SNAPSHOT_FILE)
+    }
 
     /// Snapshots used to be a value in the sled tree `snapshot`; a data dir
     /// from then must still come back with its state, or everything the
@@ -389,56 +638,185 @@ mod tests {
     #[test]
     fn a_snapshot_an_older_version_kept_in_sled_is_still_loaded() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path().join("sled"))
-            .open()
-            .unwrap();
-        let mut state = State::default();
-        let login = Command::Login(Login {
-            uid: "old".into(),
-            sid: 1,
-            client_type: "pc".into(),
-            accept_strangers: true,
-            ext: BTreeMap::new(),
-            ttl_ms: 0,
-        });
-        state
-            .apply(
-                SmEntry {
-                    index: 7,
-                    time_ms: 1,
-                },
-                &login,
-            )
-            .unwrap();
-        let snap = StoredSnapshot {
-            meta: SnapshotMeta {
-                last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, 7)),
-                last_membership: StoredMembership::default(),
-            },
-            data: state.to_snapshot().unwrap(),
-        };
+        let db = db(dir.path());
+        let snap = snapshot(7, "old");
         let legacy = db.open_tree("snapshot").unwrap();
-        legacy.insert(KEY_SNAPSHOT, encode(&snap).unwrap()).unwrap();
+        legacy
+            .insert(KEY_SNAPSHOT, to_bincode(&snap).unwrap())
+            .unwrap();
 
         let store = StateStore::open(&db, dir.path()).unwrap();
         assert!(store.read().state.presence("old").is_some());
         assert_eq!(*store.applied().borrow(), 7);
+        assert_eq!(store.snapshot_log_id().map(|l| l.index()), Some(7));
         assert!(store.snapshot_bytes() > 0);
         // Once a new snapshot is written, the file is what is read.
-        store.persist_snapshot_blocking(&snap).unwrap();
-        assert!(dir.path().join(SNAPSHOT_FILE).exists());
+        assert!(
+            store
+                .persist_snapshot_blocking(&snapshot(8, "new"))
+                .unwrap()
+        );
+        assert!(file_of(dir.path()).exists());
         legacy.remove(KEY_SNAPSHOT).unwrap();
         let again = StateStore::open(&db, dir.path()).unwrap();
-        assert!(again.read().state.presence("old").is_some());
+        assert!(again.read().state.presence("new").is_some());
+        assert_eq!(*again.applied().borrow(), 8);
+    }
 
-        // The file written in two parts is the bincode of the whole.
-        let file = std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap();
-        assert_eq!(file, encode(&snap).unwrap());
-        let (meta, data) = split_snapshot(file.clone()).unwrap();
+    /// The file round-trips through `split_snapshot`; a cut-off file is an
+    /// error, not a smaller state; a file from before versions still loads.
+    #[test]
+    fn the_file_carries_its_version_and_a_version_1_file_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        let store = StateStore::open(&db, dir.path()).unwrap();
+        let snap = snapshot(9, "u");
+        store.persist_snapshot_blocking(&snap).unwrap();
+        let file = std::fs::read(file_of(dir.path())).unwrap();
+        assert_eq!(&file[..8], b"HRLDSNAP");
+        let (meta, data) = split_snapshot(file.clone(), "f").unwrap();
         assert_eq!((meta, data), (snap.meta.clone(), snap.data.clone()));
-        // A cut-off file is an error, not a smaller state.
-        let err = split_snapshot(file[..file.len() - 1].to_vec()).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let err = split_snapshot(file[..file.len() - 1].to_vec(), "f").unwrap_err();
+        assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
+
+        std::fs::write(file_of(dir.path()), to_bincode(&snap).unwrap()).unwrap();
+        let again = StateStore::open(&db, dir.path()).unwrap();
+        assert!(again.read().state.presence("u").is_some());
+    }
+
+    /// Sabotage check: with the checksum comparison in `split_snapshot`
+    /// removed, the flipped byte (inside a user id) loads as a different
+    /// state and this fails.
+    #[test]
+    fn a_snapshot_with_a_bad_checksum_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        let store = StateStore::open(&db, dir.path()).unwrap();
+        store
+            .persist_snapshot_blocking(&snapshot(9, "someone"))
+            .unwrap();
+        drop(store);
+        let path = file_of(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(7)
+            .position(|w| w == b"someone")
+            .expect("the uid is in the data");
+        bytes[at] = b'S';
+        std::fs::write(&path, &bytes).unwrap();
+        let err = StateStore::open(&db, dir.path()).err().expect("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("checksum") && msg.contains(&path.display().to_string()),
+            "{msg}"
+        );
+        assert!(msg.contains("replace flow"), "{msg}");
+    }
+
+    /// Sabotage check: with the version comparison removed, this fails.
+    #[test]
+    fn a_snapshot_of_an_unknown_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        let store = StateStore::open(&db, dir.path()).unwrap();
+        store.persist_snapshot_blocking(&snapshot(9, "u")).unwrap();
+        drop(store);
+        let path = file_of(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let body = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let msg = StateStore::open(&db, dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            msg.contains("version 3") && msg.contains("1 and 2"),
+            "{msg}"
+        );
+    }
+
+    /// Sabotage check: with the "not newer" test in
+    /// `persist_snapshot_blocking` removed, the older snapshot replaces the
+    /// newer one and this fails.
+    #[tokio::test]
+    async fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        let mut store = StateStore::open(&db, dir.path()).unwrap();
+        assert!(
+            store
+                .persist_snapshot_blocking(&snapshot(10, "ten"))
+                .unwrap()
+        );
+        // A build that started from an older state finishes late.
+        assert!(
+            !store
+                .persist_snapshot_blocking(&snapshot(8, "eight"))
+                .unwrap()
+        );
+        assert!(
+            !store
+                .persist_snapshot_blocking(&snapshot(10, "ten"))
+                .unwrap()
+        );
+        let on_disk = store.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(on_disk.meta.last_log_id.map(|l| l.index()), Some(10));
+        // An install of an older one is refused, not half done.
+        let old = snapshot(8, "eight");
+        let err = store
+            .install_snapshot(&old.meta, old.data.clone())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("newer one on disk"), "{err}");
+        let again = StateStore::open(&db, dir.path()).unwrap();
+        assert!(again.read().state.presence("ten").is_some());
+    }
+
+    /// Builds and installs write one at a time: many at once leave the
+    /// newest, whole.
+    #[test]
+    fn concurrent_writers_leave_the_newest_snapshot_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        let store = StateStore::open(&db, dir.path()).unwrap();
+        std::thread::scope(|s| {
+            for i in 1..=8u64 {
+                let store = store.clone();
+                s.spawn(move || store.persist_snapshot_blocking(&snapshot(i, &format!("u{i}"))));
+            }
+        });
+        let again = StateStore::open(&db, dir.path()).unwrap();
+        assert_eq!(*again.applied().borrow(), 8);
+        assert!(again.read().state.presence("u8").is_some());
+    }
+
+    /// Apply checks continuity in every build. Sabotage check: with the
+    /// check in `apply` removed, entry 4 is applied after 2 and this fails.
+    #[tokio::test]
+    async fn apply_refuses_an_entry_that_does_not_follow_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        let mut store = StateStore::open(&db, dir.path()).unwrap();
+        let apply = |store: &mut StateStore, indexes: Vec<u64>| {
+            let entries: Vec<io::Result<EntryResponder<TypeConfig>>> = indexes
+                .into_iter()
+                .map(|i| Ok((blank_ent::<TypeConfig>(1, 1, i), None)))
+                .collect();
+            let mut store = store.clone();
+            async move { store.apply(futures::stream::iter(entries)).await }
+        };
+        apply(&mut store, vec![1, 2]).await.unwrap();
+        let err = apply(&mut store, vec![4]).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("entry 4 does not follow the last applied entry 2"),
+            "{err}"
+        );
+        assert!(apply(&mut store, vec![2]).await.is_err(), "a repeat");
+        assert_eq!(*store.applied().borrow(), 2);
+        apply(&mut store, vec![3]).await.unwrap();
     }
 }

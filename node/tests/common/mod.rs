@@ -243,6 +243,7 @@ impl TestCluster {
             },
             initial_members: Vec::new(),
             raft: self.timings.clone(),
+            storage: Default::default(),
             peer_routes: Default::default(),
             clock: Default::default(),
             testing: Default::default(),
@@ -302,6 +303,29 @@ impl TestCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Waits (up to [`WAIT`]) for node `id`'s process to exit on its own
+    /// and returns how it ended; the node then counts as not alive.
+    pub async fn wait_exit(&mut self, id: u64) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let node = self.nodes.get_mut(&id).expect("node");
+            let child = node.child.as_mut().expect("node was running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                node.child = None;
+                return status;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("node {id} did not exit\n{}", self.log_tails());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything node `id` has logged so far.
+    pub fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
     }
 
     /// Starts a killed node again on its old data dir.
