@@ -413,6 +413,7 @@ pub mod to_json {
             "http_addr": m.http_addr,
             "time_addr": m.time_addr,
             "voter": m.voter,
+            "incarnation": m.incarnation,
         })
     }
 
@@ -443,6 +444,8 @@ pub mod to_json {
             "storage_free_bytes": s.storage_free_bytes,
             "nospace_alarm": s.nospace_alarm,
             "storage_min_free_bytes": s.storage_min_free_bytes,
+            "cluster_id": s.cluster_id,
+            "waiting": s.waiting,
         })
     }
 

@@ -283,7 +283,23 @@ impl LocalCluster {
                     Err(_) => parts.push(format!("node{id} unreachable")),
                 }
             }
+            // A new cluster is founded once, explicitly (`cluster init`):
+            // when every node answers and none belongs to a cluster yet.
             let all_answered = statuses.iter().all(Result::is_ok);
+            if all_answered
+                && statuses
+                    .iter()
+                    .all(|s| s.as_ref().is_ok_and(|s| s.cluster_id.is_empty()))
+            {
+                let first = &endpoints[0];
+                match client.init_on(first).await {
+                    Ok(r) => progress(&r.message),
+                    Err(herald_client::ClientError::Unavailable(why)) => {
+                        progress(&format!("cluster init: waiting ({why})"))
+                    }
+                    Err(e) => bail!("cluster init on {first}: {e}"),
+                }
+            }
             if all_answered
                 && leaders.len() == 1
                 && let Some((&leader, _)) = leaders.iter().next()

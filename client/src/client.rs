@@ -740,6 +740,20 @@ impl Client {
         .await
     }
 
+    /// Founds the cluster on the node at `endpoint` (see `InitRequest` in
+    /// the proto): once, on a founding node. One attempt; `Unavailable`
+    /// while a founding node cannot be reached yet.
+    pub async fn init_on(&self, endpoint: &str) -> Result<proto::InitResponse, ClientError> {
+        self.call_on(
+            endpoint,
+            "Init",
+            Effect::Write,
+            proto::InitRequest {},
+            |ch, r| async move { AdminClient::new(ch.channel).init(r).await },
+        )
+        .await
+    }
+
     /// Builds a snapshot on the node at `endpoint`. One attempt.
     pub async fn snapshot_on(&self, endpoint: &str) -> Result<proto::AdminResponse, ClientError> {
         self.call_on(

@@ -306,6 +306,9 @@ impl Admin for Fake {
             leader_id: 1,
         }))
     }
+    async fn init(&self, _: Request<InitRequest>) -> Res<InitResponse> {
+        no("init")
+    }
     async fn add_learner(&self, _: Request<AddLearnerRequest>) -> Res<AdminResponse> {
         no("add_learner")
     }

@@ -452,6 +452,23 @@ impl Cluster {
             .map(|s| s.id)
     }
 
+    /// Founds the cluster (`cluster init`) on founding node `id`, retrying
+    /// while founders are still starting.
+    pub async fn init(&self, id: u64, timeout: Duration) -> Result<String> {
+        let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let client = self.client_for(id, ClientConfig::default())?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match client.init_on(&node.client_addr()).await {
+                Ok(r) => return Ok(r.cluster_id),
+                Err(herald_client::ClientError::Unavailable(_)) if Instant::now() < deadline => {}
+                Err(e) => bail!("cluster init on node {id}: {e}"),
+            }
+            // Nothing to await: a starting node does not announce itself.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until every node in `ids` answers naming the same leader.
     pub async fn wait_for_leader(&mut self, ids: &[u64], timeout: Duration) -> Result<u64> {
         let deadline = Instant::now() + timeout;
@@ -498,6 +515,7 @@ impl Cluster {
             http_addr: node.config.listen.http.clone(),
             time_addr: node.config.listen.time_sync.clone(),
             voter: false,
+            incarnation: String::new(),
         })
     }
 }

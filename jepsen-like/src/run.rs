@@ -107,6 +107,7 @@ async fn drive(
     spare: Option<u64>,
 ) -> Result<(Recorder, Vec<String>)> {
     let founders = cluster.founders().to_vec();
+    cluster.init(founders[0], Duration::from_secs(30)).await?;
     cluster
         .wait_for_leader(&founders, Duration::from_secs(30))
         .await?;

@@ -23,6 +23,10 @@ async fn a_partitioned_node_serving_local_reads_is_caught() {
     .await
     .expect("start");
     cluster
+        .init(1, Duration::from_secs(30))
+        .await
+        .expect("cluster init");
+    cluster
         .wait_for_leader(&[1, 2, 3], Duration::from_secs(30))
         .await
         .expect("leader");

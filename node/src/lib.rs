@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod expiry;
 pub mod failover;
+pub mod members;
 pub mod metrics;
 pub mod node;
 pub mod owner;

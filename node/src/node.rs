@@ -75,6 +75,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) leader_contact: crate::failover::LeaderContact,
     pub(crate) guard: crate::security::Guard,
+    pub(crate) identity: crate::raft::identity::IdentityCell,
     pub(crate) space: Arc<crate::raft::free_space::FreeSpace>,
 }
 
@@ -109,6 +110,29 @@ impl Herald {
     /// When this node last accepted entries or a heartbeat from a leader.
     pub fn leader_contact(&self) -> &crate::failover::LeaderContact {
         &self.inner.leader_contact
+    }
+
+    /// Which cluster this node belongs to, and its incarnation (see
+    /// [`crate::raft::identity`]).
+    pub fn identity(&self) -> &crate::raft::identity::IdentityCell {
+        &self.inner.identity
+    }
+
+    /// Why this node cannot serve yet, if it cannot: it has no identity
+    /// (waiting for `cluster init` or to be added), or its cluster refused
+    /// it (a wiped data dir in a member's place).
+    pub fn waiting(&self) -> Option<String> {
+        if let Some(why) = self.inner.identity.refused() {
+            return Some(why);
+        }
+        if self.inner.identity.get().is_none() {
+            return Some(
+                "not initialized: waiting for heraldctl cluster init (a founding node) or to \
+                 be added by the cluster's leader"
+                    .into(),
+            );
+        }
+        None
     }
 
     /// Who may call what (see [`crate::security`]).

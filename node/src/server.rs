@@ -10,7 +10,6 @@
 //! exits non-zero so its supervisor restarts it (and the restart refuses a
 //! log it cannot trust).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -30,11 +29,12 @@ use crate::clock::ClusterClock;
 use crate::config::Config;
 use crate::metrics::{Metrics, ServerLabel};
 use crate::node::{Herald, Inner};
+use crate::raft::Raft;
 use crate::raft::free_space::FreeSpace;
+use crate::raft::identity::IdentityCell;
 use crate::raft::log_store::{LogOptions, LogStore};
-use crate::raft::network::{Network, PeerChannels};
+use crate::raft::network::{LogTail, Network, PeerChannels, PeerStamp};
 use crate::raft::state_store::StateStore;
-use crate::raft::{Member, Raft};
 use crate::security::{Gate, Guard, GuardLayer, NodeTls, PeerInfo};
 
 /// A node running in this process (the binary runs one; tests run several).
@@ -117,6 +117,23 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     metrics
         .security_testing_mode
         .set(i64::from(config.testing_mode));
+    // The identity before anything else: a data dir of another node, or
+    // Raft state without an identity, is refused before it is opened.
+    let identity = crate::raft::identity::load(
+        &config.data_dir,
+        config.id,
+        crate::raft::identity::raft_state_in(&config.data_dir)?,
+    )?;
+    match &identity {
+        Some(i) => {
+            tracing::info!(cluster_id = %i.cluster_id, incarnation = %i.incarnation, "identity")
+        }
+        None => tracing::info!(
+            "no identity yet: this node waits to be added by a leader, or for \
+             `heraldctl cluster init` if it is a founding member"
+        ),
+    }
+    let identity = IdentityCell::new(&config.data_dir, config.id, identity);
     let db = open_db(&config)?;
     // The snapshot first: the log store needs to know what it covers.
     let store = StateStore::open_with_metrics(&db, &config.data_dir, metrics.clone())?;
@@ -148,7 +165,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .iter()
         .filter_map(|(id, addr)| Some((id.parse::<u64>().ok()?, addr.clone())))
         .collect();
-    let peers = PeerChannels::with_routes(routes, tls.as_ref().map(|t| t.dial.clone()));
+    let tail = LogTail::scan(&log, store.snapshot_log_id().map(|l| l.index()))
+        .await
+        .context("reading the log tail")?;
+    let peers = PeerChannels::with_routes(
+        routes,
+        tls.as_ref().map(|t| t.dial.clone()),
+        Some(PeerStamp::new(identity.clone(), store.clone(), tail)),
+    );
     let raft = Raft::new(
         config.id,
         std::sync::Arc::new(raft_config(&config)?),
@@ -186,6 +210,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         metrics: metrics.clone(),
         leader_contact: Default::default(),
         guard: guard.clone(),
+        identity,
         space: space.clone(),
     });
     let observe = |l| ObserveLayer::new(metrics.clone(), config.id, l);
@@ -295,29 +320,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         stopped(),
     )));
 
-    if !config.initial_members.is_empty() && !raft.is_initialized().await? {
-        let members: BTreeMap<u64, Member> = config
-            .initial_members
-            .iter()
-            .map(|m| {
-                (
-                    m.id,
-                    Member {
-                        number: m.number,
-                        peer_addr: m.peer.clone(),
-                        client_addr: m.client.clone(),
-                        http_addr: m.http.clone(),
-                        time_addr: m.time_sync.clone().unwrap_or_default(),
-                    },
-                )
-            })
-            .collect();
-        // Every founding node proposes the same membership; whichever runs
-        // second finds the cluster initialized, which is fine.
-        if let Err(e) = raft.initialize(members).await {
-            tracing::info!("initialize: {e}");
-        }
-    }
+    tasks.push(tokio::spawn(crate::members::run(herald.clone(), stopped())));
     if config.testing.stale_reads {
         tracing::warn!("testing.stale_reads is on: linearizable reads are NOT linearizable");
     }
@@ -464,7 +467,13 @@ free_space_check_ms = 3600000
         config
     }
 
+    /// `cluster init`, then the single node leads.
     async fn leader_elected(node: &RunningNode) {
+        use ::herald_client::proto::admin_server::Admin;
+        crate::api::admin::AdminService::new(node.herald.clone())
+            .init(tonic::Request::new(::herald_client::proto::InitRequest {}))
+            .await
+            .unwrap();
         node.herald
             .raft()
             .wait(Some(Duration::from_secs(30)))

@@ -350,6 +350,7 @@ async fn add_learner_promote_and_remove() {
             .map(|a| a.to_string())
             .unwrap_or_default(),
         voter: false,
+        incarnation: String::new(),
     };
     // Through a follower: admin changes are passed on to the leader.
     let follower = c

@@ -588,7 +588,6 @@ async fn forged_peer_messages_never_reach_raft() {
             "read-index",
             stranger.read_index(RaftBlob { data: vec![] }).await,
         ),
-        ("ping", stranger.ping(RaftBlob { data: vec![] }).await),
     ] {
         let code = r.unwrap_err().code();
         assert!(
@@ -596,11 +595,34 @@ async fn forged_peer_messages_never_reach_raft() {
             "{what} from a non-member: {code:?}"
         );
     }
-    // A member's own certificate, with the absurd term.
+    // Ping answers any node of the CA, but says only who the node is.
+    let ping = stranger.ping(RaftBlob { data: vec![] }).await.unwrap();
+    let who: herald_node::api::peer::PingReply =
+        herald_node::raft::decode(&ping.into_inner().data).unwrap();
+    assert_eq!(who.node_id, follower);
+
+    // A member's own certificate and stamp (cluster and incarnation), with
+    // the absurd term: past the identity checks, refused by the term bound.
     let member = c.alive().into_iter().find(|id| *id != follower).unwrap();
+    let cluster = c.status(follower).await.unwrap().cluster_id;
+    let incarnations = c.incarnations(follower, &[member, follower]).await;
+    let stamped = |body: RaftBlob| {
+        let mut req = tonic::Request::new(body);
+        let md = req.metadata_mut();
+        md.insert("x-herald-cluster", cluster.parse().unwrap());
+        md.insert(
+            "x-herald-from-incarnation",
+            incarnations[&member].parse().unwrap(),
+        );
+        md.insert(
+            "x-herald-to-incarnation",
+            incarnations[&follower].parse().unwrap(),
+        );
+        req
+    };
     let mut insider = peer_as(&c, member, follower);
     let vote = openraft::raft::VoteRequest::<TypeConfig>::new(Vote::new(u64::MAX, member), None);
-    let err = insider.vote(blob(&vote)).await.unwrap_err();
+    let err = insider.vote(stamped(blob(&vote))).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let append = openraft::raft::AppendEntriesRequest::<TypeConfig> {
         vote: Vote::new_committed(u64::MAX, member),
@@ -608,8 +630,11 @@ async fn forged_peer_messages_never_reach_raft() {
         entries: vec![],
         leader_commit: None,
     };
-    let err = insider.append(blob(&append)).await.unwrap_err();
+    let err = insider.append(stamped(blob(&append))).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // Unstamped, the same member is refused before the term is looked at.
+    let err = insider.append(blob(&append)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     // Nothing moved, and the cluster writes.
     let after = terms().await;

@@ -10,6 +10,25 @@ use crate::output::{self, Format, Table, print_json, to_json};
 
 #[derive(Subcommand)]
 pub enum Cmd {
+    /// Found the cluster, once: run after starting the founding nodes (the
+    /// initial_members of their configs). Nodes never found a cluster on
+    /// their own, so an emptied data dir can never start a new, empty one
+    Init {
+        /// On this client address (default: the first endpoint)
+        #[arg(long)]
+        node: Option<String>,
+        /// How long to keep retrying while founding nodes are not up yet
+        #[arg(long, default_value = "30s", value_parser = crate::args::duration)]
+        wait: std::time::Duration,
+    },
+    /// Bring back a member whose data dir was lost: remove it, add it again
+    /// as a learner at the same addresses (start it first, on an empty data
+    /// dir), wait until it has caught up, and make it a voter (like etcd's
+    /// member replace)
+    Replace {
+        /// The member's id
+        id: u64,
+    },
     /// Every member's own view: role, term, log and applied index, leader
     Status,
     /// List the members
@@ -61,6 +80,8 @@ pub enum Cmd {
 pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
     let client = &ctx.client;
     let resp = match cmd {
+        Cmd::Init { node, wait } => return init(ctx, node, wait).await,
+        Cmd::Replace { id } => return replace(ctx, id).await,
         Cmd::Status => return status(ctx).await,
         Cmd::Members => {
             let resp = client.members().await?;
@@ -75,6 +96,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                         "HTTP ADDR",
                         "VOTER",
                         "LEADER",
+                        "INCARNATION",
                     ]);
                     for m in &resp.members {
                         table.row(vec![
@@ -85,6 +107,11 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                             m.http_addr.clone(),
                             output::yes_no(m.voter),
                             output::yes_no(m.id == resp.leader_id),
+                            if m.incarnation.is_empty() {
+                                "-".into()
+                            } else {
+                                m.incarnation.clone()
+                            },
                         ]);
                     }
                     table.print();
@@ -109,6 +136,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                     http_addr: http,
                     time_addr: time_sync,
                     voter: false,
+                    incarnation: String::new(),
                 })
                 .await?
         }
@@ -117,6 +145,79 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
         Cmd::MoveLeader { id } => client.transfer_leader(id).await?,
         Cmd::Snapshot { node: Some(node) } => client.snapshot_on(&node).await?,
         Cmd::Snapshot { node: None } => client.snapshot().await?,
+    };
+    print_admin(ctx.format, &resp);
+    Ok(())
+}
+
+/// `cluster init`: retried while a founding node is not up yet, with a
+/// line on stderr each time so a slow start is visible.
+async fn init(ctx: &Ctx, node: Option<String>, wait: std::time::Duration) -> Result<()> {
+    let endpoint = match node {
+        Some(n) => n,
+        None => ctx
+            .client
+            .endpoints()
+            .first()
+            .map(|e| e.to_string())
+            .ok_or_else(|| anyhow::anyhow!("no endpoint to run cluster init on"))?,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let resp = loop {
+        match ctx.client.init_on(&endpoint).await {
+            Ok(r) => break r,
+            Err(herald_client::ClientError::Unavailable(why))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                eprintln!("cluster init: waiting ({why})");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    match ctx.format {
+        Format::Json => print_json(&serde_json::json!({
+            "cluster_id": resp.cluster_id,
+            "message": resp.message,
+        })),
+        Format::Table => println!("OK: {}", resp.message),
+    }
+    Ok(())
+}
+
+/// `cluster replace ID`: the three membership steps, each reported as it
+/// completes.
+async fn replace(ctx: &Ctx, id: u64) -> Result<()> {
+    let client = &ctx.client;
+    let members = client.members().await?;
+    let Some(old) = members.members.iter().find(|m| m.id == id).cloned() else {
+        bail!("node {id} is not a member; add it with cluster add-learner");
+    };
+    if members.leader_id == id {
+        bail!("node {id} leads the cluster; move leadership first (cluster move-leader)");
+    }
+    eprintln!("replace {id}: removing the member (its recorded incarnation is forgotten)");
+    client.remove(id).await?;
+    eprintln!(
+        "replace {id}: adding it as a learner at {} (start it on an empty data dir); waiting \
+         until it has caught up",
+        old.peer_addr
+    );
+    client
+        .add_learner(proto::Member {
+            voter: false,
+            incarnation: String::new(),
+            ..old.clone()
+        })
+        .await?;
+    let resp = if old.voter {
+        eprintln!("replace {id}: promoting it to voter");
+        client.promote(id).await?
+    } else {
+        AdminResponse {
+            message: format!("node {id} is back as a learner"),
+            log_index: 0,
+        }
     };
     print_admin(ctx.format, &resp);
     Ok(())
@@ -198,8 +299,12 @@ async fn status(ctx: &Ctx) -> Result<()> {
             }
             table.print();
             for m in &cluster.members {
-                if let Err(e) = &m.status {
-                    eprintln!("node {} ({}): {e}", m.member.id, m.member.client_addr);
+                match &m.status {
+                    Err(e) => eprintln!("node {} ({}): {e}", m.member.id, m.member.client_addr),
+                    Ok(s) if !s.waiting.is_empty() => {
+                        eprintln!("node {} cannot serve: {}", m.member.id, s.waiting)
+                    }
+                    Ok(_) => {}
                 }
             }
         }

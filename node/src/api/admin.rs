@@ -125,6 +125,8 @@ impl Admin for AdminService {
                 storage_free_bytes: self.node.space().free_bytes(),
                 nospace_alarm: self.node.space().alarm(),
                 storage_min_free_bytes: self.node.space().threshold(),
+                cluster_id: self.node.identity().cluster_id().unwrap_or_default(),
+                waiting: self.node.waiting().unwrap_or_default(),
                 members_log_index: m
                     .membership_config
                     .log_id()
@@ -140,10 +142,12 @@ impl Admin for AdminService {
         _req: Request<MembersRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
         let (members, leader) = self.node.members();
+        let incarnations = self.node.store().read().state.incarnations().clone();
         Ok(Response::new(MembersResponse {
             members: members
                 .into_iter()
                 .map(|(id, (m, voter))| Member {
+                    incarnation: incarnations.get(id).unwrap_or_default().to_string(),
                     id,
                     number: m.number,
                     peer_addr: m.peer_addr,
@@ -154,6 +158,90 @@ impl Admin for AdminService {
                 })
                 .collect(),
             leader_id: leader.unwrap_or(0),
+        }))
+    }
+
+    /// Founds the cluster (see `InitRequest` in the proto and
+    /// `raft::identity`): only on a node with no identity, whose config
+    /// names the founders, none of which belongs to a cluster yet.
+    async fn init(&self, _req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
+        let me = self.node.id();
+        if let Some(id) = self.node.identity().get() {
+            return Err(Status::failed_precondition(format!(
+                "node {me} already belongs to cluster {}: a cluster is initialized once",
+                id.cluster_id
+            )));
+        }
+        let founders = &self.node.config().initial_members;
+        if founders.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "node {me}'s config names no initial_members: run cluster init on a founding \
+                 node (others join with heraldctl member add)"
+            )));
+        }
+        if !founders.iter().any(|m| m.id == me) {
+            return Err(Status::failed_precondition(format!(
+                "node {me} is not among its config's initial_members"
+            )));
+        }
+        // Every founder must answer and be as new as this node: a founder
+        // that already belongs to a cluster means one exists (init was run
+        // before, or these are the survivors of a wiped majority).
+        for m in founders.iter().filter(|m| m.id != me) {
+            let reply = crate::members::ask(&self.node, m.id, &m.peer)
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "founding node {} at {} did not answer ({e}); start every founding \
+                         node, then run cluster init again",
+                        m.id, m.peer
+                    ))
+                })?;
+            if reply.node_id != m.id {
+                return Err(Status::failed_precondition(format!(
+                    "{} answers as node {}, but initial_members says node {}",
+                    m.peer, reply.node_id, m.id
+                )));
+            }
+            if let Some((cluster, _)) = reply.identity {
+                return Err(Status::failed_precondition(format!(
+                    "founding node {} already belongs to cluster {cluster}: a cluster exists; \
+                     add this node to it instead (or, if it is a replacement, use \
+                     heraldctl cluster replace)",
+                    m.id
+                )));
+            }
+        }
+        let cluster_id = crate::raft::identity::random_id();
+        self.node
+            .identity()
+            .adopt(&cluster_id)
+            .map_err(|e| Status::internal(format!("writing the identity: {e}")))?;
+        let members = founders
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    RaftMember {
+                        number: m.number,
+                        peer_addr: m.peer.clone(),
+                        client_addr: m.client.clone(),
+                        http_addr: m.http.clone(),
+                        time_addr: m.time_sync.clone().unwrap_or_default(),
+                    },
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let n = members.len();
+        self.node
+            .raft()
+            .initialize(members)
+            .await
+            .map_err(raft_err)?;
+        tracing::info!(%cluster_id, founders = n, "cluster initialized");
+        Ok(Response::new(InitResponse {
+            message: format!("initialized cluster {cluster_id} with {n} founding members"),
+            cluster_id,
         }))
     }
 

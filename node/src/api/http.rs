@@ -131,10 +131,12 @@ async fn health(State(node): State<Herald>) -> Response {
             node.with_metrics(|m| m.running_state.as_ref().err().map(|e| e.to_string()))
         });
     let leader = node.leader().map(|(id, _)| id);
-    let status = match (&stopped, leader) {
-        (Some(_), _) => "stopped",
-        (None, Some(_)) => "ok",
-        (None, None) => "no-leader",
+    let waiting = node.waiting();
+    let status = match (&stopped, &waiting, leader) {
+        (Some(_), _, _) => "stopped",
+        (None, Some(_), _) => "waiting",
+        (None, None, Some(_)) => "ok",
+        (None, None, None) => "no-leader",
     };
     let mut body = json!({
         "status": status,
@@ -146,6 +148,9 @@ async fn health(State(node): State<Herald>) -> Response {
     });
     if let Some(cause) = stopped {
         body["error"] = cause.into();
+    }
+    if let Some(why) = waiting {
+        body["waiting"] = why.into();
     }
     let code = if status == "ok" {
         StatusCode::OK

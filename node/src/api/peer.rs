@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{ForwardReply, Herald, NOT_APPLIED};
 use crate::raft::network::SnapshotHead;
+use crate::raft::network::{CLUSTER_HEADER, FROM_INCARNATION_HEADER, TO_INCARNATION_HEADER};
 use crate::raft::typ::{LogId, Vote};
 use crate::raft::{TypeConfig, decode, encode};
 use crate::security::{Principal, principal_of};
@@ -61,6 +62,52 @@ pub fn check_message<'a>(
     Ok(())
 }
 
+/// Who sent a peer request and what it expects of this node: the guard's
+/// principal and the sender's stamp (`raft::network::PeerStamp`).
+#[derive(Clone, Debug)]
+struct Caller {
+    principal: Principal,
+    cluster: Option<String>,
+    from_incarnation: Option<String>,
+    to_incarnation: Option<String>,
+}
+
+fn caller<T>(req: &Request<T>) -> Caller {
+    let header = |key: &str| {
+        req.metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Caller {
+        principal: principal_of(req),
+        cluster: header(CLUSTER_HEADER),
+        from_incarnation: header(FROM_INCARNATION_HEADER),
+        to_incarnation: header(TO_INCARNATION_HEADER),
+    }
+}
+
+/// What a node answers to `Peer.Ping`: who it is, so the leader can record
+/// its incarnation and `cluster init` can see whether a cluster exists.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PingReply {
+    /// The node's Raft id.
+    pub node_id: u64,
+    /// Its cluster and incarnation, once it has an identity.
+    pub identity: Option<(String, String)>,
+}
+
+/// What kind of message [`PeerService::admit`] is looking at.
+#[derive(Clone, Copy)]
+enum Sender<'a> {
+    /// An append or a snapshot, sent with this leader vote.
+    Leader(&'a Vote),
+    /// A vote or pre-vote request, from a candidate whose log ends here.
+    Candidate(Option<&'a LogId>),
+    /// Anything else.
+    Other,
+}
+
 /// Serves [`Peer`] for one node.
 pub struct PeerService {
     node: Herald,
@@ -75,31 +122,33 @@ impl PeerService {
 
 impl PeerService {
     /// Refuses a message from a node that is not a member as this node's
-    /// membership says. `leader_vote` is the sender's vote when the message
-    /// is an append or a snapshot: a non-member may still send those as a
-    /// committed leader at least as new as any this node knows (a lagging
-    /// node learns the new membership only from that leader). In insecure
-    /// mode nobody proves an id, and only the message checks apply.
-    fn admit(&self, principal: &Principal, leader_vote: Option<&Vote>) -> Result<(), Status> {
-        let Principal::Node(from) = principal else {
+    /// membership says, or that fails the identity rules ([`Self::identify`]).
+    /// A non-member may still send an append or a snapshot as a committed
+    /// leader at least as new as any this node knows (a lagging node learns
+    /// the new membership only from that leader), and may ask a node that
+    /// has never had a membership for its vote (the founders at `cluster
+    /// init`). In insecure mode nobody proves an id, and only the identity
+    /// and message checks apply.
+    fn admit(&self, caller: &Caller, kind: Sender<'_>) -> Result<(), Status> {
+        self.identify(caller, kind)?;
+        let Principal::Node(from) = &caller.principal else {
             return Ok(()); // insecure mode (the guard admits nodes only otherwise)
         };
-        let (member, term) = self.node.with_metrics(|m| {
-            let member = m
-                .membership_config
-                .membership()
-                .nodes()
-                .any(|(id, _)| id == from);
-            (member, m.current_term)
+        let (member, unborn, term) = self.node.with_metrics(|m| {
+            let mut nodes = m.membership_config.membership().nodes().peekable();
+            let unborn = nodes.peek().is_none();
+            let member = nodes.any(|(id, _)| id == from);
+            (member, unborn, m.current_term)
         });
         if member {
             return Ok(());
         }
-        if let Some(vote) = leader_vote
-            && vote.is_committed()
-            && vote.leader_id().term >= term
-        {
-            return Ok(());
+        match kind {
+            Sender::Leader(vote) if vote.is_committed() && vote.leader_id().term >= term => {
+                return Ok(());
+            }
+            Sender::Candidate(_) if unborn => return Ok(()),
+            _ => {}
         }
         tracing::warn!(
             from,
@@ -110,16 +159,107 @@ impl PeerService {
         )))
     }
 
+    /// The identity rules (`raft::identity`): a node with an identity
+    /// hears only its own cluster, and only messages meant for its own
+    /// incarnation; a node without one adopts the cluster of a committed
+    /// leader or a candidate that knows no earlier incarnation of it (a
+    /// founder at `cluster init`, a node being added), and is refused by,
+    /// and refuses, everything else.
+    fn identify(&self, caller: &Caller, kind: Sender<'_>) -> Result<(), Status> {
+        let cell = self.node.identity();
+        let me = self.node.id();
+        let refuse = |why: String| {
+            tracing::warn!(why = %why, "refused a peer message");
+            Err(Status::permission_denied(why))
+        };
+        match cell.get() {
+            Some(id) => {
+                if caller.cluster.as_deref() != Some(id.cluster_id.as_str()) {
+                    return refuse(format!(
+                        "this node belongs to cluster {}; the sender's is {}",
+                        id.cluster_id,
+                        caller
+                            .cluster
+                            .as_deref()
+                            .unwrap_or("none (not initialized)")
+                    ));
+                }
+                if let Principal::Node(from) = &caller.principal {
+                    let known = {
+                        let m = self.node.store().read();
+                        m.state.incarnations().get(*from).map(str::to_string)
+                    };
+                    if let Some(known) = known
+                        && caller.from_incarnation.as_deref() != Some(known.as_str())
+                    {
+                        return refuse(format!(
+                            "the cluster knows node {from} as incarnation {known}, not {}: a \
+                             replaced node's old data dir may not speak for it",
+                            caller.from_incarnation.as_deref().unwrap_or("none")
+                        ));
+                    }
+                }
+                if let Some(expected) = &caller.to_incarnation
+                    && *expected != id.incarnation
+                {
+                    let why = format!(
+                        "the cluster knows node {me} as incarnation {expected}, but this data \
+                         dir is incarnation {}: another data dir has taken this node's place; \
+                         stop this one",
+                        id.incarnation
+                    );
+                    cell.set_refused(Some(why.clone()));
+                    return refuse(why);
+                }
+                Ok(())
+            }
+            None => {
+                if let Some(expected) = &caller.to_incarnation {
+                    let why = format!(
+                        "this node's data dir is empty, but the cluster knows node {me} from \
+                         another data dir (incarnation {expected}): it will not rejoin as that \
+                         member. Replace it: heraldctl cluster replace {me}"
+                    );
+                    cell.set_refused(Some(why.clone()));
+                    return refuse(why);
+                }
+                let may_adopt = match kind {
+                    Sender::Leader(vote) => vote.is_committed(),
+                    // Only a founder at `cluster init`, whose log holds
+                    // nothing but the initial membership (index 0): an
+                    // empty node must never help elect a candidate of a
+                    // cluster that has written anything.
+                    Sender::Candidate(last) => last.is_none_or(|l| l.index() == 0),
+                    Sender::Other => false,
+                };
+                match &caller.cluster {
+                    Some(cluster) if may_adopt => {
+                        cell.adopt(cluster).map_err(|e| {
+                            tracing::error!(error = %e, "could not write this node's identity");
+                            Status::unavailable(format!("this node could not join: {e}"))
+                        })?;
+                        cell.set_refused(None);
+                        Ok(())
+                    }
+                    _ => Err(Status::failed_precondition(format!(
+                        "node {me} is not initialized: it joins when a leader adds it (or at \
+                         heraldctl cluster init)"
+                    ))),
+                }
+            }
+        }
+    }
+
     /// [`check_message`] against this node's term; refused and logged.
     fn sane<'a>(
         &self,
-        from: &Principal,
+        from: &Caller,
         vote: &Vote,
         log_ids: impl IntoIterator<Item = &'a LogId>,
     ) -> Result<(), Status> {
         let local = self.node.with_metrics(|m| m.current_term);
         check_message(local, vote.leader_id().term, log_ids).map_err(|why| {
-            tracing::warn!(from = %from.name(), %why, "refused an absurd Raft message");
+            tracing::warn!(from = %from.principal.name(), %why, "refused an absurd Raft message");
             Status::invalid_argument(format!("refused Raft message: {why}"))
         })
     }
@@ -148,10 +288,10 @@ impl PeerService {
     /// Admission and sanity of one append (unary or in a stream).
     fn check_append(
         &self,
-        principal: &Principal,
+        principal: &Caller,
         rpc: &AppendEntriesRequest<TypeConfig>,
     ) -> Result<(), Status> {
-        self.admit(principal, Some(&rpc.vote))?;
+        self.admit(principal, Sender::Leader(&rpc.vote))?;
         let ids = rpc
             .prev_log_id
             .iter()
@@ -178,7 +318,7 @@ impl Peer for PeerService {
         &self,
         req: Request<Streaming<RaftBlob>>,
     ) -> Result<Response<AppendResults>, Status> {
-        let principal = principal_of(&req);
+        let principal = caller(&req);
         let this = PeerService {
             node: self.node.clone(),
         };
@@ -214,7 +354,7 @@ impl Peer for PeerService {
     }
 
     async fn append(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        let principal = principal_of(&req);
+        let principal = caller(&req);
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().data).map_err(bad)?;
         self.check_append(&principal, &rpc)?;
         let resp = self
@@ -231,10 +371,10 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        let principal = principal_of(&req);
+        let principal = caller(&req);
         let rpc: openraft::raft::VoteRequest<TypeConfig> =
             decode(&req.into_inner().data).map_err(bad)?;
-        self.admit(&principal, None)?;
+        self.admit(&principal, Sender::Candidate(rpc.last_log_id.as_ref()))?;
         self.sane(&principal, &rpc.vote, rpc.last_log_id.iter())?;
         let resp = self
             .node
@@ -246,10 +386,10 @@ impl Peer for PeerService {
     }
 
     async fn pre_vote(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        let principal = principal_of(&req);
+        let principal = caller(&req);
         let rpc: openraft::raft::VoteRequest<TypeConfig> =
             decode(&req.into_inner().data).map_err(bad)?;
-        self.admit(&principal, None)?;
+        self.admit(&principal, Sender::Candidate(rpc.last_log_id.as_ref()))?;
         self.sane(&principal, &rpc.vote, rpc.last_log_id.iter())?;
         let resp = self
             .node
@@ -265,7 +405,7 @@ impl Peer for PeerService {
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftBlob>, Status> {
         let max = self.node.config().raft.max_snapshot_bytes;
-        let principal = principal_of(&req);
+        let principal = caller(&req);
         let mut stream = req.into_inner();
         let first = stream
             .next()
@@ -276,7 +416,7 @@ impl Peer for PeerService {
             meta,
             crc32: expected,
         } = decode(&first.meta).map_err(bad)?;
-        self.admit(&principal, Some(&vote))?;
+        self.admit(&principal, Sender::Leader(&vote))?;
         self.sane(&principal, &vote, meta.last_log_id.iter())?;
         let mut data = first.data;
         while let Some(chunk) = stream.next().await {
@@ -314,10 +454,10 @@ impl Peer for PeerService {
     }
 
     async fn transfer_leader(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        let principal = principal_of(&req);
+        let principal = caller(&req);
         let rpc: openraft::raft::TransferLeaderRequest<TypeConfig> =
             decode(&req.into_inner().data).map_err(bad)?;
-        self.admit(&principal, None)?;
+        self.admit(&principal, Sender::Other)?;
         self.sane(&principal, rpc.from_leader(), rpc.last_log_id())?;
         let resp = self
             .node
@@ -329,7 +469,7 @@ impl Peer for PeerService {
     }
 
     async fn forward(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        self.admit(&principal_of(&req), None)?;
+        self.admit(&caller(&req), Sender::Other)?;
         let cmd: Command = decode(&req.into_inner().data).map_err(bad)?;
         if let Err(e) = cmd.validate() {
             return blob(&ForwardReply::Applied(Err(e)));
@@ -339,20 +479,29 @@ impl Peer for PeerService {
     }
 
     async fn read_index(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        self.admit(&principal_of(&req), None)?;
+        self.admit(&caller(&req), Sender::Other)?;
         match self.node.read_index_local().await {
             Ok(index) => blob(&index),
             Err(e) => Err(not_applied(e.to_string())),
         }
     }
 
-    async fn ping(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        self.admit(&principal_of(&req), None)?;
-        blob(&self.node.id())
+    /// Answered to any node of the cluster's CA, member or not, cluster or
+    /// not: it only says who this node is (liveness, `cluster init`, and the
+    /// leader recording each member's incarnation).
+    async fn ping(&self, _req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        blob(&PingReply {
+            node_id: self.node.id(),
+            identity: self
+                .node
+                .identity()
+                .get()
+                .map(|i| (i.cluster_id, i.incarnation)),
+        })
     }
 
     async fn heartbeat(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
-        self.admit(&principal_of(&req), None)?;
+        self.admit(&caller(&req), Sender::Other)?;
         // Handled here whatever this node's view of the ring: never forwarded twice.
         let (uid, client_type): (String, String) = decode(&req.into_inner().data).map_err(bad)?;
         blob(&self.node.heartbeat_here(&uid, &client_type).await)

@@ -21,6 +21,7 @@ use crate::state::{Command, Response, StateError};
 
 pub mod free_space;
 pub mod hard_state;
+pub mod identity;
 pub mod log_store;
 pub mod network;
 pub mod segment_log;
@@ -91,6 +92,7 @@ pub fn command_kind(cmd: &Command) -> &'static str {
         Command::Release(_) => "release",
         Command::PutAccountData(_) => "put_account_data",
         Command::Auth(_) => "auth",
+        Command::RecordIncarnation(_) => "record_incarnation",
         Command::Tick => "tick",
     }
 }

@@ -27,7 +27,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
     TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use super::identity::IdentityCell;
+use super::state_store::StateStore;
 
 use super::typ::{Snapshot, Vote};
 use super::{Member, TypeConfig, decode, encode};
@@ -46,16 +50,151 @@ const REOPEN_BACKOFF: Duration = Duration::from_millis(100);
 /// Snapshot data is streamed in chunks of this size.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 
+/// Peer message metadata: the sender's cluster id.
+pub const CLUSTER_HEADER: &str = "x-herald-cluster";
+/// Peer message metadata: the sender's incarnation.
+pub const FROM_INCARNATION_HEADER: &str = "x-herald-from-incarnation";
+/// Peer message metadata: the incarnation the sender's cluster recorded
+/// for the receiver (absent when it recorded none).
+pub const TO_INCARNATION_HEADER: &str = "x-herald-to-incarnation";
+
+/// What every peer message says about who sends it and whom it is for (see
+/// `raft::identity`): the sender's cluster id and incarnation, and the
+/// receiver's incarnation as the replicated state records it. Read at each
+/// call, so a node that joins or a member that is replaced is stamped
+/// right at once.
+#[derive(Clone)]
+pub struct PeerStamp {
+    identity: IdentityCell,
+    store: StateStore,
+    tail: Arc<LogTail>,
+}
+
+/// The incarnations recorded in the log beyond what the state machine had
+/// applied when the node started. The committed index is kept lazily (a
+/// hint; `hard_state`), so after a crash a node may re-apply less than was
+/// committed and, until it catches up, not know an incarnation the cluster
+/// recorded: it would then stamp nothing, and a wiped peer could adopt its
+/// cluster. Read from the log itself (committed or not: a record only ever
+/// makes the stamp stricter), used until the state machine has applied
+/// past the end of that log.
+#[derive(Default)]
+pub struct LogTail {
+    /// The last index scanned.
+    pub upto: u64,
+    /// What the scanned entries record, in log order (a membership entry
+    /// forgets the nodes it drops, as the state machine does).
+    pub incarnations: crate::state::Incarnations,
+}
+
+impl LogTail {
+    /// Scans `log` after index `applied` (what the snapshot covers).
+    pub async fn scan(
+        log: &super::log_store::LogStore,
+        applied: Option<u64>,
+    ) -> std::io::Result<LogTail> {
+        use openraft::storage::{RaftLogReader, RaftLogStorage};
+        let mut log = log.clone();
+        let last = log
+            .get_log_state()
+            .await?
+            .last_log_id
+            .map_or(0, |l| l.index());
+        let from = applied.map_or(0, |a| a + 1);
+        let mut tail = LogTail {
+            upto: last,
+            ..LogTail::default()
+        };
+        if from > last {
+            return Ok(tail);
+        }
+        for entry in log.try_get_log_entries(from..=last).await? {
+            match &entry.payload {
+                openraft::EntryPayload::Normal(p) => {
+                    if let crate::state::Command::RecordIncarnation(r) = &*p.cmd {
+                        let _ = tail.incarnations.record(r);
+                    }
+                }
+                openraft::EntryPayload::Membership(m) => {
+                    tail.incarnations
+                        .retain(&m.nodes().map(|(id, _)| *id).collect());
+                }
+                _ => {}
+            }
+        }
+        Ok(tail)
+    }
+}
+
+impl PeerStamp {
+    /// Stamps from this node's identity, replicated state and log tail.
+    pub fn new(identity: IdentityCell, store: StateStore, tail: LogTail) -> Self {
+        PeerStamp {
+            identity,
+            store,
+            tail: Arc::new(tail),
+        }
+    }
+
+    /// The incarnation the cluster recorded for node `target`, as far as
+    /// this node knows.
+    fn expected(&self, target: u64) -> Option<String> {
+        let m = self.store.read();
+        if let Some(known) = m.state.incarnations().get(target) {
+            return Some(known.to_string());
+        }
+        let applied = m.last_applied.as_ref().map_or(0, |l| l.index());
+        (applied < self.tail.upto)
+            .then(|| self.tail.incarnations.get(target).map(str::to_string))
+            .flatten()
+    }
+}
+
+/// The interceptor that puts a [`PeerStamp`] on each request to `target`.
+#[derive(Clone)]
+pub struct Stamper {
+    stamp: Option<PeerStamp>,
+    target: u64,
+}
+
+impl tonic::service::Interceptor for Stamper {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(stamp) = &self.stamp else {
+            return Ok(req);
+        };
+        let md = req.metadata_mut();
+        if let Some(id) = stamp.identity.get() {
+            for (key, value) in [
+                (CLUSTER_HEADER, id.cluster_id),
+                (FROM_INCARNATION_HEADER, id.incarnation),
+            ] {
+                if let Ok(v) = value.parse() {
+                    md.insert(key, v);
+                }
+            }
+        }
+        if let Some(v) = stamp.expected(self.target).and_then(|e| e.parse().ok()) {
+            md.insert(TO_INCARNATION_HEADER, v);
+        }
+        Ok(req)
+    }
+}
+
+/// A `Peer` client whose every request carries this node's stamp.
+pub type PeerClientOf = PeerClient<InterceptedService<Channel, Stamper>>;
+
 /// Lazily connected gRPC channels to peers, by address. Cheap to clone.
 ///
 /// With TLS (`tls` is the node's dial config: the cluster's CA, and this
 /// node's certificate as its client identity) every channel is mutual TLS;
-/// without, plaintext (insecure mode).
+/// without, plaintext (insecure mode). Every request carries the node's
+/// [`PeerStamp`].
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     routes: Arc<BTreeMap<u64, String>>,
     tls: Option<tonic::transport::ClientTlsConfig>,
+    stamp: Option<PeerStamp>,
 }
 
 impl PeerChannels {
@@ -64,11 +203,13 @@ impl PeerChannels {
     pub fn with_routes(
         routes: BTreeMap<u64, String>,
         tls: Option<tonic::transport::ClientTlsConfig>,
+        stamp: Option<PeerStamp>,
     ) -> Self {
         PeerChannels {
             channels: Arc::default(),
             routes: Arc::new(routes),
             tls,
+            stamp,
         }
     }
 
@@ -83,22 +224,21 @@ impl PeerChannels {
     }
 
     /// A `Peer` client for node `id`, whose membership address is `addr`.
-    pub fn client_to(
-        &self,
-        id: u64,
-        addr: &str,
-    ) -> Result<PeerClient<Channel>, tonic::transport::Error> {
-        match self.routes.get(&id) {
-            Some(route) => self.client(route),
-            None => self.client(addr),
-        }
+    pub fn client_to(&self, id: u64, addr: &str) -> Result<PeerClientOf, tonic::transport::Error> {
+        let addr = self.routes.get(&id).map_or(addr, String::as_str);
+        let stamper = Stamper {
+            stamp: self.stamp.clone(),
+            target: id,
+        };
+        Ok(PeerClient::with_interceptor(self.channel(addr)?, stamper)
+            .max_decoding_message_size(usize::MAX))
     }
 
-    /// A `Peer` client for `addr` (host:port), reusing a cached channel.
-    pub fn client(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+    /// The cached channel to `addr` (host:port), made on first use.
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = map.get(addr) {
-            return Ok(PeerClient::new(ch.clone()).max_decoding_message_size(usize::MAX));
+            return Ok(ch.clone());
         }
         let ch = self
             .endpoint(addr)?
@@ -107,7 +247,7 @@ impl PeerChannels {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .connect_lazy();
         map.insert(addr.to_string(), ch.clone());
-        Ok(PeerClient::new(ch).max_decoding_message_size(usize::MAX))
+        Ok(ch)
     }
 }
 
@@ -182,15 +322,19 @@ fn unreachable(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
 fn status_to_rpc(target: u64, s: tonic::Status) -> RPCError<TypeConfig> {
     let msg = format!("peer {target}: {s}");
     match s.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            RPCError::Unreachable(Unreachable::from_string(msg))
-        }
+        // A peer that refuses us (not a member, another cluster, another
+        // incarnation) will go on refusing: back off as from a dead one.
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::PermissionDenied
+        | tonic::Code::Unauthenticated => RPCError::Unreachable(Unreachable::from_string(msg)),
         _ => RPCError::Network(NetworkError::from_string(msg)),
     }
 }
 
 impl PeerConnection {
-    fn client(&self) -> Result<PeerClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&self) -> Result<PeerClientOf, RPCError<TypeConfig>> {
         self.channels
             .client_to(self.target, &self.addr)
             .map_err(unreachable)

@@ -511,6 +511,8 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                         Applied(r)
                     }
                     EntryPayload::Membership(ref mem) => {
+                        let ids = mem.nodes().map(|(id, _)| *id).collect();
+                        m.state.membership_changed(&ids);
                         m.last_membership = StoredMembership::new(Some(log_id), mem.clone());
                         Applied(Ok(crate::state::Response::Done))
                     }

@@ -110,7 +110,7 @@ pub fn permission_of(path: &str) -> Option<Permission> {
         ("herald.v1.Admin", "Status" | "Members") => Authenticated,
         (
             "herald.v1.Admin",
-            "AddLearner" | "Promote" | "Remove" | "ChangeMembership" | "TransferLeader"
+            "Init" | "AddLearner" | "Promote" | "Remove" | "ChangeMembership" | "TransferLeader"
             | "Snapshot" | "SetClockOffset",
         ) => Role(crate::state::Role::Admin),
         ("herald.v1.Auth", "Status") => Authenticated,

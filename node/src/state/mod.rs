@@ -22,6 +22,7 @@ pub mod accounts;
 pub mod auth;
 mod error;
 pub mod limits;
+pub mod members;
 pub mod presence;
 pub mod sessions;
 #[cfg(test)]
@@ -41,6 +42,7 @@ pub use accounts::{
 pub use auth::{Auth, AuthCommand, AuthOutcome, Role};
 pub use error::StateError;
 pub use limits::MAX_BATCH;
+pub use members::{Incarnations, RecordIncarnation};
 pub use presence::{
     ClientEntry, Login, Logout, LogoutReason, Permission, PresenceEvent, PresenceEventKind,
     PresenceRecord,
@@ -96,6 +98,8 @@ pub enum Command {
     PutAccountData(PutAccountData),
     /// Auth: users, roles, tokens and enforcement.
     Auth(AuthCommand),
+    /// Members: the incarnation of a member, as the leader first met it.
+    RecordIncarnation(RecordIncarnation),
     /// Nothing but the passing of time: the leader proposes one when a lease
     /// is due ([`State::next_lease_expiry`]) so expiry happens without
     /// waiting for other writes.
@@ -121,6 +125,7 @@ impl Command {
             Command::Release(c) => c.validate(),
             Command::PutAccountData(c) => c.validate(),
             Command::Auth(c) => c.validate(),
+            Command::RecordIncarnation(c) => c.validate(),
             Command::Tick => Ok(()),
         }
     }
@@ -168,6 +173,7 @@ pub struct State {
     sessions: Sessions,
     accounts: AccountPools,
     auth: Auth,
+    incarnations: Incarnations,
 }
 
 impl State {
@@ -189,6 +195,7 @@ impl State {
             sessions: self.sessions.clone(),
             accounts: self.accounts.clone(),
             auth: self.auth.clone(),
+            incarnations: self.incarnations.clone(),
         }
     }
 
@@ -243,6 +250,7 @@ impl State {
             Command::Release(c) => self.accounts.release(at, c).map(|()| Response::Done),
             Command::PutAccountData(c) => self.accounts.put_data(c).map(|()| Response::Done),
             Command::Auth(c) => self.auth.apply(at, c).map(Response::Auth),
+            Command::RecordIncarnation(c) => self.incarnations.record(c).map(|()| Response::Done),
             Command::Tick => Ok(Response::Done),
         }
     }
@@ -300,6 +308,17 @@ impl State {
     /// Users, roles, tokens and whether auth is enforced.
     pub fn auth(&self) -> &Auth {
         &self.auth
+    }
+
+    /// Every member's recorded incarnation.
+    pub fn incarnations(&self) -> &Incarnations {
+        &self.incarnations
+    }
+
+    /// A membership entry was applied: forget the incarnations of nodes it
+    /// no longer lists (called by the state store, in log order).
+    pub fn membership_changed(&mut self, members: &BTreeSet<u64>) {
+        self.incarnations.retain(members);
     }
 
     /// A session.

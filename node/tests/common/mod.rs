@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use ::herald_client::proto::admin_client::AdminClient;
 use ::herald_client::proto::herald_client::HeraldClient;
-use ::herald_client::proto::{MembersRequest, NodeStatus, StatusRequest};
+use ::herald_client::proto::{
+    InitRequest, InitResponse, Member, MembersRequest, NodeStatus, StatusRequest,
+};
 use herald_certs::{Ca, LocalCerts, Validity};
 use herald_node::config::{AuthConfig, Config, Listen, MemberConfig, RaftTimings, TlsConfig};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -114,6 +116,18 @@ pub fn client_tls(certs: &LocalCerts, user: &str) -> herald_client::ClientTls {
     herald_client::ClientTls::from_files(&certs.ca(), Some((&cert, &key))).expect("client tls")
 }
 
+/// The `initial_members` entry of a node's config.
+fn member_of(cfg: &Config) -> MemberConfig {
+    MemberConfig {
+        id: cfg.id,
+        number: cfg.number,
+        peer: cfg.listen.peer.to_string(),
+        client: cfg.listen.client.to_string(),
+        http: cfg.listen.http.to_string(),
+        time_sync: cfg.listen.time_sync.map(|a| a.to_string()),
+    }
+}
+
 impl TestCluster {
     /// Starts `n` founding nodes and waits for a leader.
     pub async fn start(n: u64) -> TestCluster {
@@ -166,24 +180,70 @@ impl TestCluster {
         for id in 1..=n {
             configs.push(c.make_config(id));
         }
-        let members: Vec<MemberConfig> = configs
-            .iter()
-            .map(|cfg| MemberConfig {
-                id: cfg.id,
-                number: cfg.number,
-                peer: cfg.listen.peer.to_string(),
-                client: cfg.listen.client.to_string(),
-                http: cfg.listen.http.to_string(),
-                time_sync: cfg.listen.time_sync.map(|a| a.to_string()),
-            })
-            .collect();
+        let members: Vec<MemberConfig> = configs.iter().map(member_of).collect();
         for mut cfg in configs {
             cfg.initial_members = members.clone();
             tweak(&mut cfg);
             c.spawn(cfg);
         }
+        c.init(1).await;
         c.wait_leader().await;
         c
+    }
+
+    /// Starts `n` founding nodes and does not run `cluster init`.
+    pub async fn start_uninitialized(n: u64) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs =
+            herald_certs::local_cluster(&dir.path().join("certs"), &[], &[ROOT], Validity::days(2))
+                .expect("certificates");
+        let mut c = TestCluster {
+            dir,
+            certs,
+            nodes: BTreeMap::new(),
+            timings: timings(),
+            env: Default::default(),
+        };
+        let configs: Vec<Config> = (1..=n).map(|id| c.make_config(id)).collect();
+        let members: Vec<MemberConfig> = configs.iter().map(member_of).collect();
+        for mut cfg in configs {
+            cfg.initial_members = members.clone();
+            c.spawn(cfg);
+        }
+        c
+    }
+
+    /// `cluster init` on node `id`, retried while founders are starting.
+    pub async fn init(&self, id: u64) -> InitResponse {
+        self.wait_for("cluster init", || async {
+            match self.admin(id).init(InitRequest {}).await {
+                Ok(r) => Some(r.into_inner()),
+                Err(s) if s.code() == tonic::Code::Unavailable => None,
+                Err(s) => panic!("cluster init on node {id}: {s}"),
+            }
+        })
+        .await
+    }
+
+    /// Every member's recorded incarnation, as node `id` sees them (waits
+    /// until each of `ids` has one).
+    pub async fn incarnations(&self, id: u64, ids: &[u64]) -> BTreeMap<u64, String> {
+        self.wait_for("the members' incarnations to be recorded", || async {
+            let r = self
+                .admin(id)
+                .members(MembersRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            let got: BTreeMap<u64, String> = r
+                .members
+                .into_iter()
+                .filter(|m| !m.incarnation.is_empty())
+                .map(|m| (m.id, m.incarnation))
+                .collect();
+            ids.iter().all(|i| got.contains_key(i)).then_some(got)
+        })
+        .await
     }
 
     /// The CA, to issue more certificates.
@@ -326,6 +386,38 @@ impl TestCluster {
     /// Everything node `id` has logged so far.
     pub fn log_text(&self, id: u64) -> String {
         std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
+    }
+
+    /// Node `id`'s data dir.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.nodes[&id].config.data_dir.clone()
+    }
+
+    /// Empties a killed node's data dir, as a lost disk would.
+    pub fn wipe(&mut self, id: u64) {
+        assert!(!self.alive().contains(&id), "wipe node {id}: kill it first");
+        let dir = self.data_dir(id);
+        std::fs::remove_dir_all(&dir).expect("wipe the data dir");
+        std::fs::create_dir_all(&dir).expect("recreate the data dir");
+    }
+
+    /// The membership record of node `id`, for `AddLearner`.
+    pub fn member(&self, id: u64) -> Member {
+        let cfg = &self.nodes[&id].config;
+        Member {
+            id,
+            number: cfg.number,
+            peer_addr: cfg.listen.peer.to_string(),
+            client_addr: cfg.listen.client.to_string(),
+            http_addr: cfg.listen.http.to_string(),
+            time_addr: cfg
+                .listen
+                .time_sync
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            voter: false,
+            incarnation: String::new(),
+        }
     }
 
     /// Starts a killed node again on its old data dir.
