@@ -1,6 +1,9 @@
 //! A 3-node etcd 3.4 on loopback: installing it (Debian `etcd-server`),
 //! starting it with fresh data dirs, finding the leader, kill -9 and
-//! restart of one member, and stopping it.
+//! restart of one member, and stopping it. With `tls` it runs the way a
+//! secure Herald does: TLS on the client and peer ports, client
+//! certificates required on both (`--client-cert-auth`,
+//! `--peer-client-cert-auth`), from one CA made by `herald-certs`.
 //!
 //! Ports: member `i` (0-based) listens for clients on `base + 10 i` and for
 //! peers on `base + 10 i + 1`; the default base 42379 keeps clear of a
@@ -11,7 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use etcd_client::ConnectOptions;
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -74,12 +77,24 @@ pub struct EtcdCluster {
     dir: PathBuf,
     members: Vec<Member>,
     children: Vec<Option<Child>>,
+    certs: Option<herald_certs::LocalCerts>,
+}
+
+/// The scheme of every URL: `https` with TLS.
+fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
 }
 
 impl EtcdCluster {
     /// Starts `n` members with fresh data dirs under `dir` and waits until
     /// every member reports the same leader.
-    pub async fn start(bin: &Path, dir: &Path, base_port: u16, n: usize) -> Result<Self> {
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        base_port: u16,
+        n: usize,
+        tls: bool,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir
             .canonicalize()
@@ -103,23 +118,48 @@ impl EtcdCluster {
                 );
             }
         }
+        let certs = if tls {
+            let ids: Vec<u64> = (1..=n as u64).collect();
+            Some(
+                herald_certs::local_cluster(
+                    &dir.join("certs"),
+                    &ids,
+                    &["root"],
+                    herald_certs::Validity::days(2),
+                )
+                .context("making etcd's certificates")?,
+            )
+        } else {
+            None
+        };
         let mut me = EtcdCluster {
             bin: bin.to_path_buf(),
             dir,
             children: members.iter().map(|_| None).collect(),
             members,
+            certs,
         };
         for i in 0..n {
             me.spawn(i, true)?;
         }
         me.leader_index(Duration::from_secs(30)).await?;
+        if let Some(tls) = me.tls_options()? {
+            me.enable_auth(tls).await?;
+        }
         Ok(me)
     }
 
     fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| {
+                format!(
+                    "{}={}://127.0.0.1:{}",
+                    m.name,
+                    scheme(self.certs.is_some()),
+                    m.peer_port
+                )
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -133,12 +173,29 @@ impl EtcdCluster {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating the log handle")?;
-        let client = format!("http://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let s = scheme(self.certs.is_some());
+        let client = format!("{s}://127.0.0.1:{}", m.client_port);
+        let peer = format!("{s}://127.0.0.1:{}", m.peer_port);
         let started = Instant::now();
+        let mut command = Command::new(&self.bin);
+        if let Some(certs) = &self.certs {
+            let (cert, key) = certs.node(i as u64 + 1);
+            let ca = certs.ca();
+            for (flag, path) in [
+                ("--cert-file", &cert),
+                ("--key-file", &key),
+                ("--trusted-ca-file", &ca),
+                ("--peer-cert-file", &cert),
+                ("--peer-key-file", &key),
+                ("--peer-trusted-ca-file", &ca),
+            ] {
+                command.arg(flag).arg(path);
+            }
+            command.args(["--client-cert-auth", "--peer-client-cert-auth"]);
+        }
         // Defaults otherwise: WAL fsync per commit, 100 ms heartbeat,
         // 1000 ms election timeout.
-        let child = Command::new(&self.bin)
+        let child = command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -173,6 +230,57 @@ impl EtcdCluster {
             .collect()
     }
 
+    /// etcd's own RBAC on, as Herald's auth is on a secure cluster: user
+    /// `root` (no password: the client certificate's common name is the
+    /// user, as with `--client-cert-auth`) with role `root`, then `auth
+    /// enable`. Every request is then checked against the user's roles.
+    async fn enable_auth(&self, tls: TlsOptions) -> Result<()> {
+        let endpoint = format!("https://{}", self.endpoints()[0]);
+        let options = ConnectOptions::new()
+            .with_timeout(Duration::from_secs(5))
+            .with_tls(tls);
+        let mut client = etcd_client::Client::connect([endpoint], Some(options))
+            .await
+            .context("connecting to etcd to enable auth")?;
+        client
+            .user_add(
+                "root",
+                "",
+                Some(etcd_client::UserAddOptions::new().with_no_pwd()),
+            )
+            .await
+            .context("etcd: user add root")?;
+        // The root role exists once named; adding it is harmless either way.
+        let _ = client.role_add("root").await;
+        client
+            .user_grant_role("root", "root")
+            .await
+            .context("etcd: grant root the root role")?;
+        client.auth_enable().await.context("etcd: auth enable")?;
+        Ok(())
+    }
+
+    /// How clients reach the members: the CA and the `root` client
+    /// certificate, with TLS; `None` without.
+    pub fn tls_options(&self) -> Result<Option<TlsOptions>> {
+        let Some(certs) = &self.certs else {
+            return Ok(None);
+        };
+        let read =
+            |p: PathBuf| std::fs::read(&p).with_context(|| format!("reading {}", p.display()));
+        let (cert, key) = certs.client("root");
+        Ok(Some(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(read(certs.ca())?))
+                .identity(Identity::from_pem(read(cert)?, read(key)?)),
+        ))
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        scheme(self.certs.is_some())
+    }
+
     /// Pids of the running members.
     pub fn pids(&self) -> Vec<u32> {
         self.members
@@ -201,7 +309,7 @@ impl EtcdCluster {
                 if self.children[i].is_none() {
                     continue;
                 }
-                match member_status(endpoint).await {
+                match member_status(endpoint, self.tls_options()?).await {
                     Ok((member_id, leader)) if leader != 0 => {
                         if member_id == leader {
                             return Ok(i);
@@ -266,12 +374,15 @@ impl EtcdCluster {
 }
 
 /// (member id, leader id) as the member at `endpoint` reports them.
-async fn member_status(endpoint: &str) -> Result<(u64, u64)> {
-    let options = ConnectOptions::new()
+async fn member_status(endpoint: &str, tls: Option<TlsOptions>) -> Result<(u64, u64)> {
+    let mut options = ConnectOptions::new()
         .with_timeout(Duration::from_millis(500))
         .with_connect_timeout(Duration::from_millis(500));
-    let client =
-        etcd_client::Client::connect([format!("http://{endpoint}")], Some(options)).await?;
+    let s = scheme(tls.is_some());
+    if let Some(tls) = tls {
+        options = options.with_tls(tls);
+    }
+    let client = etcd_client::Client::connect([format!("{s}://{endpoint}")], Some(options)).await?;
     let status = client.maintenance_client().status().await?;
     let member = status
         .header()

@@ -32,21 +32,31 @@ pub struct HeraldCluster {
     configs: BTreeMap<u64, PathBuf>,
     /// Every node's data dir, by id.
     data_dirs: BTreeMap<u64, PathBuf>,
+    /// The CA and `root`'s certificate, unless the cluster is insecure.
+    tls: Option<herald_client::ClientTls>,
 }
 
 impl HeraldCluster {
     /// Starts `nodes` nodes under `dir` on `base_port` and waits for a
-    /// leader.
-    pub async fn start(node_bin: &Path, dir: &Path, base_port: u16, nodes: u32) -> Result<Self> {
+    /// leader. With `tls` the cluster is the playground's default (TLS on
+    /// every port, client certificates, auth on); without, it is insecure.
+    pub async fn start(
+        node_bin: &Path,
+        dir: &Path,
+        base_port: u16,
+        nodes: u32,
+        tls: bool,
+    ) -> Result<Self> {
         let options = Options {
             nodes,
             dir: dir.to_path_buf(),
             base_port,
             node_bin: node_bin.to_path_buf(),
-            insecure: true,
+            insecure: !tls,
             testing: false,
         };
         let cluster = LocalCluster::start(&options).await?;
+        let tls = cluster.client_config(ClientConfig::default())?.tls;
         let root = cluster.dir().to_path_buf();
         let mut me = HeraldCluster {
             node_bin: node_bin.to_path_buf(),
@@ -55,6 +65,7 @@ impl HeraldCluster {
             configs: BTreeMap::new(),
             data_dirs: BTreeMap::new(),
             cluster,
+            tls,
         };
         for node in me.cluster.nodes() {
             let id = node.config.id;
@@ -68,6 +79,11 @@ impl HeraldCluster {
             .await?;
         eprintln!("  herald: leader is node{leader}");
         Ok(me)
+    }
+
+    /// The client TLS settings (`None` for an insecure cluster).
+    pub fn client_tls(&self) -> Option<herald_client::ClientTls> {
+        self.tls.clone()
     }
 
     /// Client endpoints in id order.
@@ -104,7 +120,10 @@ impl HeraldCluster {
     pub async fn leader(&self, timeout: Duration) -> Result<u64> {
         let client = Client::with_config(
             self.endpoints(),
-            ClientConfig::with_request_timeout(Duration::from_millis(500)),
+            ClientConfig {
+                tls: self.tls.clone(),
+                ..ClientConfig::with_request_timeout(Duration::from_millis(500))
+            },
         )?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -201,6 +220,7 @@ impl HeraldCluster {
             .clone();
         let config = ClientConfig {
             max_attempts: 1,
+            tls: self.tls.clone(),
             ..ClientConfig::with_request_timeout(Duration::from_millis(500))
         };
         let client = Client::with_config(vec![endpoint], config)?;

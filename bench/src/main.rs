@@ -7,6 +7,12 @@
 //! load many presence records into a fresh cluster and restart it. Results
 //! go to `results/<timestamp>/` (markdown, JSON, SVG) and the table to
 //! stdout; progress goes to stderr.
+//!
+//! Security (`--tls`, default `both`): the workloads run on plaintext
+//! clusters and again on secure ones, rows suffixed `+tls`: Herald as the
+//! playground starts it (TLS on every port, client certificates, auth on),
+//! etcd with TLS and client-certificate auth on its client and peer ports.
+//! Fail-over and the memory test run once, on the first mode.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -100,6 +106,21 @@ struct Args {
     /// First client port of the etcd cluster (member i: +10 i, peer +1).
     #[arg(long, default_value_t = 42379)]
     etcd_base_port: u16,
+    /// Plaintext clusters, secure ones (TLS and client certificates on
+    /// both systems), or both, the secure rows suffixed `+tls`.
+    #[arg(long, value_enum, default_value_t = Security::Both)]
+    tls: Security,
+}
+
+/// Which clusters the workloads run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Security {
+    /// Plaintext, no authentication.
+    Plain,
+    /// TLS on every port and client certificates.
+    Tls,
+    /// Plaintext, then secure.
+    Both,
 }
 
 /// One workload of the suite.
@@ -294,28 +315,62 @@ async fn run(args: Args) -> Result<()> {
     }
 
     let started = Instant::now();
-    if let Some(bin) = &etcd_bin {
-        eprintln!("== etcd: 3 members on 127.0.0.1:{}..", args.etcd_base_port);
-        let mut cluster =
-            EtcdCluster::start(bin, &work.join("etcd"), args.etcd_base_port, 3).await?;
-        let result = bench_etcd(&mut cluster, &plan, !args.skip_failover, &mut report).await;
-        cluster.stop().await;
-        save(&out, &report)?;
-        if let Err(e) = result {
-            for i in 0..3 {
-                eprintln!("--- etcd{i} log tail ---\n{}", cluster.log_tail(i, 10));
+    let modes: &[bool] = match args.tls {
+        Security::Plain => &[false],
+        Security::Tls => &[true],
+        Security::Both => &[false, true],
+    };
+    report.parameters.insert(
+        "security".into(),
+        match args.tls {
+            Security::Plain => "plaintext, no authentication",
+            Security::Tls => "TLS and client certificates on every port (both systems)",
+            Security::Both => {
+                "plaintext rows, then +tls rows: TLS and client certificates on every port \
+                 (both systems); fail-over and memory on plaintext"
             }
-            return Err(e);
         }
-    }
-    {
+        .into(),
+    );
+    for (m, &tls) in modes.iter().enumerate() {
+        let suffix = if tls { "+tls" } else { "" };
+        let failover = !args.skip_failover && m == 0;
+        if let Some(bin) = &etcd_bin {
+            eprintln!(
+                "== etcd{suffix}: 3 members on 127.0.0.1:{}..",
+                args.etcd_base_port
+            );
+            let mut cluster = EtcdCluster::start(
+                bin,
+                &work.join(format!("etcd{suffix}")),
+                args.etcd_base_port,
+                3,
+                tls,
+            )
+            .await?;
+            let result = bench_etcd(&mut cluster, &plan, failover, suffix, &mut report).await;
+            cluster.stop().await;
+            save(&out, &report)?;
+            if let Err(e) = result {
+                for i in 0..3 {
+                    eprintln!("--- etcd{i} log tail ---\n{}", cluster.log_tail(i, 10));
+                }
+                return Err(e);
+            }
+        }
         eprintln!(
-            "== herald: 3 nodes, clients on 127.0.0.1:{}..",
+            "== herald{suffix}: 3 nodes, clients on 127.0.0.1:{}..",
             args.herald_base_port + 101
         );
-        let mut cluster =
-            HeraldCluster::start(&node_bin, &work.join("herald"), args.herald_base_port, 3).await?;
-        let result = bench_herald(&mut cluster, &plan, !args.skip_failover, &mut report).await;
+        let mut cluster = HeraldCluster::start(
+            &node_bin,
+            &work.join(format!("herald{suffix}")),
+            args.herald_base_port,
+            3,
+            tls,
+        )
+        .await?;
+        let result = bench_herald(&mut cluster, &plan, failover, suffix, &mut report).await;
         cluster.stop().await;
         save(&out, &report)?;
         if let Err(e) = result {
@@ -332,6 +387,7 @@ async fn run(args: Args) -> Result<()> {
             &work.join("herald-memory"),
             args.herald_base_port,
             3,
+            modes[0],
         )
         .await?;
         let result = memory_and_restart(&mut cluster, &plan).await;
@@ -401,7 +457,7 @@ impl System for EtcdCluster {
     const NAME: &'static str = ETCD;
     async fn target(&self, connections: usize, _plan: &Plan) -> Result<Target> {
         let leader = self.leader_index(Duration::from_secs(10)).await?;
-        Target::etcd(&self.endpoints(), leader, connections).await
+        Target::etcd(&self.endpoints(), leader, connections, self.tls_options()?).await
     }
     fn pids(&self) -> Vec<u32> {
         EtcdCluster::pids(self)
@@ -420,6 +476,7 @@ impl System for HeraldCluster {
             self.index_of(leader),
             connections,
             plan.coalesce,
+            self.client_tls(),
         )
     }
     fn pids(&self) -> Vec<u32> {
@@ -431,7 +488,13 @@ impl System for HeraldCluster {
 }
 
 /// Writes every key once, then runs each workload.
-async fn workloads_on<S: System>(system: &S, plan: &Plan, report: &mut Report) -> Result<()> {
+/// Rows are named `<workload><suffix>` (`+tls` on secure clusters).
+async fn workloads_on<S: System>(
+    system: &S,
+    plan: &Plan,
+    suffix: &str,
+    report: &mut Report,
+) -> Result<()> {
     let name = S::NAME;
     let target = Arc::new(system.target(plan.connections, plan).await?);
     eprintln!("  {name}: writing {} keys once", plan.keys);
@@ -475,8 +538,13 @@ async fn workloads_on<S: System>(system: &S, plan: &Plan, report: &mut Report) -
         let after = procfs::usage(&pids);
         let s = &outcome.summary;
         eprintln!(
-            "  {name} {:<13} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {}",
-            w.name, s.throughput, s.p50_ms, s.p99_ms, s.p999_ms, s.errors
+            "  {name} {:<17} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {}",
+            format!("{}{suffix}", w.name),
+            s.throughput,
+            s.p50_ms,
+            s.p99_ms,
+            s.p999_ms,
+            s.errors
         );
         if let Some(e) = &outcome.first_error {
             eprintln!("    first error: {e}");
@@ -485,7 +553,7 @@ async fn workloads_on<S: System>(system: &S, plan: &Plan, report: &mut Report) -
                 .push(format!("{name} {}: first error: {e}", w.name));
         }
         report.runs.push(RunResult {
-            workload: w.name.to_string(),
+            workload: format!("{}{suffix}", w.name),
             system: name.to_string(),
             concurrency: w.concurrency,
             summary: outcome.summary,
@@ -545,9 +613,10 @@ async fn bench_etcd(
     cluster: &mut EtcdCluster,
     plan: &Plan,
     failover: bool,
+    suffix: &str,
     report: &mut Report,
 ) -> Result<()> {
-    workloads_on(&*cluster, plan, report).await?;
+    workloads_on(&*cluster, plan, suffix, report).await?;
     if !failover {
         return Ok(());
     }
@@ -585,9 +654,10 @@ async fn bench_herald(
     cluster: &mut HeraldCluster,
     plan: &Plan,
     failover: bool,
+    suffix: &str,
     report: &mut Report,
 ) -> Result<()> {
-    workloads_on(&*cluster, plan, report).await?;
+    workloads_on(&*cluster, plan, suffix, report).await?;
     if !failover {
         return Ok(());
     }

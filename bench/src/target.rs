@@ -54,12 +54,14 @@ impl Target {
         first: usize,
         connections: usize,
         coalesce: bool,
+        tls: Option<herald_client::ClientTls>,
     ) -> Result<Target> {
         let clients = (0..connections.max(1))
             .map(|c| {
                 let rotated = rotate(endpoints, first + c);
                 let config = ClientConfig {
                     coalesce,
+                    tls: tls.clone(),
                     ..ClientConfig::with_request_timeout(REQUEST_TIMEOUT)
                 };
                 Client::with_config(rotated, config).context("creating a Herald client")
@@ -70,16 +72,26 @@ impl Target {
 
     /// etcd connections over `endpoints` (`host:port`), connection `c`
     /// starting on endpoint `(first + c) % len`.
-    pub async fn etcd(endpoints: &[String], first: usize, connections: usize) -> Result<Target> {
+    /// With `tls`, over `https` with those options.
+    pub async fn etcd(
+        endpoints: &[String],
+        first: usize,
+        connections: usize,
+        tls: Option<etcd_client::TlsOptions>,
+    ) -> Result<Target> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut conns = Vec::with_capacity(connections.max(1));
         for c in 0..connections.max(1) {
             let mut clients = Vec::with_capacity(endpoints.len());
             for endpoint in rotate(endpoints, first + c) {
-                let options = ConnectOptions::new()
+                let mut options = ConnectOptions::new()
                     .with_timeout(REQUEST_TIMEOUT)
                     .with_connect_timeout(Duration::from_secs(1));
+                if let Some(tls) = &tls {
+                    options = options.with_tls(tls.clone());
+                }
                 let client =
-                    etcd_client::Client::connect([format!("http://{endpoint}")], Some(options))
+                    etcd_client::Client::connect([format!("{scheme}://{endpoint}")], Some(options))
                         .await
                         .with_context(|| format!("connecting to etcd at {endpoint}"))?;
                 clients.push(client.kv_client());

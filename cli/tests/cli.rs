@@ -164,6 +164,19 @@ fn heraldctl_drives_a_playground_cluster() {
         3,
         "{table}"
     );
+    // The playground founded the cluster (cluster init); a second init is
+    // refused, and every member has a recorded incarnation.
+    let out = run(&pg, &["cluster", "init"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already belongs to cluster"), "{err}");
+    let members = json(&pg, &["cluster", "members"]);
+    let members = members["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    for m in members {
+        let inc = m["incarnation"].as_str().unwrap_or_default();
+        assert!(inc.is_empty() || inc.len() == 32, "{m}");
+    }
 
     // Presence through the CLI.
     let rec = json(
