@@ -151,6 +151,10 @@ pub struct ClockConfig {
     /// Upstream NTP servers (host:port) the leader follows; empty = the
     /// leader's own clock is the reference.
     pub upstream: Vec<String>,
+    /// How far ahead of the voters' agreed time, plus the real time elapsed
+    /// since its term began, a leader may stamp entries (see `stamp`): the
+    /// most one wrong clock can move cluster time forward.
+    pub max_ahead_ms: u64,
 }
 
 impl Default for ClockConfig {
@@ -162,6 +166,7 @@ impl Default for ClockConfig {
             tolerance_us: 500,
             step_threshold_ms: 50,
             upstream: Vec::new(),
+            max_ahead_ms: 1000,
         }
     }
 }

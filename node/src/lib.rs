@@ -26,6 +26,7 @@ pub mod owner;
 pub mod raft;
 pub mod security;
 pub mod server;
+pub mod stamp;
 pub mod state;
 pub mod telemetry;
 pub mod timesync;

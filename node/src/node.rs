@@ -76,6 +76,7 @@ pub(crate) struct Inner {
     pub(crate) leader_contact: crate::failover::LeaderContact,
     pub(crate) guard: crate::security::Guard,
     pub(crate) identity: crate::raft::identity::IdentityCell,
+    pub(crate) stamp: crate::stamp::StampBound,
     pub(crate) space: Arc<crate::raft::free_space::FreeSpace>,
 }
 
@@ -335,10 +336,20 @@ impl Herald {
             // Not proposed: certainly not applied.
             return ForwardReply::Applied(Err(refused));
         }
-        let proposal = Proposal {
-            time_ms: self.inner.clock.now_ms(),
-            cmd,
+        let term = self.with_metrics(|m| m.current_term);
+        let max_ahead = self.inner.config.clock.max_ahead_ms;
+        let Some(time_ms) = self
+            .inner
+            .stamp
+            .stamp(term, self.inner.clock.now_ms(), max_ahead, || {
+                self.agreed_time()
+            })
+            .await
+        else {
+            // No majority answered: this node could not commit anyway.
+            return ForwardReply::NotLeader;
         };
+        let proposal = Proposal { time_ms, cmd };
         let started = std::time::Instant::now();
         let m = &self.inner.metrics;
         match self.inner.raft.client_write(proposal).await {
@@ -373,6 +384,39 @@ impl Herald {
                 ForwardReply::Indeterminate(e.to_string())
             }
         }
+    }
+
+    /// The voters' agreed cluster time (see [`crate::stamp`]): this node's
+    /// clock and every voter's that answers `Ping` within a second, each
+    /// moved forward by half its round trip; `None` without a majority.
+    async fn agreed_time(&self) -> Option<u64> {
+        let (members, _) = self.members();
+        let voters: Vec<(u64, String)> = members
+            .iter()
+            .filter(|(_, (_, voter))| *voter)
+            .map(|(id, (m, _))| (*id, m.peer_addr.clone()))
+            .collect();
+        let quorum = voters.len() / 2 + 1;
+        let asks = voters
+            .iter()
+            .filter(|(id, _)| *id != self.id())
+            .map(|(id, addr)| async move {
+                let sent = std::time::Instant::now();
+                let reply = crate::members::ask(self, *id, addr).await.ok()?;
+                let half_rtt = sent.elapsed().as_millis() as u64 / 2;
+                Some(reply.cluster_time_ms.saturating_add(half_rtt))
+            });
+        let mut readings: Vec<u64> = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        readings.push(self.inner.clock.now_ms());
+        let agreed = crate::stamp::agreed(readings, quorum);
+        if agreed.is_none() {
+            tracing::warn!("no majority of voters answered with its clock: not stamping yet");
+        }
+        agreed
     }
 
     #[tracing::instrument(target = "herald_trace", name = "forward", skip_all, fields(node_id = self.id(), leader = leader_id))]

@@ -211,6 +211,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         leader_contact: Default::default(),
         guard: guard.clone(),
         identity,
+        stamp: Default::default(),
         space: space.clone(),
     });
     let observe = |l| ObserveLayer::new(metrics.clone(), config.id, l);

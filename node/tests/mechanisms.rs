@@ -165,6 +165,72 @@ async fn entry_time_never_goes_back_across_a_leader_change() {
     );
 }
 
+/// issue 23 item 8 / issue 17 item 4: a leader's clock set a day ahead
+/// once expired every lease at once and kept entry time a day ahead after
+/// the offset was undone. Now stamps are anchored to the voters' agreed
+/// time at the start of a term and move no faster than real time plus
+/// `clock.max_ahead_ms`: the jump moves entry time by at most that, a
+/// 10-minute TTL user stays, and a later leader with a sane clock goes on
+/// from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_clock_a_day_ahead_moves_entry_time_by_at_most_the_bound() {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    let c = TestCluster::start_custom(3, timings(), |cfg| {
+        cfg.failover.hold_ms = 600_000;
+        // The skew is a test hook; keep the followers from following it
+        // within the test (they would sync to the leader's clock).
+        cfg.testing_mode = true;
+        cfg.clock.sync_interval_ms = 600_000;
+    })
+    .await;
+    let leader = c.wait_leader().await;
+    let before = c
+        .client(leader)
+        .login(login("kept", 600_000))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    c.admin(leader)
+        .set_clock_offset(SetClockOffsetRequest {
+            offset_ms: DAY_MS,
+            relative: true,
+        })
+        .await
+        .unwrap();
+    let during = c
+        .client(leader)
+        .login(login("during", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    let real_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        during.updated_at_ms <= real_ms + 1_000 + 1_000,
+        "entry time ran {} ms ahead of real time",
+        during.updated_at_ms as i64 - real_ms as i64
+    );
+    assert!(during.updated_at_ms >= before.updated_at_ms);
+    let kept = c
+        .client(leader)
+        .get_presence(GetPresenceRequest {
+            uid: "kept".into(),
+            consistency: Consistency::Linearizable as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert!(kept.online, "a 10-minute TTL ended early: {kept:?}");
+}
+
 async fn numbered_failover(failback: bool) {
     let mut c = TestCluster::start_custom(3, timings(), |cfg| {
         cfg.failover.failback = failback;

@@ -95,6 +95,9 @@ pub struct PingReply {
     pub node_id: u64,
     /// Its cluster and incarnation, once it has an identity.
     pub identity: Option<(String, String)>,
+    /// Its cluster clock when it answered (ms since the epoch): a new
+    /// leader's stamps are anchored to a majority's (`stamp`).
+    pub cluster_time_ms: u64,
 }
 
 /// What kind of message [`PeerService::admit`] is looking at.
@@ -497,6 +500,7 @@ impl Peer for PeerService {
                 .identity()
                 .get()
                 .map(|i| (i.cluster_id, i.incarnation)),
+            cluster_time_ms: self.node.clock().now_ms(),
         })
     }
 
