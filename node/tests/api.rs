@@ -135,6 +135,53 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             status.message()
         );
     }
+    // A call with one `uid` names `uid`, not the `uids[0]` of a batch.
+    let single: Vec<(&str, tonic::Status)> = vec![
+        (
+            "GetPresence(uid=<10 KB>)",
+            cl.get_presence(GetPresenceRequest {
+                uid: "x".repeat(10_000),
+                consistency: 0,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "GetPresence(uid=\"\")",
+            cl.get_presence(GetPresenceRequest {
+                uid: String::new(),
+                consistency: 0,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "Heartbeat(uid=\"\")",
+            cl.heartbeat(HeartbeatRequest {
+                uid: String::new(),
+                client_type: "pc".into(),
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "Heartbeat(uid=<10 KB>)",
+            cl.heartbeat(HeartbeatRequest {
+                uid: "x".repeat(10_000),
+                client_type: "pc".into(),
+            })
+            .await
+            .unwrap_err(),
+        ),
+    ];
+    for (call, status) in single {
+        assert_eq!(status.code(), Code::InvalidArgument, "{call}: {status:?}");
+        assert!(
+            status.message().starts_with("uid:") && !status.message().contains("uids"),
+            "{call} should name the field uid: {}",
+            status.message()
+        );
+    }
     // Validation failures never reached the log; NotFound ones were applied
     // as rejections, which change nothing but the applied index.
     let r = cl
