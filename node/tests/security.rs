@@ -229,6 +229,13 @@ async fn every_method_refuses_no_credential_and_the_wrong_role_and_serves_the_ri
     assert!(body.contains("reader"), "{body}");
     let (code, body) = get(Some("u-reader"), "/v1/presence?ids=a").await.unwrap();
     assert_eq!(code, 200, "{body}");
+    // One user's lookup needs the same role.
+    let (code, body) = get(None, "/v1/presence/a").await.unwrap();
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = get(Some("u-publisher"), "/v1/presence/a").await.unwrap();
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = get(Some("u-reader"), "/v1/presence/a").await.unwrap();
+    assert_eq!(code, 200, "{body}");
     for open in ["/health", "/metrics"] {
         let (code, body) = get(None, open).await.unwrap();
         assert_eq!(code, 200, "{open}: {body}");

@@ -253,6 +253,8 @@ const PEER_METHODS: &[&str] = &[
 /// else would let a caller grow the label set.
 fn method_label(listener: Listener, path: &str) -> &str {
     let known = match listener {
+        // One user's lookup: the route, not the uid, is the label.
+        Listener::Http if path.starts_with("/v1/presence/") => return "/v1/presence/{uid}",
         Listener::Http => HTTP_ROUTES.contains(&path),
         Listener::Client | Listener::Peer => {
             crate::security::policy::permission_of(path).is_some()
@@ -409,6 +411,10 @@ mod tests {
             "/herald.v1.Peer/Append"
         );
         assert_eq!(method_label(Http, "/v1/presence"), "/v1/presence");
+        assert_eq!(
+            method_label(Http, "/v1/presence/a%2Cb"),
+            "/v1/presence/{uid}"
+        );
         for made_up in [
             "/herald.v1.Herald/Made1",
             "/x/y",
