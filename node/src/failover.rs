@@ -87,7 +87,11 @@ pub fn takeover_after(config: &Config, voters: impl IntoIterator<Item = u32>) ->
 }
 
 /// When this node last heard from a leader: any `AppendEntries` it
-/// accepted, heartbeats included.
+/// accepted, heartbeats included, and any moment it was the leader itself
+/// (refreshed by [`run_takeover`] while it leads, and when it hands
+/// leadership away). Without the latter a leader that steps down would
+/// count its whole time in office as silence and campaign against the
+/// leader it had just chosen, before that leader's first heartbeat arrived.
 #[derive(Debug, Default)]
 pub struct LeaderContact(std::sync::Mutex<Option<Instant>>);
 
@@ -113,8 +117,11 @@ impl LeaderContact {
 const TAKEOVER_TICK: Duration = Duration::from_millis(10);
 
 /// The takeover (see the module doc). Runs on every node; acts only on a
-/// voter that is not leading and has heard from a leader before (a fresh
-/// cluster's first election is left to openraft's timers).
+/// voter that is not leading and has heard from a leader (or led) before (a
+/// fresh cluster's first election is left to openraft's timers). While this
+/// node leads it keeps [`LeaderContact`] fresh, so that after stepping down
+/// (a leader transfer, numbered failover) it waits a full takeover period
+/// for the leader it handed over to, as any follower would.
 pub async fn run_takeover(node: Herald, stopped: impl Future<Output = ()>) {
     tokio::pin!(stopped);
     let mut tick = tokio::time::interval(TAKEOVER_TICK);
@@ -125,6 +132,11 @@ pub async fn run_takeover(node: Herald, stopped: impl Future<Output = ()>) {
         tokio::select! {
             _ = &mut stopped => return,
             _ = tick.tick() => {}
+        }
+        // A leader is its own contact: its time in office is not silence.
+        if node.with_metrics(|m| m.state == ServerState::Leader) {
+            node.leader_contact().touch();
+            continue;
         }
         let Some(last) = node.leader_contact().last() else {
             continue;
@@ -305,6 +317,9 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
         if let Err(e) = node.raft().trigger().transfer_leader(target).await {
             tracing::warn!("leader transfer to {target}: {e}");
         }
+        // We chose the next leader: its silence starts now, not when we
+        // last heard from a leader before leading ourselves.
+        node.leader_contact().touch();
         pending = None;
         quiet_until = Instant::now() + hold;
     }

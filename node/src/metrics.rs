@@ -117,9 +117,29 @@ pub struct RefusalLabels {
 /// `{client_type}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientTypeLabel {
-    /// pc, mobile, web, tv or a custom string.
-    pub client_type: String,
+    /// One of [`KNOWN_CLIENT_TYPES`], or `other` for every custom string:
+    /// a client type comes from the request, so taking it as it came would
+    /// let any caller grow the series (and Prometheus' memory) at will.
+    pub client_type: &'static str,
 }
+
+/// The client types that get a series of their own; any other is `other`.
+pub const KNOWN_CLIENT_TYPES: [&str; 4] = ["pc", "mobile", "web", "tv"];
+
+/// The `client_type` label for a client type from a request.
+pub fn client_type_label(client_type: &str) -> &'static str {
+    KNOWN_CLIENT_TYPES
+        .iter()
+        .find(|t| **t == client_type)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Pools with a series of their own in `herald_pool_accounts`; the
+/// accounts of any further pools (by id) are summed under `pool="other",
+/// unit="other"`. Pools are made by requests, so their number is the
+/// callers' to grow.
+pub const MAX_POOL_SERIES: usize = 100;
 
 /// `{kind}`: a presence change.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -235,7 +255,7 @@ pub struct Defs {
     pub auth_enabled: Gauge,
 
     /// `herald_presence_online_users{client_type}`: users with a client of
-    /// that type online.
+    /// that type online (custom types summed under `other`).
     pub presence_online: Family<ClientTypeLabel, Gauge>,
     /// `herald_presence_changes_total{kind}`: applied presence writes.
     pub presence_changes: Family<ChangeLabel, Counter>,
@@ -244,7 +264,8 @@ pub struct Defs {
     /// `herald_session_fenced_writes_total`: progress writes refused because
     /// the writer no longer holds the session (old terminal or epoch).
     pub session_fenced_writes: Counter,
-    /// `herald_pool_accounts{pool,unit,state}`.
+    /// `herald_pool_accounts{pool,unit,state}` (pools past the first
+    /// [`MAX_POOL_SERIES`] summed under `other`).
     pub pool_accounts: Family<PoolLabels, Gauge>,
     /// `herald_lease_grants_total`: new leases (retries answered with the
     /// same lease are not counted).
@@ -584,10 +605,10 @@ impl Metrics {
 
     fn reset_online(&self) {
         self.presence_online.clear();
-        for t in ["pc", "mobile", "web", "tv"] {
-            let _ = self.presence_online.get_or_create(&ClientTypeLabel {
-                client_type: t.into(),
-            });
+        for client_type in KNOWN_CLIENT_TYPES.into_iter().chain(["other"]) {
+            let _ = self
+                .presence_online
+                .get_or_create(&ClientTypeLabel { client_type });
         }
     }
 
@@ -725,11 +746,18 @@ fn sample(node: &Herald) {
         m.reset_online();
         for (client_type, n) in machine.state.online_counts() {
             m.presence_online
-                .get_or_create(&ClientTypeLabel { client_type })
-                .set(n as i64);
+                .get_or_create(&ClientTypeLabel {
+                    client_type: client_type_label(&client_type),
+                })
+                .inc_by(n as i64);
         }
         m.pool_accounts.clear();
-        for p in machine.state.pools(None) {
+        for (i, p) in machine.state.pools(None).into_iter().enumerate() {
+            let (pool, unit) = if i < MAX_POOL_SERIES {
+                (p.pool_id.to_string(), p.unit_id.to_string())
+            } else {
+                ("other".to_string(), "other".to_string())
+            };
             for (state, n) in [
                 ("free", p.free as u64),
                 ("leased", p.leased as u64),
@@ -737,11 +765,11 @@ fn sample(node: &Herald) {
             ] {
                 m.pool_accounts
                     .get_or_create(&PoolLabels {
-                        pool: p.pool_id.to_string(),
-                        unit: p.unit_id.to_string(),
+                        pool: pool.clone(),
+                        unit: unit.clone(),
                         state,
                     })
-                    .set(n as i64);
+                    .inc_by(n as i64);
             }
         }
     }

@@ -135,6 +135,53 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             status.message()
         );
     }
+    // A call with one `uid` names `uid`, not the `uids[0]` of a batch.
+    let single: Vec<(&str, tonic::Status)> = vec![
+        (
+            "GetPresence(uid=<10 KB>)",
+            cl.get_presence(GetPresenceRequest {
+                uid: "x".repeat(10_000),
+                consistency: 0,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "GetPresence(uid=\"\")",
+            cl.get_presence(GetPresenceRequest {
+                uid: String::new(),
+                consistency: 0,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "Heartbeat(uid=\"\")",
+            cl.heartbeat(HeartbeatRequest {
+                uid: String::new(),
+                client_type: "pc".into(),
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "Heartbeat(uid=<10 KB>)",
+            cl.heartbeat(HeartbeatRequest {
+                uid: "x".repeat(10_000),
+                client_type: "pc".into(),
+            })
+            .await
+            .unwrap_err(),
+        ),
+    ];
+    for (call, status) in single {
+        assert_eq!(status.code(), Code::InvalidArgument, "{call}: {status:?}");
+        assert!(
+            status.message().starts_with("uid:") && !status.message().contains("uids"),
+            "{call} should name the field uid: {}",
+            status.message()
+        );
+    }
     // Validation failures never reached the log; NotFound ones were applied
     // as rejections, which change nothing but the applied index.
     let r = cl
@@ -418,6 +465,121 @@ async fn http_batch_lookup_and_health() {
     assert!(body["error"].as_str().unwrap().contains("1000"), "{body}");
     let (code, body) = get(format!("{base}/health")).await;
     assert_eq!((code, body["leader"].as_u64()), (200, Some(leader)));
+}
+
+/// Issue 23 item 3: the documented batch (1000 ids of up to 128 bytes) can
+/// be looked up (POST with a JSON body), invalid UTF-8 is refused, every
+/// error is the JSON error document, and any valid uid (a comma in it
+/// included) can be looked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_lookups_take_any_valid_batch_and_uid_and_answer_errors_as_json() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut cl = c.client(leader);
+    cl.login(login("alice", "web")).await.unwrap();
+    cl.login(login("a,b", "web")).await.unwrap();
+    cl.login(login("x".repeat(128).as_str(), "web"))
+        .await
+        .unwrap();
+    let follower = c.alive().into_iter().find(|id| *id != leader).unwrap();
+    let json = |code: u16, body: String| -> (u16, serde_json::Value) {
+        let v = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{code} with a body that is not JSON ({e}): {body:?}"));
+        (code, v)
+    };
+
+    // 1000 ids of 128 bytes (the spec's largest batch) in a POST body.
+    let mut ids: Vec<String> = (0..999).map(|i| format!("{i:0>128}")).collect();
+    ids.push("x".repeat(128));
+    let req = serde_json::json!({ "ids": ids, "consistency": "linearizable" });
+    let (code, body) = c
+        .post(follower, "/v1/presence", req.to_string().as_bytes())
+        .await
+        .map(|(c, b)| json(c, b))
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["records"].as_array().unwrap().len(), 1000);
+    assert_eq!(body["records"][999]["online"], true);
+    // The same batch as a query string is refused by the server's URL limit,
+    // which is why the POST form exists; the POST form refuses 1001 ids.
+    let mut over = ids.clone();
+    over.push("one-too-many".into());
+    let (code, body) = c
+        .post(
+            follower,
+            "/v1/presence",
+            serde_json::json!({ "ids": over }).to_string().as_bytes(),
+        )
+        .await
+        .map(|(c, b)| json(c, b))
+        .unwrap();
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("1000"), "{body}");
+
+    // A uid with a comma: `%2C` in the list, or one user by path.
+    let (code, body) = c
+        .get(follower, "/v1/presence?ids=alice,a%2Cb")
+        .await
+        .map(|(c, b)| json(c, b))
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["records"][1]["uid"], "a,b");
+    assert_eq!(body["records"][1]["online"], true);
+    let (code, body) = c
+        .get(follower, "/v1/presence/a%2Cb?consistency=serializable")
+        .await
+        .map(|(c, b)| json(c, b))
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["record"]["uid"], "a,b");
+    assert_eq!(body["record"]["online"], true);
+
+    // Every refusal is the JSON error document with a 4xx code.
+    for (what, code, body) in [
+        (
+            "invalid UTF-8 in ids",
+            c.get(follower, "/v1/presence?ids=%ff%fe").await,
+        ),
+        (
+            "invalid UTF-8 in a path uid",
+            c.get(follower, "/v1/presence/%ff%fe").await,
+        ),
+        (
+            "a key given twice",
+            c.get(follower, "/v1/presence?ids=a&ids=b").await,
+        ),
+        (
+            "a uid too long",
+            c.get(follower, &format!("/v1/presence/{}", "y".repeat(129)))
+                .await,
+        ),
+        ("no such route", c.get(follower, "/v1/nothing").await),
+        ("not JSON", c.post(follower, "/v1/presence", b"{ids").await),
+        (
+            "a JSON body of the wrong shape",
+            c.post(follower, "/v1/presence", b"{\"ids\": 7}").await,
+        ),
+        (
+            "invalid UTF-8 in a JSON body",
+            c.post(follower, "/v1/presence", b"{\"ids\": [\"\xff\xfe\"]}")
+                .await,
+        ),
+        (
+            "a method the route lacks",
+            c.post(follower, "/health", b"{}").await,
+        ),
+    ]
+    .map(|(what, r)| {
+        let (code, body) = r.unwrap();
+        (what, code, body)
+    }) {
+        let (code, body) = json(code, body);
+        assert!((400..500).contains(&code), "{what}: {code} {body}");
+        assert!(body["error"].is_string(), "{what}: {body}");
+        if what.starts_with("invalid UTF-8") || what.contains("twice") || what.contains("shape") {
+            assert_eq!(code, 400, "{what}: {body}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -272,7 +272,8 @@ async fn numbered_failover(failback: bool) {
             assert_eq!(
                 c.wait_leader().await,
                 2,
-                "leadership failed back with failback off"
+                "leadership failed back with failback off\n{}",
+                c.log_tails()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -295,6 +296,53 @@ async fn numbered_failover_with_failback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numbered_failover_without_failback() {
     numbered_failover(false).await;
+}
+
+/// Issue 23 item 1: a node that led (or just handed leadership away) must
+/// not count its own time as leader as silence from the leader and campaign
+/// against the leader it chose. Twelve moves back and forth each succeed, each
+/// costs exactly one term, and no node ever runs a takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_back_and_forth_are_not_undone() {
+    let c = TestCluster::start_custom(3, timings(), |cfg| {
+        // Numbered failover must not move leadership on its own here.
+        cfg.failover.hold_ms = 600_000;
+    })
+    .await;
+    let first = c.wait_leader().await;
+    let other = c.alive().into_iter().find(|id| *id != first).unwrap();
+    let start_term = c.status(first).await.unwrap().term;
+    let mut from = first;
+    let mut terms = vec![start_term];
+    for i in 0..12u64 {
+        let to = if from == first { other } else { first };
+        c.admin(from)
+            .transfer_leader(TransferLeaderRequest { to })
+            .await
+            .unwrap_or_else(|e| panic!("move {i} to {to}: {e}\n{}", c.log_tails()));
+        assert_eq!(c.wait_leader().await, to, "move {i}");
+        // Lead for longer than the takeover wait (about 1 s with the test
+        // timings), so that a leader counting its own time in office as
+        // silence would campaign the moment it steps down.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(c.wait_leader().await, to, "move {i} was undone");
+        terms.push(c.status(to).await.unwrap().term);
+        from = to;
+    }
+    let end_term = c.status(from).await.unwrap().term;
+    for id in c.alive() {
+        assert!(
+            !c.log_text(id).contains("takeover: no word from the leader"),
+            "node {id} campaigned against the leader it chose\n{}",
+            c.log_tails()
+        );
+    }
+    assert_eq!(
+        end_term - start_term,
+        12,
+        "one term per move, no contests: {terms:?}\n{}",
+        c.log_tails()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,6 +229,13 @@ async fn every_method_refuses_no_credential_and_the_wrong_role_and_serves_the_ri
     assert!(body.contains("reader"), "{body}");
     let (code, body) = get(Some("u-reader"), "/v1/presence?ids=a").await.unwrap();
     assert_eq!(code, 200, "{body}");
+    // One user's lookup needs the same role.
+    let (code, body) = get(None, "/v1/presence/a").await.unwrap();
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = get(Some("u-publisher"), "/v1/presence/a").await.unwrap();
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = get(Some("u-reader"), "/v1/presence/a").await.unwrap();
+    assert_eq!(code, 200, "{body}");
     for open in ["/health", "/metrics"] {
         let (code, body) = get(None, open).await.unwrap();
         assert_eq!(code, 200, "{open}: {body}");
@@ -725,4 +732,50 @@ fn a_test_fault_without_testing_mode_refuses_to_start() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--testing"), "{err}");
+}
+
+/// Issue 23 item 5: no label value is taken from a request as it came.
+/// 300 logins with distinct client types and 50 calls to made-up methods
+/// (refused by the guard, so tonic never answers `Unimplemented`) leave the
+/// `/metrics` series bounded: the known client types plus `other`, and the
+/// methods the node serves plus `other`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_labels_taken_from_requests_are_bounded() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut cl = c.client(leader);
+    for i in 0..300 {
+        cl.login(LoginRequest {
+            uid: format!("label{i}"),
+            sid: 1,
+            client_type: format!("custom-{i}"),
+            accept_strangers: false,
+            ext: Default::default(),
+            ttl_ms: 0,
+        })
+        .await
+        .unwrap();
+    }
+    c.client_cert("u-nobody");
+    let nobody = channel_as(&c.certs, &c.client_addr(leader), Some("u-nobody"));
+    for i in 0..50 {
+        let code = call(nobody.clone(), &format!("/herald.v1.Herald/Made{i}")).await;
+        assert_ne!(code, Code::Ok);
+    }
+    let (_, metrics) = c.get(leader, "/metrics").await.unwrap();
+    let online: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("herald_presence_online_users{"))
+        .collect();
+    assert!(online.len() <= 5, "{online:#?}");
+    assert_eq!(
+        common::sample(
+            &metrics,
+            "herald_presence_online_users{client_type=\"other\"}"
+        ),
+        Some(300.0),
+        "{online:#?}"
+    );
+    let made_up: Vec<&str> = metrics.lines().filter(|l| l.contains("/Made")).collect();
+    assert!(made_up.is_empty(), "{made_up:#?}");
 }

@@ -388,6 +388,9 @@ impl Admin for AdminService {
             .transfer_leader(to)
             .await
             .map_err(raft_err)?;
+        // Having chosen the next leader, wait for it a full takeover period
+        // (see failover::LeaderContact).
+        self.node.leader_contact().touch();
         // Wait (bounded) for the move to show, so the CLI reports the outcome.
         let mut rx = self.node.raft().metrics();
         let moved = tokio::time::timeout(std::time::Duration::from_secs(5), async {

@@ -109,7 +109,9 @@ fn session_of(r: state::Response) -> Result<Session, Status> {
     }
 }
 
-/// Checks a uid list for batch reads and watches: count and each id's length.
+/// Checks a uid list for batch reads and watches: count and each id's
+/// length, naming the offending entry (`uids[3]`). A call that carries one
+/// uid checks it with [`check_uid`], which names the field `uid`.
 pub fn check_uids(uids: &[String]) -> Result<(), StateError> {
     if uids.len() > state::MAX_BATCH {
         return Err(StateError::invalid(
@@ -122,18 +124,14 @@ pub fn check_uids(uids: &[String]) -> Result<(), StateError> {
         ));
     }
     for (i, uid) in uids.iter().enumerate() {
-        if uid.is_empty() || uid.len() > state::limits::MAX_UID_BYTES {
-            return Err(StateError::invalid(
-                format!("uids[{i}]"),
-                format!(
-                    "must be 1..={} bytes of UTF-8, got {}",
-                    state::limits::MAX_UID_BYTES,
-                    uid.len()
-                ),
-            ));
-        }
+        state::limits::check_uid(&format!("uids[{i}]"), uid)?;
     }
     Ok(())
+}
+
+/// Checks the single `uid` of a call (`GetPresence`, `Heartbeat`).
+pub fn check_uid(uid: &str) -> Result<(), StateError> {
+    state::limits::check_uid("uid", uid)
 }
 
 /// The authenticated principal that sent `req` (the guard put it in the
@@ -203,7 +201,7 @@ impl HeraldApi for HeraldService {
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let r = req.into_inner();
-        check_uids(std::slice::from_ref(&r.uid)).map_err(invalid)?;
+        check_uid(&r.uid).map_err(invalid)?;
         // Heartbeats live in the owner's memory: pass them on to the owner,
         // and keep them here only if the owner cannot be reached.
         let owner = self.node.ownership().owner(&r.uid);
@@ -221,7 +219,7 @@ impl HeraldApi for HeraldService {
         req: Request<GetPresenceRequest>,
     ) -> Result<Response<GetPresenceResponse>, Status> {
         let r = req.into_inner();
-        check_uids(std::slice::from_ref(&r.uid)).map_err(invalid)?;
+        check_uid(&r.uid).map_err(invalid)?;
         self.read_barrier(r.consistency).await?;
         let m = self.node.store().read();
         Ok(Response::new(GetPresenceResponse {

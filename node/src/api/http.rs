@@ -1,24 +1,44 @@
 //! HTTP JSON for web platforms (P-publish's web-service call):
-//! `GET /v1/presence?ids=a,b,c[&consistency=serializable]` and `GET /health`;
-//! `GET /metrics` serves Prometheus metrics ([`crate::metrics`]).
-//! Errors are `{"error": "..."}` with the HTTP code of the gRPC status.
+//!
+//! - `GET /v1/presence?ids=a,b,c[&consistency=serializable]`: up to 1000
+//!   ids, comma-separated, each percent-decoded after the split (so a uid
+//!   with a comma is sent as `%2C`); a query short enough for every proxy.
+//! - `POST /v1/presence` with a JSON body `{"ids": ["a", "b"],
+//!   "consistency": "serializable"}` (`consistency` optional): the same
+//!   lookup for batches of any valid size (1000 ids of up to 128 bytes do
+//!   not fit in a URL).
+//! - `GET /v1/presence/{uid}[?consistency=...]`: one user, any valid uid
+//!   percent-encoded as one path segment; answers `{"revision", "record"}`.
+//! - `GET /health`; `GET /metrics` serves Prometheus metrics
+//!   ([`crate::metrics`]).
+//!
+//! The batch forms answer `{"revision", "records"}`, one record per id in
+//! order (unknown users come back offline). Every error, axum's own
+//! refusals included (a query key given twice, percent-encoding that is not
+//! UTF-8, a malformed JSON body, an unknown route or method), is
+//! `{"error": "..."}` with the HTTP code of its gRPC status (400 for bad
+//! input). Only limits hyper enforces before any route runs (a request
+//! line or headers over its buffer: 414/431) answer without that body.
 //!
 //! Every request passes the node's auth guard first ([`guard`]):
-//! `/v1/presence` needs the `reader` role (a client certificate or a bearer
-//! token); `/health` and `/metrics` are open, like etcd's, so supervisors
-//! and Prometheus need no credential (they still speak TLS).
+//! `/v1/presence` and `/v1/presence/{uid}` need the `reader` role (a client
+//! certificate or a bearer token); `/health` and `/metrics` are open, like
+//! etcd's, so supervisors and Prometheus need no credential (they still
+//! speak TLS).
 
+use ::herald_client::proto::PresenceRecord;
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, Query, Request, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::client::{batch_get, check_uids};
+use super::client::{batch_get, check_uid, check_uids};
 use super::status::{http_code, node_status, state_status};
 use crate::node::Herald;
 use crate::security::{PeerCert, PeerInfo, Permission};
@@ -27,18 +47,22 @@ use crate::state::{Role, StateError};
 /// The HTTP routes of one node.
 pub fn router(node: Herald) -> Router {
     Router::new()
-        .route("/v1/presence", get(presence))
+        .route("/v1/presence", get(presence_get).post(presence_post))
+        .route("/v1/presence/{uid}", get(presence_one))
         .route("/health", get(health))
         .route("/metrics", get(crate::metrics::http_handler))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .layer(middleware::from_fn_with_state(node.clone(), guard))
         .with_state(node)
 }
 
 /// What an HTTP route needs of its caller.
 fn permission(path: &str) -> Permission {
-    match path {
-        "/v1/presence" => Permission::Role(Role::Reader),
-        _ => Permission::Open,
+    if path == "/v1/presence" || path.starts_with("/v1/presence/") {
+        Permission::Role(Role::Reader)
+    } else {
+        Permission::Open
     }
 }
 
@@ -64,62 +88,194 @@ async fn guard(State(node): State<Herald>, mut req: Request, next: Next) -> Resp
 fn error(status: tonic::Status) -> Response {
     let code =
         StatusCode::from_u16(http_code(status.code())).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (code, Json(json!({ "error": status.message() }))).into_response()
+    json_error(code, status.message())
 }
 
-#[derive(Deserialize)]
+/// The one error document: `{"error": message}` with `code`.
+fn json_error(code: StatusCode, message: &str) -> Response {
+    (code, Json(json!({ "error": message }))).into_response()
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> Response {
+    error(state_status(&StateError::invalid(field, reason)))
+}
+
+async fn no_route(uri: Uri) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        &format!("no such route: {}", uri.path()),
+    )
+}
+
+async fn no_method() -> Response {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
+/// Percent-decodes one query or path piece; `+` is a space in a query.
+/// Percent-encoding that does not decode to UTF-8 is refused, never
+/// replaced with U+FFFD (that would look up a different user).
+fn decode(field: &str, raw: &str, plus_is_space: bool) -> Result<String, StateError> {
+    let raw = if plus_is_space {
+        raw.replace('+', " ")
+    } else {
+        raw.to_string()
+    };
+    percent_encoding::percent_decode_str(&raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| StateError::invalid(field, "percent-encoding is not valid UTF-8"))
+}
+
+/// The lookup's query: `ids` (raw, still encoded) and `consistency`
+/// (decoded). Each key at most once; other keys are ignored.
+#[derive(Default)]
 struct PresenceQuery {
     ids: Option<String>,
     consistency: Option<String>,
 }
 
-async fn presence(State(node): State<Herald>, Query(q): Query<PresenceQuery>) -> Response {
-    let Some(ids) = q.ids.filter(|s| !s.is_empty()) else {
-        return error(state_status(&StateError::invalid(
-            "ids",
-            "required: comma-separated user ids",
-        )));
+fn parse_query(query: Option<&str>) -> Result<PresenceQuery, StateError> {
+    let mut q = PresenceQuery::default();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode("query", key, true)?;
+        let slot = match key.as_str() {
+            "ids" => &mut q.ids,
+            "consistency" => &mut q.consistency,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(StateError::invalid(key, "given more than once"));
+        }
+        // `ids` stays encoded: it is split on `,` before decoding.
+        *slot = Some(if key == "ids" {
+            value.to_string()
+        } else {
+            decode(&key, value, true)?
+        });
+    }
+    Ok(q)
+}
+
+/// The read barrier a `consistency` asks for (linearizable by default).
+async fn read_barrier(node: &Herald, consistency: Option<&str>) -> Result<(), Box<Response>> {
+    match consistency {
+        None | Some("linearizable") => node
+            .linearize()
+            .await
+            .map_err(|e| Box::new(error(node_status(e)))),
+        Some("serializable") => Ok(()),
+        Some(other) => Err(Box::new(invalid(
+            "consistency",
+            format!("must be linearizable or serializable, got {other:?}"),
+        ))),
+    }
+}
+
+async fn presence_get(State(node): State<Herald>, uri: Uri) -> Response {
+    let q = match parse_query(uri.query()) {
+        Ok(q) => q,
+        Err(e) => return error(state_status(&e)),
     };
-    let uids: Vec<String> = ids.split(',').map(str::to_string).collect();
+    let Some(ids) = q.ids.filter(|s| !s.is_empty()) else {
+        return invalid("ids", "required: comma-separated user ids");
+    };
+    // Split first, then decode: `%2C` is a comma inside a uid.
+    let uids: Result<Vec<String>, StateError> =
+        ids.split(',').map(|raw| decode("ids", raw, true)).collect();
+    match uids {
+        Ok(uids) => lookup(&node, uids, q.consistency.as_deref()).await,
+        Err(e) => error(state_status(&e)),
+    }
+}
+
+/// `POST /v1/presence`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceBody {
+    ids: Vec<String>,
+    consistency: Option<String>,
+}
+
+async fn presence_post(
+    State(node): State<Herald>,
+    body: Result<Json<PresenceBody>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(b)) => {
+            if b.ids.is_empty() {
+                return invalid("ids", "required: a list of user ids");
+            }
+            lookup(&node, b.ids, b.consistency.as_deref()).await
+        }
+        // A body that is JSON but not this shape is bad input like any
+        // other (400, not axum's 422); a missing content type stays 415, a
+        // body over the limit 413.
+        Err(rejection) => {
+            let code = match rejection.status() {
+                StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                other => other,
+            };
+            json_error(code, &rejection.body_text())
+        }
+    }
+}
+
+async fn lookup(node: &Herald, uids: Vec<String>, consistency: Option<&str>) -> Response {
     if let Err(e) = check_uids(&uids) {
         return error(state_status(&e));
     }
-    match q.consistency.as_deref() {
-        None | Some("linearizable") => {
-            if let Err(e) = node.linearize().await {
-                return error(node_status(e));
-            }
-        }
-        Some("serializable") => {}
-        Some(other) => {
-            return error(state_status(&StateError::invalid(
-                "consistency",
-                format!("must be linearizable or serializable, got {other:?}"),
-            )));
-        }
+    if let Err(r) = read_barrier(node, consistency).await {
+        return *r;
     }
-    let r = batch_get(&node, &uids);
-    let records: Vec<Value> = r
-        .records
-        .iter()
-        .map(|p| {
-            json!({
-                "uid": p.uid,
-                "sid": p.sid,
-                "online": p.online,
-                "clients": p.clients.iter().map(|c| json!({
-                    "client_type": c.client_type,
-                    "since_ms": c.since_ms,
-                    "ttl_ms": c.ttl_ms,
-                })).collect::<Vec<_>>(),
-                "accept_strangers": p.accept_strangers,
-                "ext": p.ext,
-                "updated_at_ms": p.updated_at_ms,
-                "revision": p.revision,
-            })
-        })
-        .collect();
+    let r = batch_get(node, &uids);
+    let records: Vec<Value> = r.records.iter().map(record_json).collect();
     Json(json!({ "revision": r.revision, "records": records })).into_response()
+}
+
+async fn presence_one(
+    State(node): State<Herald>,
+    uri: Uri,
+    uid: Result<Path<String>, PathRejection>,
+) -> Response {
+    // axum's Path has percent-decoded the segment; it refuses bad UTF-8.
+    let uid = match uid {
+        Ok(Path(uid)) => uid,
+        Err(rejection) => return invalid("uid", rejection.body_text()),
+    };
+    if let Err(e) = check_uid(&uid) {
+        return error(state_status(&e));
+    }
+    let q = match parse_query(uri.query()) {
+        Ok(q) => q,
+        Err(e) => return error(state_status(&e)),
+    };
+    if let Err(r) = read_barrier(&node, q.consistency.as_deref()).await {
+        return *r;
+    }
+    let r = batch_get(&node, std::slice::from_ref(&uid));
+    let record = r.records.first().map(record_json);
+    Json(json!({ "revision": r.revision, "record": record })).into_response()
+}
+
+fn record_json(p: &PresenceRecord) -> Value {
+    json!({
+        "uid": p.uid,
+        "sid": p.sid,
+        "online": p.online,
+        "clients": p.clients.iter().map(|c| json!({
+            "client_type": c.client_type,
+            "since_ms": c.since_ms,
+            "ttl_ms": c.ttl_ms,
+        })).collect::<Vec<_>>(),
+        "accept_strangers": p.accept_strangers,
+        "ext": p.ext,
+        "updated_at_ms": p.updated_at_ms,
+        "revision": p.revision,
+    })
 }
 
 /// 200 only while the node can serve: Raft running and a leader known.

@@ -6,9 +6,9 @@
 //! - `herald_api_requests_total{server,method,code}`, the latency histogram
 //!   and the in-flight gauge. `code` is the gRPC status name (from the
 //!   `grpc-status` header of an error, `Ok` when absent: a success or a
-//!   stream that started) or the HTTP status code. `method` is the gRPC path
-//!   or a known HTTP route; anything else is `other`, so a scanner cannot
-//!   grow the label set. This runs on every request of the leader's one
+//!   stream that started) or the HTTP status code. `method` is the path of a
+//!   gRPC method this node serves or a known HTTP route; anything else is
+//!   `other`, so a scanner cannot grow the label set. This runs on every request of the leader's one
 //!   runtime thread, so a gRPC method's `Ok` series are looked up by path
 //!   once and kept (no label strings per request); errors and HTTP go the
 //!   long way.
@@ -232,6 +232,40 @@ pub struct Observe<S> {
 
 const HTTP_ROUTES: &[&str] = &["/v1/presence", "/health", "/metrics"];
 
+/// The methods of the peer service (`herald.v1.Peer`).
+const PEER_METHODS: &[&str] = &[
+    "Append",
+    "AppendStream",
+    "Vote",
+    "PreVote",
+    "InstallSnapshot",
+    "TransferLeader",
+    "Forward",
+    "ReadIndex",
+    "Ping",
+    "Heartbeat",
+];
+
+/// The `method` label of a request: its path when it names a method or
+/// route this node serves, else `other`. The path is the caller's to
+/// choose, and a refused call (an unknown method is refused by the guard
+/// before tonic could answer `Unimplemented`) is counted too, so anything
+/// else would let a caller grow the label set.
+fn method_label(listener: Listener, path: &str) -> &str {
+    let known = match listener {
+        // One user's lookup: the route, not the uid, is the label.
+        Listener::Http if path.starts_with("/v1/presence/") => return "/v1/presence/{uid}",
+        Listener::Http => HTTP_ROUTES.contains(&path),
+        Listener::Client | Listener::Peer => {
+            crate::security::policy::permission_of(path).is_some()
+                || path
+                    .strip_prefix("/herald.v1.Peer/")
+                    .is_some_and(|m| PEER_METHODS.contains(&m))
+        }
+    };
+    if known { path } else { "other" }
+}
+
 /// The caller's request id when it is a sane token (1 to 64 of
 /// `[A-Za-z0-9-_.:]`).
 fn given_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -291,10 +325,8 @@ where
         let method = if cached.is_some() {
             // Only needed again on an error.
             String::new()
-        } else if listener == Listener::Http && !HTTP_ROUTES.contains(&path) {
-            "other".to_string()
         } else {
-            path.to_string()
+            method_label(listener, path).to_string()
         };
         let rid = RequestId {
             given: given_request_id(req.headers()),
@@ -364,6 +396,37 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_labels_are_the_served_methods_or_other() {
+        use Listener::*;
+        let login = "/herald.v1.Herald/Login";
+        assert_eq!(method_label(Client, login), login);
+        assert_eq!(
+            method_label(Client, "/herald.v1.Admin/Status"),
+            "/herald.v1.Admin/Status"
+        );
+        assert_eq!(
+            method_label(Peer, "/herald.v1.Peer/Append"),
+            "/herald.v1.Peer/Append"
+        );
+        assert_eq!(method_label(Http, "/v1/presence"), "/v1/presence");
+        assert_eq!(
+            method_label(Http, "/v1/presence/a%2Cb"),
+            "/v1/presence/{uid}"
+        );
+        for made_up in [
+            "/herald.v1.Herald/Made1",
+            "/x/y",
+            "/herald.v1.Peer/Nope",
+            "",
+            "/",
+        ] {
+            assert_eq!(method_label(Client, made_up), "other");
+            assert_eq!(method_label(Peer, made_up), "other");
+            assert_eq!(method_label(Http, made_up), "other");
+        }
+    }
 
     #[test]
     fn request_ids_are_kept_when_sane_and_replaced_otherwise() {

@@ -88,6 +88,12 @@ pub(crate) fn check_len(
     Ok(())
 }
 
+/// A user id named `field` (`uid`, or `uids[3]` in a list): 1..=
+/// [`MAX_UID_BYTES`] bytes.
+pub fn check_uid(field: &str, uid: &str) -> Result<(), StateError> {
+    check_len(field, uid, 1, MAX_UID_BYTES)
+}
+
 /// A presence `ext` map: at most [`MAX_EXT_BYTES`] of keys and values.
 pub(crate) fn check_ext(field: &str, ext: &BTreeMap<String, String>) -> Result<(), StateError> {
     let n: usize = ext.iter().map(|(k, v)| k.len() + v.len()).sum();

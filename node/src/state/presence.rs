@@ -19,7 +19,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::limits::{
-    EVENT_HISTORY, MAX_CLIENT_TYPE_BYTES, MAX_UID_BYTES, check_ext, check_len, check_ttl,
+    EVENT_HISTORY, MAX_CLIENT_TYPE_BYTES, check_ext, check_len, check_ttl,
+    check_uid as check_uid_named,
 };
 use super::vecmap::{StrMap, VecMap};
 use super::{Entry, StateError};
@@ -152,7 +153,7 @@ pub struct Permission {
 }
 
 fn check_uid(uid: &str) -> Result<(), StateError> {
-    check_len("uid", uid, 1, MAX_UID_BYTES)
+    check_uid_named("uid", uid)
 }
 
 fn check_client_type(client_type: &str) -> Result<(), StateError> {

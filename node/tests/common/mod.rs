@@ -459,6 +459,21 @@ impl TestCluster {
         https_get(&self.certs, &self.http_addr(id), path, Some(ROOT), &[]).await
     }
 
+    /// POST a JSON `body` to `path` on node `id`'s HTTP port over TLS, as
+    /// `root`.
+    pub async fn post(&self, id: u64, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+        https_request(
+            &self.certs,
+            &self.http_addr(id),
+            "POST",
+            path,
+            Some(ROOT),
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+    }
+
     /// A node's own status, if it answers.
     pub async fn status(&self, id: u64) -> Option<NodeStatus> {
         let mut a = self.admin(id);
@@ -595,6 +610,21 @@ pub async fn https_get(
     user: Option<&str>,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
+    https_request(certs, host, "GET", path, user, headers, &[]).await
+}
+
+/// One HTTP/1.1 request in TLS (`method`, `path`, `headers`, `body`),
+/// trusting the cluster's CA and presenting `user`'s client certificate
+/// (if any); returns status and body.
+pub async fn https_request(
+    certs: &LocalCerts,
+    host: &str,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -625,12 +655,17 @@ pub async fn https_get(
     let ip = host.rsplit_once(':').map_or(host, |(ip, _)| ip).to_string();
     let name = rustls_pki_types::ServerName::try_from(ip).expect("server name");
     let mut s = connector.connect(name, tcp).await?;
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await?;
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).await?;
     let mut buf = Vec::new();
     // A TLS peer that closes without close_notify is fine for these tests.
     let _ = s.read_to_end(&mut buf).await;
