@@ -92,26 +92,49 @@ pub fn takeover_after(config: &Config, voters: impl IntoIterator<Item = u32>) ->
 /// leadership away). Without the latter a leader that steps down would
 /// count its whole time in office as silence and campaign against the
 /// leader it had just chosen, before that leader's first heartbeat arrived.
+///
+/// It also remembers when a leader last handed leadership to this node
+/// (`Peer.TransferLeader` naming it): a term won that way is a choice, not
+/// a failure of the previous leader ([`run`] tells the two apart).
 #[derive(Debug, Default)]
-pub struct LeaderContact(std::sync::Mutex<Option<Instant>>);
+pub struct LeaderContact {
+    last: std::sync::Mutex<Option<Instant>>,
+    handed: std::sync::Mutex<Option<Instant>>,
+}
+
+fn now_into(slot: &std::sync::Mutex<Option<Instant>>) {
+    *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+}
+
+fn read(slot: &std::sync::Mutex<Option<Instant>>) -> Option<Instant> {
+    *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 impl LeaderContact {
     /// Records contact now.
     pub fn touch(&self) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        now_into(&self.last);
     }
 
     /// The last contact, if there was one.
     pub fn last(&self) -> Option<Instant> {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        read(&self.last)
+    }
+
+    /// Records that the leader is handing leadership to this node now.
+    pub fn handed_to_me(&self) {
+        now_into(&self.handed);
+    }
+
+    /// When leadership was last handed to this node, if ever.
+    pub fn handed(&self) -> Option<Instant> {
+        read(&self.handed)
     }
 }
+
+/// A term that starts this soon after a leader handed leadership to this
+/// node was handed over, not won against a failed leader.
+const HANDOVER_WINDOW: Duration = Duration::from_secs(5);
 
 /// How often the takeover check runs.
 const TAKEOVER_TICK: Duration = Duration::from_millis(10);
@@ -214,6 +237,9 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
     let mut term = 0;
     let mut led_since = Instant::now();
     let mut ever_down: BTreeSet<u64> = BTreeSet::new();
+    // The leader this node last followed: the one that failed, when this
+    // node's term was won by an election rather than handed over.
+    let mut followed: Option<u64> = None;
     let mut pending: Option<(u64, Instant)> = None;
     let mut quiet_until = Instant::now();
     loop {
@@ -224,6 +250,9 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
         let now = Instant::now();
         let view = node.with_metrics(|m| {
             if m.state != ServerState::Leader {
+                if let Some(l) = m.current_leader.filter(|l| *l != m.id) {
+                    followed = Some(l);
+                }
                 return None;
             }
             let last = m.last_log_index.unwrap_or(0);
@@ -258,6 +287,18 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
             ever_down.clear();
             pending = None;
             quiet_until = now + hold;
+            // Won by an election, not handed over: the leader before failed
+            // (or could not be heard), even if it is back before this term
+            // has seen it down; without failback it is passed over.
+            let handed = node
+                .leader_contact()
+                .handed()
+                .is_some_and(|t| now.duration_since(t) < HANDOVER_WINDOW);
+            if let Some(prev) = followed.take()
+                && !handed
+            {
+                ever_down.insert(prev);
+            }
         }
         let mut candidates = Vec::new();
         for (id, number, ack, lag) in voters {

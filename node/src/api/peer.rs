@@ -462,6 +462,9 @@ impl Peer for PeerService {
             decode(&req.into_inner().data).map_err(bad)?;
         self.admit(&principal, Sender::Other)?;
         self.sane(&principal, rpc.from_leader(), rpc.last_log_id())?;
+        if *rpc.to_node_id() == self.node.id() {
+            self.node.leader_contact().handed_to_me();
+        }
         let resp = self
             .node
             .raft()
