@@ -23,4 +23,5 @@ pub mod nemesis;
 pub mod proxy;
 pub mod report;
 pub mod run;
+pub mod soak;
 pub mod workload;
