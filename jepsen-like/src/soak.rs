@@ -7,7 +7,7 @@
 //! timings replays it. The table goes to stdout and to `soak.md` in the
 //! output directory. Run directories are removed once checked, except the
 //! first invalid (or failed) run's, which is kept for its history, logs
-//! and plots.
+//! and plots; the others leave their `summary-seed<N>.json`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -148,6 +148,11 @@ pub async fn soak(opts: &SoakOptions) -> Result<(Vec<Row>, Option<PathBuf>)> {
         if row.failed && kept.is_none() {
             kept = Some(dir);
         } else {
+            // The summary (what each fault did) outlives the directory.
+            let _ = std::fs::copy(
+                dir.join("summary.json"),
+                opts.out.join(format!("summary-seed{seed}.json")),
+            );
             let _ = std::fs::remove_dir_all(&dir);
         }
         rows.push(row);
