@@ -220,8 +220,19 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+        if let Some(s) = self.session.take()
+            && s.umount_and_join().is_err()
+        {
+            // Busy: a killed node not reaped yet still holds files. Detach
+            // lazily; the kernel ends the session once they are closed.
+            use std::os::unix::ffi::OsStrExt;
+            if let Ok(path) = std::ffi::CString::new(self.mountpoint.as_os_str().as_bytes()) {
+                // SAFETY: umount2(2) with a NUL-terminated path that
+                // outlives the call.
+                unsafe {
+                    libc::umount2(path.as_ptr(), libc::MNT_DETACH);
+                }
+            }
         }
     }
 }
