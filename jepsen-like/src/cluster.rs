@@ -23,6 +23,7 @@ use herald_client::{Client, ClientConfig, ClientTls, proto};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use crate::faultfs::{self, FaultControl};
 use crate::proxy::{Link, LinkMode};
 
 /// What to start.
@@ -37,6 +38,11 @@ pub struct ClusterOptions {
     pub node_bin: PathBuf,
     /// Nodes started with `[testing] stale_reads = true`.
     pub stale_reads: Vec<u64>,
+    /// Mount a [`faultfs`] over every data dir (the disk faults).
+    pub faultfs: bool,
+    /// `raft.snapshot_every`, with no log kept after a snapshot (the
+    /// snapshot storm); `None` keeps the node's defaults.
+    pub snapshot_every: Option<u64>,
 }
 
 /// One node: its config and, while it runs, its process.
@@ -64,7 +70,9 @@ impl Node {
 /// A running cluster; see the module docs.
 #[derive(Debug)]
 pub struct Cluster {
-    // Dropped last: the processes die (Drop below) before their files go.
+    // Fields drop in order, after Drop below killed the processes: the
+    // mounts go before the directory they are in.
+    mounts: BTreeMap<u64, faultfs::Mount>,
     dir: tempfile::TempDir,
     node_bin: PathBuf,
     nodes: BTreeMap<u64, Node>,
@@ -128,6 +136,31 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
         }
     }
     Ok(ports)
+}
+
+/// A version-2 segment's 32-byte header.
+const SEG_HEADER: u64 = 32;
+/// Length, CRC and index before a record's payload.
+const SEG_RECORD_HEADER: u64 = 16;
+
+/// `(offset, payload length)` of each record of a version-2 segment (see
+/// the node's `segment_log.rs`), up to the preallocated zeros.
+fn segment_records(bytes: &[u8]) -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    if bytes.len() < SEG_HEADER as usize || &bytes[..7] != b"HRLDLOG" {
+        return out;
+    }
+    let mut at = SEG_HEADER as usize;
+    while at + SEG_RECORD_HEADER as usize <= bytes.len() {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let end = at + SEG_RECORD_HEADER as usize + len as usize;
+        if len == 0 || end > bytes.len() {
+            break;
+        }
+        out.push((at as u64, len));
+        at = end;
+    }
+    out
 }
 
 fn signal(child: &Child, sig: libc::c_int) {
@@ -206,7 +239,16 @@ impl Cluster {
         for config in configs {
             let id = config.id;
             let data_dir = PathBuf::from(&config.data_dir);
+            let mut config = config;
+            if let Some(every) = options.snapshot_every {
+                config.raft.snapshot_every = every;
+            }
             let mut text = config.to_toml();
+            if options.snapshot_every.is_some() {
+                // Still in [raft]: purge the whole log at each snapshot, so a
+                // lagging follower needs one.
+                text.push_str("keep_logs_after_snapshot = 0\n");
+            }
             text.push_str(
                 "\n# Every link to a peer goes through the chaos suite's proxy.\n[peer_routes]\n",
             );
@@ -234,7 +276,17 @@ impl Cluster {
                 },
             );
         }
+        let mut mounts = BTreeMap::new();
+        if options.faultfs {
+            for node in nodes.values() {
+                let backing = dir.path().join("backing").join(format!("node{}", node.id));
+                let mount = faultfs::Mount::new(&backing, Path::new(&node.config.data_dir))
+                    .with_context(|| format!("faultfs for node {}", node.id))?;
+                mounts.insert(node.id, mount);
+            }
+        }
         let mut cluster = Cluster {
+            mounts,
             dir,
             node_bin: options.node_bin.clone(),
             nodes,
@@ -493,6 +545,25 @@ impl Cluster {
         }
     }
 
+    /// Waits until every node in `ids` names the same leader, one of `ids`
+    /// (not a dead node they have not yet noticed is gone).
+    pub async fn wait_for_leader_among(&mut self, ids: &[u64], timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait_for_leader(ids, left).await {
+                Ok(l) if ids.contains(&l) => return Ok(l),
+                Ok(l) if Instant::now() >= deadline => {
+                    bail!("{ids:?} still follow node {l}, not one of them, after {timeout:?}")
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            // Nothing to await: the nodes do not announce elections.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Copies every node's log into `to`.
     pub fn copy_logs(&self, to: &Path) -> Result<()> {
         std::fs::create_dir_all(to)?;
@@ -502,6 +573,102 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// The disk-fault switch of node `id`'s data dir, when it has a
+    /// [`faultfs`] mount.
+    pub fn disk(&self, id: u64) -> Option<FaultControl> {
+        self.mounts.get(&id).map(faultfs::Mount::control)
+    }
+
+    /// Node `id`'s data dir (through its mount, if any).
+    pub fn data_dir(&self, id: u64) -> Option<PathBuf> {
+        self.nodes
+            .get(&id)
+            .map(|n| PathBuf::from(&n.config.data_dir))
+    }
+
+    /// Waits up to `timeout` for node `id`'s process to exit on its own;
+    /// its exit status, or `None` while it still runs (or never ran).
+    pub async fn wait_exit(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let node = self.nodes.get_mut(&id)?;
+        let child = node.child.as_mut()?;
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .ok()?
+            .ok()?;
+        node.child = None;
+        node.paused = false;
+        Some(status)
+    }
+
+    /// Empties node `id`'s data dir (a lost disk). The node must be stopped.
+    pub fn wipe(&self, id: u64) -> Result<()> {
+        let dir = self.data_dir(id).ok_or_else(|| anyhow!("no node {id}"))?;
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            }
+            .with_context(|| format!("wiping {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Flips one bit in the payload of a record in the middle of node
+    /// `id`'s log (a stopped node): the longest segment, the middle record,
+    /// the middle payload byte. Synced through the mount. Says where, or
+    /// `None` when no segment holds three records.
+    pub fn flip_record(&self, id: u64) -> Result<Option<String>> {
+        use std::os::unix::fs::FileExt;
+        let dir = self
+            .data_dir(id)
+            .ok_or_else(|| anyhow!("no node {id}"))?
+            .join("log");
+        let mut best: Option<(PathBuf, Vec<(u64, u32)>)> = None;
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "seg") {
+                continue;
+            }
+            let records = segment_records(&std::fs::read(&path)?);
+            if records.len() >= 3 && best.as_ref().is_none_or(|(_, r)| records.len() > r.len()) {
+                best = Some((path, records));
+            }
+        }
+        let Some((path, records)) = best else {
+            return Ok(None);
+        };
+        let k = records.len() / 2;
+        let (at, len) = records[k];
+        let byte = at + SEG_RECORD_HEADER + u64::from(len) / 2;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, byte)?;
+        b[0] ^= 0x10;
+        file.write_all_at(&b, byte)?;
+        file.sync_data()?;
+        Ok(Some(format!(
+            "flipped bit 4 of byte {byte} in {} (record {} of {})",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            k + 1,
+            records.len()
+        )))
     }
 
     /// The membership record for node `id`, for `AddLearner`.

@@ -6,6 +6,7 @@
 //! - [`nemesis`] turns faults into schedules (partitions, kills, pauses,
 //!   clock skew, membership changes);
 //! - [`workload`] runs clients that record a [`history`];
+//! - [`faultfs`] is the FUSE passthrough the disk faults break;
 //! - [`checker`] searches each key's history for a linearization and checks
 //!   the invariants directly;
 //! - [`report`] writes `summary.json` and the SVG plots; [`run`] ties it
@@ -16,9 +17,11 @@
 pub mod bench;
 pub mod checker;
 pub mod cluster;
+pub mod faultfs;
 pub mod history;
 pub mod nemesis;
 pub mod proxy;
 pub mod report;
 pub mod run;
+pub mod soak;
 pub mod workload;

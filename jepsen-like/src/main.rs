@@ -13,6 +13,7 @@ use herald_jepsen::history::{fault_windows, pair, read_jsonl};
 use herald_jepsen::nemesis::{Fault, parse_group};
 use herald_jepsen::report::{self, Summary};
 use herald_jepsen::run::{RunOptions, Schedule, run};
+use herald_jepsen::soak::{SoakOptions, soak, table};
 use herald_jepsen::workload::Workload;
 
 #[derive(Parser)]
@@ -39,7 +40,7 @@ enum Cmd {
         /// Founding nodes.
         #[arg(long, default_value_t = 5)]
         nodes: u32,
-        /// partition, kill, pause, clock, membership, or single fault names.
+        /// partition, kill, pause, clock, membership, disk, or single fault names.
         #[arg(
             long,
             value_delimiter = ',',
@@ -56,6 +57,31 @@ enum Cmd {
         hold: Duration,
         /// Quiet time before each fault (randomized ±50%).
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        gap: Duration,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Many seeded runs back to back, each with a random mix of faults; a
+    /// table of verdicts (also in <out>/soak.md); the first invalid run's
+    /// directory is kept. Exits 1 when any run is not valid.
+    Soak {
+        /// How many runs.
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        /// The first run's seed (run k uses seed + k).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Workload time of each run.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Founding nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// How long each fault is held (randomized ±50%).
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        hold: Duration,
+        /// Quiet time before each fault (randomized ±50%).
+        #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
         gap: Duration,
         #[command(flatten)]
         common: Common,
@@ -146,6 +172,7 @@ async fn main_inner(args: Args) -> Result<ExitCode> {
                 unread_keys: Vec::new(),
                 check,
                 wall_ms: 0,
+                check_ms: 0,
             };
             return Ok(finish(&summary, &history));
         }
@@ -170,6 +197,44 @@ async fn main_inner(args: Args) -> Result<ExitCode> {
                 );
             }
             return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Soak {
+            runs,
+            seed,
+            duration,
+            nodes,
+            hold,
+            gap,
+            common,
+        } => {
+            if !(1..=9).contains(&nodes) {
+                bail!("--nodes must be between 1 and 9");
+            }
+            let opts = SoakOptions {
+                runs,
+                seed,
+                duration,
+                nodes,
+                hold,
+                gap,
+                out: out_dir(&common, "soak", seed),
+                node_bin: locate_node_binary(common.node_bin.clone())?,
+            };
+            println!(
+                "soak: {runs} runs from seed {seed}, {duration:?} each, {nodes} nodes, output {}",
+                opts.out.display()
+            );
+            let (rows, kept) = tokio::select! {
+                r = soak(&opts) => r?,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted; nodes killed"),
+            };
+            println!("\n{}", table(&rows, kept.as_deref()));
+            println!("table: {}", opts.out.join("soak.md").display());
+            return Ok(if rows.iter().any(|r| r.failed) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         Cmd::Smoke { seed, common } => RunOptions {
             nodes: 3,

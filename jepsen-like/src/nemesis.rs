@@ -17,6 +17,18 @@
 //! | `kill-all`      | SIGKILL every node, restart them all |
 //! | `clock`         | skew nodes' cluster clocks by up to ±5 s, jump the leader's |
 //! | `membership`    | add the spare node (learner, then voter); next time remove it |
+//! | `crash-lose-unsynced` | SIGKILL one node (a third of the time all), drop every write it had not fsynced, restart |
+//! | `disk-eio`      | one node's fsyncs (or writes and fsyncs) fail with EIO: it must exit non-zero, the others keep a leader |
+//! | `disk-full`     | one node's disk answers ENOSPC and shows no free space: it must refuse writes or exit non-zero, the others keep a leader |
+//! | `bitflip`       | stop one node, flip a bit in a log record in the middle of its log: it must refuse to start; then wipe it and replace it |
+//! | `wipe-and-replace` | stop one node, empty its data dir, start it, replace it (remove, add as learner, promote) |
+//! | `snapshot-storm`| cut a follower off until the leader has purged its log past it (runs with `snapshot_every` 20 and no log kept), heal: it must catch up from a snapshot |
+//!
+//! The first three need the [`faultfs`](crate::faultfs) mounts; without
+//! FUSE they are skipped, and the history says why. A failed expectation
+//! of a disk fault (a corrupted node that starts, a failed disk that does
+//! not stop its node, a cluster without a leader while one disk is bad) is
+//! a `disk` anomaly and makes the run invalid.
 //!
 //! Cut links are either stalled (bytes held, TCP survives) or dropped
 //! (connections reset), chosen at random per fault.
@@ -31,6 +43,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::checker::Anomaly;
 use crate::cluster::Cluster;
 use crate::history::{EventType, NEMESIS, Recorder};
 use crate::proxy::LinkMode;
@@ -60,11 +73,23 @@ pub enum Fault {
     Clock,
     /// Add or remove a node.
     Membership,
+    /// SIGKILL and lose what was not fsynced.
+    CrashLoseUnsynced,
+    /// fsync / writes fail with EIO.
+    DiskEio,
+    /// ENOSPC.
+    DiskFull,
+    /// A flipped bit in a stopped node's log, then the replace flow.
+    Bitflip,
+    /// A lost disk, then the replace flow.
+    WipeReplace,
+    /// A follower that needs a snapshot to catch up.
+    SnapshotStorm,
 }
 
 impl Fault {
     /// Every fault, in the smoke run's order.
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 17] = [
         Fault::IsolateLeader,
         Fault::Split,
         Fault::Bridge,
@@ -76,7 +101,16 @@ impl Fault {
         Fault::Clock,
         Fault::Membership,
         Fault::KillAll,
+        Fault::CrashLoseUnsynced,
+        Fault::DiskEio,
+        Fault::DiskFull,
+        Fault::Bitflip,
+        Fault::WipeReplace,
+        Fault::SnapshotStorm,
     ];
+
+    /// The faults that need the faultfs mounts.
+    pub const FUSE: [Fault; 3] = [Fault::CrashLoseUnsynced, Fault::DiskEio, Fault::DiskFull];
 
     /// Its name in histories and reports.
     pub fn name(self) -> &'static str {
@@ -92,12 +126,18 @@ impl Fault {
             Fault::KillAll => "kill-all",
             Fault::Clock => "clock",
             Fault::Membership => "membership",
+            Fault::CrashLoseUnsynced => "crash-lose-unsynced",
+            Fault::DiskEio => "disk-eio",
+            Fault::DiskFull => "disk-full",
+            Fault::Bitflip => "bitflip",
+            Fault::WipeReplace => "wipe-and-replace",
+            Fault::SnapshotStorm => "snapshot-storm",
         }
     }
 }
 
 /// The faults a `--nemesis` name enables: `partition`, `kill`, `pause`,
-/// `clock`, `membership`, or a single fault's name.
+/// `clock`, `membership`, `disk`, or a single fault's name.
 pub fn parse_group(name: &str) -> Result<Vec<Fault>> {
     Ok(match name {
         "partition" => vec![
@@ -112,10 +152,18 @@ pub fn parse_group(name: &str) -> Result<Vec<Fault>> {
         "pause" => vec![Fault::Pause],
         "clock" => vec![Fault::Clock],
         "membership" => vec![Fault::Membership],
+        "disk" => vec![
+            Fault::CrashLoseUnsynced,
+            Fault::DiskEio,
+            Fault::DiskFull,
+            Fault::Bitflip,
+            Fault::WipeReplace,
+            Fault::SnapshotStorm,
+        ],
         other => match Fault::ALL.iter().find(|f| f.name() == other) {
             Some(f) => vec![*f],
             None => bail!(
-                "unknown nemesis {other:?} (partition, kill, pause, clock, membership, or one of {})",
+                "unknown nemesis {other:?} (partition, kill, pause, clock, membership, disk, or one of {})",
                 Fault::ALL.map(Fault::name).join(", ")
             ),
         },
@@ -140,6 +188,10 @@ pub struct Nemesis {
     spare_member: bool,
     spare_removed: bool,
     admin: Client,
+    /// Why the FUSE faults are skipped (`None`: the mounts are there).
+    no_fuse: Option<String>,
+    /// Failed expectations of the disk faults.
+    anomalies: Vec<Anomaly>,
 }
 
 impl Nemesis {
@@ -149,6 +201,7 @@ impl Nemesis {
         spare: Option<u64>,
         seed: u64,
         recorder: Recorder,
+        no_fuse: Option<String>,
     ) -> Result<Nemesis> {
         let admin = Client::with_config(
             cluster.endpoints(),
@@ -164,6 +217,8 @@ impl Nemesis {
             spare_member: false,
             spare_removed: false,
             admin,
+            no_fuse,
+            anomalies: Vec::new(),
         })
     }
 
@@ -396,6 +451,28 @@ impl Nemesis {
                 format!("skew {}", done.join(", "))
             }
             Fault::Membership => self.membership(cluster, hold).await?,
+            Fault::CrashLoseUnsynced | Fault::DiskEio | Fault::DiskFull
+                if self.no_fuse.is_some() =>
+            {
+                tokio::time::sleep(hold).await;
+                format!(
+                    "skipped: FUSE is unavailable ({})",
+                    self.no_fuse.as_deref().unwrap_or_default()
+                )
+            }
+            Fault::CrashLoseUnsynced => self.crash_lose_unsynced(cluster, hold).await?,
+            Fault::DiskEio => self.disk_error(cluster, hold, fault).await?,
+            Fault::DiskFull => self.disk_error(cluster, hold, fault).await?,
+            Fault::Bitflip => self.bitflip(cluster).await?,
+            Fault::WipeReplace => {
+                let id = self.target(cluster).await;
+                cluster.kill(id).await;
+                cluster.wipe(id)?;
+                tokio::time::sleep(hold.min(Duration::from_secs(1))).await;
+                let replaced = self.replace(cluster, id).await;
+                format!("wiped node {id}; {replaced}")
+            }
+            Fault::SnapshotStorm => self.snapshot_storm(cluster, hold).await?,
         };
         Ok(detail)
     }
@@ -440,10 +517,265 @@ impl Nemesis {
         }
     }
 
+    /// Failed expectations of the disk faults so far.
+    pub fn anomalies(&self) -> &[Anomaly] {
+        &self.anomalies
+    }
+
+    fn anomaly(&mut self, fault: Fault, node: u64, message: String) {
+        self.anomalies.push(Anomaly {
+            kind: "disk".into(),
+            workload: fault.name().into(),
+            key: format!("node{node}"),
+            message,
+            ops: Vec::new(),
+        });
+    }
+
+    /// The members other than `id`.
+    fn others(&self, cluster: &Cluster, id: u64) -> Vec<u64> {
+        self.members(cluster)
+            .into_iter()
+            .filter(|&i| i != id)
+            .collect()
+    }
+
+    async fn crash_lose_unsynced(
+        &mut self,
+        cluster: &mut Cluster,
+        hold: Duration,
+    ) -> Result<String> {
+        let ids = if self.rng.random_bool(1.0 / 3.0) {
+            self.members(cluster)
+        } else {
+            vec![self.target(cluster).await]
+        };
+        let mut dropped = Vec::new();
+        for &id in &ids {
+            cluster.kill(id).await;
+        }
+        // Every writer is dead: now the unsynced writes go.
+        for &id in &ids {
+            if let Some(disk) = cluster.disk(id) {
+                let r = disk.crash()?;
+                dropped.push(format!("{id}: {} files, {} pages back", r.files, r.pages));
+            }
+        }
+        tokio::time::sleep(hold.min(Duration::from_secs(2))).await;
+        for &id in &ids {
+            cluster.spawn(id)?;
+        }
+        if ids.len() > 1 {
+            let _ = cluster
+                .wait_for_leader(&ids, hold.max(Duration::from_secs(10)))
+                .await;
+        }
+        Ok(format!(
+            "crashed nodes {ids:?}, unsynced writes dropped ({})",
+            dropped.join("; ")
+        ))
+    }
+
+    /// `disk-eio` and `disk-full` on one node.
+    async fn disk_error(
+        &mut self,
+        cluster: &mut Cluster,
+        hold: Duration,
+        fault: Fault,
+    ) -> Result<String> {
+        use crate::faultfs::DiskFault;
+        let id = self.target(cluster).await;
+        let Some(disk) = cluster.disk(id) else {
+            bail!("node {id} has no faultfs mount");
+        };
+        let mode = match fault {
+            Fault::DiskFull => DiskFault::NoSpace,
+            _ if self.rng.random_bool(0.5) => DiskFault::FsyncEio,
+            _ => DiskFault::WriteEio,
+        };
+        disk.set(mode);
+        // The workloads keep every member writing: a failed disk shows in
+        // one group commit. EIO must stop the node; a full disk may instead
+        // raise the free-space alarm and keep it up, refusing writes.
+        let wait = hold.max(Duration::from_secs(10));
+        let exit = cluster.wait_exit(id, wait).await;
+        let others = self.others(cluster, id);
+        let leader = cluster
+            .wait_for_leader(&others, Duration::from_secs(15))
+            .await;
+        let mut outcome = match exit {
+            Some(s) if s.success() => {
+                self.anomaly(
+                    fault,
+                    id,
+                    format!("{mode:?}: the node exited with status 0"),
+                );
+                "exited 0".to_string()
+            }
+            Some(s) => format!("stopped ({s})"),
+            None if mode == DiskFault::NoSpace => format!("still up after {wait:?}"),
+            None => {
+                self.anomaly(
+                    fault,
+                    id,
+                    format!("{mode:?}: the node was still running {wait:?} later"),
+                );
+                format!("STILL RUNNING after {wait:?}")
+            }
+        };
+        match leader {
+            Ok(l) => outcome.push_str(&format!("; the others kept leader {l}")),
+            Err(e) => {
+                self.anomaly(
+                    fault,
+                    id,
+                    format!("{mode:?} on one node, the others without a leader: {e:#}"),
+                );
+                outcome.push_str("; the others had NO LEADER");
+            }
+        }
+        disk.set(DiskFault::Healthy);
+        if exit.is_some() {
+            // The disk's state after the error is unknown: only the synced
+            // writes are trusted.
+            disk.crash()?;
+            cluster.spawn(id)?;
+        }
+        Ok(format!("{mode:?} on node {id}: {outcome}"))
+    }
+
+    async fn bitflip(&mut self, cluster: &mut Cluster) -> Result<String> {
+        let id = self.target(cluster).await;
+        cluster.kill(id).await;
+        let Some(flipped) = cluster.flip_record(id)? else {
+            cluster.spawn(id)?;
+            return Ok(format!(
+                "node {id}: no segment with three records; restarted untouched"
+            ));
+        };
+        cluster.spawn(id)?;
+        let wait = Duration::from_secs(20);
+        let outcome = match cluster.wait_exit(id, wait).await {
+            Some(s) if !s.success() => format!("refused to start ({s})"),
+            Some(s) => {
+                self.anomaly(
+                    Fault::Bitflip,
+                    id,
+                    format!("{flipped}: the node exited with {s}"),
+                );
+                format!("exited {s}")
+            }
+            None => {
+                self.anomaly(
+                    Fault::Bitflip,
+                    id,
+                    format!("{flipped}: the node was still running {wait:?} later"),
+                );
+                cluster.kill(id).await;
+                "STARTED".to_string()
+            }
+        };
+        cluster.wipe(id)?;
+        let replaced = self.replace(cluster, id).await;
+        Ok(format!(
+            "node {id}: {flipped}; {outcome}; wiped; {replaced}"
+        ))
+    }
+
+    /// The replace flow on a wiped node `id` (stopped): start it, remove
+    /// its old member, add it as a learner, promote it.
+    async fn replace(&mut self, cluster: &mut Cluster, id: u64) -> String {
+        if let Err(e) = cluster.spawn(id) {
+            return format!("restart failed: {e:#}");
+        }
+        let Some(member) = cluster.member(id) else {
+            return format!("no node {id}");
+        };
+        let removed = ok_or(self.admin.remove(id).await);
+        let added = ok_or(self.admin.add_learner(member).await);
+        let promoted = ok_or(self.admin.promote(id).await);
+        let members = self.members(cluster);
+        let agreed = match cluster
+            .wait_for_leader(&members, Duration::from_secs(30))
+            .await
+        {
+            Ok(l) => format!("all follow {l}"),
+            Err(_) => "no agreed leader after 30s".into(),
+        };
+        format!("replace: remove {removed}, add learner {added}, promote {promoted}, {agreed}")
+    }
+
+    async fn snapshot_storm(&mut self, cluster: &mut Cluster, hold: Duration) -> Result<String> {
+        let Some(leader) = cluster.leader().await else {
+            tokio::time::sleep(hold).await;
+            return Ok("no leader: nothing to do".into());
+        };
+        let others = self.others(cluster, leader);
+        let follower = others[self.rng.random_range(0..others.len())];
+        let behind = cluster
+            .statuses()
+            .await
+            .get(&follower)
+            .map(|s| s.last_log_index)
+            .unwrap_or(0);
+        let rest: Vec<u64> = self.others(cluster, follower);
+        cluster.partition(&[vec![follower], rest], LinkMode::Drop);
+        // Until the leader purged past the follower's log (sampling: the
+        // nodes publish no events).
+        let until = tokio::time::Instant::now() + hold.max(Duration::from_secs(20));
+        let mut purged = 0;
+        while tokio::time::Instant::now() < until {
+            purged = cluster
+                .statuses()
+                .await
+                .get(&leader)
+                .map(|s| s.purged_index)
+                .unwrap_or(0);
+            if purged > behind {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        cluster.heal_network();
+        if purged <= behind {
+            return Ok(format!(
+                "follower {follower} cut off at {behind}; leader {leader} never purged past it"
+            ));
+        }
+        let caught_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        let snapshot = loop {
+            let s = cluster
+                .statuses()
+                .await
+                .get(&follower)
+                .map(|s| s.snapshot_index);
+            if let Some(i) = s.filter(|&i| i >= purged) {
+                break Some(i);
+            }
+            if tokio::time::Instant::now() >= caught_up {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        Ok(match snapshot {
+            Some(i) => format!(
+                "follower {follower} cut off at {behind}, leader {leader} purged to {purged}; healed, it installed snapshot {i}"
+            ),
+            None => format!(
+                "follower {follower} cut off at {behind}, leader {leader} purged to {purged}; healed, no snapshot past {purged} within 30s"
+            ),
+        })
+    }
+
     /// Undoes every fault: links pass, paused nodes resume, dead members
     /// restart, clocks go back to zero offset.
     pub async fn heal_all(&mut self, cluster: &mut Cluster) -> Result<()> {
         cluster.heal_network();
+        for id in self.members(cluster) {
+            if let Some(disk) = cluster.disk(id) {
+                disk.set(crate::faultfs::DiskFault::Healthy);
+            }
+        }
         cluster.revive(&self.extra_members())?;
         for id in self.members(cluster) {
             if let Some(addr) = cluster.node(id).map(|n| n.client_addr()) {
@@ -471,6 +803,7 @@ mod tests {
         assert_eq!("kill-all".parse::<Fault>().expect("one"), Fault::KillAll);
         assert!("kill".parse::<Fault>().is_err(), "a group, not one fault");
         assert!(parse_group("meteor").is_err());
+        assert_eq!(parse_group("disk").expect("group").len(), 6);
         for f in Fault::ALL {
             assert_eq!(f.name().parse::<Fault>().expect("round trip"), f);
         }

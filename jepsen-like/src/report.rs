@@ -33,6 +33,9 @@ pub struct Summary {
     pub check: Report,
     /// Wall time of the whole run.
     pub wall_ms: u64,
+    /// Time the checker took.
+    #[serde(default)]
+    pub check_ms: u64,
 }
 
 /// Writes the history, summary and plots into `dir`.

@@ -14,10 +14,14 @@ use tokio::task::JoinSet;
 
 use crate::checker;
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::faultfs;
 use crate::history::{Recorder, fault_windows, pair};
 use crate::nemesis::{Fault, Nemesis};
 use crate::report::{self, Summary};
 use crate::workload::{self, Context, Workload};
+
+/// `raft.snapshot_every` in runs with the snapshot storm.
+pub const SNAPSHOT_STORM_EVERY: u64 = 20;
 
 /// How faults are scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +63,28 @@ pub struct RunOptions {
 pub async fn run(opts: &RunOptions) -> Result<Summary> {
     let started = Instant::now();
     let spare = opts.faults.contains(&Fault::Membership);
+    let wants_fuse = opts.faults.iter().any(|f| Fault::FUSE.contains(f));
+    let no_fuse = if wants_fuse {
+        faultfs::unavailable()
+    } else {
+        Some("no FUSE fault enabled".into())
+    };
+    if wants_fuse && let Some(why) = &no_fuse {
+        eprintln!(
+            "SKIPPING the FUSE disk faults ({}): {why}",
+            Fault::FUSE.map(Fault::name).join(", ")
+        );
+    }
     let mut cluster = Cluster::start(&ClusterOptions {
         nodes: opts.nodes,
         spare,
         node_bin: opts.node_bin.clone(),
         stale_reads: opts.stale_reads.clone(),
+        faultfs: no_fuse.is_none(),
+        snapshot_every: opts
+            .faults
+            .contains(&Fault::SnapshotStorm)
+            .then_some(SNAPSHOT_STORM_EVERY),
     })
     .await?;
     let founders = cluster.founders().to_vec();
@@ -71,6 +92,7 @@ pub async fn run(opts: &RunOptions) -> Result<Summary> {
         opts,
         &mut cluster,
         spare.then_some(u64::from(opts.nodes) + 1),
+        no_fuse,
     )
     .await;
     let logs = opts.out.join("logs");
@@ -78,10 +100,17 @@ pub async fn run(opts: &RunOptions) -> Result<Summary> {
         eprintln!("copying node logs: {e:#}");
     }
     drop(cluster);
-    let (recorder, unread) = result.with_context(|| format!("cluster of nodes {founders:?}"))?;
+    let (recorder, unread, disk_anomalies) =
+        result.with_context(|| format!("cluster of nodes {founders:?}"))?;
     let events = recorder.events();
     let ops = pair(&events);
-    let check = checker::check(&ops, Duration::from_secs(60));
+    let checked = Instant::now();
+    let mut check = checker::check(&ops, Duration::from_secs(60));
+    let check_ms = u64::try_from(checked.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if !disk_anomalies.is_empty() {
+        check.valid = false;
+        check.anomalies.extend(disk_anomalies);
+    }
     let summary = Summary {
         valid: check.valid && unread.is_empty(),
         seed: opts.seed,
@@ -96,6 +125,7 @@ pub async fn run(opts: &RunOptions) -> Result<Summary> {
         unread_keys: unread,
         check,
         wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        check_ms,
     };
     report::write(&opts.out, &events, &ops, &summary)?;
     Ok(summary)
@@ -105,7 +135,8 @@ async fn drive(
     opts: &RunOptions,
     cluster: &mut Cluster,
     spare: Option<u64>,
-) -> Result<(Recorder, Vec<String>)> {
+    no_fuse: Option<String>,
+) -> Result<(Recorder, Vec<String>, Vec<checker::Anomaly>)> {
     let founders = cluster.founders().to_vec();
     cluster.init(founders[0], Duration::from_secs(30)).await?;
     cluster
@@ -132,7 +163,7 @@ async fn drive(
         cluster.client_tls(),
         recorder.clone(),
     ));
-    let mut nemesis = Nemesis::new(cluster, spare, opts.seed, recorder.clone())?;
+    let mut nemesis = Nemesis::new(cluster, spare, opts.seed, recorder.clone(), no_fuse)?;
     let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_add(1));
     let began = Instant::now();
     match opts.schedule {
@@ -168,7 +199,7 @@ async fn drive(
     let unread =
         workload::final_reads(&opts.workloads, &setup, &ctx, Duration::from_secs(30)).await;
     monitor.abort();
-    Ok((recorder, unread))
+    Ok((recorder, unread, nemesis.anomalies().to_vec()))
 }
 
 /// Records every node's role, term and leader twice a second, so elections

@@ -19,6 +19,8 @@ async fn a_partitioned_node_serving_local_reads_is_caught() {
         spare: false,
         node_bin,
         stale_reads: vec![3],
+        faultfs: false,
+        snapshot_every: None,
     })
     .await
     .expect("start");
