@@ -103,11 +103,15 @@ pub struct LeaderContact {
 }
 
 fn now_into(slot: &std::sync::Mutex<Option<Instant>>) {
-    *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    *slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
 }
 
 fn read(slot: &std::sync::Mutex<Option<Instant>>) -> Option<Instant> {
-    *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    *slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl LeaderContact {

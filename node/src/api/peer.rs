@@ -187,13 +187,24 @@ impl PeerService {
                             .unwrap_or("none (not initialized)")
                     ));
                 }
-                if let Principal::Node(from) = &caller.principal {
+                // The sender's own incarnation is checked only on a vote,
+                // and only by a node whose log is at least the candidate's:
+                // records live in the log, so a node behind the candidate
+                // may hold a stale one (the candidate was replaced since),
+                // and refusing would stop the election that lets it catch
+                // up. Appends are not checked this way: a lagging follower
+                // with a stale record must still take them from the leader
+                // (the soak saw a replaced node refuse its leader for good).
+                if let (Principal::Node(from), Sender::Candidate(last)) = (&caller.principal, kind)
+                {
                     let known = {
                         let m = self.node.store().read();
                         m.state.incarnations().get(*from).map(str::to_string)
                     };
+                    let mine = self.node.with_metrics(|x| x.last_log_index);
                     if let Some(known) = known
                         && caller.from_incarnation.as_deref() != Some(known.as_str())
+                        && last.map(|l| l.index()) <= mine
                     {
                         return refuse(format!(
                             "the cluster knows node {from} as incarnation {known}, not {}: a \
@@ -202,17 +213,22 @@ impl PeerService {
                         ));
                     }
                 }
-                if let Some(expected) = &caller.to_incarnation
-                    && *expected != id.incarnation
-                {
-                    let why = format!(
-                        "the cluster knows node {me} as incarnation {expected}, but this data \
-                         dir is incarnation {}: another data dir has taken this node's place; \
-                         stop this one",
-                        id.incarnation
-                    );
-                    cell.set_refused(Some(why.clone()));
-                    return refuse(why);
+                match &caller.to_incarnation {
+                    Some(expected) if *expected != id.incarnation => {
+                        let why = format!(
+                            "the cluster knows node {me} as incarnation {expected}, but this \
+                             data dir is incarnation {}: another data dir has taken this \
+                             node's place, or the sender has not caught up; if it persists, \
+                             stop this one",
+                            id.incarnation
+                        );
+                        cell.set_refused(Some(why.clone()));
+                        return refuse(why);
+                    }
+                    // A message meant for this incarnation: whatever a stale
+                    // sender said before no longer holds.
+                    Some(_) => cell.set_refused(None),
+                    None => {}
                 }
                 Ok(())
             }
