@@ -85,11 +85,14 @@ pub enum Fault {
     WipeReplace,
     /// A follower that needs a snapshot to catch up.
     SnapshotStorm,
+    /// Two faults at once: a random split, and while it holds one node is
+    /// killed and restarted (it comes back into the partition).
+    PartitionKill,
 }
 
 impl Fault {
     /// Every fault, in the smoke run's order.
-    pub const ALL: [Fault; 17] = [
+    pub const ALL: [Fault; 18] = [
         Fault::IsolateLeader,
         Fault::Split,
         Fault::Bridge,
@@ -107,6 +110,7 @@ impl Fault {
         Fault::Bitflip,
         Fault::WipeReplace,
         Fault::SnapshotStorm,
+        Fault::PartitionKill,
     ];
 
     /// The faults that need the faultfs mounts.
@@ -132,6 +136,7 @@ impl Fault {
             Fault::Bitflip => "bitflip",
             Fault::WipeReplace => "wipe-and-replace",
             Fault::SnapshotStorm => "snapshot-storm",
+            Fault::PartitionKill => "partition-kill",
         }
     }
 }
@@ -148,7 +153,7 @@ pub fn parse_group(name: &str) -> Result<Vec<Fault>> {
             Fault::Flapping,
             Fault::Delay,
         ],
-        "kill" => vec![Fault::Kill, Fault::KillAll],
+        "kill" => vec![Fault::Kill, Fault::KillAll, Fault::PartitionKill],
         "pause" => vec![Fault::Pause],
         "clock" => vec![Fault::Clock],
         "membership" => vec![Fault::Membership],
@@ -473,6 +478,19 @@ impl Nemesis {
                 format!("wiped node {id}; {replaced}")
             }
             Fault::SnapshotStorm => self.snapshot_storm(cluster, hold).await?,
+            Fault::PartitionKill => {
+                let groups = self.random_split(cluster);
+                let mode = self.cut_mode();
+                cluster.partition(&groups, mode);
+                tokio::time::sleep(hold / 3).await;
+                let id = self.target(cluster).await;
+                cluster.kill(id).await;
+                tokio::time::sleep(hold / 3).await;
+                cluster.spawn(id)?;
+                tokio::time::sleep(hold / 3).await;
+                cluster.heal_network();
+                format!("split {groups:?} ({mode:?}); node {id} killed and restarted inside it")
+            }
         };
         Ok(detail)
     }
