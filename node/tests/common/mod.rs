@@ -155,37 +155,14 @@ impl TestCluster {
     }
 
     /// Starts `n` founding nodes with extra process `env`, letting `tweak`
-    /// adjust each config.
+    /// adjust each config, runs `cluster init` and waits for a leader.
     pub async fn start_full(
         n: u64,
         timings: RaftTimings,
         env: &[(&str, &str)],
         tweak: impl Fn(&mut Config),
     ) -> TestCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let certs =
-            herald_certs::local_cluster(&dir.path().join("certs"), &[], &[ROOT], Validity::days(2))
-                .expect("certificates");
-        let mut c = TestCluster {
-            dir,
-            certs,
-            nodes: BTreeMap::new(),
-            timings,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        let mut configs = Vec::new();
-        for id in 1..=n {
-            configs.push(c.make_config(id));
-        }
-        let members: Vec<MemberConfig> = configs.iter().map(member_of).collect();
-        for mut cfg in configs {
-            cfg.initial_members = members.clone();
-            tweak(&mut cfg);
-            c.spawn(cfg);
-        }
+        let c = Self::spawn_founders(n, timings, env, tweak);
         c.init(1).await;
         c.wait_leader().await;
         c
@@ -193,24 +170,7 @@ impl TestCluster {
 
     /// Starts `n` founding nodes and does not run `cluster init`.
     pub async fn start_uninitialized(n: u64) -> TestCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let certs =
-            herald_certs::local_cluster(&dir.path().join("certs"), &[], &[ROOT], Validity::days(2))
-                .expect("certificates");
-        let mut c = TestCluster {
-            dir,
-            certs,
-            nodes: BTreeMap::new(),
-            timings: timings(),
-            env: Default::default(),
-        };
-        let configs: Vec<Config> = (1..=n).map(|id| c.make_config(id)).collect();
-        let members: Vec<MemberConfig> = configs.iter().map(member_of).collect();
-        for mut cfg in configs {
-            cfg.initial_members = members.clone();
-            c.spawn(cfg);
-        }
-        c
+        Self::spawn_founders(n, timings(), &[], |_| {})
     }
 
     /// `cluster init` on node `id`, retried while founders are starting.
@@ -244,6 +204,37 @@ impl TestCluster {
             ids.iter().all(|i| got.contains_key(i)).then_some(got)
         })
         .await
+    }
+
+    /// Certificates, configs and processes of `n` founding nodes.
+    fn spawn_founders(
+        n: u64,
+        timings: RaftTimings,
+        env: &[(&str, &str)],
+        tweak: impl Fn(&mut Config),
+    ) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs =
+            herald_certs::local_cluster(&dir.path().join("certs"), &[], &[ROOT], Validity::days(2))
+                .expect("certificates");
+        let mut c = TestCluster {
+            dir,
+            certs,
+            nodes: BTreeMap::new(),
+            timings,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let configs: Vec<Config> = (1..=n).map(|id| c.make_config(id)).collect();
+        let members: Vec<MemberConfig> = configs.iter().map(member_of).collect();
+        for mut cfg in configs {
+            cfg.initial_members = members.clone();
+            tweak(&mut cfg);
+            c.spawn(cfg);
+        }
+        c
     }
 
     /// The CA, to issue more certificates.
