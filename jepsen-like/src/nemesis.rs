@@ -113,6 +113,16 @@ impl Fault {
         Fault::PartitionKill,
     ];
 
+    /// The `disk` group.
+    pub const DISK: [Fault; 6] = [
+        Fault::CrashLoseUnsynced,
+        Fault::DiskEio,
+        Fault::DiskFull,
+        Fault::Bitflip,
+        Fault::WipeReplace,
+        Fault::SnapshotStorm,
+    ];
+
     /// The faults that need the faultfs mounts.
     pub const FUSE: [Fault; 3] = [Fault::CrashLoseUnsynced, Fault::DiskEio, Fault::DiskFull];
 
@@ -157,14 +167,7 @@ pub fn parse_group(name: &str) -> Result<Vec<Fault>> {
         "pause" => vec![Fault::Pause],
         "clock" => vec![Fault::Clock],
         "membership" => vec![Fault::Membership],
-        "disk" => vec![
-            Fault::CrashLoseUnsynced,
-            Fault::DiskEio,
-            Fault::DiskFull,
-            Fault::Bitflip,
-            Fault::WipeReplace,
-            Fault::SnapshotStorm,
-        ],
+        "disk" => Fault::DISK.to_vec(),
         other => match Fault::ALL.iter().find(|f| f.name() == other) {
             Some(f) => vec![*f],
             None => bail!(

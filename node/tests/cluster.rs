@@ -337,21 +337,8 @@ async fn add_learner_promote_and_remove() {
         .login(login("before-join", "tv"))
         .await
         .expect("login");
-    let n4 = c.spawn_joiner(4).config.clone();
-    let member = Member {
-        id: 4,
-        number: 4,
-        peer_addr: n4.listen.peer.to_string(),
-        client_addr: n4.listen.client.to_string(),
-        http_addr: n4.listen.http.to_string(),
-        time_addr: n4
-            .listen
-            .time_sync
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        voter: false,
-        incarnation: String::new(),
-    };
+    c.spawn_joiner(4);
+    let member = c.member(4);
     // Through a follower: admin changes are passed on to the leader.
     let follower = c
         .alive()
