@@ -68,6 +68,10 @@ pub struct Config {
     /// Logs and trace export.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The quotas and retention periods this node wants the cluster to
+    /// enforce; the leader's are the cluster's (see [`crate::state::quotas`]).
+    #[serde(default)]
+    pub quotas: crate::state::Quotas,
     /// Testing mode: test hooks (`Admin.SetClockOffset`, `[testing]`
     /// faults, a non-zero `clock.initial_offset_ms`) work only when this is
     /// on. Never read from the file: only `herald-node --testing` sets it,
@@ -386,6 +390,9 @@ impl Config {
                 return bad("both [tls] and insecure = true: choose one".into());
             }
             _ => {}
+        }
+        if let Err(e) = self.quotas.validate() {
+            return bad(e.to_string());
         }
         for user in &self.auth.root_users {
             if let Err(e) = herald_certs::check_user_name(user) {

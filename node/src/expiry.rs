@@ -1,7 +1,8 @@
-//! Lease expiry driver. The state machine expires leases at the start of
-//! every apply, by entry time; when nothing else is written, the leader
-//! proposes a `Tick` once a lease is due so expiry still happens on time and
-//! identically on every replica.
+//! Expiry and retention driver. The state machine expires leases and
+//! deletes what outlived its retention at the start of every apply, by
+//! entry time; when nothing else is written, the leader proposes a `Tick`
+//! once something is due so it still happens on time and identically on
+//! every replica.
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,7 +26,7 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
         if !node.raft().is_leader() {
             continue;
         }
-        let due = node.store().read().state.next_lease_expiry();
+        let due = node.store().read().state.next_due();
         if due.is_some_and(|t| t <= node.clock().now_ms())
             && let Err(e) = node.propose(Command::Tick).await
         {

@@ -8,6 +8,9 @@
 //! Between a member joining and the record being committed (about a
 //! second) a wipe of that member would go unnoticed; the window is at the
 //! member's start, before it has acknowledged much.
+//!
+//! The same loop writes the leader's `[quotas]` to the log when they differ
+//! from the replicated ones (`state::quotas` says why quotas are replicated).
 
 use std::future::Future;
 use std::time::Duration;
@@ -37,7 +40,21 @@ pub async fn ask(node: &Herald, id: u64, addr: &str) -> Result<PingReply, String
     decode(&r.into_inner().data).map_err(|e| e.to_string())
 }
 
-/// Records members' incarnations while this node leads, until `stopped`.
+/// Writes this leader's `[quotas]` when the replicated ones differ, so the
+/// cluster enforces the current leader's file (`state::quotas`).
+async fn write_quotas(node: &Herald) {
+    let wanted = &node.config().quotas;
+    if node.store().read().state.quotas() == wanted {
+        return;
+    }
+    match node.propose(Command::SetQuotas(wanted.clone())).await {
+        Ok(_) => tracing::info!(quotas = ?wanted, "wrote this leader's quotas"),
+        Err(e) => tracing::warn!(error = %e, "writing this leader's quotas"),
+    }
+}
+
+/// Records members' incarnations and writes the quotas while this node
+/// leads, until `stopped`.
 pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
     tokio::pin!(stopped);
     let mut tick = tokio::time::interval(EVERY);
@@ -50,6 +67,7 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
         if !node.is_leader() {
             continue;
         }
+        write_quotas(&node).await;
         let Some(own) = node.identity().get() else {
             continue;
         };

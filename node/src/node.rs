@@ -336,6 +336,11 @@ impl Herald {
             // Not proposed: certainly not applied.
             return ForwardReply::Applied(Err(refused));
         }
+        // Quotas against the state as this leader has applied it: a command
+        // over one never reaches the log (apply checks again).
+        if let Err(refused) = self.inner.store.read().state.admit(&cmd) {
+            return ForwardReply::Applied(Err(refused));
+        }
         let term = self.with_metrics(|m| m.current_term);
         let max_ahead = self.inner.config.clock.max_ahead_ms;
         let Some(time_ms) = self

@@ -394,6 +394,43 @@ impl HeraldApi for HeraldService {
         }
     }
 
+    async fn delete_session(
+        &self,
+        req: Request<DeleteSessionRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let r = req.into_inner();
+        let cmd = Command::DeleteSession(state::DeleteSession {
+            session_id: r.session_id,
+        });
+        self.propose(cmd).await?;
+        Ok(Response::new(DeleteResponse {}))
+    }
+
+    async fn delete_pool(
+        &self,
+        req: Request<DeletePoolRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let r = req.into_inner();
+        let cmd = Command::DeletePool(state::DeletePool {
+            pool_id: r.pool_id,
+            force: r.force,
+        });
+        self.propose(cmd).await?;
+        Ok(Response::new(DeleteResponse {}))
+    }
+
+    async fn delete_platform(
+        &self,
+        req: Request<DeletePlatformRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let r = req.into_inner();
+        let cmd = Command::DeletePlatform(state::DeletePlatform {
+            platform_id: r.platform_id,
+        });
+        self.propose(cmd).await?;
+        Ok(Response::new(DeleteResponse {}))
+    }
+
     async fn create_pool(
         &self,
         req: Request<CreatePoolRequest>,

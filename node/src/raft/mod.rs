@@ -94,6 +94,10 @@ pub fn command_kind(cmd: &Command) -> &'static str {
         Command::Auth(_) => "auth",
         Command::RecordIncarnation(_) => "record_incarnation",
         Command::Tick => "tick",
+        Command::SetQuotas(_) => "set_quotas",
+        Command::DeletePlatform(_) => "delete_platform",
+        Command::DeletePool(_) => "delete_pool",
+        Command::DeleteSession(_) => "delete_session",
     }
 }
 

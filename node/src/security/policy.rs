@@ -100,12 +100,14 @@ pub fn permission_of(path: &str) -> Option<Permission> {
         ("herald.v1.Herald", "Batch") => PerCall,
         (
             "herald.v1.Herald",
-            "ConnectSession" | "Progress" | "Bind" | "Handoff" | "GetSession" | "SessionLog",
+            "ConnectSession" | "Progress" | "Bind" | "Handoff" | "GetSession" | "SessionLog"
+            | "DeleteSession",
         ) => Role(crate::state::Role::Sessions),
         (
             "herald.v1.Herald",
             "CreatePlatform" | "CreatePool" | "LeaseAccount" | "RenewLease" | "ReleaseLease"
-            | "PutAccountData" | "ListPools" | "ListLeases" | "AccountLogin",
+            | "PutAccountData" | "ListPools" | "ListLeases" | "AccountLogin" | "DeletePool"
+            | "DeletePlatform",
         ) => Role(crate::state::Role::Pools),
         ("herald.v1.Admin", "Status" | "Members") => Authenticated,
         (

@@ -37,6 +37,7 @@ use super::limits::{
     MAX_REQUEST_ID_BYTES, MAX_UNITS, MAX_USER_BYTES, REQUEST_ID_RETENTION_MS, check_bytes,
     check_len, check_ttl,
 };
+use super::quotas::{Quotas, over};
 use super::{Entry, StateError};
 
 /// SHA-256(salt || password): what an account stores instead of its password.
@@ -297,6 +298,22 @@ pub struct ReleaseLease {
     pub user: String,
     /// Must hash a secret the lease's request returned.
     pub lease_secret: SecretHash,
+}
+
+/// Deletes a platform and its units (refused while they have pools).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DeletePlatform {
+    /// The platform.
+    pub platform_id: u64,
+}
+
+/// Deletes a pool and its accounts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DeletePool {
+    /// The pool.
+    pub pool_id: u64,
+    /// End its active leases first; without it a pool with leases is kept.
+    pub force: bool,
 }
 
 /// Stores one key of a leased account's data.
@@ -588,6 +605,207 @@ pub(crate) struct AccountPools {
 }
 
 impl AccountPools {
+    /// Whether a new platform fits `platforms` and `units_per_platform`.
+    pub(crate) fn admit_platform(
+        &self,
+        q: &Quotas,
+        cmd: &CreatePlatform,
+    ) -> Result<(), StateError> {
+        if self.platforms.len() as u64 >= q.platforms {
+            return Err(over(
+                "platforms",
+                q.platforms,
+                format!("{} platforms exist", self.platforms.len()),
+            ));
+        }
+        if cmd.units.len() > q.units_per_platform as usize {
+            return Err(over(
+                "units_per_platform",
+                q.units_per_platform,
+                format!("the platform asks for {} units", cmd.units.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a new pool fits `pools`, `pools_per_unit`,
+    /// `accounts_per_command` (its provision), `accounts_per_pool` (its
+    /// max_size) and `accounts` (what it provisions now).
+    pub(crate) fn admit_pool(&self, q: &Quotas, cmd: &CreatePool) -> Result<(), StateError> {
+        if self.pools.len() as u64 >= q.pools {
+            return Err(over(
+                "pools",
+                q.pools,
+                format!("{} pools exist", self.pools.len()),
+            ));
+        }
+        let in_unit = self
+            .pools
+            .values()
+            .filter(|p| p.unit_id == cmd.unit_id)
+            .count();
+        if in_unit >= q.pools_per_unit as usize {
+            return Err(over(
+                "pools_per_unit",
+                q.pools_per_unit,
+                format!("unit {} has {in_unit} pools", cmd.unit_id),
+            ));
+        }
+        if cmd.provision > q.accounts_per_command {
+            return Err(over(
+                "accounts_per_command",
+                q.accounts_per_command,
+                format!(
+                    "provision asks for {} accounts in one command; provision fewer and let                      the pool grow to max_size as it leases",
+                    cmd.provision
+                ),
+            ));
+        }
+        let max_size = cmd.max_size.max(cmd.provision);
+        if max_size > q.accounts_per_pool {
+            return Err(over(
+                "accounts_per_pool",
+                q.accounts_per_pool,
+                format!("the pool asks for up to {max_size} accounts"),
+            ));
+        }
+        let total = self.accounts.len() as u64;
+        if total + u64::from(cmd.provision) > q.accounts {
+            return Err(over(
+                "accounts",
+                q.accounts,
+                format!(
+                    "{total} accounts exist and the pool provisions {}",
+                    cmd.provision
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a lease fits `accounts`: only a lease that must make a new
+    /// account (no free one in its pool, and not a replay) can go over.
+    pub(crate) fn admit_lease(&self, q: &Quotas, cmd: &LeaseAccount) -> Result<(), StateError> {
+        let Some(pool) = self.pools.get(&cmd.pool_id) else {
+            return Ok(()); // apply answers "not found"
+        };
+        let replay = self
+            .requests
+            .contains_key(&(cmd.pool_id, cmd.request_id.clone()));
+        if !replay && pool.free.is_empty() && self.accounts.len() as u64 >= q.accounts {
+            return Err(over(
+                "accounts",
+                q.accounts,
+                format!(
+                    "{} accounts exist and pool {} has no free one",
+                    self.accounts.len(),
+                    cmd.pool_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a data write fits `data_bytes_per_account` (keys plus values,
+    /// the value being replaced not counted).
+    pub(crate) fn admit_data(&self, q: &Quotas, cmd: &PutAccountData) -> Result<(), StateError> {
+        let Some(acct) = self
+            .leases
+            .get(&cmd.lease_id)
+            .and_then(|h| self.accounts.get(&h.lease.account))
+        else {
+            return Ok(()); // apply answers why
+        };
+        let kept: usize = acct
+            .data
+            .iter()
+            .filter(|(k, _)| **k != cmd.key)
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        let after = (kept + cmd.key.len() + cmd.value.len()) as u64;
+        if after > q.data_bytes_per_account {
+            return Err(over(
+                "data_bytes_per_account",
+                q.data_bytes_per_account,
+                format!("the account would hold {after} bytes of data"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes a platform and its units. Refused while a unit has a pool:
+    /// pools are deleted first, so no lease is ended by surprise.
+    pub(crate) fn delete_platform(&mut self, cmd: &DeletePlatform) -> Result<(), StateError> {
+        let platform = self
+            .platforms
+            .get(&cmd.platform_id)
+            .ok_or_else(|| StateError::not_found(format!("platform {}", cmd.platform_id)))?;
+        let units: BTreeSet<u64> = platform.units.iter().map(|u| u.unit_id).collect();
+        if let Some(pool) = self.pools.values().find(|p| units.contains(&p.unit_id)) {
+            return Err(StateError::precondition(format!(
+                "platform {} still has pool {} in unit {}: delete its pools first",
+                cmd.platform_id, pool.pool_id, pool.unit_id
+            )));
+        }
+        // All checks done.
+        if let Some(platform) = self.platforms.remove(&cmd.platform_id) {
+            self.platform_names.remove(&platform.name);
+        }
+        for unit in units {
+            self.unit_platform.remove(&unit);
+        }
+        Ok(())
+    }
+
+    /// Deletes a pool and its accounts. Refused while it has active leases
+    /// unless `force`, which ends them (as a release would) first.
+    pub(crate) fn delete_pool(&mut self, at: Entry, cmd: &DeletePool) -> Result<(), StateError> {
+        let pool = self
+            .pools
+            .get(&cmd.pool_id)
+            .ok_or_else(|| StateError::not_found(format!("pool {}", cmd.pool_id)))?;
+        if !pool.leased.is_empty() && !cmd.force {
+            return Err(StateError::precondition(format!(
+                "pool {} has {} active leases: release them, or delete with force to end them",
+                cmd.pool_id,
+                pool.leased.len()
+            )));
+        }
+        // All checks done.
+        let leases: Vec<u64> = pool
+            .leased
+            .iter()
+            .filter_map(|name| self.accounts.get(name)?.lease_id)
+            .collect();
+        for lease_id in leases {
+            self.end_lease(lease_id, at.time_ms, false);
+        }
+        let Some(pool) = self.pools.remove(&cmd.pool_id) else {
+            return Ok(());
+        };
+        for name in pool.free.iter().chain(&pool.leased) {
+            self.accounts.remove(name);
+        }
+        // Its request ids cannot be replayed any more: the pool is gone.
+        let key = (cmd.pool_id, String::new());
+        let requests: Vec<(u64, String)> = self
+            .requests
+            .range(key..)
+            .take_while(|((p, _), _)| *p == cmd.pool_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in requests {
+            self.requests.remove(&k);
+        }
+        self.forget.retain(|(_, p, _)| *p != cmd.pool_id);
+        Ok(())
+    }
+
+    /// Accounts in every pool.
+    pub(crate) fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
     pub(crate) fn platforms(&self) -> Vec<&Platform> {
         self.platforms.values().collect()
     }

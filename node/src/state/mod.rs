@@ -24,6 +24,7 @@ mod error;
 pub mod limits;
 pub mod members;
 pub mod presence;
+pub mod quotas;
 pub mod sessions;
 #[cfg(test)]
 mod tests;
@@ -35,9 +36,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use accounts::{
-    AccessPolicy, CreatePlatform, CreatePool, Lease, LeaseAccount, LoginOutcome, PasswordHash,
-    Platform, PoolView, PutAccountData, ReleaseLease, RenewLease, SecretHash, Unit, UnitSpec,
-    lease_secret_hash,
+    AccessPolicy, CreatePlatform, CreatePool, DeletePlatform, DeletePool, Lease, LeaseAccount,
+    LoginOutcome, PasswordHash, Platform, PoolView, PutAccountData, ReleaseLease, RenewLease,
+    SecretHash, Unit, UnitSpec, lease_secret_hash,
 };
 pub use auth::{Auth, AuthCommand, AuthOutcome, Role};
 pub use error::StateError;
@@ -47,9 +48,10 @@ pub use presence::{
     ClientEntry, Login, Logout, LogoutReason, Permission, PresenceEvent, PresenceEventKind,
     PresenceRecord,
 };
+pub use quotas::Quotas;
 pub use sessions::{
-    Bind, Candidate, Connect, Handoff, HandoffMode, HandoffOutcome, Progress, Session, Terminal,
-    TerminalKind, WorkEvent, WorkLogEntry,
+    Bind, Candidate, Connect, DeleteSession, Handoff, HandoffMode, HandoffOutcome, Progress,
+    Session, Terminal, TerminalKind, WorkEvent, WorkLogEntry,
 };
 
 use accounts::AccountPools;
@@ -101,9 +103,18 @@ pub enum Command {
     /// Members: the incarnation of a member, as the leader first met it.
     RecordIncarnation(RecordIncarnation),
     /// Nothing but the passing of time: the leader proposes one when a lease
-    /// is due ([`State::next_lease_expiry`]) so expiry happens without
+    /// is due ([`State::next_due`]) so expiry and retention happen without
     /// waiting for other writes.
     Tick,
+    /// Quotas: the leader's `[quotas]`, written when they differ from the
+    /// replicated ones.
+    SetQuotas(Quotas),
+    /// Accounts: delete a platform and its units.
+    DeletePlatform(DeletePlatform),
+    /// Accounts: delete a pool and its accounts.
+    DeletePool(DeletePool),
+    /// Sessions: delete a session and its work log.
+    DeleteSession(DeleteSession),
 }
 
 impl Command {
@@ -127,6 +138,10 @@ impl Command {
             Command::Auth(c) => c.validate(),
             Command::RecordIncarnation(c) => c.validate(),
             Command::Tick => Ok(()),
+            Command::SetQuotas(q) => q.validate(),
+            Command::DeletePlatform(_) | Command::DeletePool(_) | Command::DeleteSession(_) => {
+                Ok(())
+            }
         }
     }
 }
@@ -174,6 +189,7 @@ pub struct State {
     accounts: AccountPools,
     auth: Auth,
     incarnations: Incarnations,
+    quotas: Quotas,
 }
 
 impl State {
@@ -181,6 +197,8 @@ impl State {
     pub fn from_snapshot(bytes: &[u8]) -> bincode::Result<State> {
         let mut state: State = bincode::deserialize(bytes)?;
         state.roster.restored(state.last_index);
+        state.roster.history_budget = state.quotas.watch_history_bytes;
+        state.sessions.restored();
         Ok(state)
     }
 
@@ -196,6 +214,42 @@ impl State {
             accounts: self.accounts.clone(),
             auth: self.auth.clone(),
             incarnations: self.incarnations.clone(),
+            quotas: self.quotas.clone(),
+        }
+    }
+
+    /// Whether `cmd` may be proposed now: its field limits
+    /// ([`Command::validate`]) and the quotas, against this state. The
+    /// leader calls it before proposing, so a command over a quota never
+    /// reaches the log; `apply` calls it again, so two that raced past the
+    /// first check cannot both land.
+    pub fn admit(&self, cmd: &Command) -> Result<(), StateError> {
+        cmd.validate()?;
+        let q = &self.quotas;
+        match cmd {
+            Command::Login(c) => self.roster.admit_login(q, c),
+            Command::Connect(c) => self.sessions.admit_connect(q, c),
+            Command::Bind(c) => self.sessions.admit_bind(q, c),
+            Command::CreatePlatform(c) => self.accounts.admit_platform(q, c),
+            Command::CreatePool(c) => self.accounts.admit_pool(q, c),
+            Command::Lease(c) => self.accounts.admit_lease(q, c),
+            Command::PutAccountData(c) => self.accounts.admit_data(q, c),
+            _ => Ok(()),
+        }
+    }
+
+    /// The quotas the cluster enforces now.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// Records kept, by kind (for metrics and status).
+    pub fn counts(&self) -> RecordCounts {
+        RecordCounts {
+            users: self.roster.len() as u64,
+            sessions: self.sessions.len() as u64,
+            accounts: self.accounts.account_count() as u64,
+            watch_history_bytes: self.roster.history_bytes(),
         }
     }
 
@@ -225,7 +279,12 @@ impl State {
             time_ms: self.now_ms,
         };
         self.accounts.expire_due(at.time_ms);
-        cmd.validate()?;
+        self.sessions
+            .forget_idle(at.time_ms, self.quotas.session_retention_ms);
+        self.roster
+            .forget_offline(at.time_ms, self.quotas.presence_retention_ms);
+        self.roster.history_budget = self.quotas.watch_history_bytes;
+        self.admit(cmd)?;
         match cmd {
             Command::Login(c) => Ok(Response::Presence(self.roster.login(at, c))),
             Command::Logout(c) => self.roster.logout(at, c).map(Response::Presence),
@@ -252,6 +311,14 @@ impl State {
             Command::Auth(c) => self.auth.apply(at, c).map(Response::Auth),
             Command::RecordIncarnation(c) => self.incarnations.record(c).map(|()| Response::Done),
             Command::Tick => Ok(Response::Done),
+            Command::SetQuotas(q) => {
+                self.quotas = q.clone();
+                self.roster.history_budget = q.watch_history_bytes;
+                Ok(Response::Done)
+            }
+            Command::DeletePlatform(c) => self.accounts.delete_platform(c).map(|()| Response::Done),
+            Command::DeletePool(c) => self.accounts.delete_pool(at, c).map(|()| Response::Done),
+            Command::DeleteSession(c) => self.sessions.delete(c).map(|()| Response::Done),
         }
     }
 
@@ -370,9 +437,36 @@ impl State {
             .check_login(unit_id, account, password, user, lease_secret, now_ms)
     }
 
-    /// The earliest `expires_ms` of an active lease, so the leader knows
-    /// when to propose a [`Command::Tick`].
+    /// The earliest `expires_ms` of an active lease.
     pub fn next_lease_expiry(&self) -> Option<u64> {
         self.accounts.next_expiry()
     }
+
+    /// The earliest cluster time at which time alone changes the state (a
+    /// lease expires, a retention deletes), so the leader knows when to
+    /// propose a [`Command::Tick`].
+    pub fn next_due(&self) -> Option<u64> {
+        let q = &self.quotas;
+        [
+            self.accounts.next_expiry(),
+            self.sessions.next_forget(q.session_retention_ms),
+            self.roster.next_forget(q.presence_retention_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// How many records of each kind the state keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    /// Presence records.
+    pub users: u64,
+    /// Sessions.
+    pub sessions: u64,
+    /// Temporary accounts.
+    pub accounts: u64,
+    /// Bytes of presence changes kept for watch resume (this replica).
+    pub watch_history_bytes: u64,
 }

@@ -22,6 +22,7 @@ use super::limits::{
     EVENT_HISTORY, MAX_CLIENT_TYPE_BYTES, check_ext, check_len, check_ttl,
     check_uid as check_uid_named,
 };
+use super::quotas::{Quotas, over};
 use super::vecmap::{StrMap, VecMap};
 use super::{Entry, StateError};
 
@@ -231,6 +232,21 @@ pub(crate) struct Roster {
     /// Users online per client type, kept up to date on every change so
     /// metrics never scan a million records.
     online_by_client: BTreeMap<String, u64>,
+    /// (updated_at_ms, uid) of every offline record, oldest first, so the
+    /// presence retention forgets from the front instead of scanning.
+    /// Derived from `records` (rebuilt by [`Roster::restored`]).
+    #[serde(skip)]
+    offline: BTreeSet<(u64, Arc<str>)>,
+    /// Bytes the events in `history` account for ([`event_bytes`]), in
+    /// all and one by one (in step with `history`).
+    #[serde(skip)]
+    history_bytes: u64,
+    #[serde(skip)]
+    history_charges: VecDeque<u64>,
+    /// The byte budget of `history` (`quotas.watch_history_bytes`; 0 = the
+    /// default), set by the state before each apply.
+    #[serde(skip)]
+    pub(crate) history_budget: u64,
 }
 
 impl Roster {
@@ -246,6 +262,10 @@ impl Roster {
             history: VecDeque::new(),
             compacted_revision: 0,
             online_by_client: self.online_by_client.clone(),
+            offline: BTreeSet::new(),
+            history_bytes: 0,
+            history_charges: VecDeque::new(),
+            history_budget: self.history_budget,
         }
     }
 
@@ -253,7 +273,64 @@ impl Roster {
     /// are not kept on this replica (a watch resuming before it is told so).
     pub(crate) fn restored(&mut self, last_index: u64) {
         self.history.clear();
+        self.history_charges.clear();
+        self.history_bytes = 0;
         self.compacted_revision = self.compacted_revision.max(last_index);
+        self.offline = self
+            .records
+            .iter()
+            .filter(|(_, r)| !r.online())
+            .map(|(uid, r)| (r.updated_at_ms, Arc::clone(uid)))
+            .collect();
+    }
+
+    /// Forgets the records of users offline since `now - retention_ms` or
+    /// longer (0 = never). Runs before every command, by entry time.
+    pub(crate) fn forget_offline(&mut self, now: u64, retention_ms: u64) {
+        if retention_ms == 0 {
+            return;
+        }
+        while let Some((updated, _)) = self.offline.first() {
+            if updated.saturating_add(retention_ms) > now {
+                break;
+            }
+            if let Some((_, uid)) = self.offline.pop_first() {
+                let gone = self.records.remove(&uid);
+                debug_assert!(gone.is_some_and(|r| !r.online()));
+            }
+        }
+    }
+
+    /// When the presence retention next forgets a record, if ever.
+    pub(crate) fn next_forget(&self, retention_ms: u64) -> Option<u64> {
+        if retention_ms == 0 {
+            return None;
+        }
+        let (updated, _) = self.offline.first()?;
+        Some(updated.saturating_add(retention_ms))
+    }
+
+    /// Keeps the offline index in step with one record's change: `before`
+    /// is (online, updated_at_ms) before it, `None` for a new record.
+    fn reindex(&mut self, before: Option<(bool, u64)>, after: &PresenceRecord) {
+        if let Some((false, updated)) = before {
+            self.offline
+                .remove(&(updated, Arc::from(after.uid.as_str())));
+        }
+        if !after.online() {
+            self.offline
+                .insert((after.updated_at_ms, Arc::from(after.uid.as_str())));
+        }
+    }
+
+    /// Presence records kept.
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Bytes the watch history accounts for.
+    pub(crate) fn history_bytes(&self) -> u64 {
+        self.history_bytes
     }
 
     pub(crate) fn records(&self) -> impl Iterator<Item = &PresenceRecord> {
@@ -264,13 +341,41 @@ impl Roster {
         self.online_by_client.clone()
     }
 
+    /// Whether `cmd` fits the quotas: a new user within `users`, a new
+    /// client within `clients_per_user`.
+    pub(crate) fn admit_login(&self, q: &Quotas, cmd: &Login) -> Result<(), StateError> {
+        match self.records.get(cmd.uid.as_str()) {
+            None if self.records.len() as u64 >= q.users => Err(over(
+                "users",
+                q.users,
+                format!("{} presence records are kept", self.records.len()),
+            )),
+            Some(r)
+                if !r.clients.contains_key(&cmd.client_type)
+                    && r.clients.len() >= q.clients_per_user as usize =>
+            {
+                Err(over(
+                    "clients_per_user",
+                    q.clients_per_user,
+                    format!("user {:?} has {} clients online", cmd.uid, r.clients.len()),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn login(&mut self, at: Entry, cmd: &Login) -> Arc<PresenceRecord> {
         let ext = (!cmd.ext.is_empty()).then(|| StrMap::from(&cmd.ext));
         // One search for a known user; a key is allocated only for a new one.
         let (after, was_online) = match self.records.get_mut(cmd.uid.as_str()) {
             Some(shared) => {
+                let before = (shared.online(), shared.updated_at_ms);
                 let was_online = login_into(shared, at, cmd, ext);
-                (Arc::clone(shared), was_online)
+                let after = Arc::clone(shared);
+                if !before.0 {
+                    self.reindex(Some(before), &after);
+                }
+                (after, was_online)
             }
             None => {
                 let mut shared = Arc::new(PresenceRecord {
@@ -294,7 +399,18 @@ impl Roster {
                 .entry(cmd.client_type.clone())
                 .or_default() += 1;
         }
-        self.push_event(at, PresenceEventKind::Login, &cmd.client_type, &after);
+        let ext_bytes = if cmd.ext.is_empty() {
+            0
+        } else {
+            after.ext.byte_len()
+        };
+        self.push_event(
+            at,
+            PresenceEventKind::Login,
+            &cmd.client_type,
+            &after,
+            ext_bytes,
+        );
         after
     }
 
@@ -339,6 +455,8 @@ impl Roster {
         };
         let new_ext = (cmd.reason == LogoutReason::User && !cmd.ext.is_empty())
             .then(|| StrMap::from(&cmd.ext));
+        let before = (shared.online(), shared.updated_at_ms);
+        let ext_bytes = new_ext.as_ref().map_or(0, StrMap::byte_len);
         let record = unshare(shared, new_ext);
         for client_type in &gone {
             record.clients.remove(client_type);
@@ -348,6 +466,7 @@ impl Roster {
         }
         stamp(record, at);
         let after = Arc::clone(shared);
+        self.reindex(Some(before), &after);
         for client_type in &gone {
             self.count_offline(client_type);
         }
@@ -356,7 +475,7 @@ impl Roster {
             LogoutReason::Expired => PresenceEventKind::Expired,
         };
         let client_type = cmd.client_type.as_deref().unwrap_or("");
-        self.push_event(at, kind, client_type, &after);
+        self.push_event(at, kind, client_type, &after, ext_bytes);
         Ok(after)
     }
 
@@ -369,15 +488,18 @@ impl Roster {
             .records
             .get_mut(cmd.uid.as_str())
             .ok_or_else(|| StateError::not_found(format!("user {:?}", cmd.uid)))?;
-        let record = unshare(
-            shared,
-            (!cmd.ext.is_empty()).then(|| StrMap::from(&cmd.ext)),
-        );
+        let before = (shared.online(), shared.updated_at_ms);
+        let new_ext = (!cmd.ext.is_empty()).then(|| StrMap::from(&cmd.ext));
+        let ext_bytes = new_ext.as_ref().map_or(0, StrMap::byte_len);
+        let record = unshare(shared, new_ext);
         record.sid = cmd.sid;
         record.accept_strangers = cmd.accept_strangers;
         stamp(record, at);
         let after = Arc::clone(shared);
-        self.push_event(at, PresenceEventKind::Permission, "", &after);
+        if !before.0 {
+            self.reindex(Some(before), &after);
+        }
+        self.push_event(at, PresenceEventKind::Permission, "", &after, ext_bytes);
         Ok(after)
     }
 
@@ -438,23 +560,36 @@ impl Roster {
         kind: PresenceEventKind,
         client_type: &str,
         record: &Arc<PresenceRecord>,
+        ext_bytes: usize,
     ) {
         debug_assert!(
             self.history.back().is_none_or(|e| e.revision < at.index),
             "presence history must be in strictly increasing revision order"
         );
-        self.history.push_back(PresenceEvent {
+        let event = PresenceEvent {
             revision: at.index,
             kind,
             uid: record.uid.clone(),
             client_type: client_type.to_owned(),
             record: Arc::clone(record),
             time_ms: at.time_ms,
-        });
-        while self.history.len() > EVENT_HISTORY {
-            if let Some(dropped) = self.history.pop_front() {
-                self.compacted_revision = dropped.revision;
-            }
+        };
+        let charge = event_bytes(&event, ext_bytes);
+        self.history_bytes += charge;
+        self.history_charges.push_back(charge);
+        self.history.push_back(event);
+        let budget = if self.history_budget == 0 {
+            super::Quotas::default().watch_history_bytes
+        } else {
+            self.history_budget
+        };
+        while self.history.len() > EVENT_HISTORY || self.history_bytes > budget {
+            let Some(dropped) = self.history.pop_front() else {
+                break;
+            };
+            self.compacted_revision = dropped.revision;
+            let charged = self.history_charges.pop_front().unwrap_or(0);
+            self.history_bytes = self.history_bytes.saturating_sub(charged);
         }
     }
 
@@ -479,6 +614,27 @@ impl Roster {
             assert!(first.revision > self.compacted_revision);
         }
     }
+}
+
+/// What one kept event costs in memory, near enough to bound the history
+/// in bytes: the event, its own copy of the record (made when the record
+/// changed again; the ext is shared between copies, see [`StrMap`]), its
+/// clients, and `ext_bytes` when this change replaced the ext.
+fn event_bytes(e: &PresenceEvent, ext_bytes: usize) -> u64 {
+    let clients: usize = e
+        .record
+        .clients
+        .values()
+        .map(|c| std::mem::size_of::<(String, ClientEntry)>() + 2 * c.client_type.len())
+        .sum();
+    (std::mem::size_of::<PresenceEvent>()
+        + std::mem::size_of::<PresenceRecord>()
+        + 2 * e.uid.len()
+        + e.client_type.len()
+        + clients
+        + ext_bytes
+        // Allocator and reference-count headers of the four allocations.
+        + 64) as u64
 }
 
 /// Applies a login to one record; true if that client was online already.

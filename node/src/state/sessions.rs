@@ -21,6 +21,7 @@ use super::limits::{
     MAX_APP_URL_BYTES, MAX_CANDIDATES, MAX_PROGRESS_BYTES, WORK_LOG_LEN, check_bytes,
     check_capabilities, check_len,
 };
+use super::quotas::{Quotas, over};
 use super::{Entry, StateError};
 
 /// How a terminal is identified.
@@ -295,6 +296,14 @@ pub struct Connect {
     pub requires: Vec<String>,
 }
 
+/// Deletes a session and its work log (its holder's later writes are
+/// answered "not found").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DeleteSession {
+    /// The session.
+    pub session_id: u64,
+}
+
 /// Records progress of a session.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Progress {
@@ -454,9 +463,110 @@ pub(crate) struct Sessions {
     /// (holder, session id): which sessions a terminal holds, so a bind can
     /// log to them without scanning every session.
     held: BTreeSet<(Terminal, u64)>,
+    /// (updated_ms, session id) of every session, oldest first, so the
+    /// session retention deletes from the front instead of scanning.
+    /// Derived from `sessions` (rebuilt by [`Sessions::restored`]).
+    #[serde(skip)]
+    idle: BTreeSet<(u64, u64)>,
 }
 
 impl Sessions {
+    /// After loading a snapshot: rebuilds the derived idle index.
+    pub(crate) fn restored(&mut self) {
+        self.idle = self
+            .sessions
+            .values()
+            .map(|s| (s.updated_ms, s.session_id))
+            .collect();
+    }
+
+    /// Whether a connect fits the quotas: `sessions` in all and
+    /// `sessions_per_terminal` for the connecting terminal.
+    pub(crate) fn admit_connect(&self, q: &Quotas, cmd: &Connect) -> Result<(), StateError> {
+        if self.sessions.len() as u64 >= q.sessions {
+            return Err(over(
+                "sessions",
+                q.sessions,
+                format!("{} sessions are kept", self.sessions.len()),
+            ));
+        }
+        let t = &cmd.terminal;
+        let held = self
+            .held
+            .range((t.clone(), 0)..=(t.clone(), u64::MAX))
+            .take(q.sessions_per_terminal as usize)
+            .count();
+        if held >= q.sessions_per_terminal as usize {
+            return Err(over(
+                "sessions_per_terminal",
+                q.sessions_per_terminal,
+                format!("terminal {t} holds {held} sessions"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a bind fits the `bindings` quota: a new pair is refused when
+    /// the quota is reached; rebinding a bound terminal replaces its pair.
+    pub(crate) fn admit_bind(&self, q: &Quotas, cmd: &Bind) -> Result<(), StateError> {
+        let pairs = self.bindings.len() as u64 / 2;
+        let replaces =
+            self.bindings.contains_key(&cmd.first) || self.bindings.contains_key(&cmd.second);
+        if !replaces && pairs >= q.bindings {
+            return Err(over(
+                "bindings",
+                q.bindings,
+                format!("{pairs} terminal pairs are bound"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes every session idle since `now - retention_ms` or longer, with
+    /// its work log (0 = never). Runs before every command, by entry time.
+    pub(crate) fn forget_idle(&mut self, now: u64, retention_ms: u64) {
+        if retention_ms == 0 {
+            return;
+        }
+        while let Some(&(updated, id)) = self.idle.first() {
+            if updated.saturating_add(retention_ms) > now {
+                break;
+            }
+            self.remove(id);
+        }
+    }
+
+    /// When the session retention next deletes a session, if ever.
+    pub(crate) fn next_forget(&self, retention_ms: u64) -> Option<u64> {
+        if retention_ms == 0 {
+            return None;
+        }
+        let &(updated, _) = self.idle.first()?;
+        Some(updated.saturating_add(retention_ms))
+    }
+
+    /// Deletes a session and its work log.
+    pub(crate) fn delete(&mut self, cmd: &DeleteSession) -> Result<(), StateError> {
+        if !self.sessions.contains_key(&cmd.session_id) {
+            return Err(StateError::not_found(format!("session {}", cmd.session_id)));
+        }
+        self.remove(cmd.session_id);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(s) = self.sessions.remove(&id) {
+            self.idle.remove(&(s.updated_ms, id));
+            self.held.remove(&(s.terminal, id));
+        }
+        self.logs.remove(&id);
+    }
+
+    /// Sessions kept.
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
     pub(crate) fn get(&self, id: u64) -> Option<&Session> {
         self.sessions.get(&id)
     }
@@ -488,6 +598,7 @@ impl Sessions {
         );
         self.held
             .insert((session.terminal.clone(), session.session_id));
+        self.idle.insert((session.updated_ms, session.session_id));
         self.sessions.insert(session.session_id, session.clone());
         self.write_log(
             at,
@@ -513,10 +624,13 @@ impl Sessions {
                 cmd.seq, session.seq
             )));
         }
+        let was = session.updated_ms;
         session.seq = cmd.seq;
         session.progress = cmd.data.clone();
         session.updated_ms = at.time_ms;
         let after = session.clone();
+        self.idle.remove(&(was, after.session_id));
+        self.idle.insert((after.updated_ms, after.session_id));
         let detail = format!("{} bytes", cmd.data.len());
         self.write_log(at, &after, WorkEvent::Progress, &after.terminal, detail);
         Ok(after)
@@ -639,10 +753,13 @@ impl Sessions {
                 self.held
                     .remove(&(session.terminal.clone(), session.session_id));
                 self.held.insert((to.clone(), session.session_id));
+                let was = session.updated_ms;
                 session.terminal = to;
                 session.epoch += 1;
                 session.updated_ms = at.time_ms;
                 let after = session.clone();
+                self.idle.remove(&(was, after.session_id));
+                self.idle.insert((after.updated_ms, after.session_id));
                 self.write_log(at, &after, WorkEvent::Handoff, &after.terminal, how);
                 after
             }
@@ -687,6 +804,12 @@ impl Sessions {
             .map(|s| (s.terminal.clone(), s.session_id))
             .collect();
         assert_eq!(held, self.held, "held index drifted");
+        let idle: BTreeSet<(u64, u64)> = self
+            .sessions
+            .values()
+            .map(|s| (s.updated_ms, s.session_id))
+            .collect();
+        assert_eq!(idle, self.idle, "idle index drifted");
         for (a, b) in &self.bindings {
             assert_eq!(self.bindings.get(b), Some(a), "binding not symmetric");
             assert_ne!(a, b);

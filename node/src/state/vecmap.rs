@@ -255,8 +255,13 @@ mod tests {
 /// Five short fields take ~120 bytes instead of a `Vec` of ten `String`s
 /// (~500). Read-mostly: a write replaces the whole map, as Login and
 /// ChangePermission do. Serializes exactly like a `BTreeMap<String, String>`.
+///
+/// The bytes are shared (`Arc`): a copy of a record, made when the record
+/// changes while the watch history or a snapshot still holds the old one,
+/// shares its ext instead of copying up to 4 KiB. `None` is the empty map,
+/// which allocates nothing.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct StrMap(Box<[u8]>);
+pub struct StrMap(Option<std::sync::Arc<[u8]>>);
 
 impl StrMap {
     /// An empty map; allocates nothing.
@@ -266,7 +271,7 @@ impl StrMap {
 
     /// True when there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 
     /// Number of entries.
@@ -274,9 +279,15 @@ impl StrMap {
         self.iter().count()
     }
 
+    /// Bytes the encoded entries take (keys, values and a 4-byte length
+    /// for each).
+    pub fn byte_len(&self) -> usize {
+        self.0.as_deref().map_or(0, <[u8]>::len)
+    }
+
     /// Entries in key order.
     pub fn iter(&self) -> StrMapIter<'_> {
-        StrMapIter(&self.0)
+        StrMapIter(self.0.as_deref().unwrap_or(&[]))
     }
 
     /// The value for `key`.
@@ -294,7 +305,10 @@ impl StrMap {
                 buf.extend_from_slice(s.as_bytes());
             }
         }
-        StrMap(buf.into_boxed_slice())
+        if buf.is_empty() {
+            return StrMap(None);
+        }
+        StrMap(Some(std::sync::Arc::from(buf)))
     }
 }
 
