@@ -495,6 +495,37 @@ impl Client {
         required(resp.platform, "CreatePlatform", "platform")
     }
 
+    /// Deletes a session and its work log.
+    pub async fn delete_session(&self, session_id: u64) -> Result<(), ClientError> {
+        let req = proto::DeleteSessionRequest { session_id };
+        self.call("DeleteSession", Effect::Write, req, |ch, r| async move {
+            HeraldClient::new(ch.channel).delete_session(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a pool and its accounts; `force` ends its active leases
+    /// first (without it a pool with leases is refused).
+    pub async fn delete_pool(&self, pool_id: u64, force: bool) -> Result<(), ClientError> {
+        let req = proto::DeletePoolRequest { pool_id, force };
+        self.call("DeletePool", Effect::Write, req, |ch, r| async move {
+            HeraldClient::new(ch.channel).delete_pool(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a platform and its units (refused while they have pools).
+    pub async fn delete_platform(&self, platform_id: u64) -> Result<(), ClientError> {
+        let req = proto::DeletePlatformRequest { platform_id };
+        self.call("DeletePlatform", Effect::Write, req, |ch, r| async move {
+            HeraldClient::new(ch.channel).delete_platform(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Creates a pool of temporary accounts for a unit. Not idempotent.
     pub async fn create_pool(
         &self,

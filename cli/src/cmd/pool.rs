@@ -24,6 +24,20 @@ pub enum Cmd {
         #[arg(long = "unit", value_parser = args::unit_spec, required = true)]
         units: Vec<proto::UnitSpec>,
     },
+    /// Delete a platform and its units (refused while a unit has a pool)
+    PlatformDelete {
+        /// The platform's id
+        platform: u64,
+    },
+    /// Delete a pool and its accounts
+    Delete {
+        /// The pool's id
+        pool: u64,
+        /// End the pool's active leases first (without it, a pool with
+        /// leases is kept and the command fails)
+        #[arg(long)]
+        force: bool,
+    },
     /// Create a pool of temporary accounts for a unit
     Create {
         /// The unit's id
@@ -155,6 +169,14 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                 .create_platform(proto::CreatePlatformRequest { name, units })
                 .await?;
             print_platforms(ctx.format, std::slice::from_ref(&platform), true);
+        }
+        Cmd::PlatformDelete { platform } => {
+            client.delete_platform(platform).await?;
+            done(ctx.format, &format!("deleted platform {platform}"));
+        }
+        Cmd::Delete { pool, force } => {
+            client.delete_pool(pool, force).await?;
+            done(ctx.format, &format!("deleted pool {pool}"));
         }
         Cmd::Create {
             unit,
@@ -461,4 +483,12 @@ fn print_leases(format: Format, leases: &[Lease], single: bool) {
         ]);
     }
     table.print();
+}
+
+/// What a command that answers nothing prints: `message`, or `{}` in JSON.
+fn done(format: Format, message: &str) {
+    match format {
+        Format::Json => print_json(&serde_json::json!({})),
+        Format::Table => println!("{message}"),
+    }
 }

@@ -84,6 +84,8 @@ pub enum Cmd {
         #[arg(long)]
         serializable: bool,
     },
+    /// Delete a session and its work log
+    Delete { session_id: u64 },
     /// Show a session's work log
     Log {
         session_id: u64,
@@ -225,35 +227,46 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
             let entries = client
                 .session_log(session_id, consistency(serializable))
                 .await?;
+            print_log(ctx, &entries);
+        }
+        Cmd::Delete { session_id } => {
+            ctx.client.delete_session(session_id).await?;
             match ctx.format {
-                Format::Json => print_json(&serde_json::json!({
-                    "entries": entries.iter().map(to_json::work_log_entry).collect::<Vec<_>>()
-                })),
-                Format::Table => {
-                    let mut table = Table::new(&[
-                        "REVISION", "TIME", "EVENT", "TERMINAL", "EPOCH", "SEQ", "DETAIL",
-                    ]);
-                    for e in &entries {
-                        table.row(vec![
-                            e.revision.to_string(),
-                            output::time(e.time_ms),
-                            e.event.clone(),
-                            output::terminal(e.terminal.as_ref()),
-                            e.epoch.to_string(),
-                            e.seq.to_string(),
-                            if e.detail.is_empty() {
-                                "-".into()
-                            } else {
-                                e.detail.clone()
-                            },
-                        ]);
-                    }
-                    table.print();
-                }
+                Format::Json => print_json(&serde_json::json!({})),
+                Format::Table => println!("deleted session {session_id}"),
             }
         }
     }
     Ok(())
+}
+
+fn print_log(ctx: &Ctx, entries: &[proto::WorkLogEntry]) {
+    match ctx.format {
+        Format::Json => print_json(&serde_json::json!({
+            "entries": entries.iter().map(to_json::work_log_entry).collect::<Vec<_>>()
+        })),
+        Format::Table => {
+            let mut table = Table::new(&[
+                "REVISION", "TIME", "EVENT", "TERMINAL", "EPOCH", "SEQ", "DETAIL",
+            ]);
+            for e in entries {
+                table.row(vec![
+                    e.revision.to_string(),
+                    output::time(e.time_ms),
+                    e.event.clone(),
+                    output::terminal(e.terminal.as_ref()),
+                    e.epoch.to_string(),
+                    e.seq.to_string(),
+                    if e.detail.is_empty() {
+                        "-".into()
+                    } else {
+                        e.detail.clone()
+                    },
+                ]);
+            }
+            table.print();
+        }
+    }
 }
 
 fn print_session(format: Format, s: &Session) {
