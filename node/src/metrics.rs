@@ -164,6 +164,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// `{kind}`: a kind of record the quotas bound.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecordLabel {
+    /// `users`, `sessions` or `accounts`.
+    pub kind: &'static str,
+}
+
 /// `{pool, unit, state}`: accounts of one pool in one state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -264,6 +271,14 @@ pub struct Defs {
     /// `herald_session_fenced_writes_total`: progress writes refused because
     /// the writer no longer holds the session (old terminal or epoch).
     pub session_fenced_writes: Counter,
+    /// `herald_state_records{kind}`: records the state keeps, beside
+    /// `herald_state_quota{kind}`, the quota that bounds them.
+    pub state_records: Family<RecordLabel, Gauge>,
+    /// `herald_state_quota{kind}`.
+    pub state_quota: Family<RecordLabel, Gauge>,
+    /// `herald_watch_history_bytes`: presence changes this replica keeps
+    /// for watch resume (bounded by `quotas.watch_history_bytes`).
+    pub watch_history_bytes: Gauge,
     /// `herald_pool_accounts{pool,unit,state}` (pools past the first
     /// [`MAX_POOL_SERIES`] summed under `other`).
     pub pool_accounts: Family<PoolLabels, Gauge>,
@@ -520,6 +535,24 @@ impl Metrics {
                 "Progress writes refused by fencing (old terminal or epoch)",
                 Counter::default()
             ),
+            state_records: reg!(
+                r,
+                "herald_state_records",
+                "Records the replicated state keeps, by kind",
+                Family::default()
+            ),
+            state_quota: reg!(
+                r,
+                "herald_state_quota",
+                "The quota on each kind of record ([quotas])",
+                Family::default()
+            ),
+            watch_history_bytes: reg!(
+                r,
+                "herald_watch_history_bytes",
+                "Bytes of presence changes kept for watch resume on this replica",
+                Gauge::default()
+            ),
             pool_accounts: reg!(
                 r,
                 "herald_pool_accounts",
@@ -743,6 +776,23 @@ fn sample(node: &Herald) {
     m.storage_nospace_alarm.set(space.alarm() as i64);
     {
         let machine = node.store().read();
+        let counts = machine.state.counts();
+        let q = machine.state.quotas();
+        for (kind, n, quota) in [
+            ("users", counts.users, q.users),
+            ("sessions", counts.sessions, q.sessions),
+            ("accounts", counts.accounts, q.accounts),
+        ] {
+            let label = RecordLabel { kind };
+            m.state_records
+                .get_or_create(&label)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+            m.state_quota
+                .get_or_create(&label)
+                .set(i64::try_from(quota).unwrap_or(i64::MAX));
+        }
+        m.watch_history_bytes
+            .set(i64::try_from(counts.watch_history_bytes).unwrap_or(i64::MAX));
         m.reset_online();
         for (client_type, n) in machine.state.online_counts() {
             m.presence_online

@@ -1087,3 +1087,88 @@ async fn leases_expire_by_cluster_time_without_other_writes() {
     })
     .await;
 }
+
+/// Quotas come from the leader's `[quotas]` (written to the log by the
+/// leader), refuse with RESOURCE_EXHAUSTED naming the quota and its value
+/// before anything is logged, and deletes free what they held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_from_the_config_refuse_naming_the_quota_and_deletes_free_the_place() {
+    let c = TestCluster::start_custom(3, common::timings(), |cfg| {
+        cfg.quotas.clients_per_user = 2;
+        cfg.quotas.sessions_per_terminal = 1;
+    })
+    .await;
+    let leader = c.wait_leader().await;
+    let mut api = c.client(leader);
+    api.login(login("quota-user", "pc")).await.unwrap();
+    api.login(login("quota-user", "mobile")).await.unwrap();
+    // The leader writes its quotas within a second of taking office.
+    let refused = c
+        .wait_for("the leader's quotas to be enforced", || {
+            let mut api = api.clone();
+            async move { api.login(login("quota-user", "web")).await.err() }
+        })
+        .await;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .starts_with("quota clients_per_user = 2 reached: "),
+        "{}",
+        refused.message()
+    );
+    // Refused before it was logged: the applied index does not move on
+    // any node when the refusal repeats.
+    let before = applied(&c, leader).await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let again = c
+        .client(follower)
+        .login(login("quota-user", "tv"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::ResourceExhausted);
+    assert_eq!(applied(&c, leader).await, before);
+
+    let connect = |id: &str| ConnectRequest {
+        terminal: Some(imei(id)),
+        app_url: "app://quota".into(),
+        capabilities: vec![],
+    };
+    let first = api
+        .connect_session(connect("490154203237518"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let second = api
+        .connect_session(connect("490154203237518"))
+        .await
+        .unwrap_err();
+    assert_eq!(second.code(), Code::ResourceExhausted);
+    assert!(second.message().contains("sessions_per_terminal = 1"));
+    api.delete_session(DeleteSessionRequest {
+        session_id: first.session_id,
+    })
+    .await
+    .unwrap();
+    let gone = api
+        .get_session(GetSessionRequest {
+            session_id: first.session_id,
+            consistency: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    api.connect_session(connect("490154203237518"))
+        .await
+        .unwrap();
+    let missing = api
+        .delete_pool(DeletePoolRequest {
+            pool_id: 999,
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+}

@@ -301,3 +301,64 @@ async fn a_data_dir_of_another_node_is_refused() {
         "{log}"
     );
 }
+
+/// issue 17: replaying a log full of maximal commands must not rebuild
+/// more than the bounds allow. 32 000 presence changes that each replace a
+/// 4 KB ext (128 MB of changes) are replayed from the log after a restart;
+/// the watch history keeps at most `quotas.watch_history_bytes` of them, so
+/// the node's resident memory stays under the bound. Before the history
+/// was bounded in bytes it kept 100 000 events whatever their size, and
+/// this replay held every ext again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_log_of_maximal_commands_stays_under_the_memory_bound() {
+    const CHANGES: u64 = 32_000;
+    const BOUND_MIB: f64 = 110.0;
+    let mut c = TestCluster::start_custom(1, common::timings(), |cfg| {
+        // Replay the whole log, not a snapshot.
+        cfg.raft.snapshot_every = 10_000_000;
+        cfg.raft.cache_bytes = 4 << 20;
+        cfg.quotas.watch_history_bytes = 8 << 20;
+    })
+    .await;
+    let api = c.client(1);
+    let mut first = api.clone();
+    first.login(login("big-0")).await.unwrap();
+    let writers: Vec<_> = (0..16u64)
+        .map(|w| {
+            let mut api = api.clone();
+            tokio::spawn(async move {
+                for i in (w..CHANGES).step_by(16) {
+                    let ext = [("blob".to_string(), format!("{i:08}").repeat(500))]
+                        .into_iter()
+                        .collect();
+                    api.change_permission(PermissionRequest {
+                        uid: "big-0".into(),
+                        sid: i,
+                        accept_strangers: true,
+                        ext,
+                    })
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let last = c.status(1).await.unwrap().applied_index;
+    c.kill(1);
+    c.restart(1);
+    c.wait_for("node 1 to replay its log", || async {
+        (c.status(1).await?.applied_index >= last).then_some(())
+    })
+    .await;
+    let (_, metrics) = c.get(1, "/metrics").await.unwrap();
+    let rss = common::sample(&metrics, "process_resident_memory_bytes").unwrap();
+    let mib = rss / (1 << 20) as f64;
+    eprintln!("resident after replaying {CHANGES} maximal changes: {mib:.1} MiB");
+    assert!(
+        mib < BOUND_MIB,
+        "node 1 holds {mib:.1} MiB after the replay, over the {BOUND_MIB} MiB bound"
+    );
+}
