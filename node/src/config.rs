@@ -271,6 +271,11 @@ pub struct RaftTimings {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot every this many applied entries, then purge the log.
     pub snapshot_every: u64,
+    /// ... or once this many bytes were appended to the log since the last
+    /// trigger, whichever comes first: a restart replays the log after the
+    /// snapshot in one read, so its size in bytes is what bounds the memory
+    /// a replay needs (`crate::compaction`).
+    pub snapshot_every_bytes: u64,
     /// Log entries kept behind a snapshot, so a briefly lagging follower
     /// catches up from the log rather than a snapshot.
     pub keep_logs_after_snapshot: u64,
@@ -287,6 +292,7 @@ impl Default for RaftTimings {
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 250,
             snapshot_every: 100_000,
+            snapshot_every_bytes: 32 << 20,
             keep_logs_after_snapshot: 1_000,
             max_snapshot_bytes: 1 << 30,
             cache_bytes: 32 << 20,
@@ -432,6 +438,12 @@ impl Config {
         }
         if t.snapshot_every == 0 {
             return bad("raft.snapshot_every must be >= 1".into());
+        }
+        if t.snapshot_every_bytes < 1 << 20 {
+            return bad(format!(
+                "raft.snapshot_every_bytes must be at least 1 MiB, got {}",
+                t.snapshot_every_bytes
+            ));
         }
         if self.storage.free_space_check_ms == 0 {
             return bad("storage.free_space_check_ms must be >= 1".into());

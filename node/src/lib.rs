@@ -9,6 +9,7 @@
 //!   who each caller is and what it may do.
 //! - [`node`]: the handle every service shares: propose, linearize.
 //! - [`server`]: start and stop a node; [`config`], [`clock`], [`expiry`],
+//!   [`compaction`] (snapshots by log bytes),
 //!   [`metrics`] (Prometheus), [`telemetry`] (logs and traces).
 //! - The P-publish cluster mechanisms: [`timesync`] (SNTP server and
 //!   leader-based sync of the cluster clock), [`failover`] (numbered
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod clock;
+pub mod compaction;
 pub mod config;
 pub mod expiry;
 pub mod failover;

@@ -291,6 +291,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     }));
 
     tasks.push(tokio::spawn(crate::expiry::run(herald.clone(), stopped())));
+    tasks.push(tokio::spawn(crate::compaction::run(
+        herald.clone(),
+        stopped(),
+    )));
     tasks.push(tokio::spawn(crate::timesync::sync(
         herald.clone(),
         stopped(),

@@ -1096,19 +1096,25 @@ async fn quotas_from_the_config_refuse_naming_the_quota_and_deletes_free_the_pla
     let c = TestCluster::start_custom(3, common::timings(), |cfg| {
         cfg.quotas.clients_per_user = 2;
         cfg.quotas.sessions_per_terminal = 1;
+        cfg.quotas.users = 1_000;
     })
     .await;
     let leader = c.wait_leader().await;
+    // The leader writes its quotas within a second of taking office; every
+    // replica then shows them.
+    let cl = &c;
+    for id in 1..=3 {
+        c.wait_for("the leader's quotas to be replicated", || async move {
+            let (_, text) = cl.get(id, "/metrics").await.ok()?;
+            (common::sample(&text, "herald_state_quota{kind=\"users\"}") == Some(1_000.0))
+                .then_some(())
+        })
+        .await;
+    }
     let mut api = c.client(leader);
     api.login(login("quota-user", "pc")).await.unwrap();
     api.login(login("quota-user", "mobile")).await.unwrap();
-    // The leader writes its quotas within a second of taking office.
-    let refused = c
-        .wait_for("the leader's quotas to be enforced", || {
-            let mut api = api.clone();
-            async move { api.login(login("quota-user", "web")).await.err() }
-        })
-        .await;
+    let refused = api.login(login("quota-user", "web")).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(
         refused

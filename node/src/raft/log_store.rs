@@ -69,6 +69,10 @@ const LEGACY_LOG_TREE: &str = "log";
 /// speed, so replication and apply, which trail appends by milliseconds,
 /// always find theirs.
 const RECENT_ENTRIES: usize = 16_384;
+/// ... and at most this many bytes of them (as encoded on disk): with
+/// maximal entries (64 KiB of progress) the count alone let the tail hold
+/// a gigabyte. Older entries are read back from the segments.
+const RECENT_BYTES: u64 = 32 << 20;
 
 /// How the log store is opened.
 #[derive(Clone)]
@@ -105,6 +109,9 @@ pub struct LogStore {
     /// may still be on disk until the flusher deletes their segment; reads
     /// skip them.
     purged_below: Arc<AtomicU64>,
+    /// Bytes ever appended to the log by this process (for the snapshot
+    /// trigger by bytes, `crate::compaction`).
+    appended: Arc<AtomicU64>,
     flusher: mpsc::Sender<Flush>,
     health: Arc<StorageHealth>,
 }
@@ -165,6 +172,9 @@ impl StorageHealth {
 struct Recent {
     first: u64,
     entries: VecDeque<Entry>,
+    /// Encoded size of each entry, in step with `entries`, and their sum.
+    sizes: VecDeque<u64>,
+    bytes: u64,
 }
 
 impl Recent {
@@ -172,18 +182,31 @@ impl Recent {
         self.first + self.entries.len() as u64
     }
 
-    fn push(&mut self, entry: Entry) {
+    /// Adds the entry at the tail; `size` is its encoded size.
+    fn push(&mut self, entry: Entry, size: u64) {
         let index = entry.index();
         if self.entries.is_empty() || index != self.end() {
             // A fresh store, or after a restart or a truncation: start here.
             self.entries.clear();
+            self.sizes.clear();
+            self.bytes = 0;
             self.first = index;
         }
         self.entries.push_back(entry);
-        if self.entries.len() > RECENT_ENTRIES {
-            self.entries.pop_front();
-            self.first += 1;
+        self.sizes.push_back(size);
+        self.bytes += size;
+        while self.entries.len() > RECENT_ENTRIES
+            || (self.bytes > RECENT_BYTES && self.entries.len() > 1)
+        {
+            self.pop_front();
         }
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let entry = self.entries.pop_front()?;
+        self.bytes -= self.sizes.pop_front().unwrap_or(0);
+        self.first += 1;
+        Some(entry)
     }
 
     /// Keeps entries up to and including `last` (none if `None`).
@@ -193,13 +216,14 @@ impl Recent {
             _ => 0,
         };
         self.entries.truncate(keep);
+        while self.sizes.len() > keep {
+            self.bytes -= self.sizes.pop_back().unwrap_or(0);
+        }
     }
 
     /// Drops entries up to and including `upto`.
     fn purge(&mut self, upto: u64) {
-        while self.first <= upto && self.entries.pop_front().is_some() {
-            self.first += 1;
-        }
+        while self.first <= upto && self.pop_front().is_some() {}
         if self.entries.is_empty() {
             self.first = self.first.max(upto + 1);
         }
@@ -439,9 +463,15 @@ impl LogStore {
             recent: Arc::default(),
             hard,
             purged_below: Arc::new(AtomicU64::new(purged_below)),
+            appended: Arc::new(AtomicU64::new(0)),
             flusher,
             health,
         })
+    }
+
+    /// Bytes this process appended to the log, ever.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
     }
 
     /// Bytes on disk: sled's and the log's (0 for what it cannot tell).
@@ -732,10 +762,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        lock(&self.segments).append(entries.iter().map(|e| (e.index(), e)))?;
+        let written = {
+            let mut segments = lock(&self.segments);
+            let before = segments.bytes();
+            segments.append(entries.iter().map(|e| (e.index(), e)))?;
+            segments.bytes().saturating_sub(before)
+        };
+        self.appended.fetch_add(written, Ordering::Relaxed);
+        // A batch's entries are charged its average size.
+        let each = written / entries.len().max(1) as u64;
         let mut recent = self.recent();
         for entry in entries {
-            recent.push(entry);
+            recent.push(entry, each);
         }
         drop(recent);
         // Readable now; durable once the flusher's next sync completes.
@@ -810,7 +848,7 @@ mod tests {
     fn recent_entries_follow_appends_truncations_and_purges() {
         let mut r = Recent::default();
         for i in 5..10 {
-            r.push(blank_ent::<TypeConfig>(1, 1, i));
+            r.push(blank_ent::<TypeConfig>(1, 1, i), 10);
         }
         assert_eq!(r.get(5, 10).map(|e| indices(&e)), Some(vec![5, 6, 7, 8, 9]));
         assert_eq!(r.get(4, 6), None, "below the first entry: ask the disk");
@@ -818,12 +856,12 @@ mod tests {
         r.truncate_after(Some(7));
         assert_eq!(r.end(), 8);
         // An append that does not follow the tail starts the cache afresh.
-        r.push(blank_ent::<TypeConfig>(2, 1, 20));
+        r.push(blank_ent::<TypeConfig>(2, 1, 20), 10);
         assert_eq!((r.first, r.end()), (20, 21));
         r.purge(20);
         assert!(r.entries.is_empty());
         assert_eq!(r.first, 21);
-        r.push(blank_ent::<TypeConfig>(2, 1, 21));
+        r.push(blank_ent::<TypeConfig>(2, 1, 21), 10);
         assert_eq!(r.get(21, 22).map(|e| indices(&e)), Some(vec![21]));
     }
 
@@ -831,7 +869,7 @@ mod tests {
     fn the_recent_cache_is_bounded() {
         let mut r = Recent::default();
         for i in 0..(RECENT_ENTRIES as u64 + 10) {
-            r.push(blank_ent::<TypeConfig>(1, 1, i));
+            r.push(blank_ent::<TypeConfig>(1, 1, i), 10);
         }
         assert_eq!(r.entries.len(), RECENT_ENTRIES);
         assert_eq!(r.first, 10);

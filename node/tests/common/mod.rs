@@ -301,6 +301,7 @@ impl TestCluster {
             failover: Default::default(),
             ring: Default::default(),
             telemetry: Default::default(),
+            quotas: Default::default(),
         }
     }
 
