@@ -117,13 +117,13 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
         }
         lim.rlim_cur = lim.rlim_max;
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// Serves the HTTP listener's connections: HTTP/1.1 with a header-read
 /// deadline (a client that has not sent a request's headers within
 /// `limits.http_header_timeout_ms` is disconnected, so slowloris
-/// connections do not pile up), each connection's [`PeerInfo`] in its
+/// connections do not pile up), each connection's `PeerInfo` in its
 /// requests as `ConnectInfo`, and a graceful end when `stop` turns true.
 async fn serve_http(
     mut incoming: crate::security::tls::Incoming,
