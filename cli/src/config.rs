@@ -43,6 +43,9 @@ pub struct NodeConfig {
     pub initial_members: Vec<Member>,
     /// Raft timings.
     pub raft: Raft,
+    /// Connection, stream and message limits (the node's `[limits]`).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// A node's certificate files (PEM).
@@ -123,6 +126,50 @@ pub struct Raft {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot every this many applied entries, then purge the log.
     pub snapshot_every: u64,
+}
+
+/// The node's `[limits]` with the node's defaults (`herald_node::config::
+/// LimitsConfig`), written out so a playground's files show them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Open connections on the client gRPC listener.
+    pub max_client_connections: usize,
+    /// Open connections on the HTTP listener.
+    pub max_http_connections: usize,
+    /// Open connections on the peer listener.
+    pub max_peer_connections: usize,
+    /// Open watch streams on the node.
+    pub max_watch_streams: usize,
+    /// How long an HTTP client may take to send its headers.
+    pub http_header_timeout_ms: u64,
+    /// Largest HTTP request body.
+    pub http_max_body_bytes: usize,
+    /// HTTP/2 keepalive ping interval on the gRPC listeners.
+    pub grpc_keepalive_ms: u64,
+    /// How long a keepalive ping may go unanswered.
+    pub grpc_keepalive_timeout_ms: u64,
+    /// Concurrent calls per client gRPC connection.
+    pub grpc_max_concurrent_streams: u32,
+    /// Largest gRPC message the client listener reads or writes.
+    pub grpc_max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_client_connections: 10_000,
+            max_http_connections: 1_000,
+            max_peer_connections: 64,
+            max_watch_streams: 4_096,
+            http_header_timeout_ms: 10_000,
+            http_max_body_bytes: 2 << 20,
+            grpc_keepalive_ms: 10_000,
+            grpc_keepalive_timeout_ms: 20_000,
+            grpc_max_concurrent_streams: 1_024,
+            grpc_max_message_bytes: herald_client::MAX_MESSAGE_BYTES,
+        }
+    }
 }
 
 impl Default for Raft {
@@ -231,6 +278,7 @@ pub fn local_cluster(
             },
             initial_members: members.clone(),
             raft: Raft::default(),
+            limits: Limits::default(),
         })
         .collect())
 }
@@ -335,6 +383,37 @@ impl NodeConfig {
             self.raft.election_timeout_min_ms,
             self.raft.election_timeout_max_ms,
             self.raft.snapshot_every,
+        ));
+        let l = &self.limits;
+        out.push_str(&format!(
+            "\n# What one node accepts before it refuses (refusals name the limit).\n\
+             [limits]\n\
+             # Open connections per listener; one more is closed at once.\n\
+             max_client_connections = {}\n\
+             max_http_connections = {}\n\
+             max_peer_connections = {}\n\
+             # Open Watch streams on this node (RESOURCE_EXHAUSTED above it).\n\
+             max_watch_streams = {}\n\
+             # An HTTP client slower than this to send its headers is disconnected.\n\
+             http_header_timeout_ms = {}\n\
+             http_max_body_bytes = {}\n\
+             # HTTP/2 keepalive on the gRPC listeners: finds peers that vanished.\n\
+             grpc_keepalive_ms = {}\n\
+             grpc_keepalive_timeout_ms = {}\n\
+             # Concurrent calls per client gRPC connection.\n\
+             grpc_max_concurrent_streams = {}\n\
+             # Largest gRPC message read or written on the client port.\n\
+             grpc_max_message_bytes = {}\n",
+            l.max_client_connections,
+            l.max_http_connections,
+            l.max_peer_connections,
+            l.max_watch_streams,
+            l.http_header_timeout_ms,
+            l.http_max_body_bytes,
+            l.grpc_keepalive_ms,
+            l.grpc_keepalive_timeout_ms,
+            l.grpc_max_concurrent_streams,
+            l.grpc_max_message_bytes,
         ));
         out
     }

@@ -33,7 +33,6 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::batch_call::Call;
 use crate::proto::batch_reply::Reply;
-use crate::proto::herald_client::HeraldClient;
 use crate::proto::{self, BatchCall, BatchReply, BatchRequest};
 use crate::{LEADER_HINT, NOT_APPLIED};
 
@@ -268,7 +267,7 @@ async fn deliver(channel: Transport, f: Forming) {
     if let Some(t) = timeout {
         req.metadata_mut().insert(GRPC_TIMEOUT, t);
     }
-    let replies = match HeraldClient::new(channel).batch(req).await {
+    let replies = match crate::endpoint::herald(channel).batch(req).await {
         Ok(resp) => resp.into_inner().replies,
         Err(status) => {
             for w in waiters {
@@ -309,7 +308,7 @@ async fn unary(
         }
         r
     }
-    let mut c = HeraldClient::new(channel);
+    let mut c = crate::endpoint::herald(channel);
     match call.call {
         Some(Call::Login(m)) => c
             .login(request(m, timeout))

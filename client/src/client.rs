@@ -12,9 +12,6 @@ use std::time::Duration;
 
 use crate::batch::Coalescer;
 use crate::endpoint::{ChannelSettings, ClientTls, Transport, lazy_channel};
-use crate::proto::admin_client::AdminClient;
-use crate::proto::auth_client::AuthClient;
-use crate::proto::herald_client::HeraldClient;
 use crate::proto::{self, Consistency};
 use crate::retry::{Backoff, Effect, Outcome, classify};
 use crate::watch::{self, WatchStream};
@@ -358,14 +355,33 @@ impl Client {
         uids: Vec<String>,
         consistency: Consistency,
     ) -> Result<proto::BatchGetPresenceResponse, ClientError> {
-        let req = proto::BatchGetPresenceRequest {
-            uids,
-            consistency: consistency.into(),
-        };
-        self.call("BatchGetPresence", Effect::Read, req, |ch, r| async move {
-            HeraldClient::new(ch.channel).batch_get_presence(r).await
-        })
-        .await
+        // A node answers at most ~3 MiB at once (`truncated`); ask again
+        // for the uids it did not answer yet.
+        let mut all = proto::BatchGetPresenceResponse::default();
+        let mut rest = &uids[..];
+        loop {
+            let req = proto::BatchGetPresenceRequest {
+                uids: rest.to_vec(),
+                consistency: consistency.into(),
+            };
+            let page = self
+                .call("BatchGetPresence", Effect::Read, req, |ch, r| async move {
+                    crate::endpoint::herald(ch.channel)
+                        .batch_get_presence(r)
+                        .await
+                })
+                .await?;
+            if all.records.is_empty() {
+                // The oldest read: every record is at least this fresh.
+                all.revision = page.revision;
+            }
+            let answered = page.records.len();
+            all.records.extend(page.records);
+            if !page.truncated || answered == 0 || answered >= rest.len() {
+                return Ok(all);
+            }
+            rest = &rest[answered..];
+        }
     }
 
     /// Presence changes of `uids` (empty = every user) from `start_revision`
@@ -390,7 +406,7 @@ impl Client {
     ) -> Result<proto::Session, ClientError> {
         let resp = self
             .call("ConnectSession", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch.channel).connect_session(r).await
+                crate::endpoint::herald(ch.channel).connect_session(r).await
             })
             .await?;
         required(resp.session, "ConnectSession", "session")
@@ -405,7 +421,7 @@ impl Client {
     ) -> Result<proto::Session, ClientError> {
         let resp = self
             .call("Progress", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch.channel).progress(r).await
+                crate::endpoint::herald(ch.channel).progress(r).await
             })
             .await?;
         required(resp.session, "Progress", "session")
@@ -423,7 +439,7 @@ impl Client {
             second: Some(second),
         };
         self.call("Bind", Effect::Write, req, |ch, r| async move {
-            HeraldClient::new(ch.channel).bind(r).await
+            crate::endpoint::herald(ch.channel).bind(r).await
         })
         .await?;
         Ok(())
@@ -437,7 +453,7 @@ impl Client {
         req: proto::HandoffRequest,
     ) -> Result<proto::HandoffResponse, ClientError> {
         self.call("Handoff", Effect::Write, req, |ch, r| async move {
-            HeraldClient::new(ch.channel).handoff(r).await
+            crate::endpoint::herald(ch.channel).handoff(r).await
         })
         .await
     }
@@ -454,29 +470,39 @@ impl Client {
         };
         let resp = self
             .call("GetSession", Effect::Read, req, |ch, r| async move {
-                HeraldClient::new(ch.channel).get_session(r).await
+                crate::endpoint::herald(ch.channel).get_session(r).await
             })
             .await?;
         resp.session
             .ok_or_else(|| ClientError::NotFound(format!("session {session_id}")))
     }
 
-    /// A session's work log: every event, oldest first.
+    /// A session's work log: every event, oldest first (all pages).
     pub async fn session_log(
         &self,
         session_id: u64,
         consistency: Consistency,
     ) -> Result<Vec<proto::WorkLogEntry>, ClientError> {
-        let req = proto::SessionLogRequest {
-            session_id,
-            consistency: consistency.into(),
-        };
-        let resp = self
-            .call("SessionLog", Effect::Read, req, |ch, r| async move {
-                HeraldClient::new(ch.channel).session_log(r).await
-            })
-            .await?;
-        Ok(resp.entries)
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = proto::SessionLogRequest {
+                session_id,
+                consistency: consistency.into(),
+                page_size: 0,
+                page_token,
+            };
+            let page = self
+                .call("SessionLog", Effect::Read, req, |ch, r| async move {
+                    crate::endpoint::herald(ch.channel).session_log(r).await
+                })
+                .await?;
+            entries.extend(page.entries);
+            if page.next_page_token.is_empty() {
+                return Ok(entries);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     // ------------------------------------------------------------ account pools
@@ -489,7 +515,7 @@ impl Client {
     ) -> Result<proto::Platform, ClientError> {
         let resp = self
             .call("CreatePlatform", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch.channel).create_platform(r).await
+                crate::endpoint::herald(ch.channel).create_platform(r).await
             })
             .await?;
         required(resp.platform, "CreatePlatform", "platform")
@@ -533,7 +559,7 @@ impl Client {
     ) -> Result<proto::Pool, ClientError> {
         let resp = self
             .call("CreatePool", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch.channel).create_pool(r).await
+                crate::endpoint::herald(ch.channel).create_pool(r).await
             })
             .await?;
         required(resp.pool, "CreatePool", "pool")
@@ -559,7 +585,7 @@ impl Client {
             Effect::IdempotentWrite
         };
         self.call("LeaseAccount", effect, req, |ch, r| async move {
-            HeraldClient::new(ch.channel).lease_account(r).await
+            crate::endpoint::herald(ch.channel).lease_account(r).await
         })
         .await
     }
@@ -570,7 +596,7 @@ impl Client {
     pub async fn renew_lease(&self, req: proto::RenewRequest) -> Result<proto::Lease, ClientError> {
         let resp = self
             .call("RenewLease", Effect::Write, req, |ch, r| async move {
-                HeraldClient::new(ch.channel).renew_lease(r).await
+                crate::endpoint::herald(ch.channel).renew_lease(r).await
             })
             .await?;
         required(resp.lease, "RenewLease", "lease")
@@ -581,7 +607,7 @@ impl Client {
     /// passwords and secrets stop working. Not idempotent.
     pub async fn release_lease(&self, req: proto::ReleaseRequest) -> Result<(), ClientError> {
         self.call("ReleaseLease", Effect::Write, req, |ch, r| async move {
-            HeraldClient::new(ch.channel).release_lease(r).await
+            crate::endpoint::herald(ch.channel).release_lease(r).await
         })
         .await?;
         Ok(())
@@ -595,7 +621,9 @@ impl Client {
         req: proto::PutAccountDataRequest,
     ) -> Result<(), ClientError> {
         self.call("PutAccountData", Effect::Write, req, |ch, r| async move {
-            HeraldClient::new(ch.channel).put_account_data(r).await
+            crate::endpoint::herald(ch.channel)
+                .put_account_data(r)
+                .await
         })
         .await?;
         Ok(())
@@ -607,14 +635,27 @@ impl Client {
         unit_id: u64,
         consistency: Consistency,
     ) -> Result<proto::ListPoolsResponse, ClientError> {
-        let req = proto::ListPoolsRequest {
-            unit_id,
-            consistency: consistency.into(),
-        };
-        self.call("ListPools", Effect::Read, req, |ch, r| async move {
-            HeraldClient::new(ch.channel).list_pools(r).await
-        })
-        .await
+        let mut all = proto::ListPoolsResponse::default();
+        let mut page_token = String::new();
+        loop {
+            let req = proto::ListPoolsRequest {
+                unit_id,
+                consistency: consistency.into(),
+                page_size: 0,
+                page_token,
+            };
+            let page = self
+                .call("ListPools", Effect::Read, req, |ch, r| async move {
+                    crate::endpoint::herald(ch.channel).list_pools(r).await
+                })
+                .await?;
+            all.pools.extend(page.pools);
+            all.platforms.extend(page.platforms);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// The live leases of a pool: holders, accounts and times, never request
@@ -624,16 +665,26 @@ impl Client {
         pool_id: u64,
         consistency: Consistency,
     ) -> Result<Vec<proto::Lease>, ClientError> {
-        let req = proto::ListLeasesRequest {
-            pool_id,
-            consistency: consistency.into(),
-        };
-        let resp = self
-            .call("ListLeases", Effect::Read, req, |ch, r| async move {
-                HeraldClient::new(ch.channel).list_leases(r).await
-            })
-            .await?;
-        Ok(resp.leases)
+        let mut leases = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = proto::ListLeasesRequest {
+                pool_id,
+                consistency: consistency.into(),
+                page_size: 0,
+                page_token,
+            };
+            let page = self
+                .call("ListLeases", Effect::Read, req, |ch, r| async move {
+                    crate::endpoint::herald(ch.channel).list_leases(r).await
+                })
+                .await?;
+            leases.extend(page.leases);
+            if page.next_page_token.is_empty() {
+                return Ok(leases);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// Checks an account and password against a unit's access policy
@@ -644,7 +695,7 @@ impl Client {
         req: proto::AccountLoginRequest,
     ) -> Result<proto::AccountLoginResponse, ClientError> {
         self.call("AccountLogin", Effect::Read, req, |ch, r| async move {
-            HeraldClient::new(ch.channel).account_login(r).await
+            crate::endpoint::herald(ch.channel).account_login(r).await
         })
         .await
     }
@@ -661,7 +712,7 @@ impl Client {
                 "Status",
                 Effect::Read,
                 proto::StatusRequest {},
-                |ch, r| async move { AdminClient::new(ch.channel).status(r).await },
+                |ch, r| async move { crate::endpoint::admin(ch.channel).status(r).await },
             )
             .await?;
         required(resp.status, "Status", "status")
@@ -673,7 +724,7 @@ impl Client {
             "Members",
             Effect::Read,
             proto::MembersRequest {},
-            |ch, r| async move { AdminClient::new(ch.channel).members(r).await },
+            |ch, r| async move { crate::endpoint::admin(ch.channel).members(r).await },
         )
         .await
     }
@@ -711,7 +762,7 @@ impl Client {
             member: Some(member),
         };
         self.call("AddLearner", Effect::Write, req, |ch, r| async move {
-            AdminClient::new(ch.channel).add_learner(r).await
+            crate::endpoint::admin(ch.channel).add_learner(r).await
         })
         .await
     }
@@ -722,7 +773,7 @@ impl Client {
             "Promote",
             Effect::Write,
             proto::PromoteRequest { id },
-            |ch, r| async move { AdminClient::new(ch.channel).promote(r).await },
+            |ch, r| async move { crate::endpoint::admin(ch.channel).promote(r).await },
         )
         .await
     }
@@ -733,7 +784,7 @@ impl Client {
             "Remove",
             Effect::Write,
             proto::RemoveRequest { id },
-            |ch, r| async move { AdminClient::new(ch.channel).remove(r).await },
+            |ch, r| async move { crate::endpoint::admin(ch.channel).remove(r).await },
         )
         .await
     }
@@ -745,7 +796,9 @@ impl Client {
     ) -> Result<proto::AdminResponse, ClientError> {
         let req = proto::ChangeMembershipRequest { voters };
         self.call("ChangeMembership", Effect::Write, req, |ch, r| async move {
-            AdminClient::new(ch.channel).change_membership(r).await
+            crate::endpoint::admin(ch.channel)
+                .change_membership(r)
+                .await
         })
         .await
     }
@@ -754,7 +807,7 @@ impl Client {
     pub async fn transfer_leader(&self, to: u64) -> Result<proto::AdminResponse, ClientError> {
         let req = proto::TransferLeaderRequest { to };
         self.call("TransferLeader", Effect::Write, req, |ch, r| async move {
-            AdminClient::new(ch.channel).transfer_leader(r).await
+            crate::endpoint::admin(ch.channel).transfer_leader(r).await
         })
         .await
     }
@@ -766,7 +819,7 @@ impl Client {
             "Snapshot",
             Effect::Write,
             proto::SnapshotRequest {},
-            |ch, r| async move { AdminClient::new(ch.channel).snapshot(r).await },
+            |ch, r| async move { crate::endpoint::admin(ch.channel).snapshot(r).await },
         )
         .await
     }
@@ -780,7 +833,7 @@ impl Client {
             "Init",
             Effect::Write,
             proto::InitRequest {},
-            |ch, r| async move { AdminClient::new(ch.channel).init(r).await },
+            |ch, r| async move { crate::endpoint::admin(ch.channel).init(r).await },
         )
         .await
     }
@@ -792,7 +845,7 @@ impl Client {
             "Snapshot",
             Effect::Write,
             proto::SnapshotRequest {},
-            |ch, r| async move { AdminClient::new(ch.channel).snapshot(r).await },
+            |ch, r| async move { crate::endpoint::admin(ch.channel).snapshot(r).await },
         )
         .await
     }
@@ -813,7 +866,7 @@ impl Client {
                 offset_ms,
                 relative,
             },
-            |ch, r| async move { AdminClient::new(ch.channel).set_clock_offset(r).await },
+            |ch, r| async move { crate::endpoint::admin(ch.channel).set_clock_offset(r).await },
         )
         .await
     }
@@ -827,7 +880,7 @@ impl Client {
             "Auth.Status",
             Effect::Read,
             proto::AuthStatusRequest {},
-            |ch, r| async move { AuthClient::new(ch.channel).status(r).await },
+            |ch, r| async move { crate::endpoint::auth(ch.channel).status(r).await },
         )
         .await
     }
@@ -840,7 +893,7 @@ impl Client {
                 "Auth.Enable",
                 Effect::IdempotentWrite,
                 proto::AuthEnableRequest {},
-                |ch, r| async move { AuthClient::new(ch.channel).enable(r).await },
+                |ch, r| async move { crate::endpoint::auth(ch.channel).enable(r).await },
             )
             .await
         } else {
@@ -848,7 +901,7 @@ impl Client {
                 "Auth.Disable",
                 Effect::IdempotentWrite,
                 proto::AuthDisableRequest {},
-                |ch, r| async move { AuthClient::new(ch.channel).disable(r).await },
+                |ch, r| async move { crate::endpoint::auth(ch.channel).disable(r).await },
             )
             .await
         }
@@ -865,7 +918,7 @@ impl Client {
             roles: roles.into_iter().map(|r| r as i32).collect(),
         };
         self.call("Auth.UserAdd", Effect::Write, req, |ch, r| async move {
-            AuthClient::new(ch.channel).user_add(r).await
+            crate::endpoint::auth(ch.channel).user_add(r).await
         })
         .await
     }
@@ -876,7 +929,7 @@ impl Client {
             name: name.to_string(),
         };
         self.call("Auth.UserRemove", Effect::Write, req, |ch, r| async move {
-            AuthClient::new(ch.channel).user_remove(r).await
+            crate::endpoint::auth(ch.channel).user_remove(r).await
         })
         .await
     }
@@ -888,7 +941,7 @@ impl Client {
                 "Auth.UserList",
                 Effect::Read,
                 proto::UserListRequest {},
-                |ch, r| async move { AuthClient::new(ch.channel).user_list(r).await },
+                |ch, r| async move { crate::endpoint::auth(ch.channel).user_list(r).await },
             )
             .await?;
         Ok(resp.users)
@@ -910,12 +963,12 @@ impl Client {
                 "Auth.RoleGrant",
                 Effect::IdempotentWrite,
                 req,
-                |ch, r| async move { AuthClient::new(ch.channel).role_grant(r).await },
+                |ch, r| async move { crate::endpoint::auth(ch.channel).role_grant(r).await },
             )
             .await
         } else {
             self.call("Auth.RoleRevoke", Effect::Write, req, |ch, r| async move {
-                AuthClient::new(ch.channel).role_revoke(r).await
+                crate::endpoint::auth(ch.channel).role_revoke(r).await
             })
             .await
         }
@@ -932,7 +985,7 @@ impl Client {
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
         };
         self.call("Auth.TokenCreate", Effect::Write, req, |ch, r| async move {
-            AuthClient::new(ch.channel).token_create(r).await
+            crate::endpoint::auth(ch.channel).token_create(r).await
         })
         .await
     }
@@ -941,7 +994,7 @@ impl Client {
     pub async fn token_revoke(&self, token_id: u64) -> Result<proto::AuthResponse, ClientError> {
         let req = proto::TokenRevokeRequest { token_id };
         self.call("Auth.TokenRevoke", Effect::Write, req, |ch, r| async move {
-            AuthClient::new(ch.channel).token_revoke(r).await
+            crate::endpoint::auth(ch.channel).token_revoke(r).await
         })
         .await
     }
@@ -953,7 +1006,7 @@ impl Client {
         };
         let resp = self
             .call("Auth.TokenList", Effect::Read, req, |ch, r| async move {
-                AuthClient::new(ch.channel).token_list(r).await
+                crate::endpoint::auth(ch.channel).token_list(r).await
             })
             .await?;
         Ok(resp.tokens)

@@ -204,6 +204,28 @@ pub(crate) fn lazy_channel(
     })
 }
 
+/// The `Herald` stub over `channel`, reading and sending messages up to
+/// [`crate::MAX_MESSAGE_BYTES`] (tonic's default is 4 MiB for reading).
+pub(crate) fn herald(channel: Transport) -> crate::proto::herald_client::HeraldClient<Transport> {
+    crate::proto::herald_client::HeraldClient::new(channel)
+        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES)
+}
+
+/// The `Admin` stub over `channel`, with the same limits as [`herald`].
+pub(crate) fn admin(channel: Transport) -> crate::proto::admin_client::AdminClient<Transport> {
+    crate::proto::admin_client::AdminClient::new(channel)
+        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES)
+}
+
+/// The `Auth` stub over `channel`, with the same limits as [`herald`].
+pub(crate) fn auth(channel: Transport) -> crate::proto::auth_client::AuthClient<Transport> {
+    crate::proto::auth_client::AuthClient::new(channel)
+        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

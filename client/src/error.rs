@@ -104,6 +104,14 @@ impl From<Status> for ClientError {
             Code::NotFound => ClientError::NotFound(message),
             Code::FailedPrecondition => ClientError::FailedPrecondition(message),
             Code::ResourceExhausted => ClientError::ResourceExhausted(message),
+            // tonic's own decoder refusing an answer over this library's
+            // limit says OUT_OF_RANGE; it is a size limit like any other.
+            Code::OutOfRange if message.contains("message length too large") => {
+                ClientError::ResourceExhausted(format!(
+                    "{message} (herald_client::MAX_MESSAGE_BYTES = {})",
+                    crate::MAX_MESSAGE_BYTES
+                ))
+            }
             Code::AlreadyExists => ClientError::AlreadyExists(message),
             Code::Unavailable => ClientError::Unavailable(message),
             Code::Unauthenticated => ClientError::Unauthenticated(message),

@@ -209,6 +209,7 @@ impl Herald for Fake {
                 })
                 .collect(),
             revision: script.applied,
+            truncated: false,
         }))
     }
     async fn watch(&self, r: Request<WatchRequest>) -> Res<Self::WatchStream> {

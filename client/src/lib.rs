@@ -52,6 +52,12 @@ pub mod proto {
     tonic::include_proto!("herald.v1");
 }
 
+/// The largest gRPC message this library sends or reads, and the default
+/// `limits.grpc_max_message_bytes` of a node: 16 MiB. The largest valid
+/// request (a `Batch` of 1000 maximal logins) fits with room to spare; list
+/// and batch-read answers are paged by the node to stay under 3 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
 /// A fresh random request id for [`Client::lease_account`].
 ///
 /// A lease request that carries an id is safe to retry: the cluster returns

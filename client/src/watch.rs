@@ -16,7 +16,6 @@ use tokio::time::Instant;
 use tonic::Streaming;
 
 use crate::client::describe;
-use crate::proto::herald_client::HeraldClient;
 use crate::proto::{Consistency, PresenceEvent, WatchRequest};
 use crate::retry::{Outcome, classify};
 use crate::{Client, ClientError};
@@ -209,7 +208,7 @@ impl Watch {
             };
             let opened = tokio::time::timeout(
                 config.request_timeout,
-                HeraldClient::new(channel).watch(request),
+                crate::endpoint::herald(channel).watch(request),
             )
             .await;
             match opened {

@@ -72,6 +72,9 @@ pub struct Config {
     /// enforce; the leader's are the cluster's (see [`crate::state::quotas`]).
     #[serde(default)]
     pub quotas: crate::state::Quotas,
+    /// Connection, stream and message limits of the listeners.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Testing mode: test hooks (`Admin.SetClockOffset`, `[testing]`
     /// faults, a non-zero `clock.initial_offset_ms`) work only when this is
     /// on. Never read from the file: only `herald-node --testing` sets it,
@@ -300,6 +303,62 @@ impl Default for RaftTimings {
     }
 }
 
+/// Connection, stream and message limits of the listeners (issue 17): what
+/// one node accepts before it refuses, so that idle sockets, watch streams
+/// and large messages cannot exhaust it. A refusal names the limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open connections on the client gRPC listener; one more is closed at
+    /// once and counted in `herald_connections_refused_total{listener}`.
+    pub max_client_connections: usize,
+    /// Open connections on the HTTP listener.
+    pub max_http_connections: usize,
+    /// Open connections on the peer (Raft) listener.
+    pub max_peer_connections: usize,
+    /// Open `Watch` streams on this node; one more is refused with
+    /// `RESOURCE_EXHAUSTED` naming `limits.max_watch_streams`.
+    pub max_watch_streams: usize,
+    /// How long an HTTP client may take to send a request's headers; a
+    /// slower (slowloris) connection is closed.
+    pub http_header_timeout_ms: u64,
+    /// Largest HTTP request body (`413` above it).
+    pub http_max_body_bytes: usize,
+    /// HTTP/2 keepalive ping interval on the gRPC listeners: a connection
+    /// whose peer vanished is found and closed, and its streams (watches)
+    /// freed.
+    pub grpc_keepalive_ms: u64,
+    /// How long a keepalive ping may go unanswered before the connection is
+    /// closed.
+    pub grpc_keepalive_timeout_ms: u64,
+    /// Concurrent HTTP/2 streams (calls) per client gRPC connection.
+    pub grpc_max_concurrent_streams: u32,
+    /// Largest gRPC message the client listener decodes or encodes. The
+    /// largest valid request (a `Batch` of 1000 maximal logins, about
+    /// 5.4 MB, up to some 12 MB with the most ext entries) fits; larger
+    /// ones are refused with `RESOURCE_EXHAUSTED` naming this limit. List
+    /// and batch-read answers are paged to stay under 4 MiB, gRPC's default
+    /// receive limit, so generated clients read them with their defaults.
+    pub grpc_max_message_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_client_connections: 10_000,
+            max_http_connections: 1_000,
+            max_peer_connections: 64,
+            max_watch_streams: 4_096,
+            http_header_timeout_ms: 10_000,
+            http_max_body_bytes: 2 << 20,
+            grpc_keepalive_ms: 10_000,
+            grpc_keepalive_timeout_ms: 20_000,
+            grpc_max_concurrent_streams: 1_024,
+            grpc_max_message_bytes: herald_client::MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
 /// Storage safety margins.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -445,6 +504,44 @@ impl Config {
                 t.snapshot_every_bytes
             ));
         }
+        let l = &self.limits;
+        for (name, v) in [
+            ("max_client_connections", l.max_client_connections),
+            ("max_http_connections", l.max_http_connections),
+            ("max_peer_connections", l.max_peer_connections),
+            ("http_max_body_bytes", l.http_max_body_bytes),
+            ("grpc_max_message_bytes", l.grpc_max_message_bytes),
+            (
+                "grpc_max_concurrent_streams",
+                l.grpc_max_concurrent_streams as usize,
+            ),
+        ] {
+            if v == 0 {
+                return bad(format!("limits.{name} must be >= 1"));
+            }
+        }
+        for (name, v) in [
+            ("max_client_connections", l.max_client_connections),
+            ("max_http_connections", l.max_http_connections),
+            ("max_peer_connections", l.max_peer_connections),
+            ("max_watch_streams", l.max_watch_streams),
+        ] {
+            if v > tokio::sync::Semaphore::MAX_PERMITS {
+                return bad(format!(
+                    "limits.{name} must be at most {}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                ));
+            }
+        }
+        for (name, v) in [
+            ("http_header_timeout_ms", l.http_header_timeout_ms),
+            ("grpc_keepalive_ms", l.grpc_keepalive_ms),
+            ("grpc_keepalive_timeout_ms", l.grpc_keepalive_timeout_ms),
+        ] {
+            if v == 0 {
+                return bad(format!("limits.{name} must be >= 1"));
+            }
+        }
         if self.storage.free_space_check_ms == 0 {
             return bad("storage.free_space_check_ms must be >= 1".into());
         }
@@ -589,6 +686,26 @@ http = "127.0.0.1:7301"
         assert!(c.validate().unwrap_err().to_string().contains("SHA-256"));
         c.auth.root_token_sha256 = vec!["a".repeat(64)];
         c.validate().unwrap();
+    }
+
+    /// The playground's files (`herald_cli::config`) write the node's
+    /// `[limits]` out; they must say what the node's defaults are.
+    #[test]
+    fn the_checked_in_configs_show_the_default_limits() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../cluster-configs/local-3/node1.toml"
+        );
+        let c = Config::load(Path::new(path)).unwrap();
+        assert_eq!(c.limits, LimitsConfig::default());
+        let mut bad: Config = toml::from_str(GOOD).unwrap();
+        bad.limits.max_client_connections = 0;
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("limits.max_client_connections")
+        );
     }
 
     #[test]

@@ -103,6 +103,13 @@ pub struct ServerLabel {
     pub server: &'static str,
 }
 
+/// `{listener}`: one TCP listener (`client`, `peer` or `http`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `client`, `peer` or `http`.
+    pub listener: &'static str,
+}
+
 /// `{server, code, permission}`: a request the auth guard turned away.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
@@ -252,6 +259,12 @@ pub struct Defs {
     /// during the TLS handshake (wrong CA, expired certificate, plaintext
     /// client, timeout).
     pub tls_handshake_failures: Family<ServerLabel, Counter>,
+    /// `herald_connections_open{listener}`: accepted connections not yet
+    /// closed (TLS handshakes in progress included).
+    pub connections_open: Family<ListenerLabel, Gauge>,
+    /// `herald_connections_refused_total{listener}`: connections closed at
+    /// once because the listener was at its cap (`limits.max_*_connections`).
+    pub connections_refused: Family<ListenerLabel, Counter>,
     /// `herald_security_insecure`: 1 when the node serves plaintext with no
     /// TLS (`insecure = true`).
     pub security_insecure: Gauge,
@@ -487,6 +500,18 @@ impl Metrics {
                 "Requests refused by the auth guard, by listener, code and the permission needed",
                 Family::default()
             ),
+            connections_open: reg!(
+                r,
+                "herald_connections_open",
+                "Open connections by listener",
+                Family::default()
+            ),
+            connections_refused: reg!(
+                r,
+                "herald_connections_refused",
+                "Connections closed at once because their listener was at its cap",
+                Family::default()
+            ),
             tls_handshake_failures: reg!(
                 r,
                 "herald_tls_handshake_failures",
@@ -719,7 +744,8 @@ impl Metrics {
 pub struct GaugeGuard(Gauge);
 
 impl GaugeGuard {
-    fn new(g: Gauge) -> Self {
+    /// Increments `g` until the guard drops.
+    pub fn new(g: Gauge) -> Self {
         g.inc();
         GaugeGuard(g)
     }

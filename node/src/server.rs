@@ -27,7 +27,7 @@ use crate::api;
 use crate::api::layer::{Listener, ObserveLayer};
 use crate::clock::ClusterClock;
 use crate::config::Config;
-use crate::metrics::{Metrics, ServerLabel};
+use crate::metrics::{ListenerLabel, Metrics, ServerLabel};
 use crate::node::{Herald, Inner};
 use crate::raft::Raft;
 use crate::raft::free_space::FreeSpace;
@@ -35,7 +35,8 @@ use crate::raft::identity::IdentityCell;
 use crate::raft::log_store::{LogOptions, LogStore};
 use crate::raft::network::{LogTail, Network, PeerChannels, PeerStamp};
 use crate::raft::state_store::StateStore;
-use crate::security::{Gate, Guard, GuardLayer, NodeTls, PeerInfo};
+use crate::security::tls::ConnCap;
+use crate::security::{Gate, Guard, GuardLayer, NodeTls};
 
 /// A node running in this process (the binary runs one; tests run several).
 pub struct RunningNode {
@@ -92,9 +93,87 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListe
         .with_context(|| format!("binding the {what} listener on {addr}"))
 }
 
+/// Raises this process's open-file limit (`RLIMIT_NOFILE`) to its hard
+/// limit and returns the new soft limit. Every connection, log segment and
+/// snapshot is a file descriptor: at a soft limit of 1024, about a thousand
+/// idle sockets made the next log roll fail with EMFILE (issue 17).
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Serves the HTTP listener's connections: HTTP/1.1 with a header-read
+/// deadline (a client that has not sent a request's headers within
+/// `limits.http_header_timeout_ms` is disconnected, so slowloris
+/// connections do not pile up), each connection's `PeerInfo` in its
+/// requests as `ConnectInfo`, and a graceful end when `stop` turns true.
+async fn serve_http(
+    mut incoming: crate::security::tls::Incoming,
+    app: axum::Router,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    use axum::serve::Listener as _;
+    let mut stopping = stop.clone();
+    loop {
+        let (conn, info) = tokio::select! {
+            c = incoming.accept() => c,
+            _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => return,
+        };
+        let app = app.clone();
+        let svc =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(info.clone()));
+                let mut app = app.clone();
+                async move { tower::Service::call(&mut app, req).await }
+            });
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(conn), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(error = %e, "http connection ended");
+                },
+                _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
 /// Starts a node and returns once every listener is bound.
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     config.validate()?;
+    match raise_open_files_limit() {
+        Ok(n) => tracing::info!(rlimit_nofile = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit (RLIMIT_NOFILE)"),
+    }
     let tls = match &config.tls {
         Some(files) => Some(NodeTls::load(files, config.id)?),
         None => None,
@@ -219,20 +298,48 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     // plain TCP in insecure mode), Nagle off (small gRPC replies would wait
     // for delayed ACKs, ~40 ms per forwarded write), the caller's verified
     // certificate read once per connection.
+    // Each listener has its own connection cap (`[limits]`).
     let incoming = |l: TcpListener,
                     server: &'static str,
-                    tls: Option<std::sync::Arc<rustls::ServerConfig>>| {
+                    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+                    max: usize| {
         let failures = metrics
             .tls_handshake_failures
             .get_or_create(&ServerLabel { server })
             .clone();
-        crate::security::tls::accept(l, tls, server, failures, stop_rx.clone())
+        let label = ListenerLabel { listener: server };
+        let cap = ConnCap::new(
+            max,
+            metrics.connections_open.get_or_create(&label).clone(),
+            metrics.connections_refused.get_or_create(&label).clone(),
+        );
+        crate::security::tls::accept(l, tls, server, failures, cap, stop_rx.clone())
             .with_context(|| format!("starting the {server} listener"))
     };
-    let peer_in = incoming(peer_l, "peer", tls.as_ref().map(|t| t.peer.clone()))?;
-    let client_in = incoming(client_l, "client", tls.as_ref().map(|t| t.client.clone()))?;
-    let http_in = incoming(http_l, "http", tls.as_ref().map(|t| t.http.clone()))?;
+    let limits = config.limits.clone();
+    let peer_in = incoming(
+        peer_l,
+        "peer",
+        tls.as_ref().map(|t| t.peer.clone()),
+        limits.max_peer_connections,
+    )?;
+    let client_in = incoming(
+        client_l,
+        "client",
+        tls.as_ref().map(|t| t.client.clone()),
+        limits.max_client_connections,
+    )?;
+    let http_in = incoming(
+        http_l,
+        "http",
+        tls.as_ref().map(|t| t.http.clone()),
+        limits.max_http_connections,
+    )?;
+    let keepalive = Duration::from_millis(limits.grpc_keepalive_ms);
+    let keepalive_timeout = Duration::from_millis(limits.grpc_keepalive_timeout_ms);
+    let max_message = limits.grpc_max_message_bytes;
 
+    let http_stop = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -248,6 +355,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let peer_guard = GuardLayer::new(guard.clone(), Gate::Peer);
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive_timeout))
             .layer(peer_layer)
             .layer(peer_guard)
             .add_service(peer_svc)
@@ -259,17 +368,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     }));
 
     let client_layer = observe(Listener::Client);
+    // Explicit message limits both ways (tonic's defaults: 4 MiB read,
+    // unlimited write), and a refusal that names them.
     let herald_svc = HeraldServer::new(api::client::HeraldService::new(
         herald.clone(),
         client_layer.accounting(),
-    ));
-    let admin_svc = AdminServer::new(api::admin::AdminService::new(herald.clone()));
-    let auth_svc = AuthServer::new(api::auth::AuthService::new(herald.clone()));
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
+    let admin_svc = AdminServer::new(api::admin::AdminService::new(herald.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let auth_svc = AuthServer::new(api::auth::AuthService::new(herald.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let size_limit = api::layer::MessageLimitLayer::new(max_message);
+    let max_streams = limits.grpc_max_concurrent_streams;
     let client_guard = GuardLayer::new(guard.clone(), Gate::Client);
     let s = stopped();
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive_timeout))
+            .max_concurrent_streams(Some(max_streams))
             .layer(client_layer)
+            .layer(size_limit)
             .layer(client_guard)
             .add_service(herald_svc)
             .add_service(admin_svc)
@@ -281,14 +404,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         }
     }));
 
-    let app = api::http::router(herald.clone()).layer(observe(Listener::Http));
-    let s = stopped();
-    tasks.push(tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<PeerInfo>();
-        if let Err(e) = axum::serve(http_in, app).with_graceful_shutdown(s).await {
-            tracing::error!("http server: {e}");
-        }
-    }));
+    let app = api::http::router(herald.clone())
+        .layer(axum::extract::DefaultBodyLimit::max(
+            limits.http_max_body_bytes,
+        ))
+        .layer(observe(Listener::Http));
+    tasks.push(tokio::spawn(serve_http(
+        http_in,
+        app,
+        Duration::from_millis(limits.http_header_timeout_ms),
+        http_stop,
+    )));
 
     tasks.push(tokio::spawn(crate::expiry::run(herald.clone(), stopped())));
     tasks.push(tokio::spawn(crate::compaction::run(

@@ -679,6 +679,7 @@ async fn handoff_fences_the_old_terminal_and_leases_are_idempotent() {
         .session_log(SessionLogRequest {
             session_id: s.session_id,
             consistency: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -871,6 +872,7 @@ async fn a_lease_cannot_be_taken_over_from_a_listing_or_a_replay() {
         .list_leases(ListLeasesRequest {
             pool_id: pool.pool_id,
             consistency: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -1073,6 +1075,7 @@ async fn leases_expire_by_cluster_time_without_other_writes() {
                 .list_pools(ListPoolsRequest {
                     unit_id: 0,
                     consistency: Consistency::Serializable as i32,
+                    ..Default::default()
                 })
                 .await
                 .ok()?

@@ -6,18 +6,20 @@
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use ::herald_client::LEADER_HINT;
 use ::herald_client::proto::herald_server::Herald as HeraldApi;
 use ::herald_client::proto::*;
 use futures::Stream;
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self as cv, linearizable};
 use super::layer::Accounting;
+use super::page;
 use super::status::state_status;
 use crate::node::Herald;
 use crate::state::{self, Command, StateError};
@@ -27,13 +29,23 @@ pub struct HeraldService {
     node: Herald,
     /// The client listener's request counting, for the calls of a `Batch`.
     accounting: Accounting,
+    /// One permit per open `Watch` stream (`limits.max_watch_streams`). The
+    /// stream's task holds it, and that task ends when the stream's client
+    /// is gone (its receiver dropped: the call was cancelled or the
+    /// connection closed, which keepalive notices for a vanished peer).
+    watch_slots: Arc<Semaphore>,
 }
 
 impl HeraldService {
     /// A client service over `node`; `accounting` is the client listener's
     /// ([`super::layer::ObserveLayer::accounting`]).
     pub fn new(node: Herald, accounting: Accounting) -> Self {
-        HeraldService { node, accounting }
+        let watch_slots = Arc::new(Semaphore::new(node.config().limits.max_watch_streams));
+        HeraldService {
+            node,
+            accounting,
+            watch_slots,
+        }
     }
 
     pub(super) fn node(&self) -> &Herald {
@@ -234,7 +246,11 @@ impl HeraldApi for HeraldService {
         let r = req.into_inner();
         check_uids(&r.uids).map_err(invalid)?;
         self.read_barrier(r.consistency).await?;
-        Ok(Response::new(batch_get(&self.node, &r.uids)))
+        Ok(Response::new(batch_get(
+            &self.node,
+            &r.uids,
+            page::REPLY_BUDGET_BYTES,
+        )))
     }
 
     async fn batch(&self, req: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
@@ -249,6 +265,13 @@ impl HeraldApi for HeraldService {
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let r = req.into_inner();
         check_uids(&r.uids).map_err(invalid)?;
+        let slot = self.watch_slots.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many watch streams on this node: limits.max_watch_streams = {}; \
+                 close one or watch through another node",
+                self.node.config().limits.max_watch_streams
+            ))
+        })?;
         let uids: BTreeSet<String> = r.uids.into_iter().collect();
         let store = self.node.store().clone();
         let mut applied = store.applied();
@@ -266,6 +289,8 @@ impl HeraldApi for HeraldService {
         let (tx, rx) = mpsc::channel(1024);
         let open_stream = self.node.metrics().watch_stream();
         tokio::spawn(async move {
+            // Dropped in reverse: the gauge falls before the slot frees.
+            let _slot = slot;
             let _open_stream = open_stream;
             loop {
                 // Everything up to the state's last index is in its history,
@@ -376,8 +401,36 @@ impl HeraldApi for HeraldService {
             .state
             .session_log(r.session_id)
             .ok_or_else(|| Status::not_found(format!("session {} not found", r.session_id)))?;
+        let (after, seen) = page::after_revision(&r.page_token)?;
+        // Entries of the token's revision already delivered are skipped.
+        let mut skip = seen;
+        let rest = log.iter().filter(|e| {
+            if e.revision < after {
+                return false;
+            }
+            if e.revision == after && skip > 0 {
+                skip -= 1;
+                return false;
+            }
+            true
+        });
+        let size = page::size(r.page_size, page::DEFAULT_LOG_PAGE);
+        let (entries, more) = page::take(rest.map(cv::work_pb), size, page::REPLY_BUDGET_BYTES);
+        let next_page_token = match entries.last() {
+            Some(last) if more => {
+                let at_last = entries
+                    .iter()
+                    .filter(|e| e.revision == last.revision)
+                    .count();
+                // Entries of that revision on earlier pages count too.
+                let before = if last.revision == after { seen } else { 0 };
+                page::revision_token(last.revision, before + at_last)
+            }
+            _ => String::new(),
+        };
         Ok(Response::new(SessionLogResponse {
-            entries: log.iter().map(cv::work_pb).collect(),
+            entries,
+            next_page_token,
         }))
     }
 
@@ -517,14 +570,34 @@ impl HeraldApi for HeraldService {
         self.read_barrier(r.consistency).await?;
         let m = self.node.store().read();
         let unit = (r.unit_id != 0).then_some(r.unit_id);
-        Ok(Response::new(ListPoolsResponse {
-            pools: m.state.pools(unit).iter().map(cv::pool_pb).collect(),
-            platforms: m
-                .state
+        let after = page::after_id(&r.page_token)?;
+        let mut pools = m.state.pools(unit);
+        pools.sort_by_key(|p| p.pool_id);
+        let rest = pools.iter().filter(|p| p.pool_id > after).map(cv::pool_pb);
+        // The platforms go with the first page only.
+        let platforms: Vec<Platform> = if r.page_token.is_empty() {
+            m.state
                 .platforms()
                 .into_iter()
                 .map(cv::platform_pb)
-                .collect(),
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let used: usize = platforms.iter().map(page::field_len).sum();
+        let (pools, more) = page::take(
+            rest,
+            page::size(r.page_size, page::DEFAULT_PAGE),
+            page::REPLY_BUDGET_BYTES.saturating_sub(used),
+        );
+        let next_page_token = match pools.last() {
+            Some(last) if more => last.pool_id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListPoolsResponse {
+            pools,
+            platforms,
+            next_page_token,
         }))
     }
 
@@ -535,9 +608,25 @@ impl HeraldApi for HeraldService {
         let r = req.into_inner();
         self.read_barrier(r.consistency).await?;
         let m = self.node.store().read();
+        // By lease id (the state's order).
         let leases = m.state.leases(r.pool_id).map_err(invalid)?;
+        let after = page::after_id(&r.page_token)?;
+        let rest = leases
+            .iter()
+            .filter(|l| l.lease_id > after)
+            .map(cv::lease_pb);
+        let (leases, more) = page::take(
+            rest,
+            page::size(r.page_size, page::DEFAULT_PAGE),
+            page::REPLY_BUDGET_BYTES,
+        );
+        let next_page_token = match leases.last() {
+            Some(last) if more => last.lease_id.to_string(),
+            _ => String::new(),
+        };
         Ok(Response::new(ListLeasesResponse {
-            leases: leases.iter().map(cv::lease_pb).collect(),
+            leases,
+            next_page_token,
         }))
     }
 
@@ -563,19 +652,23 @@ impl HeraldApi for HeraldService {
     }
 }
 
-/// Batch lookup shared by gRPC and HTTP: one record per uid, in order.
-pub fn batch_get(node: &Herald, uids: &[String]) -> BatchGetPresenceResponse {
+/// Batch lookup shared by gRPC and HTTP: one record per uid, in order,
+/// until the records would pass `budget` bytes (`truncated`: the caller
+/// asks again for the rest). gRPC answers stay under
+/// [`page::REPLY_BUDGET_BYTES`]; HTTP has no such limit and passes
+/// `usize::MAX`.
+pub fn batch_get(node: &Herald, uids: &[String], budget: usize) -> BatchGetPresenceResponse {
     let m = node.store().read();
+    let records = uids.iter().map(|u| {
+        m.state
+            .presence(u)
+            .map(cv::record_pb)
+            .unwrap_or_else(|| cv::unknown_record_pb(u))
+    });
+    let (records, truncated) = page::take(records, usize::MAX, budget);
     BatchGetPresenceResponse {
-        records: uids
-            .iter()
-            .map(|u| {
-                m.state
-                    .presence(u)
-                    .map(cv::record_pb)
-                    .unwrap_or_else(|| cv::unknown_record_pb(u))
-            })
-            .collect(),
+        records,
         revision: m.state.last_index(),
+        truncated,
     }
 }

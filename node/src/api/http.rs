@@ -231,7 +231,7 @@ async fn lookup(node: &Herald, uids: Vec<String>, consistency: Option<&str>) -> 
     if let Err(r) = read_barrier(node, consistency).await {
         return *r;
     }
-    let r = batch_get(node, &uids);
+    let r = batch_get(node, &uids, usize::MAX);
     let records: Vec<Value> = r.records.iter().map(record_json).collect();
     Json(json!({ "revision": r.revision, "records": records })).into_response()
 }
@@ -256,7 +256,7 @@ async fn presence_one(
     if let Err(r) = read_barrier(&node, q.consistency.as_deref()).await {
         return *r;
     }
-    let r = batch_get(&node, std::slice::from_ref(&uid));
+    let r = batch_get(&node, std::slice::from_ref(&uid), usize::MAX);
     let record = r.records.first().map(record_json);
     Json(json!({ "revision": r.revision, "record": record })).into_response()
 }

@@ -505,3 +505,118 @@ mod tests {
         assert_eq!(grpc_code_name("x"), "Unknown");
     }
 }
+
+/// Names the message-size limit when tonic refuses a request over it.
+///
+/// tonic's decoder answers a request over `max_decoding_message_size` with
+/// `OUT_OF_RANGE` ("decoded message length too large"), which reads as a
+/// bad argument; a size limit is a resource limit. This layer turns that
+/// answer (a trailers-only response, so its status is in the headers) into
+/// `RESOURCE_EXHAUSTED` naming `limits.grpc_max_message_bytes`.
+#[derive(Clone, Copy)]
+pub struct MessageLimitLayer {
+    limit: usize,
+}
+
+impl MessageLimitLayer {
+    /// A layer for a listener whose limit is `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        MessageLimitLayer { limit }
+    }
+}
+
+impl<S> tower::Layer<S> for MessageLimitLayer {
+    type Service = MessageLimit<S>;
+    fn layer(&self, inner: S) -> MessageLimit<S> {
+        MessageLimit {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+/// The service [`MessageLimitLayer`] wraps around a server.
+#[derive(Clone)]
+pub struct MessageLimit<S> {
+    inner: S,
+    limit: usize,
+}
+
+/// The `RESOURCE_EXHAUSTED` message for tonic's `OUT_OF_RANGE` refusal of
+/// an oversized request, or `None` when `headers` say something else.
+fn oversized_message(headers: &HeaderMap, limit: usize) -> Option<String> {
+    let status = headers.get("grpc-status")?;
+    if status.as_bytes() != b"11" {
+        return None;
+    }
+    let raw = headers.get("grpc-message")?.to_str().ok()?;
+    let message = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    if !message.contains("decoded message length too large") {
+        return None;
+    }
+    // "found N bytes, the limit is: M bytes"
+    let found = message
+        .split("found ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or("?");
+    Some(format!(
+        "request message of {found} bytes is over the limit: \
+         limits.grpc_max_message_bytes = {limit}"
+    ))
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for MessageLimit<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let limit = self.limit;
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            if let Some(message) = oversized_message(resp.headers(), limit) {
+                let status = tonic::Status::resource_exhausted(message);
+                let headers = resp.headers_mut();
+                headers.remove("grpc-message");
+                headers.remove("grpc-status");
+                // Adds grpc-status and the percent-encoded grpc-message.
+                let _ = status.add_header(headers);
+            }
+            Ok(resp)
+        })
+    }
+}
+
+#[cfg(test)]
+mod message_limit_tests {
+    use super::*;
+
+    #[test]
+    fn tonics_oversize_refusal_becomes_resource_exhausted() {
+        let mut headers = HeaderMap::new();
+        let s = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 5330000 bytes, the limit is: 4194304 bytes",
+        );
+        s.add_header(&mut headers).unwrap();
+        let m = oversized_message(&headers, 4194304).unwrap();
+        assert!(
+            m.contains("5330000") && m.contains("limits.grpc_max_message_bytes = 4194304"),
+            "{m}"
+        );
+        let mut other = HeaderMap::new();
+        tonic::Status::out_of_range("revision compacted")
+            .add_header(&mut other)
+            .unwrap();
+        assert_eq!(oversized_message(&other, 1), None);
+    }
+}

@@ -16,6 +16,11 @@
 //!
 //! In insecure mode the same acceptor passes plain TCP through, so the rest
 //! of the node does not care which mode it runs in.
+//!
+//! Each listener has a connection cap ([`ConnCap`], `limits.max_*_connections`):
+//! a connection over it is closed as soon as it is accepted, before any
+//! handshake, and counted; the ones already open are not disturbed. Every
+//! accepted connection holds its slot until it closes.
 
 use std::io;
 use std::net::SocketAddr;
@@ -33,7 +38,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -217,6 +222,54 @@ pub struct PeerInfo {
 pub struct Conn {
     io: Io,
     info: PeerInfo,
+    /// Its slot under the listener's cap, given back when it closes.
+    _slot: Slot,
+}
+
+/// A listener's connection cap and the metrics that show it.
+#[derive(Clone)]
+pub struct ConnCap {
+    slots: Arc<Semaphore>,
+    /// `herald_connections_open{listener}`.
+    open: prometheus_client::metrics::gauge::Gauge,
+    /// `herald_connections_refused_total{listener}`.
+    refused: Counter,
+}
+
+impl ConnCap {
+    /// At most `max` open connections; `open` and `refused` count them.
+    pub fn new(
+        max: usize,
+        open: prometheus_client::metrics::gauge::Gauge,
+        refused: Counter,
+    ) -> Self {
+        ConnCap {
+            slots: Arc::new(Semaphore::new(max)),
+            open,
+            refused,
+        }
+    }
+
+    /// A slot for a connection just accepted, or `None` (counted) when the
+    /// listener is full.
+    fn admit(&self) -> Option<Slot> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(Slot {
+                _permit: permit,
+                _open: crate::metrics::GaugeGuard::new(self.open.clone()),
+            }),
+            Err(_) => {
+                self.refused.inc();
+                None
+            }
+        }
+    }
+}
+
+/// One connection's place under its listener's cap.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _open: crate::metrics::GaugeGuard,
 }
 
 enum Io {
@@ -307,11 +360,13 @@ pub struct Incoming {
 /// Starts accepting on `listener` until `stop` turns true. `tls` = `None`
 /// serves plain TCP (insecure mode). Failed handshakes are dropped and
 /// counted in `failures`; nothing about them reaches the services.
+/// Connections over `cap` are closed at once.
 pub fn accept(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
     what: &'static str,
     failures: Counter,
+    cap: ConnCap,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<Incoming> {
     let local = listener.local_addr()?;
@@ -333,6 +388,12 @@ pub fn accept(
                 },
                 _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
             };
+            let Some(slot) = cap.admit() else {
+                // Dropped: closed before a byte is read or a handshake run.
+                tracing::debug!(listener = what, %remote, "connection refused: the listener is at its cap");
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let Some(acceptor) = acceptor.clone() else {
                 let info = PeerInfo {
@@ -343,6 +404,7 @@ pub fn accept(
                     .send(Conn {
                         io: Io::Plain(tcp),
                         info,
+                        _slot: slot,
                     })
                     .await
                     .is_err()
@@ -371,6 +433,7 @@ pub fn accept(
                             .send(Conn {
                                 io: Io::Tls(Box::new(stream)),
                                 info,
+                                _slot: slot,
                             })
                             .await;
                     }

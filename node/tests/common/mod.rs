@@ -92,6 +92,16 @@ pub fn timings() -> RaftTimings {
 /// A TLS channel to `addr` presenting `user`'s client certificate (`None`:
 /// no certificate).
 pub fn channel_as(certs: &LocalCerts, addr: &str, user: Option<&str>) -> Channel {
+    channel_with_timeout(certs, addr, user, Duration::from_secs(10))
+}
+
+/// [`channel_as`] with another per-request timeout.
+pub fn channel_with_timeout(
+    certs: &LocalCerts,
+    addr: &str,
+    user: Option<&str>,
+    timeout: Duration,
+) -> Channel {
     let ca = std::fs::read(certs.ca()).expect("ca.crt");
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     if let Some(user) = user {
@@ -106,7 +116,7 @@ pub fn channel_as(certs: &LocalCerts, addr: &str, user: Option<&str>) -> Channel
         .tls_config(tls)
         .expect("tls")
         .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(10))
+        .timeout(timeout)
         .connect_lazy()
 }
 
@@ -302,6 +312,7 @@ impl TestCluster {
             ring: Default::default(),
             telemetry: Default::default(),
             quotas: Default::default(),
+            limits: Default::default(),
         }
     }
 
@@ -617,8 +628,33 @@ pub async fn https_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
-    use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tls_connect(certs, host, user).await?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).await?;
+    let mut buf = Vec::new();
+    // A TLS peer that closes without close_notify is fine for these tests.
+    let _ = s.read_to_end(&mut buf).await;
+    Ok(parse_response(&buf))
+}
+
+/// A TLS connection to `host` (an HTTP listener), trusting the cluster's
+/// CA and presenting `user`'s client certificate (if any).
+pub async fn tls_connect(
+    certs: &LocalCerts,
+    host: &str,
+    user: Option<&str>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_file_iter(certs.ca()).expect("ca") {
@@ -646,22 +682,7 @@ pub async fn https_request(
     let tcp = tokio::net::TcpStream::connect(host).await?;
     let ip = host.rsplit_once(':').map_or(host, |(ip, _)| ip).to_string();
     let name = rustls_pki_types::ServerName::try_from(ip).expect("server name");
-    let mut s = connector.connect(name, tcp).await?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method != "GET" {
-        req.push_str(&format!("content-length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    s.write_all(&bytes).await?;
-    let mut buf = Vec::new();
-    // A TLS peer that closes without close_notify is fine for these tests.
-    let _ = s.read_to_end(&mut buf).await;
-    Ok(parse_response(&buf))
+    connector.connect(name, tcp).await
 }
 
 fn parse_response(buf: &[u8]) -> (u16, String) {
