@@ -120,10 +120,10 @@ fn best_of_three(socket: &UdpSocket, server: SocketAddr) -> Option<(i64, u64, u8
         .min_by_key(|s| s.1)
 }
 
-/// Probes `nodes` until `stop`; one entry per tick: (when, per node
-/// (offset ns, delay ns, stratum)).
+/// One probe tick: when, and per node (offset ns, delay ns, stratum).
 type Tick = (Instant, BTreeMap<u64, (i64, u64, u8)>);
 
+/// Probes `nodes` every `interval` until `stop`.
 fn probe(nodes: Vec<(u64, SocketAddr)>, interval: Duration, stop: Arc<AtomicBool>) -> Vec<Tick> {
     let Ok(socket) = UdpSocket::bind("127.0.0.1:0") else {
         return Vec::new();
