@@ -9,6 +9,7 @@
 //! - [`faultfs`] is the FUSE passthrough the disk faults break;
 //! - [`checker`] searches each key's history for a linearization and checks
 //!   the invariants directly;
+//! - [`clockprobe`] measures follower clock offsets under write load;
 //! - [`report`] writes `summary.json` and the SVG plots; [`run`] ties it
 //!   together.
 
@@ -16,6 +17,7 @@
 
 pub mod bench;
 pub mod checker;
+pub mod clockprobe;
 pub mod cluster;
 pub mod faultfs;
 pub mod history;

@@ -96,6 +96,28 @@ enum Cmd {
         #[arg(long)]
         workload: Option<String>,
     },
+    /// Follower clock offsets from the leader under write load, through
+    /// every node's SNTP answers (p50/p99/max per follower). With
+    /// --baseline-bin, a second cluster of that binary runs side by side.
+    ClockOffsets {
+        /// The herald-node binary measured.
+        #[arg(long)]
+        node_bin: Option<PathBuf>,
+        /// Another herald-node binary (e.g. built from main) run at the same time.
+        #[arg(long)]
+        baseline_bin: Option<PathBuf>,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Concurrent login clients per cluster (the bench's write-c64).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// SNTP probe period.
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        interval: Duration,
+        /// Ticks this soon after the start or a leader change are left out.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        settle: Duration,
+    },
     /// Time the checker on a synthetic register history.
     BenchChecker {
         #[arg(long, default_value_t = 10_000)]
@@ -175,6 +197,41 @@ async fn main_inner(args: Args) -> Result<ExitCode> {
                 check_ms: 0,
             };
             return Ok(finish(&summary, &history));
+        }
+        Cmd::ClockOffsets {
+            node_bin,
+            baseline_bin,
+            duration,
+            concurrency,
+            interval,
+            settle,
+        } => {
+            use herald_jepsen::clockprobe::{ProbeOptions, load_average, measure, table};
+            let opts = |label: &str, node_bin| ProbeOptions {
+                label: label.into(),
+                node_bin,
+                duration,
+                concurrency,
+                interval,
+                settle,
+            };
+            let new = opts("new", locate_node_binary(node_bin)?);
+            let load_before = load_average();
+            let reports = match baseline_bin {
+                Some(b) => {
+                    let base = opts("baseline", b);
+                    let (a, b) = tokio::join!(measure(&base), measure(&new));
+                    vec![a?, b?]
+                }
+                None => vec![measure(&new).await?],
+            };
+            println!(
+                "clock offsets under write load ({concurrency} login clients per cluster, \
+                 {duration:?}, probe every {interval:?}); load average {load_before} before, {} after",
+                load_average()
+            );
+            println!("{}", table(&reports));
+            return Ok(ExitCode::SUCCESS);
         }
         Cmd::BenchChecker { ops, seed } => {
             for corrupt in [false, true] {

@@ -16,6 +16,7 @@
 //! | `pause`         | SIGSTOP one node (the leader half the time), SIGCONT |
 //! | `kill-all`      | SIGKILL every node, restart them all |
 //! | `clock`         | skew nodes' cluster clocks by up to ±5 s, jump the leader's |
+//! | `clock-jump`    | jump the leader's clock 3 h forward (any node's without a leader); entry time must not follow |
 //! | `membership`    | add the spare node (learner, then voter); next time remove it |
 //! | `crash-lose-unsynced` | SIGKILL one node (a third of the time all), drop every write it had not fsynced, restart |
 //! | `disk-eio`      | one node's fsyncs (or writes and fsyncs) fail with EIO: it must exit non-zero, the others keep a leader |
@@ -71,6 +72,8 @@ pub enum Fault {
     KillAll,
     /// Clock skew and jumps.
     Clock,
+    /// One clock (the leader's) jumps hours forward.
+    ClockJump,
     /// Add or remove a node.
     Membership,
     /// SIGKILL and lose what was not fsynced.
@@ -92,7 +95,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, in the smoke run's order.
-    pub const ALL: [Fault; 18] = [
+    pub const ALL: [Fault; 19] = [
         Fault::IsolateLeader,
         Fault::Split,
         Fault::Bridge,
@@ -102,6 +105,7 @@ impl Fault {
         Fault::Kill,
         Fault::Pause,
         Fault::Clock,
+        Fault::ClockJump,
         Fault::Membership,
         Fault::KillAll,
         Fault::CrashLoseUnsynced,
@@ -139,6 +143,7 @@ impl Fault {
             Fault::Pause => "pause",
             Fault::KillAll => "kill-all",
             Fault::Clock => "clock",
+            Fault::ClockJump => "clock-jump",
             Fault::Membership => "membership",
             Fault::CrashLoseUnsynced => "crash-lose-unsynced",
             Fault::DiskEio => "disk-eio",
@@ -165,7 +170,7 @@ pub fn parse_group(name: &str) -> Result<Vec<Fault>> {
         ],
         "kill" => vec![Fault::Kill, Fault::KillAll, Fault::PartitionKill],
         "pause" => vec![Fault::Pause],
-        "clock" => vec![Fault::Clock],
+        "clock" => vec![Fault::Clock, Fault::ClockJump],
         "membership" => vec![Fault::Membership],
         "disk" => Fault::DISK.to_vec(),
         other => match Fault::ALL.iter().find(|f| f.name() == other) {
@@ -181,12 +186,19 @@ pub fn parse_group(name: &str) -> Result<Vec<Fault>> {
 impl FromStr for Fault {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
+        // "clock" is a fault and the group that adds "clock-jump" to it.
+        if let Some(f) = Fault::ALL.iter().find(|f| f.name() == s) {
+            return Ok(*f);
+        }
         match parse_group(s)?.as_slice() {
             [one] => Ok(*one),
             _ => bail!("{s:?} names several faults"),
         }
     }
 }
+
+/// The clock-jump fault's jump: 3 h.
+const CLOCK_JUMP_MS: i64 = 3 * 3_600_000;
 
 /// Applies faults to a cluster and remembers what to undo.
 pub struct Nemesis {
@@ -457,6 +469,32 @@ impl Nemesis {
                     }
                 }
                 format!("skew {}", done.join(", "))
+            }
+            Fault::ClockJump => {
+                // Hours, far beyond any lease or TTL in the workloads: if
+                // entry time followed this clock, every lease would expire
+                // at once (issue 17 item 4; the pool checker's
+                // lease-expired-early).
+                let leader = self.leader_or_any(cluster).await;
+                let jumped = match cluster.node(leader).map(|n| n.client_addr()) {
+                    Some(addr) => ok_or(
+                        self.admin
+                            .set_clock_offset_on(&addr, CLOCK_JUMP_MS, true)
+                            .await,
+                    ),
+                    None => "no such node".into(),
+                };
+                tokio::time::sleep(hold).await;
+                // Followers may have synced to the jumped clock: all back.
+                for id in self.members(cluster) {
+                    if let Some(addr) = cluster.node(id).map(|n| n.client_addr()) {
+                        let _ = self.admin.set_clock_offset_on(&addr, 0, false).await;
+                    }
+                }
+                format!(
+                    "node {leader}'s clock jumped +{} h: {jumped}",
+                    CLOCK_JUMP_MS / 3_600_000
+                )
             }
             Fault::Membership => self.membership(cluster, hold).await?,
             Fault::CrashLoseUnsynced | Fault::DiskEio | Fault::DiskFull
@@ -825,6 +863,10 @@ mod tests {
         assert!("kill".parse::<Fault>().is_err(), "a group, not one fault");
         assert!(parse_group("meteor").is_err());
         assert_eq!(parse_group("disk").expect("group").len(), 6);
+        assert_eq!(
+            parse_group("clock").expect("group"),
+            [Fault::Clock, Fault::ClockJump]
+        );
         for f in Fault::ALL {
             assert_eq!(f.name().parse::<Fault>().expect("round trip"), f);
         }

@@ -36,7 +36,9 @@ pub const REGISTER_KEYS: usize = 4;
 pub const POOL_SIZE: u32 = 3;
 /// Sessions in the session workload.
 pub const SESSIONS: usize = 2;
-/// Lease TTL: longer than any run, so expiry stays out of the model.
+/// Lease TTL: longer than any run, so expiry stays out of the model; yet
+/// far shorter than the clock-jump fault's 3 h, so a cluster time that
+/// followed the jump would expire them, which `lease_time` reports.
 const LEASE_TTL_MS: u64 = 3_600_000;
 
 /// A workload.
@@ -477,7 +479,7 @@ async fn pool_worker(ctx: Context, p: u64, home: usize, pool_id: u64) {
                     ttl_ms: LEASE_TTL_MS,
                     request_id: rid.clone(),
                 };
-                let input = json!({"rid": rid, "user": user, "pool_size": POOL_SIZE});
+                let input = json!({"rid": rid, "user": user, "pool_size": POOL_SIZE, "ttl_ms": LEASE_TTL_MS});
                 match op(
                     rec,
                     p,
@@ -527,7 +529,7 @@ async fn pool_worker(ctx: Context, p: u64, home: usize, pool_id: u64) {
                         "pool",
                         "renew",
                         &key,
-                        json!({"rid": rid}),
+                        json!({"rid": rid, "ttl_ms": LEASE_TTL_MS}),
                         client.renew_lease(req),
                         |l| json!({"account": l.account}),
                     )

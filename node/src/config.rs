@@ -149,12 +149,23 @@ pub struct ClockConfig {
     pub initial_offset_ms: i64,
     /// How often a follower syncs to the leader (and the leader to upstream).
     pub sync_interval_ms: u64,
-    /// SNTP samples per sync round.
+    /// SNTP samples per sync round, spread over the first fifth of the
+    /// interval (only the quickest are used; see `discipline`).
     pub samples: u32,
     /// Errors within this are left alone.
     pub tolerance_us: u64,
-    /// Errors from this up are stepped; smaller ones are slewed.
-    pub step_threshold_ms: u64,
+    /// The most one round may move the offset (smaller errors are slewed
+    /// half-way), unless the error persisted for `persist_rounds` rounds.
+    pub max_slew_us: u64,
+    /// Rounds in a row an error beyond `max_slew_us` must be seen, same
+    /// sign, before it is stepped out at once.
+    pub persist_rounds: u32,
+    /// Samples slower than the round's quickest × this (+200 µs) are dropped;
+    /// so is a round whose quickest is slower than the recent best × this.
+    pub delay_factor: f64,
+    /// Offsets further than this many median absolute deviations from the
+    /// round's median are dropped.
+    pub outlier_mads: f64,
     /// Upstream NTP servers (host:port) the leader follows; empty = the
     /// leader's own clock is the reference.
     pub upstream: Vec<String>,
@@ -169,9 +180,12 @@ impl Default for ClockConfig {
         ClockConfig {
             initial_offset_ms: 0,
             sync_interval_ms: 1000,
-            samples: 4,
-            tolerance_us: 500,
-            step_threshold_ms: 50,
+            samples: 8,
+            tolerance_us: 100,
+            max_slew_us: 2_000,
+            persist_rounds: 2,
+            delay_factor: 2.0,
+            outlier_mads: 3.0,
             upstream: Vec::new(),
             max_ahead_ms: 1000,
         }
@@ -482,6 +496,15 @@ impl Config {
                     "clock.initial_offset_ms is a test hook: it needs herald-node --testing".into(),
                 );
             }
+        }
+        let k = &self.clock;
+        if k.samples == 0 || k.persist_rounds == 0 || k.max_slew_us == 0 {
+            return bad(
+                "clock.samples, clock.persist_rounds and clock.max_slew_us must be >= 1".into(),
+            );
+        }
+        if !(k.delay_factor >= 1.0 && k.outlier_mads > 0.0) {
+            return bad("clock.delay_factor must be >= 1 and clock.outlier_mads > 0".into());
         }
         let t = &self.raft;
         if t.heartbeat_ms == 0 || t.election_timeout_min_ms <= t.heartbeat_ms {

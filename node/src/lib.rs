@@ -19,6 +19,7 @@ pub mod api;
 pub mod clock;
 pub mod compaction;
 pub mod config;
+pub mod discipline;
 pub mod expiry;
 pub mod failover;
 pub mod members;

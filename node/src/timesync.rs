@@ -6,21 +6,24 @@
 //! query upstream NTP servers the same way, or is its own reference. Nobody
 //! touches the system clock: a correction only changes this node's offset.
 //!
-//! Each round takes several samples and keeps the lower-delay half (queueing
-//! only ever adds delay, and it is what skews an offset estimate), then the
-//! median offset of those. An error above `clock.step_threshold_ms` is
-//! *stepped* (set at once: a node started seconds off must be right within a
-//! sync interval, and cluster time on a follower feeds nothing replicated);
-//! a smaller error above `clock.tolerance_us` is *slewed*, corrected by half
-//! per round, so reads and SNTP answers never see a jump.
+//! Each round takes `clock.samples` samples spread over a fifth of the
+//! interval and hands them to [`Discipline`](crate::discipline), which keeps
+//! the quick, agreeing ones (queueing only ever adds delay, and it is what
+//! skews an offset estimate) and bounds what one round may change. Both ends
+//! timestamp on threads that block in the kernel, not on tokio tasks, so a
+//! busy runtime does not sit inside the measurement.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
 use crate::clock::ClusterClock;
+use crate::config::ClockConfig;
+use crate::discipline::{Correction, Discipline, Limits, Sample};
 use crate::node::Herald;
 
 /// Seconds between the NTP era (1900) and the Unix epoch.
@@ -82,130 +85,162 @@ pub fn reply(
 }
 
 /// Serves SNTP on `socket` until `stopped` resolves.
+///
+/// On its own OS thread with a blocking socket, not as a tokio task: under
+/// load a ready task can wait milliseconds for a worker, and every one of
+/// them would sit between the packet's arrival and its receive timestamp,
+/// skewing each follower's sample by half of it (issue 23 item 2). A thread
+/// blocked in `recv` is woken by the kernel directly.
 pub async fn serve(node: Herald, socket: UdpSocket, stopped: impl Future<Output = ()>) {
-    tokio::pin!(stopped);
+    let socket = match socket.into_std().and_then(|s| {
+        s.set_nonblocking(false)?;
+        // Wakes now and then to see whether the node is stopping.
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(s)
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("sntp socket: {e}");
+            return;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("herald-sntp".into())
+            .spawn(move || serve_blocking(&node, &socket, &stop))
+    };
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("sntp thread: {e}");
+            return;
+        }
+    };
+    stopped.await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+}
+
+fn serve_blocking(node: &Herald, socket: &std::net::UdpSocket, stop: &AtomicBool) {
     let mut buf = [0u8; 512];
-    loop {
-        let (len, peer) = tokio::select! {
-            _ = &mut stopped => return,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!("sntp recv: {e}");
-                    continue;
-                }
-            },
+    while !stop.load(Ordering::Relaxed) {
+        let (len, peer) = match socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!("sntp recv: {e}");
+                continue;
+            }
         };
         let clock = node.clock();
         let receive_ns = clock.now_ns();
         let source = node.time_source();
         if let Some(out) = reply(&buf[..len], receive_ns, clock.now_ns(), source)
-            && let Err(e) = socket.send_to(&out, peer).await
+            && let Err(e) = socket.send_to(&out, peer)
         {
             tracing::debug!("sntp send to {peer}: {e}");
         }
     }
 }
 
-/// One sync round's estimate.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Estimate {
-    /// Reference time minus local *system* time, in ns: the offset to adopt.
-    pub offset_ns: i64,
-    /// Round-trip delay of the samples used, in ns.
-    pub delay_ns: u64,
-}
-
-/// Combines samples `(offset_ns, delay_ns)`: keep the lower-delay half,
-/// take their median offset. `None` without samples.
-pub fn estimate(samples: &[(i64, u64)]) -> Option<Estimate> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut by_delay = samples.to_vec();
-    by_delay.sort_by_key(|s| s.1);
-    let keep = &mut by_delay[..samples.len().div_ceil(2)];
-    let delay_ns = keep.iter().map(|s| s.1).max().unwrap_or(0);
-    keep.sort_by_key(|s| s.0);
-    let offset_ns = keep[keep.len() / 2].0;
-    Some(Estimate {
-        offset_ns,
-        delay_ns,
-    })
-}
-
-/// How to move from the current offset to an estimate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Correction {
-    /// Within tolerance: leave the clock alone.
-    None,
-    /// Large error: set the offset at once.
-    Step(i64),
-    /// Small error: move half-way this round.
-    Slew(i64),
-}
-
-/// Decides the correction for `current` offset given the `target` offset.
-pub fn correction(current_ns: i64, target_ns: i64, tolerance_ns: i64, step_ns: i64) -> Correction {
-    let error = target_ns - current_ns;
-    if error.abs() <= tolerance_ns {
-        Correction::None
-    } else if error.abs() >= step_ns {
-        Correction::Step(target_ns)
-    } else {
-        Correction::Slew(current_ns + error / 2)
-    }
-}
-
-/// Takes `n` SNTP samples of `server`; failed samples are skipped.
-async fn sample(server: SocketAddr, n: u32, timeout: Duration) -> Vec<(i64, u64)> {
-    let client = rsntp::AsyncSntpClient::with_config(rsntp::Config::default().timeout(timeout));
-    let mut out = Vec::new();
-    for _ in 0..n {
-        match client.synchronize(server.to_string().as_str()).await {
-            Ok(r) => {
-                let offset = (r.clock_offset().as_secs_f64() * 1e9) as i64;
-                let delay = (r.round_trip_delay().as_secs_f64() * 1e9).max(0.0) as u64;
-                out.push((offset, delay));
+/// Takes `n` SNTP samples of `server`, spread over `spread`; failed samples
+/// are skipped. Blocking sockets on a blocking-pool thread, so the reply's
+/// timestamp is taken when the kernel wakes the thread, not when a busy
+/// runtime gets round to the task.
+async fn sample(server: SocketAddr, n: u32, timeout: Duration, spread: Duration) -> Vec<Sample> {
+    let gap = spread / n.max(1);
+    let run = move || {
+        let client = rsntp::SntpClient::with_config(rsntp::Config::default().timeout(timeout));
+        let mut out = Vec::new();
+        for i in 0..n {
+            if i > 0 {
+                std::thread::sleep(gap);
             }
-            Err(e) => tracing::debug!(%server, "sntp sample: {e}"),
+            match client.synchronize(server) {
+                Ok(r) => out.push(Sample {
+                    offset_ns: (r.clock_offset().as_secs_f64() * 1e9) as i64,
+                    delay_ns: (r.round_trip_delay().as_secs_f64() * 1e9).max(0.0) as u64,
+                }),
+                Err(e) => tracing::debug!(%server, "sntp sample: {e}"),
+            }
         }
-    }
-    out
+        out
+    };
+    tokio::task::spawn_blocking(run).await.unwrap_or_default()
 }
 
-/// Applies one round's estimate to `clock`; returns the correction made.
+/// Runs one round of `discipline` on `samples` and applies its decision to
+/// `clock`; returns it.
 fn adopt(
     clock: &ClusterClock,
-    est: Estimate,
-    tolerance_ns: i64,
-    step_ns: i64,
+    discipline: &mut Discipline,
+    samples: &[Sample],
     what: &str,
 ) -> Correction {
-    let c = correction(clock.offset_ns(), est.offset_ns, tolerance_ns, step_ns);
+    let from = clock.offset_ns();
+    let (c, est) = discipline.round(from, samples);
     match c {
-        Correction::None => {}
-        Correction::Step(o) => {
-            tracing::info!(
+        Correction::NoSamples => return c,
+        Correction::Queued(delay, best) => {
+            tracing::debug!(
                 reference = what,
-                from_us = clock.offset_ns() / 1000,
-                to_us = o / 1000,
-                "clock stepped"
+                delay_us = delay / 1000,
+                best_us = best / 1000,
+                "clock round queued throughout: not used"
             );
-            clock.set_offset_ns(o);
+            return c;
         }
-        Correction::Slew(o) => {
-            tracing::info!(
-                reference = what,
-                from_us = clock.offset_ns() / 1000,
-                to_us = o / 1000,
-                "clock slewed"
-            );
+        Correction::None => {}
+        Correction::Step(o) | Correction::Slew(o) => {
+            let kind = if matches!(c, Correction::Step(_)) {
+                "stepped"
+            } else {
+                "slewed"
+            };
+            // Sub-millisecond slews are routine: debug, not info.
+            if (o - from).abs() >= 1_000_000 {
+                tracing::info!(
+                    reference = what,
+                    from_us = from / 1000,
+                    to_us = o / 1000,
+                    "clock {kind}"
+                );
+            } else {
+                tracing::debug!(
+                    reference = what,
+                    from_us = from / 1000,
+                    to_us = o / 1000,
+                    "clock {kind}"
+                );
+            }
             clock.set_offset_ns(o);
         }
     }
-    clock.record_sync(clock.now_ms(), est.delay_ns);
+    if let Some(est) = est {
+        clock.record_sync(clock.now_ms(), est.delay_ns);
+    }
     c
+}
+
+/// The discipline's limits from `[clock]`.
+pub fn limits(cfg: &ClockConfig) -> Limits {
+    Limits {
+        tolerance_ns: cfg.tolerance_us as i64 * 1000,
+        max_slew_ns: cfg.max_slew_us as i64 * 1000,
+        persist_rounds: cfg.persist_rounds,
+        delay_factor: cfg.delay_factor,
+        outlier_mads: cfg.outlier_mads,
+        ..Limits::default()
+    }
 }
 
 /// Keeps this node's clock on the leader's (or, on the leader, on the
@@ -213,11 +248,14 @@ fn adopt(
 pub async fn sync(node: Herald, stopped: impl Future<Output = ()>) {
     tokio::pin!(stopped);
     let cfg = node.config().clock.clone();
-    let mut tick = tokio::time::interval(Duration::from_millis(cfg.sync_interval_ms.max(10)));
+    let interval = Duration::from_millis(cfg.sync_interval_ms.max(10));
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let tolerance = cfg.tolerance_us as i64 * 1000;
-    let step = cfg.step_threshold_ms as i64 * 1_000_000;
     let timeout = Duration::from_millis((cfg.sync_interval_ms / 2).clamp(50, 2000));
+    let spread = interval / 5;
+    let mut discipline = Discipline::new(limits(&cfg));
+    // The reference the discipline knows: a leader id (0 = upstream).
+    let mut reference: Option<u64> = None;
     loop {
         tokio::select! {
             _ = &mut stopped => return,
@@ -226,6 +264,11 @@ pub async fn sync(node: Herald, stopped: impl Future<Output = ()>) {
         let Some((leader, member)) = node.leader() else {
             continue;
         };
+        let now_ref = if leader == node.id() { 0 } else { leader };
+        if reference.is_some_and(|r| r != now_ref) {
+            discipline.reset();
+        }
+        reference = Some(now_ref);
         if leader == node.id() {
             // The leader is the reference; with upstream servers it follows them.
             let mut samples = Vec::new();
@@ -235,21 +278,20 @@ pub async fn sync(node: Herald, stopped: impl Future<Output = ()>) {
                     .ok()
                     .and_then(|mut a| a.next())
                 {
-                    Some(addr) => samples.extend(sample(addr, cfg.samples, timeout).await),
+                    Some(addr) => samples.extend(sample(addr, cfg.samples, timeout, spread).await),
                     None => tracing::debug!(server, "upstream NTP server does not resolve"),
                 }
             }
-            if let Some(est) = estimate(&samples) {
-                adopt(node.clock(), est, tolerance, step, "upstream");
+            if !samples.is_empty() {
+                adopt(node.clock(), &mut discipline, &samples, "upstream");
             }
             continue;
         }
         let Ok(addr) = member.time_addr.parse::<SocketAddr>() else {
             continue; // the leader has no time-sync port
         };
-        if let Some(est) = estimate(&sample(addr, cfg.samples, timeout).await) {
-            adopt(node.clock(), est, tolerance, step, "leader");
-        }
+        let samples = sample(addr, cfg.samples, timeout, spread).await;
+        adopt(node.clock(), &mut discipline, &samples, "leader");
     }
 }
 
@@ -298,35 +340,5 @@ mod tests {
         bad[0] = (4 << 3) | 4;
         assert!(reply(&bad, 1, 2, src).is_none());
         assert!(reply(&req[..40], 1, 2, src).is_none());
-    }
-
-    #[test]
-    fn estimate_prefers_low_delay_samples() {
-        // Two queued samples with wild offsets lose to three quick ones.
-        let s = [
-            (5_000, 100),
-            (900_000, 50_000),
-            (5_200, 120),
-            (-700_000, 40_000),
-            (5_100, 110),
-        ];
-        let e = estimate(&s).unwrap();
-        assert_eq!(e.offset_ns, 5_100);
-        assert_eq!(e.delay_ns, 120);
-        assert!(estimate(&[]).is_none());
-    }
-
-    #[test]
-    fn large_errors_step_small_ones_slew_tiny_ones_stay() {
-        let (tol, step) = (500_000, 50_000_000);
-        assert_eq!(
-            correction(0, 5_000_000_000, tol, step),
-            Correction::Step(5_000_000_000)
-        );
-        assert_eq!(
-            correction(0, 10_000_000, tol, step),
-            Correction::Slew(5_000_000)
-        );
-        assert_eq!(correction(0, 400_000, tol, step), Correction::None);
     }
 }

@@ -1,6 +1,7 @@
 //! Checks a history: per key, a linearizability search against the
 //! workload's model ([`linear`]), and direct checks that name the anomaly
-//! plainly (a lost acknowledged write, two holders of one account, a fenced
+//! plainly (a lost acknowledged write, two holders of one account, a lease
+//! ended before its TTL by the client's clock, a fenced
 //! terminal's write accepted, progress going back).
 //!
 //! What a clean verdict guarantees: for every key, some total order of the
@@ -8,6 +9,7 @@
 //! model and with real time (an operation that completed before another was
 //! invoked comes first). `fail` operations are taken to have done nothing.
 
+pub mod lease_time;
 pub mod linear;
 pub mod pool;
 pub mod register;
@@ -25,8 +27,8 @@ use linear::Verdict;
 /// One thing wrong with a history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Anomaly {
-    /// `not-linearizable`, `lost-write`, `double-lease`, `fenced-write-accepted`,
-    /// `progress-went-back`.
+    /// `not-linearizable`, `lost-write`, `double-lease`, `lease-expired-early`,
+    /// `fenced-write-accepted`, `progress-went-back`.
     pub kind: String,
     /// The workload.
     pub workload: String,
@@ -112,6 +114,12 @@ pub fn check(ops: &[Op], budget: Duration) -> Report {
             }
             "pool" => {
                 anomalies.extend(double_leases(workload, key, key_ops));
+                anomalies.extend(lease_time::early_expiries(
+                    workload,
+                    key,
+                    key_ops,
+                    lease_time::CLOCK_ALLOWANCE_NS,
+                ));
                 let size = key_ops
                     .iter()
                     .find_map(|op| op.input.get("pool_size").and_then(Value::as_u64))

@@ -411,3 +411,97 @@ fn progress_going_back_is_reported() {
     h = get(h, 2, (1, 0, 0), (20, 30), true);
     assert_eq!(kinds(&h.check()), ["lost-write", "not-linearizable"]);
 }
+
+const SEC: u64 = 1_000_000_000;
+
+/// A lease of `ttl_s` seconds, acknowledged with `account`.
+fn lease_ttl(h: H, p: u64, rid: &str, account: &str, ttl_s: u64, t: (u64, u64)) -> H {
+    h.op(
+        p,
+        "pool",
+        "lease",
+        json!({"rid": rid, "user": format!("viewer-{rid}"), "pool_size": 2, "ttl_ms": ttl_s * 1000}),
+        json!({"account": account, "lease_id": 1}),
+        Outcome::Ok,
+        None,
+        (t.0, Some(t.1)),
+    )
+}
+
+fn renew_ended(h: H, p: u64, rid: &str, t: (u64, u64)) -> H {
+    h.op(
+        p,
+        "pool",
+        "renew",
+        json!({"rid": rid, "ttl_ms": 10_000}),
+        json!({"code": "FailedPrecondition"}),
+        Outcome::Fail,
+        Some("lease ended"),
+        (t.0, Some(t.1)),
+    )
+}
+
+#[test]
+fn a_lease_ended_before_its_ttl_is_reported() {
+    // r1: 10 s, sent at 0, acknowledged at 0.1 s. Two seconds later it is
+    // gone from a listing, refused a renewal as ended, and its account is
+    // leased to r2: what a cluster time that jumped hours ahead does.
+    let mut h = lease_ttl(H::new(), 1, "r1", "a", 10, (0, SEC / 10));
+    h = list(h, 2, &[], (2 * SEC, 2 * SEC + 1));
+    h = renew_ended(h, 1, "r1", (3 * SEC, 3 * SEC + 1));
+    h = lease_ttl(h, 2, "r2", "a", 10, (4 * SEC, 4 * SEC + 1));
+    let r = h.check();
+    assert!(!r.valid);
+    let early: Vec<&Anomaly> = r
+        .anomalies
+        .iter()
+        .filter(|a| a.kind == "lease-expired-early")
+        .collect();
+    assert_eq!(early.len(), 3, "{:#?}", r.anomalies);
+    assert!(
+        early[2].message.contains("lost account a to r2"),
+        "{}",
+        early[2].message
+    );
+}
+
+#[test]
+fn a_lease_ended_after_its_ttl_or_released_is_not_early() {
+    // Gone from a listing only after sent + TTL (the model, whose leases
+    // never expire, objects; the time check does not).
+    let h = lease_ttl(H::new(), 1, "r1", "a", 10, (0, SEC / 10));
+    let r = list(h, 2, &[], (11 * SEC, 11 * SEC + 1)).check();
+    assert!(
+        !kinds(&r).contains(&"lease-expired-early".to_string()),
+        "{r:#?}"
+    );
+    // Within the clock allowance of the deadline.
+    let h = lease_ttl(H::new(), 1, "r1", "a", 10, (0, SEC / 10));
+    let r = list(h, 2, &[], (9 * SEC, 9 * SEC + 1)).check();
+    assert!(
+        !kinds(&r).contains(&"lease-expired-early".to_string()),
+        "{r:#?}"
+    );
+    // Released (the release sent before the listing ended): valid.
+    let mut h = lease_ttl(H::new(), 1, "r1", "a", 10, (0, SEC / 10));
+    h = release(h, 1, "r1", (SEC, 2 * SEC));
+    h = list(h, 2, &[], (2 * SEC, 2 * SEC + 1));
+    h = lease_ttl(h, 2, "r2", "a", 10, (3 * SEC, 3 * SEC + 1));
+    let r = h.check();
+    assert!(r.valid, "{r:#?}");
+    // Held and listed all along, renewed past its first TTL: valid.
+    let mut h = lease_ttl(H::new(), 1, "r1", "a", 10, (0, SEC / 10));
+    h = h.op(
+        1,
+        "pool",
+        "renew",
+        json!({"rid": "r1", "ttl_ms": 10_000}),
+        json!({"account": "a"}),
+        Outcome::Ok,
+        None,
+        (8 * SEC, Some(8 * SEC + 1)),
+    );
+    h = list(h, 2, &[("viewer-r1", "a")], (15 * SEC, 15 * SEC + 1));
+    let r = h.check();
+    assert!(r.valid, "{r:#?}");
+}
