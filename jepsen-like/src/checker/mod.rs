@@ -12,6 +12,7 @@ pub mod linear;
 pub mod pool;
 pub mod register;
 pub mod session;
+pub mod ttl;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,7 +27,8 @@ use linear::Verdict;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Anomaly {
     /// `not-linearizable`, `lost-write`, `double-lease`, `fenced-write-accepted`,
-    /// `progress-went-back`.
+    /// `progress-went-back`, `live-user-expired`, `silent-user-not-expired`,
+    /// `silent-user-expired-early`.
     pub kind: String,
     /// The workload.
     pub workload: String,
@@ -124,6 +126,10 @@ pub fn check(ops: &[Op], budget: Duration) -> Report {
             "session" => {
                 anomalies.extend(session_checks(workload, key, key_ops));
                 linear::check(&session::SessionModel, &session::entries(key_ops), budget)
+            }
+            "ttl" => {
+                anomalies.extend(ttl::check(key, key_ops));
+                Verdict::Linearizable
             }
             _ => Verdict::Linearizable,
         };
