@@ -394,7 +394,7 @@ async fn ttl_worker(ctx: Context, process: u64, home: usize, i: usize, live: boo
                 |_| json!({}),
             );
             logged_in = r.await.is_ok();
-        } else if live && turn % 4 != 0 {
+        } else if live && !turn.is_multiple_of(4) {
             let call = client.heartbeat(uid.clone(), TTL_CLIENT);
             let r = op(
                 rec,

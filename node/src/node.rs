@@ -448,10 +448,12 @@ impl Herald {
     /// stale ring and stale presence, and must say so instead of answering.
     pub fn in_touch_with_leader(&self, within: Duration) -> bool {
         let acked = self.with_metrics(|m| {
-            (m.state == ServerState::Leader && m.current_leader == Some(self.id())).then(|| {
-                m.last_quorum_acked
-                    .as_ref()
-                    .map(|t| openraft::Instant::elapsed(&**t))
+            let leading = m.state == ServerState::Leader && m.current_leader == Some(self.id());
+            // A lone voter is its own quorum; no follower ever acks it.
+            let alone = m.membership_config.membership().voter_ids().count() == 1;
+            leading.then(|| match &m.last_quorum_acked {
+                _ if alone => Some(Duration::ZERO),
+                acked => acked.as_ref().map(|t| openraft::Instant::elapsed(&**t)),
             })
         });
         match acked {

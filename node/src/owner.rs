@@ -34,6 +34,9 @@ use tokio::time::Instant;
 use crate::node::Herald;
 use crate::state::{Command, Logout, LogoutReason, PresenceEventKind, State};
 
+/// A tracked client: (uid, client type).
+type ClientKey = (String, String);
+
 /// One TTL client this node owns.
 #[derive(Debug, Clone, Copy)]
 struct Tracked {
@@ -276,7 +279,7 @@ impl Ownership {
     /// Entries whose deadline passed, with the epoch they were judged
     /// under; their deadlines move a second on so a failed proposal is
     /// retried, not spun on.
-    fn due(&self) -> (u64, Vec<((String, String), Tracked)>) {
+    fn due(&self) -> (u64, Vec<(ClientKey, Tracked)>) {
         let now = Instant::now();
         let mut inner = self.lock();
         let epoch = inner.epoch;

@@ -102,6 +102,7 @@ pub fn check(ops: &[Op], budget: Duration) -> Report {
     }
     let mut anomalies = Vec::new();
     let mut unknown = Vec::new();
+    let writable = ttl::writable_seconds(ops);
     for ((workload, key), key_ops) in &by_key {
         let verdict = match workload.as_str() {
             "register" => {
@@ -128,7 +129,7 @@ pub fn check(ops: &[Op], budget: Duration) -> Report {
                 linear::check(&session::SessionModel, &session::entries(key_ops), budget)
             }
             "ttl" => {
-                anomalies.extend(ttl::check(key, key_ops));
+                anomalies.extend(ttl::check(key, key_ops, &writable));
                 Verdict::Linearizable
             }
             _ => Verdict::Linearizable,

@@ -492,7 +492,9 @@ fn ttl_a_heartbeating_user_seen_expired_within_its_ttl_is_an_anomaly() {
 }
 
 /// Expired after its heartbeats failed for longer than the TTL: allowed,
-/// and so is logging in again afterwards and heartbeating on.
+/// even when the first heartbeat after the silence was still acknowledged
+/// (it raced with the expiry already proposed); and so is logging in again
+/// afterwards and heartbeating on.
 #[test]
 fn ttl_an_expiry_after_a_ttl_of_silence_is_fine() {
     let failed = ttl_op(
@@ -506,7 +508,8 @@ fn ttl_an_expiry_after_a_ttl_of_silence_is_fine() {
         login(true, (0, S / 10)),
         heartbeat(true, (S, S + S / 10)),
         failed,
-        heartbeat(false, (6 * S, 6 * S + S / 10)),
+        heartbeat(true, (5 * S + S / 2, 5 * S + 6 * S / 10)),
+        ttl_read(false, (6 * S, 6 * S + S / 10)),
         login(true, (7 * S, 7 * S + S / 10)),
         heartbeat(true, (8 * S, 8 * S + S / 10)),
     ]);
@@ -517,6 +520,17 @@ fn ttl_an_expiry_after_a_ttl_of_silence_is_fine() {
 #[test]
 fn ttl_silent_users_must_expire_within_ttl_and_grace_but_not_before() {
     let grace = crate::workload::TTL_GRACE_MS * 1_000_000;
+    // A write (of a workload not checked here) acknowledged every 0.5 s: the
+    // cluster was writable.
+    let writes = |ops: &mut Vec<Op>, until: u64| {
+        for i in 0..until * 2 {
+            let t = i * S / 2;
+            let mut w = ttl_op("write", json!({}), json!({}), Outcome::Ok, (t, t + 1));
+            w.workload = "other".into();
+            w.key = "r".into();
+            ops.push(w);
+        }
+    };
     // Offline a TTL and a bit after login, logged in again: fine.
     let ok = ttl_history(vec![
         login(false, (0, S / 10)),
@@ -525,13 +539,19 @@ fn ttl_silent_users_must_expire_within_ttl_and_grace_but_not_before() {
         login(false, (6 * S, 6 * S + S / 10)),
     ]);
     assert!(check(&ok, Duration::from_secs(5)).valid);
-    // Still online past TTL + grace.
-    let late = ttl_history(vec![
+    // Still online past TTL + grace, the cluster writable all along.
+    let mut late = vec![
         login(false, (0, S / 10)),
         ttl_read(true, (5 * S + grace, 5 * S + grace + S / 10)),
-    ]);
-    let r = check(&late, Duration::from_secs(5));
+    ];
+    writes(&mut late, 6 + grace / S);
+    let r = check(&ttl_history(late.clone()), Duration::from_secs(5));
     assert_eq!(r.kinds().get("silent-user-not-expired"), Some(&1), "{r:?}");
+    // The same, but no write went through for that long: nobody could
+    // have committed the expiry.
+    late.truncate(2);
+    writes(&mut late, 5);
+    assert!(check(&ttl_history(late), Duration::from_secs(5)).valid);
     // Offline before its TTL ran out.
     let early = ttl_history(vec![
         login(false, (0, S / 10)),
