@@ -525,7 +525,7 @@ impl Client {
     pub async fn delete_session(&self, session_id: u64) -> Result<(), ClientError> {
         let req = proto::DeleteSessionRequest { session_id };
         self.call("DeleteSession", Effect::Write, req, |ch, r| async move {
-            HeraldClient::new(ch.channel).delete_session(r).await
+            crate::endpoint::herald(ch.channel).delete_session(r).await
         })
         .await?;
         Ok(())
@@ -536,7 +536,7 @@ impl Client {
     pub async fn delete_pool(&self, pool_id: u64, force: bool) -> Result<(), ClientError> {
         let req = proto::DeletePoolRequest { pool_id, force };
         self.call("DeletePool", Effect::Write, req, |ch, r| async move {
-            HeraldClient::new(ch.channel).delete_pool(r).await
+            crate::endpoint::herald(ch.channel).delete_pool(r).await
         })
         .await?;
         Ok(())
@@ -546,7 +546,7 @@ impl Client {
     pub async fn delete_platform(&self, platform_id: u64) -> Result<(), ClientError> {
         let req = proto::DeletePlatformRequest { platform_id };
         self.call("DeletePlatform", Effect::Write, req, |ch, r| async move {
-            HeraldClient::new(ch.channel).delete_platform(r).await
+            crate::endpoint::herald(ch.channel).delete_platform(r).await
         })
         .await?;
         Ok(())

@@ -283,6 +283,15 @@ impl Herald for Fake {
     async fn account_login(&self, _: Request<AccountLoginRequest>) -> Res<AccountLoginResponse> {
         no("account_login")
     }
+    async fn delete_session(&self, _: Request<DeleteSessionRequest>) -> Res<DeleteResponse> {
+        no("delete_session")
+    }
+    async fn delete_pool(&self, _: Request<DeletePoolRequest>) -> Res<DeleteResponse> {
+        no("delete_pool")
+    }
+    async fn delete_platform(&self, _: Request<DeletePlatformRequest>) -> Res<DeleteResponse> {
+        no("delete_platform")
+    }
 }
 
 #[tonic::async_trait]

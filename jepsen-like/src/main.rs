@@ -297,7 +297,12 @@ async fn main_inner(args: Args) -> Result<ExitCode> {
             nodes: 3,
             duration: Duration::ZERO,
             faults: Fault::ALL.to_vec(),
-            workloads: vec![Workload::Register, Workload::Pool, Workload::Session],
+            workloads: vec![
+                Workload::Register,
+                Workload::Pool,
+                Workload::Session,
+                Workload::Ttl,
+            ],
             seed,
             out: out_dir(&common, "smoke", seed),
             node_bin: locate_node_binary(common.node_bin.clone())?,

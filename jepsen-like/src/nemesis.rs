@@ -49,6 +49,12 @@ use crate::cluster::Cluster;
 use crate::history::{EventType, NEMESIS, Recorder};
 use crate::proxy::LinkMode;
 
+/// The shortest hold of a link cut: long enough for a node's own judgement
+/// of its peers to turn into an expiry (the ring's down-after, 1.5 s, then
+/// one TTL of the `ttl` workload, 4 s), so a cluster that lets each node
+/// decide ownership alone shows it (issue 23 item 9).
+pub const LINK_CUT_HOLD: Duration = Duration::from_secs(7);
+
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
@@ -60,6 +66,10 @@ pub enum Fault {
     Bridge,
     /// The leader cannot send.
     OneWay,
+    /// The links between two followers cut, both still reaching the leader
+    /// (a partial partition: each sees the other down, the leader sees
+    /// both up).
+    LinkCut,
     /// Random splits and heals in quick succession.
     Flapping,
     /// Slow links.
@@ -95,11 +105,12 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, in the smoke run's order.
-    pub const ALL: [Fault; 19] = [
+    pub const ALL: [Fault; 20] = [
         Fault::IsolateLeader,
         Fault::Split,
         Fault::Bridge,
         Fault::OneWay,
+        Fault::LinkCut,
         Fault::Flapping,
         Fault::Delay,
         Fault::Kill,
@@ -137,6 +148,7 @@ impl Fault {
             Fault::Split => "split",
             Fault::Bridge => "bridge",
             Fault::OneWay => "one-way",
+            Fault::LinkCut => "link-cut",
             Fault::Flapping => "flapping",
             Fault::Delay => "delay",
             Fault::Kill => "kill-one",
@@ -165,6 +177,7 @@ pub fn parse_group(name: &str) -> Result<Vec<Fault>> {
             Fault::Split,
             Fault::Bridge,
             Fault::OneWay,
+            Fault::LinkCut,
             Fault::Flapping,
             Fault::Delay,
         ],
@@ -363,6 +376,29 @@ impl Nemesis {
                 tokio::time::sleep(hold).await;
                 cluster.heal_network();
                 format!("{a:?} | {bridge} | {b:?} ({mode:?})")
+            }
+            Fault::LinkCut => {
+                let leader = self.leader_or_any(cluster).await;
+                let mut followers: Vec<u64> = self
+                    .members(cluster)
+                    .into_iter()
+                    .filter(|&i| i != leader)
+                    .collect();
+                followers.shuffle(&mut self.rng);
+                match followers[..] {
+                    [a, b, ..] => {
+                        let mode = self.cut_mode();
+                        cluster.set_link(a, b, mode);
+                        cluster.set_link(b, a, mode);
+                        let hold = hold.max(LINK_CUT_HOLD);
+                        tokio::time::sleep(hold).await;
+                        cluster.heal_network();
+                        format!(
+                            "cut {a} <-> {b}, both still reach leader {leader} ({mode:?}, {hold:?})"
+                        )
+                    }
+                    _ => "skipped: fewer than two followers".into(),
+                }
             }
             Fault::OneWay => {
                 let leader = self.leader_or_any(cluster).await;
@@ -858,7 +894,7 @@ mod tests {
 
     #[test]
     fn groups_and_names_parse() {
-        assert_eq!(parse_group("partition").expect("group").len(), 6);
+        assert_eq!(parse_group("partition").expect("group").len(), 7);
         assert_eq!("kill-all".parse::<Fault>().expect("one"), Fault::KillAll);
         assert!("kill".parse::<Fault>().is_err(), "a group, not one fault");
         assert!(parse_group("meteor").is_err());

@@ -10,7 +10,12 @@
 //!   lease request is for its own viewer, so a listing's holder names the
 //!   request, and renew and release present the lease secret;
 //! - `session`: two terminals per session, progress with a shared,
-//!   increasing `seq`, push handoffs between them, and reads.
+//!   increasing `seq`, push handoffs between them, and reads;
+//! - `ttl`: TTL logins through the client library's owner routing. Live
+//!   users heartbeat every [`TTL_HEARTBEAT_EVERY`] and now and then read
+//!   their own presence (they must never be expired while heartbeats are
+//!   acknowledged); silent users log in and never heartbeat (they must go
+//!   offline within the TTL plus [`TTL_GRACE_MS`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -41,6 +46,22 @@ pub const SESSIONS: usize = 2;
 /// followed the jump would expire them, which `lease_time` reports.
 const LEASE_TTL_MS: u64 = 3_600_000;
 
+/// The `ttl` workload's login TTL.
+pub const TTL_MS: u64 = 4_000;
+/// How often a live `ttl` user heartbeats.
+pub const TTL_HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+/// How long past its TTL a silent user may stay online: one more TTL (an
+/// owner that inherits a user on a ring change gives it a full TTL), and
+/// time for a fault to heal (an election, a restarted node catching up)
+/// before the expiry can be committed.
+pub const TTL_GRACE_MS: u64 = TTL_MS + 10_000;
+/// Live users in the `ttl` workload.
+pub const TTL_LIVE_USERS: usize = 8;
+/// Silent users in the `ttl` workload.
+pub const TTL_SILENT_USERS: usize = 2;
+/// The client type of `ttl` logins.
+const TTL_CLIENT: &str = "mobile";
+
 /// A workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Workload {
@@ -50,6 +71,8 @@ pub enum Workload {
     Pool,
     /// Session progress.
     Session,
+    /// TTL presence: heartbeating and silent users.
+    Ttl,
 }
 
 impl FromStr for Workload {
@@ -59,7 +82,8 @@ impl FromStr for Workload {
             "register" => Ok(Workload::Register),
             "pool" => Ok(Workload::Pool),
             "session" => Ok(Workload::Session),
-            _ => bail!("unknown workload {s:?} (register, pool, session)"),
+            "ttl" => Ok(Workload::Ttl),
+            _ => bail!("unknown workload {s:?} (register, pool, session, ttl)"),
         }
     }
 }
@@ -313,7 +337,102 @@ pub fn spawn(workloads: &[Workload], setup: &Setup, ctx: &Context, tasks: &mut J
                     }
                 }
             }
+            Workload::Ttl => {
+                for i in 0..TTL_LIVE_USERS {
+                    tasks.spawn(ttl_worker(ctx.clone(), ctx.process(), i % n, i, true));
+                }
+                for i in 0..TTL_SILENT_USERS {
+                    tasks.spawn(ttl_worker(ctx.clone(), ctx.process(), i % n, i, false));
+                }
+            }
         }
+    }
+}
+
+/// One `ttl` user. Unlike the other workers it routes by owner, as an
+/// application using the client library does: the heartbeat goes to the
+/// uid's owner first. A live user heartbeats, reads its own presence every
+/// fourth turn, and logs in again when told it is not known (or not seen
+/// online); a silent user logs in, reads until it is offline, and starts
+/// over.
+async fn ttl_worker(ctx: Context, process: u64, home: usize, i: usize, live: bool) {
+    let mut endpoints = ctx.endpoints.clone();
+    let turn_by = home % endpoints.len().max(1);
+    endpoints.rotate_left(turn_by);
+    let config = ClientConfig {
+        route_by_owner: true,
+        ..worker_client_config(ctx.tls.clone())
+    };
+    let Ok(client) = Client::with_config(endpoints, config) else {
+        return;
+    };
+    let uid = if live {
+        format!("ttl-live-{i}")
+    } else {
+        format!("ttl-silent-{i}")
+    };
+    let rec = &ctx.recorder;
+    let mut logged_in = false;
+    let mut turn = 0u64;
+    while !stopped(&ctx.stop) {
+        turn += 1;
+        if !logged_in {
+            let req = proto::LoginRequest {
+                uid: uid.clone(),
+                sid: 1,
+                client_type: TTL_CLIENT.into(),
+                ttl_ms: TTL_MS,
+                ..Default::default()
+            };
+            let input = json!({"ttl_ms": TTL_MS, "live": live});
+            let r = op(
+                rec,
+                process,
+                "ttl",
+                "login",
+                &uid,
+                input,
+                client.login(req),
+                |_| json!({}),
+            );
+            logged_in = r.await.is_ok();
+        } else if live && !turn.is_multiple_of(4) {
+            let call = client.heartbeat(uid.clone(), TTL_CLIENT);
+            let r = op(
+                rec,
+                process,
+                "ttl",
+                "heartbeat",
+                &uid,
+                json!({}),
+                call,
+                |k| json!({ "known": *k }),
+            );
+            if let Ok(false) = r.await {
+                logged_in = false;
+            }
+        } else {
+            let call = client.get_presence(uid.clone(), Consistency::Linearizable);
+            let r = op(rec, process, "ttl", "read", &uid, json!({}), call, |r| {
+                let online = r
+                    .as_ref()
+                    .is_some_and(|r| r.clients.iter().any(|c| c.client_type == TTL_CLIENT));
+                json!({ "online": online })
+            });
+            if let Ok(r) = r.await
+                && !r
+                    .as_ref()
+                    .is_some_and(|r| r.clients.iter().any(|c| c.client_type == TTL_CLIENT))
+            {
+                logged_in = false;
+            }
+        }
+        let pause = if live {
+            TTL_HEARTBEAT_EVERY
+        } else {
+            Duration::from_millis(300)
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -705,6 +824,8 @@ pub async fn final_reads(
             Workload::Session => {
                 keys.extend(setup.sessions.iter().map(|(id, _)| (*w, id.to_string())));
             }
+            // Checked from the workers' own reads and heartbeats.
+            Workload::Ttl => {}
         }
     }
     for (w, key) in keys {
@@ -726,6 +847,7 @@ pub async fn final_reads(
                         .await
                         .is_some()
                 }
+                Workload::Ttl => true, // no keys
             };
             if done {
                 break;

@@ -210,12 +210,12 @@ impl Herald {
 
     /// Why `cmd` may not be proposed now: the free-space alarm is on, on
     /// this node (which received it) or on the leader (which would log it).
-    /// Time-driven commands (lease ticks, TTL expiry) still go: they are
+    /// Time-driven commands (lease ticks, TTL expiry, ownership) still go: they are
     /// not new client writes, and holding them back would keep expired
     /// users online.
     fn no_space(&self, cmd: &Command) -> Option<StateError> {
         let internal = match cmd {
-            Command::Tick => true,
+            Command::Tick | Command::SetOwnership(_) => true,
             Command::Logout(l) => l.reason == crate::state::LogoutReason::Expired,
             _ => false,
         };
@@ -447,20 +447,56 @@ impl Herald {
         }
     }
 
+    /// Whether this node's state is fresh enough to answer for: it leads
+    /// and a quorum acknowledged it within `within`, or it heard from a
+    /// leader within `within`. A node cut off from the leader may hold a
+    /// stale ring and stale presence, and must say so instead of answering.
+    pub fn in_touch_with_leader(&self, within: Duration) -> bool {
+        let acked = self.with_metrics(|m| {
+            let leading = m.state == ServerState::Leader && m.current_leader == Some(self.id());
+            // A lone voter is its own quorum; no follower ever acks it.
+            let alone = m.membership_config.membership().voter_ids().count() == 1;
+            leading.then(|| match &m.last_quorum_acked {
+                _ if alone => Some(Duration::ZERO),
+                acked => acked.as_ref().map(|t| openraft::Instant::elapsed(&**t)),
+            })
+        });
+        match acked {
+            Some(acked) => acked.is_some_and(|e| e < within),
+            None => self
+                .leader_contact()
+                .last()
+                .is_some_and(|t| t.elapsed() < within),
+        }
+    }
+
     /// Keeps a heartbeat on this node, the uid's owner; false if the user's
     /// client is not logged in. Logins go to the leader, so a client's first
     /// heartbeat can arrive before this replica applied its login: a miss is
     /// looked up again after catching up to the leader before it is reported.
-    pub async fn heartbeat_here(&self, uid: &str, client_type: &str) -> bool {
+    /// `Unavailable` when this node has not heard from a leader within the
+    /// ring's down-after bound: its state may be stale (the leader may have
+    /// moved the user to another owner, or expired it), so the client must
+    /// try another node rather than be told its heartbeat was known.
+    pub async fn heartbeat_here(&self, uid: &str, client_type: &str) -> Result<bool, NodeError> {
+        let within = Duration::from_millis(self.config().ring.down_after_ms);
+        if !self.in_touch_with_leader(within) {
+            return Err(NodeError::Unavailable(format!(
+                "node {} has not heard from a leader for {within:?}; its presence may be stale, \
+                 try another node",
+                self.id()
+            )));
+        }
         let known = {
             let m = self.store().read();
             self.ownership().heartbeat(&m.state, uid, client_type)
         };
-        if known || self.linearize().await.is_err() {
-            return known;
+        if known {
+            return Ok(true);
         }
+        self.linearize().await?;
         let m = self.store().read();
-        self.ownership().heartbeat(&m.state, uid, client_type)
+        Ok(self.ownership().heartbeat(&m.state, uid, client_type))
     }
 
     /// Makes the next local read linearizable: waits until this node has

@@ -1,17 +1,26 @@
 //! Who owns which users, and the TTL presence their owners keep.
 //!
-//! Each node probes its peers (`Peer.Ping`, over the same routes as Raft, so
-//! a partition looks the same to both) and builds a consistent-hash [`Ring`]
-//! over the voters it sees alive. A uid's owner keeps that user's heartbeats
-//! in memory, never in the log, and when a client's TTL passes without one
-//! it proposes a logout with reason `expired` for that very login (the
-//! command names the login's `since`, so a re-login is never expired by a
-//! stale proposal).
+//! Ownership is one agreed decision, not each node's own judgement. Every
+//! node probes its peers (`Peer.Ping`, over the same routes as Raft, so a
+//! partition looks the same to both), but only the leader acts on what it
+//! sees: when the voters it reaches differ from the committed ring, it
+//! commits a new [`crate::state::OwnershipEpoch`] through Raft
+//! ([`crate::state::ownership::decide`]). Every node builds its consistent-
+//! hash [`Ring`] from the committed set alone, so two followers cut from each
+//! other but both reaching the leader keep the same owners, and nobody takes
+//! over users whose owner is alive and hearing their heartbeats.
+//!
+//! A uid's owner keeps that user's heartbeats in memory, never in the log,
+//! and when a client's TTL passes without one it proposes a logout with
+//! reason `expired` for that very login (the command names the login's
+//! `since`, so a re-login is never expired by a stale proposal) and the
+//! epoch it judged under, so an expiry decided on a ring that has since
+//! changed is refused when applied.
 //!
 //! The owner learns of TTL logins by tailing the state's presence events.
-//! Whenever the ring changes (a node dies or joins) or the event history it
-//! tails was compacted, it rescans the state and gives every TTL client it
-//! newly owns a full TTL of grace: a failover never logs out live users.
+//! Whenever the committed ring changes or the event history it tails was
+//! compacted, it rescans the state and gives every TTL client it newly owns
+//! a full TTL of grace: a failover never logs out live users.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -24,6 +33,9 @@ use tokio::time::Instant;
 
 use crate::node::Herald;
 use crate::state::{Command, Logout, LogoutReason, PresenceEventKind, State};
+
+/// A tracked client: (uid, client type).
+type ClientKey = (String, String);
 
 /// One TTL client this node owns.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +50,8 @@ struct Tracked {
 struct Inner {
     last_seen: BTreeMap<u64, Instant>,
     ring: Option<Arc<Ring>>,
+    /// The committed ownership epoch `ring` was built from.
+    epoch: u64,
     tracked: HashMap<(String, String), Tracked>,
     /// Set when the ring changed and tracked entries need a rescan.
     rescan: bool,
@@ -73,7 +87,7 @@ impl Ownership {
         self.lock().ring.as_ref()?.owner(uid)
     }
 
-    /// The voters this node currently sees alive (its ring).
+    /// The members of the committed ring this node follows.
     pub fn live(&self) -> BTreeSet<u64> {
         self.lock()
             .ring
@@ -97,8 +111,10 @@ impl Ownership {
         self.lock().expired_total
     }
 
-    /// Handles a heartbeat on the owner: refreshes the client's deadline.
-    /// Returns whether the client is logged in (false: log in again).
+    /// Handles a heartbeat: refreshes the client's deadline if this node
+    /// owns the user on the committed ring (one that reached it during a
+    /// ring change only answers). Returns whether the client is logged in
+    /// (false: log in again).
     pub fn heartbeat(&self, state: &State, uid: &str, client_type: &str) -> bool {
         let Some(entry) = state
             .presence(uid)
@@ -110,9 +126,11 @@ impl Ownership {
             return false;
         };
         let (sid, c) = entry;
-        if c.ttl_ms > 0 {
+        let mut inner = self.lock();
+        let mine = inner.ring.as_ref().and_then(|r| r.owner(uid)) == Some(self.me);
+        if c.ttl_ms > 0 && mine {
             let ttl = Duration::from_millis(c.ttl_ms);
-            self.lock().tracked.insert(
+            inner.tracked.insert(
                 (uid.to_string(), client_type.to_string()),
                 Tracked {
                     deadline: Instant::now() + ttl,
@@ -125,15 +143,25 @@ impl Ownership {
         true
     }
 
-    /// Records probe results and rebuilds the ring if the live set changed.
-    fn update_liveness(&self, voters: &BTreeSet<u64>, answered: &[u64], down_after: Duration) {
+    /// Records probe results; returns the voters that answered within
+    /// `down_after` (a peer not probed yet gets that long from its first
+    /// probe, so a restarted node does not report everyone dead).
+    fn update_liveness(
+        &self,
+        voters: &BTreeSet<u64>,
+        answered: &[u64],
+        down_after: Duration,
+    ) -> BTreeSet<u64> {
         let now = Instant::now();
         let mut inner = self.lock();
         for id in answered {
             inner.last_seen.insert(*id, now);
         }
         inner.last_seen.retain(|id, _| voters.contains(id));
-        let live: BTreeSet<u64> = voters
+        for id in voters {
+            inner.last_seen.entry(*id).or_insert(now);
+        }
+        voters
             .iter()
             .copied()
             .filter(|id| {
@@ -143,12 +171,32 @@ impl Ownership {
                         .get(id)
                         .is_some_and(|t| now.duration_since(*t) < down_after)
             })
-            .collect();
-        if inner.ring.as_ref().map(|r| r.nodes()) != Some(&live) {
-            tracing::info!(?live, "ownership ring changed");
-            inner.ring = Some(Arc::new(Ring::new(live, self.vnodes)));
-            inner.rescan = true;
+            .collect()
+    }
+
+    /// Rebuilds the ring when the committed one (or, at epoch 0, the
+    /// voters) changed.
+    fn follow_ring(&self, state: &State, voters: &BTreeSet<u64>) {
+        let agreed = state.ownership();
+        let members = agreed.ring_members(voters);
+        let mut inner = self.lock();
+        let same = inner.epoch == agreed.epoch()
+            && inner.ring.as_ref().map(|r| r.nodes()) == Some(&members);
+        if same || members.is_empty() {
+            return;
         }
+        tracing::info!(epoch = agreed.epoch(), live = ?members, "ownership ring changed");
+        // A user this node keeps across the change keeps its deadline only
+        // if no epoch went by unseen: in one this node missed (cut off from
+        // the leader) another node may have owned the user and heard its
+        // heartbeats while the deadlines here ran out. Then every user
+        // starts over with a full TTL.
+        if agreed.epoch() != inner.epoch + 1 {
+            inner.tracked.clear();
+        }
+        inner.ring = Some(Arc::new(Ring::new(members, self.vnodes)));
+        inner.epoch = agreed.epoch();
+        inner.rescan = true;
     }
 
     /// Follows presence events from `next`; returns the next revision to read.
@@ -228,11 +276,13 @@ impl Ownership {
         state.last_index() + 1
     }
 
-    /// Entries whose deadline passed; their deadlines move a second on so a
-    /// failed proposal is retried, not spun on.
-    fn due(&self) -> Vec<((String, String), Tracked)> {
+    /// Entries whose deadline passed, with the epoch they were judged
+    /// under; their deadlines move a second on so a failed proposal is
+    /// retried, not spun on.
+    fn due(&self) -> (u64, Vec<(ClientKey, Tracked)>) {
         let now = Instant::now();
         let mut inner = self.lock();
+        let epoch = inner.epoch;
         let mut out = Vec::new();
         for (k, t) in inner.tracked.iter_mut() {
             if t.deadline <= now {
@@ -240,7 +290,7 @@ impl Ownership {
                 t.deadline = now + Duration::from_secs(1);
             }
         }
-        out
+        (epoch, out)
     }
 
     fn expired(&self, key: &(String, String), since_ms: u64, committed: bool) {
@@ -269,8 +319,9 @@ async fn ping(node: &Herald, id: u64, addr: &str, timeout: Duration) -> bool {
         .is_ok_and(|r| r.is_ok())
 }
 
-/// Probes peers, keeps the ring, follows TTL logins and proposes expiry,
-/// until `stopped` resolves.
+/// Probes peers, commits the ownership ring while leading, follows the
+/// committed ring and TTL logins, and proposes expiry, until `stopped`
+/// resolves.
 pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
     tokio::pin!(stopped);
     let cfg = node.config().ring.clone();
@@ -286,14 +337,14 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
             _ = tick.tick() => {}
         }
         let own = node.ownership();
+        let (members, _) = node.members();
+        let voters: BTreeSet<u64> = members
+            .iter()
+            .filter(|(_, (_, v))| *v)
+            .map(|(id, _)| *id)
+            .collect();
         if last_probe.is_none_or(|t| t.elapsed() >= probe_every) {
             last_probe = Some(Instant::now());
-            let (members, _) = node.members();
-            let voters: BTreeSet<u64> = members
-                .iter()
-                .filter(|(_, (_, v))| *v)
-                .map(|(id, _)| *id)
-                .collect();
             let probes = members
                 .iter()
                 .filter(|(id, (_, voter))| *voter && **id != node.id())
@@ -307,14 +358,26 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
                 .flatten()
                 .collect();
             if !voters.is_empty() {
-                own.update_liveness(&voters, &answered, down_after);
+                let reachable = own.update_liveness(&voters, &answered, down_after);
+                if node.is_leader() {
+                    decide(&node, &voters, &reachable).await;
+                }
             }
         }
         next_rev = {
             let m = node.store().read();
+            if !voters.is_empty() {
+                own.follow_ring(&m.state, &voters);
+            }
             own.follow(&m.state, next_rev)
         };
-        for ((uid, client_type), t) in own.due() {
+        let (epoch, due) = own.due();
+        if due.is_empty() || !node.in_touch_with_leader(down_after) {
+            // Cut off from the leader, this node's ring may be stale: its
+            // proposals would fail or be refused; the deadlines moved on.
+            continue;
+        }
+        for ((uid, client_type), t) in due {
             let cmd = Command::Logout(Logout {
                 uid: uid.clone(),
                 sid: t.sid,
@@ -322,17 +385,37 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
                 ext: BTreeMap::new(),
                 reason: LogoutReason::Expired,
                 login_since_ms: Some(t.since_ms),
+                owner_epoch: Some(epoch),
             });
             let key = (uid, client_type);
             match node.propose(cmd).await {
                 Ok(_) => {
-                    tracing::info!(uid = %key.0, client = %key.1, ttl_ms = t.ttl.as_millis() as u64, "presence expired");
+                    tracing::info!(uid = %key.0, client = %key.1, ttl_ms = t.ttl.as_millis() as u64, epoch, "presence expired");
                     own.expired(&key, t.since_ms, true);
                 }
-                // Logged out or logged in again meanwhile: nothing to expire.
+                // Logged out or in again meanwhile, or the ring moved on
+                // (the rescan on the new ring tracks the user again if it
+                // is still ours, with a full TTL of grace).
                 Err(crate::node::NodeError::State(_)) => own.expired(&key, t.since_ms, false),
                 Err(e) => tracing::debug!(uid = %key.0, "expiry proposal: {e}"),
             }
         }
+    }
+}
+
+/// On the leader: commits a new ownership epoch when the voters it reaches
+/// are not the committed ring.
+async fn decide(node: &Herald, voters: &BTreeSet<u64>, reachable: &BTreeSet<u64>) {
+    let decision = {
+        let m = node.store().read();
+        crate::state::ownership::decide(m.state.ownership(), voters, node.id(), reachable)
+    };
+    let Some(cmd) = decision else {
+        return;
+    };
+    let (epoch, live) = (cmd.epoch, cmd.live.clone());
+    match node.propose(Command::SetOwnership(cmd)).await {
+        Ok(_) => tracing::info!(epoch, ?live, "ownership decided"),
+        Err(e) => tracing::debug!(epoch, "ownership decision: {e}"),
     }
 }

@@ -14,6 +14,7 @@ pub mod linear;
 pub mod pool;
 pub mod register;
 pub mod session;
+pub mod ttl;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -28,7 +29,8 @@ use linear::Verdict;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Anomaly {
     /// `not-linearizable`, `lost-write`, `double-lease`, `lease-expired-early`,
-    /// `fenced-write-accepted`, `progress-went-back`.
+    /// `fenced-write-accepted`, `progress-went-back`, `live-user-expired`,
+    /// `silent-user-not-expired`, `silent-user-expired-early`.
     pub kind: String,
     /// The workload.
     pub workload: String,
@@ -102,6 +104,7 @@ pub fn check(ops: &[Op], budget: Duration) -> Report {
     }
     let mut anomalies = Vec::new();
     let mut unknown = Vec::new();
+    let writable = ttl::writable_seconds(ops);
     for ((workload, key), key_ops) in &by_key {
         let verdict = match workload.as_str() {
             "register" => {
@@ -132,6 +135,10 @@ pub fn check(ops: &[Op], budget: Duration) -> Report {
             "session" => {
                 anomalies.extend(session_checks(workload, key, key_ops));
                 linear::check(&session::SessionModel, &session::entries(key_ops), budget)
+            }
+            "ttl" => {
+                anomalies.extend(ttl::check(key, key_ops, &writable));
+                Verdict::Linearizable
             }
             _ => Verdict::Linearizable,
         };

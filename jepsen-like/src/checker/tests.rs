@@ -505,3 +505,156 @@ fn a_lease_ended_after_its_ttl_or_released_is_not_early() {
     let r = h.check();
     assert!(r.valid, "{r:#?}");
 }
+
+const S: u64 = 1_000_000_000;
+
+fn ttl_op(f: &str, input: Value, output: Value, outcome: Outcome, t: (u64, u64)) -> Op {
+    Op {
+        id: 0,
+        process: 1,
+        workload: "ttl".into(),
+        f: f.into(),
+        key: "u".into(),
+        input,
+        output,
+        outcome,
+        error: None,
+        invoke_ns: t.0,
+        complete_ns: (outcome != Outcome::Info).then_some(t.1),
+        answered_ns: Some(t.1),
+    }
+}
+
+fn ttl_history(ops: Vec<Op>) -> Vec<Op> {
+    ops.into_iter()
+        .enumerate()
+        .map(|(id, op)| Op { id, ..op })
+        .collect()
+}
+
+fn login(live: bool, t: (u64, u64)) -> Op {
+    ttl_op(
+        "login",
+        json!({"ttl_ms": 4000, "live": live}),
+        json!({}),
+        Outcome::Ok,
+        t,
+    )
+}
+
+fn heartbeat(known: bool, t: (u64, u64)) -> Op {
+    ttl_op(
+        "heartbeat",
+        json!({}),
+        json!({ "known": known }),
+        Outcome::Ok,
+        t,
+    )
+}
+
+fn ttl_read(online: bool, t: (u64, u64)) -> Op {
+    ttl_op(
+        "read",
+        json!({}),
+        json!({ "online": online }),
+        Outcome::Ok,
+        t,
+    )
+}
+
+/// The bad history of issue 23 item 9: heartbeats acknowledged every
+/// second, and the user found expired 1.9 s after the last one.
+#[test]
+fn ttl_a_heartbeating_user_seen_expired_within_its_ttl_is_an_anomaly() {
+    let ops = ttl_history(vec![
+        login(true, (0, S / 10)),
+        heartbeat(true, (S, S + S / 10)),
+        heartbeat(true, (2 * S, 2 * S + S / 10)),
+        heartbeat(false, (3 * S, 3 * S + 9 * S / 10)),
+    ]);
+    let r = check(&ops, Duration::from_secs(5));
+    assert!(!r.valid);
+    assert_eq!(r.kinds().get("live-user-expired"), Some(&1), "{r:?}");
+    // A linearizable read showing it offline is caught the same way.
+    let ops = ttl_history(vec![
+        login(true, (0, S / 10)),
+        heartbeat(true, (S, S + S / 10)),
+        ttl_read(false, (2 * S, 2 * S + S / 10)),
+    ]);
+    let r = check(&ops, Duration::from_secs(5));
+    assert_eq!(r.kinds().get("live-user-expired"), Some(&1), "{r:?}");
+}
+
+/// Expired after its heartbeats failed for longer than the TTL: allowed,
+/// even when the first heartbeat after the silence was still acknowledged
+/// (it raced with the expiry already proposed); and so is logging in again
+/// afterwards and heartbeating on.
+#[test]
+fn ttl_an_expiry_after_a_ttl_of_silence_is_fine() {
+    let failed = ttl_op(
+        "heartbeat",
+        json!({}),
+        json!({"code": "Unavailable"}),
+        Outcome::Fail,
+        (2 * S, 3 * S),
+    );
+    let ops = ttl_history(vec![
+        login(true, (0, S / 10)),
+        heartbeat(true, (S, S + S / 10)),
+        failed,
+        heartbeat(true, (5 * S + S / 2, 5 * S + 6 * S / 10)),
+        ttl_read(false, (6 * S, 6 * S + S / 10)),
+        login(true, (7 * S, 7 * S + S / 10)),
+        heartbeat(true, (8 * S, 8 * S + S / 10)),
+    ]);
+    let r = check(&ops, Duration::from_secs(5));
+    assert!(r.valid, "{r:?}");
+}
+
+#[test]
+fn ttl_silent_users_must_expire_within_ttl_and_grace_but_not_before() {
+    let grace = crate::workload::TTL_GRACE_MS * 1_000_000;
+    // A write (of a workload not checked here) acknowledged every 0.5 s: the
+    // cluster was writable.
+    let writes = |ops: &mut Vec<Op>, until: u64| {
+        for i in 0..until * 2 {
+            let t = i * S / 2;
+            let mut w = ttl_op("write", json!({}), json!({}), Outcome::Ok, (t, t + 1));
+            w.workload = "other".into();
+            w.key = "r".into();
+            ops.push(w);
+        }
+    };
+    // Offline a TTL and a bit after login, logged in again: fine.
+    let ok = ttl_history(vec![
+        login(false, (0, S / 10)),
+        ttl_read(true, (S, S + S / 10)),
+        ttl_read(false, (5 * S, 5 * S + S / 10)),
+        login(false, (6 * S, 6 * S + S / 10)),
+    ]);
+    assert!(check(&ok, Duration::from_secs(5)).valid);
+    // Still online past TTL + grace, the cluster writable all along.
+    let mut late = vec![
+        login(false, (0, S / 10)),
+        ttl_read(true, (5 * S + grace, 5 * S + grace + S / 10)),
+    ];
+    writes(&mut late, 6 + grace / S);
+    let r = check(&ttl_history(late.clone()), Duration::from_secs(5));
+    assert_eq!(r.kinds().get("silent-user-not-expired"), Some(&1), "{r:?}");
+    // The same, but no write went through for that long: nobody could
+    // have committed the expiry.
+    late.truncate(2);
+    writes(&mut late, 5);
+    assert!(check(&ttl_history(late), Duration::from_secs(5)).valid);
+    // Offline before its TTL ran out.
+    let early = ttl_history(vec![
+        login(false, (0, S / 10)),
+        ttl_read(false, (2 * S, 2 * S + S / 10)),
+    ]);
+    let r = check(&early, Duration::from_secs(5));
+    assert_eq!(
+        r.kinds().get("silent-user-expired-early"),
+        Some(&1),
+        "{r:?}"
+    );
+}

@@ -21,7 +21,7 @@ use super::convert::{self as cv, linearizable};
 use super::layer::Accounting;
 use super::page;
 use super::status::state_status;
-use crate::node::Herald;
+use crate::node::{Herald, NodeError};
 use crate::state::{self, Command, StateError};
 
 /// Serves [`HeraldApi`] for one node.
@@ -214,15 +214,22 @@ impl HeraldApi for HeraldService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let r = req.into_inner();
         check_uid(&r.uid).map_err(invalid)?;
-        // Heartbeats live in the owner's memory: pass them on to the owner,
-        // and keep them here only if the owner cannot be reached.
-        let owner = self.node.ownership().owner(&r.uid);
-        if let Some(owner) = owner.filter(|o| *o != self.node.id())
-            && let Some(known) = self.forward_heartbeat(owner, &r).await
-        {
-            return Ok(Response::new(HeartbeatResponse { known }));
+        // Heartbeats live in the owner's memory (the owner on the committed
+        // ring): pass them on to the owner. If it cannot be reached from
+        // here, the client must try another node: keeping the heartbeat
+        // here would not stop the owner from expiring the user.
+        let me = self.node.id();
+        if let Some(owner) = self.node.ownership().owner(&r.uid).filter(|o| *o != me) {
+            return match self.forward_heartbeat(owner, &r).await {
+                Some(known) => Ok(Response::new(HeartbeatResponse { known })),
+                None => Err(NodeError::Unavailable(format!(
+                    "the owner of this user, node {owner}, did not take the heartbeat from \
+                     node {me}; try another node"
+                ))
+                .into()),
+            };
         }
-        let known = self.node.heartbeat_here(&r.uid, &r.client_type).await;
+        let known = self.node.heartbeat_here(&r.uid, &r.client_type).await?;
         Ok(Response::new(HeartbeatResponse { known }))
     }
 

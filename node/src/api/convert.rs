@@ -141,6 +141,7 @@ pub fn logout(r: pb::LogoutRequest) -> state::Logout {
         ext: ext(r.ext),
         reason: state::LogoutReason::User,
         login_since_ms: None,
+        owner_epoch: None,
     }
 }
 

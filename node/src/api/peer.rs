@@ -527,7 +527,8 @@ impl Peer for PeerService {
         self.admit(&caller(&req), Sender::Other)?;
         // Handled here whatever this node's view of the ring: never forwarded twice.
         let (uid, client_type): (String, String) = decode(&req.into_inner().data).map_err(bad)?;
-        blob(&self.node.heartbeat_here(&uid, &client_type).await)
+        let known = self.node.heartbeat_here(&uid, &client_type).await?;
+        blob(&known)
     }
 }
 

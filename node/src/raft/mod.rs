@@ -93,6 +93,7 @@ pub fn command_kind(cmd: &Command) -> &'static str {
         Command::PutAccountData(_) => "put_account_data",
         Command::Auth(_) => "auth",
         Command::RecordIncarnation(_) => "record_incarnation",
+        Command::SetOwnership(_) => "set_ownership",
         Command::Tick => "tick",
         Command::SetQuotas(_) => "set_quotas",
         Command::DeletePlatform(_) => "delete_platform",
@@ -141,7 +142,7 @@ pub mod typ {
 /// messages are bincode of openraft's and Herald's types, which change
 /// shape between versions without notice: bump this whenever one of them
 /// does, so a node refuses a peer it would misread instead of misreading it.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 /// Every peer message starts with these two bytes, then [`WIRE_VERSION`]
 /// (u16 little-endian), then the bincode body.
 const WIRE_MAGIC: [u8; 2] = *b"HR";
@@ -230,7 +231,7 @@ mod tests {
     #[test]
     fn peer_messages_round_trip_with_their_version() {
         let blob = encode(&(7u64, "x".to_string())).unwrap();
-        assert_eq!(&blob[..4], &[b'H', b'R', 1, 0]);
+        assert_eq!(&blob[..4], &[b'H', b'R', 2, 0]);
         let back: (u64, String) = decode(&blob).unwrap();
         assert_eq!(back, (7, "x".into()));
     }
@@ -245,7 +246,7 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
         let msg = err.to_string();
         assert!(
-            msg.contains("version 9") && msg.contains("version 1"),
+            msg.contains("version 9") && msg.contains("version 2"),
             "{msg}"
         );
         // A blob from before versions (bare bincode) is refused too.

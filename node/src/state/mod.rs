@@ -23,6 +23,7 @@ pub mod auth;
 mod error;
 pub mod limits;
 pub mod members;
+pub mod ownership;
 pub mod presence;
 pub mod quotas;
 pub mod sessions;
@@ -44,6 +45,7 @@ pub use auth::{Auth, AuthCommand, AuthOutcome, Role};
 pub use error::StateError;
 pub use limits::MAX_BATCH;
 pub use members::{Incarnations, RecordIncarnation};
+pub use ownership::{OwnershipEpoch, SetOwnership};
 pub use presence::{
     ClientEntry, Login, Logout, LogoutReason, Permission, PresenceEvent, PresenceEventKind,
     PresenceRecord,
@@ -102,6 +104,8 @@ pub enum Command {
     Auth(AuthCommand),
     /// Members: the incarnation of a member, as the leader first met it.
     RecordIncarnation(RecordIncarnation),
+    /// Ownership: the leader's agreed ring for TTL users (a new epoch).
+    SetOwnership(SetOwnership),
     /// Nothing but the passing of time: the leader proposes one when a lease
     /// is due ([`State::next_due`]) so expiry and retention happen without
     /// waiting for other writes.
@@ -137,6 +141,7 @@ impl Command {
             Command::PutAccountData(c) => c.validate(),
             Command::Auth(c) => c.validate(),
             Command::RecordIncarnation(c) => c.validate(),
+            Command::SetOwnership(c) => c.validate(),
             Command::Tick => Ok(()),
             Command::SetQuotas(q) => q.validate(),
             Command::DeletePlatform(_) | Command::DeletePool(_) | Command::DeleteSession(_) => {
@@ -171,7 +176,7 @@ pub enum Response {
     },
     /// Auth commands.
     Auth(AuthOutcome),
-    /// Release, PutAccountData, Tick.
+    /// Release, PutAccountData, SetOwnership, Tick.
     Done,
 }
 
@@ -190,12 +195,51 @@ pub struct State {
     auth: Auth,
     incarnations: Incarnations,
     quotas: Quotas,
+    /// The agreed TTL ownership ring.
+    #[serde(default)]
+    ownership: OwnershipEpoch,
+}
+
+/// [`State`] as snapshots before the quotas and the ownership epoch held it.
+#[derive(Deserialize)]
+struct StateBeforeOwnership {
+    last_index: u64,
+    now_ms: u64,
+    roster: Roster,
+    sessions: Sessions,
+    accounts: AccountPools,
+    auth: Auth,
+    incarnations: Incarnations,
+}
+
+impl From<StateBeforeOwnership> for State {
+    fn from(old: StateBeforeOwnership) -> State {
+        State {
+            last_index: old.last_index,
+            now_ms: old.now_ms,
+            roster: old.roster,
+            sessions: old.sessions,
+            accounts: old.accounts,
+            auth: old.auth,
+            incarnations: old.incarnations,
+            ownership: OwnershipEpoch::default(),
+            quotas: Quotas::default(),
+        }
+    }
 }
 
 impl State {
     /// Decodes a snapshot made by [`State::to_snapshot`].
+    /// Snapshots from before the ownership epoch (bincode has no field
+    /// defaults) decode with epoch 0, every voter on the ring.
     pub fn from_snapshot(bytes: &[u8]) -> bincode::Result<State> {
-        let mut state: State = bincode::deserialize(bytes)?;
+        let mut state: State = match bincode::deserialize(bytes) {
+            Ok(state) => state,
+            Err(e) => match bincode::deserialize::<StateBeforeOwnership>(bytes) {
+                Ok(old) => old.into(),
+                Err(_) => return Err(e),
+            },
+        };
         state.roster.restored(state.last_index);
         state.roster.history_budget = state.quotas.watch_history_bytes;
         state.sessions.restored();
@@ -215,6 +259,7 @@ impl State {
             auth: self.auth.clone(),
             incarnations: self.incarnations.clone(),
             quotas: self.quotas.clone(),
+            ownership: self.ownership.clone(),
         }
     }
 
@@ -287,7 +332,12 @@ impl State {
         self.admit(cmd)?;
         match cmd {
             Command::Login(c) => Ok(Response::Presence(self.roster.login(at, c))),
-            Command::Logout(c) => self.roster.logout(at, c).map(Response::Presence),
+            Command::Logout(c) => {
+                if c.reason == LogoutReason::Expired {
+                    self.ownership.check_expiry(c.owner_epoch)?;
+                }
+                self.roster.logout(at, c).map(Response::Presence)
+            }
             Command::Permission(c) => self.roster.permission(at, c).map(Response::Presence),
             Command::Connect(c) => Ok(Response::Session(self.sessions.connect(at, c))),
             Command::Progress(c) => self.sessions.progress(at, c).map(Response::Session),
@@ -310,6 +360,7 @@ impl State {
             Command::PutAccountData(c) => self.accounts.put_data(c).map(|()| Response::Done),
             Command::Auth(c) => self.auth.apply(at, c).map(Response::Auth),
             Command::RecordIncarnation(c) => self.incarnations.record(c).map(|()| Response::Done),
+            Command::SetOwnership(c) => self.ownership.set(at, c).map(|()| Response::Done),
             Command::Tick => Ok(Response::Done),
             Command::SetQuotas(q) => {
                 self.quotas = q.clone();
@@ -375,6 +426,11 @@ impl State {
     /// Users, roles, tokens and whether auth is enforced.
     pub fn auth(&self) -> &Auth {
         &self.auth
+    }
+
+    /// The agreed TTL ownership ring.
+    pub fn ownership(&self) -> &OwnershipEpoch {
+        &self.ownership
     }
 
     /// Every member's recorded incarnation.

@@ -138,6 +138,11 @@ pub struct Logout {
     /// A client whose login is newer logged in again, and stays online.
     /// Ignored for `User`.
     pub login_since_ms: Option<u64>,
+    /// For `Expired` (required): the ownership epoch the owner judged the
+    /// TTL under; refused unless it is still the committed one
+    /// ([`super::OwnershipEpoch`]). Ignored for `User`.
+    #[serde(default)]
+    pub owner_epoch: Option<u64>,
 }
 
 /// Changes a user's permission (and ext).
@@ -189,6 +194,12 @@ impl Logout {
             if self.login_since_ms.is_none() {
                 return Err(StateError::invalid(
                     "login_since_ms",
+                    "required when the reason is expired",
+                ));
+            }
+            if self.owner_epoch.is_none() {
+                return Err(StateError::invalid(
+                    "owner_epoch",
                     "required when the reason is expired",
                 ));
             }
@@ -727,6 +738,7 @@ mod tests {
             ext: BTreeMap::new(),
             reason: LogoutReason::User,
             login_since_ms: None,
+            owner_epoch: None,
         })
     }
 
@@ -738,6 +750,7 @@ mod tests {
             ext: BTreeMap::new(),
             reason: LogoutReason::Expired,
             login_since_ms: Some(login_since_ms),
+            owner_epoch: Some(0),
         })
     }
 
@@ -924,6 +937,7 @@ mod tests {
             ext: BTreeMap::new(),
             reason: LogoutReason::Expired,
             login_since_ms: Some(1),
+            owner_epoch: Some(0),
         };
         assert_eq!(
             invalid_field(h.err(Command::Logout(cmd.clone()))),
@@ -931,7 +945,13 @@ mod tests {
         );
         cmd.client_type = Some("pc".into());
         cmd.login_since_ms = None;
-        assert_eq!(invalid_field(h.err(Command::Logout(cmd))), "login_since_ms");
+        assert_eq!(
+            invalid_field(h.err(Command::Logout(cmd.clone()))),
+            "login_since_ms"
+        );
+        cmd.login_since_ms = Some(1);
+        cmd.owner_epoch = None;
+        assert_eq!(invalid_field(h.err(Command::Logout(cmd))), "owner_epoch");
     }
 
     #[test]

@@ -215,6 +215,7 @@ mod tests {
             ext: BTreeMap::new(),
             reason: LogoutReason::User,
             login_since_ms: None,
+            owner_epoch: None,
         })
     }
 

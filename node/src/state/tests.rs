@@ -261,6 +261,7 @@ enum Op {
         uid: usize,
         client: usize,
         stale: bool,
+        old_epoch: bool,
     },
     Permission {
         uid: usize,
@@ -327,6 +328,11 @@ enum Op {
         right_secret: bool,
         key: u8,
     },
+    /// A new ownership epoch; `stale` proposes one that skips an epoch.
+    SetOwnership {
+        live: u8,
+        stale: bool,
+    },
     Tick,
     Invalid,
 }
@@ -336,7 +342,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..3usize, 0..2usize, prop_oneof![Just(0u64), 1..5000u64], any::<bool>(), any::<bool>())
             .prop_map(|(uid, client, ttl, ext, accept)| Op::Login { uid, client, ttl, ext, accept }),
         2 => (0..3usize, proptest::option::of(0..2usize)).prop_map(|(uid, client)| Op::Logout { uid, client }),
-        1 => (0..3usize, 0..2usize, any::<bool>()).prop_map(|(uid, client, stale)| Op::Expire { uid, client, stale }),
+        1 => (0..3usize, 0..2usize, any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(uid, client, stale, old_epoch)| Op::Expire { uid, client, stale, old_epoch }),
+        1 => (1..8u8, prop::bool::weighted(0.2)).prop_map(|(live, stale)| Op::SetOwnership { live, stale }),
         1 => (0..3usize, any::<bool>()).prop_map(|(uid, accept)| Op::Permission { uid, accept }),
         2 => (0..4usize, 0..8u8).prop_map(|(terminal, requires)| Op::Connect { terminal, requires }),
         4 => (0..8usize, prop::bool::weighted(0.8), 0..4usize, prop_oneof![4 => Just(0u8), 1 => 1..3u8], -2..4i8)
@@ -434,8 +442,14 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
             ext: BTreeMap::new(),
             reason: LogoutReason::User,
             login_since_ms: None,
+            owner_epoch: None,
         }),
-        Op::Expire { uid, client, stale } => {
+        Op::Expire {
+            uid,
+            client,
+            stale,
+            old_epoch,
+        } => {
             let since = state
                 .presence(UIDS[uid])
                 .and_then(|r| r.clients.get(CLIENTS[client]))
@@ -451,8 +465,15 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
                 } else {
                     since
                 }),
+                owner_epoch: Some(state.ownership().epoch() + u64::from(old_epoch)),
             })
         }
+        Op::SetOwnership { live, stale } => Command::SetOwnership(SetOwnership {
+            epoch: state.ownership().epoch() + 1 + u64::from(stale),
+            live: (1..=3u64)
+                .filter(|id| live & (1 << (id - 1)) != 0)
+                .collect(),
+        }),
         Op::Permission { uid, accept } => Command::Permission(Permission {
             uid: UIDS[uid].into(),
             sid: 1,
@@ -841,4 +862,78 @@ proptest! {
             prop_assert_eq!(back, cmd);
         }
     }
+}
+
+/// Issue 23 item 9: an expiry judged on a ring that has since changed is
+/// refused, whatever its login, and the user stays online; one judged on
+/// the committed ring goes through.
+#[test]
+fn an_expiry_judged_under_an_older_ownership_epoch_is_refused() {
+    let mut h = Harness::new();
+    h.ok(Command::Login(Login {
+        uid: "alice".into(),
+        sid: 1,
+        client_type: "pc".into(),
+        accept_strangers: false,
+        ext: BTreeMap::new(),
+        ttl_ms: 5_000,
+    }));
+    let since = h.state.presence("alice").unwrap().clients["pc"].since_ms;
+    let expire = |epoch| {
+        Command::Logout(Logout {
+            uid: "alice".into(),
+            sid: 0,
+            client_type: Some("pc".into()),
+            ext: BTreeMap::new(),
+            reason: LogoutReason::Expired,
+            login_since_ms: Some(since),
+            owner_epoch: Some(epoch),
+        })
+    };
+    h.ok(Command::SetOwnership(SetOwnership {
+        epoch: 1,
+        live: BTreeSet::from([1, 3]),
+    }));
+    assert_eq!(h.state.ownership().live(), &BTreeSet::from([1, 3]));
+    h.advance(6_000);
+    let e = h.err(expire(0));
+    assert!(
+        matches!(e, StateError::FailedPrecondition { .. }),
+        "stale epoch: {e:?}"
+    );
+    assert!(
+        h.state
+            .presence("alice")
+            .unwrap()
+            .clients
+            .contains_key("pc")
+    );
+    // A deposed leader's decision on the old epoch is refused too.
+    h.err(Command::SetOwnership(SetOwnership {
+        epoch: 1,
+        live: BTreeSet::from([1, 2]),
+    }));
+    h.ok(expire(1));
+    assert!(h.state.presence("alice").unwrap().clients.is_empty());
+}
+
+/// A snapshot written before the ownership epoch existed still decodes
+/// (bincode ignores field defaults), at epoch 0.
+#[test]
+fn a_snapshot_from_before_ownership_epochs_decodes() {
+    let mut h = Harness::new();
+    h.ok(Command::Login(Login {
+        uid: "bob".into(),
+        sid: 1,
+        client_type: "pc".into(),
+        accept_strangers: false,
+        ext: BTreeMap::new(),
+        ttl_ms: 0,
+    }));
+    let mut old = h.state.to_snapshot().unwrap();
+    // The default epoch encodes as 0u64, an empty set and 0u64: 24 bytes.
+    assert_eq!(h.state.ownership(), &OwnershipEpoch::default());
+    old.truncate(old.len() - 24);
+    let back = State::from_snapshot(&old).unwrap();
+    assert_eq!(back.to_snapshot().unwrap(), h.state.to_snapshot().unwrap());
 }
