@@ -595,7 +595,7 @@ async fn run_overload(args: &Args, o: &OverloadArgs) -> Result<()> {
         "writes".into(),
         format!(
             "Herald Login with ttl {} s, every login a new user; etcd put with a lease of \
-             the same TTL (one lease for all puts)",
+             the same TTL (a pool of 1000 leases granted first)",
             herald_bench::payload::LEASED_TTL_MS / 1000
         ),
     );

@@ -114,13 +114,20 @@ struct EtcdSide {
     endpoints: Vec<String>,
     tls: Option<TlsOptions>,
     writers: Vec<KvClient>,
-    lease: i64,
+    /// Put `n` goes with lease `n % len`.
+    leases: Vec<i64>,
 }
+
+/// etcd leases the puts share. Not one for all: with auth on, etcd 3.4
+/// checks the put permission of every key already on a put's lease
+/// (`checkLeasePuts`), so one shared lease makes each put cost the number
+/// of puts before it (484 puts/s where a pool does far more).
+const ETCD_LEASES: usize = 1000;
 
 /// What a held-open connection is; dropped at the end of the run.
 enum Held {
     Herald(#[allow(dead_code)] Client),
-    Etcd(#[allow(dead_code)] etcd_client::Client),
+    Etcd(#[allow(dead_code)] Box<etcd_client::Client>),
 }
 
 /// Shared bookkeeping of one system's run.
@@ -310,16 +317,20 @@ impl Side {
         }
         let mut client = etcd_connect(&endpoints[leader], tls.as_ref(), REQUEST_TIMEOUT).await?;
         let ttl = i64::try_from(payload::LEASED_TTL_MS / 1000).unwrap_or(3600);
-        let lease = client
-            .lease_grant(ttl, None)
-            .await
-            .context("etcd: lease grant")?
-            .id();
+        let mut leases = Vec::with_capacity(ETCD_LEASES);
+        for _ in 0..ETCD_LEASES {
+            let lease = client
+                .lease_grant(ttl, None)
+                .await
+                .context("etcd: lease grant")?
+                .id();
+            leases.push(lease);
+        }
         Ok(Side::Etcd(EtcdSide {
             endpoints,
             tls,
             writers,
-            lease,
+            leases,
         }))
     }
 
@@ -357,7 +368,7 @@ impl Side {
                     .get("/idle-probe", Some(GetOptions::new().with_serializable()))
                     .await
                     .map_err(|e| etcd_outcome(&e))?;
-                Ok(Held::Etcd(client))
+                Ok(Held::Etcd(Box::new(client)))
             }
         }
     }
@@ -449,7 +460,7 @@ impl Side {
                         run.watches_failed.fetch_add(1, Ordering::Relaxed);
                     }));
                 }
-                Ok(Held::Etcd(client))
+                Ok(Held::Etcd(Box::new(client)))
             }
         }
     }
@@ -466,7 +477,8 @@ impl Side {
             }
             Side::Etcd(e) => {
                 let mut kv = e.writers[w % e.writers.len()].clone();
-                let options = PutOptions::new().with_lease(e.lease);
+                let lease = e.leases[(n % e.leases.len() as u64) as usize];
+                let options = PutOptions::new().with_lease(lease);
                 let put = kv.put(
                     payload::leased_key(n),
                     payload::login_bytes(n),
@@ -830,7 +842,20 @@ async fn range_all(
         if keys_only {
             options = options.with_keys_only();
         }
-        let resp = kv.get(from.clone(), Some(options)).await?;
+        // A cluster still working off the overload may time a read out:
+        // retry a page a few times before giving up on it.
+        let mut attempt = 0;
+        let resp = loop {
+            match kv.get(from.clone(), Some(options.clone())).await {
+                Ok(resp) => break resp,
+                Err(e) if attempt < 6 => {
+                    attempt += 1;
+                    eprintln!("  etcd: read-back page failed ({e}); retrying in 5 s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         for kv in resp.kvs() {
             out.insert(kv.key().to_vec(), kv.value().to_vec());
         }
