@@ -81,6 +81,12 @@ impl HeraldCluster {
         Ok(me)
     }
 
+    /// The CA and client certificates, unless the cluster is insecure (for
+    /// a caller that dials a node without `herald_client`).
+    pub fn certs(&self) -> Option<&herald_certs::LocalCerts> {
+        self.cluster.certs()
+    }
+
     /// The client TLS settings (`None` for an insecure cluster).
     pub fn client_tls(&self) -> Option<herald_client::ClientTls> {
         self.tls.clone()

@@ -1,13 +1,15 @@
 //! The parts of `herald-bench` worth testing on their own: latency
 //! statistics, the results table and plot, `/proc` readings, and the load
 //! driver with its two targets (Herald through `herald_client`, etcd through
-//! `etcd-client`). `main.rs` is the orchestration: which cluster runs when.
+//! `etcd-client`), and the overload test (`overload`). `main.rs` is the
+//! orchestration of the suite: which cluster runs when.
 
 #![warn(missing_docs)]
 
 pub mod driver;
 pub mod etcd;
 pub mod herald;
+pub mod overload;
 pub mod payload;
 pub mod procfs;
 pub mod report;

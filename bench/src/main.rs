@@ -13,6 +13,12 @@
 //! playground starts it (TLS on every port, client certificates, auth on),
 //! etcd with TLS and client-certificate auth on its client and peer ports.
 //! Fail-over and the memory test run once, on the first mode.
+//!
+//! `herald-bench overload` is issue 17's overload test instead (see
+//! `herald_bench::overload`): idle connections, watch streams, logins at
+//! twice the measured maximum and the largest valid requests, on Herald
+//! and etcd with TLS, side by side; results in `overload.md` and
+//! `overload.json`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +30,8 @@ use clap::Parser;
 use herald_bench::driver::{self, Load, Mix};
 use herald_bench::etcd::{self, EtcdCluster};
 use herald_bench::herald::HeraldCluster;
+use herald_bench::overload::report::{OverloadReport, overload_markdown};
+use herald_bench::overload::{self, OverloadPlan, Setup};
 use herald_bench::procfs;
 use herald_bench::report::{self, ETCD, Failover, HERALD, MemoryRestart, Report, RunResult};
 use herald_bench::stats::{longest_gap_after, median};
@@ -36,14 +44,20 @@ use tokio::time::Instant;
 #[derive(Debug, Parser)]
 #[command(name = "herald-bench", version)]
 struct Args {
-    /// A quick run for CI: short windows, few keys, one kill, 10 k records.
-    #[arg(long)]
+    /// Another test instead of the suite.
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// A quick run for CI: short windows, few keys, one kill, 10 k records
+    /// (overload: 200 idle connections, 50 watches, 5 s open loop).
+    #[arg(long, global = true)]
     tiny: bool,
-    /// Where results go [default: results/<UTC timestamp>].
-    #[arg(long)]
+    /// Where results go [default: results/<UTC timestamp>, overload:
+    /// results/overload-<UTC timestamp>].
+    #[arg(long, global = true)]
     out: Option<PathBuf>,
-    /// Measured window of each workload [default: 10s, --tiny 2s].
-    #[arg(long, value_parser = parse_duration)]
+    /// Measured window of each workload [default: 10s, --tiny 2s]; for
+    /// `overload`, the open-loop window [default: 30s, --tiny 5s].
+    #[arg(long, global = true, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Warm-up before each measured window [default: 2s, --tiny 1s].
     #[arg(long, value_parser = parse_duration)]
@@ -53,7 +67,7 @@ struct Args {
     #[arg(long)]
     keys: Option<u64>,
     /// Client connections per system (at most one per request in flight).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, global = true, default_value_t = 8)]
     connections: usize,
     /// Seed of the key sequences (the same for both systems).
     #[arg(long, default_value_t = 42)]
@@ -69,14 +83,14 @@ struct Args {
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     load_limit: Duration,
     /// The herald-node binary [default: next to this executable].
-    #[arg(long)]
+    #[arg(long, global = true)]
     node_bin: Option<PathBuf>,
     /// The etcd binary [default: `etcd` on PATH, installed with apt if
     /// missing].
-    #[arg(long)]
+    #[arg(long, global = true)]
     etcd_bin: Option<PathBuf>,
     /// Do not run etcd (and do not install it): Herald's figures only.
-    #[arg(long)]
+    #[arg(long, global = true)]
     skip_etcd: bool,
     /// Skip the fail-over test.
     #[arg(long)]
@@ -95,21 +109,63 @@ struct Args {
     /// Where the clusters' data dirs and logs live during the run
     /// [default: $TMPDIR/herald-bench-<timestamp>]; removed afterwards
     /// unless --keep-work.
-    #[arg(long)]
+    #[arg(long, global = true)]
     work_dir: Option<PathBuf>,
     /// Keep the work dir (data and logs) after the run.
-    #[arg(long)]
+    #[arg(long, global = true)]
     keep_work: bool,
     /// Base port of the Herald cluster (clients on base+101..).
-    #[arg(long, default_value_t = 27100)]
+    #[arg(long, global = true, default_value_t = 27100)]
     herald_base_port: u16,
     /// First client port of the etcd cluster (member i: +10 i, peer +1).
-    #[arg(long, default_value_t = 42379)]
+    #[arg(long, global = true, default_value_t = 42379)]
     etcd_base_port: u16,
     /// Plaintext clusters, secure ones (TLS and client certificates on
     /// both systems), or both, the secure rows suffixed `+tls`.
     #[arg(long, value_enum, default_value_t = Security::Both)]
     tls: Security,
+}
+
+/// Tests other than the suite.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Issue 17's overload test: a 3-node Herald and a 3-node etcd, both
+    /// with TLS, one after the other, each given idle connections, watch
+    /// streams, logins at twice its measured maximum rate and its largest
+    /// valid requests; elections, RSS, refusals, latency and a read-back
+    /// of every acknowledged write, side by side.
+    Overload(OverloadArgs),
+}
+
+/// Options of `herald-bench overload` (the shared ones are above).
+#[derive(Debug, clap::Args)]
+struct OverloadArgs {
+    /// Idle connections per system, spread over the 3 nodes [default:
+    /// 10000, --tiny 200].
+    #[arg(long)]
+    idle: Option<usize>,
+    /// Watch streams per system, 100 per connection [default: 2000,
+    /// --tiny 50].
+    #[arg(long)]
+    watches: Option<usize>,
+    /// The closed-loop measurement of the maximum login rate [default:
+    /// 5s, --tiny 2s].
+    #[arg(long, value_parser = parse_duration)]
+    measure: Option<Duration>,
+    /// Logins in flight during that measurement [default: 256, --tiny 64].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// The most open-loop logins in flight; past it the generator drops
+    /// requests and counts them as not sent.
+    #[arg(long, default_value_t = 20_000)]
+    max_in_flight: usize,
+    /// How long the largest requests are sent [default: 10s, --tiny 2s].
+    #[arg(long, value_parser = parse_duration)]
+    largest: Option<Duration>,
+    /// Workers sending the largest requests (on Herald, one in four sends
+    /// a `Batch` of 1000) [default: 8, --tiny 4].
+    #[arg(long)]
+    largest_workers: Option<usize>,
 }
 
 /// Which clusters the workloads run on.
@@ -170,7 +226,8 @@ struct Plan {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    let command = args.command.take();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -183,7 +240,12 @@ fn main() {
     };
     let result = runtime.block_on(async {
         tokio::select! {
-            r = run(args) => r,
+            r = async {
+                match command {
+                    Some(Command::Overload(o)) => run_overload(&args, &o).await,
+                    None => run(args).await,
+                }
+            } => r,
             // Dropping `run` drops the clusters, which kills their processes.
             _ = tokio::signal::ctrl_c() => bail!("interrupted; clusters stopped"),
         }
@@ -420,6 +482,189 @@ async fn run(args: Args) -> Result<()> {
         eprintln!("warning: removing {}: {e}", work.display());
     }
     Ok(())
+}
+
+/// `herald-bench overload`.
+async fn run_overload(args: &Args, o: &OverloadArgs) -> Result<()> {
+    let now = chrono::Utc::now();
+    let stamp = now.format("%Y%m%dT%H%M%SZ").to_string();
+    let tiny = args.tiny;
+    // Thousands of client sockets: this process needs more than the usual
+    // 1024. The nodes inherit what their parent has when they start, so the
+    // report records their own limit too.
+    let (nofile_before, nofile_after) =
+        procfs::raise_nofile_limit().context("raising RLIMIT_NOFILE")?;
+    let plan = OverloadPlan {
+        idle: o.idle.unwrap_or(if tiny { 200 } else { 10_000 }),
+        watches: o.watches.unwrap_or(if tiny { 50 } else { 2_000 }),
+        measure: o
+            .measure
+            .unwrap_or(Duration::from_secs(if tiny { 2 } else { 5 })),
+        concurrency: o.concurrency.unwrap_or(if tiny { 64 } else { 256 }),
+        connections: args.connections.max(1),
+        duration: args
+            .duration
+            .unwrap_or(Duration::from_secs(if tiny { 5 } else { 30 })),
+        max_in_flight: o.max_in_flight.max(1),
+        largest: o
+            .largest
+            .unwrap_or(Duration::from_secs(if tiny { 2 } else { 10 })),
+        largest_workers: o.largest_workers.unwrap_or(if tiny { 4 } else { 8 }),
+    };
+    let needed = (plan.idle + plan.watches / 100 + plan.connections + 200) as u64;
+    if needed > nofile_after {
+        bail!(
+            "{} idle connections need about {needed} file descriptors and this process may \
+             open {nofile_after} (its hard limit); raise it (ulimit -Hn) or pass a smaller --idle",
+            plan.idle
+        );
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(format!("overload-{stamp}")));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("herald-overload-{stamp}")));
+    if work.exists() {
+        bail!("{} exists; pick another --work-dir", work.display());
+    }
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let node_bin = herald_cli::playground::locate_node_binary(args.node_bin.clone(), |cmd| {
+        eprintln!("running: {cmd}")
+    })?;
+    let etcd_bin = if args.skip_etcd {
+        eprintln!("--skip-etcd: etcd is not run");
+        None
+    } else {
+        match etcd::ensure_installed(args.etcd_bin.as_deref())? {
+            Some(bin) => Some(bin),
+            None => bail!(
+                "etcd is not installed and apt-get is not available to install it; \
+                 pass --etcd-bin or --skip-etcd"
+            ),
+        }
+    };
+    let mut wanted: Vec<u16> = (1..=3u16)
+        .flat_map(|i| [0u16, 100, 200, 300].map(|o| args.herald_base_port.saturating_add(o + i)))
+        .collect();
+    if etcd_bin.is_some() {
+        wanted.extend(
+            (0..3u16)
+                .flat_map(|i| [0u16, 1].map(|o| args.etcd_base_port.saturating_add(10 * i + o))),
+        );
+    }
+    if let Some(port) = procfs::port_in_use(&wanted) {
+        bail!(
+            "port {port} on 127.0.0.1 is taken (another herald-bench or cluster running?); \
+             stop it or pick other --herald-base-port / --etcd-base-port"
+        );
+    }
+    let mut report = OverloadReport {
+        started_at: now.to_rfc3339(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ..OverloadReport::default()
+    };
+    let p = &mut report.parameters;
+    p.insert("idle connections".into(), plan.idle.to_string());
+    p.insert(
+        "watch streams".into(),
+        format!("{} (100 per connection, one key each)", plan.watches),
+    );
+    p.insert(
+        "max rate".into(),
+        format!(
+            "closed loop, {} in flight over {} connections, {:?}",
+            plan.concurrency, plan.connections, plan.measure
+        ),
+    );
+    p.insert(
+        "open loop".into(),
+        format!(
+            "2 x max for {:?}, at most {} in flight; latency from each request's scheduled start",
+            plan.duration, plan.max_in_flight
+        ),
+    );
+    p.insert(
+        "largest requests".into(),
+        format!("{} workers for {:?}", plan.largest_workers, plan.largest),
+    );
+    p.insert(
+        "writes".into(),
+        format!(
+            "Herald Login with ttl {} s, every login a new user; etcd put with a lease of \
+             the same TTL (a pool of 1000 leases granted first)",
+            herald_bench::payload::LEASED_TTL_MS / 1000
+        ),
+    );
+    p.insert(
+        "security".into(),
+        "TLS and client certificates on every port, auth on (both systems)".into(),
+    );
+    p.insert(
+        "keep-alive".into(),
+        "each client library's default: herald_client pings every 2 s, etcd-client does not".into(),
+    );
+    p.insert(
+        "bench RLIMIT_NOFILE".into(),
+        format!("soft {nofile_before} raised to {nofile_after}"),
+    );
+    p.insert("load average at start".into(), load_average());
+    p.insert(
+        "machine".into(),
+        format!(
+            "{} CPUs, {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel()
+        ),
+    );
+    p.insert("node binary".into(), node_bin.display().to_string());
+    if let Some(bin) = &etcd_bin {
+        p.insert("etcd binary".into(), bin.display().to_string());
+    }
+    let started = Instant::now();
+    let setup = Setup {
+        node_bin,
+        etcd_bin,
+        work: work.clone(),
+        herald_base_port: args.herald_base_port,
+        etcd_base_port: args.etcd_base_port,
+    };
+    report.systems = overload::run(&plan, &setup).await?;
+    report
+        .parameters
+        .insert("load average at end".into(), load_average());
+    report.parameters.insert(
+        "total run time".into(),
+        format!("{:.0} s", started.elapsed().as_secs_f64()),
+    );
+    let markdown = overload_markdown(&report);
+    write(&out.join("overload.md"), &markdown)?;
+    write(
+        &out.join("overload.json"),
+        &serde_json::to_string_pretty(&report).context("encoding overload.json")?,
+    )?;
+    println!("{markdown}");
+    eprintln!(
+        "results in {} (overload.md, overload.json); {:.0} s in all",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if args.keep_work {
+        eprintln!("work dir kept: {}", work.display());
+    } else if let Err(e) = std::fs::remove_dir_all(&work) {
+        eprintln!("warning: removing {}: {e}", work.display());
+    }
+    Ok(())
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Writes results.md, results.json and results.svg (after each phase, so an

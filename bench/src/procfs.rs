@@ -130,3 +130,45 @@ pub fn port_in_use(ports: &[u16]) -> Option<u16> {
         .copied()
         .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_err())
 }
+
+/// The soft `Max open files` limit of `pid` (from `/proc/<pid>/limits`).
+pub fn open_files_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    parse_open_files_limit(&limits)
+}
+
+/// The soft limit on the `Max open files` line of a `/proc/<pid>/limits`
+/// text; `None` when it is missing or `unlimited`.
+pub fn parse_open_files_limit(limits: &str) -> Option<u64> {
+    let rest = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// How many file descriptors `pid` holds open now.
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; returns
+/// (soft before, soft after). Thousands of client sockets need it.
+pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, lim.rlim_cur))
+}
