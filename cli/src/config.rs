@@ -153,6 +153,8 @@ pub struct Limits {
     pub grpc_max_concurrent_streams: u32,
     /// Largest gRPC message the client listener reads or writes.
     pub grpc_max_message_bytes: usize,
+    /// Client writes in flight on one node.
+    pub max_pending_writes: usize,
 }
 
 impl Default for Limits {
@@ -168,6 +170,7 @@ impl Default for Limits {
             grpc_keepalive_timeout_ms: 20_000,
             grpc_max_concurrent_streams: 1_024,
             grpc_max_message_bytes: herald_client::MAX_MESSAGE_BYTES,
+            max_pending_writes: 2_048,
         }
     }
 }
@@ -403,7 +406,9 @@ impl NodeConfig {
              # Concurrent calls per client gRPC connection.\n\
              grpc_max_concurrent_streams = {}\n\
              # Largest gRPC message read or written on the client port.\n\
-             grpc_max_message_bytes = {}\n",
+             grpc_max_message_bytes = {}\n\
+             # Client writes in flight on this node (RESOURCE_EXHAUSTED above it).\n\
+             max_pending_writes = {}\n",
             l.max_client_connections,
             l.max_http_connections,
             l.max_peer_connections,
@@ -414,6 +419,7 @@ impl NodeConfig {
             l.grpc_keepalive_timeout_ms,
             l.grpc_max_concurrent_streams,
             l.grpc_max_message_bytes,
+            l.max_pending_writes,
         ));
         out
     }

@@ -354,6 +354,12 @@ pub struct LimitsConfig {
     /// and batch-read answers are paged to stay under 4 MiB, gRPC's default
     /// receive limit, so generated clients read them with their defaults.
     pub grpc_max_message_bytes: usize,
+    /// Client writes one node has in flight (proposed or forwarded, not yet
+    /// answered). Past it a write is refused at once with
+    /// `RESOURCE_EXHAUSTED` naming this limit, instead of queueing until
+    /// it times out: under overload the node answers quickly and keeps its
+    /// CPU for Raft. Time-driven writes (ticks, TTL expiry) are not counted.
+    pub max_pending_writes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -369,6 +375,7 @@ impl Default for LimitsConfig {
             grpc_keepalive_timeout_ms: 20_000,
             grpc_max_concurrent_streams: 1_024,
             grpc_max_message_bytes: herald_client::MAX_MESSAGE_BYTES,
+            max_pending_writes: 2_048,
         }
     }
 }
@@ -533,6 +540,7 @@ impl Config {
             ("max_http_connections", l.max_http_connections),
             ("max_peer_connections", l.max_peer_connections),
             ("http_max_body_bytes", l.http_max_body_bytes),
+            ("max_pending_writes", l.max_pending_writes),
             ("grpc_max_message_bytes", l.grpc_max_message_bytes),
             (
                 "grpc_max_concurrent_streams",

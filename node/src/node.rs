@@ -78,6 +78,8 @@ pub(crate) struct Inner {
     pub(crate) identity: crate::raft::identity::IdentityCell,
     pub(crate) stamp: crate::stamp::StampBound,
     pub(crate) space: Arc<crate::raft::free_space::FreeSpace>,
+    /// Permits for client writes in flight (`limits.max_pending_writes`).
+    pub(crate) pending_writes: Arc<tokio::sync::Semaphore>,
 }
 
 /// Handle to a running node.
@@ -214,12 +216,7 @@ impl Herald {
     /// not new client writes, and holding them back would keep expired
     /// users online.
     fn no_space(&self, cmd: &Command) -> Option<StateError> {
-        let internal = match cmd {
-            Command::Tick | Command::SetOwnership(_) => true,
-            Command::Logout(l) => l.reason == crate::state::LogoutReason::Expired,
-            _ => false,
-        };
-        if internal {
+        if internal(cmd) {
             return None;
         }
         let why = self.inner.space.refusal()?;
@@ -294,6 +291,20 @@ impl Herald {
     #[tracing::instrument(target = "herald_trace", name = "propose", skip_all, fields(node_id = self.id()))]
     pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
         cmd.validate()?;
+        // Held until answered: a write waiting in this node counts.
+        let _permit = if internal(&cmd) {
+            None
+        } else {
+            let Ok(permit) = Arc::clone(&self.inner.pending_writes).try_acquire_owned() else {
+                let n = self.inner.config.limits.max_pending_writes;
+                return Err(NodeError::State(StateError::exhausted(format!(
+                    "limit limits.max_pending_writes = {n} reached: node {} has {n} writes in \
+                     flight; retry with backoff",
+                    self.id()
+                ))));
+            };
+            Some(permit)
+        };
         if let Some(refused) = self.no_space(&cmd) {
             return Err(NodeError::State(refused));
         }
@@ -560,4 +571,16 @@ impl Herald {
 /// leader died, and sending it again would apply it twice.
 pub fn certainly_not_sent(s: &tonic::Status) -> bool {
     s.metadata().get(NOT_APPLIED).is_some() || herald_client::never_executed(s)
+}
+
+/// Writes the cluster makes by itself as time passes (lease ticks, TTL
+/// expiry, the ownership ring): never held back by the free-space alarm or
+/// the write limit, since holding them back would keep expired users
+/// online.
+fn internal(cmd: &Command) -> bool {
+    match cmd {
+        Command::Tick | Command::SetOwnership(_) => true,
+        Command::Logout(l) => l.reason == crate::state::LogoutReason::Expired,
+        _ => false,
+    }
 }

@@ -292,6 +292,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         identity,
         stamp: Default::default(),
         space: space.clone(),
+        pending_writes: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_pending_writes,
+        )),
     });
     let observe = |l| ObserveLayer::new(metrics.clone(), config.id, l);
     // Every listener goes through the same acceptor: TLS handshakes (or
@@ -622,6 +625,43 @@ free_space_check_ms = 3600000
             ext: [("city".to_string(), "secret-city".to_string())].into(),
             ttl_ms: 0,
         })
+    }
+
+    /// issue 17: under overload a node queued every write until it timed
+    /// out, refusing none. Past `limits.max_pending_writes` writes in flight
+    /// a write is now refused at once, naming the limit; time-driven
+    /// writes still go, and a freed slot admits writes again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_past_the_in_flight_limit_are_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = single_node(dir.path(), 0);
+        config.limits.max_pending_writes = 2;
+        let node = start(config).await.unwrap();
+        leader_elected(&node).await;
+        node.herald.propose(login("a")).await.unwrap();
+        // Two writes in flight (their permits held as a slow commit would).
+        let slots = &node.herald.inner.pending_writes;
+        let held = std::sync::Arc::clone(slots)
+            .try_acquire_many_owned(2)
+            .unwrap();
+        let err = node.herald.propose(login("b")).await.unwrap_err();
+        let status = crate::api::status::node_status(err);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status
+                .message()
+                .starts_with("limit limits.max_pending_writes = 2 reached"),
+            "{}",
+            status.message()
+        );
+        node.herald
+            .propose(crate::state::Command::Tick)
+            .await
+            .unwrap();
+        drop(held);
+        node.herald.propose(login("b")).await.unwrap();
+        assert_eq!(slots.available_permits(), 2, "answered writes give back");
+        node.shutdown().await;
     }
 
     /// `GET /health` over loopback: the status code and the body.

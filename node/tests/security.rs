@@ -92,12 +92,14 @@ fn needed(service: &str, method: &str) -> Option<&'static str> {
         ("Herald", "Batch") => None,
         (
             "Herald",
-            "ConnectSession" | "Progress" | "Bind" | "Handoff" | "GetSession" | "SessionLog",
+            "ConnectSession" | "Progress" | "Bind" | "Handoff" | "GetSession" | "SessionLog"
+            | "DeleteSession",
         ) => Some("sessions"),
         (
             "Herald",
             "CreatePlatform" | "CreatePool" | "LeaseAccount" | "RenewLease" | "ReleaseLease"
-            | "PutAccountData" | "ListPools" | "ListLeases" | "AccountLogin",
+            | "PutAccountData" | "ListPools" | "ListLeases" | "AccountLogin" | "DeletePool"
+            | "DeletePlatform",
         ) => Some("pools"),
         ("Admin" | "Auth", "Status") | ("Admin", "Members") => None,
         ("Admin" | "Auth", _) => Some("admin"),

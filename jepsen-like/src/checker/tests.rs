@@ -636,9 +636,9 @@ fn ttl_silent_users_must_expire_within_ttl_and_grace_but_not_before() {
     // Still online past TTL + grace, the cluster writable all along.
     let mut late = vec![
         login(false, (0, S / 10)),
-        ttl_read(true, (5 * S + grace, 5 * S + grace + S / 10)),
+        ttl_read(true, (6 * S + grace, 6 * S + grace + S / 10)),
     ];
-    writes(&mut late, 6 + grace / S);
+    writes(&mut late, 7 + grace / S);
     let r = check(&ttl_history(late.clone()), Duration::from_secs(5));
     assert_eq!(r.kinds().get("silent-user-not-expired"), Some(&1), "{r:?}");
     // The same, but no write went through for that long: nobody could
