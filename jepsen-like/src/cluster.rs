@@ -244,10 +244,12 @@ impl Cluster {
                 config.raft.snapshot_every = every;
             }
             let mut text = config.to_toml();
-            if options.snapshot_every.is_some() {
-                // Still in [raft]: purge the whole log at each snapshot, so a
-                // lagging follower needs one.
-                text.push_str("keep_logs_after_snapshot = 0\n");
+            if let Some(every) = options.snapshot_every {
+                // In [raft], beside snapshot_every: purge the whole log at
+                // each snapshot, so a lagging follower needs one.
+                let line = format!("snapshot_every = {every}\n");
+                assert!(text.contains(&line), "the playground config names {line:?}");
+                text = text.replacen(&line, &format!("{line}keep_logs_after_snapshot = 0\n"), 1);
             }
             text.push_str(
                 "\n# Every link to a peer goes through the chaos suite's proxy.\n[peer_routes]\n",
