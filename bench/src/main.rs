@@ -291,36 +291,7 @@ async fn run(args: Args) -> Result<()> {
             .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.name))
             .collect(),
     };
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("results").join(&stamp));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let work = args
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("herald-bench-{stamp}")));
-    if work.exists() {
-        bail!("{} exists; pick another --work-dir", work.display());
-    }
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-
-    let node_bin = herald_cli::playground::locate_node_binary(args.node_bin.clone(), |cmd| {
-        eprintln!("running: {cmd}")
-    })?;
-    let etcd_bin = if args.skip_etcd {
-        eprintln!("--skip-etcd: etcd is not run; ratios are left blank");
-        None
-    } else {
-        match etcd::ensure_installed(args.etcd_bin.as_deref())? {
-            Some(bin) => Some(bin),
-            None => bail!(
-                "etcd is not installed and apt-get is not available to install it \
-                 (Debian package etcd-server 3.4); install etcd 3.4, pass --etcd-bin, \
-                 or pass --skip-etcd for Herald's figures only"
-            ),
-        }
-    };
+    let (out, work, node_bin, etcd_bin) = prepare(&args, &stamp, "")?;
 
     let mut report = Report {
         started_at: now.to_rfc3339(),
@@ -519,34 +490,7 @@ async fn run_overload(args: &Args, o: &OverloadArgs) -> Result<()> {
             plan.idle
         );
     }
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("results").join(format!("overload-{stamp}")));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let work = args
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("herald-overload-{stamp}")));
-    if work.exists() {
-        bail!("{} exists; pick another --work-dir", work.display());
-    }
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let node_bin = herald_cli::playground::locate_node_binary(args.node_bin.clone(), |cmd| {
-        eprintln!("running: {cmd}")
-    })?;
-    let etcd_bin = if args.skip_etcd {
-        eprintln!("--skip-etcd: etcd is not run");
-        None
-    } else {
-        match etcd::ensure_installed(args.etcd_bin.as_deref())? {
-            Some(bin) => Some(bin),
-            None => bail!(
-                "etcd is not installed and apt-get is not available to install it; \
-                 pass --etcd-bin or --skip-etcd"
-            ),
-        }
-    };
+    let (out, work, node_bin, etcd_bin) = prepare(args, &stamp, "overload")?;
     let mut wanted: Vec<u16> = (1..=3u16)
         .flat_map(|i| [0u16, 100, 200, 300].map(|o| args.herald_base_port.saturating_add(o + i)))
         .collect();
@@ -661,6 +605,52 @@ async fn run_overload(args: &Args, o: &OverloadArgs) -> Result<()> {
 }
 
 /// The 1, 5 and 15 minute load averages.
+/// What a run needs before it starts, the same for the side-by-side
+/// benchmark and `overload` (`kind` "" or "overload"): the results dir
+/// (`--out`, made), a fresh work dir (`--work-dir`, made), the node binary,
+/// and etcd unless `--skip-etcd` (installed if missing).
+fn prepare(
+    args: &Args,
+    stamp: &str,
+    kind: &str,
+) -> Result<(PathBuf, PathBuf, PathBuf, Option<PathBuf>)> {
+    let (results, scratch) = if kind.is_empty() {
+        (stamp.to_string(), format!("herald-bench-{stamp}"))
+    } else {
+        (format!("{kind}-{stamp}"), format!("herald-{kind}-{stamp}"))
+    };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(results));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(scratch));
+    if work.exists() {
+        bail!("{} exists; pick another --work-dir", work.display());
+    }
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let node_bin = herald_cli::playground::locate_node_binary(args.node_bin.clone(), |cmd| {
+        eprintln!("running: {cmd}")
+    })?;
+    let etcd_bin = if args.skip_etcd {
+        eprintln!("--skip-etcd: etcd is not run; its figures are left blank");
+        None
+    } else {
+        match etcd::ensure_installed(args.etcd_bin.as_deref())? {
+            Some(bin) => Some(bin),
+            None => bail!(
+                "etcd is not installed and apt-get is not available to install it \
+                 (Debian package etcd-server 3.4); install etcd 3.4, pass --etcd-bin, \
+                 or pass --skip-etcd for Herald's figures only"
+            ),
+        }
+    };
+    Ok((out, work, node_bin, etcd_bin))
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
