@@ -27,13 +27,15 @@ struct Args {
     testing: bool,
 }
 
-/// One thread per node: three nodes and their clients share a couple of
-/// cores, and a single-threaded runtime saves the cross-thread wake-ups that
-/// topped the write-path profile (herald-bench, same machine, 4 s windows,
+/// One thread for the client APIs: three nodes and their clients share a
+/// couple of cores, and a single-threaded runtime saves the cross-thread
+/// wake-ups that topped the write-path profile (herald-bench, same machine, 4 s windows,
 /// twice each: write-c64 7295/7612 -> 10092/10307 ops/s, read-c64
 /// 15140/15492 -> 18230/19718). Blocking work (fsync, snapshot encode and
 /// install) runs on the blocking pool, and a snapshot holds the state lock
 /// only for a pointer copy, so nothing here stalls the one thread for long.
+/// Raft itself runs on threads of its own (`raft::runtime`), so a full
+/// client queue cannot delay its heartbeats into an election.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();

@@ -34,6 +34,7 @@ use crate::raft::free_space::FreeSpace;
 use crate::raft::identity::IdentityCell;
 use crate::raft::log_store::{LogOptions, LogStore};
 use crate::raft::network::{LogTail, Network, PeerChannels, PeerStamp};
+use crate::raft::runtime::RaftRuntime;
 use crate::raft::state_store::StateStore;
 use crate::security::tls::ConnCap;
 use crate::security::{Gate, Guard, GuardLayer, NodeTls};
@@ -45,6 +46,8 @@ pub struct RunningNode {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     db: sled::Db,
+    /// Dropped last: Raft's core and the peer listener run on it.
+    raft_rt: RaftRuntime,
 }
 
 fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
@@ -252,17 +255,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         tls.as_ref().map(|t| t.dial.clone()),
         Some(PeerStamp::new(identity.clone(), store.clone(), tail)),
     );
-    let raft = Raft::new(
-        config.id,
-        std::sync::Arc::new(raft_config(&config)?),
-        Network::new(peers.clone()),
-        log.clone(),
-        store.clone(),
-    )
-    .await
-    .context("starting raft")?;
+    // Raft's core tasks are spawned where it is built: on its own thread.
+    let raft_rt = RaftRuntime::start(config.id).context("starting the raft thread")?;
+    let raft = raft_rt
+        .run({
+            let (rc, network) = (
+                raft_config(&config)?,
+                Network::new(peers.with_own_connections()),
+            );
+            let (log, store) = (log.clone(), store.clone());
+            async move { Raft::new(config.id, std::sync::Arc::new(rc), network, log, store).await }
+        })
+        .await?
+        .context("starting raft")?;
 
-    let peer_l = bind(config.listen.peer, "peer").await?;
+    // Bound here so a taken port fails the start; registered with the
+    // Raft thread's reactor below, where the peer server runs.
+    let peer_l = std::net::TcpListener::bind(config.listen.peer)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .with_context(|| format!("binding the peer listener on {}", config.listen.peer))?;
     let client_l = bind(config.listen.client, "client").await?;
     let http_l = bind(config.listen.http, "http").await?;
     let time_socket = match config.listen.time_sync {
@@ -302,30 +313,27 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     // for delayed ACKs, ~40 ms per forwarded write), the caller's verified
     // certificate read once per connection.
     // Each listener has its own connection cap (`[limits]`).
-    let incoming = |l: TcpListener,
-                    server: &'static str,
-                    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-                    max: usize| {
-        let failures = metrics
-            .tls_handshake_failures
-            .get_or_create(&ServerLabel { server })
-            .clone();
-        let label = ListenerLabel { listener: server };
-        let cap = ConnCap::new(
-            max,
-            metrics.connections_open.get_or_create(&label).clone(),
-            metrics.connections_refused.get_or_create(&label).clone(),
-        );
-        crate::security::tls::accept(l, tls, server, failures, cap, stop_rx.clone())
-            .with_context(|| format!("starting the {server} listener"))
+    let incoming = {
+        let (metrics, stop_rx) = (metrics.clone(), stop_rx.clone());
+        move |l: TcpListener,
+              server: &'static str,
+              tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+              max: usize| {
+            let failures = metrics
+                .tls_handshake_failures
+                .get_or_create(&ServerLabel { server })
+                .clone();
+            let label = ListenerLabel { listener: server };
+            let cap = ConnCap::new(
+                max,
+                metrics.connections_open.get_or_create(&label).clone(),
+                metrics.connections_refused.get_or_create(&label).clone(),
+            );
+            crate::security::tls::accept(l, tls, server, failures, cap, stop_rx.clone())
+                .with_context(|| format!("starting the {server} listener"))
+        }
     };
     let limits = config.limits.clone();
-    let peer_in = incoming(
-        peer_l,
-        "peer",
-        tls.as_ref().map(|t| t.peer.clone()),
-        limits.max_peer_connections,
-    )?;
     let client_in = incoming(
         client_l,
         "client",
@@ -356,7 +364,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let s = stopped();
     let peer_layer = observe(Listener::Peer);
     let peer_guard = GuardLayer::new(guard.clone(), Gate::Peer);
-    tasks.push(tokio::spawn(async move {
+    // The peer listener's acceptor and connections live on the Raft thread.
+    let peer_tls = tls.as_ref().map(|t| t.peer.clone());
+    let peer_in = raft_rt
+        .run({
+            let incoming = incoming.clone();
+            let max = limits.max_peer_connections;
+            async move {
+                let l = TcpListener::from_std(peer_l).context("registering the peer listener")?;
+                incoming(l, "peer", peer_tls, max)
+            }
+        })
+        .await??;
+    tasks.push(raft_rt.spawn(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive_timeout))
@@ -464,6 +484,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         stop,
         tasks,
         db,
+        raft_rt,
     })
 }
 
@@ -482,6 +503,8 @@ impl RunningNode {
         if let Err(e) = self.db.flush_async().await {
             tracing::error!("final flush: {e}");
         }
+        // Last: ends the Raft thread and whatever is left on it.
+        drop(self.raft_rt);
     }
 
     /// Resolves when this node can no longer serve, with the cause: its log
@@ -561,6 +584,31 @@ mod tests {
         );
         let rc = raft_config(&Config::load(std::path::Path::new(path)).unwrap()).unwrap();
         assert_eq!(rc.enable_leader_restore, Some(false));
+    }
+
+    fn open_files_limit() -> libc::rlimit {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only the struct passed.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        lim
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        let before = open_files_limit();
+        // One below the hard limit: a soft limit to raise that no test
+        // running beside this one can notice.
+        let lowered = libc::rlimit {
+            rlim_cur: before.rlim_max - 1,
+            rlim_max: before.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct passed.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+        assert_eq!(raise_open_files_limit().unwrap(), before.rlim_max);
+        assert_eq!(open_files_limit().rlim_cur, before.rlim_max);
     }
 
     fn free_port() -> u16 {

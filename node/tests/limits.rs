@@ -2,7 +2,8 @@
 //! issue 23 item 6): a listener over its connection cap refuses the extra
 //! connections while the first keep working; the watch-stream cap, and a
 //! watch whose client vanished gives its slot back; the HTTP header-read
-//! timeout closes a slowloris connection; list RPCs page; and the answers
+//! timeout closes a slowloris connection and an oversized HTTP body is
+//! refused with 413; list RPCs page; and the answers
 //! that passed gRPC's default 4 MiB receive limit (a long session log, a
 //! batch read of 1000 users with full ext) now fit it, while a `Batch` of
 //! 1000 maximal logins is served and an oversized message is refused with
@@ -224,6 +225,23 @@ async fn the_http_header_timeout_closes_a_slowloris_connection() {
     // A normal request still works.
     let (code, _) = c.get(1, "/health").await.unwrap();
     assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_body_over_the_limit_is_refused_and_one_under_it_is_served() {
+    let c = TestCluster::start_custom(1, timings(), |cfg| {
+        cfg.limits.http_max_body_bytes = 4096;
+    })
+    .await;
+    // A batch lookup of many uids: valid JSON, just too long.
+    let uids: Vec<String> = (0..400).map(|i| format!("user-{i:05}")).collect();
+    let big = serde_json::to_vec(&serde_json::json!({ "ids": uids })).unwrap();
+    assert!(big.len() > 4096);
+    let (code, body) = c.post(1, "/v1/presence", &big).await.unwrap();
+    assert_eq!(code, 413, "an oversized body was not refused: {body}");
+    let small = serde_json::to_vec(&serde_json::json!({ "ids": ["user-00001"] })).unwrap();
+    let (code, body) = c.post(1, "/v1/presence", &small).await.unwrap();
+    assert_eq!(code, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

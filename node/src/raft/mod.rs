@@ -24,6 +24,7 @@ pub mod hard_state;
 pub mod identity;
 pub mod log_store;
 pub mod network;
+pub mod runtime;
 pub mod segment_log;
 pub mod state_store;
 

@@ -213,6 +213,16 @@ impl PeerChannels {
         }
     }
 
+    /// The same routes, TLS and stamp with connections of their own: Raft's
+    /// RPCs use these, made on the Raft thread and driven by its reactor
+    /// (`raft::runtime`), so a busy client runtime cannot delay them.
+    pub fn with_own_connections(&self) -> Self {
+        PeerChannels {
+            channels: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// An endpoint for `addr` (host:port) with this node's TLS, if any.
     pub fn endpoint(&self, addr: &str) -> Result<Endpoint, tonic::transport::Error> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
