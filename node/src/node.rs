@@ -41,7 +41,12 @@ pub enum NodeError {
     /// The state machine rejected the command (bad input or a failed precondition).
     #[error(transparent)]
     State(#[from] StateError),
-    /// No leader could be reached; nothing was applied.
+    /// No leader was elected, or none could be confirmed, in time; nothing
+    /// was applied.
+    #[error("unavailable: {0}")]
+    NoLeader(String),
+    /// This node cannot serve the request now (try another); nothing was
+    /// applied.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The write may or may not have been applied.
@@ -220,7 +225,10 @@ impl Herald {
             return None;
         }
         let why = self.inner.space.refusal()?;
-        Some(StateError::exhausted(format!("node {}: {why}", self.id())))
+        Some(StateError::exhausted(
+            crate::state::Reason::NoSpace,
+            format!("node {}: {why}", self.id()),
+        ))
     }
 
     /// This node's Prometheus metrics.
@@ -282,7 +290,7 @@ impl Herald {
                 .await
                 .is_err()
             {
-                return Err(NodeError::Unavailable("no leader elected".into()));
+                return Err(NodeError::NoLeader("no leader elected".into()));
             }
         }
     }
@@ -297,11 +305,14 @@ impl Herald {
         } else {
             let Ok(permit) = Arc::clone(&self.inner.pending_writes).try_acquire_owned() else {
                 let n = self.inner.config.limits.max_pending_writes;
-                return Err(NodeError::State(StateError::exhausted(format!(
-                    "limit limits.max_pending_writes = {n} reached: node {} has {n} writes in \
+                return Err(NodeError::State(StateError::exhausted(
+                    crate::state::Reason::Overloaded,
+                    format!(
+                        "limit limits.max_pending_writes = {n} reached: node {} has {n} writes in \
                      flight; retry with backoff",
-                    self.id()
-                ))));
+                        self.id()
+                    ),
+                )));
             };
             Some(permit)
         };
@@ -323,7 +334,7 @@ impl Herald {
                 ForwardReply::Indeterminate(m) => return Err(NodeError::Indeterminate(m)),
                 ForwardReply::NotLeader => {
                     if Instant::now() >= deadline {
-                        return Err(NodeError::Unavailable("leader kept changing".into()));
+                        return Err(NodeError::NoLeader("leader kept changing".into()));
                     }
                     // Leadership is moving: let the metrics catch up.
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -532,7 +543,7 @@ impl Herald {
                     });
             }
             if Instant::now() >= deadline {
-                return Err(NodeError::Unavailable(
+                return Err(NodeError::NoLeader(
                     "could not confirm leadership for a read".into(),
                 ));
             }
@@ -548,7 +559,7 @@ impl Herald {
             .raft
             .ensure_linearizable(ReadPolicy::ReadIndex)
             .await
-            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+            .map_err(|e| NodeError::NoLeader(e.to_string()))?;
         Ok(read.log_id().index())
     }
 

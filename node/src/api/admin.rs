@@ -42,7 +42,7 @@ impl AdminService {
                     .connect_lazy();
                 Ok(Some(AdminClient::new(ch)))
             }
-            None => Err(NodeError::Unavailable("no leader elected".into()).into()),
+            None => Err(NodeError::NoLeader("no leader elected".into()).into()),
         }
     }
 
