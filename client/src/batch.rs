@@ -20,7 +20,7 @@
 //!
 //! Each caller gets what its unary RPC would have given it: the same
 //! response, the leader hint as [`LEADER_HINT`] metadata, a failed call's
-//! status rebuilt (code, message, the [`NOT_APPLIED`] mark), and a failure of
+//! status rebuilt (code, message, reason, the [`NOT_APPLIED`] mark), and a failure of
 //! the whole batch (dial, reset, timeout) as that very status. So the retry
 //! rules of `retry.rs` decide exactly as they do for unary calls.
 
@@ -367,7 +367,12 @@ fn answer<T>(
     let hint = reply.leader_hint;
     let msg = match reply.reply {
         Some(Reply::Error(e)) => {
-            let mut s = Status::new(tonic::Code::from_i32(e.code), e.message);
+            let code = tonic::Code::from_i32(e.code);
+            let mut s = if e.reason.is_empty() {
+                Status::new(code, e.message)
+            } else {
+                crate::error::refusal_named(code, e.message, &e.reason)
+            };
             if e.not_applied {
                 s.metadata_mut()
                     .insert(NOT_APPLIED, MetadataValue::from_static("1"));
@@ -430,6 +435,7 @@ mod tests {
                 code: code as i32,
                 message: "no leader yet".into(),
                 not_applied,
+                reason: "NO_LEADER".into(),
             })),
             leader_hint: 0,
         };
@@ -444,6 +450,7 @@ mod tests {
             (tonic::Code::Unavailable, "no leader yet")
         );
         assert!(s.metadata().get(NOT_APPLIED).is_some());
+        assert_eq!(crate::reason_of(&s).as_deref(), Some("NO_LEADER"));
         assert_eq!(classify(&s), Outcome::NotExecuted);
         let s = answer(failed(tonic::Code::Unknown, false), "Login", presence_write)
             .expect_err("failed");

@@ -54,8 +54,9 @@ impl ClientTls {
         cert_and_key: Option<(&std::path::Path, &std::path::Path)>,
     ) -> Result<Self, ClientError> {
         let read = |what: &str, p: &std::path::Path| {
-            std::fs::read(p)
-                .map_err(|e| ClientError::InvalidArgument(format!("{what} {}: {e}", p.display())))
+            std::fs::read(p).map_err(|e| {
+                ClientError::InvalidArgument(format!("{what} {}: {e}", p.display()).into())
+            })
         };
         let mut tls = ClientTls::new(read("CA certificate", ca)?);
         if let Some((cert, key)) = cert_and_key {
@@ -98,35 +99,35 @@ pub fn parse_endpoint_for(raw: &str, tls: bool) -> Result<String, ClientError> {
     } else if trimmed.starts_with("https://") {
         return Err(ClientError::InvalidArgument(format!(
             "endpoint {raw:?}: https:// needs the cluster's CA certificate (--cacert or HERALD_CACERT)"
-        )));
+        ).into()));
     } else if trimmed.starts_with("http://") {
         return Err(ClientError::InvalidArgument(format!(
             "endpoint {raw:?}: plaintext http:// with TLS settings given; use https:// or host:port"
-        )));
+        ).into()));
     } else if trimmed.contains("://") {
-        return Err(ClientError::InvalidArgument(format!(
-            "endpoint {raw:?}: only {scheme}:// endpoints are supported"
-        )));
+        return Err(ClientError::InvalidArgument(
+            format!("endpoint {raw:?}: only {scheme}:// endpoints are supported").into(),
+        ));
     } else {
         format!("{scheme}://{trimmed}")
     };
     let uri: Uri = with_scheme
         .parse()
-        .map_err(|e| ClientError::InvalidArgument(format!("endpoint {raw:?}: {e}")))?;
+        .map_err(|e| ClientError::InvalidArgument(format!("endpoint {raw:?}: {e}").into()))?;
     if uri.host().is_none_or(str::is_empty) {
-        return Err(ClientError::InvalidArgument(format!(
-            "endpoint {raw:?}: missing host"
-        )));
+        return Err(ClientError::InvalidArgument(
+            format!("endpoint {raw:?}: missing host").into(),
+        ));
     }
     if uri.port_u16().is_none() {
-        return Err(ClientError::InvalidArgument(format!(
-            "endpoint {raw:?}: missing port (expected host:port)"
-        )));
+        return Err(ClientError::InvalidArgument(
+            format!("endpoint {raw:?}: missing port (expected host:port)").into(),
+        ));
     }
     if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-        return Err(ClientError::InvalidArgument(format!(
-            "endpoint {raw:?}: unexpected path"
-        )));
+        return Err(ClientError::InvalidArgument(
+            format!("endpoint {raw:?}: unexpected path").into(),
+        ));
     }
     Ok(with_scheme)
 }
@@ -187,7 +188,7 @@ pub(crate) fn lazy_channel(
     settings: &ChannelSettings,
 ) -> Result<Transport, ClientError> {
     let mut endpoint = Endpoint::from_shared(uri.to_string())
-        .map_err(|e| ClientError::InvalidArgument(format!("endpoint {uri:?}: {e}")))?
+        .map_err(|e| ClientError::InvalidArgument(format!("endpoint {uri:?}: {e}").into()))?
         .connect_timeout(settings.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(settings.keep_alive_interval)
@@ -196,7 +197,7 @@ pub(crate) fn lazy_channel(
     if let Some(tls) = &settings.tls {
         endpoint = endpoint
             .tls_config(tls.config())
-            .map_err(|e| ClientError::InvalidArgument(format!("TLS settings: {e}")))?;
+            .map_err(|e| ClientError::InvalidArgument(format!("TLS settings: {e}").into()))?;
     }
     Ok(Transport {
         channel: endpoint.connect_lazy(),

@@ -176,6 +176,7 @@ impl Herald for Fake {
                     code: s.code() as i32,
                     message: s.message().to_string(),
                     not_applied: false,
+                    reason: crate::reason_of(&s).unwrap_or_default(),
                 })),
                 leader_hint: 0,
             })

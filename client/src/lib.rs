@@ -42,7 +42,7 @@ pub use batch::batch_reply;
 pub use client::{Client, ClientConfig, LEADER_HINT, NOT_APPLIED};
 pub use cluster::{ClusterStatus, MemberStatus};
 pub use endpoint::{ClientTls, Transport, parse_endpoint, parse_endpoint_for};
-pub use error::ClientError;
+pub use error::{ClientError, Detail, ERROR_DOMAIN, reason_of, refusal};
 pub use retry::{Backoff, never_executed};
 pub use watch::WatchStream;
 

@@ -186,10 +186,13 @@ impl Watch {
         let config = self.client.config().clone();
         loop {
             if self.failures >= config.max_attempts.max(1) {
-                return Err(ClientError::Unavailable(format!(
-                    "Watch: gave up after {} failed attempts in a row; last error from {}",
-                    self.failures, self.last_error
-                )));
+                return Err(ClientError::Unavailable(
+                    format!(
+                        "Watch: gave up after {} failed attempts in a row; last error from {}",
+                        self.failures, self.last_error
+                    )
+                    .into(),
+                ));
             }
             if self.failures > 0 {
                 tokio::time::sleep(config.backoff.jittered(self.failures - 1)).await;

@@ -285,7 +285,7 @@ where
             workload,
             f,
             key,
-            json!({ "code": format!("{:?}", e.code()) }),
+            json!({ "code": format!("{:?}", e.code()), "reason": e.reason_name() }),
             Some(e.to_string()),
         ),
     }
@@ -756,8 +756,8 @@ async fn session_worker(
                 |s| session_value(s, &terms),
             )
             .await;
-            if let Err(ClientError::FailedPrecondition(m)) = r
-                && m.contains("fenced")
+            if let Err(e) = r
+                && e.reason() == Some(proto::ErrorReason::Fenced)
                 && let Some(e) = session_read(&ctx, &client, p, session_id, &terms, false).await
             {
                 epoch = e;

@@ -8,24 +8,28 @@
 //! - [`security`]: TLS on every listener, and the one guard that decides
 //!   who each caller is and what it may do.
 //! - [`node`]: the handle every service shares: propose, linearize.
+//! - [`peer`]: the node-to-node API's wire types and its typed client.
 //! - [`server`]: start and stop a node; [`config`], [`clock`], [`expiry`],
 //!   [`compaction`] (snapshots by log bytes),
 //!   [`metrics`] (Prometheus), [`telemetry`] (logs and traces).
-//! - The P-publish cluster mechanisms: [`timesync`] (SNTP server and
-//!   leader-based sync of the cluster clock), [`failover`] (numbered
-//!   failover), [`owner`] (consistent-hash ownership, heartbeats, TTL expiry).
+//! - The P-publish cluster mechanisms: their pure policies in [`cluster`]
+//!   (observations and time in, decisions out), and the async shells that
+//!   feed them: [`timesync`] (SNTP server and leader-based sync of the
+//!   cluster clock), [`failover`] (numbered failover, the takeover),
+//!   [`owner`] (liveness probes, the ownership ring, TTL expiry).
 
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod compaction;
 pub mod config;
-pub mod discipline;
 pub mod expiry;
 pub mod failover;
 pub mod members;
 pub mod metrics;
 pub mod node;
 pub mod owner;
+pub mod peer;
 pub mod raft;
 pub mod security;
 pub mod server;

@@ -15,11 +15,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use ::herald_client::proto::RaftBlob;
-
-use crate::api::peer::PingReply;
 use crate::node::Herald;
-use crate::raft::decode;
+use crate::peer::{PeerClient, PingReply};
 use crate::state::{Command, RecordIncarnation};
 
 /// How often the leader looks for members without a recorded incarnation.
@@ -27,17 +24,8 @@ const EVERY: Duration = Duration::from_secs(1);
 
 /// Who node `id` at `addr` says it is.
 pub async fn ask(node: &Herald, id: u64, addr: &str) -> Result<PingReply, String> {
-    let mut client = node
-        .peers()
-        .client_to(id, addr)
-        .map_err(|e| e.to_string())?;
-    let mut req = tonic::Request::new(RaftBlob { data: Vec::new() });
-    req.set_timeout(EVERY * 2);
-    let r = client
-        .ping(req)
-        .await
-        .map_err(|s| s.message().to_string())?;
-    decode(&r.into_inner().data).map_err(|e| e.to_string())
+    let mut client = PeerClient::new(node.peers(), id, addr).map_err(|e| e.to_string())?;
+    client.ping(EVERY * 2).await.map_err(|e| e.to_string())
 }
 
 /// Writes this leader's `[quotas]` when the replicated ones differ, so the

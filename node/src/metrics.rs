@@ -701,11 +701,8 @@ impl Metrics {
                     .get_or_create(&OutcomeLabel { outcome })
                     .inc();
             }
-            // The state machine words every fencing refusal "fenced: ..."
-            // (sessions.rs `fenced`); stale sequences are not fencing.
-            (Command::Progress(_), Err(StateError::FailedPrecondition { reason }))
-                if reason.starts_with("fenced") =>
-            {
+            // Stale sequences are not fencing.
+            (Command::Progress(_), Err(e)) if e.reason() == state::Reason::Fenced => {
                 self.session_fenced_writes.inc();
             }
             (

@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::herald_client::proto::RaftBlob;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ReadPolicy, ServerState};
@@ -27,7 +26,7 @@ use crate::config::Config;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::PeerChannels;
 use crate::raft::state_store::StateStore;
-use crate::raft::{Member, Proposal, Raft, decode, encode};
+use crate::raft::{Member, Proposal, Raft};
 use crate::state::{Command, Response, StateError};
 
 pub use ::herald_client::NOT_APPLIED;
@@ -41,7 +40,12 @@ pub enum NodeError {
     /// The state machine rejected the command (bad input or a failed precondition).
     #[error(transparent)]
     State(#[from] StateError),
-    /// No leader could be reached; nothing was applied.
+    /// No leader was elected, or none could be confirmed, in time; nothing
+    /// was applied.
+    #[error("unavailable: {0}")]
+    NoLeader(String),
+    /// This node cannot serve the request now (try another); nothing was
+    /// applied.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The write may or may not have been applied.
@@ -63,6 +67,56 @@ pub enum ForwardReply {
     Indeterminate(String),
 }
 
+/// When this node last heard from a leader: any `AppendEntries` it
+/// accepted, heartbeats included, and any moment it was the leader itself
+/// (refreshed by `failover::run_takeover` while it leads, and when it hands
+/// leadership away). Without the latter a leader that steps down would
+/// count its whole time in office as silence and campaign against the
+/// leader it had just chosen, before that leader's first heartbeat arrived.
+///
+/// It also remembers when a leader last handed leadership to this node
+/// (`Peer.TransferLeader` naming it): a term won that way is a choice, not
+/// a failure of the previous leader (numbered failover tells the two apart).
+#[derive(Debug, Default)]
+pub struct LeaderContact {
+    last: std::sync::Mutex<Option<Instant>>,
+    handed: std::sync::Mutex<Option<Instant>>,
+}
+
+fn now_into(slot: &std::sync::Mutex<Option<Instant>>) {
+    *slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+}
+
+fn read(slot: &std::sync::Mutex<Option<Instant>>) -> Option<Instant> {
+    *slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl LeaderContact {
+    /// Records contact now.
+    pub fn touch(&self) {
+        now_into(&self.last);
+    }
+
+    /// The last contact, if there was one.
+    pub fn last(&self) -> Option<Instant> {
+        read(&self.last)
+    }
+
+    /// Records that the leader is handing leadership to this node now.
+    pub fn handed_to_me(&self) {
+        now_into(&self.handed);
+    }
+
+    /// When leadership was last handed to this node, if ever.
+    pub fn handed(&self) -> Option<Instant> {
+        read(&self.handed)
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) raft: Raft,
@@ -71,9 +125,9 @@ pub(crate) struct Inner {
     pub(crate) clock: ClusterClock,
     pub(crate) peers: PeerChannels,
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
-    pub(crate) ownership: crate::owner::Ownership,
+    pub(crate) ownership: crate::cluster::owner::Ownership,
     pub(crate) metrics: crate::metrics::Metrics,
-    pub(crate) leader_contact: crate::failover::LeaderContact,
+    pub(crate) leader_contact: LeaderContact,
     pub(crate) guard: crate::security::Guard,
     pub(crate) identity: crate::raft::identity::IdentityCell,
     pub(crate) stamp: crate::stamp::StampBound,
@@ -111,7 +165,7 @@ impl Herald {
     }
 
     /// When this node last accepted entries or a heartbeat from a leader.
-    pub fn leader_contact(&self) -> &crate::failover::LeaderContact {
+    pub fn leader_contact(&self) -> &LeaderContact {
         &self.inner.leader_contact
     }
 
@@ -159,7 +213,7 @@ impl Herald {
     }
 
     /// Who owns which users (the ring) and the TTL clients this node watches.
-    pub fn ownership(&self) -> &crate::owner::Ownership {
+    pub fn ownership(&self) -> &crate::cluster::owner::Ownership {
         &self.inner.ownership
     }
 
@@ -168,41 +222,23 @@ impl Herald {
         &self.inner.peers
     }
 
-    /// What this node's SNTP server says about its time source: the leader
-    /// is the reference (stratum 1); a follower that synced recently is
-    /// stratum 2; otherwise it admits being unsynchronized (16).
-    pub fn time_source(&self) -> crate::timesync::Source {
+    /// What this node's SNTP server says about its time source (the rules
+    /// are [`crate::cluster::stratum::source`]).
+    pub fn time_source(&self) -> crate::cluster::stratum::Source {
         let clock = self.clock();
-        if self.is_leader() {
-            return crate::timesync::Source {
-                stratum: 1,
-                reference_id: *b"HRLD",
-                reference_ns: clock.now_ns(),
-            };
-        }
-        let fresh = 4 * self.inner.config.clock.sync_interval_ms;
-        let last = clock.last_sync_ms();
-        if last > 0 && clock.now_ms().saturating_sub(last) <= fresh {
-            let reference_id = self
-                .leader()
-                .and_then(|(_, m)| m.time_addr.parse::<std::net::SocketAddr>().ok())
-                .and_then(|a| match a.ip() {
-                    std::net::IpAddr::V4(v4) => Some(v4.octets()),
-                    std::net::IpAddr::V6(_) => None,
-                })
-                .unwrap_or([0; 4]);
-            crate::timesync::Source {
-                stratum: 2,
-                reference_id,
-                reference_ns: (last as i64) * 1_000_000,
-            }
-        } else {
-            crate::timesync::Source {
-                stratum: 16,
-                reference_id: *b"INIT",
-                reference_ns: 0,
-            }
-        }
+        let leader = self.is_leader();
+        crate::cluster::stratum::source(&crate::cluster::stratum::Observed {
+            leader,
+            now_ns: clock.now_ns(),
+            now_ms: clock.now_ms(),
+            last_sync_ms: clock.last_sync_ms(),
+            sync_interval_ms: self.inner.config.clock.sync_interval_ms,
+            leader_time_addr: if leader {
+                None
+            } else {
+                self.leader().and_then(|(_, m)| m.time_addr.parse().ok())
+            },
+        })
     }
 
     /// Free space on the data dir and the alarm that refuses writes.
@@ -220,7 +256,10 @@ impl Herald {
             return None;
         }
         let why = self.inner.space.refusal()?;
-        Some(StateError::exhausted(format!("node {}: {why}", self.id())))
+        Some(StateError::exhausted(
+            crate::state::Reason::NoSpace,
+            format!("node {}: {why}", self.id()),
+        ))
     }
 
     /// This node's Prometheus metrics.
@@ -282,7 +321,7 @@ impl Herald {
                 .await
                 .is_err()
             {
-                return Err(NodeError::Unavailable("no leader elected".into()));
+                return Err(NodeError::NoLeader("no leader elected".into()));
             }
         }
     }
@@ -297,11 +336,14 @@ impl Herald {
         } else {
             let Ok(permit) = Arc::clone(&self.inner.pending_writes).try_acquire_owned() else {
                 let n = self.inner.config.limits.max_pending_writes;
-                return Err(NodeError::State(StateError::exhausted(format!(
-                    "limit limits.max_pending_writes = {n} reached: node {} has {n} writes in \
+                return Err(NodeError::State(StateError::exhausted(
+                    crate::state::Reason::Overloaded,
+                    format!(
+                        "limit limits.max_pending_writes = {n} reached: node {} has {n} writes in \
                      flight; retry with backoff",
-                    self.id()
-                ))));
+                        self.id()
+                    ),
+                )));
             };
             Some(permit)
         };
@@ -323,7 +365,7 @@ impl Herald {
                 ForwardReply::Indeterminate(m) => return Err(NodeError::Indeterminate(m)),
                 ForwardReply::NotLeader => {
                     if Instant::now() >= deadline {
-                        return Err(NodeError::Unavailable("leader kept changing".into()));
+                        return Err(NodeError::NoLeader("leader kept changing".into()));
                     }
                     // Leadership is moving: let the metrics catch up.
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -437,23 +479,19 @@ impl Herald {
 
     #[tracing::instrument(target = "herald_trace", name = "forward", skip_all, fields(node_id = self.id(), leader = leader_id))]
     async fn forward(&self, leader_id: u64, leader: &Member, cmd: &Command) -> ForwardReply {
-        let data = match encode(cmd) {
-            Ok(d) => d,
-            Err(e) => return ForwardReply::Indeterminate(e.to_string()),
+        use crate::peer::{PeerClient, PeerError};
+        let Ok(mut client) = PeerClient::new(&self.inner.peers, leader_id, &leader.peer_addr)
+        else {
+            return ForwardReply::NotLeader;
         };
-        let mut client = match self.inner.peers.client_to(leader_id, &leader.peer_addr) {
-            Ok(c) => c,
-            Err(_) => return ForwardReply::NotLeader,
-        };
-        let mut req = tonic::Request::new(RaftBlob { data });
-        req.set_timeout(LEADER_WAIT);
-        crate::telemetry::inject(req.metadata_mut());
-        match client.forward(req).await {
-            Ok(r) => decode(&r.into_inner().data)
-                .unwrap_or_else(|e| ForwardReply::Indeterminate(format!("bad forward reply: {e}"))),
-            Err(s) if certainly_not_sent(&s) => ForwardReply::NotLeader,
-            Err(s) => {
+        match client.forward(cmd, LEADER_WAIT).await {
+            Ok(reply) => reply,
+            Err(PeerError::Call(s)) if certainly_not_sent(&s) => ForwardReply::NotLeader,
+            Err(PeerError::Call(s)) => {
                 ForwardReply::Indeterminate(format!("forwarding to the leader: {}", s.message()))
+            }
+            Err(e @ (PeerError::Encode(_) | PeerError::Decode(_))) => {
+                ForwardReply::Indeterminate(e.to_string())
             }
         }
     }
@@ -500,14 +538,17 @@ impl Herald {
         }
         let known = {
             let m = self.store().read();
-            self.ownership().heartbeat(&m.state, uid, client_type)
+            self.ownership()
+                .heartbeat(std::time::Instant::now(), &m.state, uid, client_type)
         };
         if known {
             return Ok(true);
         }
         self.linearize().await?;
         let m = self.store().read();
-        Ok(self.ownership().heartbeat(&m.state, uid, client_type))
+        Ok(self
+            .ownership()
+            .heartbeat(std::time::Instant::now(), &m.state, uid, client_type))
     }
 
     /// Makes the next local read linearizable: waits until this node has
@@ -532,7 +573,7 @@ impl Herald {
                     });
             }
             if Instant::now() >= deadline {
-                return Err(NodeError::Unavailable(
+                return Err(NodeError::NoLeader(
                     "could not confirm leadership for a read".into(),
                 ));
             }
@@ -548,20 +589,14 @@ impl Herald {
             .raft
             .ensure_linearizable(ReadPolicy::ReadIndex)
             .await
-            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+            .map_err(|e| NodeError::NoLeader(e.to_string()))?;
         Ok(read.log_id().index())
     }
 
     async fn remote_read_index(&self, leader_id: u64, leader: &Member) -> Option<u64> {
-        let mut client = self
-            .inner
-            .peers
-            .client_to(leader_id, &leader.peer_addr)
-            .ok()?;
-        let mut req = tonic::Request::new(RaftBlob { data: Vec::new() });
-        req.set_timeout(LEADER_WAIT);
-        let r = client.read_index(req).await.ok()?;
-        decode::<u64>(&r.into_inner().data).ok()
+        let mut client =
+            crate::peer::PeerClient::new(&self.inner.peers, leader_id, &leader.peer_addr).ok()?;
+        client.read_index(LEADER_WAIT).await.ok()
     }
 }
 

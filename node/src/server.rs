@@ -13,10 +13,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::peer::proto::peer_server::PeerServer;
 use ::herald_client::proto::admin_server::AdminServer;
 use ::herald_client::proto::auth_server::AuthServer;
 use ::herald_client::proto::herald_server::HeraldServer;
-use ::herald_client::proto::peer_server::PeerServer;
 use anyhow::Context;
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
@@ -53,7 +53,7 @@ pub struct RunningNode {
 fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
     let t = &config.raft;
     // Lower numbers time out first, so they tend to win elections.
-    let (election_min, election_max) = crate::failover::election_timeouts(config);
+    let (election_min, election_max) = crate::cluster::failover::election_timeouts(config);
     let rc = openraft::Config {
         cluster_name: "herald".into(),
         heartbeat_interval: t.heartbeat_ms,
@@ -296,7 +296,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         clock,
         peers,
         stopping: stop_rx.clone(),
-        ownership: crate::owner::Ownership::new(config.id, config.ring.vnodes),
+        ownership: crate::cluster::owner::Ownership::new(config.id, config.ring.vnodes),
         metrics: metrics.clone(),
         leader_contact: Default::default(),
         guard: guard.clone(),

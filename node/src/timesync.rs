@@ -7,7 +7,7 @@
 //! touches the system clock: a correction only changes this node's offset.
 //!
 //! Each round takes `clock.samples` samples spread over a fifth of the
-//! interval and hands them to [`Discipline`](crate::discipline), which keeps
+//! interval and hands them to [`Discipline`](crate::cluster::discipline), which keeps
 //! the quick, agreeing ones (queueing only ever adds delay, and it is what
 //! skews an offset estimate) and bounds what one round may change. Both ends
 //! timestamp on threads that block in the kernel, not on tokio tasks, so a
@@ -22,67 +22,10 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 
 use crate::clock::ClusterClock;
+use crate::cluster::discipline::{Correction, Discipline, Limits, Sample};
+use crate::cluster::stratum::reply;
 use crate::config::ClockConfig;
-use crate::discipline::{Correction, Discipline, Limits, Sample};
 use crate::node::Herald;
-
-/// Seconds between the NTP era (1900) and the Unix epoch.
-const NTP_UNIX_DELTA: u64 = 2_208_988_800;
-
-/// Nanoseconds since the Unix epoch to an NTP timestamp (32.32 fixed point).
-pub fn ntp_timestamp(unix_ns: i64) -> [u8; 8] {
-    let ns = unix_ns.max(0) as u64;
-    let secs = ns / 1_000_000_000 + NTP_UNIX_DELTA;
-    let frac = ((ns % 1_000_000_000) << 32) / 1_000_000_000;
-    let mut out = [0u8; 8];
-    out[..4].copy_from_slice(&(secs as u32).to_be_bytes());
-    out[4..].copy_from_slice(&(frac as u32).to_be_bytes());
-    out
-}
-
-/// What a node says about its own time source when it answers SNTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Source {
-    /// 1 = primary reference, 2.. = synced to one, 16 = unsynchronized.
-    pub stratum: u8,
-    /// Reference id: ASCII for stratum 1, the reference's IPv4 otherwise.
-    pub reference_id: [u8; 4],
-    /// Cluster time (ns) of the last sync, 0 if none.
-    pub reference_ns: i64,
-}
-
-/// Builds the server reply to one client request, or `None` for a packet
-/// that is not an SNTP client request. Pure: times are passed in.
-pub fn reply(
-    request: &[u8],
-    receive_ns: i64,
-    transmit_ns: i64,
-    source: Source,
-) -> Option<[u8; 48]> {
-    if request.len() < 48 {
-        return None;
-    }
-    let version = (request[0] >> 3) & 0x07;
-    let mode = request[0] & 0x07;
-    if mode != 3 || !(1..=4).contains(&version) {
-        return None;
-    }
-    let mut out = [0u8; 48];
-    let leap = if source.stratum >= 16 { 3 } else { 0 };
-    out[0] = (leap << 6) | (version << 3) | 4; // server mode, echo the version
-    out[1] = source.stratum;
-    out[2] = request[2]; // poll
-    out[3] = (-20i8) as u8; // precision ~ 1 us
-    // root delay and dispersion (bytes 4..12) stay zero: one hop on a LAN.
-    out[12..16].copy_from_slice(&source.reference_id);
-    if source.reference_ns > 0 {
-        out[16..24].copy_from_slice(&ntp_timestamp(source.reference_ns));
-    }
-    out[24..32].copy_from_slice(&request[40..48]); // originate = client's transmit
-    out[32..40].copy_from_slice(&ntp_timestamp(receive_ns));
-    out[40..48].copy_from_slice(&ntp_timestamp(transmit_ns));
-    Some(out)
-}
 
 /// Serves SNTP on `socket` until `stopped` resolves.
 ///
@@ -292,53 +235,5 @@ pub async fn sync(node: Herald, stopped: impl Future<Output = ()>) {
         };
         let samples = sample(addr, cfg.samples, timeout, spread).await;
         adopt(node.clock(), &mut discipline, &samples, "leader");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn client_request(transmit: [u8; 8]) -> [u8; 48] {
-        let mut r = [0u8; 48];
-        r[0] = (4 << 3) | 3;
-        r[40..48].copy_from_slice(&transmit);
-        r
-    }
-
-    #[test]
-    fn ntp_timestamps_count_from_1900() {
-        let t = ntp_timestamp(1_500_000_000); // 1.5 s after the Unix epoch
-        assert_eq!(
-            u32::from_be_bytes(t[..4].try_into().unwrap()) as u64,
-            NTP_UNIX_DELTA + 1
-        );
-        assert_eq!(u32::from_be_bytes(t[4..].try_into().unwrap()), 1 << 31);
-    }
-
-    #[test]
-    fn reply_echoes_the_originate_and_stamps_cluster_times() {
-        let req = client_request([9, 9, 9, 9, 1, 2, 3, 4]);
-        let src = Source {
-            stratum: 1,
-            reference_id: *b"HRLD",
-            reference_ns: 0,
-        };
-        let out = reply(&req, 1_000_000_000, 2_000_000_000, src).unwrap();
-        assert_eq!(out[0] & 0x07, 4, "server mode");
-        assert_eq!((out[0] >> 3) & 0x07, 4, "version echoed");
-        assert_eq!(out[1], 1);
-        assert_eq!(&out[12..16], b"HRLD");
-        assert_eq!(&out[24..32], &[9, 9, 9, 9, 1, 2, 3, 4]);
-        assert_eq!(out[32..40], ntp_timestamp(1_000_000_000));
-        assert_eq!(out[40..48], ntp_timestamp(2_000_000_000));
-        // Unsynchronized servers say so (leap = 3, stratum 16).
-        let out = reply(&req, 1, 2, Source { stratum: 16, ..src }).unwrap();
-        assert_eq!(out[0] >> 6, 3);
-        // Not a client request: no answer.
-        let mut bad = req;
-        bad[0] = (4 << 3) | 4;
-        assert!(reply(&bad, 1, 2, src).is_none());
-        assert!(reply(&req[..40], 1, 2, src).is_none());
     }
 }

@@ -445,7 +445,7 @@ impl Client {
                     Effect::Write => {
                         return Err(ClientError::Unknown(format!(
                             "{method} via {last_error}; the write may or may not have been applied"
-                        )));
+                        ).into()));
                     }
                     Effect::IdempotentWrite => maybe_applied = true,
                     Effect::Read => {}
@@ -457,11 +457,11 @@ impl Client {
             started.elapsed()
         );
         if maybe_applied {
-            Err(ClientError::Unknown(format!(
-                "{summary}; the write may or may not have been applied"
-            )))
+            Err(ClientError::Unknown(
+                format!("{summary}; the write may or may not have been applied").into(),
+            ))
         } else {
-            Err(ClientError::Unavailable(summary))
+            Err(ClientError::Unavailable(summary.into()))
         }
     }
 
@@ -484,23 +484,23 @@ impl Client {
             Err(Failed::Status(status)) => match classify(&status) {
                 Outcome::Definite => return Err(ClientError::from(status)),
                 Outcome::NotExecuted => {
-                    return Err(ClientError::Unavailable(format!(
-                        "{method} via {uri}: {}",
-                        describe(&status)
-                    )));
+                    return Err(ClientError::Unavailable(
+                        format!("{method} via {uri}: {}", describe(&status)).into(),
+                    ));
                 }
                 Outcome::Indeterminate => describe(&status),
             },
             Err(Failed::TimedOut(after)) => format!("no answer within {after:?}"),
         };
         if effect == Effect::Read {
-            Err(ClientError::Unavailable(format!(
-                "{method} via {uri}: {detail}"
-            )))
+            Err(ClientError::Unavailable(
+                format!("{method} via {uri}: {detail}").into(),
+            ))
         } else {
-            Err(ClientError::Unknown(format!(
-                "{method} via {uri}: {detail}; the write may or may not have been applied"
-            )))
+            Err(ClientError::Unknown(
+                format!("{method} via {uri}: {detail}; the write may or may not have been applied")
+                    .into(),
+            ))
         }
     }
 

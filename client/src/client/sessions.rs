@@ -80,7 +80,7 @@ impl Client {
             })
             .await?;
         resp.session
-            .ok_or_else(|| ClientError::NotFound(format!("session {session_id}")))
+            .ok_or_else(|| ClientError::NotFound(format!("session {session_id}").into()))
     }
 
     /// A session's work log: every event, oldest first (all pages).

@@ -145,9 +145,15 @@ pub fn state_of(v: &Value) -> Option<SessionState> {
     })
 }
 
+/// The reason of a refused precondition (`"FENCED"`, as the node named it in
+/// the status details; `""` when it gave none).
 fn precondition(op: &Op) -> Option<&str> {
-    (op.output.get("code").and_then(Value::as_str) == Some("FailedPrecondition"))
-        .then(|| op.error.as_deref().unwrap_or(""))
+    (op.output.get("code").and_then(Value::as_str) == Some("FailedPrecondition")).then(|| {
+        op.output
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    })
 }
 
 /// The operations on one session.
@@ -160,8 +166,8 @@ pub fn entries(ops: &[&Op]) -> Vec<Entry<SessionOp>> {
                         Outcome::Ok => ProgressAnswer::Ok,
                         Outcome::Info => ProgressAnswer::Unknown,
                         Outcome::Fail => match precondition(op) {
-                            Some(m) if m.contains("fenced") => ProgressAnswer::Fenced,
-                            Some(m) if m.contains("stale") => ProgressAnswer::Stale,
+                            Some("FENCED") => ProgressAnswer::Fenced,
+                            Some("STALE_SEQUENCE") => ProgressAnswer::Stale,
                             _ => return None,
                         },
                     };

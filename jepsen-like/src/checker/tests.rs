@@ -347,7 +347,7 @@ fn progress(h: H, p: u64, t: u64, epoch: u64, seq: u64, ok: bool, times: (u64, u
             "session",
             "progress",
             input,
-            json!({"code": "FailedPrecondition"}),
+            json!({"code": "FailedPrecondition", "reason": "FENCED"}),
             Outcome::Fail,
             Some("fenced: session 1 is at epoch 2"),
             (times.0, Some(times.1)),

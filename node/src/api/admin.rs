@@ -42,7 +42,7 @@ impl AdminService {
                     .connect_lazy();
                 Ok(Some(AdminClient::new(ch)))
             }
-            None => Err(NodeError::Unavailable("no leader elected".into()).into()),
+            None => Err(NodeError::NoLeader("no leader elected".into()).into()),
         }
     }
 
@@ -389,7 +389,7 @@ impl Admin for AdminService {
             .await
             .map_err(raft_err)?;
         // Having chosen the next leader, wait for it a full takeover period
-        // (see failover::LeaderContact).
+        // (see node::LeaderContact).
         self.node.leader_contact().touch();
         // Wait (bounded) for the move to show, so the CLI reports the outcome.
         let mut rx = self.node.raft().metrics();

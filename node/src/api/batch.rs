@@ -182,6 +182,7 @@ impl HeraldService {
                 code: s.code() as i32,
                 message: s.message().to_string(),
                 not_applied: s.metadata().get(NOT_APPLIED).is_some(),
+                reason: ::herald_client::reason_of(&s).unwrap_or_default(),
             })),
             leader_hint: 0,
         })

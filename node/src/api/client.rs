@@ -81,12 +81,12 @@ impl HeraldService {
     async fn forward_heartbeat(&self, owner: u64, r: &HeartbeatRequest) -> Option<bool> {
         let (members, _) = self.node.members();
         let (member, _) = members.get(&owner)?;
-        let mut client = self.node.peers().client_to(owner, &member.peer_addr).ok()?;
-        let data = crate::raft::encode(&(r.uid.clone(), r.client_type.clone())).ok()?;
-        let mut req = tonic::Request::new(RaftBlob { data });
-        req.set_timeout(std::time::Duration::from_secs(1));
-        let reply = client.heartbeat(req).await.ok()?;
-        crate::raft::decode(&reply.into_inner().data).ok()
+        let mut client =
+            crate::peer::PeerClient::new(self.node.peers(), owner, &member.peer_addr).ok()?;
+        client
+            .heartbeat(&r.uid, &r.client_type, std::time::Duration::from_secs(1))
+            .await
+            .ok()
     }
 
     async fn read_barrier(&self, consistency: i32) -> Result<(), Status> {

@@ -12,8 +12,8 @@
 //! ([`check_message`]): one forged vote with term 2^64-1 once wedged every
 //! node of a cluster (openraft's `term + 1` overflowed).
 
-use ::herald_client::proto::peer_server::Peer;
-use ::herald_client::proto::{RaftBlob, SnapshotChunk};
+use crate::peer::proto::peer_server::Peer;
+use crate::peer::proto::{RaftBlob, SnapshotChunk};
 use futures::StreamExt;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendError};
 use tonic::{Request, Response, Status, Streaming};
@@ -87,18 +87,7 @@ fn caller<T>(req: &Request<T>) -> Caller {
     }
 }
 
-/// What a node answers to `Peer.Ping`: who it is, so the leader can record
-/// its incarnation and `cluster init` can see whether a cluster exists.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct PingReply {
-    /// The node's Raft id.
-    pub node_id: u64,
-    /// Its cluster and incarnation, once it has an identity.
-    pub identity: Option<(String, String)>,
-    /// Its cluster clock when it answered (ms since the epoch): a new
-    /// leader's stamps are anchored to a majority's (`stamp`).
-    pub cluster_time_ms: u64,
-}
+pub use crate::peer::PingReply;
 
 /// What kind of message [`PeerService::admit`] is looking at.
 #[derive(Clone, Copy)]

@@ -4,38 +4,74 @@
 //! [`NOT_APPLIED`]) is safe to retry anywhere; `Unknown` means the write may
 //! or may not have happened; the rest are the state machine's verdicts.
 
-use tonic::Status;
+use herald_client::proto::ErrorReason;
+use herald_client::refusal;
 use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
 
 use crate::node::{NOT_APPLIED, NodeError};
-use crate::state::StateError;
+use crate::state::{Reason, StateError};
 
-/// Maps a state-machine rejection to its gRPC status.
-pub fn state_status(e: &StateError) -> Status {
-    let msg = e.to_string();
-    match e {
-        StateError::InvalidArgument { .. } => Status::invalid_argument(msg),
-        StateError::NotFound { .. } => Status::not_found(msg),
-        StateError::FailedPrecondition { .. } => Status::failed_precondition(msg),
-        StateError::ResourceExhausted { .. } => Status::resource_exhausted(msg),
-        StateError::AlreadyExists { .. } => Status::already_exists(msg),
-        StateError::PermissionDenied { .. } => Status::permission_denied(msg),
+/// The wire name of a state-machine reason (`herald.v1.ErrorReason`).
+pub fn wire_reason(r: Reason) -> ErrorReason {
+    match r {
+        Reason::InvalidField => ErrorReason::InvalidField,
+        Reason::NotFound => ErrorReason::NotFound,
+        Reason::AlreadyExists => ErrorReason::AlreadyExists,
+        Reason::FailedPrecondition => ErrorReason::FailedPrecondition,
+        Reason::Fenced => ErrorReason::Fenced,
+        Reason::StaleSequence => ErrorReason::StaleSequence,
+        Reason::NotHolder => ErrorReason::NotHolder,
+        Reason::LeaseEnded => ErrorReason::LeaseEnded,
+        Reason::Stale => ErrorReason::Stale,
+        Reason::Compacted => ErrorReason::Compacted,
+        Reason::InUse => ErrorReason::InUse,
+        Reason::Incarnation => ErrorReason::Incarnation,
+        Reason::NoSuchRole => ErrorReason::NoSuchRole,
+        Reason::QuotaExceeded => ErrorReason::QuotaExceeded,
+        Reason::PoolExhausted => ErrorReason::PoolExhausted,
+        Reason::Overloaded => ErrorReason::Overloaded,
+        Reason::NoSpace => ErrorReason::NoSpace,
+        Reason::WrongSecret => ErrorReason::WrongSecret,
     }
 }
 
-/// Maps a node error to its gRPC status.
+/// Maps a state-machine rejection to its gRPC status, its reason in the
+/// details.
+pub fn state_status(e: &StateError) -> Status {
+    let code = match e {
+        StateError::InvalidArgument { .. } => Code::InvalidArgument,
+        StateError::NotFound { .. } => Code::NotFound,
+        StateError::FailedPrecondition { .. } => Code::FailedPrecondition,
+        StateError::ResourceExhausted { .. } => Code::ResourceExhausted,
+        StateError::AlreadyExists { .. } => Code::AlreadyExists,
+        StateError::PermissionDenied { .. } => Code::PermissionDenied,
+    };
+    refusal(code, e.to_string(), wire_reason(e.reason()))
+}
+
+/// Maps a node error to its gRPC status, its reason in the details.
 pub fn node_status(e: NodeError) -> Status {
     match e {
         NodeError::State(s) => state_status(&s),
+        NodeError::NoLeader(m) => not_applied(refusal(Code::Unavailable, m, ErrorReason::NoLeader)),
         NodeError::Unavailable(m) => {
-            let mut s = Status::unavailable(m);
-            s.metadata_mut()
-                .insert(NOT_APPLIED, MetadataValue::from_static("1"));
-            s
+            not_applied(refusal(Code::Unavailable, m, ErrorReason::NodeUnavailable))
         }
-        NodeError::Indeterminate(m) => Status::unknown(format!("indeterminate: {m}")),
-        NodeError::Internal(m) => Status::internal(m),
+        NodeError::Indeterminate(m) => refusal(
+            Code::Unknown,
+            format!("indeterminate: {m}"),
+            ErrorReason::Indeterminate,
+        ),
+        NodeError::Internal(m) => refusal(Code::Internal, m, ErrorReason::NodeInternal),
     }
+}
+
+/// Marks `s` certainly not executed: safe to retry anywhere.
+fn not_applied(mut s: Status) -> Status {
+    s.metadata_mut()
+        .insert(NOT_APPLIED, MetadataValue::from_static("1"));
+    s
 }
 
 impl From<NodeError> for Status {
@@ -47,8 +83,12 @@ impl From<NodeError> for Status {
 /// Maps an auth refusal to its gRPC status.
 pub fn refusal_status(r: &crate::security::Refusal) -> Status {
     match r {
-        crate::security::Refusal::Unauthenticated(m) => Status::unauthenticated(m.clone()),
-        crate::security::Refusal::PermissionDenied(m) => Status::permission_denied(m.clone()),
+        crate::security::Refusal::Unauthenticated(m) => {
+            refusal(Code::Unauthenticated, m.clone(), ErrorReason::NoCredential)
+        }
+        crate::security::Refusal::PermissionDenied(m) => {
+            refusal(Code::PermissionDenied, m.clone(), ErrorReason::RoleRequired)
+        }
     }
 }
 
@@ -110,5 +150,54 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert!(s.message().contains("uid"));
         assert_eq!(http_code(s.code()), 400);
+        assert_eq!(
+            herald_client::reason_of(&s).as_deref(),
+            Some("INVALID_FIELD")
+        );
+    }
+
+    /// The reason travels as a google.rpc.ErrorInfo any gRPC stub decodes;
+    /// the message stays the human text it always was.
+    #[test]
+    fn refusals_carry_their_reason_in_the_details() {
+        use tonic_types::StatusExt;
+        let cases = [
+            (
+                StateError::precondition(Reason::Fenced, "fenced: session 1 is at epoch 2"),
+                Code::FailedPrecondition,
+                "FENCED",
+            ),
+            (
+                StateError::exhausted(Reason::QuotaExceeded, "quota max_users = 1 reached"),
+                Code::ResourceExhausted,
+                "QUOTA_EXCEEDED",
+            ),
+            (
+                StateError::denied(Reason::WrongSecret, "lease_secret: does not match"),
+                Code::PermissionDenied,
+                "WRONG_SECRET",
+            ),
+            (
+                StateError::not_found("session 7"),
+                Code::NotFound,
+                "NOT_FOUND",
+            ),
+            (
+                StateError::exists("pool 1"),
+                Code::AlreadyExists,
+                "ALREADY_EXISTS",
+            ),
+        ];
+        for (e, code, reason) in cases {
+            let s = state_status(&e);
+            assert_eq!(s.code(), code);
+            assert_eq!(s.message(), e.to_string());
+            let info = s.get_details_error_info().expect("an ErrorInfo");
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.domain, "herald");
+        }
+        let s = node_status(NodeError::NoLeader("no leader elected".into()));
+        assert_eq!(herald_client::reason_of(&s).as_deref(), Some("NO_LEADER"));
+        assert!(crate::node::certainly_not_sent(&s));
     }
 }

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::herald_client::proto::peer_client::PeerClient;
-use ::herald_client::proto::{RaftBlob, SnapshotChunk};
+use crate::peer::proto::peer_client::PeerClient;
+use crate::peer::proto::{RaftBlob, SnapshotChunk};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};

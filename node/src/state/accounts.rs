@@ -38,7 +38,7 @@ use super::limits::{
     check_len, check_ttl,
 };
 use super::quotas::{Quotas, over};
-use super::{Entry, StateError};
+use super::{Entry, Reason, StateError};
 
 /// SHA-256(salt || password): what an account stores instead of its password.
 pub fn hash_password(salt: &[u8; 16], password: &str) -> [u8; 32] {
@@ -742,10 +742,13 @@ impl AccountPools {
             .ok_or_else(|| StateError::not_found(format!("platform {}", cmd.platform_id)))?;
         let units: BTreeSet<u64> = platform.units.iter().map(|u| u.unit_id).collect();
         if let Some(pool) = self.pools.values().find(|p| units.contains(&p.unit_id)) {
-            return Err(StateError::precondition(format!(
-                "platform {} still has pool {} in unit {}: delete its pools first",
-                cmd.platform_id, pool.pool_id, pool.unit_id
-            )));
+            return Err(StateError::precondition(
+                Reason::InUse,
+                format!(
+                    "platform {} still has pool {} in unit {}: delete its pools first",
+                    cmd.platform_id, pool.pool_id, pool.unit_id
+                ),
+            ));
         }
         // All checks done.
         if let Some(platform) = self.platforms.remove(&cmd.platform_id) {
@@ -765,11 +768,14 @@ impl AccountPools {
             .get(&cmd.pool_id)
             .ok_or_else(|| StateError::not_found(format!("pool {}", cmd.pool_id)))?;
         if !pool.leased.is_empty() && !cmd.force {
-            return Err(StateError::precondition(format!(
-                "pool {} has {} active leases: release them, or delete with force to end them",
-                cmd.pool_id,
-                pool.leased.len()
-            )));
+            return Err(StateError::precondition(
+                Reason::InUse,
+                format!(
+                    "pool {} has {} active leases: release them, or delete with force to end them",
+                    cmd.pool_id,
+                    pool.leased.len()
+                ),
+            ));
         }
         // All checks done.
         let leases: Vec<u64> = pool
@@ -944,10 +950,13 @@ impl AccountPools {
         let ttl = pool.ttl(cmd.ttl_ms)?;
         let reuse = pool.free.first().cloned();
         if reuse.is_none() && pool.size >= pool.max_size {
-            return Err(StateError::exhausted(format!(
-                "pool {} has no free account: all {} are leased and max_size is {}",
-                pool.pool_id, pool.size, pool.max_size
-            )));
+            return Err(StateError::exhausted(
+                Reason::PoolExhausted,
+                format!(
+                    "pool {} has no free account: all {} are leased and max_size is {}",
+                    pool.pool_id, pool.size, pool.max_size
+                ),
+            ));
         }
 
         // All checks done.
@@ -1012,34 +1021,46 @@ impl AccountPools {
         cmd: &LeaseAccount,
     ) -> Result<(Lease, bool), StateError> {
         let ended = || {
-            StateError::precondition(format!(
-                "request_id {:?} already used by ended lease {lease_id}",
-                cmd.request_id
-            ))
+            StateError::precondition(
+                Reason::LeaseEnded,
+                format!(
+                    "request_id {:?} already used by ended lease {lease_id}",
+                    cmd.request_id
+                ),
+            )
         };
         if ended_ms.is_some() {
             return Err(ended());
         }
         let held = self.leases.get(&lease_id).ok_or_else(ended)?;
         if held.caller != cmd.caller {
-            return Err(StateError::denied(format!(
-                "request_id {:?} belongs to another caller's lease",
-                cmd.request_id
-            )));
+            return Err(StateError::denied(
+                Reason::WrongSecret,
+                format!(
+                    "request_id {:?} belongs to another caller's lease",
+                    cmd.request_id
+                ),
+            ));
         }
         if held.lease.holder != cmd.user {
-            return Err(StateError::precondition(format!(
-                "request_id {:?} is in use by another user's lease",
-                cmd.request_id
-            )));
+            return Err(StateError::precondition(
+                Reason::NotHolder,
+                format!(
+                    "request_id {:?} is in use by another user's lease",
+                    cmd.request_id
+                ),
+            ));
         }
         if held.credentials.len() >= MAX_LEASE_CREDENTIALS {
-            return Err(StateError::exhausted(format!(
-                "request_id {:?} was answered {MAX_LEASE_CREDENTIALS} times already, the most \
+            return Err(StateError::exhausted(
+                Reason::QuotaExceeded,
+                format!(
+                    "request_id {:?} was answered {MAX_LEASE_CREDENTIALS} times already, the most \
                  lease {lease_id} keeps: the password and lease_secret of every earlier answer \
                  still work, and no more are issued",
-                cmd.request_id
-            )));
+                    cmd.request_id
+                ),
+            ));
         }
 
         // All checks done.
@@ -1059,14 +1080,17 @@ impl AccountPools {
     /// show it).
     fn held(&self, lease_id: u64, user: &str, secret: &SecretHash) -> Result<&Lease, StateError> {
         match self.leases.get(&lease_id) {
-            Some(held) if !held.has_secret(secret) => Err(StateError::denied(format!(
-                "lease_secret: does not match lease {lease_id}"
-            ))),
+            Some(held) if !held.has_secret(secret) => Err(StateError::denied(
+                Reason::WrongSecret,
+                format!("lease_secret: does not match lease {lease_id}"),
+            )),
             Some(held) if held.lease.holder == user => Ok(&held.lease),
-            Some(_) => Err(StateError::precondition(format!(
-                "lease {lease_id} is held by another user"
-            ))),
+            Some(_) => Err(StateError::precondition(
+                Reason::NotHolder,
+                format!("lease {lease_id} is held by another user"),
+            )),
             None if (1..=self.last_lease_id).contains(&lease_id) => Err(StateError::precondition(
+                Reason::LeaseEnded,
                 format!("lease {lease_id} has ended"),
             )),
             None => Err(StateError::not_found(format!("lease {lease_id}"))),
@@ -1107,9 +1131,10 @@ impl AccountPools {
             .get_mut(&account)
             .ok_or_else(|| StateError::not_found(format!("account {account:?}")))?;
         if !acct.data.contains_key(&cmd.key) && acct.data.len() >= MAX_DATA_KEYS {
-            return Err(StateError::exhausted(format!(
-                "account {account:?} already holds {MAX_DATA_KEYS} data keys"
-            )));
+            return Err(StateError::exhausted(
+                Reason::QuotaExceeded,
+                format!("account {account:?} already holds {MAX_DATA_KEYS} data keys"),
+            ));
         }
         acct.data.insert(cmd.key.clone(), cmd.value.clone());
         Ok(())

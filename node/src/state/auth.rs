@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::limits::{MAX_TOKENS_PER_USER, MAX_TTL_MS, MAX_USERS, check_ttl};
-use super::{Entry, StateError};
+use super::{Entry, Reason, StateError};
 
 /// A role: the permission to use one API group.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -243,9 +243,10 @@ impl Auth {
                     return Err(StateError::exists(format!("user {name:?}")));
                 }
                 if self.users.len() >= MAX_USERS {
-                    return Err(StateError::exhausted(format!(
-                        "users: at most {MAX_USERS} (quota max_users)"
-                    )));
+                    return Err(StateError::exhausted(
+                        Reason::QuotaExceeded,
+                        format!("users: at most {MAX_USERS} (quota max_users)"),
+                    ));
                 }
                 self.users.insert(
                     name.clone(),
@@ -276,9 +277,10 @@ impl Auth {
             AuthCommand::RoleRevoke { user, role } => {
                 let u = self.user_mut(user)?;
                 if !u.roles.remove(role) {
-                    return Err(StateError::precondition(format!(
-                        "user {user:?} does not have the {role} role"
-                    )));
+                    return Err(StateError::precondition(
+                        Reason::NoSuchRole,
+                        format!("user {user:?} does not have the {role} role"),
+                    ));
                 }
             }
             AuthCommand::TokenCreate {
@@ -293,10 +295,13 @@ impl Auth {
                 }
                 let held = self.tokens.values().filter(|t| &t.user == user).count();
                 if held >= MAX_TOKENS_PER_USER {
-                    return Err(StateError::exhausted(format!(
-                        "user {user:?} already has {held} tokens: at most {MAX_TOKENS_PER_USER} \
+                    return Err(StateError::exhausted(
+                        Reason::QuotaExceeded,
+                        format!(
+                            "user {user:?} already has {held} tokens: at most {MAX_TOKENS_PER_USER} \
                          (quota max_tokens_per_user); revoke one first"
-                    )));
+                        ),
+                    ));
                 }
                 if self.by_digest.contains_key(digest) {
                     // 256 random bits never collide; a replayed proposal might.

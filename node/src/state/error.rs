@@ -4,6 +4,10 @@
 //! API layer, in one place). A rejected command changed nothing, so every
 //! variant is safe to return to the client as is, and to retry after fixing
 //! the cause.
+//!
+//! The message is for people; the [`Reason`] is for programs. Callers (the
+//! chaos checker, the metrics, clients in any language) branch on the reason,
+//! which the API layer sends as a `google.rpc.ErrorInfo`, never on the words.
 
 use thiserror::Error;
 
@@ -31,12 +35,16 @@ pub enum StateError {
     FailedPrecondition {
         /// Why, in terms the caller can act on.
         reason: String,
+        /// Which precondition, for programs.
+        code: Reason,
     },
     /// A bounded resource is used up (no free account, too many data keys).
     #[error("{reason}")]
     ResourceExhausted {
         /// Which resource and its limit.
         reason: String,
+        /// Which kind of resource, for programs.
+        code: Reason,
     },
     /// A thing with that name exists already.
     #[error("{what} already exists")]
@@ -50,7 +58,55 @@ pub enum StateError {
     PermissionDenied {
         /// What proof was missing or wrong (never the secret itself).
         reason: String,
+        /// Which proof, for programs.
+        code: Reason,
     },
+}
+
+/// Why a command was refused, as a stable code: the API layer sends it as
+/// `google.rpc.ErrorInfo.reason` (the names of `herald.v1.ErrorReason`), so
+/// programs never have to read the message.
+///
+/// Adding a code is compatible; renaming or reusing one is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Reason {
+    /// A field breaks a limit or a format.
+    InvalidField,
+    /// The thing the command is about does not exist.
+    NotFound,
+    /// A thing with that name exists already.
+    AlreadyExists,
+    /// A precondition without a more specific code.
+    FailedPrecondition,
+    /// A session write from a terminal or epoch that no longer holds it.
+    Fenced,
+    /// A session progress whose sequence number is not past the last one.
+    StaleSequence,
+    /// The caller does not hold the session or the lease it acts on.
+    NotHolder,
+    /// The lease has ended (released or expired).
+    LeaseEnded,
+    /// A time-driven command judged on state that has changed since
+    /// (an expiry after a new login, a decision under an old ownership epoch).
+    Stale,
+    /// Watch history up to the asked revision is no longer kept.
+    Compacted,
+    /// The thing cannot be deleted while others use it.
+    InUse,
+    /// A node id already known under another incarnation (data dir).
+    Incarnation,
+    /// The user does not have the role to revoke.
+    NoSuchRole,
+    /// A configured quota or hard limit is reached.
+    QuotaExceeded,
+    /// A pool has no free account and may not grow.
+    PoolExhausted,
+    /// The node has too many writes in flight.
+    Overloaded,
+    /// The free-space alarm is on.
+    NoSpace,
+    /// A lease secret or request id that belongs to someone else.
+    WrongSecret,
 }
 
 impl StateError {
@@ -67,17 +123,19 @@ impl StateError {
         StateError::NotFound { what: what.into() }
     }
 
-    /// A [`StateError::FailedPrecondition`] with `reason`.
-    pub fn precondition(reason: impl Into<String>) -> Self {
+    /// A [`StateError::FailedPrecondition`] with `reason` and code `code`.
+    pub fn precondition(code: Reason, reason: impl Into<String>) -> Self {
         StateError::FailedPrecondition {
             reason: reason.into(),
+            code,
         }
     }
 
-    /// A [`StateError::ResourceExhausted`] with `reason`.
-    pub fn exhausted(reason: impl Into<String>) -> Self {
+    /// A [`StateError::ResourceExhausted`] with `reason` and code `code`.
+    pub fn exhausted(code: Reason, reason: impl Into<String>) -> Self {
         StateError::ResourceExhausted {
             reason: reason.into(),
+            code,
         }
     }
 
@@ -86,10 +144,23 @@ impl StateError {
         StateError::AlreadyExists { what: what.into() }
     }
 
-    /// A [`StateError::PermissionDenied`] with `reason`.
-    pub fn denied(reason: impl Into<String>) -> Self {
+    /// A [`StateError::PermissionDenied`] with `reason` and code `code`.
+    pub fn denied(code: Reason, reason: impl Into<String>) -> Self {
         StateError::PermissionDenied {
             reason: reason.into(),
+            code,
+        }
+    }
+
+    /// The machine-readable reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            StateError::InvalidArgument { .. } => Reason::InvalidField,
+            StateError::NotFound { .. } => Reason::NotFound,
+            StateError::AlreadyExists { .. } => Reason::AlreadyExists,
+            StateError::FailedPrecondition { code, .. }
+            | StateError::ResourceExhausted { code, .. }
+            | StateError::PermissionDenied { code, .. } => *code,
         }
     }
 }

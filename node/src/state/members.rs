@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::StateError;
+use super::{Reason, StateError};
 
 /// Records member `node_id`'s incarnation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -54,11 +54,14 @@ impl Incarnations {
     pub(crate) fn record(&mut self, cmd: &RecordIncarnation) -> Result<(), StateError> {
         match self.by_node.get(&cmd.node_id) {
             Some(known) if *known == cmd.incarnation => Ok(()),
-            Some(known) => Err(StateError::precondition(format!(
-                "node {} is known as incarnation {known}; another data dir cannot take its place \
+            Some(known) => Err(StateError::precondition(
+                Reason::Incarnation,
+                format!(
+                    "node {} is known as incarnation {known}; another data dir cannot take its place \
                  until it is removed (heraldctl cluster replace {})",
-                cmd.node_id, cmd.node_id
-            ))),
+                    cmd.node_id, cmd.node_id
+                ),
+            )),
             None => {
                 self.by_node.insert(cmd.node_id, cmd.incarnation.clone());
                 Ok(())

@@ -42,7 +42,7 @@ pub use accounts::{
     SecretHash, Unit, UnitSpec, lease_secret_hash,
 };
 pub use auth::{Auth, AuthCommand, AuthOutcome, Role};
-pub use error::StateError;
+pub use error::{Reason, StateError};
 pub use limits::MAX_BATCH;
 pub use members::{Incarnations, RecordIncarnation};
 pub use ownership::{OwnershipEpoch, SetOwnership};

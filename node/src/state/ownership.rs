@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Entry, StateError};
+use super::{Entry, Reason, StateError};
 
 /// The leader's decision: from now on the ring is `live`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -86,10 +86,13 @@ impl OwnershipEpoch {
 
     pub(crate) fn set(&mut self, at: Entry, cmd: &SetOwnership) -> Result<(), StateError> {
         if cmd.epoch != self.epoch + 1 {
-            return Err(StateError::precondition(format!(
-                "stale ownership decision: epoch {} proposed, the committed epoch is {}",
-                cmd.epoch, self.epoch
-            )));
+            return Err(StateError::precondition(
+                Reason::Stale,
+                format!(
+                    "stale ownership decision: epoch {} proposed, the committed epoch is {}",
+                    cmd.epoch, self.epoch
+                ),
+            ));
         }
         self.epoch = cmd.epoch;
         self.live = cmd.live.clone();
@@ -103,10 +106,13 @@ impl OwnershipEpoch {
     pub(crate) fn check_expiry(&self, epoch: Option<u64>) -> Result<(), StateError> {
         match epoch {
             Some(e) if e == self.epoch => Ok(()),
-            Some(e) => Err(StateError::precondition(format!(
-                "stale expiry: judged under ownership epoch {e}, the committed epoch is {}",
-                self.epoch
-            ))),
+            Some(e) => Err(StateError::precondition(
+                Reason::Stale,
+                format!(
+                    "stale expiry: judged under ownership epoch {e}, the committed epoch is {}",
+                    self.epoch
+                ),
+            )),
             None => Err(StateError::invalid(
                 "owner_epoch",
                 "required when the reason is expired",

@@ -24,7 +24,7 @@ use super::limits::{
 };
 use super::quotas::{Quotas, over};
 use super::vecmap::{StrMap, VecMap};
-use super::{Entry, StateError};
+use super::{Entry, Reason, StateError};
 
 /// One online client of a user.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -443,11 +443,14 @@ impl Roster {
                 if cmd.reason == LogoutReason::Expired {
                     let expiring = cmd.login_since_ms.unwrap_or(u64::MAX);
                     if client.since_ms > expiring {
-                        return Err(StateError::precondition(format!(
-                            "stale expiry: client {client_type:?} of user {:?} logged in again \
+                        return Err(StateError::precondition(
+                            Reason::Stale,
+                            format!(
+                                "stale expiry: client {client_type:?} of user {:?} logged in again \
                              at {}, after the expired login at {expiring}",
-                            cmd.uid, client.since_ms
-                        )));
+                                cmd.uid, client.since_ms
+                            ),
+                        ));
                     }
                 }
                 vec![client_type.clone()]
@@ -538,12 +541,15 @@ impl Roster {
         mut f: impl FnMut(&PresenceEvent),
     ) -> Result<(), StateError> {
         if start != 0 && start <= self.compacted_revision {
-            return Err(StateError::precondition(format!(
-                "compacted: events up to revision {} are no longer kept, asked for {start}; \
+            return Err(StateError::precondition(
+                Reason::Compacted,
+                format!(
+                    "compacted: events up to revision {} are no longer kept, asked for {start}; \
                  resume from {} or later",
-                self.compacted_revision,
-                self.compacted_revision + 1
-            )));
+                    self.compacted_revision,
+                    self.compacted_revision + 1
+                ),
+            ));
         }
         let from = self.history.partition_point(|e| e.revision < start);
         self.history.range(from..).for_each(&mut f);
@@ -1047,7 +1053,7 @@ mod tests {
             .presence_events_since(5, &BTreeSet::new())
             .unwrap_err();
         assert!(
-            matches!(&e, StateError::FailedPrecondition { reason } if reason.starts_with("compacted") && reason.contains("revision 5")),
+            matches!(&e, StateError::FailedPrecondition { reason, .. } if reason.starts_with("compacted") && reason.contains("revision 5")),
             "{e}"
         );
         assert_eq!(

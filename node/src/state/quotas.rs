@@ -23,8 +23,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::StateError;
 use super::limits::{MAX_POOL_SIZE, MAX_TTL_MS, MAX_UNITS};
+use super::{Reason, StateError};
 
 /// One day in milliseconds.
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -178,7 +178,10 @@ impl Quotas {
 /// The refusal of a command that would go over `quota` (its name under
 /// `[quotas]`) whose value is `value`; `detail` says what is there already.
 pub(crate) fn over(quota: &str, value: impl std::fmt::Display, detail: String) -> StateError {
-    StateError::exhausted(format!("quota {quota} = {value} reached: {detail}"))
+    StateError::exhausted(
+        Reason::QuotaExceeded,
+        format!("quota {quota} = {value} reached: {detail}"),
+    )
 }
 
 #[cfg(test)]
@@ -286,7 +289,7 @@ mod tests {
     /// The refusal is ResourceExhausted and names the quota and its value.
     fn assert_quota(e: StateError, quota: &str, value: u64) {
         match &e {
-            StateError::ResourceExhausted { reason } => assert!(
+            StateError::ResourceExhausted { reason, .. } => assert!(
                 reason.starts_with(&format!("quota {quota} = {value} reached: ")),
                 "{reason}"
             ),

@@ -22,7 +22,7 @@ use super::limits::{
     check_capabilities, check_len,
 };
 use super::quotas::{Quotas, over};
-use super::{Entry, StateError};
+use super::{Entry, Reason, StateError};
 
 /// How a terminal is identified.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -619,10 +619,10 @@ impl Sessions {
             return Err(fenced(session));
         }
         if cmd.seq <= session.seq {
-            return Err(StateError::precondition(format!(
-                "stale sequence {}, last accepted {}",
-                cmd.seq, session.seq
-            )));
+            return Err(StateError::precondition(
+                Reason::StaleSequence,
+                format!("stale sequence {}, last accepted {}", cmd.seq, session.seq),
+            ));
         }
         let was = session.updated_ms;
         session.seq = cmd.seq;
@@ -677,28 +677,37 @@ impl Sessions {
         let mut targets: Vec<(&Terminal, &[String])> = Vec::new();
         let how = match cmd.mode {
             HandoffMode::Push | HandoffMode::Binding if cmd.initiator != *holder => {
-                return Err(StateError::precondition(format!(
-                    "initiator {} does not hold session {}: it is at epoch {} on terminal {}",
-                    cmd.initiator, session.session_id, session.epoch, holder
-                )));
+                return Err(StateError::precondition(
+                    Reason::NotHolder,
+                    format!(
+                        "initiator {} does not hold session {}: it is at epoch {} on terminal {}",
+                        cmd.initiator, session.session_id, session.epoch, holder
+                    ),
+                ));
             }
             HandoffMode::Push => format!("pushed by {holder}"),
             HandoffMode::Pull => {
                 if cmd.holder.as_ref() != Some(holder) {
-                    return Err(StateError::precondition(format!(
-                        "session {} is held by {}, not {}",
-                        session.session_id,
-                        holder,
-                        cmd.holder
-                            .as_ref()
-                            .map_or_else(|| "nobody".to_owned(), ToString::to_string)
-                    )));
+                    return Err(StateError::precondition(
+                        Reason::NotHolder,
+                        format!(
+                            "session {} is held by {}, not {}",
+                            session.session_id,
+                            holder,
+                            cmd.holder
+                                .as_ref()
+                                .map_or_else(|| "nobody".to_owned(), ToString::to_string)
+                        ),
+                    ));
                 }
                 format!("pulled by {} from {holder}", cmd.initiator)
             }
             HandoffMode::Binding => {
                 let bound = self.bindings.get(holder).ok_or_else(|| {
-                    StateError::precondition(format!("terminal {holder} has no binding"))
+                    StateError::precondition(
+                        Reason::FailedPrecondition,
+                        format!("terminal {holder} has no binding"),
+                    )
                 })?;
                 targets.push((bound, &cmd.bound_capabilities));
                 format!("through the binding of {holder}")
@@ -829,10 +838,13 @@ impl Sessions {
 /// The refused error for a write from a terminal that does not hold the
 /// session at its current epoch.
 fn fenced(session: &Session) -> StateError {
-    StateError::precondition(format!(
-        "fenced: session {} is at epoch {} on terminal {}",
-        session.session_id, session.epoch, session.terminal
-    ))
+    StateError::precondition(
+        Reason::Fenced,
+        format!(
+            "fenced: session {} is at epoch {} on terminal {}",
+            session.session_id, session.epoch, session.terminal
+        ),
+    )
 }
 
 #[cfg(test)]
