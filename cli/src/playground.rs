@@ -20,7 +20,8 @@ use herald_client::{Client, ClientConfig, ClientTls};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::config::{NodeConfig, ROOT_USER, Security, local_cluster};
+use herald_config::Config;
+use herald_config::local::{ROOT_USER, Security, local_cluster};
 
 /// Where the `herald-node` binary is.
 ///
@@ -83,7 +84,7 @@ pub struct Options {
     /// The directory for configs, data and logs: created if absent, refused
     /// if it exists and is not empty.
     pub dir: PathBuf,
-    /// Port base; see [`crate::config`].
+    /// Port base; see [`herald_config::local`].
     pub base_port: u16,
     /// The `herald-node` binary.
     pub node_bin: PathBuf,
@@ -97,7 +98,7 @@ pub struct Options {
 #[derive(Debug)]
 pub struct NodeProcess {
     /// Its config.
-    pub config: NodeConfig,
+    pub config: Config,
     /// Where the config file is.
     pub config_path: PathBuf,
     /// Where its stdout and stderr go.
@@ -159,7 +160,7 @@ impl LocalCluster {
             std::fs::write(&config_path, config.to_toml())
                 .with_context(|| format!("writing {}", config_path.display()))?;
             std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("creating {}", config.data_dir))?;
+                .with_context(|| format!("creating {}", config.data_dir.display()))?;
             let log = std::fs::File::create(&log_path)
                 .with_context(|| format!("creating {}", log_path.display()))?;
             let log_err = log.try_clone().context("duplicating the log file handle")?;
@@ -223,7 +224,7 @@ impl LocalCluster {
     pub fn client_endpoints(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| n.config.listen.client.clone())
+            .map(|n| n.config.listen.client.to_string())
             .collect()
     }
 

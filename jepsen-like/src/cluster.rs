@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use herald_cli::config::{NodeConfig, ROOT_USER, Security, local_cluster};
 use herald_client::{Client, ClientConfig, ClientTls, proto};
+use herald_config::local::{ROOT_USER, Security, local_cluster};
+use herald_config::{Config, Listen, MemberConfig};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -51,7 +52,7 @@ pub struct Node {
     /// Raft id (= number).
     pub id: u64,
     /// Its config.
-    pub config: NodeConfig,
+    pub config: Config,
     /// The config file.
     pub config_path: PathBuf,
     /// Its stdout and stderr.
@@ -63,7 +64,7 @@ pub struct Node {
 impl Node {
     /// The client gRPC address.
     pub fn client_addr(&self) -> String {
-        self.config.listen.client.clone()
+        self.config.listen.client.to_string()
     }
 }
 
@@ -187,7 +188,8 @@ impl Cluster {
             .context("creating a temporary directory")?;
         let total = options.nodes + u32::from(options.spare);
         let ports = free_ports(4 * total as usize)?;
-        let addr = |i: u64, k: usize| format!("127.0.0.1:{}", ports[4 * (i as usize - 1) + k]);
+        let addr =
+            |i: u64, k: usize| SocketAddr::from(([127, 0, 0, 1], ports[4 * (i as usize - 1) + k]));
         let root = dir
             .path()
             .to_str()
@@ -209,61 +211,59 @@ impl Cluster {
         };
         let mut configs = local_cluster(total, 20000, root, &security).map_err(|e| anyhow!(e))?;
         for c in &mut configs {
-            c.listen.peer = addr(c.id, 0);
-            c.listen.client = addr(c.id, 1);
-            c.listen.http = addr(c.id, 2);
-            c.listen.time_sync = addr(c.id, 3);
-            for m in &mut c.initial_members {
-                m.peer = addr(m.id, 0);
-                m.client = addr(m.id, 1);
-                m.http = addr(m.id, 2);
-                m.time_sync = addr(m.id, 3);
-            }
-            if c.id <= u64::from(options.nodes) {
-                c.initial_members.truncate(options.nodes as usize);
+            c.listen = Listen {
+                peer: addr(c.id, 0),
+                client: addr(c.id, 1),
+                http: addr(c.id, 2),
+                time_sync: Some(addr(c.id, 3)),
+            };
+            // Testing mode: the nodes run with --testing (see `spawn`).
+            c.testing_mode = true;
+        }
+        let founding: Vec<MemberConfig> = configs
+            .iter()
+            .take(options.nodes as usize)
+            .map(MemberConfig::of)
+            .collect();
+        for c in &mut configs {
+            c.initial_members = if c.id <= u64::from(options.nodes) {
+                founding.clone()
             } else {
-                c.initial_members.clear();
-            }
+                Vec::new()
+            };
         }
         let mut links = BTreeMap::new();
         for from in 1..=u64::from(total) {
             for to in 1..=u64::from(total) {
                 if from != to {
-                    let upstream: SocketAddr = configs[to as usize - 1].listen.peer.parse()?;
+                    let upstream = configs[to as usize - 1].listen.peer;
                     links.insert((from, to), Link::start(from, to, upstream).await?);
                 }
             }
         }
         let founders: Vec<u64> = (1..=u64::from(options.nodes)).collect();
         let mut nodes = BTreeMap::new();
-        for config in configs {
+        for mut config in configs {
             let id = config.id;
-            let data_dir = PathBuf::from(&config.data_dir);
-            let mut config = config;
+            let data_dir = config.data_dir.clone();
             if let Some(every) = options.snapshot_every {
                 config.raft.snapshot_every = every;
+                // Purge the whole log at each snapshot, so a lagging
+                // follower needs one.
+                config.raft.keep_logs_after_snapshot = 0;
             }
-            let mut text = config.to_toml();
-            if let Some(every) = options.snapshot_every {
-                // In [raft], beside snapshot_every: purge the whole log at
-                // each snapshot, so a lagging follower needs one.
-                let line = format!("snapshot_every = {every}\n");
-                assert!(text.contains(&line), "the playground config names {line:?}");
-                text = text.replacen(&line, &format!("{line}keep_logs_after_snapshot = 0\n"), 1);
-            }
-            text.push_str(
-                "\n# Every link to a peer goes through the chaos suite's proxy.\n[peer_routes]\n",
-            );
+            // Every link to a peer goes through the chaos suite's proxy.
             for ((from, to), link) in &links {
                 if *from == id {
-                    text.push_str(&format!("\"{to}\" = \"{}\"\n", link.listen));
+                    config
+                        .peer_routes
+                        .insert(to.to_string(), link.listen.to_string());
                 }
             }
-            if options.stale_reads.contains(&id) {
-                text.push_str("\n[testing]\nstale_reads = true\n");
-            }
+            config.testing.stale_reads = options.stale_reads.contains(&id);
+            config.validate()?;
             let config_path = dir.path().join(format!("node{id}.toml"));
-            std::fs::write(&config_path, text)
+            std::fs::write(&config_path, config.to_toml())
                 .with_context(|| format!("writing {}", config_path.display()))?;
             std::fs::create_dir_all(&data_dir)?;
             nodes.insert(
@@ -282,7 +282,7 @@ impl Cluster {
         if options.faultfs {
             for node in nodes.values() {
                 let backing = dir.path().join("backing").join(format!("node{}", node.id));
-                let mount = faultfs::Mount::new(&backing, Path::new(&node.config.data_dir))
+                let mount = faultfs::Mount::new(&backing, &node.config.data_dir)
                     .with_context(|| format!("faultfs for node {}", node.id))?;
                 mounts.insert(node.id, mount);
             }
@@ -585,9 +585,7 @@ impl Cluster {
 
     /// Node `id`'s data dir (through its mount, if any).
     pub fn data_dir(&self, id: u64) -> Option<PathBuf> {
-        self.nodes
-            .get(&id)
-            .map(|n| PathBuf::from(&n.config.data_dir))
+        self.nodes.get(&id).map(|n| n.config.data_dir.clone())
     }
 
     /// Waits up to `timeout` for node `id`'s process to exit on its own;
@@ -679,10 +677,15 @@ impl Cluster {
         Some(proto::Member {
             id,
             number: node.config.number,
-            peer_addr: node.config.listen.peer.clone(),
-            client_addr: node.config.listen.client.clone(),
-            http_addr: node.config.listen.http.clone(),
-            time_addr: node.config.listen.time_sync.clone(),
+            peer_addr: node.config.listen.peer.to_string(),
+            client_addr: node.config.listen.client.to_string(),
+            http_addr: node.config.listen.http.to_string(),
+            time_addr: node
+                .config
+                .listen
+                .time_sync
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             voter: false,
             incarnation: String::new(),
         })
