@@ -1,14 +1,14 @@
 //! `heraldctl playground`: a local cluster in one command, like
 //! `tiup playground`. The process handling lives in
-//! [`herald_cli::playground`]; this is the part that talks to the user.
+//! [`herald_harness::cluster`]; this is the part that talks to the user.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use herald_cli::context::Context;
-use herald_cli::playground::{LocalCluster, Options, locate_node_binary};
 use herald_config::local::ROOT_USER;
+use herald_harness::{LocalCluster, Options, locate_node_binary};
 
 /// How long the nodes get to agree on a leader.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -158,7 +158,7 @@ async fn shut_down(mut cluster: LocalCluster, keep: bool, why: &str) -> Result<(
 /// Shows the log tails, stops the rest, keeps the directory for a post-mortem.
 async fn fail(mut cluster: LocalCluster, why: String) -> Result<()> {
     for node in cluster.nodes() {
-        let id = node.config.id;
+        let id = node.id();
         eprintln!("--- last lines of {} ---", node.log_path.display());
         eprintln!("{}", cluster.log_tail(id, 20));
     }
