@@ -1,21 +1,21 @@
-//! A 3-node Herald on loopback, started with `herald_cli`'s playground (the
-//! same configs and process handling as `heraldctl playground`), plus what a
-//! benchmark needs on top: the nodes' pids, kill -9 of one node and its
-//! restart on the same config and data.
+//! A 3-node Herald on loopback, started with `herald_harness`'s local
+//! cluster (the same configs and process handling as `heraldctl
+//! playground`), plus what a benchmark needs on top: the nodes' pids, the
+//! leader, and timing a node's restart (through the harness, on the same
+//! config and data).
 //!
 //! Pids are found in `/proc` by the node's config path (an argument of its
-//! command line), which also finds nodes this module restarted itself.
+//! command line): a node that was SIGKILLed but not yet reaped has none, so
+//! a crashed node shows as gone at once.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
-use herald_cli::playground::{LocalCluster, Options};
+use anyhow::{Result, anyhow, bail};
 use herald_client::proto::Consistency;
 use herald_client::{Client, ClientConfig};
-use tokio::process::{Child, Command};
+use herald_harness::{LocalCluster, Options};
 use tokio::time::Instant;
 
 use crate::procfs;
@@ -23,15 +23,6 @@ use crate::procfs;
 /// A running Herald cluster.
 pub struct HeraldCluster {
     cluster: LocalCluster,
-    node_bin: PathBuf,
-    /// Nodes restarted by this module (the playground owns the originals).
-    restarted: BTreeMap<u64, Child>,
-    /// Every node's client endpoint, by id.
-    endpoints: BTreeMap<u64, String>,
-    /// Every node's config path, by id.
-    configs: BTreeMap<u64, PathBuf>,
-    /// Every node's data dir, by id.
-    data_dirs: BTreeMap<u64, PathBuf>,
     /// The CA and `root`'s certificate, unless the cluster is insecure.
     tls: Option<herald_client::ClientTls>,
 }
@@ -57,22 +48,7 @@ impl HeraldCluster {
         };
         let cluster = LocalCluster::start(&options).await?;
         let tls = cluster.client_config(ClientConfig::default())?.tls;
-        let root = cluster.dir().to_path_buf();
-        let mut me = HeraldCluster {
-            node_bin: node_bin.to_path_buf(),
-            restarted: BTreeMap::new(),
-            endpoints: BTreeMap::new(),
-            configs: BTreeMap::new(),
-            data_dirs: BTreeMap::new(),
-            cluster,
-            tls,
-        };
-        for node in me.cluster.nodes() {
-            let id = node.config.id;
-            me.endpoints.insert(id, node.config.listen.client.clone());
-            me.configs.insert(id, node.config_path.clone());
-            me.data_dirs.insert(id, root.join(&node.config.data_dir));
-        }
+        let mut me = HeraldCluster { cluster, tls };
         let leader = me
             .cluster
             .wait_for_leader(Duration::from_secs(30), |p| eprintln!("  herald: {p}"))
@@ -94,17 +70,17 @@ impl HeraldCluster {
 
     /// Client endpoints in id order.
     pub fn endpoints(&self) -> Vec<String> {
-        self.endpoints.values().cloned().collect()
+        self.cluster.client_endpoints()
     }
 
     /// Node ids in order.
     pub fn ids(&self) -> Vec<u64> {
-        self.endpoints.keys().copied().collect()
+        self.cluster.nodes().iter().map(|n| n.id()).collect()
     }
 
     /// The pid of node `id`, if it runs.
     pub fn pid(&self, id: u64) -> Option<u32> {
-        let config = self.configs.get(&id)?.to_str()?;
+        let config = self.cluster.node(id)?.config_path.to_str()?;
         procfs::pids_with_arg(config).into_iter().next()
     }
 
@@ -118,7 +94,11 @@ impl HeraldCluster {
 
     /// Disk used by all data dirs.
     pub fn data_bytes(&self) -> u64 {
-        self.data_dirs.values().map(|d| procfs::disk_usage(d)).sum()
+        self.cluster
+            .nodes()
+            .iter()
+            .map(|n| procfs::disk_usage(&n.data_dir()))
+            .sum()
     }
 
     /// The leader as the live nodes see it (the id most of them name),
@@ -134,8 +114,8 @@ impl HeraldCluster {
         let deadline = Instant::now() + timeout;
         loop {
             let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-            for endpoint in self.endpoints.values() {
-                if let Ok(status) = client.status_of(endpoint).await
+            for endpoint in self.endpoints() {
+                if let Ok(status) = client.status_of(&endpoint).await
                     && status.leader_id != 0
                 {
                     *votes.entry(status.leader_id).or_default() += 1;
@@ -171,48 +151,22 @@ impl HeraldCluster {
         self.ids().iter().position(|&i| i == id).unwrap_or(0)
     }
 
-    /// kill -9 of node `id`.
+    /// kill -9 of node `id` (reaped by the harness).
     pub fn kill(&mut self, id: u64) -> Result<()> {
-        let pid = self
-            .pid(id)
-            .ok_or_else(|| anyhow!("herald: node{id} is not running"))?;
-        procfs::signal(pid, libc::SIGKILL);
+        let node = self.cluster.node_mut(id)?;
+        if !node.is_running() {
+            bail!("herald: node{id} is not running");
+        }
+        node.kill();
         Ok(())
     }
 
     /// Starts node `id` again on its config and data, as the playground
-    /// started it, with its output appended to its log.
+    /// started it (killing what is left of it first), with its output
+    /// appended to its log; returns when it was spawned.
     pub fn restart(&mut self, id: u64) -> Result<Instant> {
-        let config = self
-            .configs
-            .get(&id)
-            .ok_or_else(|| anyhow!("herald: no node{id}"))?
-            .clone();
-        let dir = self.cluster.dir().to_path_buf();
-        let log_path = dir.join(format!("node{id}.log"));
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        let log_err = log.try_clone().context("duplicating the log handle")?;
-        if let Some(mut old) = self.restarted.remove(&id) {
-            let _ = old.start_kill();
-        }
         let started = Instant::now();
-        let child = Command::new(&self.node_bin)
-            .arg("--config")
-            .arg(&config)
-            .current_dir(&dir)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("restarting node{id}"))?;
-        self.restarted.insert(id, child);
+        self.cluster.node_mut(id)?.restart()?;
         Ok(started)
     }
 
@@ -220,10 +174,10 @@ impl HeraldCluster {
     /// 10 ms; returns when it did.
     pub async fn wait_serving(&self, id: u64, timeout: Duration) -> Result<Instant> {
         let endpoint = self
-            .endpoints
-            .get(&id)
+            .cluster
+            .node(id)
             .ok_or_else(|| anyhow!("herald: no node{id}"))?
-            .clone();
+            .client_addr();
         let config = ClientConfig {
             max_attempts: 1,
             tls: self.tls.clone(),
@@ -251,25 +205,6 @@ impl HeraldCluster {
         let killed = self.cluster.stop(Duration::from_secs(10)).await;
         if !killed.is_empty() {
             eprintln!("  herald: had to SIGKILL {killed:?}");
-        }
-        self.stop_restarted().await;
-    }
-
-    /// Stops only the nodes this module restarted.
-    async fn stop_restarted(&mut self) {
-        for child in self.restarted.values() {
-            if let Some(pid) = child.id() {
-                procfs::signal(pid, libc::SIGTERM);
-            }
-        }
-        for (id, mut child) in std::mem::take(&mut self.restarted) {
-            if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                .await
-                .is_err()
-            {
-                eprintln!("  herald: node{id} ignored SIGTERM; SIGKILL");
-                let _ = child.kill().await;
-            }
         }
     }
 

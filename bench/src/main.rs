@@ -36,7 +36,7 @@ use herald_bench::procfs;
 use herald_bench::report::{self, ETCD, Failover, HERALD, MemoryRestart, Report, RunResult};
 use herald_bench::stats::{longest_gap_after, median};
 use herald_bench::target::Target;
-use herald_cli::duration::parse_duration;
+use herald_harness::duration::parse_duration;
 use tokio::time::Instant;
 
 /// Herald vs a 3-node etcd on this machine: throughput, latency, CPU,
@@ -632,7 +632,7 @@ fn prepare(
         bail!("{} exists; pick another --work-dir", work.display());
     }
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let node_bin = herald_cli::playground::locate_node_binary(args.node_bin.clone(), |cmd| {
+    let node_bin = herald_harness::locate_node_binary(args.node_bin.clone(), |cmd| {
         eprintln!("running: {cmd}")
     })?;
     let etcd_bin = if args.skip_etcd {

@@ -1,11 +1,10 @@
-//! The reusable parts of `heraldctl`: node config files for local clusters,
-//! starting and stopping such clusters, and duration syntax. The chaos suite
-//! and the benchmark start their clusters with these, so that every local
-//! cluster in the project looks the same.
+//! The reusable parts of `heraldctl`: the saved context that finds a running
+//! playground. Local clusters themselves (the playground's processes) are
+//! `herald_harness`'s and their config files `herald_config`'s, shared with
+//! the chaos suite, the benchmark and the tests.
 
 #![warn(missing_docs)]
 
-pub mod config;
 pub mod context;
-pub mod duration;
-pub mod playground;
+/// Duration syntax, shared with the other tools that drive nodes.
+pub use herald_harness::duration;

@@ -187,7 +187,7 @@ pub async fn measure(opts: &ProbeOptions) -> Result<ProbeReport> {
         .await?;
     let time_addrs: Vec<(u64, SocketAddr)> = cluster
         .nodes()
-        .filter_map(|n| Some((n.id, n.config.listen.time_sync.parse().ok()?)))
+        .filter_map(|n| Some((n.id(), n.config.listen.time_sync?)))
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let prober = {

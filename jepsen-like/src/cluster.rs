@@ -1,8 +1,9 @@
 //! A cluster of real `herald-node` processes on loopback, built for faults.
 //!
-//! Unlike `heraldctl playground` (whose config rendering and binary lookup
-//! this reuses), every peer link goes through its own [`Link`] proxy, and
-//! single nodes can be killed, paused, restarted or added later. Secure like
+//! The processes are `herald_harness`'s (start, kill, pause, wipe), the
+//! configs `herald_config`'s local layout moved onto free ports. Unlike
+//! `heraldctl playground`, every peer link goes through its own [`Link`]
+//! proxy, and single nodes can be killed, paused, restarted or added later. Secure like
 //! production (TLS everywhere, mutual TLS between nodes, auth on; the TCP
 //! proxies carry the TLS streams untouched), with the nodes in testing mode
 //! so the clock nemesis can skew them. Everything
@@ -13,14 +14,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use herald_cli::config::{NodeConfig, ROOT_USER, Security, local_cluster};
 use herald_client::{Client, ClientConfig, ClientTls, proto};
-use tokio::process::{Child, Command};
+use herald_config::local::{ROOT_USER, Security, local_cluster};
+use herald_config::{Listen, MemberConfig};
+use herald_harness::{NodeProcess, free_ports};
 use tokio::time::Instant;
 
 use crate::faultfs::{self, FaultControl};
@@ -45,28 +45,6 @@ pub struct ClusterOptions {
     pub snapshot_every: Option<u64>,
 }
 
-/// One node: its config and, while it runs, its process.
-#[derive(Debug)]
-pub struct Node {
-    /// Raft id (= number).
-    pub id: u64,
-    /// Its config.
-    pub config: NodeConfig,
-    /// The config file.
-    pub config_path: PathBuf,
-    /// Its stdout and stderr.
-    pub log_path: PathBuf,
-    child: Option<Child>,
-    paused: bool,
-}
-
-impl Node {
-    /// The client gRPC address.
-    pub fn client_addr(&self) -> String {
-        self.config.listen.client.clone()
-    }
-}
-
 /// A running cluster; see the module docs.
 #[derive(Debug)]
 pub struct Cluster {
@@ -74,8 +52,7 @@ pub struct Cluster {
     // mounts go before the directory they are in.
     mounts: BTreeMap<u64, faultfs::Mount>,
     dir: tempfile::TempDir,
-    node_bin: PathBuf,
-    nodes: BTreeMap<u64, Node>,
+    nodes: BTreeMap<u64, NodeProcess>,
     links: BTreeMap<(u64, u64), Link>,
     founders: Vec<u64>,
     tls: ClientTls,
@@ -83,14 +60,9 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in self.nodes.values_mut() {
-            if let Some(child) = &mut node.child {
-                if node.paused {
-                    signal(child, libc::SIGCONT);
-                }
-                let _ = child.start_kill();
-            }
-        }
+        // Kill the processes (paused ones too) before the mounts and the
+        // directory they use go.
+        self.nodes.clear();
     }
 }
 
@@ -106,36 +78,9 @@ pub fn locate_node_binary(explicit: Option<PathBuf>) -> Result<PathBuf> {
         && let Some(release) = dir.parent()
     {
         let candidate = release.join("herald-node");
-        return herald_cli::playground::locate_node_binary(Some(candidate), |_| {});
+        return herald_harness::locate_node_binary(Some(candidate), |_| {});
     }
-    herald_cli::playground::locate_node_binary(explicit, |cmd| eprintln!("$ {cmd}"))
-}
-
-/// `n` loopback ports free for TCP and UDP, below Linux's ephemeral range
-/// (32768 and up). A port found by binding port 0 is released before the
-/// node binds it, and in between an outgoing connection or a proxy's
-/// port-0 bind may be handed it (a node then failed with "Address already
-/// in use"). Below the range only explicit binds take ports, and the cursor
-/// never returns the same port twice in one run.
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 10_000;
-    const SPAN: u32 = 22_000;
-    let start = std::process::id().wrapping_mul(397) % SPAN;
-    let mut ports = Vec::with_capacity(n);
-    while ports.len() < n {
-        let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        if k >= SPAN {
-            bail!("finding free ports: none left below 32768");
-        }
-        let port = (LOW + (start + k) % SPAN) as u16;
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        if tcp.is_ok() && udp.is_ok() {
-            ports.push(port);
-        }
-    }
-    Ok(ports)
+    herald_harness::locate_node_binary(explicit, |cmd| eprintln!("$ {cmd}"))
 }
 
 /// A version-2 segment's 32-byte header.
@@ -163,17 +108,6 @@ fn segment_records(bytes: &[u8]) -> Vec<(u64, u32)> {
     out
 }
 
-fn signal(child: &Child, sig: libc::c_int) {
-    let Some(pid) = child.id().and_then(|p| libc::pid_t::try_from(p).ok()) else {
-        return;
-    };
-    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
-    // unreaped child, so it cannot name another process.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
 impl Cluster {
     /// Writes configs, starts the proxies and the founding nodes. Does not
     /// wait for a leader; see [`wait_for_leader`](Cluster::wait_for_leader).
@@ -187,7 +121,8 @@ impl Cluster {
             .context("creating a temporary directory")?;
         let total = options.nodes + u32::from(options.spare);
         let ports = free_ports(4 * total as usize)?;
-        let addr = |i: u64, k: usize| format!("127.0.0.1:{}", ports[4 * (i as usize - 1) + k]);
+        let addr =
+            |i: u64, k: usize| SocketAddr::from(([127, 0, 0, 1], ports[4 * (i as usize - 1) + k]));
         let root = dir
             .path()
             .to_str()
@@ -209,88 +144,75 @@ impl Cluster {
         };
         let mut configs = local_cluster(total, 20000, root, &security).map_err(|e| anyhow!(e))?;
         for c in &mut configs {
-            c.listen.peer = addr(c.id, 0);
-            c.listen.client = addr(c.id, 1);
-            c.listen.http = addr(c.id, 2);
-            c.listen.time_sync = addr(c.id, 3);
-            for m in &mut c.initial_members {
-                m.peer = addr(m.id, 0);
-                m.client = addr(m.id, 1);
-                m.http = addr(m.id, 2);
-                m.time_sync = addr(m.id, 3);
-            }
-            if c.id <= u64::from(options.nodes) {
-                c.initial_members.truncate(options.nodes as usize);
+            c.listen = Listen {
+                peer: addr(c.id, 0),
+                client: addr(c.id, 1),
+                http: addr(c.id, 2),
+                time_sync: Some(addr(c.id, 3)),
+            };
+            // Testing mode: the nodes run with --testing (see `spawn`).
+            c.testing_mode = true;
+        }
+        let founding: Vec<MemberConfig> = configs
+            .iter()
+            .take(options.nodes as usize)
+            .map(MemberConfig::of)
+            .collect();
+        for c in &mut configs {
+            c.initial_members = if c.id <= u64::from(options.nodes) {
+                founding.clone()
             } else {
-                c.initial_members.clear();
-            }
+                Vec::new()
+            };
         }
         let mut links = BTreeMap::new();
         for from in 1..=u64::from(total) {
             for to in 1..=u64::from(total) {
                 if from != to {
-                    let upstream: SocketAddr = configs[to as usize - 1].listen.peer.parse()?;
+                    let upstream = configs[to as usize - 1].listen.peer;
                     links.insert((from, to), Link::start(from, to, upstream).await?);
                 }
             }
         }
         let founders: Vec<u64> = (1..=u64::from(options.nodes)).collect();
         let mut nodes = BTreeMap::new();
-        for config in configs {
+        for mut config in configs {
             let id = config.id;
-            let data_dir = PathBuf::from(&config.data_dir);
-            let mut config = config;
             if let Some(every) = options.snapshot_every {
                 config.raft.snapshot_every = every;
+                // Purge the whole log at each snapshot, so a lagging
+                // follower needs one.
+                config.raft.keep_logs_after_snapshot = 0;
             }
-            let mut text = config.to_toml();
-            if let Some(every) = options.snapshot_every {
-                // In [raft], beside snapshot_every: purge the whole log at
-                // each snapshot, so a lagging follower needs one.
-                let line = format!("snapshot_every = {every}\n");
-                assert!(text.contains(&line), "the playground config names {line:?}");
-                text = text.replacen(&line, &format!("{line}keep_logs_after_snapshot = 0\n"), 1);
-            }
-            text.push_str(
-                "\n# Every link to a peer goes through the chaos suite's proxy.\n[peer_routes]\n",
-            );
+            // Every link to a peer goes through the chaos suite's proxy.
             for ((from, to), link) in &links {
                 if *from == id {
-                    text.push_str(&format!("\"{to}\" = \"{}\"\n", link.listen));
+                    config
+                        .peer_routes
+                        .insert(to.to_string(), link.listen.to_string());
                 }
             }
-            if options.stale_reads.contains(&id) {
-                text.push_str("\n[testing]\nstale_reads = true\n");
-            }
-            let config_path = dir.path().join(format!("node{id}.toml"));
-            std::fs::write(&config_path, text)
-                .with_context(|| format!("writing {}", config_path.display()))?;
-            std::fs::create_dir_all(&data_dir)?;
-            nodes.insert(
-                id,
-                Node {
-                    id,
-                    config,
-                    config_path,
-                    log_path: dir.path().join(format!("node{id}.log")),
-                    child: None,
-                    paused: false,
-                },
-            );
+            config.testing.stale_reads = options.stale_reads.contains(&id);
+            config.validate()?;
+            let node =
+                NodeProcess::new(&options.node_bin, config, dir.path())?.current_dir(dir.path());
+            nodes.insert(id, node);
         }
         let mut mounts = BTreeMap::new();
         if options.faultfs {
             for node in nodes.values() {
-                let backing = dir.path().join("backing").join(format!("node{}", node.id));
-                let mount = faultfs::Mount::new(&backing, Path::new(&node.config.data_dir))
-                    .with_context(|| format!("faultfs for node {}", node.id))?;
-                mounts.insert(node.id, mount);
+                let backing = dir
+                    .path()
+                    .join("backing")
+                    .join(format!("node{}", node.id()));
+                let mount = faultfs::Mount::new(&backing, &node.config.data_dir)
+                    .with_context(|| format!("faultfs for node {}", node.id()))?;
+                mounts.insert(node.id(), mount);
             }
         }
         let mut cluster = Cluster {
             mounts,
             dir,
-            node_bin: options.node_bin.clone(),
             nodes,
             links,
             founders: founders.clone(),
@@ -313,12 +235,12 @@ impl Cluster {
     }
 
     /// Every node, the spare included.
-    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeProcess> {
         self.nodes.values()
     }
 
     /// One node.
-    pub fn node(&self, id: u64) -> Option<&Node> {
+    pub fn node(&self, id: u64) -> Option<&NodeProcess> {
         self.nodes.get(&id)
     }
 
@@ -326,85 +248,47 @@ impl Cluster {
     pub fn endpoints(&self) -> Vec<String> {
         self.founders
             .iter()
-            .filter_map(|id| self.nodes.get(id).map(Node::client_addr))
+            .filter_map(|id| self.nodes.get(id).map(NodeProcess::client_addr))
             .collect()
     }
 
     /// Starts (or restarts) node `id`'s process; a no-op when it runs.
+    /// Testing mode: the clock nemesis uses SetClockOffset, and the
+    /// checker's own test runs use the [testing] faults.
     pub fn spawn(&mut self, id: u64) -> Result<()> {
-        let node = self
-            .nodes
+        self.node_mut(id)?.start()
+    }
+
+    fn node_mut(&mut self, id: u64) -> Result<&mut NodeProcess> {
+        self.nodes
             .get_mut(&id)
-            .ok_or_else(|| anyhow!("no node {id}"))?;
-        if let Some(child) = &mut node.child
-            && child.try_wait().ok().flatten().is_none()
-        {
-            return Ok(());
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)
-            .with_context(|| format!("opening {}", node.log_path.display()))?;
-        let log_err = log.try_clone()?;
-        // Testing mode: the clock nemesis uses SetClockOffset, and the
-        // checker's own test runs use the [testing] faults.
-        let child = Command::new(&self.node_bin)
-            .arg("--testing")
-            .arg("--config")
-            .arg(&node.config_path)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            // Own process group: a terminal's Ctrl-C reaches only us, and we
-            // kill the nodes.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", self.node_bin.display()))?;
-        node.child = Some(child);
-        node.paused = false;
-        Ok(())
+            .ok_or_else(|| anyhow!("no node {id}"))
     }
 
     /// SIGKILLs node `id` and reaps it.
     pub async fn kill(&mut self, id: u64) {
-        if let Some(node) = self.nodes.get_mut(&id)
-            && let Some(mut child) = node.child.take()
-        {
-            let _ = child.kill().await;
-            node.paused = false;
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.kill();
         }
     }
 
     /// SIGSTOPs node `id`.
     pub fn pause(&mut self, id: u64) {
-        if let Some(node) = self.nodes.get_mut(&id)
-            && let Some(child) = &node.child
-        {
-            signal(child, libc::SIGSTOP);
-            node.paused = true;
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.pause();
         }
     }
 
     /// SIGCONTs node `id`.
     pub fn resume(&mut self, id: u64) {
-        if let Some(node) = self.nodes.get_mut(&id)
-            && let Some(child) = &node.child
-        {
-            signal(child, libc::SIGCONT);
-            node.paused = false;
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.resume();
         }
     }
 
     /// Whether node `id` has a live process (paused counts as live).
     pub fn is_running(&mut self, id: u64) -> bool {
-        self.nodes
-            .get_mut(&id)
-            .and_then(|n| n.child.as_mut())
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.nodes.get_mut(&id).is_some_and(NodeProcess::is_running)
     }
 
     /// Ids of nodes with a process.
@@ -417,7 +301,7 @@ impl Cluster {
     pub fn revive(&mut self, extra: &[u64]) -> Result<()> {
         let ids: Vec<u64> = self.founders.iter().chain(extra).copied().collect();
         for id in ids {
-            if self.nodes.get(&id).is_some_and(|n| n.paused) {
+            if self.nodes.get(&id).is_some_and(NodeProcess::is_paused) {
                 self.resume(id);
             }
             if !self.is_running(id) {
@@ -571,7 +455,7 @@ impl Cluster {
         std::fs::create_dir_all(to)?;
         for node in self.nodes.values() {
             if node.log_path.is_file() {
-                std::fs::copy(&node.log_path, to.join(format!("node{}.log", node.id)))?;
+                std::fs::copy(&node.log_path, to.join(format!("node{}.log", node.id())))?;
             }
         }
         Ok(())
@@ -585,9 +469,7 @@ impl Cluster {
 
     /// Node `id`'s data dir (through its mount, if any).
     pub fn data_dir(&self, id: u64) -> Option<PathBuf> {
-        self.nodes
-            .get(&id)
-            .map(|n| PathBuf::from(&n.config.data_dir))
+        self.nodes.get(&id).map(|n| n.config.data_dir.clone())
     }
 
     /// Waits up to `timeout` for node `id`'s process to exit on its own;
@@ -597,32 +479,12 @@ impl Cluster {
         id: u64,
         timeout: Duration,
     ) -> Option<std::process::ExitStatus> {
-        let node = self.nodes.get_mut(&id)?;
-        let child = node.child.as_mut()?;
-        let status = tokio::time::timeout(timeout, child.wait())
-            .await
-            .ok()?
-            .ok()?;
-        node.child = None;
-        node.paused = false;
-        Some(status)
+        self.nodes.get_mut(&id)?.wait_exit(timeout).await
     }
 
     /// Empties node `id`'s data dir (a lost disk). The node must be stopped.
-    pub fn wipe(&self, id: u64) -> Result<()> {
-        let dir = self.data_dir(id).ok_or_else(|| anyhow!("no node {id}"))?;
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
-        {
-            let path = entry?.path();
-            if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            }
-            .with_context(|| format!("wiping {}", path.display()))?;
-        }
-        Ok(())
+    pub fn wipe(&mut self, id: u64) -> Result<()> {
+        self.node_mut(id)?.wipe()
     }
 
     /// Flips one bit in the payload of a record in the middle of node
@@ -675,16 +537,6 @@ impl Cluster {
 
     /// The membership record for node `id`, for `AddLearner`.
     pub fn member(&self, id: u64) -> Option<proto::Member> {
-        let node = self.nodes.get(&id)?;
-        Some(proto::Member {
-            id,
-            number: node.config.number,
-            peer_addr: node.config.listen.peer.clone(),
-            client_addr: node.config.listen.client.clone(),
-            http_addr: node.config.listen.http.clone(),
-            time_addr: node.config.listen.time_sync.clone(),
-            voter: false,
-            incarnation: String::new(),
-        })
+        self.nodes.get(&id).map(NodeProcess::member)
     }
 }

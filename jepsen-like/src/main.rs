@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use herald_cli::duration::parse_duration;
+use herald_harness::duration::parse_duration;
 use herald_jepsen::checker;
 use herald_jepsen::cluster::locate_node_binary;
 use herald_jepsen::history::{fault_windows, pair, read_jsonl};

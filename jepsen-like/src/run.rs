@@ -159,7 +159,7 @@ async fn drive(
     workload::spawn(&opts.workloads, &setup, &ctx, &mut workers);
 
     let monitor = tokio::spawn(monitor(
-        cluster.nodes().map(|n| (n.id, n.client_addr())).collect(),
+        cluster.nodes().map(|n| (n.id(), n.client_addr())).collect(),
         cluster.client_tls(),
         recorder.clone(),
     ));

@@ -6,7 +6,7 @@
 //! snapshot, and openraft reads that whole range in one go. Counted in
 //! entries alone, 100 000 maximal entries (64 KiB of progress each) made a
 //! replay read gigabytes, so a node that crashed under such a load could
-//! not come back (the replay test in `node/tests/storage.rs`). Counted in
+//! not come back (the replay test in `node/tests/it/storage.rs`). Counted in
 //! bytes, a replay reads at most about `snapshot_every_bytes` plus what
 //! arrives in one check interval.
 

@@ -52,27 +52,8 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// untraced cluster sends no `traceparent`.
 static PROPAGATOR: OnceLock<TraceContextPropagator> = OnceLock::new();
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!("log format must be text or json, got {other:?}")),
-        }
-    }
-}
+/// Log line format (part of `[telemetry]`, so defined with the config).
+pub use crate::config::LogFormat;
 
 /// The collector to export to: the config's, else the env var's.
 pub fn otlp_endpoint(config: &TelemetryConfig) -> Option<String> {

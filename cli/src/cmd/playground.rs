@@ -1,14 +1,14 @@
 //! `heraldctl playground`: a local cluster in one command, like
 //! `tiup playground`. The process handling lives in
-//! [`herald_cli::playground`]; this is the part that talks to the user.
+//! [`herald_harness::cluster`]; this is the part that talks to the user.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
-use herald_cli::config::ROOT_USER;
 use herald_cli::context::Context;
-use herald_cli::playground::{LocalCluster, Options, locate_node_binary};
+use herald_config::local::ROOT_USER;
+use herald_harness::{LocalCluster, Options, locate_node_binary};
 
 /// How long the nodes get to agree on a leader.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -158,7 +158,7 @@ async fn shut_down(mut cluster: LocalCluster, keep: bool, why: &str) -> Result<(
 /// Shows the log tails, stops the rest, keeps the directory for a post-mortem.
 async fn fail(mut cluster: LocalCluster, why: String) -> Result<()> {
     for node in cluster.nodes() {
-        let id = node.config.id;
+        let id = node.id();
         eprintln!("--- last lines of {} ---", node.log_path.display());
         eprintln!("{}", cluster.log_tail(id, 20));
     }
@@ -183,14 +183,14 @@ fn print_banner(
         };
         table.row(vec![
             name,
-            c.listen.client.clone(),
+            c.listen.client.to_string(),
             format!(
                 "{}://{}",
                 if c.insecure { "http" } else { "https" },
                 c.listen.http
             ),
-            c.listen.peer.clone(),
-            c.data_dir.clone(),
+            c.listen.peer.to_string(),
+            c.data_dir.display().to_string(),
             node.log_path.display().to_string(),
         ]);
     }
@@ -238,7 +238,7 @@ fn print_banner(
     let http = cluster
         .nodes()
         .first()
-        .map(|n| n.config.listen.http.clone())
+        .map(|n| n.config.listen.http.to_string())
         .unwrap_or_default();
     println!("\nTry:");
     for example in [

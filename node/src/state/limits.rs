@@ -9,6 +9,12 @@ use std::collections::BTreeMap;
 
 use super::StateError;
 
+// The longest TTL, the largest pool and the most units in a platform also
+// bound the quotas, which are part of a node's config file: they are defined
+// with the quotas in `herald_config`, so the config can be checked without
+// the node.
+pub use herald_config::quotas::{MAX_POOL_SIZE, MAX_TTL_MS, MAX_UNITS};
+
 /// Bytes in a presence `uid` (UTF-8), at least 1.
 pub const MAX_UID_BYTES: usize = 128;
 /// Bytes in a `client_type`, at least 1.
@@ -33,18 +39,12 @@ pub const MAX_CANDIDATES: usize = 64;
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 /// Bytes in a lease `user`, at least 1.
 pub const MAX_USER_BYTES: usize = 128;
-/// Longest TTL of a presence login or a lease: 30 days.
-pub const MAX_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Bytes in an account-data key, at least 1.
 pub const MAX_DATA_KEY_BYTES: usize = 128;
 /// Bytes in an account-data value.
 pub const MAX_DATA_VALUE_BYTES: usize = 64 * 1024;
 /// Data keys one leased account may hold.
 pub const MAX_DATA_KEYS: usize = 256;
-/// Largest `provision` and `max_size` of a pool.
-pub const MAX_POOL_SIZE: u32 = 100_000;
-/// Units in one platform, at least 1.
-pub const MAX_UNITS: usize = 64;
 /// Presence events kept for watches that resume from a revision.
 pub const EVENT_HISTORY: usize = 100_000;
 /// Work-log entries kept per session (the newest ones).

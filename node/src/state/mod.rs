@@ -143,7 +143,7 @@ impl Command {
             Command::RecordIncarnation(c) => c.validate(),
             Command::SetOwnership(c) => c.validate(),
             Command::Tick => Ok(()),
-            Command::SetQuotas(q) => q.validate(),
+            Command::SetQuotas(q) => q.validate().map_err(StateError::from),
             Command::DeletePlatform(_) | Command::DeletePool(_) | Command::DeleteSession(_) => {
                 Ok(())
             }

@@ -20,158 +20,18 @@
 //! check cannot both land). A refusal is `ResourceExhausted` and names the
 //! quota and its value. Lowering a quota never deletes anything: what exists
 //! stays, and only what would add to it is refused.
+//!
+//! The type and its defaults and bounds live in `herald_config::quotas`
+//! (they are part of a node's config file); this module is where the state
+//! machine enforces them.
 
-use serde::{Deserialize, Serialize};
+pub use herald_config::quotas::{QuotaError, Quotas};
 
-use super::limits::{MAX_POOL_SIZE, MAX_TTL_MS, MAX_UNITS};
 use super::{Reason, StateError};
 
-/// One day in milliseconds.
-const DAY_MS: u64 = 24 * 60 * 60 * 1000;
-
-/// The cluster's quotas (`[quotas]` in a node's config). Defaults are sized
-/// for the memory target (a million users in well under 1 GiB per node)
-/// with room to spare; the docs list each beside its default.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct Quotas {
-    /// Presence records (users ever seen and not forgotten).
-    pub users: u64,
-    /// Clients (client types) one user may have online at once.
-    pub clients_per_user: u32,
-    /// Sessions in the cluster.
-    pub sessions: u64,
-    /// Sessions one terminal may create (checked at connect).
-    pub sessions_per_terminal: u32,
-    /// Terminal bindings (pairs) in the cluster; a terminal has at most one.
-    pub bindings: u64,
-    /// Platforms.
-    pub platforms: u64,
-    /// Units in one platform (at most the field limit, 64).
-    pub units_per_platform: u32,
-    /// Pools in the cluster.
-    pub pools: u64,
-    /// Pools in one unit.
-    pub pools_per_unit: u32,
-    /// Temporary accounts in the cluster, over every pool.
-    pub accounts: u64,
-    /// Accounts one pool may grow to (its `max_size`; at most 100 000).
-    pub accounts_per_pool: u32,
-    /// Accounts one `CreatePool` may make at once (its `provision`): the
-    /// size of one log entry's work.
-    pub accounts_per_command: u32,
-    /// Bytes of data (keys plus values) one leased account may hold.
-    pub data_bytes_per_account: u64,
-    /// Cluster time a session may stay idle (no progress, no handoff)
-    /// before it and its work log are deleted; 0 = kept until deleted.
-    pub session_retention_ms: u64,
-    /// Cluster time an offline user's presence record is kept after its last
-    /// change; after it the record is forgotten (a read then answers "never
-    /// seen"). 0 = kept for ever.
-    pub presence_retention_ms: u64,
-    /// Bytes of presence changes each replica keeps for watches that resume
-    /// from a revision (also capped at 100 000 events). Older changes are
-    /// compacted; a resume before them is told so.
-    pub watch_history_bytes: u64,
-}
-
-impl Default for Quotas {
-    fn default() -> Self {
-        Quotas {
-            users: 2_000_000,
-            clients_per_user: 16,
-            sessions: 1_000_000,
-            sessions_per_terminal: 16,
-            bindings: 1_000_000,
-            platforms: 1_000,
-            units_per_platform: MAX_UNITS as u32,
-            pools: 10_000,
-            pools_per_unit: 64,
-            accounts: 2_000_000,
-            accounts_per_pool: MAX_POOL_SIZE,
-            accounts_per_command: 10_000,
-            data_bytes_per_account: 256 * 1024,
-            session_retention_ms: 7 * DAY_MS,
-            presence_retention_ms: 30 * DAY_MS,
-            watch_history_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
-
-impl Quotas {
-    /// Values a cluster can run with: every count at least 1, the per-thing
-    /// quotas within the field limits, retentions at most a year.
-    pub fn validate(&self) -> Result<(), StateError> {
-        let counts: [(&str, u64); 12] = [
-            ("users", self.users),
-            ("clients_per_user", self.clients_per_user.into()),
-            ("sessions", self.sessions),
-            ("sessions_per_terminal", self.sessions_per_terminal.into()),
-            ("bindings", self.bindings),
-            ("platforms", self.platforms),
-            ("units_per_platform", self.units_per_platform.into()),
-            ("pools", self.pools),
-            ("pools_per_unit", self.pools_per_unit.into()),
-            ("accounts", self.accounts),
-            ("accounts_per_pool", self.accounts_per_pool.into()),
-            ("accounts_per_command", self.accounts_per_command.into()),
-        ];
-        for (name, value) in counts {
-            if value == 0 {
-                return Err(StateError::invalid(
-                    format!("quotas.{name}"),
-                    "must be at least 1",
-                ));
-            }
-        }
-        if self.units_per_platform as usize > MAX_UNITS {
-            return Err(StateError::invalid(
-                "quotas.units_per_platform",
-                format!(
-                    "must be at most {MAX_UNITS}, got {}",
-                    self.units_per_platform
-                ),
-            ));
-        }
-        if self.accounts_per_pool > MAX_POOL_SIZE {
-            return Err(StateError::invalid(
-                "quotas.accounts_per_pool",
-                format!(
-                    "must be at most {MAX_POOL_SIZE}, got {}",
-                    self.accounts_per_pool
-                ),
-            ));
-        }
-        for (name, value) in [
-            ("session_retention_ms", self.session_retention_ms),
-            ("presence_retention_ms", self.presence_retention_ms),
-        ] {
-            if value > 12 * MAX_TTL_MS {
-                return Err(StateError::invalid(
-                    format!("quotas.{name}"),
-                    format!(
-                        "must be at most {} ms (a year), got {value}",
-                        12 * MAX_TTL_MS
-                    ),
-                ));
-            }
-        }
-        if self.presence_retention_ms != 0 && self.presence_retention_ms < MAX_TTL_MS {
-            // A TTL client may be silent for up to its TTL while online; an
-            // offline record younger than the longest TTL is never forgotten
-            // by accident, but keep the rule simple to state.
-            return Err(StateError::invalid(
-                "quotas.presence_retention_ms",
-                format!("must be 0 or at least {MAX_TTL_MS} ms (30 days)"),
-            ));
-        }
-        if self.watch_history_bytes < 1024 * 1024 {
-            return Err(StateError::invalid(
-                "quotas.watch_history_bytes",
-                format!("must be at least 1 MiB, got {}", self.watch_history_bytes),
-            ));
-        }
-        Ok(())
+impl From<QuotaError> for StateError {
+    fn from(e: QuotaError) -> Self {
+        StateError::invalid(e.field, e.reason)
     }
 }
 
@@ -188,6 +48,7 @@ pub(crate) fn over(quota: &str, value: impl std::fmt::Display, detail: String) -
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
+    use super::super::limits::MAX_TTL_MS;
     use super::super::tests::Harness;
     use super::super::*;
     use super::*;

@@ -6,13 +6,11 @@
 //! client chose: the follower's `request` and `forward`, the leader's
 //! `request` and `raft.propose`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::common::TestCluster;
 use ::herald_client::proto::LoginRequest;
-use common::TestCluster;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -102,7 +100,7 @@ async fn a_write_through_a_follower_is_one_trace_across_both_nodes() {
 
     let c = TestCluster::start_with_env(
         3,
-        common::timings(),
+        crate::common::timings(),
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             // Export batches quickly instead of every 5 s.

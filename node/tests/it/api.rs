@@ -5,13 +5,11 @@
 //! takeover from a listing or a replay; a `Batch` answers each of its calls
 //! on its own.
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common::TestCluster;
 use ::herald_client::proto::herald_client::HeraldClient;
 use ::herald_client::proto::*;
-use common::TestCluster;
 use futures::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -264,7 +262,11 @@ async fn a_batch_answers_each_call_as_its_unary_rpc_would() {
         let series = format!(
             "herald_api_requests_total{{server=\"client\",method=\"/herald.v1.Herald/Login\",code=\"{code}\"}}"
         );
-        assert_eq!(common::sample(&metrics, &series), Some(want), "{series}");
+        assert_eq!(
+            crate::common::sample(&metrics, &series),
+            Some(want),
+            "{series}"
+        );
     }
 
     // Too many calls: the whole batch is refused and nothing is applied.
@@ -1096,7 +1098,7 @@ async fn leases_expire_by_cluster_time_without_other_writes() {
 /// before anything is logged, and deletes free what they held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_from_the_config_refuse_naming_the_quota_and_deletes_free_the_place() {
-    let c = TestCluster::start_custom(3, common::timings(), |cfg| {
+    let c = TestCluster::start_custom(3, crate::common::timings(), |cfg| {
         cfg.quotas.clients_per_user = 2;
         cfg.quotas.sessions_per_terminal = 1;
         cfg.quotas.users = 1_000;
@@ -1109,7 +1111,7 @@ async fn quotas_from_the_config_refuse_naming_the_quota_and_deletes_free_the_pla
     for id in 1..=3 {
         c.wait_for("the leader's quotas to be replicated", || async move {
             let (_, text) = cl.get(id, "/metrics").await.ok()?;
-            (common::sample(&text, "herald_state_quota{kind=\"users\"}") == Some(1_000.0))
+            (crate::common::sample(&text, "herald_state_quota{kind=\"users\"}") == Some(1_000.0))
                 .then_some(())
         })
         .await;

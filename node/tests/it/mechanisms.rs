@@ -2,13 +2,11 @@
 //! clock over SNTP, numbered failover with and without failback, and TTL
 //! presence kept alive by heartbeats to the owner on the hash ring.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::common::TestCluster;
 use ::herald_client::proto::*;
-use common::TestCluster;
 use futures::StreamExt;
 use herald_node::config::RaftTimings;
 use tokio::time::Instant;
@@ -17,7 +15,7 @@ const SYNC_MS: u64 = 1000;
 const TOLERANCE_US: i64 = 500;
 
 fn timings() -> RaftTimings {
-    common::timings()
+    crate::common::timings()
 }
 
 fn login(uid: &str, ttl_ms: u64) -> LoginRequest {
@@ -433,7 +431,7 @@ async fn served(c: &TestCluster, id: u64, method: &str) -> u64 {
     let series = format!(
         "herald_api_requests_total{{server=\"client\",method=\"/herald.v1.Herald/{method}\",code=\"Ok\"}}"
     );
-    common::sample(&body, &series).unwrap_or(0.0) as u64
+    crate::common::sample(&body, &series).unwrap_or(0.0) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

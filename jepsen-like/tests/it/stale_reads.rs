@@ -13,6 +13,7 @@ use herald_jepsen::workload::{register_read, register_write, worker_client_confi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_serving_local_reads_is_caught() {
+    let _one_at_a_time = crate::ONE_CHAOS_RUN.lock().await;
     let node_bin = locate_node_binary(None).expect("herald-node binary (set HERALD_NODE_BIN)");
     let mut cluster = Cluster::start(&ClusterOptions {
         nodes: 3,

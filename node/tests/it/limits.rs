@@ -9,14 +9,12 @@
 //! 1000 maximal logins is served and an oversized message is refused with
 //! `RESOURCE_EXHAUSTED` naming the limit.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use crate::common::{ROOT, TestCluster, channel_as, sample, timings};
 use ::herald_client::proto::herald_client::HeraldClient;
 use ::herald_client::proto::*;
-use common::{ROOT, TestCluster, channel_as, sample, timings};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
@@ -207,7 +205,7 @@ async fn the_http_header_timeout_closes_a_slowloris_connection() {
         cfg.limits.http_header_timeout_ms = 500;
     })
     .await;
-    let mut s = common::tls_connect(&c.certs, &c.http_addr(1), Some(ROOT))
+    let mut s = crate::common::tls_connect(&c.certs, &c.http_addr(1), Some(ROOT))
         .await
         .expect("tls");
     // Headers started, never finished.
@@ -507,7 +505,7 @@ async fn the_largest_valid_batch_is_served_and_batch_reads_fit_a_default_client(
     let c = TestCluster::start(1).await;
     // 1000 logins are 1000 Raft entries: more than the usual 10 s on a
     // busy machine.
-    let channel = common::channel_with_timeout(
+    let channel = crate::common::channel_with_timeout(
         &c.certs,
         &c.client_addr(1),
         Some(ROOT),

@@ -15,6 +15,7 @@ use herald_jepsen::workload::Workload;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_run_is_valid_and_writes_its_output() {
+    let _one_at_a_time = crate::ONE_CHAOS_RUN.lock().await;
     let out = tempfile::tempdir().expect("tempdir");
     let opts = RunOptions {
         nodes: 3,

@@ -2,13 +2,11 @@
 //! replication of all three kinds of state, leader loss, restart and
 //! catch-up (also through a snapshot), and membership changes.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::common::TestCluster;
 use ::herald_client::proto::*;
-use common::TestCluster;
 
 fn login(uid: &str, client: &str) -> LoginRequest {
     LoginRequest {
@@ -271,7 +269,7 @@ async fn restarted_node_catches_up_from_log_and_from_snapshot() {
     // Keep no log behind a snapshot, so a lagging node must install one.
     let timings = herald_node::config::RaftTimings {
         keep_logs_after_snapshot: 0,
-        ..common::timings()
+        ..crate::common::timings()
     };
     let mut c = TestCluster::start_with(3, timings).await;
     let leader = c.wait_leader().await;

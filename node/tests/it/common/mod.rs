@@ -1,14 +1,13 @@
-//! Shared test harness: a cluster of real `herald-node` processes on
-//! loopback, each with its own config and data dir in a temporary directory.
-//! Processes are SIGKILLed on drop, so a failing test leaves nothing behind.
+//! The node's test clusters: real `herald-node` processes on loopback (as
+//! `herald_harness` runs them), each with its own config and data dir in a
+//! temporary directory, secure like production, plus the raw gRPC and HTTPS
+//! callers the tests use. Processes are SIGKILLed on drop, so a failing test
+//! leaves nothing behind.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ::herald_client::proto::admin_client::AdminClient;
@@ -17,6 +16,7 @@ use ::herald_client::proto::{
     InitRequest, InitResponse, Member, MembersRequest, NodeStatus, StatusRequest,
 };
 use herald_certs::{Ca, LocalCerts, Validity};
+use herald_harness::{NodeProcess, free_addr};
 use herald_node::config::{AuthConfig, Config, Listen, MemberConfig, RaftTimings, TlsConfig};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -26,44 +26,6 @@ pub const ROOT: &str = "root";
 /// How long any wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// A loopback port free for TCP and UDP, below Linux's ephemeral range
-/// (32768 and up). A port found by binding port 0 is released before the
-/// node binds it, and in between any outgoing connection may be handed it
-/// ("Address already in use", seen in the chaos suite). Below the range
-/// only explicit binds take ports, and the cursor never returns the same
-/// port twice in one test process.
-fn free_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 10_000;
-    const SPAN: u32 = 22_000;
-    let start = std::process::id().wrapping_mul(397) % SPAN;
-    loop {
-        let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(k < SPAN, "no free loopback port left");
-        let port = (LOW + (start + k) % SPAN) as u16;
-        let tcp = TcpListener::bind(("127.0.0.1", port));
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        if tcp.is_ok() && udp.is_ok() {
-            return port;
-        }
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
-/// One node process and its config (`config.testing_mode` decides whether
-/// it is started with `--testing`).
-pub struct NodeProc {
-    /// The node's config (as written to its file).
-    pub config: Config,
-    config_path: PathBuf,
-    log_path: PathBuf,
-    child: Option<Child>,
-    env: Vec<(String, String)>,
-}
-
 /// A local cluster of node processes, secure like a production one: TLS on
 /// every port, mutual TLS between nodes, `root` the administrator whose
 /// client certificate the harness's clients present.
@@ -72,7 +34,7 @@ pub struct TestCluster {
     /// The cluster's certificates (CA key beside them).
     pub certs: LocalCerts,
     /// Nodes by id.
-    pub nodes: BTreeMap<u64, NodeProc>,
+    pub nodes: BTreeMap<u64, NodeProcess>,
     timings: RaftTimings,
     env: Vec<(String, String)>,
 }
@@ -124,18 +86,6 @@ pub fn channel_with_timeout(
 pub fn client_tls(certs: &LocalCerts, user: &str) -> herald_client::ClientTls {
     let (cert, key) = certs.client(user);
     herald_client::ClientTls::from_files(&certs.ca(), Some((&cert, &key))).expect("client tls")
-}
-
-/// The `initial_members` entry of a node's config.
-fn member_of(cfg: &Config) -> MemberConfig {
-    MemberConfig {
-        id: cfg.id,
-        number: cfg.number,
-        peer: cfg.listen.peer.to_string(),
-        client: cfg.listen.client.to_string(),
-        http: cfg.listen.http.to_string(),
-        time_sync: cfg.listen.time_sync.map(|a| a.to_string()),
-    }
 }
 
 impl TestCluster {
@@ -238,7 +188,7 @@ impl TestCluster {
                 .collect(),
         };
         let configs: Vec<Config> = (1..=n).map(|id| c.make_config(id)).collect();
-        let members: Vec<MemberConfig> = configs.iter().map(member_of).collect();
+        let members: Vec<MemberConfig> = configs.iter().map(MemberConfig::of).collect();
         for mut cfg in configs {
             cfg.initial_members = members.clone();
             tweak(&mut cfg);
@@ -285,56 +235,45 @@ impl TestCluster {
     }
 
     fn make_config(&self, id: u64) -> Config {
-        Config {
+        let listen = Listen {
+            peer: free_addr(),
+            client: free_addr(),
+            http: free_addr(),
+            time_sync: Some(free_addr()),
+        };
+        let mut config = Config::new(
             id,
-            number: id as u32,
-            data_dir: self.dir.path().join(format!("node{id}")),
-            insecure: false,
-            tls: Some(self.node_cert(id)),
-            auth: AuthConfig {
-                root_users: vec![ROOT.into()],
-                root_token_sha256: Vec::new(),
-            },
-            testing_mode: false,
-            listen: Listen {
-                peer: free_addr(),
-                client: free_addr(),
-                http: free_addr(),
-                time_sync: Some(free_addr()),
-            },
-            initial_members: Vec::new(),
-            raft: self.timings.clone(),
-            storage: Default::default(),
-            peer_routes: Default::default(),
-            clock: Default::default(),
-            testing: Default::default(),
-            failover: Default::default(),
-            ring: Default::default(),
-            telemetry: Default::default(),
-            quotas: Default::default(),
-            limits: Default::default(),
-        }
+            id as u32,
+            self.dir.path().join(format!("node{id}")),
+            listen,
+        );
+        config.tls = Some(self.node_cert(id));
+        config.auth = AuthConfig {
+            root_users: vec![ROOT.into()],
+            root_token_sha256: Vec::new(),
+        };
+        config.raft = self.timings.clone();
+        config
     }
 
     fn spawn(&mut self, config: Config) {
         let id = config.id;
-        let config_path = self.dir.path().join(format!("node{id}.toml"));
-        std::fs::write(&config_path, toml::to_string(&config).expect("toml"))
-            .expect("write config");
-        let log_path = self.dir.path().join(format!("node{id}.log"));
-        let mut node = NodeProc {
+        let mut node = NodeProcess::new(
+            std::path::Path::new(env!("CARGO_BIN_EXE_herald-node")),
             config,
-            config_path,
-            log_path,
-            child: None,
-            env: self.env.clone(),
-        };
-        node.launch();
+            self.dir.path(),
+        )
+        .expect("write config")
+        .env("RUST_LOG", "info,openraft=warn");
+        for (k, v) in &self.env {
+            node = node.env(k, v);
+        }
+        node.start().expect("spawn herald-node");
         self.nodes.insert(id, node);
     }
 
     /// Adds node `id` with an empty initial membership (to join as a learner).
-    pub fn spawn_joiner(&mut self, id: u64) -> &NodeProc {
+    pub fn spawn_joiner(&mut self, id: u64) -> &NodeProcess {
         let cfg = self.make_config(id);
         self.spawn(cfg);
         &self.nodes[&id]
@@ -361,34 +300,23 @@ impl TestCluster {
 
     /// SIGKILLs a node (its data dir stays).
     pub fn kill(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).expect("node");
-        if let Some(mut child) = node.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.nodes.get_mut(&id).expect("node").kill();
     }
 
     /// Waits (up to [`WAIT`]) for node `id`'s process to exit on its own
     /// and returns how it ended; the node then counts as not alive.
     pub async fn wait_exit(&mut self, id: u64) -> std::process::ExitStatus {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let node = self.nodes.get_mut(&id).expect("node");
-            let child = node.child.as_mut().expect("node was running");
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                node.child = None;
-                return status;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("node {id} did not exit\n{}", self.log_tails());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let node = self.nodes.get_mut(&id).expect("node");
+        assert!(node.pid().is_some(), "node {id} was not running");
+        match node.wait_exit(WAIT).await {
+            Some(status) => status,
+            None => panic!("node {id} did not exit\n{}", self.log_tails()),
         }
     }
 
     /// Everything node `id` has logged so far.
     pub fn log_text(&self, id: u64) -> String {
-        std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
+        self.nodes[&id].log_text()
     }
 
     /// Node `id`'s data dir.
@@ -399,40 +327,32 @@ impl TestCluster {
     /// Empties a killed node's data dir, as a lost disk would.
     pub fn wipe(&mut self, id: u64) {
         assert!(!self.alive().contains(&id), "wipe node {id}: kill it first");
-        let dir = self.data_dir(id);
-        std::fs::remove_dir_all(&dir).expect("wipe the data dir");
-        std::fs::create_dir_all(&dir).expect("recreate the data dir");
+        self.nodes
+            .get_mut(&id)
+            .expect("node")
+            .wipe()
+            .expect("wipe the data dir");
     }
 
     /// The membership record of node `id`, for `AddLearner`.
     pub fn member(&self, id: u64) -> Member {
-        let cfg = &self.nodes[&id].config;
-        Member {
-            id,
-            number: cfg.number,
-            peer_addr: cfg.listen.peer.to_string(),
-            client_addr: cfg.listen.client.to_string(),
-            http_addr: cfg.listen.http.to_string(),
-            time_addr: cfg
-                .listen
-                .time_sync
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            voter: false,
-            incarnation: String::new(),
-        }
+        self.nodes[&id].member()
     }
 
     /// Starts a killed node again on its old data dir.
     pub fn restart(&mut self, id: u64) {
-        self.nodes.get_mut(&id).expect("node").launch();
+        self.nodes
+            .get_mut(&id)
+            .expect("node")
+            .start()
+            .expect("restart herald-node");
     }
 
     /// Ids of nodes whose process is running.
     pub fn alive(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|(_, n)| n.child.is_some())
+            .filter(|(_, n)| n.pid().is_some())
             .map(|(id, _)| *id)
             .collect()
     }
@@ -549,47 +469,16 @@ impl TestCluster {
     pub fn log_tails(&self) -> String {
         let mut out = String::new();
         for (id, n) in &self.nodes {
-            let text = std::fs::read_to_string(&n.log_path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(15)..];
-            out.push_str(&format!("--- node {id} ---\n{}\n", tail.join("\n")));
+            out.push_str(&format!("--- node {id} ---\n{}\n", n.log_tail(15)));
         }
         out
     }
 }
 
-impl NodeProc {
-    fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_herald-node"));
-        if self.config.testing_mode {
-            command.arg("--testing");
-        }
-        let child = command
-            .arg("--config")
-            .arg(&self.config_path)
-            .env("RUST_LOG", "info,openraft=warn")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn herald-node");
-        self.child = Some(child);
-    }
-}
-
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        for n in self.nodes.values_mut() {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        // The processes go before the directory they write in.
+        self.nodes.clear();
     }
 }
 

@@ -7,7 +7,7 @@
 //! Against a node from before the agreed ownership ring (each node built
 //! its ring from its own probes) it fails with `live-user-expired`:
 //! `HERALD_NODE_BIN=<old herald-node> cargo test --release -p herald-jepsen
-//! --test link_cut_ttl`.
+//! --test it link_cut_ttl`.
 
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use herald_jepsen::workload::Workload;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeating_users_survive_a_cut_between_two_followers() {
+    let _one_at_a_time = crate::ONE_CHAOS_RUN.lock().await;
     let out = tempfile::tempdir().expect("tempdir");
     let opts = RunOptions {
         nodes: 3,

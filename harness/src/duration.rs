@@ -1,4 +1,7 @@
 //! Durations as people type them: `500ms`, `30s`, `10m`, `1h`, `1h30m`.
+//!
+//! Here so that every tool that drives nodes (heraldctl, the chaos suite,
+//! the benchmark) takes the same syntax without depending on heraldctl.
 
 use std::time::Duration;
 

@@ -1,10 +1,12 @@
-//! A local cluster of `herald-node` processes: what `heraldctl playground`
-//! runs, and what the chaos suite can start its clusters with.
+//! A local cluster of `herald-node` processes in one directory: what
+//! `heraldctl playground` runs and the benchmark measures.
 //!
-//! Each node gets a config file, a data directory and a log file under one
-//! directory. The processes run in their own process group, so a Ctrl-C in
-//! the terminal reaches only heraldctl, which then stops the nodes in order:
-//! SIGTERM, a grace period, SIGKILL for stragglers.
+//! Each node gets a config file (`herald_config::local`'s layout on
+//! `base_port`), a data directory and a log file under the directory. The
+//! processes are [`NodeProcess`]es: a Ctrl-C in the terminal reaches only
+//! the driving program, which then stops the nodes in order (SIGTERM, a
+//! grace period, SIGKILL for stragglers); single nodes can be killed,
+//! paused and restarted on their config and data.
 //!
 //! Secure unless asked otherwise: a CA, a certificate per node and the
 //! `root` client certificate are made in `<dir>/certs`, every node speaks
@@ -12,68 +14,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use herald_client::{Client, ClientConfig, ClientTls};
-use tokio::process::{Child, Command};
+use herald_config::local::{ROOT_USER, Security, local_cluster};
 use tokio::time::Instant;
 
-use crate::config::{NodeConfig, ROOT_USER, Security, local_cluster};
-
-/// Where the `herald-node` binary is.
-///
-/// An explicit path wins. Otherwise the binary next to the current
-/// executable (`target/release/` when run by cargo). When running under cargo
-/// (`CARGO` is set) it is built first, so a playground never runs a stale or
-/// missing node; `announce` is told the command before it runs.
-pub fn locate_node_binary(
-    explicit: Option<PathBuf>,
-    mut announce: impl FnMut(&str),
-) -> Result<PathBuf> {
-    if let Some(path) = explicit {
-        if !path.is_file() {
-            bail!("--node-bin {}: no such file", path.display());
-        }
-        // Nodes start in their own directories: make the path absolute.
-        return path
-            .canonicalize()
-            .with_context(|| format!("--node-bin {}", path.display()));
-    }
-    let exe = std::env::current_exe().context("finding the current executable")?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?;
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        announce("cargo build --release -p herald-node --bin herald-node");
-        let status = std::process::Command::new(&cargo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "herald-node",
-                "--bin",
-                "herald-node",
-            ])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .status()
-            .with_context(|| format!("running {}", PathBuf::from(&cargo).display()))?;
-        if !status.success() {
-            bail!("building herald-node failed ({status})");
-        }
-    }
-    let node = dir.join(format!("herald-node{}", std::env::consts::EXE_SUFFIX));
-    if !node.is_file() {
-        bail!(
-            "{} not found; build it with `cargo build --release -p herald-node` or pass --node-bin",
-            node.display()
-        );
-    }
-    Ok(node)
-}
+use crate::process::NodeProcess;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -83,7 +32,7 @@ pub struct Options {
     /// The directory for configs, data and logs: created if absent, refused
     /// if it exists and is not empty.
     pub dir: PathBuf,
-    /// Port base; see [`crate::config`].
+    /// Port base; see [`herald_config::local`].
     pub base_port: u16,
     /// The `herald-node` binary.
     pub node_bin: PathBuf,
@@ -93,20 +42,7 @@ pub struct Options {
     pub testing: bool,
 }
 
-/// One running node.
-#[derive(Debug)]
-pub struct NodeProcess {
-    /// Its config.
-    pub config: NodeConfig,
-    /// Where the config file is.
-    pub config_path: PathBuf,
-    /// Where its stdout and stderr go.
-    pub log_path: PathBuf,
-    child: Child,
-    exited: Option<ExitStatus>,
-}
-
-/// A running local cluster. Dropping it kills the nodes (`kill_on_drop`);
+/// A running local cluster. Dropping it kills the nodes;
 /// [`stop`](LocalCluster::stop) is the orderly way.
 #[derive(Debug)]
 pub struct LocalCluster {
@@ -153,40 +89,11 @@ impl LocalCluster {
         let configs = local_cluster(options.nodes, options.base_port, root, &security)
             .map_err(|e| anyhow!(e))?;
         let mut nodes = Vec::with_capacity(configs.len());
-        for config in configs {
-            let config_path = dir.join(format!("node{}.toml", config.id));
-            let log_path = dir.join(format!("node{}.log", config.id));
-            std::fs::write(&config_path, config.to_toml())
-                .with_context(|| format!("writing {}", config_path.display()))?;
-            std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("creating {}", config.data_dir))?;
-            let log = std::fs::File::create(&log_path)
-                .with_context(|| format!("creating {}", log_path.display()))?;
-            let log_err = log.try_clone().context("duplicating the log file handle")?;
-            let mut command = Command::new(&options.node_bin);
-            command.arg("--config").arg(&config_path);
-            if options.testing {
-                command.arg("--testing");
-            }
-            let child = command
-                .current_dir(&dir)
-                // The logs are files: no colour escapes in them.
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err)
-                // Own process group: the terminal's Ctrl-C is ours to handle.
-                .process_group(0)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting {}", options.node_bin.display()))?;
-            nodes.push(NodeProcess {
-                config,
-                config_path,
-                log_path,
-                child,
-                exited: None,
-            });
+        for mut config in configs {
+            config.testing_mode = options.testing;
+            let mut node = NodeProcess::new(&options.node_bin, config, &dir)?.current_dir(&dir);
+            node.start()?;
+            nodes.push(node);
         }
         Ok(LocalCluster { dir, nodes, certs })
     }
@@ -219,32 +126,43 @@ impl LocalCluster {
         &self.nodes
     }
 
+    /// Node `id`.
+    pub fn node(&self, id: u64) -> Option<&NodeProcess> {
+        self.nodes.iter().find(|n| n.id() == id)
+    }
+
+    /// Node `id`, to signal, restart or wipe it.
+    pub fn node_mut(&mut self, id: u64) -> Result<&mut NodeProcess> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id() == id)
+            .ok_or_else(|| anyhow!("no node{id}"))
+    }
+
     /// Every node's client gRPC address, for [`Client::new`].
     pub fn client_endpoints(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| n.config.listen.client.clone())
+            .map(|n| n.config.listen.client.to_string())
             .collect()
     }
 
-    /// The first node found to have exited since the last call, if any.
+    /// The first node found to have exited on its own since the last call,
+    /// if any.
     pub fn exited_node(&mut self) -> Option<(u64, ExitStatus)> {
         for node in &mut self.nodes {
-            if node.exited.is_some() {
-                continue;
-            }
-            if let Ok(Some(status)) = node.child.try_wait() {
-                node.exited = Some(status);
-                return Some((node.config.id, status));
+            if let Some(status) = node.try_exit() {
+                return Some((node.id(), status));
             }
         }
         None
     }
 
     /// Waits until every node answers `Admin.Status` naming the same leader,
-    /// and returns that leader's id. `progress` is told each new picture of
-    /// the cluster ("node1 follower, node2 candidate, node3 unreachable").
-    /// Fails on timeout or when a node exits.
+    /// and returns that leader's id; founds the cluster (`cluster init`)
+    /// when every node answers and none belongs to one yet. `progress` is
+    /// told each new picture of the cluster ("node1 follower, node2
+    /// candidate, node3 unreachable"). Fails on timeout or when a node exits.
     pub async fn wait_for_leader(
         &mut self,
         timeout: Duration,
@@ -266,7 +184,7 @@ impl LocalCluster {
             let mut leaders = BTreeMap::new();
             let mut parts = Vec::new();
             for (node, status) in self.nodes.iter().zip(&statuses) {
-                let id = node.config.id;
+                let id = node.id();
                 match status {
                     Ok(s) => {
                         *leaders.entry(s.leader_id).or_insert(0) += 1;
@@ -321,46 +239,51 @@ impl LocalCluster {
 
     /// The last `lines` lines of a node's log.
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
-        let Some(node) = self.nodes.iter().find(|n| n.config.id == id) else {
-            return String::new();
-        };
-        match std::fs::read_to_string(&node.log_path) {
-            Ok(text) => {
-                let all: Vec<&str> = text.lines().collect();
-                all[all.len().saturating_sub(lines)..].join("\n")
-            }
-            Err(e) => format!("(cannot read {}: {e})", node.log_path.display()),
-        }
+        self.node(id).map(|n| n.log_tail(lines)).unwrap_or_default()
     }
 
-    /// Stops every node: SIGTERM, up to `grace` for all to exit, then
-    /// SIGKILL for the rest. Returns the ids of the nodes that had to be
-    /// killed.
+    /// Stops every node: SIGTERM to all, up to `grace` for all to exit,
+    /// then SIGKILL for the rest. Returns the ids of the nodes that had to
+    /// be killed.
     pub async fn stop(&mut self, grace: Duration) -> Vec<u64> {
+        let deadline = Instant::now() + grace;
+        // SIGTERM to every node first, so they shut down side by side.
+        let mut stopping = Vec::new();
         for node in &mut self.nodes {
-            if node.exited.is_none()
-                && let Some(pid) = node.child.id()
-            {
-                terminate(pid);
+            if node.is_running() {
+                stopping.push(node.id());
+                if node.is_paused() {
+                    node.resume();
+                }
+                terminate(node);
             }
         }
-        let deadline = Instant::now() + grace;
         let mut killed = Vec::new();
         for node in &mut self.nodes {
-            if node.exited.is_some() {
+            if !stopping.contains(&node.id()) {
                 continue;
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, node.child.wait()).await {
-                Ok(Ok(status)) => node.exited = Some(status),
-                Ok(Err(_)) | Err(_) => {
-                    killed.push(node.config.id);
-                    let _ = node.child.kill().await;
-                    node.exited = node.child.try_wait().ok().flatten();
-                }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if node.wait_exit(left).await.is_none() {
+                killed.push(node.id());
+                node.kill();
             }
         }
         killed
+    }
+}
+
+/// SIGTERM, the signal herald-node treats as "shut down cleanly", without
+/// waiting (see [`NodeProcess::stop`] for the one-node, waiting form).
+fn terminate(node: &NodeProcess) {
+    let Some(pid) = node.pid().and_then(|p| libc::pid_t::try_from(p).ok()) else {
+        return;
+    };
+    // SAFETY: kill(2) has no memory-safety preconditions. The pid is the
+    // node's own child that has not been reaped yet, so it cannot have been
+    // reused by another process.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
     }
 }
 
@@ -380,19 +303,6 @@ fn prepare_dir(dir: &Path) -> Result<PathBuf> {
     }
     dir.canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))
-}
-
-/// Sends SIGTERM, the signal herald-node treats as "shut down cleanly".
-fn terminate(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) has no memory-safety preconditions. The pid is our own
-    // child that has not been reaped yet (`Child::id` is `None` after
-    // reaping), so it cannot have been reused by another process.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
 }
 
 #[cfg(test)]
@@ -415,17 +325,7 @@ mod tests {
     #[tokio::test]
     async fn starts_and_stops_processes() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let fake = tmp.path().join("fake-node");
-        std::fs::write(
-            &fake,
-            "#!/bin/sh\necho \"started with $*\"\nexec sleep 30\n",
-        )
-        .expect("write");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        }
+        let fake = crate::process::tests::fake_node(tmp.path());
         let options = Options {
             nodes: 2,
             dir: tmp.path().join("cluster"),

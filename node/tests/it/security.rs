@@ -2,18 +2,16 @@
 //! to every method of the contract, curl-like HTTPS, certificates from the
 //! wrong CA or out of date, and forged peer messages.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
+use crate::common::{ROOT, TestCluster, channel_as};
 use ::herald_client::proto::admin_client::AdminClient;
 use ::herald_client::proto::auth_client::AuthClient;
 use ::herald_client::proto::herald_client::HeraldClient;
 use ::herald_client::proto::*;
 use bytes::{Buf, BufMut};
-use common::{ROOT, TestCluster, channel_as};
 use herald_certs::{Ca, Validity};
 use herald_node::peer::proto::RaftBlob;
 use herald_node::peer::proto::peer_client::PeerClient;
@@ -110,7 +108,7 @@ fn needed(service: &str, method: &str) -> Option<&'static str> {
 
 /// Every (service, method) of the public contract, from the proto file.
 fn methods() -> Vec<(String, String)> {
-    let proto = include_str!("../../client/proto/herald.proto");
+    let proto = include_str!("../../../client/proto/herald.proto");
     let mut service = String::new();
     let mut out = Vec::new();
     for line in proto.lines().map(str::trim) {
@@ -213,7 +211,7 @@ async fn every_method_refuses_no_credential_and_the_wrong_role_and_serves_the_ri
     c.client_cert("u-reader");
     let http = c.http_addr(follower);
     let get = |user: Option<&'static str>, path: &'static str| {
-        common::https_get(&c.certs, &http, path, user, &[])
+        crate::common::https_get(&c.certs, &http, path, user, &[])
     };
     // Auth was disabled by the last right-role call: turn it back on.
     AuthClient::new(as_user(Some(ROOT)))
@@ -250,11 +248,14 @@ async fn every_method_refuses_no_credential_and_the_wrong_role_and_serves_the_ri
         "herald_auth_refusals_total{server=\"http\",code=\"permission_denied\",permission=\"reader\"}",
     ] {
         assert!(
-            common::sample(&metrics, series).unwrap_or(0.0) >= 1.0,
+            crate::common::sample(&metrics, series).unwrap_or(0.0) >= 1.0,
             "{series} in\n{metrics}"
         );
     }
-    assert_eq!(common::sample(&metrics, "herald_auth_enabled"), Some(1.0));
+    assert_eq!(
+        crate::common::sample(&metrics, "herald_auth_enabled"),
+        Some(1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,7 +537,7 @@ async fn the_transport_refuses_plaintext_strangers_and_stale_certificates() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let (_, metrics) = c.get(leader, "/metrics").await.unwrap();
     assert!(
-        common::sample(
+        crate::common::sample(
             &metrics,
             "herald_tls_handshake_failures_total{server=\"client\"}"
         )
@@ -680,17 +681,18 @@ async fn test_hooks_need_testing_mode() {
     assert!(!s.testing && !s.insecure && s.auth_enabled, "{s:?}");
     let (_, metrics) = c.get(id, "/metrics").await.unwrap();
     assert_eq!(
-        common::sample(&metrics, "herald_security_testing_mode"),
+        crate::common::sample(&metrics, "herald_security_testing_mode"),
         Some(0.0)
     );
     assert_eq!(
-        common::sample(&metrics, "herald_security_insecure"),
+        crate::common::sample(&metrics, "herald_security_insecure"),
         Some(0.0)
     );
     drop(c);
 
     // A testing node: the hook works within its bounds.
-    let c = TestCluster::start_custom(1, common::timings(), |cfg| cfg.testing_mode = true).await;
+    let c =
+        TestCluster::start_custom(1, crate::common::timings(), |cfg| cfg.testing_mode = true).await;
     let id = c.wait_leader().await;
     let mut admin = c.admin(id);
     admin
@@ -772,7 +774,7 @@ async fn metric_labels_taken_from_requests_are_bounded() {
         .collect();
     assert!(online.len() <= 5, "{online:#?}");
     assert_eq!(
-        common::sample(
+        crate::common::sample(
             &metrics,
             "herald_presence_online_users{client_type=\"other\"}"
         ),

@@ -14,16 +14,14 @@
 //! test runs `.ci/install-prometheus` when they are missing, and fails if
 //! that cannot install them.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::common::TestCluster;
 use ::herald_client::proto::*;
-use common::TestCluster;
 use serde_json::Value;
 
 /// What Grafana would put for its variables: every node, and a rate window
@@ -389,7 +387,7 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
         ("herald_presence_online_users{client_type=\"pc\"}", 2.0),
     ] {
         assert_eq!(
-            common::sample(&on_leader, series),
+            crate::common::sample(&on_leader, series),
             Some(want),
             "{series}\n{on_leader}"
         );
@@ -400,12 +398,12 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
         .expect("follower /metrics");
     let bad = "herald_api_requests_total{server=\"client\",method=\"/herald.v1.Herald/Login\",code=\"InvalidArgument\"}";
     assert_eq!(
-        common::sample(&on_follower, bad),
+        crate::common::sample(&on_follower, bad),
         Some(1.0),
         "{on_follower}"
     );
     assert_eq!(
-        common::sample(&on_follower, "herald_raft_is_leader"),
+        crate::common::sample(&on_follower, "herald_raft_is_leader"),
         Some(0.0)
     );
     let targets: Vec<String> = c.alive().iter().map(|id| c.http_addr(*id)).collect();
@@ -418,7 +416,7 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
 
     let prom = start_prometheus(&targets, &c.certs.ca());
     c.wait_for("prometheus to be ready", || async {
-        let (code, _) = common::http_get(&prom.addr, "/-/ready").await.ok()?;
+        let (code, _) = crate::common::http_get(&prom.addr, "/-/ready").await.ok()?;
         (code == 200).then_some(())
     })
     .await;
@@ -444,7 +442,7 @@ async fn every_dashboard_expression_returns_series_from_a_real_prometheus() {
         let mut still_empty = Vec::new();
         for (dash, title, expr) in pending {
             let path = format!("/api/v1/query?query={}", url_encode(&expr));
-            let (code, body) = common::http_get(&prom.addr, &path)
+            let (code, body) = crate::common::http_get(&prom.addr, &path)
                 .await
                 .expect("query prometheus");
             let v: Value = serde_json::from_str(&body)

@@ -6,12 +6,10 @@
 //! is replaced, a wiped majority never serves, a data dir of another node
 //! is refused.
 
-mod common;
-
 use std::collections::BTreeMap;
 
+use crate::common::TestCluster;
 use ::herald_client::proto::*;
-use common::TestCluster;
 
 fn login(uid: &str) -> LoginRequest {
     LoginRequest {
@@ -46,7 +44,7 @@ async fn leader_is_one(c: &TestCluster) {
 /// keep acknowledging writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_whose_disk_fails_stops_and_the_cluster_goes_on() {
-    let mut c = TestCluster::start_custom(3, common::timings(), |cfg| {
+    let mut c = TestCluster::start_custom(3, crate::common::timings(), |cfg| {
         if cfg.id == 3 {
             cfg.testing_mode = true;
             cfg.testing.fail_log_sync_after = Some(40);
@@ -83,7 +81,7 @@ async fn a_follower_whose_disk_fails_stops_and_the_cluster_goes_on() {
 async fn a_node_under_the_free_space_alarm_refuses_writes_and_keeps_replicating() {
     // More free space than any disk has (TOML integers stop at i64::MAX).
     let huge = i64::MAX as u64;
-    let c = TestCluster::start_custom(3, common::timings(), |cfg| {
+    let c = TestCluster::start_custom(3, crate::common::timings(), |cfg| {
         if cfg.id == 3 {
             cfg.storage.min_free_bytes = huge;
         }
@@ -119,10 +117,10 @@ async fn a_node_under_the_free_space_alarm_refuses_writes_and_keeps_replicating(
     assert!(!s1.nospace_alarm && s1.storage_free_bytes > 0);
     let (_, metrics) = c.get(3, "/metrics").await.expect("metrics");
     assert_eq!(
-        common::sample(&metrics, "herald_storage_nospace_alarm"),
+        crate::common::sample(&metrics, "herald_storage_nospace_alarm"),
         Some(1.0)
     );
-    assert!(common::sample(&metrics, "herald_storage_free_bytes").is_some_and(|b| b > 0.0));
+    assert!(crate::common::sample(&metrics, "herald_storage_free_bytes").is_some_and(|b| b > 0.0));
 }
 
 /// Whether node `id`'s own state holds `uid`'s login (a serializable read).
@@ -317,7 +315,7 @@ async fn a_data_dir_of_another_node_is_refused() {
 async fn replaying_a_log_of_maximal_commands_stays_under_the_memory_bound() {
     const CHANGES: u64 = 64_000;
     const BOUND_MIB: f64 = 256.0;
-    let mut c = TestCluster::start_custom(1, common::timings(), |cfg| {
+    let mut c = TestCluster::start_custom(1, crate::common::timings(), |cfg| {
         cfg.quotas.watch_history_bytes = 8 << 20;
     })
     .await;
@@ -355,7 +353,7 @@ async fn replaying_a_log_of_maximal_commands_stays_under_the_memory_bound() {
     })
     .await;
     let (_, metrics) = c.get(1, "/metrics").await.unwrap();
-    let rss = common::sample(&metrics, "process_resident_memory_bytes").unwrap();
+    let rss = crate::common::sample(&metrics, "process_resident_memory_bytes").unwrap();
     let mib = rss / (1 << 20) as f64;
     eprintln!("resident after replaying {CHANGES} maximal changes: {mib:.1} MiB");
     assert!(

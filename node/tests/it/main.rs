@@ -1,0 +1,18 @@
+//! The node's integration tests, in one binary: each file below used to be
+//! its own test binary, and every one of them linked the whole node (nine
+//! links of the node on a 2-core machine). Real `herald-node` processes are
+//! started through [`common`] (`herald_harness` underneath), so tests share
+//! no state in this process beyond the port cursor; the module names keep
+//! the old grouping in test names (`cluster::...`, `security::...`).
+
+mod common;
+
+mod api;
+mod cluster;
+mod dashboards;
+mod limits;
+mod mechanisms;
+mod security;
+mod storage;
+mod storage_suite;
+mod traces;
