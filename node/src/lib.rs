@@ -2,8 +2,8 @@
 //!
 //! - [`state`]: the pure replicated state machine (presence, sessions,
 //!   account pools): `apply(entry, command) -> response`, no I/O, no clock.
-//! - [`raft`]: openraft glue: types, the sled log store, the state store and
-//!   the gRPC network.
+//! - [`raft`]: openraft glue: types, the log store (segment files), the
+//!   state store (snapshot files), the gRPC network and Raft's own runtime.
 //! - [`api`]: the tonic client/admin/auth/peer services and the HTTP JSON API.
 //! - [`security`]: TLS on every listener, and the one guard that decides
 //!   who each caller is and what it may do.

@@ -670,7 +670,7 @@ impl Metrics {
         }
     }
 
-    /// Times one sled flush.
+    /// Times one `fdatasync` (`append`, `vote`: the log; `snapshot`).
     pub fn observe_fsync(&self, op: &'static str, started: Instant) {
         self.storage_fsync_seconds
             .get_or_create(&OpLabel { op })

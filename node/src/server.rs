@@ -1,6 +1,6 @@
-//! Starting and stopping a node: open sled, build Raft, join or found the
-//! cluster, serve the peer, client/admin and HTTP listeners, and shut all of
-//! it down cleanly.
+//! Starting and stopping a node: open the data dir, build Raft on its own
+//! runtime, join or found the cluster, serve the peer, client/admin and HTTP
+//! listeners, and shut all of it down cleanly.
 //!
 //! Fail-stop: a node whose storage failed (a failed `fdatasync`, `ENOSPC`,
 //! `EMFILE`, a read error), or whose Raft core stopped for any other reason,
@@ -75,9 +75,10 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
     Ok(rc.validate()?)
 }
 
-/// Opens sled with a bounded page cache. sled's real footprint can be a
-/// multiple of `cache_capacity`, so keep it small: the log is purged after
-/// every snapshot and the state lives in memory anyway.
+/// Opens sled with a bounded page cache. sled holds nothing a node of this
+/// build writes: it is opened so the log store and the state store can
+/// move what an older build kept there (log entries, vote, snapshot) into
+/// their own files, once. Its cache stays small for that.
 fn open_db(config: &Config) -> anyhow::Result<sled::Db> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
@@ -490,7 +491,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
 
 impl RunningNode {
     /// Stops serving, shuts Raft down, writes the hard state (so a clean
-    /// restart re-applies all it had applied) and flushes sled.
+    /// restart re-applies all it had applied) and flushes sled (left from a
+    /// data dir an older build wrote).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.herald.raft().shutdown().await;

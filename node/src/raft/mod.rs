@@ -1,6 +1,9 @@
 //! openraft glue: the one place that declares Herald's Raft types, plus the
-//! sled log store, the state-machine store and the gRPC network, each behind
-//! openraft's traits.
+//! log store (segment files and a hard state file), the state-machine store
+//! (in memory, snapshots in a file) and the gRPC network, each behind
+//! openraft's traits, and the runtime Raft runs on. sled is opened only to
+//! move the log, hard state and snapshot out of a data dir written by an
+//! older build.
 //!
 //! What goes through the log is a [`Proposal`]: a state-machine command
 //! stamped with the leader's cluster time. The state machine answers with an

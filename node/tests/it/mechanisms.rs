@@ -70,7 +70,8 @@ async fn clock_sync_corrects_skew_and_follows_a_new_leader() {
         }
     })
     .await;
-    let leader = c.wait_leader().await;
+    // Checked before waiting for a leader: sync needs one, and on a busy
+    // machine the first sync could otherwise land before this check.
     assert!(
         offsets(&c)
             .await
@@ -79,6 +80,7 @@ async fn clock_sync_corrects_skew_and_follows_a_new_leader() {
             .any(|o| o.abs() > 4_000_000),
         "the skew is in place"
     );
+    let leader = c.wait_leader().await;
     let took = wait_clocks_agree(&c, leader).await;
     // Within two sync intervals (plus a little for process start-up).
     assert!(
