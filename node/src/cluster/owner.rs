@@ -347,25 +347,27 @@ mod tests {
         state
     }
 
-    fn logout(state: &mut State, uid: &str) {
+    /// Applies `cmd` as the next entry, at a fixed later cluster time.
+    fn apply_next(state: &mut State, cmd: Command, what: &str) {
         let index = state.last_index() + 1;
-        state
-            .apply(
-                Entry {
-                    index,
-                    time_ms: 2_000_000,
-                },
-                &Command::Logout(Logout {
-                    uid: uid.into(),
-                    sid: 7,
-                    client_type: None,
-                    ext: BTreeMap::new(),
-                    reason: LogoutReason::User,
-                    login_since_ms: None,
-                    owner_epoch: None,
-                }),
-            )
-            .expect("a valid logout");
+        let entry = Entry {
+            index,
+            time_ms: 2_000_000,
+        };
+        state.apply(entry, &cmd).expect(what);
+    }
+
+    fn logout(state: &mut State, uid: &str) {
+        let cmd = Command::Logout(Logout {
+            uid: uid.into(),
+            sid: 7,
+            client_type: None,
+            ext: BTreeMap::new(),
+            reason: LogoutReason::User,
+            login_since_ms: None,
+            owner_epoch: None,
+        });
+        apply_next(state, cmd, "a valid logout");
     }
 
     fn voters(ids: &[u64]) -> BTreeSet<u64> {
@@ -485,19 +487,11 @@ mod tests {
     }
 
     fn set_ring(state: &mut State, epoch: u64, live: &[u64]) {
-        let index = state.last_index() + 1;
-        state
-            .apply(
-                Entry {
-                    index,
-                    time_ms: 2_000_000,
-                },
-                &Command::SetOwnership(crate::state::SetOwnership {
-                    epoch,
-                    live: voters(live),
-                }),
-            )
-            .expect("the next epoch");
+        let cmd = Command::SetOwnership(crate::state::SetOwnership {
+            epoch,
+            live: voters(live),
+        });
+        apply_next(state, cmd, "the next epoch");
     }
 
     /// (ring change, whether this node saw the epoch before it) -> which
