@@ -195,6 +195,19 @@ async fn drive(
         .await
     {
         eprintln!("after healing: {e:#}");
+        // What a CI log keeps of a run whose directory is gone: each
+        // node's last warnings.
+        for node in cluster.nodes() {
+            let text = node.log_text();
+            let warnings: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            eprintln!("--- node {}: its last warnings", node.id());
+            for line in &warnings[warnings.len().saturating_sub(12)..] {
+                eprintln!("{}", line.chars().take(400).collect::<String>());
+            }
+        }
     }
     let unread =
         workload::final_reads(&opts.workloads, &setup, &ctx, Duration::from_secs(30)).await;
