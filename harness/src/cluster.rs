@@ -12,7 +12,6 @@
 //! `root` client certificate are made in `<dir>/certs`, every node speaks
 //! TLS (mutual between nodes) and `root` is the founding administrator.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -181,13 +180,11 @@ impl LocalCluster {
             let endpoints = self.client_endpoints();
             let statuses =
                 futures::future::join_all(endpoints.iter().map(|e| client.status_of(e))).await;
-            let mut leaders = BTreeMap::new();
             let mut parts = Vec::new();
             for (node, status) in self.nodes.iter().zip(&statuses) {
                 let id = node.id();
                 match status {
                     Ok(s) => {
-                        *leaders.entry(s.leader_id).or_insert(0) += 1;
                         let leader = if s.leader_id == 0 {
                             "?".to_string()
                         } else {
@@ -218,11 +215,11 @@ impl LocalCluster {
                     Err(e) => bail!("cluster init on {first}: {e}"),
                 }
             }
-            if all_answered
-                && leaders.len() == 1
-                && let Some((&leader, _)) = leaders.iter().next()
-                && leader != 0
-            {
+            if let Some(leader) = agreed_leader(
+                statuses
+                    .iter()
+                    .map(|s| s.as_ref().ok().map(|s| s.leader_id)),
+            ) {
                 return Ok(leader);
             }
             let picture = parts.join(", ");
@@ -305,9 +302,34 @@ fn prepare_dir(dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("resolving {}", dir.display()))
 }
 
+/// The leader every node names, when each of `leader_ids` (one per node
+/// asked; `None` for a node that did not answer) is the same non-zero id:
+/// the one rule of "the cluster has a leader" the playground, the chaos
+/// suite and the tests wait for.
+pub fn agreed_leader(leader_ids: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
+    let mut agreed = None;
+    for id in leader_ids {
+        match (id, agreed) {
+            (None | Some(0), _) => return None,
+            (Some(l), Some(a)) if l != a => return None,
+            (Some(l), _) => agreed = Some(l),
+        }
+    }
+    agreed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_is_agreed_only_when_every_node_names_it() {
+        assert_eq!(agreed_leader([Some(2), Some(2), Some(2)]), Some(2));
+        assert_eq!(agreed_leader([Some(2), Some(3), Some(2)]), None);
+        assert_eq!(agreed_leader([Some(2), None, Some(2)]), None);
+        assert_eq!(agreed_leader([Some(2), Some(0)]), None);
+        assert_eq!(agreed_leader(std::iter::empty()), None);
+    }
 
     #[test]
     fn refuses_a_non_empty_dir() {

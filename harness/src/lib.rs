@@ -26,6 +26,6 @@ pub mod ports;
 pub mod process;
 
 pub use binary::locate_node_binary;
-pub use cluster::{LocalCluster, Options};
+pub use cluster::{LocalCluster, Options, agreed_leader};
 pub use ports::{free_addr, free_port, free_ports};
 pub use process::NodeProcess;

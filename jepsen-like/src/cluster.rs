@@ -412,16 +412,10 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             let statuses = self.statuses().await;
-            let leaders: Vec<u64> = ids
-                .iter()
-                .filter_map(|id| statuses.get(id).map(|s| s.leader_id))
-                .collect();
-            if leaders.len() == ids.len()
-                && let Some(&first) = leaders.first()
-                && first != 0
-                && leaders.iter().all(|&l| l == first)
-            {
-                return Ok(first);
+            if let Some(leader) = herald_harness::agreed_leader(
+                ids.iter().map(|id| statuses.get(id).map(|s| s.leader_id)),
+            ) {
+                return Ok(leader);
             }
             if Instant::now() >= deadline {
                 bail!("no agreed leader among {ids:?} after {timeout:?}: {statuses:?}");

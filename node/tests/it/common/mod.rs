@@ -409,15 +409,10 @@ impl TestCluster {
     /// itself running, and returns it.
     pub async fn wait_leader(&self) -> u64 {
         self.wait_for("a leader all running nodes agree on", || async {
-            let mut leader = None;
-            for id in self.alive() {
-                let s = self.status(id).await?;
-                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
-                    return None;
-                }
-                leader = Some(s.leader_id);
-            }
-            leader.filter(|l| self.alive().contains(l))
+            let alive = self.alive();
+            let named = futures::future::join_all(alive.iter().map(|&id| self.status(id))).await;
+            herald_harness::agreed_leader(named.into_iter().map(|s| s.map(|s| s.leader_id)))
+                .filter(|l| alive.contains(l))
         })
         .await
     }
