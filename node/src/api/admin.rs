@@ -4,12 +4,14 @@
 
 use std::collections::BTreeSet;
 
+use super::status::refuse;
 use ::herald_client::proto::admin_client::AdminClient;
 use ::herald_client::proto::admin_server::Admin;
 use ::herald_client::proto::*;
 use openraft::ChangeMembers;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
+use tonic::Code;
 use tonic::{Request, Response, Status};
 
 use crate::node::{Herald, NodeError};
@@ -38,7 +40,7 @@ impl AdminService {
                     .node
                     .peers()
                     .endpoint(&m.client_addr)
-                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| refuse(Code::Internal, e.to_string()))?
                     .connect_lazy();
                 Ok(Some(AdminClient::new(ch)))
             }
@@ -57,23 +59,24 @@ impl AdminService {
 pub const MAX_CLOCK_OFFSET_MS: u64 = 7 * 24 * 3600 * 1000;
 
 fn raft_err(e: impl std::fmt::Display) -> Status {
-    Status::failed_precondition(e.to_string())
+    refuse(Code::FailedPrecondition, e.to_string())
 }
 
 /// Converts a proto member, checking the fields a node needs.
 fn member_from_proto(m: Option<Member>) -> Result<(u64, RaftMember), Status> {
-    let m = m.ok_or_else(|| Status::invalid_argument("member: required"))?;
+    let m = m.ok_or_else(|| refuse(Code::InvalidArgument, "member: required"))?;
     if m.id == 0 {
-        return Err(Status::invalid_argument("member.id: must be >= 1"));
+        return Err(refuse(Code::InvalidArgument, "member.id: must be >= 1"));
     }
     for (field, v) in [
         ("member.peer_addr", &m.peer_addr),
         ("member.client_addr", &m.client_addr),
     ] {
         if v.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Status::invalid_argument(format!(
-                "{field}: must be host:port (an IP socket address), got {v:?}"
-            )));
+            return Err(refuse(
+                Code::InvalidArgument,
+                format!("{field}: must be host:port (an IP socket address), got {v:?}"),
+            ));
         }
     }
     Ok((
@@ -167,22 +170,29 @@ impl Admin for AdminService {
     async fn init(&self, _req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
         let me = self.node.id();
         if let Some(id) = self.node.identity().get() {
-            return Err(Status::failed_precondition(format!(
-                "node {me} already belongs to cluster {}: a cluster is initialized once",
-                id.cluster_id
-            )));
+            return Err(refuse(
+                Code::FailedPrecondition,
+                format!(
+                    "node {me} already belongs to cluster {}: a cluster is initialized once",
+                    id.cluster_id
+                ),
+            ));
         }
         let founders = &self.node.config().initial_members;
         if founders.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "node {me}'s config names no initial_members: run cluster init on a founding \
+            return Err(refuse(
+                Code::FailedPrecondition,
+                format!(
+                    "node {me}'s config names no initial_members: run cluster init on a founding \
                  node (others join with heraldctl member add)"
-            )));
+                ),
+            ));
         }
         if !founders.iter().any(|m| m.id == me) {
-            return Err(Status::failed_precondition(format!(
-                "node {me} is not among its config's initial_members"
-            )));
+            return Err(refuse(
+                Code::FailedPrecondition,
+                format!("node {me} is not among its config's initial_members"),
+            ));
         }
         // Every founder must answer and be as new as this node: a founder
         // that already belongs to a cluster means one exists (init was run
@@ -191,32 +201,41 @@ impl Admin for AdminService {
             let reply = crate::members::ask(&self.node, m.id, &m.peer)
                 .await
                 .map_err(|e| {
-                    Status::unavailable(format!(
-                        "founding node {} at {} did not answer ({e}); start every founding \
+                    refuse(
+                        Code::Unavailable,
+                        format!(
+                            "founding node {} at {} did not answer ({e}); start every founding \
                          node, then run cluster init again",
-                        m.id, m.peer
-                    ))
+                            m.id, m.peer
+                        ),
+                    )
                 })?;
             if reply.node_id != m.id {
-                return Err(Status::failed_precondition(format!(
-                    "{} answers as node {}, but initial_members says node {}",
-                    m.peer, reply.node_id, m.id
-                )));
+                return Err(refuse(
+                    Code::FailedPrecondition,
+                    format!(
+                        "{} answers as node {}, but initial_members says node {}",
+                        m.peer, reply.node_id, m.id
+                    ),
+                ));
             }
             if let Some((cluster, _)) = reply.identity {
-                return Err(Status::failed_precondition(format!(
-                    "founding node {} already belongs to cluster {cluster}: a cluster exists; \
+                return Err(refuse(
+                    Code::FailedPrecondition,
+                    format!(
+                        "founding node {} already belongs to cluster {cluster}: a cluster exists; \
                      add this node to it instead (or, if it is a replacement, use \
                      heraldctl cluster replace)",
-                    m.id
-                )));
+                        m.id
+                    ),
+                ));
             }
         }
         let cluster_id = crate::raft::identity::random_id();
         self.node
             .identity()
             .adopt(&cluster_id)
-            .map_err(|e| Status::internal(format!("writing the identity: {e}")))?;
+            .map_err(|e| refuse(Code::Internal, format!("writing the identity: {e}")))?;
         let members = founders
             .iter()
             .map(|m| {
@@ -255,15 +274,16 @@ impl Admin for AdminService {
         let (id, member) = member_from_proto(req.into_inner().member)?;
         let (existing, _) = self.node.members();
         if existing.contains_key(&id) {
-            return Err(Status::already_exists(format!(
-                "member {id} already exists"
-            )));
+            return Err(refuse(
+                Code::AlreadyExists,
+                format!("member {id} already exists"),
+            ));
         }
         if existing.values().any(|(m, _)| m.number == member.number) {
-            return Err(Status::already_exists(format!(
-                "a member already has number {}",
-                member.number
-            )));
+            return Err(refuse(
+                Code::AlreadyExists,
+                format!("a member already has number {}", member.number),
+            ));
         }
         // Blocking: returns once the learner has caught up with the log.
         let r = self
@@ -287,14 +307,16 @@ impl Admin for AdminService {
         let (existing, _) = self.node.members();
         match existing.get(&id) {
             None => {
-                return Err(Status::not_found(format!(
-                    "member {id} not found (add it as a learner first)"
-                )));
+                return Err(refuse(
+                    Code::NotFound,
+                    format!("member {id} not found (add it as a learner first)"),
+                ));
             }
             Some((_, true)) => {
-                return Err(Status::failed_precondition(format!(
-                    "member {id} is already a voter"
-                )));
+                return Err(refuse(
+                    Code::FailedPrecondition,
+                    format!("member {id} is already a voter"),
+                ));
             }
             Some(_) => {}
         }
@@ -315,7 +337,7 @@ impl Admin for AdminService {
         let id = req.into_inner().id;
         let (existing, _) = self.node.members();
         let Some((_, voter)) = existing.get(&id) else {
-            return Err(Status::not_found(format!("member {id} not found")));
+            return Err(refuse(Code::NotFound, format!("member {id} not found")));
         };
         let change = if *voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -341,15 +363,17 @@ impl Admin for AdminService {
         }
         let voters: BTreeSet<u64> = req.into_inner().voters.into_iter().collect();
         if voters.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(refuse(
+                Code::InvalidArgument,
                 "voters: must name at least one node",
             ));
         }
         let (existing, _) = self.node.members();
         if let Some(id) = voters.iter().find(|id| !existing.contains_key(id)) {
-            return Err(Status::not_found(format!(
-                "member {id} not found (add it as a learner first)"
-            )));
+            return Err(refuse(
+                Code::NotFound,
+                format!("member {id} not found (add it as a learner first)"),
+            ));
         }
         let r = self
             .node
@@ -371,11 +395,12 @@ impl Admin for AdminService {
         let to = req.into_inner().to;
         let (existing, _) = self.node.members();
         match existing.get(&to) {
-            None => return Err(Status::not_found(format!("member {to} not found"))),
+            None => return Err(refuse(Code::NotFound, format!("member {to} not found"))),
             Some((_, false)) => {
-                return Err(Status::failed_precondition(format!(
-                    "member {to} is a learner, not a voter"
-                )));
+                return Err(refuse(
+                    Code::FailedPrecondition,
+                    format!("member {to} is a learner, not a voter"),
+                ));
             }
             Some(_) => {}
         }
@@ -409,9 +434,10 @@ impl Admin for AdminService {
                 tracing::info!(to, "leadership transferred");
                 Self::done(format!("leadership moved to {to}"), 0)
             }
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "leadership did not move to {to} within 5s"
-            ))),
+            Err(_) => Err(refuse(
+                Code::DeadlineExceeded,
+                format!("leadership did not move to {to} within 5s"),
+            )),
         }
     }
 
@@ -447,7 +473,10 @@ impl Admin for AdminService {
         .await;
         match r {
             Ok(index) => Self::done(format!("snapshot built at index {index}"), index),
-            Err(_) => Err(Status::deadline_exceeded("snapshot not built within 30s")),
+            Err(_) => Err(refuse(
+                Code::DeadlineExceeded,
+                "snapshot not built within 30s",
+            )),
         }
     }
 
@@ -456,7 +485,8 @@ impl Admin for AdminService {
         req: Request<SetClockOffsetRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
         if !self.node.config().testing_mode {
-            return Err(Status::failed_precondition(
+            return Err(refuse(
+                Code::FailedPrecondition,
                 "SetClockOffset is a test hook: this node was not started with herald-node --testing",
             ));
         }
@@ -468,9 +498,12 @@ impl Admin for AdminService {
             r.offset_ms
         };
         if new_ms.unsigned_abs() > MAX_CLOCK_OFFSET_MS {
-            return Err(Status::invalid_argument(format!(
-                "offset_ms: the resulting offset must be within ±{MAX_CLOCK_OFFSET_MS} ms (7 days), got {new_ms}"
-            )));
+            return Err(refuse(
+                Code::InvalidArgument,
+                format!(
+                    "offset_ms: the resulting offset must be within ±{MAX_CLOCK_OFFSET_MS} ms (7 days), got {new_ms}"
+                ),
+            ));
         }
         let new = new_ms * 1_000_000;
         clock.set_offset_ns(new);

@@ -4,9 +4,11 @@
 //! listener has already checked that the caller is an administrator (every
 //! method but `Status`, which tells any caller who it is).
 
+use super::status::refuse;
 use ::herald_client::proto::auth_server::Auth as AuthApi;
 use ::herald_client::proto::*;
 use rand::Rng;
+use tonic::Code;
 use tonic::{Request, Response, Status};
 
 use super::status::state_status;
@@ -28,9 +30,10 @@ impl AuthService {
     async fn propose(&self, cmd: AuthCommand) -> Result<AuthOutcome, Status> {
         match self.node.propose(Command::Auth(cmd)).await? {
             state::Response::Auth(outcome) => Ok(outcome),
-            other => Err(Status::internal(format!(
-                "unexpected state machine response {other:?}"
-            ))),
+            other => Err(refuse(
+                Code::Internal,
+                format!("unexpected state machine response {other:?}"),
+            )),
         }
     }
 
@@ -227,7 +230,10 @@ impl AuthApi for AuthService {
                 token,
                 expires_ms,
             })),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(refuse(
+                Code::Internal,
+                format!("unexpected outcome {other:?}"),
+            )),
         }
     }
 

@@ -24,6 +24,7 @@
 
 use std::time::Instant;
 
+use super::status::refuse;
 use ::herald_client::batch_reply;
 use ::herald_client::proto::batch_call::Call;
 use ::herald_client::proto::batch_reply::Reply;
@@ -31,6 +32,7 @@ use ::herald_client::proto::herald_server::Herald as HeraldApi;
 use ::herald_client::proto::*;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, join_all};
+use tonic::Code;
 use tonic::{Request, Status};
 
 use super::client::HeraldService;
@@ -59,10 +61,10 @@ impl HeraldService {
     ) -> Result<BatchResponse, Status> {
         let calls = req.calls;
         if calls.is_empty() || calls.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "calls: must be 1..={MAX_BATCH} calls, got {}",
-                calls.len()
-            )));
+            return Err(refuse(
+                Code::InvalidArgument,
+                format!("calls: must be 1..={MAX_BATCH} calls, got {}", calls.len()),
+            ));
         }
         let linearizable = Consistency::Linearizable as i32;
         let barrier: Option<Barrier<'_>> = calls
@@ -159,9 +161,10 @@ impl HeraldService {
             }),
             None => (
                 BATCH,
-                Err(Status::invalid_argument(format!(
-                    "calls[{index}]: no call given"
-                ))),
+                Err(refuse(
+                    Code::InvalidArgument,
+                    format!("calls[{index}]: no call given"),
+                )),
             ),
         };
         self.answer(path, started, result)

@@ -16,9 +16,16 @@
 //! order (unknown users come back offline). Every error, axum's own
 //! refusals included (a query key given twice, percent-encoding that is not
 //! UTF-8, a malformed JSON body, an unknown route or method), is
-//! `{"error": "..."}` with the HTTP code of its gRPC status (400 for bad
-//! input). Only limits hyper enforces before any route runs (a request
+//! `{"error": "...", "reason": "INVALID_FIELD"}` with the HTTP code of its
+//! gRPC status (400 for bad input) and the gRPC API's `ErrorReason` name
+//! (`NO_ROUTE` for an unknown route or method, `TOO_LARGE` for a body over
+//! the limit). Only limits hyper enforces before any route runs (a request
 //! line or headers over its buffer: 414/431) answer without that body.
+//!
+//! The records are written by hand ([`record_json`]), not by a proto3 JSON
+//! mapping (pbjson): that mapping would rename the contract's fields to
+//! lowerCamelCase and quote 64-bit integers as strings, changing the API
+//! web pages already parse.
 //!
 //! Every request passes the node's auth guard first ([`guard`]):
 //! `/v1/presence` and `/v1/presence/{uid}` need the `reader` role (a client
@@ -26,7 +33,7 @@
 //! etcd's, so supervisors and Prometheus need no credential (they still
 //! speak TLS).
 
-use ::herald_client::proto::PresenceRecord;
+use ::herald_client::proto::{ErrorReason, PresenceRecord};
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection};
@@ -88,12 +95,18 @@ async fn guard(State(node): State<Herald>, mut req: Request, next: Next) -> Resp
 fn error(status: tonic::Status) -> Response {
     let code =
         StatusCode::from_u16(http_code(status.code())).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_error(code, status.message())
+    let reason = herald_client::reason_of(&status).unwrap_or_else(|| {
+        super::status::edge_reason(status.code())
+            .as_str_name()
+            .to_string()
+    });
+    json_error(code, status.message(), &reason)
 }
 
-/// The one error document: `{"error": message}` with `code`.
-fn json_error(code: StatusCode, message: &str) -> Response {
-    (code, Json(json!({ "error": message }))).into_response()
+/// The one error document: `{"error": message, "reason": REASON}` with
+/// `code`; the reason is the gRPC API's `herald.v1.ErrorReason` name.
+fn json_error(code: StatusCode, message: &str, reason: &str) -> Response {
+    (code, Json(json!({ "error": message, "reason": reason }))).into_response()
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> Response {
@@ -104,6 +117,7 @@ async fn no_route(uri: Uri) -> Response {
     json_error(
         StatusCode::NOT_FOUND,
         &format!("no such route: {}", uri.path()),
+        ErrorReason::NoRoute.as_str_name(),
     )
 }
 
@@ -111,6 +125,7 @@ async fn no_method() -> Response {
     json_error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this route",
+        ErrorReason::NoRoute.as_str_name(),
     )
 }
 
@@ -219,7 +234,11 @@ async fn presence_post(
                 StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
                 other => other,
             };
-            json_error(code, &rejection.body_text())
+            let reason = match code {
+                StatusCode::PAYLOAD_TOO_LARGE => ErrorReason::TooLarge,
+                _ => ErrorReason::InvalidField,
+            };
+            json_error(code, &rejection.body_text(), reason.as_str_name())
         }
     }
 }

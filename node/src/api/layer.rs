@@ -585,10 +585,15 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             if let Some(message) = oversized_message(resp.headers(), limit) {
-                let status = tonic::Status::resource_exhausted(message);
+                let status = herald_client::refusal(
+                    tonic::Code::ResourceExhausted,
+                    message,
+                    herald_client::proto::ErrorReason::TooLarge,
+                );
                 let headers = resp.headers_mut();
                 headers.remove("grpc-message");
                 headers.remove("grpc-status");
+                headers.remove("grpc-status-details-bin");
                 // Adds grpc-status and the percent-encoded grpc-message.
                 let _ = status.add_header(headers);
             }

@@ -9,6 +9,8 @@
 //! tokens name where the next page starts in a stable order, so a walk
 //! sees every item that exists throughout it exactly once.
 
+use super::status::refuse;
+use tonic::Code;
 use tonic::Status;
 
 /// Bytes of items one answer may carry: 3 MiB, leaving room under gRPC's
@@ -60,7 +62,10 @@ pub fn take<T: prost::Message>(
 }
 
 fn bad_token() -> Status {
-    Status::invalid_argument("page_token: not a token from this list's previous page")
+    refuse(
+        Code::InvalidArgument,
+        "page_token: not a token from this list's previous page",
+    )
 }
 
 /// A token of a list ordered by a numeric id: the last id delivered.

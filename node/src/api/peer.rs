@@ -12,10 +12,12 @@
 //! ([`check_message`]): one forged vote with term 2^64-1 once wedged every
 //! node of a cluster (openraft's `term + 1` overflowed).
 
+use super::status::refuse;
 use crate::peer::proto::peer_server::Peer;
 use crate::peer::proto::{RaftBlob, SnapshotChunk};
 use futures::StreamExt;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendError};
+use tonic::Code;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{ForwardReply, Herald, NOT_APPLIED};
@@ -146,9 +148,10 @@ impl PeerService {
             from,
             "refused a peer message from a node that is not a member"
         );
-        Err(Status::permission_denied(format!(
-            "node {from} is not a member of this node's cluster"
-        )))
+        Err(refuse(
+            Code::PermissionDenied,
+            format!("node {from} is not a member of this node's cluster"),
+        ))
     }
 
     /// The identity rules (`raft::identity`): a node with an identity
@@ -160,14 +163,14 @@ impl PeerService {
     fn identify(&self, caller: &Caller, kind: Sender<'_>) -> Result<(), Status> {
         let cell = self.node.identity();
         let me = self.node.id();
-        let refuse = |why: String| {
+        let deny = |why: String| {
             tracing::warn!(why = %why, "refused a peer message");
-            Err(Status::permission_denied(why))
+            Err(refuse(Code::PermissionDenied, why))
         };
         match cell.get() {
             Some(id) => {
                 if caller.cluster.as_deref() != Some(id.cluster_id.as_str()) {
-                    return refuse(format!(
+                    return deny(format!(
                         "this node belongs to cluster {}; the sender's is {}",
                         id.cluster_id,
                         caller
@@ -195,7 +198,7 @@ impl PeerService {
                         && caller.from_incarnation.as_deref() != Some(known.as_str())
                         && last.map(|l| l.index()) <= mine
                     {
-                        return refuse(format!(
+                        return deny(format!(
                             "the cluster knows node {from} as incarnation {known}, not {}: a \
                              replaced node's old data dir may not speak for it",
                             caller.from_incarnation.as_deref().unwrap_or("none")
@@ -212,7 +215,7 @@ impl PeerService {
                             id.incarnation
                         );
                         cell.set_refused(Some(why.clone()));
-                        return refuse(why);
+                        return deny(why);
                     }
                     // A message meant for this incarnation: whatever a stale
                     // sender said before no longer holds.
@@ -229,7 +232,7 @@ impl PeerService {
                          member. Replace it: heraldctl cluster replace {me}"
                     );
                     cell.set_refused(Some(why.clone()));
-                    return refuse(why);
+                    return deny(why);
                 }
                 let may_adopt = match kind {
                     Sender::Leader(vote) => vote.is_committed(),
@@ -244,15 +247,18 @@ impl PeerService {
                     Some(cluster) if may_adopt => {
                         cell.adopt(cluster).map_err(|e| {
                             tracing::error!(error = %e, "could not write this node's identity");
-                            Status::unavailable(format!("this node could not join: {e}"))
+                            refuse(Code::Unavailable, format!("this node could not join: {e}"))
                         })?;
                         cell.set_refused(None);
                         Ok(())
                     }
-                    _ => Err(Status::failed_precondition(format!(
-                        "node {me} is not initialized: it joins when a leader adds it (or at \
+                    _ => Err(refuse(
+                        Code::FailedPrecondition,
+                        format!(
+                            "node {me} is not initialized: it joins when a leader adds it (or at \
                          heraldctl cluster init)"
-                    ))),
+                        ),
+                    )),
                 }
             }
         }
@@ -268,23 +274,29 @@ impl PeerService {
         let local = self.node.with_metrics(|m| m.current_term);
         check_message(local, vote.leader_id().term, log_ids).map_err(|why| {
             tracing::warn!(from = %from.principal.name(), %why, "refused an absurd Raft message");
-            Status::invalid_argument(format!("refused Raft message: {why}"))
+            refuse(
+                Code::InvalidArgument,
+                format!("refused Raft message: {why}"),
+            )
         })
     }
 }
 
 fn bad(e: std::io::Error) -> Status {
-    Status::invalid_argument(format!("undecodable peer message: {e}"))
+    refuse(
+        Code::InvalidArgument,
+        format!("undecodable peer message: {e}"),
+    )
 }
 
 fn blob<T: serde::Serialize>(v: &T) -> Result<Response<RaftBlob>, Status> {
-    let data = encode(v).map_err(|e| Status::internal(e.to_string()))?;
+    let data = encode(v).map_err(|e| refuse(Code::Internal, e.to_string()))?;
     Ok(Response::new(RaftBlob { data }))
 }
 
 /// Unavailable, marked as certainly not applied.
 fn not_applied(msg: impl Into<String>) -> Status {
-    let mut s = Status::unavailable(msg);
+    let mut s = refuse(Code::Unavailable, msg);
     s.metadata_mut().insert(
         NOT_APPLIED,
         tonic::metadata::MetadataValue::from_static("1"),
@@ -353,10 +365,11 @@ impl Peer for PeerService {
                         // From the current leader (a stale one gets HigherVote).
                         node.leader_contact().touch();
                     }
-                    let data = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+                    let data =
+                        encode(&result).map_err(|e| refuse(Code::Internal, e.to_string()))?;
                     Ok(RaftBlob { data })
                 }
-                Err(fatal) => Err(Status::unavailable(fatal.to_string())),
+                Err(fatal) => Err(refuse(Code::Unavailable, fatal.to_string())),
             });
         Ok(Response::new(Box::pin(results)))
     }
@@ -370,7 +383,7 @@ impl Peer for PeerService {
             .raft()
             .append_entries(rpc)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| refuse(Code::Unavailable, e.to_string()))?;
         if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
             // From the current leader (a stale one gets HigherVote).
             self.node.leader_contact().touch();
@@ -389,7 +402,7 @@ impl Peer for PeerService {
             .raft()
             .vote(rpc)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| refuse(Code::Unavailable, e.to_string()))?;
         blob(&resp)
     }
 
@@ -404,7 +417,7 @@ impl Peer for PeerService {
             .raft()
             .pre_vote(rpc)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| refuse(Code::Unavailable, e.to_string()))?;
         blob(&resp)
     }
 
@@ -418,7 +431,7 @@ impl Peer for PeerService {
         let first = stream
             .next()
             .await
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+            .ok_or_else(|| refuse(Code::InvalidArgument, "empty snapshot stream"))??;
         let SnapshotHead {
             vote,
             meta,
@@ -430,9 +443,11 @@ impl Peer for PeerService {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if (data.len() + chunk.data.len()) as u64 > max {
-                return Err(Status::resource_exhausted(format!(
-                    "snapshot exceeds raft.max_snapshot_bytes = {max}"
-                )));
+                return Err(herald_client::refusal(
+                    Code::ResourceExhausted,
+                    format!("snapshot exceeds raft.max_snapshot_bytes = {max}"),
+                    herald_client::proto::ErrorReason::TooLarge,
+                ));
             }
             data.extend_from_slice(&chunk.data);
         }
@@ -457,7 +472,7 @@ impl Peer for PeerService {
             .raft()
             .install_full_snapshot(vote, snapshot)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| refuse(Code::Unavailable, e.to_string()))?;
         blob(&resp)
     }
 
@@ -475,7 +490,7 @@ impl Peer for PeerService {
             .raft()
             .handle_transfer_leader(rpc)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| refuse(Code::Unavailable, e.to_string()))?;
         blob(&resp)
     }
 

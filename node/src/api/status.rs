@@ -36,6 +36,30 @@ pub fn wire_reason(r: Reason) -> ErrorReason {
     }
 }
 
+/// A refusal made at the API edge rather than by the state machine, with the
+/// general reason its code implies: every status a node sends carries a
+/// reason a generated stub can switch on, not only the state machine's.
+pub fn refuse(code: Code, message: impl Into<String>) -> Status {
+    refusal(code, message, edge_reason(code))
+}
+
+/// The reason an edge refusal of `code` carries.
+pub fn edge_reason(code: Code) -> ErrorReason {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => ErrorReason::InvalidField,
+        Code::NotFound => ErrorReason::NotFound,
+        Code::AlreadyExists => ErrorReason::AlreadyExists,
+        Code::FailedPrecondition | Code::Aborted => ErrorReason::FailedPrecondition,
+        Code::ResourceExhausted => ErrorReason::QuotaExceeded,
+        Code::PermissionDenied => ErrorReason::RoleRequired,
+        Code::Unauthenticated => ErrorReason::NoCredential,
+        Code::Unavailable => ErrorReason::NodeUnavailable,
+        Code::DeadlineExceeded => ErrorReason::TimedOut,
+        Code::Unknown => ErrorReason::Indeterminate,
+        _ => ErrorReason::NodeInternal,
+    }
+}
+
 /// Maps a state-machine rejection to its gRPC status, its reason in the
 /// details.
 pub fn state_status(e: &StateError) -> Status {

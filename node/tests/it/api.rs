@@ -578,6 +578,12 @@ async fn http_lookups_take_any_valid_batch_and_uid_and_answer_errors_as_json() {
         let (code, body) = json(code, body);
         assert!((400..500).contains(&code), "{what}: {code} {body}");
         assert!(body["error"].is_string(), "{what}: {body}");
+        // The reason is the gRPC API's ErrorReason name, on every refusal.
+        let expected = match what {
+            "no such route" | "a method the route lacks" => "NO_ROUTE",
+            _ => "INVALID_FIELD",
+        };
+        assert_eq!(body["reason"], expected, "{what}: {body}");
         if what.starts_with("invalid UTF-8") || what.contains("twice") || what.contains("shape") {
             assert_eq!(code, 400, "{what}: {body}");
         }

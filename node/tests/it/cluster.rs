@@ -385,13 +385,19 @@ async fn add_learner_promote_and_remove() {
         .login(login("after-remove", "tv"))
         .await
         .expect("login after remove");
-    // Unknown members are refused with NotFound.
+    // Unknown members are refused with NotFound, its reason in the details
+    // like every refusal (not only the state machine's).
     let err = c
         .admin(leader)
         .promote(PromoteRequest { id: 99 })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
+    assert_eq!(
+        ::herald_client::reason_of(&err).as_deref(),
+        Some("NOT_FOUND"),
+        "{err:?}"
+    );
 }
 
 /// A dead follower once had its leader reopen the replication stream every
