@@ -412,9 +412,11 @@ impl Herald {
         let m = &self.inner.metrics;
         match self.inner.raft.client_write(proposal).await {
             Ok(resp) => {
-                m.raft_commit_seconds
+                m.raft
+                    .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
-                m.raft_proposals
+                m.raft
+                    .proposals
                     .get_or_create(&crate::metrics::ResultLabel {
                         result: "committed",
                     })
@@ -426,7 +428,8 @@ impl Herald {
             // Refused before appending: this node was not (or no longer) a
             // writable leader, so the caller may safely try the new one.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                m.raft_proposals
+                m.raft
+                    .proposals
                     .get_or_create(&crate::metrics::ResultLabel {
                         result: "not_leader",
                     })
@@ -436,7 +439,8 @@ impl Herald {
             // Appended, then discarded or cut off: another leader may still
             // commit it, so the outcome is unknown.
             Err(e) => {
-                m.raft_proposals
+                m.raft
+                    .proposals
                     .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
                     .inc();
                 ForwardReply::Indeterminate(e.to_string())

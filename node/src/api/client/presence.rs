@@ -215,7 +215,7 @@ impl HeraldService {
             .presence_events_since(next, &uids)
             .map_err(|e| Status::out_of_range(e.to_string()))?;
         let (tx, rx) = mpsc::channel(1024);
-        let open_stream = self.node.metrics().watch_stream();
+        let open_stream = self.node.metrics().api.watch_stream();
         tokio::spawn(async move {
             // Dropped in reverse: the gauge falls before the slot frees.
             let _slot = slot;
