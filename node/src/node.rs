@@ -267,6 +267,26 @@ impl Herald {
         &self.inner.metrics
     }
 
+    /// This node's metrics in the OpenMetrics text format, the gauges that
+    /// are sampled at scrape time (Raft, storage, presence, pools, clock)
+    /// set from the node now.
+    pub fn render_metrics(&self) -> Result<String, std::fmt::Error> {
+        let m = &self.inner.metrics;
+        self.with_metrics(|r| m.raft.sample(r));
+        m.api.auth_enabled.set(i64::from(self.guard().enabled()));
+        m.storage
+            .sample(self.log().size_on_disk(), self.log().len(), self.space());
+        {
+            let machine = self.store().read();
+            m.storage.sample_records(&machine.state);
+            m.presence
+                .sample(&machine.state, self.ownership().tracked_count());
+            m.pools.sample(&machine.state);
+        }
+        m.clock.sample(self.clock());
+        m.encode()
+    }
+
     /// Becomes true when the node starts shutting down (ends long streams).
     pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.inner.stopping.clone()

@@ -475,7 +475,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     )));
     tasks.push(tokio::spawn(crate::owner::run(herald.clone(), stopped())));
     tasks.push(tokio::spawn(crate::metrics::watch_raft(
-        herald.clone(),
+        herald.raft().clone(),
+        herald.metrics().clone(),
+        herald.id(),
         stopped(),
     )));
     tasks.push(tokio::spawn(crate::raft::free_space::run(

@@ -43,7 +43,7 @@ impl ClockDefs {
     }
 
     /// Sets the offset, the last sync's delay and its age from `clock`.
-    pub(super) fn sample(&self, clock: &ClusterClock) {
+    pub fn sample(&self, clock: &ClusterClock) {
         self.offset_seconds.set(clock.offset_ns() as f64 / 1e9);
         self.sync_delay_seconds
             .set(clock.sync_delay_ns() as f64 / 1e9);

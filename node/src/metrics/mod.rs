@@ -1,24 +1,27 @@
 //! Prometheus metrics: the one registry and every metric definition.
 //!
 //! **One handle per node, not a global.** [`Metrics`] is created in
-//! `server::start`, kept in the [`Herald`] handle and given to the log and
-//! state stores. A process-wide global would be shorter to reach, but a
-//! process may run several nodes (`server::start` is a library call, and
-//! tests may use it), and each must report only its own numbers. The handle
-//! is an `Arc`, so clones are cheap; every metric inside is lock-free.
+//! `server::start`, kept in the [`Herald`](crate::node::Herald) handle and
+//! given to the log and state stores. A process-wide global would be
+//! shorter to reach, but a process may run several nodes (`server::start`
+//! is a library call, and tests may use it), and each must report only its
+//! own numbers. The handle is an `Arc`, so clones are cheap; every metric
+//! inside is lock-free.
 //!
 //! Values arrive three ways:
-//! - **counted where they happen**: fsync latency (log store), proposals and
-//!   their latency ([`Herald::propose`]), snapshot builds/installs and the
-//!   domain events of every applied entry (state store), API requests (the
-//!   [`crate::api::layer`] tower layer on every server);
+//! - **counted where they happen**: fsync latency (log store), proposals
+//!   and their latency ([`crate::node::Herald::propose`]), snapshot
+//!   builds/installs and the domain events of every applied entry (state
+//!   store), API requests (the [`crate::api::layer`] tower layer on every
+//!   server);
 //! - **watched**: [`watch_raft`] follows openraft's server metrics channel
 //!   to count leader and membership changes (and log one line for each);
-//! - **sampled at scrape time** ([`render`]): Raft indexes and replication
-//!   lag, the log's size, free space and its alarm, users online, pool
-//!   accounts, the cluster clock and the process (`/proc/self`), so gauges
-//!   are exact when Prometheus reads them and nothing runs between scrapes
-//!   (free space itself is read by `raft::free_space::run`).
+//! - **sampled at scrape time** ([`crate::node::Herald::render_metrics`]):
+//!   Raft indexes and replication lag, the log's size, free space and its
+//!   alarm, users online, pool accounts, the cluster clock and the process
+//!   (`/proc/self`), so gauges are exact when Prometheus reads them and
+//!   nothing runs between scrapes (free space itself is read by
+//!   `raft::free_space::run`).
 //!
 //! Domain counters are counted on *every* replica as it applies an entry:
 //! each node reports the same cluster-wide rate (dashboards take the `max`
@@ -45,19 +48,21 @@
 //!
 //! This file wires them together: the [`Metrics`] handle and its registry,
 //! [`Metrics::observe_apply`] (which passes each applied entry to every
-//! domain), and the scrape ([`render`], [`http_handler`]), which samples
-//! each domain from the node and encodes the registry.
+//! domain) and the encoding ([`Metrics::encode`], [`to_prometheus_text`]).
+//!
+//! **Nothing here knows the node.** Each domain samples its gauges from the
+//! pieces it reads (Raft's metrics, the state, the log, the clock), and the
+//! scrape that hands them over is `Herald::render_metrics` in `node.rs`;
+//! `GET /metrics` is served by [`crate::api::http`], and [`watch_raft`]
+//! takes the Raft handle. So `crate::node`, which holds the [`Metrics`],
+//! is not imported back by this module.
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::node::Herald;
 use crate::raft::Proposal;
 use crate::state::{self, StateError};
 
@@ -172,6 +177,14 @@ impl Metrics {
         self.sessions.observe_apply(&p.cmd, result);
         self.pools.observe_apply(&p.cmd, result);
     }
+
+    /// The registry in the OpenMetrics text format, as the metrics are now
+    /// (the scrape samples the gauges first).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
 }
 
 /// Increments a gauge now and decrements it on drop (in-flight requests,
@@ -192,37 +205,12 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// Updates the sampled gauges from the node's current state.
-fn sample(node: &Herald) {
-    let m = node.metrics();
-    node.with_metrics(|r| m.raft.sample(r));
-    m.api.auth_enabled.set(i64::from(node.guard().enabled()));
-    m.storage
-        .sample(node.log().size_on_disk(), node.log().len(), node.space());
-    {
-        let machine = node.store().read();
-        m.storage.sample_records(&machine.state);
-        m.presence
-            .sample(&machine.state, node.ownership().tracked_count());
-        m.pools.sample(&machine.state);
-    }
-    m.clock.sample(node.clock());
-}
-
-/// The node's metrics in the OpenMetrics text format, sampled now.
-pub fn render(node: &Herald) -> Result<String, std::fmt::Error> {
-    sample(node);
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &node.metrics().registry)?;
-    Ok(out)
-}
-
 /// Rewrites the encoder's OpenMetrics text as Prometheus text format 0.0.4,
 /// for scrapers and tools that only read the older format (`promtool check
 /// metrics`, curl). The two differ, for the metric types Herald uses, only
 /// in that OpenMetrics names a counter family without its `_total` suffix
 /// and has `# UNIT` and `# EOF` lines.
-fn to_prometheus_text(openmetrics: &str) -> String {
+pub fn to_prometheus_text(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
@@ -251,35 +239,6 @@ fn to_prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus
-/// does), else Prometheus text format 0.0.4.
-pub async fn http_handler(State(node): State<Herald>, headers: axum::http::HeaderMap) -> Response {
-    let openmetrics = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    match render(&node) {
-        Ok(body) if openmetrics => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Ok(body) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            to_prometheus_text(&body),
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ impl PoolDefs {
 
     /// Sets the accounts of each pool by state (past [`MAX_POOL_SERIES`]
     /// pools, summed under `other`).
-    pub(super) fn sample(&self, state: &State) {
+    pub fn sample(&self, state: &State) {
         self.accounts.clear();
         for (i, p) in state.pools(None).into_iter().enumerate() {
             let (pool, unit) = if i < MAX_POOL_SERIES {

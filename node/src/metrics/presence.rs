@@ -120,7 +120,7 @@ impl PresenceDefs {
 
     /// Sets the users online, the watch history's size and the users this
     /// node keeps heartbeats for.
-    pub(super) fn sample(&self, state: &State, owned_users: usize) {
+    pub fn sample(&self, state: &State, owned_users: usize) {
         self.watch_history_bytes
             .set(i64::try_from(state.counts().watch_history_bytes).unwrap_or(i64::MAX));
         self.reset_online();

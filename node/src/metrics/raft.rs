@@ -1,7 +1,8 @@
 //! Raft metrics: the term and role, leader and membership changes (counted
 //! by [`watch_raft`]), log indexes and replication lag (sampled at scrape
-//! time), proposals and their commit latency ([`crate::node::Herald::propose`])
-//! and snapshots (the state store).
+//! time), proposals and their commit latency
+//! ([`crate::node::Herald::propose`]), snapshots (the state store) and
+//! failover takeovers.
 
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
@@ -12,8 +13,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::Metrics;
 use super::latency;
-use crate::node::Herald;
+use crate::raft::Raft;
 
 /// `{result}`: how a proposal ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -175,7 +177,7 @@ impl RaftDefs {
 
     /// Sets the term, role, indexes, membership and (on the leader) each
     /// follower's lag from Raft's latest metrics.
-    pub(super) fn sample(&self, r: &openraft::RaftMetrics<crate::raft::TypeConfig>) {
+    pub fn sample(&self, r: &openraft::RaftMetrics<crate::raft::TypeConfig>) {
         self.term.set(r.current_term as i64);
         let leader = r.state == ServerState::Leader && r.current_leader == Some(r.id);
         self.is_leader.set(leader as i64);
@@ -213,9 +215,14 @@ impl RaftDefs {
 /// only with the vote, the role, the leader or the membership; the full
 /// metrics change with every append and apply, and watching those woke this
 /// task several times per write.
-pub async fn watch_raft(node: Herald, stopped: impl std::future::Future<Output = ()>) {
+pub async fn watch_raft(
+    raft: Raft,
+    metrics: Metrics,
+    me: u64,
+    stopped: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stopped);
-    let mut rx = node.raft().server_metrics();
+    let mut rx = raft.server_metrics();
     let mut leader: Option<u64> = None;
     let mut membership: Option<crate::raft::typ::LogId> = None;
     loop {
@@ -234,19 +241,19 @@ pub async fn watch_raft(node: Herald, stopped: impl std::future::Future<Output =
         };
         if now_leader != leader {
             if now_leader.is_some() {
-                node.metrics().raft.leader_changes.inc();
+                metrics.raft.leader_changes.inc();
             }
             tracing::info!(
                 leader = ?now_leader,
                 previous = ?leader,
                 term,
-                me = node.id(),
+                me,
                 "leader changed"
             );
             leader = now_leader;
         }
         if now_membership != membership {
-            node.metrics().raft.membership_changes.inc();
+            metrics.raft.membership_changes.inc();
             tracing::info!(
                 log_index = now_membership.as_ref().map(|l| l.index()),
                 ?voters,

@@ -114,7 +114,7 @@ impl StorageDefs {
     }
 
     /// Sets the log's size and entries and the free space and its alarm.
-    pub(super) fn sample(&self, disk_bytes: u64, log_entries: usize, space: &FreeSpace) {
+    pub fn sample(&self, disk_bytes: u64, log_entries: usize, space: &FreeSpace) {
         self.disk_bytes.set(disk_bytes as i64);
         self.log_entries.set(log_entries as i64);
         if space.free_bytes() != u64::MAX {
@@ -125,7 +125,7 @@ impl StorageDefs {
     }
 
     /// Sets the records of each kind the state keeps and their quotas.
-    pub(super) fn sample_records(&self, state: &State) {
+    pub fn sample_records(&self, state: &State) {
         let counts = state.counts();
         let q = state.quotas();
         for (kind, n, quota) in [
