@@ -95,7 +95,7 @@ pub async fn run_takeover(node: Herald, stopped: impl Future<Output = ()>) {
             silent_ms = silent.as_millis() as u64,
             "takeover: no word from the leader for longer than any lease; campaigning"
         );
-        node.inner.metrics.takeovers.inc();
+        node.inner.metrics.raft.takeovers.inc();
         if let Err(e) = node.raft().trigger().elect(true).await {
             tracing::warn!("takeover election: {e}");
         }

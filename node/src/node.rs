@@ -267,6 +267,26 @@ impl Herald {
         &self.inner.metrics
     }
 
+    /// This node's metrics in the OpenMetrics text format, the gauges that
+    /// are sampled at scrape time (Raft, storage, presence, pools, clock)
+    /// set from the node now.
+    pub fn render_metrics(&self) -> Result<String, std::fmt::Error> {
+        let m = &self.inner.metrics;
+        self.with_metrics(|r| m.raft.sample(r));
+        m.api.auth_enabled.set(i64::from(self.guard().enabled()));
+        m.storage
+            .sample(self.log().size_on_disk(), self.log().len(), self.space());
+        {
+            let machine = self.store().read();
+            m.storage.sample_records(&machine.state);
+            m.presence
+                .sample(&machine.state, self.ownership().tracked_count());
+            m.pools.sample(&machine.state);
+        }
+        m.clock.sample(self.clock());
+        m.encode()
+    }
+
     /// Becomes true when the node starts shutting down (ends long streams).
     pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.inner.stopping.clone()
@@ -412,9 +432,11 @@ impl Herald {
         let m = &self.inner.metrics;
         match self.inner.raft.client_write(proposal).await {
             Ok(resp) => {
-                m.raft_commit_seconds
+                m.raft
+                    .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
-                m.raft_proposals
+                m.raft
+                    .proposals
                     .get_or_create(&crate::metrics::ResultLabel {
                         result: "committed",
                     })
@@ -426,7 +448,8 @@ impl Herald {
             // Refused before appending: this node was not (or no longer) a
             // writable leader, so the caller may safely try the new one.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                m.raft_proposals
+                m.raft
+                    .proposals
                     .get_or_create(&crate::metrics::ResultLabel {
                         result: "not_leader",
                     })
@@ -436,7 +459,8 @@ impl Herald {
             // Appended, then discarded or cut off: another leader may still
             // commit it, so the outcome is unknown.
             Err(e) => {
-                m.raft_proposals
+                m.raft
+                    .proposals
                     .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
                     .inc();
                 ForwardReply::Indeterminate(e.to_string())

@@ -196,8 +196,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
              a production node with --testing"
         );
     }
-    metrics.security_insecure.set(i64::from(config.insecure));
     metrics
+        .api
+        .security_insecure
+        .set(i64::from(config.insecure));
+    metrics
+        .api
         .security_testing_mode
         .set(i64::from(config.testing_mode));
     // The identity before anything else: a data dir of another node, or
@@ -321,14 +325,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
               tls: Option<std::sync::Arc<rustls::ServerConfig>>,
               max: usize| {
             let failures = metrics
+                .api
                 .tls_handshake_failures
                 .get_or_create(&ServerLabel { server })
                 .clone();
             let label = ListenerLabel { listener: server };
             let cap = ConnCap::new(
                 max,
-                metrics.connections_open.get_or_create(&label).clone(),
-                metrics.connections_refused.get_or_create(&label).clone(),
+                metrics.api.connections_open.get_or_create(&label).clone(),
+                metrics
+                    .api
+                    .connections_refused
+                    .get_or_create(&label)
+                    .clone(),
             );
             crate::security::tls::accept(l, tls, server, failures, cap, stop_rx.clone())
                 .with_context(|| format!("starting the {server} listener"))
@@ -466,7 +475,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     )));
     tasks.push(tokio::spawn(crate::owner::run(herald.clone(), stopped())));
     tasks.push(tokio::spawn(crate::metrics::watch_raft(
-        herald.clone(),
+        herald.raft().clone(),
+        herald.metrics().clone(),
+        herald.id(),
         stopped(),
     )));
     tasks.push(tokio::spawn(crate::raft::free_space::run(

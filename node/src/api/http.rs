@@ -38,7 +38,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -57,7 +57,7 @@ pub fn router(node: Herald) -> Router {
         .route("/v1/presence", get(presence_get).post(presence_post))
         .route("/v1/presence/{uid}", get(presence_one))
         .route("/health", get(health))
-        .route("/metrics", get(crate::metrics::http_handler))
+        .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(middleware::from_fn_with_state(node.clone(), guard))
@@ -333,4 +333,33 @@ async fn health(State(node): State<Herald>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus
+/// does), else Prometheus text format 0.0.4.
+async fn metrics(State(node): State<Herald>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    match node.render_metrics() {
+        Ok(body) if openmetrics => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::to_prometheus_text(&body),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }

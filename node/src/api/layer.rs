@@ -151,7 +151,8 @@ impl Accounting {
             method.to_string()
         };
         let seconds = m
-            .api_request_seconds
+            .api
+            .request_seconds
             .get_or_create(&MethodLabels {
                 server,
                 method: method.clone(),
@@ -159,7 +160,8 @@ impl Accounting {
             .clone();
         seconds.observe(elapsed);
         let counter = m
-            .api_requests
+            .api
+            .requests
             .get_or_create(&RequestLabels {
                 server,
                 method: method.clone(),
@@ -193,7 +195,8 @@ impl ObserveLayer {
     /// A layer for one listener of node `node_id`.
     pub fn new(metrics: Metrics, node_id: u64, listener: Listener) -> Self {
         let in_flight = metrics
-            .api_in_flight
+            .api
+            .in_flight
             .get_or_create(&ServerLabel {
                 server: listener.label(),
             })
@@ -479,7 +482,8 @@ mod tests {
             svc.ready().await.unwrap().call(call(fail)).await.unwrap();
         }
         let ok = metrics
-            .api_requests
+            .api
+            .requests
             .get_or_create(&RequestLabels {
                 server: "client",
                 method: "/herald.v1.Herald/Login".into(),
@@ -487,7 +491,8 @@ mod tests {
             })
             .get();
         let bad = metrics
-            .api_requests
+            .api
+            .requests
             .get_or_create(&RequestLabels {
                 server: "client",
                 method: "/herald.v1.Herald/Login".into(),

@@ -342,6 +342,7 @@ impl Flusher {
             hard_state::store(&self.dir, &state)?;
         }
         self.metrics
+            .storage
             .observe_fsync(if metadata { "vote" } else { "append" }, started);
         let purge_upto = jobs
             .iter()

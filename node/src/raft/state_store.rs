@@ -390,7 +390,10 @@ impl StateStore {
                 .map_err(|e| fail("syncing directory", dir, e))?;
         }
         *on_disk = snap.meta.last_log_id;
-        self.inner.metrics.observe_fsync("snapshot", started);
+        self.inner
+            .metrics
+            .storage
+            .observe_fsync("snapshot", started);
         Ok(true)
     }
 
@@ -439,7 +442,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateStore {
                 "snapshot built, not written: the one on disk is as new or newer"
             );
         }
-        self.inner.metrics.raft_snapshot_builds.inc();
+        self.inner.metrics.raft.snapshot_builds.inc();
         tracing::info!(
             index = ?snap.meta.last_log_id.as_ref().map(|l| l.index()),
             bytes = snap.data.len(),
@@ -573,7 +576,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0)
         };
         self.inner.applied.send_replace(index);
-        self.inner.metrics.raft_snapshot_installs.inc();
+        self.inner.metrics.raft.snapshot_installs.inc();
         tracing::info!(index, bytes = snap.data.len(), "snapshot installed");
         Ok(())
     }

@@ -222,6 +222,7 @@ impl Guard {
     pub fn refused(&self, server: &'static str, needs: Permission, refusal: &Refusal) {
         self.inner
             .metrics
+            .api
             .auth_refusals
             .get_or_create(&RefusalLabels {
                 server,

@@ -1,0 +1,259 @@
+//! Presence calls: writes (login, logout, permission changes) proposed
+//! through the leader, heartbeats passed to the uid's owner, reads, and the
+//! `Watch` stream; with the uid checks and the batch lookup the HTTP API
+//! shares.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+
+use ::herald_client::LEADER_HINT;
+use ::herald_client::proto::*;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::super::convert as cv;
+use super::super::page;
+use super::{HeraldService, invalid, unexpected};
+use crate::node::{Herald, NodeError};
+use crate::state::{self, Command, StateError};
+
+pub(super) type WatchStream = Pin<Box<dyn Stream<Item = Result<PresenceEvent, Status>> + Send>>;
+
+fn presence_reply(r: state::Response) -> Result<Response<PresenceWriteResponse>, Status> {
+    match r {
+        state::Response::Presence(rec) => Ok(Response::new(PresenceWriteResponse {
+            record: Some(cv::record_pb(&rec)),
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Checks a uid list for batch reads and watches: count and each id's
+/// length, naming the offending entry (`uids[3]`). A call that carries one
+/// uid checks it with [`check_uid`], which names the field `uid`.
+pub fn check_uids(uids: &[String]) -> Result<(), StateError> {
+    if uids.len() > state::MAX_BATCH {
+        return Err(StateError::invalid(
+            "uids",
+            format!(
+                "at most {} ids per call, got {}",
+                state::MAX_BATCH,
+                uids.len()
+            ),
+        ));
+    }
+    for (i, uid) in uids.iter().enumerate() {
+        state::limits::check_uid(&format!("uids[{i}]"), uid)?;
+    }
+    Ok(())
+}
+
+/// Checks the single `uid` of a call (`GetPresence`, `Heartbeat`).
+pub fn check_uid(uid: &str) -> Result<(), StateError> {
+    state::limits::check_uid("uid", uid)
+}
+
+/// Resolves once the flag is (or becomes) true, or its sender is gone.
+async fn until_true(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Batch lookup shared by gRPC and HTTP: one record per uid, in order,
+/// until the records would pass `budget` bytes (`truncated`: the caller
+/// asks again for the rest). gRPC answers stay under
+/// [`page::REPLY_BUDGET_BYTES`]; HTTP has no such limit and passes
+/// `usize::MAX`.
+pub fn batch_get(node: &Herald, uids: &[String], budget: usize) -> BatchGetPresenceResponse {
+    let m = node.store().read();
+    let records = uids.iter().map(|u| {
+        m.state
+            .presence(u)
+            .map(cv::record_pb)
+            .unwrap_or_else(|| cv::unknown_record_pb(u))
+    });
+    let (records, truncated) = page::take(records, usize::MAX, budget);
+    BatchGetPresenceResponse {
+        records,
+        revision: m.state.last_index(),
+        truncated,
+    }
+}
+
+impl HeraldService {
+    /// A presence write the client routes to the leader: proposed, and when
+    /// this node is not the leader (it forwarded the write), answered with
+    /// the leader's id in [`LEADER_HINT`] so the client's next write goes
+    /// there directly instead of taking this hop again.
+    async fn presence_write(
+        &self,
+        cmd: Command,
+    ) -> Result<Response<PresenceWriteResponse>, Status> {
+        let mut resp = presence_reply(self.propose(cmd).await?)?;
+        if !self.node.is_leader()
+            && let Some((leader, _)) = self.node.leader()
+        {
+            resp.metadata_mut().insert(LEADER_HINT, leader.into());
+        }
+        Ok(resp)
+    }
+
+    /// Passes a heartbeat to the uid's owner; `None` if it cannot be reached.
+    async fn forward_heartbeat(&self, owner: u64, r: &HeartbeatRequest) -> Option<bool> {
+        let (members, _) = self.node.members();
+        let (member, _) = members.get(&owner)?;
+        let mut client =
+            crate::peer::PeerClient::new(self.node.peers(), owner, &member.peer_addr).ok()?;
+        client
+            .heartbeat(&r.uid, &r.client_type, std::time::Duration::from_secs(1))
+            .await
+            .ok()
+    }
+
+    pub(super) async fn login(
+        &self,
+        req: Request<LoginRequest>,
+    ) -> Result<Response<PresenceWriteResponse>, Status> {
+        let cmd = Command::Login(cv::login(req.into_inner()));
+        self.presence_write(cmd).await
+    }
+
+    pub(super) async fn logout(
+        &self,
+        req: Request<LogoutRequest>,
+    ) -> Result<Response<PresenceWriteResponse>, Status> {
+        let cmd = Command::Logout(cv::logout(req.into_inner()));
+        self.presence_write(cmd).await
+    }
+
+    pub(super) async fn change_permission(
+        &self,
+        req: Request<PermissionRequest>,
+    ) -> Result<Response<PresenceWriteResponse>, Status> {
+        let cmd = Command::Permission(cv::permission(req.into_inner()));
+        self.presence_write(cmd).await
+    }
+
+    pub(super) async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        check_uid(&r.uid).map_err(invalid)?;
+        // Heartbeats live in the owner's memory (the owner on the committed
+        // ring): pass them on to the owner. If it cannot be reached from
+        // here, the client must try another node: keeping the heartbeat
+        // here would not stop the owner from expiring the user.
+        let me = self.node.id();
+        if let Some(owner) = self.node.ownership().owner(&r.uid).filter(|o| *o != me) {
+            return match self.forward_heartbeat(owner, &r).await {
+                Some(known) => Ok(Response::new(HeartbeatResponse { known })),
+                None => Err(NodeError::Unavailable(format!(
+                    "the owner of this user, node {owner}, did not take the heartbeat from \
+                     node {me}; try another node"
+                ))
+                .into()),
+            };
+        }
+        let known = self.node.heartbeat_here(&r.uid, &r.client_type).await?;
+        Ok(Response::new(HeartbeatResponse { known }))
+    }
+
+    pub(super) async fn get_presence(
+        &self,
+        req: Request<GetPresenceRequest>,
+    ) -> Result<Response<GetPresenceResponse>, Status> {
+        let r = req.into_inner();
+        check_uid(&r.uid).map_err(invalid)?;
+        self.read_barrier(r.consistency).await?;
+        let m = self.node.store().read();
+        Ok(Response::new(GetPresenceResponse {
+            record: m.state.presence(&r.uid).map(cv::record_pb),
+        }))
+    }
+
+    pub(super) async fn batch_get_presence(
+        &self,
+        req: Request<BatchGetPresenceRequest>,
+    ) -> Result<Response<BatchGetPresenceResponse>, Status> {
+        let r = req.into_inner();
+        check_uids(&r.uids).map_err(invalid)?;
+        self.read_barrier(r.consistency).await?;
+        Ok(Response::new(batch_get(
+            &self.node,
+            &r.uids,
+            page::REPLY_BUDGET_BYTES,
+        )))
+    }
+
+    pub(super) async fn watch(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let r = req.into_inner();
+        check_uids(&r.uids).map_err(invalid)?;
+        let slot = self.watch_slots.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many watch streams on this node: limits.max_watch_streams = {}; \
+                 close one or watch through another node",
+                self.node.config().limits.max_watch_streams
+            ))
+        })?;
+        let uids: BTreeSet<String> = r.uids.into_iter().collect();
+        let store = self.node.store().clone();
+        let mut applied = store.applied();
+        let mut stopping = self.node.stopping();
+        let mut next = match r.start_revision {
+            0 => store.read().state.last_index() + 1,
+            n => n,
+        };
+        // Refuse a compacted start now, as a status rather than a broken stream.
+        store
+            .read()
+            .state
+            .presence_events_since(next, &uids)
+            .map_err(|e| Status::out_of_range(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(1024);
+        let open_stream = self.node.metrics().api.watch_stream();
+        tokio::spawn(async move {
+            // Dropped in reverse: the gauge falls before the slot frees.
+            let _slot = slot;
+            let _open_stream = open_stream;
+            loop {
+                // Everything up to the state's last index is in its history,
+                // so resuming at last_index + 1 leaves no gap.
+                let (events, upto) = {
+                    let m = store.read();
+                    (
+                        m.state.presence_events_since(next, &uids),
+                        m.state.last_index(),
+                    )
+                };
+                match events {
+                    Ok(events) => {
+                        for e in &events {
+                            if tx.send(Ok(cv::event_pb(e))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::out_of_range(e.to_string()))).await;
+                        return;
+                    }
+                }
+                next = next.max(upto + 1);
+                tokio::select! {
+                    r = applied.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = until_true(&mut stopping) => {
+                        let _ = tx.send(Err(Status::unavailable("node shutting down; resume elsewhere"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
