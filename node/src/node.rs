@@ -469,7 +469,7 @@ impl Herald {
     }
 
     /// The voters' agreed cluster time (see [`crate::stamp`]): this node's
-    /// clock and every voter's that answers `Ping` within a second, each
+    /// clock and every voter's that answers `Ping` within two seconds, each
     /// moved forward by half its round trip; `None` without a majority.
     async fn agreed_time(&self) -> Option<u64> {
         let (members, _) = self.members();
@@ -484,7 +484,8 @@ impl Herald {
             .filter(|(id, _)| *id != self.id())
             .map(|(id, addr)| async move {
                 let sent = std::time::Instant::now();
-                let reply = crate::members::ask(self, *id, addr).await.ok()?;
+                let mut peer = crate::peer::PeerClient::new(self.peers(), *id, addr).ok()?;
+                let reply = peer.ping(Duration::from_secs(2)).await.ok()?;
                 let half_rtt = sent.elapsed().as_millis() as u64 / 2;
                 Some(reply.cluster_time_ms.saturating_add(half_rtt))
             });

@@ -153,6 +153,11 @@ async fn the_watch_cap_refuses_and_a_vanished_watcher_frees_its_slot() {
     let b = watch(&direct).await.expect("second watch");
     let err = watch(&direct).await.expect_err("over the cap");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert_eq!(
+        ::herald_client::reason_of(&err).as_deref(),
+        Some("QUOTA_EXCEEDED"),
+        "{err:?}"
+    );
     assert!(
         err.message().contains("limits.max_watch_streams = 2"),
         "{}",

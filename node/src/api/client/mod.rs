@@ -85,7 +85,10 @@ fn invalid(e: StateError) -> Status {
 }
 
 fn unexpected(r: state::Response) -> Status {
-    Status::internal(format!("unexpected state machine response {r:?}"))
+    super::status::refuse(
+        tonic::Code::Internal,
+        format!("unexpected state machine response {r:?}"),
+    )
 }
 
 // Each method calls the inherent method of the same name (inherent methods

@@ -11,10 +11,11 @@ use ::herald_client::proto::*;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::super::convert as cv;
 use super::super::page;
+use super::super::status::{refuse, wire_reason};
 use super::{HeraldService, invalid, unexpected};
 use crate::node::{Herald, NodeError};
 use crate::state::{self, Command, StateError};
@@ -194,11 +195,14 @@ impl HeraldService {
         let r = req.into_inner();
         check_uids(&r.uids).map_err(invalid)?;
         let slot = self.watch_slots.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "too many watch streams on this node: limits.max_watch_streams = {}; \
+            refuse(
+                Code::ResourceExhausted,
+                format!(
+                    "too many watch streams on this node: limits.max_watch_streams = {}; \
                  close one or watch through another node",
-                self.node.config().limits.max_watch_streams
-            ))
+                    self.node.config().limits.max_watch_streams
+                ),
+            )
         })?;
         let uids: BTreeSet<String> = r.uids.into_iter().collect();
         let store = self.node.store().clone();
@@ -213,7 +217,7 @@ impl HeraldService {
             .read()
             .state
             .presence_events_since(next, &uids)
-            .map_err(|e| Status::out_of_range(e.to_string()))?;
+            .map_err(|e| compacted(&e))?;
         let (tx, rx) = mpsc::channel(1024);
         let open_stream = self.node.metrics().api.watch_stream();
         tokio::spawn(async move {
@@ -239,7 +243,7 @@ impl HeraldService {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(Status::out_of_range(e.to_string()))).await;
+                        let _ = tx.send(Err(compacted(&e))).await;
                         return;
                     }
                 }
@@ -248,7 +252,7 @@ impl HeraldService {
                     r = applied.changed() => if r.is_err() { return },
                     _ = tx.closed() => return,
                     _ = until_true(&mut stopping) => {
-                        let _ = tx.send(Err(Status::unavailable("node shutting down; resume elsewhere"))).await;
+                        let _ = tx.send(Err(refuse(Code::Unavailable, "node shutting down; resume elsewhere"))).await;
                         return;
                     }
                 }
@@ -256,4 +260,10 @@ impl HeraldService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// A watch whose start the history no longer holds: OUT_OF_RANGE, as etcd
+/// answers a compacted revision, with the state machine's COMPACTED reason.
+fn compacted(e: &StateError) -> Status {
+    ::herald_client::refusal(Code::OutOfRange, e.to_string(), wire_reason(e.reason()))
 }

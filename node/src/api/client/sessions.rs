@@ -2,10 +2,11 @@
 //! commands; session and session-log reads (the log paged by revision).
 
 use ::herald_client::proto::*;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::super::convert as cv;
 use super::super::page;
+use super::super::status::refuse;
 use super::{HeraldService, invalid, unexpected};
 use crate::state::{self, Command};
 
@@ -72,10 +73,12 @@ impl HeraldService {
         let r = req.into_inner();
         self.read_barrier(r.consistency).await?;
         let m = self.node.store().read();
-        let s = m
-            .state
-            .session(r.session_id)
-            .ok_or_else(|| Status::not_found(format!("session {} not found", r.session_id)))?;
+        let s = m.state.session(r.session_id).ok_or_else(|| {
+            refuse(
+                Code::NotFound,
+                format!("session {} not found", r.session_id),
+            )
+        })?;
         Ok(Response::new(GetSessionResponse {
             session: Some(cv::session_pb(s)),
         }))
@@ -88,10 +91,12 @@ impl HeraldService {
         let r = req.into_inner();
         self.read_barrier(r.consistency).await?;
         let m = self.node.store().read();
-        let log = m
-            .state
-            .session_log(r.session_id)
-            .ok_or_else(|| Status::not_found(format!("session {} not found", r.session_id)))?;
+        let log = m.state.session_log(r.session_id).ok_or_else(|| {
+            refuse(
+                Code::NotFound,
+                format!("session {} not found", r.session_id),
+            )
+        })?;
         let (after, seen) = page::after_revision(&r.page_token)?;
         // Entries of the token's revision already delivered are skipped.
         let mut skip = seen;
