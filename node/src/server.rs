@@ -171,18 +171,148 @@ async fn serve_http(
     }
 }
 
-/// Starts a node and returns once every listener is bound.
+/// Starts a node and returns once every listener is bound, in named steps:
+/// [`announce`] the process's limits and modes, [`open_storage`], build
+/// Raft on its own runtime, [`bind_listeners`] (a taken port fails the
+/// start), make the [`Herald`] handle, [`serve_peer`], [`serve_client`]
+/// and the HTTP listener, then [`spawn_mechanisms`].
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     config.validate()?;
-    match raise_open_files_limit() {
-        Ok(n) => tracing::info!(rlimit_nofile = n, "open-file limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit (RLIMIT_NOFILE)"),
-    }
+    let metrics = Metrics::new();
+    announce(&config, &metrics);
     let tls = match &config.tls {
         Some(files) => Some(NodeTls::load(files, config.id)?),
         None => None,
     };
-    let metrics = Metrics::new();
+    let storage = open_storage(&config, &metrics).await?;
+    let routes = config
+        .peer_routes
+        .iter()
+        .filter_map(|(id, addr)| Some((id.parse::<u64>().ok()?, addr.clone())))
+        .collect();
+    let peers = PeerChannels::with_routes(
+        routes,
+        tls.as_ref().map(|t| t.dial.clone()),
+        Some(PeerStamp::new(
+            storage.identity.clone(),
+            storage.store.clone(),
+            storage.tail,
+        )),
+    );
+    // Raft's core tasks are spawned where it is built: on its own thread.
+    let raft_rt = RaftRuntime::start(config.id).context("starting the raft thread")?;
+    let raft = raft_rt
+        .run({
+            let (rc, network) = (
+                raft_config(&config)?,
+                Network::new(peers.with_own_connections()),
+            );
+            let (log, store) = (storage.log.clone(), storage.store.clone());
+            async move { Raft::new(config.id, std::sync::Arc::new(rc), network, log, store).await }
+        })
+        .await?
+        .context("starting raft")?;
+    let listeners = bind_listeners(&config).await?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let clock = ClusterClock::with_offset_ms(config.clock.initial_offset_ms);
+    let guard = Guard::new(
+        &config,
+        storage.store.clone(),
+        clock.clone(),
+        metrics.clone(),
+    );
+    let herald = Herald::new(Inner {
+        config: config.clone(),
+        raft: raft.clone(),
+        store: storage.store,
+        log: storage.log,
+        clock,
+        peers,
+        stopping: stop_rx.clone(),
+        ownership: crate::cluster::owner::Ownership::new(config.id, config.ring.vnodes),
+        metrics: metrics.clone(),
+        leader_contact: Default::default(),
+        guard: guard.clone(),
+        identity: storage.identity,
+        stamp: Default::default(),
+        space: storage.space.clone(),
+        pending_writes: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_pending_writes,
+        )),
+    });
+    let accept = Acceptor {
+        metrics: metrics.clone(),
+        stop: stop_rx.clone(),
+    };
+    let mut tasks = vec![
+        serve_peer(
+            &herald,
+            &guard,
+            &raft_rt,
+            listeners.peer,
+            tls.as_ref().map(|t| t.peer.clone()),
+            &accept,
+        )
+        .await?,
+        serve_client(
+            &herald,
+            &guard,
+            accept.incoming(
+                listeners.client,
+                "client",
+                tls.as_ref().map(|t| t.client.clone()),
+                config.limits.max_client_connections,
+            )?,
+            accept.stopped(),
+        ),
+    ];
+    let app = api::http::router(herald.clone())
+        .layer(axum::extract::DefaultBodyLimit::max(
+            config.limits.http_max_body_bytes,
+        ))
+        .layer(ObserveLayer::new(
+            metrics.clone(),
+            config.id,
+            Listener::Http,
+        ));
+    tasks.push(tokio::spawn(serve_http(
+        accept.incoming(
+            listeners.http,
+            "http",
+            tls.as_ref().map(|t| t.http.clone()),
+            config.limits.max_http_connections,
+        )?,
+        app,
+        Duration::from_millis(config.limits.http_header_timeout_ms),
+        stop_rx.clone(),
+    )));
+    tasks.extend(spawn_mechanisms(
+        &herald,
+        listeners.time_sync,
+        storage.space,
+        &accept,
+    ));
+    if config.testing.stale_reads {
+        tracing::warn!("testing.stale_reads is on: linearizable reads are NOT linearizable");
+    }
+    tracing::info!(id = config.id, number = config.number, "node started");
+    Ok(RunningNode {
+        herald,
+        stop,
+        tasks,
+        db: storage.db,
+        raft_rt,
+    })
+}
+
+/// Raises the open-file limit and says, in the log and the security
+/// metrics, whether this node is insecure or in testing mode.
+fn announce(config: &Config, metrics: &Metrics) {
+    match raise_open_files_limit() {
+        Ok(n) => tracing::info!(rlimit_nofile = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit (RLIMIT_NOFILE)"),
+    }
     if config.insecure {
         tracing::warn!(
             "INSECURE: this node serves every port in plaintext with no TLS; anyone who can \
@@ -204,8 +334,24 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .api
         .security_testing_mode
         .set(i64::from(config.testing_mode));
-    // The identity before anything else: a data dir of another node, or
-    // Raft state without an identity, is refused before it is opened.
+}
+
+/// What [`open_storage`] opened.
+struct Storage {
+    identity: IdentityCell,
+    db: sled::Db,
+    store: StateStore,
+    log: LogStore,
+    space: std::sync::Arc<FreeSpace>,
+    /// The incarnations recorded in the log past the snapshot.
+    tail: LogTail,
+}
+
+/// Opens the data dir: the identity before anything else (a data dir of
+/// another node, or Raft state without an identity, is refused before it
+/// is opened), the snapshot, then the log (which needs to know what the
+/// snapshot covers), and the free-space watch.
+async fn open_storage(config: &Config, metrics: &Metrics) -> anyhow::Result<Storage> {
     let identity = crate::raft::identity::load(
         &config.data_dir,
         config.id,
@@ -221,8 +367,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         ),
     }
     let identity = IdentityCell::new(&config.data_dir, config.id, identity);
-    let db = open_db(&config)?;
-    // The snapshot first: the log store needs to know what it covers.
+    let db = open_db(config)?;
     let store = StateStore::open_with_metrics(&db, &config.data_dir, metrics.clone())?;
     let log = LogStore::open_with(
         &db,
@@ -247,41 +392,36 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     if let Err(e) = space.check() {
         tracing::warn!(error = %e, dir = %config.data_dir.display(), "statvfs of the data dir failed");
     }
-    let routes = config
-        .peer_routes
-        .iter()
-        .filter_map(|(id, addr)| Some((id.parse::<u64>().ok()?, addr.clone())))
-        .collect();
     let tail = LogTail::scan(&log, store.snapshot_log_id().map(|l| l.index()))
         .await
         .context("reading the log tail")?;
-    let peers = PeerChannels::with_routes(
-        routes,
-        tls.as_ref().map(|t| t.dial.clone()),
-        Some(PeerStamp::new(identity.clone(), store.clone(), tail)),
-    );
-    // Raft's core tasks are spawned where it is built: on its own thread.
-    let raft_rt = RaftRuntime::start(config.id).context("starting the raft thread")?;
-    let raft = raft_rt
-        .run({
-            let (rc, network) = (
-                raft_config(&config)?,
-                Network::new(peers.with_own_connections()),
-            );
-            let (log, store) = (log.clone(), store.clone());
-            async move { Raft::new(config.id, std::sync::Arc::new(rc), network, log, store).await }
-        })
-        .await?
-        .context("starting raft")?;
+    Ok(Storage {
+        identity,
+        db,
+        store,
+        log,
+        space,
+        tail,
+    })
+}
 
-    // Bound here so a taken port fails the start; registered with the
-    // Raft thread's reactor below, where the peer server runs.
-    let peer_l = std::net::TcpListener::bind(config.listen.peer)
+/// Every port this node listens on, bound.
+struct Listeners {
+    /// Bound with std so a taken port fails the start; registered with the
+    /// Raft thread's reactor in [`serve_peer`].
+    peer: std::net::TcpListener,
+    client: TcpListener,
+    http: TcpListener,
+    time_sync: Option<tokio::net::UdpSocket>,
+}
+
+async fn bind_listeners(config: &Config) -> anyhow::Result<Listeners> {
+    let peer = std::net::TcpListener::bind(config.listen.peer)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .with_context(|| format!("binding the peer listener on {}", config.listen.peer))?;
-    let client_l = bind(config.listen.client, "client").await?;
-    let http_l = bind(config.listen.http, "http").await?;
-    let time_socket = match config.listen.time_sync {
+    let client = bind(config.listen.client, "client").await?;
+    let http = bind(config.listen.http, "http").await?;
+    let time_sync = match config.listen.time_sync {
         Some(addr) => Some(
             tokio::net::UdpSocket::bind(addr)
                 .await
@@ -289,123 +429,119 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         ),
         None => None,
     };
+    Ok(Listeners {
+        peer,
+        client,
+        http,
+        time_sync,
+    })
+}
 
-    let (stop, stop_rx) = watch::channel(false);
-    let clock = ClusterClock::with_offset_ms(config.clock.initial_offset_ms);
-    let guard = Guard::new(&config, store.clone(), clock.clone(), metrics.clone());
-    let herald = Herald::new(Inner {
-        config: config.clone(),
-        raft: raft.clone(),
-        store,
-        log,
-        clock,
-        peers,
-        stopping: stop_rx.clone(),
-        ownership: crate::cluster::owner::Ownership::new(config.id, config.ring.vnodes),
-        metrics: metrics.clone(),
-        leader_contact: Default::default(),
-        guard: guard.clone(),
-        identity,
-        stamp: Default::default(),
-        space: space.clone(),
-        pending_writes: std::sync::Arc::new(tokio::sync::Semaphore::new(
-            config.limits.max_pending_writes,
-        )),
-    });
-    let observe = |l| ObserveLayer::new(metrics.clone(), config.id, l);
-    // Every listener goes through the same acceptor: TLS handshakes (or
-    // plain TCP in insecure mode), Nagle off (small gRPC replies would wait
-    // for delayed ACKs, ~40 ms per forwarded write), the caller's verified
-    // certificate read once per connection.
-    // Each listener has its own connection cap (`[limits]`).
-    let incoming = {
-        let (metrics, stop_rx) = (metrics.clone(), stop_rx.clone());
-        move |l: TcpListener,
-              server: &'static str,
-              tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-              max: usize| {
-            let failures = metrics
-                .api
-                .tls_handshake_failures
-                .get_or_create(&ServerLabel { server })
-                .clone();
-            let label = ListenerLabel { listener: server };
-            let cap = ConnCap::new(
-                max,
-                metrics.api.connections_open.get_or_create(&label).clone(),
-                metrics
-                    .api
-                    .connections_refused
-                    .get_or_create(&label)
-                    .clone(),
-            );
-            crate::security::tls::accept(l, tls, server, failures, cap, stop_rx.clone())
-                .with_context(|| format!("starting the {server} listener"))
-        }
-    };
-    let limits = config.limits.clone();
-    let client_in = incoming(
-        client_l,
-        "client",
-        tls.as_ref().map(|t| t.client.clone()),
-        limits.max_client_connections,
-    )?;
-    let http_in = incoming(
-        http_l,
-        "http",
-        tls.as_ref().map(|t| t.http.clone()),
-        limits.max_http_connections,
-    )?;
-    let keepalive = Duration::from_millis(limits.grpc_keepalive_ms);
-    let keepalive_timeout = Duration::from_millis(limits.grpc_keepalive_timeout_ms);
-    let max_message = limits.grpc_max_message_bytes;
+/// Every listener goes through the same acceptor: TLS handshakes (or plain
+/// TCP in insecure mode), Nagle off (small gRPC replies would wait for
+/// delayed ACKs, ~40 ms per forwarded write), the caller's verified
+/// certificate read once per connection, and each listener's own
+/// connection cap (`[limits]`).
+#[derive(Clone)]
+struct Acceptor {
+    metrics: Metrics,
+    stop: watch::Receiver<bool>,
+}
 
-    let http_stop = stop_rx.clone();
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
+impl Acceptor {
+    fn incoming(
+        &self,
+        l: TcpListener,
+        server: &'static str,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+        max: usize,
+    ) -> anyhow::Result<crate::security::tls::Incoming> {
+        let api = &self.metrics.api;
+        let failures = api
+            .tls_handshake_failures
+            .get_or_create(&ServerLabel { server })
+            .clone();
+        let label = ListenerLabel { listener: server };
+        let cap = ConnCap::new(
+            max,
+            api.connections_open.get_or_create(&label).clone(),
+            api.connections_refused.get_or_create(&label).clone(),
+        );
+        crate::security::tls::accept(l, tls, server, failures, cap, self.stop.clone())
+            .with_context(|| format!("starting the {server} listener"))
+    }
+
+    /// Resolves when the node stops.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
-    };
-    let mut tasks = Vec::new();
+    }
+}
 
-    let peer_svc = PeerServer::new(api::peer::PeerService::new(herald.clone()))
+/// The peer listener: its acceptor, connections and the tonic peer server
+/// live on the Raft thread, beside the Raft core they feed.
+async fn serve_peer(
+    herald: &Herald,
+    guard: &Guard,
+    raft_rt: &RaftRuntime,
+    listener: std::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    accept: &Acceptor,
+) -> anyhow::Result<JoinHandle<()>> {
+    let limits = &herald.config().limits;
+    let keepalive = Duration::from_millis(limits.grpc_keepalive_ms);
+    let keepalive_timeout = Duration::from_millis(limits.grpc_keepalive_timeout_ms);
+    let svc = PeerServer::new(api::peer::PeerService::new(herald.clone()))
         .max_decoding_message_size(64 << 20);
-    let s = stopped();
-    let peer_layer = observe(Listener::Peer);
+    let layer = ObserveLayer::new(herald.metrics().clone(), herald.id(), Listener::Peer);
     let peer_guard = GuardLayer::new(guard.clone(), Gate::Peer);
-    // The peer listener's acceptor and connections live on the Raft thread.
-    let peer_tls = tls.as_ref().map(|t| t.peer.clone());
-    let peer_in = raft_rt
+    let incoming = raft_rt
         .run({
-            let incoming = incoming.clone();
+            let accept = accept.clone();
             let max = limits.max_peer_connections;
             async move {
-                let l = TcpListener::from_std(peer_l).context("registering the peer listener")?;
-                incoming(l, "peer", peer_tls, max)
+                let l = TcpListener::from_std(listener).context("registering the peer listener")?;
+                accept.incoming(l, "peer", tls, max)
             }
         })
         .await??;
-    tasks.push(raft_rt.spawn(async move {
+    let stopped = accept.stopped();
+    Ok(raft_rt.spawn(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive_timeout))
-            .layer(peer_layer)
+            .layer(layer)
             .layer(peer_guard)
-            .add_service(peer_svc)
-            .serve_with_incoming_shutdown(peer_in, s)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, stopped)
             .await;
         if let Err(e) = r {
             tracing::error!("peer server: {e}");
         }
-    }));
+    }))
+}
 
-    let client_layer = observe(Listener::Client);
+/// The client listener: the `Herald`, `Admin` and `Auth` services behind
+/// the observing layer, the message size limit and the guard.
+fn serve_client(
+    herald: &Herald,
+    guard: &Guard,
+    incoming: crate::security::tls::Incoming,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let limits = &herald.config().limits;
+    let keepalive = Duration::from_millis(limits.grpc_keepalive_ms);
+    let keepalive_timeout = Duration::from_millis(limits.grpc_keepalive_timeout_ms);
+    let max_message = limits.grpc_max_message_bytes;
+    let max_streams = limits.grpc_max_concurrent_streams;
+    let layer = ObserveLayer::new(herald.metrics().clone(), herald.id(), Listener::Client);
     // Explicit message limits both ways (tonic's defaults: 4 MiB read,
     // unlimited write), and a refusal that names them.
     let herald_svc = HeraldServer::new(api::client::HeraldService::new(
         herald.clone(),
-        client_layer.accounting(),
+        layer.accounting(),
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
@@ -416,88 +552,66 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let size_limit = api::layer::MessageLimitLayer::new(max_message);
-    let max_streams = limits.grpc_max_concurrent_streams;
     let client_guard = GuardLayer::new(guard.clone(), Gate::Client);
-    let s = stopped();
-    tasks.push(tokio::spawn(async move {
+    tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive_timeout))
             .max_concurrent_streams(Some(max_streams))
-            .layer(client_layer)
+            .layer(layer)
             .layer(size_limit)
             .layer(client_guard)
             .add_service(herald_svc)
             .add_service(admin_svc)
             .add_service(auth_svc)
-            .serve_with_incoming_shutdown(client_in, s)
+            .serve_with_incoming_shutdown(incoming, stopped)
             .await;
         if let Err(e) = r {
             tracing::error!("client server: {e}");
         }
-    }));
+    })
+}
 
-    let app = api::http::router(herald.clone())
-        .layer(axum::extract::DefaultBodyLimit::max(
-            limits.http_max_body_bytes,
-        ))
-        .layer(observe(Listener::Http));
-    tasks.push(tokio::spawn(serve_http(
-        http_in,
-        app,
-        Duration::from_millis(limits.http_header_timeout_ms),
-        http_stop,
-    )));
-
-    tasks.push(tokio::spawn(crate::expiry::run(herald.clone(), stopped())));
-    tasks.push(tokio::spawn(crate::compaction::run(
-        herald.clone(),
-        stopped(),
-    )));
-    tasks.push(tokio::spawn(crate::timesync::sync(
-        herald.clone(),
-        stopped(),
-    )));
-    if let Some(socket) = time_socket {
+/// The cluster mechanisms' loops, each until the node stops: expiry,
+/// compaction, time sync (and the SNTP server), failover and takeover,
+/// TTL ownership, Raft metrics, the free-space watch, members.
+fn spawn_mechanisms(
+    herald: &Herald,
+    time_sync: Option<tokio::net::UdpSocket>,
+    space: std::sync::Arc<FreeSpace>,
+    accept: &Acceptor,
+) -> Vec<JoinHandle<()>> {
+    let stopped = || accept.stopped();
+    let mut tasks = vec![
+        tokio::spawn(crate::expiry::run(herald.clone(), stopped())),
+        tokio::spawn(crate::compaction::run(herald.clone(), stopped())),
+        tokio::spawn(crate::timesync::sync(herald.clone(), stopped())),
+    ];
+    if let Some(socket) = time_sync {
         tasks.push(tokio::spawn(crate::timesync::serve(
             herald.clone(),
             socket,
             stopped(),
         )));
     }
-    tasks.push(tokio::spawn(crate::failover::run(
-        herald.clone(),
-        stopped(),
-    )));
-    tasks.push(tokio::spawn(crate::failover::run_takeover(
-        herald.clone(),
-        stopped(),
-    )));
-    tasks.push(tokio::spawn(crate::owner::run(herald.clone(), stopped())));
-    tasks.push(tokio::spawn(crate::metrics::watch_raft(
-        herald.raft().clone(),
-        herald.metrics().clone(),
-        herald.id(),
-        stopped(),
-    )));
-    tasks.push(tokio::spawn(crate::raft::free_space::run(
-        space,
-        Duration::from_millis(config.storage.free_space_check_ms),
-        stopped(),
-    )));
-
-    tasks.push(tokio::spawn(crate::members::run(herald.clone(), stopped())));
-    if config.testing.stale_reads {
-        tracing::warn!("testing.stale_reads is on: linearizable reads are NOT linearizable");
-    }
-    tracing::info!(id = config.id, number = config.number, "node started");
-    Ok(RunningNode {
-        herald,
-        stop,
-        tasks,
-        db,
-        raft_rt,
-    })
+    tasks.extend([
+        tokio::spawn(crate::failover::run(herald.clone(), stopped())),
+        tokio::spawn(crate::failover::run_takeover(herald.clone(), stopped())),
+        tokio::spawn(crate::owner::run(herald.clone(), stopped())),
+        tokio::spawn(crate::metrics::watch_raft(
+            herald.raft().clone(),
+            herald.metrics().clone(),
+            herald.id(),
+            stopped(),
+        )),
+        tokio::spawn(crate::raft::free_space::run(
+            space,
+            Duration::from_millis(herald.config().storage.free_space_check_ms),
+            stopped(),
+        )),
+        tokio::spawn(crate::members::run(herald.clone(), stopped())),
+    ]);
+    tasks
 }
 
 impl RunningNode {
