@@ -216,11 +216,7 @@ pub async fn sync(node: Herald, stopped: impl Future<Output = ()>) {
             // The leader is the reference; with upstream servers it follows them.
             let mut samples = Vec::new();
             for server in &cfg.upstream {
-                match tokio::net::lookup_host(server.as_str())
-                    .await
-                    .ok()
-                    .and_then(|mut a| a.next())
-                {
+                match resolve(server).await {
                     Some(addr) => samples.extend(sample(addr, cfg.samples, timeout, spread).await),
                     None => tracing::debug!(server, "upstream NTP server does not resolve"),
                 }
@@ -230,10 +226,24 @@ pub async fn sync(node: Herald, stopped: impl Future<Output = ()>) {
             }
             continue;
         }
-        let Ok(addr) = member.time_addr.parse::<SocketAddr>() else {
+        if member.time_addr.is_empty() {
             continue; // the leader has no time-sync port
+        }
+        // A member may be named by host name (`node1:7401` in a compose
+        // network), not only by IP: resolve it like an upstream server.
+        let Some(addr) = resolve(&member.time_addr).await else {
+            tracing::debug!(addr = %member.time_addr, "the leader's time-sync address does not resolve");
+            continue;
         };
         let samples = sample(addr, cfg.samples, timeout, spread).await;
         adopt(node.clock(), &mut discipline, &samples, "leader");
     }
+}
+
+/// The first address `host:port` (or `ip:port`) resolves to.
+async fn resolve(addr: &str) -> Option<SocketAddr> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    tokio::net::lookup_host(addr).await.ok()?.next()
 }
