@@ -339,6 +339,12 @@ impl TestCluster {
         self.nodes[&id].member()
     }
 
+    /// Stops node `id` the way a supervisor does (SIGTERM, then SIGKILL
+    /// after `grace`); returns whether it had to be killed.
+    pub async fn stop(&mut self, id: u64, grace: Duration) -> bool {
+        self.nodes.get_mut(&id).expect("node").stop(grace).await
+    }
+
     /// Starts a killed node again on its old data dir.
     pub fn restart(&mut self, id: u64) {
         self.nodes
