@@ -209,4 +209,37 @@ mod tests {
             }
         }
     }
+
+    /// The hand-written examples (three machines, the compose cluster)
+    /// load and validate as they are, and their founders agree on the
+    /// membership, named by host name.
+    #[test]
+    fn example_configs_load_and_agree_on_the_founders() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        for dir in ["cluster-configs/three-machines", "deploy/docker/config"] {
+            let mut members = None;
+            for id in 1..=3u64 {
+                let path = root.join(dir).join(format!("node{id}.toml"));
+                let c = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert_eq!(c.id, id, "{}", path.display());
+                let founders: Vec<_> = c
+                    .initial_members
+                    .iter()
+                    .map(|m| (m.id, m.peer.clone()))
+                    .collect();
+                assert_eq!(founders.len(), 3, "{}", path.display());
+                assert!(
+                    founders
+                        .iter()
+                        .all(|(_, peer)| peer.parse::<std::net::SocketAddr>().is_err()),
+                    "{}: members are named by host name here",
+                    path.display()
+                );
+                match &members {
+                    None => members = Some(founders),
+                    Some(m) => assert_eq!(m, &founders, "{}", path.display()),
+                }
+            }
+        }
+    }
 }
