@@ -465,6 +465,32 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// `ip:port`, `[ipv6]:port` or `name:port` with an RFC 1123 host name:
+/// members may be named by host name (a compose or Kubernetes network).
+/// The one check of a member address: the config's `initial_members` and
+/// the node's `AddLearner` use it.
+pub fn check_host_port(v: &str) -> Result<(), &'static str> {
+    if v.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = v.rsplit_once(':').ok_or("no port")?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err("the port is not 1-65535"),
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err("the host is neither an IP address nor a host name");
+    }
+    Ok(())
+}
+
 impl Config {
     /// A config for node `id` with sequence number `number`, keeping its
     /// data in `data_dir` and listening on `listen`; every other value is
@@ -652,6 +678,22 @@ impl Config {
         let mut ids = std::collections::BTreeSet::new();
         let mut numbers = std::collections::BTreeSet::new();
         for m in &self.initial_members {
+            // Peer and client are required; http and time_sync optional.
+            let optional = [
+                ("http", m.http.as_str()),
+                ("time_sync", m.time_sync.as_deref().unwrap_or("")),
+            ];
+            let named = [("peer", m.peer.as_str()), ("client", m.client.as_str())]
+                .into_iter()
+                .chain(optional.into_iter().filter(|(_, a)| !a.is_empty()));
+            for (field, addr) in named {
+                if let Err(why) = check_host_port(addr) {
+                    return bad(format!(
+                        "initial_members: node {} {field} {addr:?}: {why}",
+                        m.id
+                    ));
+                }
+            }
             if !ids.insert(m.id) {
                 return bad(format!("initial_members: id {} appears twice", m.id));
             }
@@ -686,6 +728,39 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_founding_member_address_that_is_not_host_port_is_refused() {
+        let mut c: Config = toml::from_str(GOOD).unwrap();
+        c.initial_members[0].peer = "node1:7101".into();
+        c.validate().expect("a host name is a member address");
+        c.initial_members[0].peer = "127.0.0.1".into();
+        let e = c.validate().expect_err("no port").to_string();
+        assert!(e.contains("initial_members: node 1 peer"), "{e}");
+    }
+
+    #[test]
+    fn members_may_be_named_by_ip_or_host_name() {
+        for ok in [
+            "127.0.0.1:7101",
+            "[::1]:7101",
+            "node1:7101",
+            "herald-1.db.example:7101",
+        ] {
+            assert_eq!(check_host_port(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "node1",
+            "node1:0",
+            "node1:70000",
+            ":7101",
+            "no de:7101",
+            "-node:7101",
+            "a..b:7101",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+    }
 
     const GOOD: &str = r#"
 id = 1

@@ -62,31 +62,6 @@ fn raft_err(e: impl std::fmt::Display) -> Status {
     refuse(Code::FailedPrecondition, e.to_string())
 }
 
-/// `ip:port`, `[ipv6]:port` or `name:port` with an RFC 1123 host name:
-/// members may be named by host name (a compose or Kubernetes network),
-/// as the config's `initial_members` may.
-fn check_host_port(v: &str) -> Result<(), &'static str> {
-    if v.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    let (host, port) = v.rsplit_once(':').ok_or("no port")?;
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => {}
-        _ => return Err("the port is not 1-65535"),
-    }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
-        return Err("the host is neither an IP address nor a host name");
-    }
-    Ok(())
-}
-
 /// Converts a proto member, checking the fields a node needs.
 fn member_from_proto(m: Option<Member>) -> Result<(u64, RaftMember), Status> {
     let m = m.ok_or_else(|| refuse(Code::InvalidArgument, "member: required"))?;
@@ -97,7 +72,7 @@ fn member_from_proto(m: Option<Member>) -> Result<(u64, RaftMember), Status> {
         ("member.peer_addr", &m.peer_addr),
         ("member.client_addr", &m.client_addr),
     ] {
-        if let Err(why) = check_host_port(v) {
+        if let Err(why) = crate::config::check_host_port(v) {
             return Err(refuse(
                 Code::InvalidArgument,
                 format!(
@@ -546,33 +521,5 @@ impl Admin for AdminService {
             ),
             0,
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn members_may_be_named_by_ip_or_host_name() {
-        for ok in [
-            "127.0.0.1:7101",
-            "[::1]:7101",
-            "node1:7101",
-            "herald-1.db.example:7101",
-        ] {
-            assert_eq!(check_host_port(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "node1",
-            "node1:0",
-            "node1:70000",
-            ":7101",
-            "no de:7101",
-            "-node:7101",
-            "a..b:7101",
-        ] {
-            assert!(check_host_port(bad).is_err(), "{bad}");
-        }
     }
 }
