@@ -31,8 +31,17 @@ use serde::{Deserialize, Serialize};
 
 use super::segment_log::sync_dir;
 
-/// The identity format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The data-dir format this build writes and reads: the identity file's
+/// layout *and* the bincode shape of the state machine's commands and state
+/// inside the log and the snapshot (`crate::state::Command`,
+/// `crate::state::State`). Bump it whenever either shape changes, so a node
+/// refuses a data dir it would misread instead of misreading it. (Appending
+/// a `Command` variant keeps old logs readable; changing a field does not.)
+///
+/// - 1: up to issue 17's release.
+/// - 2: the seed flows (handoff epochs, per-connection presence, registered
+///   accounts, content lists).
+pub const FORMAT_VERSION: u32 = 2;
 const FILE_NAME: &str = "identity";
 const TMP_NAME: &str = "identity.tmp";
 
@@ -173,7 +182,8 @@ pub fn load(
     let id: Identity = toml::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
     if id.format != FORMAT_VERSION {
         return Err(corrupt(format!(
-            "format {} (this build reads format {FORMAT_VERSION})",
+            "format {} (this build reads format {FORMAT_VERSION}; run the release that wrote \
+             it, or restore a `heraldctl snapshot save` file into a new data dir)",
             id.format
         )));
     }
@@ -362,7 +372,7 @@ mod tests {
         fs::write(path(dir.path()), text.replace(&id.incarnation, "zz")).unwrap();
         let err = load(dir.path(), 1, None).unwrap_err().to_string();
         assert!(err.contains("32 hex digits"), "{err}");
-        fs::write(path(dir.path()), text.replace("format = 1", "format = 9")).unwrap();
+        fs::write(path(dir.path()), text.replace("format = 2", "format = 9")).unwrap();
         let err = load(dir.path(), 1, None).unwrap_err().to_string();
         assert!(err.contains("format 9"), "{err}");
 

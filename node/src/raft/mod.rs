@@ -13,7 +13,9 @@
 //! another: peer messages ([`encode`]/[`decode`], [`WIRE_VERSION`]), log
 //! segments ([`segment_log::FORMAT_VERSION`]), the hard state file
 //! ([`hard_state::FORMAT_VERSION`]) and the snapshot file
-//! ([`state_store::FORMAT_VERSION`]). An unknown version is refused with the
+//! ([`state_store::FORMAT_VERSION`]) are containers; the bincode shape of
+//! the commands and state inside them is the data dir's format
+//! ([`identity::FORMAT_VERSION`]). An unknown version is refused with the
 //! version found and the ones this build reads.
 
 use std::fmt;
@@ -146,7 +148,7 @@ pub mod typ {
 /// messages are bincode of openraft's and Herald's types, which change
 /// shape between versions without notice: bump this whenever one of them
 /// does, so a node refuses a peer it would misread instead of misreading it.
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
 /// Every peer message starts with these two bytes, then [`WIRE_VERSION`]
 /// (u16 little-endian), then the bincode body.
 const WIRE_MAGIC: [u8; 2] = *b"HR";
@@ -250,7 +252,7 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
         let msg = err.to_string();
         assert!(
-            msg.contains("version 9") && msg.contains("version 2"),
+            msg.contains("version 9") && msg.contains(&format!("version {WIRE_VERSION}")),
             "{msg}"
         );
         // A blob from before versions (bare bincode) is refused too.
