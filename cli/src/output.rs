@@ -301,6 +301,27 @@ pub mod to_json {
             "progress": b64(&s.progress),
             "created_ms": s.created_ms,
             "updated_ms": s.updated_ms,
+            "offer": opt(s.offer.as_ref(), offer),
+        })
+    }
+
+    pub fn offer(o: &proto::HandoffOffer) -> Value {
+        json!({
+            "offer_id": o.offer_id,
+            "to": terminal_opt(o.to.as_ref()),
+            "expires_ms": o.expires_ms,
+        })
+    }
+
+    pub fn session_event(e: &proto::SessionEvent) -> Value {
+        let kind = enum_name(e.kind, |k: proto::SessionEventKind| k.as_str_name());
+        json!({
+            "revision": e.revision,
+            "kind": kind,
+            "session": opt(e.session.as_ref(), session),
+            "from": terminal_opt(e.from.as_ref()),
+            "to": terminal_opt(e.to.as_ref()),
+            "time_ms": e.time_ms,
         })
     }
 

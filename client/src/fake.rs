@@ -293,6 +293,28 @@ impl Herald for Fake {
     async fn delete_platform(&self, _: Request<DeletePlatformRequest>) -> Res<DeleteResponse> {
         no("delete_platform")
     }
+    async fn get_binding(&self, _: Request<GetBindingRequest>) -> Res<GetBindingResponse> {
+        no("GetBinding")
+    }
+    async fn unbind(&self, _: Request<UnbindRequest>) -> Res<UnbindResponse> {
+        no("Unbind")
+    }
+    async fn list_sessions(&self, _: Request<ListSessionsRequest>) -> Res<ListSessionsResponse> {
+        no("ListSessions")
+    }
+    type WatchSessionsStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send>>;
+    async fn watch_sessions(
+        &self,
+        _: Request<WatchSessionsRequest>,
+    ) -> Res<Self::WatchSessionsStream> {
+        no("WatchSessions")
+    }
+    async fn offer_handoff(&self, _: Request<OfferHandoffRequest>) -> Res<OfferHandoffResponse> {
+        no("OfferHandoff")
+    }
+    async fn accept_handoff(&self, _: Request<AcceptHandoffRequest>) -> Res<HandoffResponse> {
+        no("AcceptHandoff")
+    }
 }
 
 #[tonic::async_trait]

@@ -1,10 +1,12 @@
 //! `heraldctl session ...`: P-handoff's interaction progress, bindings,
-//! handoffs and the work log.
+//! handoffs (one step, and offer/accept), the sessions of a terminal, the
+//! session watch and the work log.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{ArgGroup, Subcommand, ValueEnum};
+use futures::StreamExt as _;
 use herald_client::proto::{self, HandoffMode, Session};
 
 use super::{Ctx, consistency};
@@ -54,13 +56,48 @@ pub enum Cmd {
         #[arg(value_parser = args::terminal)]
         second: proto::Terminal,
     },
+    /// Show the terminal bound to a terminal
+    Binding {
+        /// The terminal, kind:id
+        #[arg(value_parser = args::terminal)]
+        terminal: proto::Terminal,
+        /// Read the answering node's local state (fast, possibly stale)
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Remove a terminal's binding (both sides of the pair)
+    Unbind {
+        /// Either terminal of the pair, kind:id
+        #[arg(value_parser = args::terminal)]
+        terminal: proto::Terminal,
+    },
+    /// List the sessions a terminal holds
+    List {
+        /// The terminal, kind:id
+        #[arg(long, value_parser = args::terminal)]
+        terminal: proto::Terminal,
+        /// Read the answering node's local state (fast, possibly stale)
+        #[arg(long)]
+        serializable: bool,
+    },
     /// Move a session to another terminal
     Handoff {
+        /// The session; 0 with --mode pull-bound takes the bound terminal's
+        /// newest session (of --app when given)
         session_id: u64,
-        /// push: the holder sends it; pull: a candidate takes it; binding: to
-        /// the terminal bound to the holder
+        /// push: the holder sends it; pull: a candidate takes it from
+        /// --holder; pull-bound: the initiator takes it from the terminal
+        /// bound to it; binding: to the terminal bound to the holder
         #[arg(long, value_enum)]
         mode: Mode,
+        /// The session's epoch as the initiator saw it (a handoff at another
+        /// epoch is refused as fenced); default: the session's epoch now,
+        /// read first
+        #[arg(long)]
+        epoch: Option<u64>,
+        /// For pull-bound with session 0: the application to pull
+        #[arg(long)]
+        app: Option<String>,
         /// The terminal that asks for the handoff, kind:id
         #[arg(long, value_parser = args::terminal)]
         initiator: proto::Terminal,
@@ -76,6 +113,50 @@ pub enum Cmd {
         /// For binding: the bound terminal's capabilities, cap,cap
         #[arg(long, value_delimiter = ',')]
         bound_caps: Vec<String>,
+    },
+    /// Offer a session to one terminal, which confirms its own
+    /// capabilities with `session accept`
+    Offer {
+        session_id: u64,
+        /// The holder, kind:id
+        #[arg(long, value_parser = args::terminal)]
+        initiator: proto::Terminal,
+        /// The terminal offered the session, kind:id
+        #[arg(long, value_parser = args::terminal)]
+        to: proto::Terminal,
+        /// The session's epoch as the holder saw it; default: read first
+        #[arg(long)]
+        epoch: Option<u64>,
+        /// How long the offer stands (e.g. 30s; at most 10m)
+        #[arg(long, value_parser = args::duration, default_value = "60s")]
+        ttl: std::time::Duration,
+    },
+    /// Accept (or, when the capabilities do not fit, decline) an offer
+    Accept {
+        session_id: u64,
+        /// The offer id `session offer` printed
+        #[arg(long)]
+        offer: u64,
+        /// The terminal offered the session, kind:id
+        #[arg(long, value_parser = args::terminal)]
+        terminal: proto::Terminal,
+        /// Its capabilities: cap,cap
+        #[arg(long, value_delimiter = ',')]
+        caps: Vec<String>,
+    },
+    /// Watch session changes (one JSON object or line per event) until
+    /// interrupted
+    Watch {
+        /// Only this session; repeat for several
+        #[arg(long = "session")]
+        sessions: Vec<u64>,
+        /// Only sessions this terminal holds, held or was offered, kind:id;
+        /// repeat for several
+        #[arg(long = "terminal", value_parser = args::terminal)]
+        terminals: Vec<proto::Terminal>,
+        /// Deliver events from this revision on (0 = from now)
+        #[arg(long, default_value_t = 0)]
+        from: u64,
     },
     /// Show a session
     Get {
@@ -100,6 +181,7 @@ pub enum Cmd {
 pub enum Mode {
     Push,
     Pull,
+    PullBound,
     Binding,
 }
 
@@ -108,6 +190,7 @@ impl From<Mode> for HandoffMode {
         match mode {
             Mode::Push => HandoffMode::Push,
             Mode::Pull => HandoffMode::Pull,
+            Mode::PullBound => HandoffMode::PullBound,
             Mode::Binding => HandoffMode::Binding,
         }
     }
@@ -170,12 +253,19 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
         Cmd::Handoff {
             session_id,
             mode,
+            epoch,
+            app,
             initiator,
             mut candidates,
             holder,
             bound_caps,
         } => {
-            if matches!(mode, Mode::Pull) && candidates.is_empty() {
+            let epoch = match epoch {
+                Some(e) => e,
+                None if session_id == 0 => 0,
+                None => current_epoch(ctx, session_id).await?,
+            };
+            if matches!(mode, Mode::Pull | Mode::PullBound) && candidates.is_empty() {
                 candidates.push(proto::Candidate {
                     terminal: Some(initiator.clone()),
                     capabilities: Vec::new(),
@@ -189,6 +279,8 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                     candidates,
                     bound_capabilities: bound_caps,
                     holder,
+                    epoch,
+                    app_url: app.unwrap_or_default(),
                 })
                 .await?;
             let refused = resp
@@ -209,6 +301,152 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
             }
             if !resp.accepted {
                 bail!("handoff refused: no candidate is compatible with the application");
+            }
+        }
+        Cmd::Binding {
+            terminal,
+            serializable,
+        } => {
+            let name = output::terminal(Some(&terminal));
+            let bound = client
+                .get_binding(terminal, consistency(serializable))
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&serde_json::json!({
+                    "terminal": name,
+                    "bound": bound.as_ref().map(to_json::terminal),
+                })),
+                Format::Table => match &bound {
+                    Some(b) => println!("{name} is bound to {}", output::terminal(Some(b))),
+                    None => println!("{name} is not bound"),
+                },
+            }
+        }
+        Cmd::Unbind { terminal } => {
+            let name = output::terminal(Some(&terminal));
+            let other = client.unbind(terminal).await?;
+            match ctx.format {
+                Format::Json => print_json(&serde_json::json!({
+                    "was_bound_to": to_json::terminal(&other),
+                })),
+                Format::Table => println!(
+                    "OK: {name} is no longer bound to {}",
+                    output::terminal(Some(&other))
+                ),
+            }
+        }
+        Cmd::List {
+            terminal,
+            serializable,
+        } => {
+            let sessions = client
+                .list_sessions(terminal, consistency(serializable))
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&serde_json::json!({
+                    "sessions": sessions.iter().map(to_json::session).collect::<Vec<_>>()
+                })),
+                Format::Table => print_sessions(&sessions),
+            }
+        }
+        Cmd::Offer {
+            session_id,
+            initiator,
+            to,
+            epoch,
+            ttl,
+        } => {
+            let epoch = match epoch {
+                Some(e) => e,
+                None => current_epoch(ctx, session_id).await?,
+            };
+            let session = client
+                .offer_handoff(proto::OfferHandoffRequest {
+                    session_id,
+                    initiator: Some(initiator),
+                    epoch,
+                    to: Some(to),
+                    ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&to_json::session(&session)),
+                Format::Table => {
+                    print_session(Format::Table, &session);
+                    if let Some(o) = &session.offer {
+                        println!(
+                            "offer {} to {} until {}",
+                            o.offer_id,
+                            output::terminal(o.to.as_ref()),
+                            output::time(o.expires_ms)
+                        );
+                    }
+                }
+            }
+        }
+        Cmd::Accept {
+            session_id,
+            offer,
+            terminal,
+            caps,
+        } => {
+            let resp = client
+                .accept_handoff(proto::AcceptHandoffRequest {
+                    session_id,
+                    offer_id: offer,
+                    terminal: Some(terminal),
+                    capabilities: caps,
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&to_json::handoff(&resp)),
+                Format::Table => {
+                    if let Some(session) = &resp.session {
+                        print_session(Format::Table, session);
+                    }
+                }
+            }
+            if !resp.accepted {
+                bail!("offer declined: the terminal lacks a capability the application requires");
+            }
+        }
+        Cmd::Watch {
+            sessions,
+            terminals,
+            from,
+        } => {
+            let mut stream = client
+                .watch_sessions(proto::WatchSessionsRequest {
+                    session_ids: sessions,
+                    terminals,
+                    start_revision: from,
+                })
+                .await?;
+            while let Some(event) = stream.next().await {
+                let e = event.map_err(herald_client::ClientError::from)?;
+                match ctx.format {
+                    Format::Json => println!("{}", to_json::session_event(&e)),
+                    Format::Table => {
+                        let kind = proto::SessionEventKind::try_from(e.kind)
+                            .map_or("UNKNOWN", |k| k.as_str_name());
+                        let s = e.session.as_ref();
+                        println!(
+                            "{} {} session {} on {} epoch {}{}{}",
+                            e.revision,
+                            kind.trim_start_matches("SESSION_").to_lowercase(),
+                            s.map_or(0, |s| s.session_id),
+                            output::terminal(s.and_then(|s| s.terminal.as_ref())),
+                            s.map_or(0, |s| s.epoch),
+                            e.from
+                                .as_ref()
+                                .map(|t| format!(" from {}", output::terminal(Some(t))))
+                                .unwrap_or_default(),
+                            e.to.as_ref()
+                                .map(|t| format!(" to {}", output::terminal(Some(t))))
+                                .unwrap_or_default(),
+                        );
+                    }
+                }
             }
         }
         Cmd::Get {
@@ -267,6 +505,32 @@ fn print_log(ctx: &Ctx, entries: &[proto::WorkLogEntry]) {
             table.print();
         }
     }
+}
+
+/// The session's epoch now, for a handoff or offer that did not name one.
+async fn current_epoch(ctx: &Ctx, session_id: u64) -> Result<u64> {
+    let session = ctx
+        .client
+        .get_session(session_id, consistency(false))
+        .await?;
+    Ok(session.epoch)
+}
+
+fn print_sessions(sessions: &[Session]) {
+    let mut table = Table::new(&["SESSION", "APP URL", "EPOCH", "SEQ", "OFFER", "UPDATED"]);
+    for s in sessions {
+        table.row(vec![
+            s.session_id.to_string(),
+            s.app_url.clone(),
+            s.epoch.to_string(),
+            s.seq.to_string(),
+            s.offer.as_ref().map_or("-".into(), |o| {
+                format!("{} to {}", o.offer_id, output::terminal(o.to.as_ref()))
+            }),
+            output::time(s.updated_ms),
+        ]);
+    }
+    table.print();
 }
 
 fn print_session(format: Format, s: &Session) {

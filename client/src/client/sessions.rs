@@ -1,5 +1,5 @@
-//! Session calls (P-handoff): connect, progress, bindings, handoff, reads
-//! and deletion.
+//! Session calls (P-handoff): connect, progress, bindings, handoffs (one
+//! step, and offer/accept), reads, the session watch and deletion.
 
 use super::*;
 
@@ -119,5 +119,113 @@ impl Client {
         })
         .await?;
         Ok(())
+    }
+
+    /// The terminal bound to `terminal`, if any.
+    pub async fn get_binding(
+        &self,
+        terminal: proto::Terminal,
+        consistency: Consistency,
+    ) -> Result<Option<proto::Terminal>, ClientError> {
+        let req = proto::GetBindingRequest {
+            terminal: Some(terminal),
+            consistency: consistency.into(),
+        };
+        let resp = self
+            .call("GetBinding", Effect::Read, req, |ch, r| async move {
+                crate::endpoint::herald(ch.channel).get_binding(r).await
+            })
+            .await?;
+        Ok(resp.bound)
+    }
+
+    /// Removes the binding of `terminal` (both sides); returns the terminal
+    /// it was bound to. [`ClientError::NotFound`] when it was not bound.
+    pub async fn unbind(&self, terminal: proto::Terminal) -> Result<proto::Terminal, ClientError> {
+        let req = proto::UnbindRequest {
+            terminal: Some(terminal),
+        };
+        let resp = self
+            .call("Unbind", Effect::Write, req, |ch, r| async move {
+                crate::endpoint::herald(ch.channel).unbind(r).await
+            })
+            .await?;
+        required(resp.was_bound_to, "Unbind", "was_bound_to")
+    }
+
+    /// Every session `terminal` holds, by session id (all pages).
+    pub async fn list_sessions(
+        &self,
+        terminal: proto::Terminal,
+        consistency: Consistency,
+    ) -> Result<Vec<proto::Session>, ClientError> {
+        let mut sessions = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = proto::ListSessionsRequest {
+                terminal: Some(terminal.clone()),
+                consistency: consistency.into(),
+                page_size: 0,
+                page_token,
+            };
+            let page = self
+                .call("ListSessions", Effect::Read, req, |ch, r| async move {
+                    crate::endpoint::herald(ch.channel).list_sessions(r).await
+                })
+                .await?;
+            sessions.extend(page.sessions);
+            if page.next_page_token.is_empty() {
+                return Ok(sessions);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// The holder offers its session to one terminal (two-step handoff);
+    /// returns the session with its offer. Not idempotent: a retry makes a
+    /// new offer, which replaces the first.
+    pub async fn offer_handoff(
+        &self,
+        req: proto::OfferHandoffRequest,
+    ) -> Result<proto::Session, ClientError> {
+        let resp = self
+            .call("OfferHandoff", Effect::Write, req, |ch, r| async move {
+                crate::endpoint::herald(ch.channel).offer_handoff(r).await
+            })
+            .await?;
+        required(resp.session, "OfferHandoff", "session")
+    }
+
+    /// The offered terminal confirms its capabilities: `accepted` when they
+    /// fit (the session is now its), declined otherwise.
+    pub async fn accept_handoff(
+        &self,
+        req: proto::AcceptHandoffRequest,
+    ) -> Result<proto::HandoffResponse, ClientError> {
+        self.call("AcceptHandoff", Effect::Write, req, |ch, r| async move {
+            crate::endpoint::herald(ch.channel).accept_handoff(r).await
+        })
+        .await
+    }
+
+    /// Opens a session watch on the preferred node. Unlike
+    /// [`Client::watch`] it does not move to another node by itself: when
+    /// the stream breaks, open it again with `start_revision` = the last
+    /// delivered revision and skip the events of that revision already
+    /// seen (one log entry can change several sessions).
+    pub async fn watch_sessions(
+        &self,
+        req: proto::WatchSessionsRequest,
+    ) -> Result<tonic::Streaming<proto::SessionEvent>, ClientError> {
+        let (_, channel) = self.target(self.preferred());
+        // No grpc-timeout: it would end the stream on the server. The
+        // timeout bounds only the wait for the response headers.
+        let opened = tokio::time::timeout(
+            self.config().request_timeout,
+            crate::endpoint::herald(channel).watch_sessions(req),
+        )
+        .await
+        .map_err(|_| ClientError::Unavailable("WatchSessions: no answer in time".into()))?;
+        Ok(opened?.into_inner())
     }
 }

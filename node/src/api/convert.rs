@@ -167,6 +167,32 @@ pub fn session_pb(s: &state::Session) -> pb::Session {
         progress: s.progress.clone(),
         created_ms: s.created_ms,
         updated_ms: s.updated_ms,
+        offer: s.offer.as_ref().map(|o| pb::HandoffOffer {
+            offer_id: o.offer_id,
+            to: Some(terminal_pb(&o.to)),
+            expires_ms: o.expires_ms,
+        }),
+    }
+}
+
+/// A session event to proto.
+pub fn session_event_pb(e: &state::SessionEvent) -> pb::SessionEvent {
+    use state::SessionEventKind as K;
+    let kind = match e.kind {
+        K::Connected => pb::SessionEventKind::SessionConnected,
+        K::Progress => pb::SessionEventKind::SessionProgress,
+        K::HandedOff => pb::SessionEventKind::SessionHandedOff,
+        K::Offered => pb::SessionEventKind::SessionOffered,
+        K::OfferEnded => pb::SessionEventKind::SessionOfferEnded,
+        K::Deleted => pb::SessionEventKind::SessionDeleted,
+    };
+    pb::SessionEvent {
+        revision: e.revision,
+        kind: kind as i32,
+        session: Some(session_pb(&e.session)),
+        from: e.from.as_ref().map(terminal_pb),
+        to: e.to.as_ref().map(terminal_pb),
+        time_ms: e.time_ms,
     }
 }
 
@@ -217,6 +243,7 @@ pub fn handoff(r: pb::HandoffRequest) -> Result<state::Handoff, StateError> {
         Ok(pb::HandoffMode::Push) => state::HandoffMode::Push,
         Ok(pb::HandoffMode::Pull) => state::HandoffMode::Pull,
         Ok(pb::HandoffMode::Binding) => state::HandoffMode::Binding,
+        Ok(pb::HandoffMode::PullBound) => state::HandoffMode::PullBound,
         Err(_) => {
             return Err(StateError::invalid(
                 "mode",
@@ -243,10 +270,42 @@ pub fn handoff(r: pb::HandoffRequest) -> Result<state::Handoff, StateError> {
         session_id: r.session_id,
         mode,
         initiator: terminal("initiator", r.initiator)?,
+        epoch: r.epoch,
         holder,
         candidates,
         bound_capabilities: r.bound_capabilities,
+        app_url: r.app_url,
     })
+}
+
+/// Offer request to its command.
+pub fn offer(r: pb::OfferHandoffRequest) -> Result<state::OfferHandoff, StateError> {
+    Ok(state::OfferHandoff {
+        session_id: r.session_id,
+        initiator: terminal("initiator", r.initiator)?,
+        epoch: r.epoch,
+        to: terminal("to", r.to)?,
+        ttl_ms: r.ttl_ms,
+    })
+}
+
+/// Accept request to its command.
+pub fn accept(r: pb::AcceptHandoffRequest) -> Result<state::AcceptHandoff, StateError> {
+    Ok(state::AcceptHandoff {
+        session_id: r.session_id,
+        offer_id: r.offer_id,
+        terminal: terminal("terminal", r.terminal)?,
+        capabilities: r.capabilities,
+    })
+}
+
+/// A handoff outcome to proto.
+pub fn handoff_pb(o: &state::HandoffOutcome) -> pb::HandoffResponse {
+    pb::HandoffResponse {
+        accepted: o.accepted,
+        session: Some(session_pb(&o.session)),
+        refused: o.refused.iter().map(terminal_pb).collect(),
+    }
 }
 
 fn policy(field: &str, v: i32) -> Result<state::AccessPolicy, StateError> {

@@ -33,6 +33,9 @@ pub fn wire_reason(r: Reason) -> ErrorReason {
         Reason::Overloaded => ErrorReason::Overloaded,
         Reason::NoSpace => ErrorReason::NoSpace,
         Reason::WrongSecret => ErrorReason::WrongSecret,
+        Reason::OfferEnded => ErrorReason::OfferEnded,
+        Reason::OutOfService => ErrorReason::OutOfService,
+        Reason::UnitClosed => ErrorReason::UnitClosed,
     }
 }
 

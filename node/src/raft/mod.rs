@@ -105,6 +105,9 @@ pub fn command_kind(cmd: &Command) -> &'static str {
         Command::DeletePlatform(_) => "delete_platform",
         Command::DeletePool(_) => "delete_pool",
         Command::DeleteSession(_) => "delete_session",
+        Command::Unbind(_) => "unbind",
+        Command::OfferHandoff(_) => "offer_handoff",
+        Command::AcceptHandoff(_) => "accept_handoff",
     }
 }
 
@@ -237,7 +240,8 @@ mod tests {
     #[test]
     fn peer_messages_round_trip_with_their_version() {
         let blob = encode(&(7u64, "x".to_string())).unwrap();
-        assert_eq!(&blob[..4], &[b'H', b'R', 2, 0]);
+        assert_eq!(&blob[..2], b"HR");
+        assert_eq!(&blob[2..4], &WIRE_VERSION.to_le_bytes());
         let back: (u64, String) = decode(&blob).unwrap();
         assert_eq!(back, (7, "x".into()));
     }

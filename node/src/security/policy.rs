@@ -101,7 +101,8 @@ pub fn permission_of(path: &str) -> Option<Permission> {
         (
             "herald.v1.Herald",
             "ConnectSession" | "Progress" | "Bind" | "Handoff" | "GetSession" | "SessionLog"
-            | "DeleteSession",
+            | "DeleteSession" | "GetBinding" | "Unbind" | "ListSessions" | "WatchSessions"
+            | "OfferHandoff" | "AcceptHandoff",
         ) => Role(crate::state::Role::Sessions),
         (
             "herald.v1.Herald",

@@ -107,6 +107,13 @@ pub enum Reason {
     NoSpace,
     /// A lease secret or request id that belongs to someone else.
     WrongSecret,
+    /// A handoff offer that has ended (declined, expired, replaced, or the
+    /// session moved).
+    OfferEnded,
+    /// The unit is outside its service period.
+    OutOfService,
+    /// The unit's access policy is closed.
+    UnitClosed,
 }
 
 impl StateError {

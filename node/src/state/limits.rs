@@ -49,6 +49,13 @@ pub const MAX_DATA_KEYS: usize = 256;
 pub const EVENT_HISTORY: usize = 100_000;
 /// Work-log entries kept per session (the newest ones).
 pub const WORK_LOG_LEN: usize = 1000;
+/// The largest progress sequence number: 2^53 - 1, the largest integer a
+/// web page's JSON number holds exactly, so every client reads the same
+/// number. (Before the bound, a write of `u64::MAX` was accepted by
+/// mistake, e.g. a -1 cast, and no later progress could pass it.)
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+/// The longest a handoff offer stands: 10 minutes.
+pub const MAX_OFFER_TTL_MS: u64 = 600_000;
 /// Users in the auth state.
 pub const MAX_USERS: usize = 10_000;
 /// Bearer tokens one user may hold at once.

@@ -21,6 +21,7 @@
 pub mod accounts;
 pub mod auth;
 mod error;
+mod history;
 pub mod limits;
 pub mod members;
 pub mod ownership;
@@ -52,8 +53,9 @@ pub use presence::{
 };
 pub use quotas::Quotas;
 pub use sessions::{
-    Bind, Candidate, Connect, DeleteSession, Handoff, HandoffMode, HandoffOutcome, Progress,
-    Session, Terminal, TerminalKind, WorkEvent, WorkLogEntry,
+    AcceptHandoff, Bind, Candidate, Connect, DeleteSession, Handoff, HandoffMode, HandoffOutcome,
+    Offer, OfferHandoff, Progress, Session, SessionEvent, SessionEventKind, Terminal, TerminalKind,
+    Unbind, WorkEvent, WorkLogEntry,
 };
 
 use accounts::AccountPools;
@@ -119,6 +121,12 @@ pub enum Command {
     DeletePool(DeletePool),
     /// Sessions: delete a session and its work log.
     DeleteSession(DeleteSession),
+    /// Sessions: remove a terminal's binding.
+    Unbind(Unbind),
+    /// Sessions: the holder offers its session to one terminal.
+    OfferHandoff(OfferHandoff),
+    /// Sessions: the offered terminal confirms its capabilities.
+    AcceptHandoff(AcceptHandoff),
 }
 
 impl Command {
@@ -147,6 +155,9 @@ impl Command {
             Command::DeletePlatform(_) | Command::DeletePool(_) | Command::DeleteSession(_) => {
                 Ok(())
             }
+            Command::Unbind(c) => c.validate(),
+            Command::OfferHandoff(c) => c.validate(),
+            Command::AcceptHandoff(c) => c.validate(),
         }
     }
 }
@@ -162,6 +173,8 @@ pub enum Response {
     Handoff(HandoffOutcome),
     /// Bind.
     Bound,
+    /// Unbind: the terminal the other side was bound to.
+    Unbound(Terminal),
     /// CreatePlatform: the platform with its ids.
     Platform(Platform),
     /// CreatePool: the new pool.
@@ -242,7 +255,8 @@ impl State {
         };
         state.roster.restored(state.last_index);
         state.roster.history_budget = state.quotas.watch_history_bytes;
-        state.sessions.restored();
+        state.sessions.restored(state.last_index);
+        state.sessions.history_budget = state.quotas.watch_history_bytes;
         Ok(state)
     }
 
@@ -254,7 +268,7 @@ impl State {
             last_index: self.last_index,
             now_ms: self.now_ms,
             roster: self.roster.snapshot_view(),
-            sessions: self.sessions.clone(),
+            sessions: self.sessions.snapshot_view(),
             accounts: self.accounts.clone(),
             auth: self.auth.clone(),
             incarnations: self.incarnations.clone(),
@@ -294,7 +308,7 @@ impl State {
             users: self.roster.len() as u64,
             sessions: self.sessions.len() as u64,
             accounts: self.accounts.account_count() as u64,
-            watch_history_bytes: self.roster.history_bytes(),
+            watch_history_bytes: self.roster.history_bytes() + self.sessions.history_bytes(),
         }
     }
 
@@ -324,11 +338,12 @@ impl State {
             time_ms: self.now_ms,
         };
         self.accounts.expire_due(at.time_ms);
+        self.roster.history_budget = self.quotas.watch_history_bytes;
+        self.sessions.history_budget = self.quotas.watch_history_bytes;
         self.sessions
-            .forget_idle(at.time_ms, self.quotas.session_retention_ms);
+            .forget_idle(at, self.quotas.session_retention_ms);
         self.roster
             .forget_offline(at.time_ms, self.quotas.presence_retention_ms);
-        self.roster.history_budget = self.quotas.watch_history_bytes;
         self.admit(cmd)?;
         match cmd {
             Command::Login(c) => Ok(Response::Presence(self.roster.login(at, c))),
@@ -365,11 +380,15 @@ impl State {
             Command::SetQuotas(q) => {
                 self.quotas = q.clone();
                 self.roster.history_budget = q.watch_history_bytes;
+                self.sessions.history_budget = q.watch_history_bytes;
                 Ok(Response::Done)
             }
             Command::DeletePlatform(c) => self.accounts.delete_platform(c).map(|()| Response::Done),
             Command::DeletePool(c) => self.accounts.delete_pool(at, c).map(|()| Response::Done),
-            Command::DeleteSession(c) => self.sessions.delete(c).map(|()| Response::Done),
+            Command::DeleteSession(c) => self.sessions.delete(at, c).map(|()| Response::Done),
+            Command::Unbind(c) => self.sessions.unbind(at, c).map(Response::Unbound),
+            Command::OfferHandoff(c) => self.sessions.offer(at, c).map(Response::Session),
+            Command::AcceptHandoff(c) => self.sessions.accept(at, c).map(Response::Handoff),
         }
     }
 
@@ -460,6 +479,23 @@ impl State {
         self.sessions.binding(terminal)
     }
 
+    /// The sessions `terminal` holds with an id above `after`, by id, at
+    /// most `limit`.
+    pub fn sessions_held_by(&self, terminal: &Terminal, after: u64, limit: usize) -> Vec<&Session> {
+        self.sessions.held_by(terminal, after, limit)
+    }
+
+    /// Calls `f` on every session event with `revision >= start_revision`
+    /// (0 = every retained one), in revision order; `FailedPrecondition`
+    /// with [`Reason::Compacted`] when they are no longer kept.
+    pub fn visit_session_events_since(
+        &self,
+        start_revision: u64,
+        f: impl FnMut(&SessionEvent),
+    ) -> Result<(), StateError> {
+        self.sessions.visit_events_since(start_revision, f)
+    }
+
     /// Every platform, by id.
     pub fn platforms(&self) -> Vec<&Platform> {
         self.accounts.platforms()
@@ -506,6 +542,7 @@ impl State {
         [
             self.accounts.next_expiry(),
             self.sessions.next_forget(q.session_retention_ms),
+            self.sessions.next_offer_expiry(),
             self.roster.next_forget(q.presence_retention_ms),
         ]
         .into_iter()
@@ -523,6 +560,7 @@ pub struct RecordCounts {
     pub sessions: u64,
     /// Temporary accounts.
     pub accounts: u64,
-    /// Bytes of presence changes kept for watch resume (this replica).
+    /// Bytes of presence and session changes kept for watch resume (this
+    /// replica).
     pub watch_history_bytes: u64,
 }

@@ -1,25 +1,39 @@
 //! Session progress and handoff (P-handoff).
 //!
 //! A terminal connects to an application and records opaque progress under a
-//! sequence number that only moves forward. A handoff moves the session to
-//! another terminal: pushed by the holder, pulled by the new terminal, or
-//! through a stored binding between two terminals. The first candidate that
-//! has every capability the application requires wins; the session's epoch
-//! goes up, and from then on the old terminal's writes are refused (fencing),
-//! because they carry the old epoch. Every event of a session goes to its
-//! bounded work log.
+//! sequence number that only moves forward (up to [`MAX_SEQ`]). A handoff
+//! moves the session to another terminal: pushed by the holder, pulled by the
+//! new terminal naming the holder, pulled by the new terminal through its
+//! stored binding (the patent's Fig. 3: the holder is found, not named), or
+//! through the holder's binding. The first candidate that has every
+//! capability the application requires wins; the session's epoch goes up,
+//! and from then on the old terminal's writes are refused (fencing), because
+//! they carry the old epoch. A handoff request carries the epoch its
+//! initiator last saw, so a stale instance of the holder cannot hand the
+//! session away either.
+//!
+//! The one-step handoff trusts the capabilities its initiator states. The
+//! two-step form does not: the holder [`OfferHandoff`]s the session to one
+//! terminal, which is told through the session watch and confirms its own
+//! capabilities with [`AcceptHandoff`] before the offer's deadline.
+//!
+//! Every event of a session goes to its bounded work log, and every change
+//! to this replica's [`SessionEvent`] history, which session watches (by
+//! session or by terminal) read and resume from.
 //!
 //! [`Terminal`]s are validated and normalized once, by [`Terminal::new`], so
 //! two spellings of one MAC or MSISDN are the same terminal everywhere.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::history::{History, Revisioned};
 use super::limits::{
-    MAX_APP_URL_BYTES, MAX_CANDIDATES, MAX_PROGRESS_BYTES, WORK_LOG_LEN, check_bytes,
-    check_capabilities, check_len,
+    MAX_APP_URL_BYTES, MAX_CANDIDATES, MAX_OFFER_TTL_MS, MAX_PROGRESS_BYTES, MAX_SEQ, WORK_LOG_LEN,
+    check_bytes, check_capabilities, check_len,
 };
 use super::quotas::{Quotas, over};
 use super::{Entry, Reason, StateError};
@@ -201,6 +215,20 @@ pub struct Session {
     pub created_ms: u64,
     /// Cluster time of the last progress or handoff.
     pub updated_ms: u64,
+    /// The holder's pending two-step offer, if any.
+    pub offer: Option<Offer>,
+}
+
+/// A holder's offer of its session to one terminal, waiting for that
+/// terminal to confirm its capabilities ([`AcceptHandoff`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Offer {
+    /// The log index of the offer; an accept names it.
+    pub offer_id: u64,
+    /// The terminal offered the session.
+    pub to: Terminal,
+    /// Cluster time after which the offer no longer counts.
+    pub expires_ms: u64,
 }
 
 /// What a work-log entry records.
@@ -216,11 +244,17 @@ pub enum WorkEvent {
     Handoff,
     /// A handoff candidate did not fit.
     HandoffRefused,
+    /// The holder's binding was removed.
+    Unbind,
+    /// The holder offered the session to a terminal.
+    Offer,
+    /// An offer ended without a handoff (declined, expired or replaced).
+    OfferEnded,
 }
 
 impl WorkEvent {
     /// The name used on the wire: connect, progress, bind, handoff,
-    /// handoff_refused.
+    /// handoff_refused, unbind, offer, offer_ended.
     pub fn as_str(self) -> &'static str {
         match self {
             WorkEvent::Connect => "connect",
@@ -228,6 +262,9 @@ impl WorkEvent {
             WorkEvent::Bind => "bind",
             WorkEvent::Handoff => "handoff",
             WorkEvent::HandoffRefused => "handoff_refused",
+            WorkEvent::Unbind => "unbind",
+            WorkEvent::Offer => "offer",
+            WorkEvent::OfferEnded => "offer_ended",
         }
     }
 }
@@ -262,6 +299,9 @@ pub enum HandoffMode {
     /// The holder sends the session to its bound terminal, then on to the
     /// candidates if that one does not fit.
     Binding,
+    /// The initiator (the only candidate) takes the session from the
+    /// terminal bound to it, found through the binding (patent Fig. 3).
+    PullBound,
 }
 
 /// A terminal offered to take a session, with what it can do.
@@ -313,7 +353,7 @@ pub struct Progress {
     pub terminal: Terminal,
     /// Must be the session's current epoch.
     pub epoch: u64,
-    /// Must be greater than the last accepted one.
+    /// Must be greater than the last accepted one, and at most [`MAX_SEQ`].
     pub seq: u64,
     /// At most 64 KiB, replaces the stored progress.
     pub data: Vec<u8>,
@@ -331,20 +371,135 @@ pub struct Bind {
 /// Moves a session to another terminal.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Handoff {
-    /// The session.
+    /// The session. PullBound may leave it 0: the bound terminal's most
+    /// recently updated session (of `app_url` when given).
     pub session_id: u64,
     /// Who starts it.
     pub mode: HandoffMode,
-    /// Push and Binding: the holder. Pull: the terminal taking the session.
+    /// Push and Binding: the holder. Pull and PullBound: the terminal taking
+    /// the session.
     pub initiator: Terminal,
+    /// The session's epoch as the initiator last saw it; a handoff at any
+    /// other epoch is refused as fenced. Required (at least 1), except for
+    /// PullBound without a session id, where 0 takes any epoch.
+    pub epoch: u64,
     /// Pull only (required there): the terminal the initiator believes holds
     /// the session; it must.
     pub holder: Option<Terminal>,
-    /// Tried in order (at most 64). Push: at least one. Pull: exactly the
-    /// initiator. Binding: tried after the bound terminal.
+    /// Tried in order (at most 64). Push: at least one. Pull and PullBound:
+    /// exactly the initiator. Binding: tried after the bound terminal.
     pub candidates: Vec<Candidate>,
     /// Binding only: the bound terminal's capabilities.
     pub bound_capabilities: Vec<String>,
+    /// PullBound with session id 0 only: the application to pull ("" =
+    /// whichever session the bound terminal updated last).
+    pub app_url: String,
+}
+
+/// Removes a terminal's binding (both sides of the pair).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Unbind {
+    /// Either side of the pair.
+    pub terminal: Terminal,
+}
+
+/// The holder offers its session to one terminal (two-step handoff). A new
+/// offer replaces the session's pending one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OfferHandoff {
+    /// The session.
+    pub session_id: u64,
+    /// The holder.
+    pub initiator: Terminal,
+    /// The session's epoch as the holder last saw it.
+    pub epoch: u64,
+    /// The terminal offered the session; not the holder.
+    pub to: Terminal,
+    /// How long the offer stands, 1 ms ..= [`MAX_OFFER_TTL_MS`]; 0 = 60 s.
+    pub ttl_ms: u64,
+}
+
+/// The offered terminal confirms its capabilities: the session moves to it
+/// when they include everything the application requires, and the offer
+/// ends either way.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AcceptHandoff {
+    /// The session.
+    pub session_id: u64,
+    /// The offer, as the session watch or the session told it.
+    pub offer_id: u64,
+    /// The terminal accepting; must be the one offered the session.
+    pub terminal: Terminal,
+    /// Its own capabilities (at most 64 of 1..=64 bytes).
+    pub capabilities: Vec<String>,
+}
+
+/// The default lifetime of an offer.
+pub const DEFAULT_OFFER_TTL_MS: u64 = 60_000;
+
+/// What kind of change a [`SessionEvent`] records.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEventKind {
+    /// A terminal connected: the session was created.
+    Connected,
+    /// The holder recorded progress.
+    Progress,
+    /// The session moved to another terminal (any handoff, or an accepted
+    /// offer); `from` is the terminal that held it.
+    HandedOff,
+    /// The holder offered the session to `to`.
+    Offered,
+    /// An offer to `to` ended without a handoff: declined, expired or
+    /// replaced.
+    OfferEnded,
+    /// The session was deleted (by a call or by the session retention).
+    Deleted,
+}
+
+/// One change of one session, as a session watch delivers it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// Log index of the change.
+    pub revision: u64,
+    /// Cluster time of the change.
+    pub time_ms: u64,
+    /// What happened.
+    pub kind: SessionEventKind,
+    /// The session after the change (before it, for `Deleted`). Shared with
+    /// other watchers; progress included.
+    pub session: Arc<Session>,
+    /// `HandedOff`: the terminal that held the session before.
+    pub from: Option<Terminal>,
+    /// `Offered` and `OfferEnded`: the terminal offered the session.
+    pub to: Option<Terminal>,
+}
+
+impl SessionEvent {
+    /// Whether a watch on `terminal` sees this event: the terminal holds
+    /// the session (before or after) or was offered it.
+    pub fn involves(&self, terminal: &Terminal) -> bool {
+        self.session.terminal == *terminal
+            || self.from.as_ref() == Some(terminal)
+            || self.to.as_ref() == Some(terminal)
+    }
+}
+
+impl Revisioned for SessionEvent {
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+/// What one kept event costs in memory, near enough to bound the history.
+fn session_event_bytes(e: &SessionEvent) -> u64 {
+    let s = &e.session;
+    let terminal = |t: &Terminal| t.id().len() + 32;
+    (256 + s.app_url.len()
+        + s.requires.iter().map(|r| r.len() + 24).sum::<usize>()
+        + s.progress.len()
+        + terminal(&s.terminal)
+        + e.from.as_ref().map_or(0, terminal)
+        + e.to.as_ref().map_or(0, terminal)) as u64
 }
 
 /// `scheme://rest` with an RFC 3986 scheme, a non-empty rest and no spaces
@@ -384,6 +539,7 @@ impl Progress {
     /// Field limits.
     pub fn validate(&self) -> Result<(), StateError> {
         self.terminal.check("terminal")?;
+        check_seq(self.seq)?;
         // Named as on the wire (ProgressRequest.progress).
         check_bytes("progress", &self.data, MAX_PROGRESS_BYTES)
     }
@@ -431,15 +587,17 @@ impl Handoff {
                     ));
                 }
             }
-            HandoffMode::Pull => {
-                let Some(holder) = &self.holder else {
-                    return Err(StateError::invalid("holder", "required for pull"));
-                };
-                holder.check("holder")?;
+            HandoffMode::Pull | HandoffMode::PullBound => {
+                if self.mode == HandoffMode::Pull {
+                    let Some(holder) = &self.holder else {
+                        return Err(StateError::invalid("holder", "required for pull"));
+                    };
+                    holder.check("holder")?;
+                }
                 if self.candidates.len() != 1 || self.candidates[0].terminal != self.initiator {
                     return Err(StateError::invalid(
                         "candidates",
-                        "pull needs exactly one candidate: the initiator with its capabilities",
+                        "a pull needs exactly one candidate: the initiator with its capabilities",
                     ));
                 }
             }
@@ -448,8 +606,90 @@ impl Handoff {
         if self.mode != HandoffMode::Pull && self.holder.is_some() {
             return Err(StateError::invalid("holder", "only used by pull"));
         }
+        let any_session = self.mode == HandoffMode::PullBound && self.session_id == 0;
+        if self.epoch == 0 && !any_session {
+            return Err(StateError::invalid(
+                "epoch",
+                "required: the session's epoch as the initiator last saw it (1 or more)",
+            ));
+        }
+        if any_session {
+            if self.epoch != 0 {
+                return Err(StateError::invalid(
+                    "epoch",
+                    "must be 0 when session_id is 0: the session is not known yet",
+                ));
+            }
+            if !self.app_url.is_empty() {
+                check_app_url(&self.app_url)?;
+            }
+        } else if !self.app_url.is_empty() {
+            return Err(StateError::invalid(
+                "app_url",
+                "only used by pull_bound with session_id 0",
+            ));
+        }
         Ok(())
     }
+}
+
+impl Unbind {
+    /// A valid terminal.
+    pub fn validate(&self) -> Result<(), StateError> {
+        self.terminal.check("terminal")
+    }
+}
+
+impl OfferHandoff {
+    /// Terminals valid and different, an epoch, a bounded lifetime.
+    pub fn validate(&self) -> Result<(), StateError> {
+        self.initiator.check("initiator")?;
+        self.to.check("to")?;
+        if self.to == self.initiator {
+            return Err(StateError::invalid(
+                "to",
+                format!("must differ from the initiator, both are {}", self.to),
+            ));
+        }
+        if self.epoch == 0 {
+            return Err(StateError::invalid(
+                "epoch",
+                "required: the session's epoch as the holder last saw it (1 or more)",
+            ));
+        }
+        if self.ttl_ms > MAX_OFFER_TTL_MS {
+            return Err(StateError::invalid(
+                "ttl_ms",
+                format!(
+                    "must be at most {MAX_OFFER_TTL_MS} ms (0 = {DEFAULT_OFFER_TTL_MS}), got {}",
+                    self.ttl_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AcceptHandoff {
+    /// A valid terminal, an offer id, bounded capabilities.
+    pub fn validate(&self) -> Result<(), StateError> {
+        self.terminal.check("terminal")?;
+        if self.offer_id == 0 {
+            return Err(StateError::invalid("offer_id", "required"));
+        }
+        check_capabilities("capabilities", &self.capabilities)
+    }
+}
+
+/// A progress sequence number: 1 ..= [`MAX_SEQ`].
+fn check_seq(seq: u64) -> Result<(), StateError> {
+    if seq == 0 || seq > MAX_SEQ {
+        return Err(StateError::invalid(
+            "seq",
+            format!("must be 1..={MAX_SEQ}, got {seq}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Every session, its work log, and the terminal bindings.
@@ -468,16 +708,76 @@ pub(crate) struct Sessions {
     /// Derived from `sessions` (rebuilt by [`Sessions::restored`]).
     #[serde(skip)]
     idle: BTreeSet<(u64, u64)>,
+    /// (expires_ms, session id) of every pending offer, soonest first.
+    /// Derived from `sessions`.
+    #[serde(skip)]
+    offers: BTreeSet<(u64, u64)>,
+    /// This replica's recent session changes, for watches.
+    #[serde(skip)]
+    history: History<SessionEvent>,
+    /// The byte budget of `history` (`quotas.watch_history_bytes`; 0 = the
+    /// default), set by the state before each apply.
+    #[serde(skip)]
+    pub(crate) history_budget: u64,
 }
 
 impl Sessions {
-    /// After loading a snapshot: rebuilds the derived idle index.
-    pub(crate) fn restored(&mut self) {
+    /// After loading a snapshot taken at `last_index`: rebuilds the derived
+    /// indexes; the watch history starts empty, compacted up to there.
+    pub(crate) fn restored(&mut self, last_index: u64) {
         self.idle = self
             .sessions
             .values()
             .map(|s| (s.updated_ms, s.session_id))
             .collect();
+        self.offers = self
+            .sessions
+            .values()
+            .filter_map(|s| s.offer.as_ref().map(|o| (o.expires_ms, s.session_id)))
+            .collect();
+        self.history.restored(last_index);
+    }
+
+    /// What a snapshot encodes: everything but the watch history.
+    pub(crate) fn snapshot_view(&self) -> Sessions {
+        Sessions {
+            sessions: self.sessions.clone(),
+            logs: self.logs.clone(),
+            bindings: self.bindings.clone(),
+            held: self.held.clone(),
+            idle: BTreeSet::new(),
+            offers: BTreeSet::new(),
+            history: History::default(),
+            history_budget: self.history_budget,
+        }
+    }
+
+    /// Bytes the watch history accounts for.
+    pub(crate) fn history_bytes(&self) -> u64 {
+        self.history.bytes()
+    }
+
+    /// Calls `f` on every session event with `revision >= start` (0 = every
+    /// kept one), in revision order; an error when they were compacted.
+    pub(crate) fn visit_events_since(
+        &self,
+        start: u64,
+        f: impl FnMut(&SessionEvent),
+    ) -> Result<(), StateError> {
+        self.history.visit_since(start, f)
+    }
+
+    /// The sessions `terminal` holds with an id above `after`, by id, at
+    /// most `limit`.
+    pub(crate) fn held_by(&self, terminal: &Terminal, after: u64, limit: usize) -> Vec<&Session> {
+        if after == u64::MAX {
+            return Vec::new();
+        }
+        self.held
+            .range((terminal.clone(), after + 1)..=(terminal.clone(), u64::MAX))
+            .take(limit)
+            .filter_map(|(_, id)| self.sessions.get(id))
+            .collect()
     }
 
     /// Whether a connect fits the quotas: `sessions` in all and
@@ -523,17 +823,33 @@ impl Sessions {
     }
 
     /// Deletes every session idle since `now - retention_ms` or longer, with
-    /// its work log (0 = never). Runs before every command, by entry time.
-    pub(crate) fn forget_idle(&mut self, now: u64, retention_ms: u64) {
+    /// its work log (0 = never), and ends every offer past its deadline.
+    /// Runs before every command, by entry time.
+    pub(crate) fn forget_idle(&mut self, at: Entry, retention_ms: u64) {
+        while let Some(&(expires, id)) = self.offers.first() {
+            if expires > at.time_ms {
+                break;
+            }
+            self.end_offer(at, id, "expired".to_owned());
+        }
         if retention_ms == 0 {
             return;
         }
         while let Some(&(updated, id)) = self.idle.first() {
-            if updated.saturating_add(retention_ms) > now {
+            if updated.saturating_add(retention_ms) > at.time_ms {
                 break;
+            }
+            if let Some(s) = self.sessions.get(&id) {
+                let before = Arc::new(s.clone());
+                self.push_event(at, SessionEventKind::Deleted, before, None, None);
             }
             self.remove(id);
         }
+    }
+
+    /// When an offer next expires, if any.
+    pub(crate) fn next_offer_expiry(&self) -> Option<u64> {
+        self.offers.first().map(|&(expires, _)| expires)
     }
 
     /// When the session retention next deletes a session, if ever.
@@ -546,10 +862,12 @@ impl Sessions {
     }
 
     /// Deletes a session and its work log.
-    pub(crate) fn delete(&mut self, cmd: &DeleteSession) -> Result<(), StateError> {
-        if !self.sessions.contains_key(&cmd.session_id) {
+    pub(crate) fn delete(&mut self, at: Entry, cmd: &DeleteSession) -> Result<(), StateError> {
+        let Some(s) = self.sessions.get(&cmd.session_id) else {
             return Err(StateError::not_found(format!("session {}", cmd.session_id)));
-        }
+        };
+        let before = Arc::new(s.clone());
+        self.push_event(at, SessionEventKind::Deleted, before, None, None);
         self.remove(cmd.session_id);
         Ok(())
     }
@@ -558,6 +876,9 @@ impl Sessions {
         if let Some(s) = self.sessions.remove(&id) {
             self.idle.remove(&(s.updated_ms, id));
             self.held.remove(&(s.terminal, id));
+            if let Some(o) = s.offer {
+                self.offers.remove(&(o.expires_ms, id));
+            }
         }
         self.logs.remove(&id);
     }
@@ -591,6 +912,7 @@ impl Sessions {
             progress: Vec::new(),
             created_ms: at.time_ms,
             updated_ms: at.time_ms,
+            offer: None,
         };
         debug_assert!(
             !self.sessions.contains_key(&at.index),
@@ -607,6 +929,8 @@ impl Sessions {
             &session.terminal,
             cmd.app_url.clone(),
         );
+        let event = Arc::new(session.clone());
+        self.push_event(at, SessionEventKind::Connected, event, None, None);
         session
     }
 
@@ -633,6 +957,8 @@ impl Sessions {
         self.idle.insert((after.updated_ms, after.session_id));
         let detail = format!("{} bytes", cmd.data.len());
         self.write_log(at, &after, WorkEvent::Progress, &after.terminal, detail);
+        let event = Arc::new(after.clone());
+        self.push_event(at, SessionEventKind::Progress, event, None, None);
         Ok(after)
     }
 
@@ -645,23 +971,66 @@ impl Sessions {
         self.bindings.insert(cmd.first.clone(), cmd.second.clone());
         self.bindings.insert(cmd.second.clone(), cmd.first.clone());
         for (this, other) in [(&cmd.first, &cmd.second), (&cmd.second, &cmd.first)] {
-            let held: Vec<u64> = self
-                .held
-                .range((this.clone(), 0)..=(this.clone(), u64::MAX))
-                .map(|(_, id)| *id)
-                .collect();
-            for id in held {
-                if let Some(session) = self.sessions.get(&id).cloned() {
-                    self.write_log(
-                        at,
-                        &session,
-                        WorkEvent::Bind,
-                        this,
-                        format!("bound to {other}"),
-                    );
-                }
+            self.log_to_held(at, this, WorkEvent::Bind, &format!("bound to {other}"));
+        }
+    }
+
+    /// Removes the pair `cmd.terminal` is in, logging to the sessions both
+    /// sides hold.
+    pub(crate) fn unbind(&mut self, at: Entry, cmd: &Unbind) -> Result<Terminal, StateError> {
+        let Some(other) = self.bindings.remove(&cmd.terminal) else {
+            return Err(StateError::not_found(format!(
+                "binding of terminal {}",
+                cmd.terminal
+            )));
+        };
+        self.bindings.remove(&other);
+        for (this, that) in [(&cmd.terminal, &other), (&other, &cmd.terminal)] {
+            self.log_to_held(at, this, WorkEvent::Unbind, &format!("unbound from {that}"));
+        }
+        Ok(other)
+    }
+
+    /// Writes one work-log entry to every session `terminal` holds.
+    fn log_to_held(&mut self, at: Entry, terminal: &Terminal, event: WorkEvent, detail: &str) {
+        let held: Vec<u64> = self
+            .held
+            .range((terminal.clone(), 0)..=(terminal.clone(), u64::MAX))
+            .map(|(_, id)| *id)
+            .collect();
+        for id in held {
+            if let Some(session) = self.sessions.get(&id).cloned() {
+                self.write_log(at, &session, event, terminal, detail.to_owned());
             }
         }
+    }
+
+    /// The session a PullBound handoff without a session id takes: the one
+    /// the initiator's bound terminal updated last (of `app_url` if given).
+    fn bound_session(&self, cmd: &Handoff) -> Result<u64, StateError> {
+        let bound = self.bindings.get(&cmd.initiator).ok_or_else(|| {
+            StateError::precondition(
+                Reason::FailedPrecondition,
+                format!("terminal {} has no binding", cmd.initiator),
+            )
+        })?;
+        self.held
+            .range((bound.clone(), 0)..=(bound.clone(), u64::MAX))
+            .filter_map(|(_, id)| self.sessions.get(id))
+            .filter(|s| cmd.app_url.is_empty() || s.app_url == cmd.app_url)
+            .max_by_key(|s| (s.updated_ms, s.session_id))
+            .map(|s| s.session_id)
+            .ok_or_else(|| {
+                let of = if cmd.app_url.is_empty() {
+                    String::new()
+                } else {
+                    format!(" of {}", cmd.app_url)
+                };
+                StateError::not_found(format!(
+                    "session{of} held by {bound}, the terminal bound to {}",
+                    cmd.initiator
+                ))
+            })
     }
 
     pub(crate) fn handoff(
@@ -669,10 +1038,24 @@ impl Sessions {
         at: Entry,
         cmd: &Handoff,
     ) -> Result<HandoffOutcome, StateError> {
+        let session_id = if cmd.mode == HandoffMode::PullBound && cmd.session_id == 0 {
+            self.bound_session(cmd)?
+        } else {
+            cmd.session_id
+        };
         let session = self
             .sessions
-            .get(&cmd.session_id)
-            .ok_or_else(|| StateError::not_found(format!("session {}", cmd.session_id)))?;
+            .get(&session_id)
+            .ok_or_else(|| StateError::not_found(format!("session {session_id}")))?;
+        if cmd.epoch != 0 && cmd.epoch != session.epoch {
+            return Err(StateError::precondition(
+                Reason::Fenced,
+                format!(
+                    "fenced: session {} is at epoch {} on terminal {}, the handoff names epoch {}",
+                    session.session_id, session.epoch, session.terminal, cmd.epoch
+                ),
+            ));
+        }
         let holder = &session.terminal;
         let mut targets: Vec<(&Terminal, &[String])> = Vec::new();
         let how = match cmd.mode {
@@ -701,6 +1084,21 @@ impl Sessions {
                     ));
                 }
                 format!("pulled by {} from {holder}", cmd.initiator)
+            }
+            HandoffMode::PullBound => {
+                if self.bindings.get(&cmd.initiator) != Some(holder) {
+                    return Err(StateError::precondition(
+                        Reason::NotHolder,
+                        format!(
+                            "session {} is held by {holder}, which is not bound to {}",
+                            session.session_id, cmd.initiator
+                        ),
+                    ));
+                }
+                format!(
+                    "pulled by {} through its binding to {holder}",
+                    cmd.initiator
+                )
             }
             HandoffMode::Binding => {
                 let bound = self.bindings.get(holder).ok_or_else(|| {
@@ -755,23 +1153,7 @@ impl Sessions {
         }
         let accepted = chosen.is_some();
         let after = match chosen {
-            Some(to) => {
-                let Some(session) = self.sessions.get_mut(&cmd.session_id) else {
-                    return Err(StateError::not_found(format!("session {}", cmd.session_id)));
-                };
-                self.held
-                    .remove(&(session.terminal.clone(), session.session_id));
-                self.held.insert((to.clone(), session.session_id));
-                let was = session.updated_ms;
-                session.terminal = to;
-                session.epoch += 1;
-                session.updated_ms = at.time_ms;
-                let after = session.clone();
-                self.idle.remove(&(was, after.session_id));
-                self.idle.insert((after.updated_ms, after.session_id));
-                self.write_log(at, &after, WorkEvent::Handoff, &after.terminal, how);
-                after
-            }
+            Some(to) => self.move_session(at, session_id, to, how)?,
             None => before,
         };
         Ok(HandoffOutcome {
@@ -779,6 +1161,193 @@ impl Sessions {
             session: after,
             refused: refused.into_iter().map(|(t, _)| t).collect(),
         })
+    }
+
+    /// Moves a session to `to`: a new epoch, any pending offer ended, the
+    /// indexes, the work log and the watch history kept in step.
+    fn move_session(
+        &mut self,
+        at: Entry,
+        id: u64,
+        to: Terminal,
+        how: String,
+    ) -> Result<Session, StateError> {
+        if let Some(offer) = self.sessions.get(&id).and_then(|s| s.offer.as_ref()) {
+            if offer.to != to {
+                self.end_offer(at, id, format!("the session went to {to}"));
+            } else {
+                let expires = offer.expires_ms;
+                self.offers.remove(&(expires, id));
+            }
+        }
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return Err(StateError::not_found(format!("session {id}")));
+        };
+        self.held.remove(&(session.terminal.clone(), id));
+        self.held.insert((to.clone(), id));
+        let was = session.updated_ms;
+        let from = std::mem::replace(&mut session.terminal, to);
+        session.epoch += 1;
+        session.updated_ms = at.time_ms;
+        session.offer = None;
+        let after = session.clone();
+        self.idle.remove(&(was, id));
+        self.idle.insert((after.updated_ms, id));
+        self.write_log(at, &after, WorkEvent::Handoff, &after.terminal, how);
+        let event = Arc::new(after.clone());
+        self.push_event(at, SessionEventKind::HandedOff, event, Some(from), None);
+        Ok(after)
+    }
+
+    /// Ends session `id`'s pending offer without a handoff (if it has one).
+    fn end_offer(&mut self, at: Entry, id: u64, why: String) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(offer) = session.offer.take() else {
+            return;
+        };
+        self.offers.remove(&(offer.expires_ms, id));
+        let after = session.clone();
+        let detail = format!("offer {} to {}: {why}", offer.offer_id, offer.to);
+        self.write_log(at, &after, WorkEvent::OfferEnded, &offer.to, detail);
+        let event = Arc::new(after);
+        self.push_event(
+            at,
+            SessionEventKind::OfferEnded,
+            event,
+            None,
+            Some(offer.to),
+        );
+    }
+
+    /// The holder offers its session to one terminal; a pending offer to
+    /// another terminal ends.
+    pub(crate) fn offer(&mut self, at: Entry, cmd: &OfferHandoff) -> Result<Session, StateError> {
+        let session = self
+            .sessions
+            .get(&cmd.session_id)
+            .ok_or_else(|| StateError::not_found(format!("session {}", cmd.session_id)))?;
+        if cmd.initiator != session.terminal || cmd.epoch != session.epoch {
+            return Err(fenced(session));
+        }
+        self.end_offer(
+            at,
+            cmd.session_id,
+            format!("replaced by an offer to {}", cmd.to),
+        );
+        let ttl = if cmd.ttl_ms == 0 {
+            DEFAULT_OFFER_TTL_MS
+        } else {
+            cmd.ttl_ms
+        };
+        let offer = Offer {
+            offer_id: at.index,
+            to: cmd.to.clone(),
+            expires_ms: at.time_ms.saturating_add(ttl),
+        };
+        let Some(session) = self.sessions.get_mut(&cmd.session_id) else {
+            return Err(StateError::not_found(format!("session {}", cmd.session_id)));
+        };
+        self.offers.insert((offer.expires_ms, cmd.session_id));
+        session.offer = Some(offer);
+        let after = session.clone();
+        let detail = format!("offered to {} for {ttl} ms", cmd.to);
+        self.write_log(at, &after, WorkEvent::Offer, &cmd.to, detail);
+        let event = Arc::new(after.clone());
+        self.push_event(
+            at,
+            SessionEventKind::Offered,
+            event,
+            None,
+            Some(cmd.to.clone()),
+        );
+        Ok(after)
+    }
+
+    /// The offered terminal confirms its capabilities: the session moves to
+    /// it when they fit; the offer ends either way.
+    pub(crate) fn accept(
+        &mut self,
+        at: Entry,
+        cmd: &AcceptHandoff,
+    ) -> Result<HandoffOutcome, StateError> {
+        let session = self
+            .sessions
+            .get(&cmd.session_id)
+            .ok_or_else(|| StateError::not_found(format!("session {}", cmd.session_id)))?;
+        let Some(offer) = session
+            .offer
+            .as_ref()
+            .filter(|o| o.offer_id == cmd.offer_id)
+        else {
+            return Err(StateError::precondition(
+                Reason::OfferEnded,
+                format!(
+                    "offer {} of session {} has ended (declined, expired, replaced or the \
+                     session moved); ask the holder for a new one",
+                    cmd.offer_id, cmd.session_id
+                ),
+            ));
+        };
+        if offer.to != cmd.terminal {
+            return Err(StateError::precondition(
+                Reason::NotHolder,
+                format!(
+                    "offer {} is to terminal {}, not {}",
+                    offer.offer_id, offer.to, cmd.terminal
+                ),
+            ));
+        }
+        let missing: Vec<&str> = session
+            .requires
+            .iter()
+            .filter(|r| !cmd.capabilities.contains(r))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            let why = format!("declined, missing capabilities: {}", missing.join(", "));
+            self.end_offer(at, cmd.session_id, why);
+            let session = self.sessions.get(&cmd.session_id).cloned();
+            return Ok(HandoffOutcome {
+                accepted: false,
+                session: session
+                    .ok_or_else(|| StateError::not_found(format!("session {}", cmd.session_id)))?,
+                refused: vec![cmd.terminal.clone()],
+            });
+        }
+        let how = format!("accepted offer {} from {}", cmd.offer_id, session.terminal);
+        let after = self.move_session(at, cmd.session_id, cmd.terminal.clone(), how)?;
+        Ok(HandoffOutcome {
+            accepted: true,
+            session: after,
+            refused: Vec::new(),
+        })
+    }
+
+    fn push_event(
+        &mut self,
+        at: Entry,
+        kind: SessionEventKind,
+        session: Arc<Session>,
+        from: Option<Terminal>,
+        to: Option<Terminal>,
+    ) {
+        let event = SessionEvent {
+            revision: at.index,
+            time_ms: at.time_ms,
+            kind,
+            session,
+            from,
+            to,
+        };
+        let charge = session_event_bytes(&event);
+        let budget = if self.history_budget == 0 {
+            super::Quotas::default().watch_history_bytes
+        } else {
+            self.history_budget
+        };
+        self.history.push(event, charge, budget);
     }
 
     fn write_log(
@@ -819,6 +1388,13 @@ impl Sessions {
             .map(|s| (s.updated_ms, s.session_id))
             .collect();
         assert_eq!(idle, self.idle, "idle index drifted");
+        let offers: BTreeSet<(u64, u64)> = self
+            .sessions
+            .values()
+            .filter_map(|s| s.offer.as_ref().map(|o| (o.expires_ms, s.session_id)))
+            .collect();
+        assert_eq!(offers, self.offers, "offer index drifted");
+        self.history.check_invariants();
         for (a, b) in &self.bindings {
             assert_eq!(self.bindings.get(b), Some(a), "binding not symmetric");
             assert_ne!(a, b);
@@ -826,6 +1402,10 @@ impl Sessions {
         for (id, s) in &self.sessions {
             assert_eq!(*id, s.session_id);
             assert!(s.epoch >= 1);
+            assert!(s.seq <= MAX_SEQ);
+            if let Some(o) = &s.offer {
+                assert_ne!(o.to, s.terminal, "an offer to the holder");
+            }
             assert!(
                 self.logs
                     .get(id)
@@ -850,7 +1430,7 @@ fn fenced(session: &Session) -> StateError {
 #[cfg(test)]
 mod tests {
     use super::super::tests::Harness;
-    use super::super::{Command, Response};
+    use super::super::{Command, Response, State};
     use super::*;
 
     fn imei(id: &str) -> Terminal {
@@ -909,9 +1489,11 @@ mod tests {
             session_id: session.session_id,
             mode: HandoffMode::Push,
             initiator,
+            epoch: session.epoch,
             holder: None,
             candidates,
             bound_capabilities: vec![],
+            app_url: String::new(),
         }
     }
 
@@ -1216,9 +1798,11 @@ mod tests {
             session_id: s.session_id,
             mode: HandoffMode::Pull,
             initiator: tv(),
+            epoch: 1,
             holder,
             candidates: vec![cand(tv(), caps)],
             bound_capabilities: vec![],
+            app_url: String::new(),
         };
         let e = h.err(Command::Handoff(pull(Some(pc()), &["video"])));
         assert!(
@@ -1257,9 +1841,11 @@ mod tests {
             session_id: s.session_id,
             mode: HandoffMode::Binding,
             initiator: phone(),
+            epoch: 1,
             holder: None,
             candidates,
             bound_capabilities: bound_caps.iter().map(|c| c.to_string()).collect(),
+            app_url: String::new(),
         };
         let e = h.err(Command::Handoff(binding(&["video"], vec![])));
         assert!(e.to_string().contains("has no binding"), "{e}");
@@ -1278,6 +1864,7 @@ mod tests {
         // Now the TV holds it and has no binding.
         let mut again = binding(&["video"], vec![]);
         again.initiator = tv();
+        again.epoch = 2;
         assert!(
             h.err(Command::Handoff(again))
                 .to_string()
@@ -1299,9 +1886,11 @@ mod tests {
                 session_id: s.session_id,
                 mode: HandoffMode::Binding,
                 initiator: phone(),
+                epoch: 1,
                 holder: None,
                 candidates: vec![],
                 bound_capabilities: vec!["video".into()],
+                app_url: String::new(),
             },
         );
         assert!(out.accepted);
@@ -1359,6 +1948,301 @@ mod tests {
             invalid_field(h.err(Command::Handoff(cmd))),
             "bound_capabilities[0]"
         );
+    }
+
+    fn reason(e: &StateError) -> Reason {
+        e.reason()
+    }
+
+    fn events_for(h: &Harness, terminal: &Terminal) -> Vec<(SessionEventKind, u64)> {
+        let mut out = Vec::new();
+        h.state
+            .visit_session_events_since(0, |e| {
+                if e.involves(terminal) {
+                    out.push((e.kind, e.session.epoch));
+                }
+            })
+            .unwrap();
+        out
+    }
+
+    /// Sabotage check: with the epoch comparison in `handoff` removed, the
+    /// stale push below moves the session and this test fails.
+    #[test]
+    fn a_handoff_names_the_epoch_it_saw_and_a_stale_one_is_fenced() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &[]);
+        let mut zero = push(&s, phone(), vec![cand(tv(), &[])]);
+        zero.epoch = 0;
+        assert_eq!(invalid_field(h.err(Command::Handoff(zero))), "epoch");
+        // Phone -> TV -> phone: epoch 3, held by the phone again.
+        handoff(&mut h, push(&s, phone(), vec![cand(tv(), &[])]));
+        let mut back = push(&s, tv(), vec![cand(phone(), &[])]);
+        back.epoch = 2;
+        assert!(handoff(&mut h, back).accepted);
+        // A stale instance of the phone, still at epoch 1, cannot hand it
+        // away although the phone is the holder again.
+        let stale = push(&s, phone(), vec![cand(pc(), &[])]);
+        let e = h.err(Command::Handoff(stale));
+        assert_eq!(reason(&e), Reason::Fenced);
+        assert!(e.to_string().contains("names epoch 1"), "{e}");
+        assert_eq!(h.state.session(s.session_id).unwrap().terminal, phone());
+    }
+
+    /// Sabotage check: without `check_seq` in `Progress::validate`, the
+    /// `u64::MAX` progress is accepted and this test fails.
+    #[test]
+    fn seq_is_bounded_so_no_write_can_end_a_session() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &[]);
+        for bad in [0, MAX_SEQ + 1, u64::MAX] {
+            let e = h.err(progress(&s, phone(), bad));
+            assert_eq!(invalid_field(e), "seq");
+        }
+        assert_eq!(h.state.session(s.session_id).unwrap().seq, 0);
+        h.ok(progress(&s, phone(), MAX_SEQ));
+    }
+
+    /// The patent's Fig. 3: the second terminal asks, the holder is found
+    /// through the stored binding. Sabotage check: with the binding check
+    /// in the PullBound arm removed, the unbound PC takes the session.
+    #[test]
+    fn pull_bound_finds_the_holder_through_the_binding() {
+        let mut h = Harness::new();
+        let game = connect(&mut h, phone(), &["video"]);
+        h.advance(10);
+        let mail = h.ok(Command::Connect(Connect {
+            terminal: phone(),
+            app_url: "https://mail.example".into(),
+            requires: vec![],
+        }));
+        let Response::Session(mail) = mail else {
+            panic!("{mail:?}")
+        };
+        let pull = |initiator: Terminal, session_id: u64, app: &str| Handoff {
+            session_id,
+            mode: HandoffMode::PullBound,
+            initiator: initiator.clone(),
+            epoch: if session_id == 0 { 0 } else { 1 },
+            holder: None,
+            candidates: vec![cand(initiator, &["video"])],
+            bound_capabilities: vec![],
+            app_url: app.into(),
+        };
+        let e = h.err(Command::Handoff(pull(tv(), 0, "")));
+        assert!(e.to_string().contains("has no binding"), "{e}");
+        h.ok(Command::Bind(Bind {
+            first: tv(),
+            second: phone(),
+        }));
+        // An unbound terminal naming the session is refused.
+        let e = h.err(Command::Handoff(pull(pc(), game.session_id, "")));
+        assert_eq!(reason(&e), Reason::NotHolder);
+        // By app: the game, though the mail session is newer.
+        let out = handoff(&mut h, pull(tv(), 0, "https://game.example/play"));
+        assert!(out.accepted);
+        assert_eq!(out.session.session_id, game.session_id);
+        assert_eq!(out.session.terminal, tv());
+        // Without an app: the newest session the phone still holds.
+        let out = handoff(&mut h, pull(tv(), 0, ""));
+        assert_eq!(out.session.session_id, mail.session_id);
+        let e = h.err(Command::Handoff(pull(tv(), 0, "")));
+        assert_eq!(reason(&e), Reason::NotFound);
+        // A session id with epoch 0 is refused at validation.
+        let mut named_no_epoch = pull(tv(), game.session_id, "");
+        named_no_epoch.epoch = 0;
+        assert_eq!(
+            invalid_field(h.err(Command::Handoff(named_no_epoch))),
+            "epoch"
+        );
+        let log = h.state.session_log(game.session_id).unwrap();
+        assert!(
+            log.last().unwrap().detail.contains("through its binding"),
+            "{log:?}"
+        );
+    }
+
+    #[test]
+    fn unbind_removes_both_sides_and_is_read_back() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &[]);
+        h.ok(Command::Bind(Bind {
+            first: phone(),
+            second: tv(),
+        }));
+        assert_eq!(h.state.binding(&tv()), Some(&phone()));
+        assert_eq!(
+            h.ok(Command::Unbind(Unbind { terminal: tv() })),
+            Response::Unbound(phone())
+        );
+        assert_eq!(h.state.binding(&tv()), None);
+        assert_eq!(h.state.binding(&phone()), None);
+        let e = h.err(Command::Unbind(Unbind { terminal: phone() }));
+        assert_eq!(reason(&e), Reason::NotFound);
+        let log = h.state.session_log(s.session_id).unwrap();
+        assert_eq!(log.last().unwrap().event, WorkEvent::Unbind);
+    }
+
+    /// Sabotage check: with the capability check in `accept` removed, the
+    /// declining TV takes the session and this test fails.
+    #[test]
+    fn an_offer_is_told_to_the_target_and_only_its_accept_moves_the_session() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &["video"]);
+        let offer = |h: &mut Harness, to: Terminal, epoch: u64| {
+            let r = h.ok(Command::OfferHandoff(OfferHandoff {
+                session_id: s.session_id,
+                initiator: phone(),
+                epoch,
+                to,
+                ttl_ms: 0,
+            }));
+            let Response::Session(after) = r else {
+                panic!("{r:?}")
+            };
+            after.offer.unwrap()
+        };
+        let accept = |offer_id: u64, terminal: Terminal, caps: &[&str]| {
+            Command::AcceptHandoff(AcceptHandoff {
+                session_id: s.session_id,
+                offer_id,
+                terminal,
+                capabilities: caps.iter().map(|c| c.to_string()).collect(),
+            })
+        };
+        // A stale holder cannot offer.
+        let e = h.err(Command::OfferHandoff(OfferHandoff {
+            session_id: s.session_id,
+            initiator: phone(),
+            epoch: 2,
+            to: tv(),
+            ttl_ms: 0,
+        }));
+        assert_eq!(reason(&e), Reason::Fenced);
+        let first = offer(&mut h, tv(), 1);
+        assert_eq!(first.expires_ms, h.time_ms + DEFAULT_OFFER_TTL_MS);
+        // The TV is told.
+        assert_eq!(events_for(&h, &tv()), vec![(SessionEventKind::Offered, 1)]);
+        // Someone else cannot accept it.
+        let e = h.err(accept(first.offer_id, pc(), &["video"]));
+        assert_eq!(reason(&e), Reason::NotHolder);
+        // The TV lacks video: declined, and the offer is over.
+        let Response::Handoff(out) = h.ok(accept(first.offer_id, tv(), &["audio"])) else {
+            panic!()
+        };
+        assert!(!out.accepted);
+        assert_eq!(out.refused, vec![tv()]);
+        assert_eq!(out.session.terminal, phone());
+        assert_eq!(out.session.offer, None);
+        let e = h.err(accept(first.offer_id, tv(), &["video"]));
+        assert_eq!(reason(&e), Reason::OfferEnded);
+        // A new offer replaces an older one.
+        let to_pc = offer(&mut h, pc(), 1);
+        let to_tv = offer(&mut h, tv(), 1);
+        let e = h.err(accept(to_pc.offer_id, pc(), &["video"]));
+        assert_eq!(reason(&e), Reason::OfferEnded);
+        let Response::Handoff(out) = h.ok(accept(to_tv.offer_id, tv(), &["video"])) else {
+            panic!()
+        };
+        assert!(out.accepted);
+        assert_eq!(out.session.terminal, tv());
+        assert_eq!(out.session.epoch, 2);
+        assert_eq!(out.session.offer, None);
+        // The old holder is fenced, and both watches saw the move.
+        let e = h.err(progress(&s, phone(), 1));
+        assert_eq!(reason(&e), Reason::Fenced);
+        assert_eq!(
+            events_for(&h, &tv()),
+            vec![
+                (SessionEventKind::Offered, 1),
+                (SessionEventKind::OfferEnded, 1),
+                (SessionEventKind::Offered, 1),
+                (SessionEventKind::HandedOff, 2),
+            ]
+        );
+        assert_eq!(
+            events_for(&h, &phone()).last(),
+            Some(&(SessionEventKind::HandedOff, 2))
+        );
+    }
+
+    /// Sabotage check: with the offer loop in `forget_idle` removed, the
+    /// offer outlives its deadline and this test fails.
+    #[test]
+    fn an_offer_expires_by_cluster_time() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &[]);
+        h.ok(Command::OfferHandoff(OfferHandoff {
+            session_id: s.session_id,
+            initiator: phone(),
+            epoch: 1,
+            to: tv(),
+            ttl_ms: 1000,
+        }));
+        let offer = h
+            .state
+            .session(s.session_id)
+            .unwrap()
+            .offer
+            .clone()
+            .unwrap();
+        assert_eq!(h.state.next_due(), Some(offer.expires_ms));
+        h.advance(999);
+        h.ok(Command::Tick);
+        assert!(h.state.session(s.session_id).unwrap().offer.is_some());
+        h.advance(1);
+        h.ok(Command::Tick);
+        assert_eq!(h.state.session(s.session_id).unwrap().offer, None);
+        // What is due next is the session retention, not the offer.
+        assert!(h.state.next_due() > Some(offer.expires_ms));
+        let e = h.err(Command::AcceptHandoff(AcceptHandoff {
+            session_id: s.session_id,
+            offer_id: offer.offer_id,
+            terminal: tv(),
+            capabilities: vec![],
+        }));
+        assert_eq!(reason(&e), Reason::OfferEnded);
+        let log = h.state.session_log(s.session_id).unwrap();
+        assert!(log.last().unwrap().detail.ends_with("expired"), "{log:?}");
+    }
+
+    #[test]
+    fn a_terminal_lists_its_sessions_by_id() {
+        let mut h = Harness::new();
+        let ids: Vec<u64> = (0..5)
+            .map(|_| connect(&mut h, phone(), &[]).session_id)
+            .collect();
+        connect(&mut h, tv(), &[]);
+        let page = |after, limit| -> Vec<u64> {
+            h.state
+                .sessions_held_by(&phone(), after, limit)
+                .iter()
+                .map(|s| s.session_id)
+                .collect()
+        };
+        assert_eq!(page(0, 10), ids);
+        assert_eq!(page(ids[1], 2), ids[2..4].to_vec());
+        assert_eq!(page(u64::MAX, 10), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn the_session_history_resumes_from_a_revision_and_restores_compacted() {
+        let mut h = Harness::new();
+        let s = connect(&mut h, phone(), &[]);
+        h.ok(progress(&s, phone(), 1));
+        let mut seen = Vec::new();
+        h.state
+            .visit_session_events_since(h.index, |e| seen.push(e.kind))
+            .unwrap();
+        assert_eq!(seen, vec![SessionEventKind::Progress]);
+        let restored = State::from_snapshot(&h.state.to_snapshot().unwrap()).unwrap();
+        let e = restored
+            .visit_session_events_since(h.index, |_| {})
+            .unwrap_err();
+        assert_eq!(reason(&e), Reason::Compacted);
+        restored
+            .visit_session_events_since(h.index + 1, |_| {})
+            .unwrap();
     }
 
     #[test]

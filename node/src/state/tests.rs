@@ -289,6 +289,27 @@ enum Op {
         initiator: usize,
         candidates: Vec<(usize, u8)>,
         bound: u8,
+        /// 0 = the session's epoch now; more = a stale or future one.
+        epoch_off: u8,
+        /// PullBound only: leave the session to be found through the binding.
+        find: bool,
+    },
+    Unbind {
+        terminal: usize,
+    },
+    Offer {
+        session: usize,
+        as_holder: bool,
+        to: usize,
+        epoch_off: u8,
+        ttl: u64,
+    },
+    Accept {
+        session: usize,
+        right_offer: bool,
+        as_target: bool,
+        terminal: usize,
+        caps: u8,
     },
     CreatePlatform {
         name: usize,
@@ -350,8 +371,13 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..8usize, prop::bool::weighted(0.8), 0..4usize, prop_oneof![4 => Just(0u8), 1 => 1..3u8], -2..4i8)
             .prop_map(|(session, holder, terminal, epoch_off, seq_delta)| Op::Progress { session, holder, terminal, epoch_off, seq_delta }),
         1 => (0..4usize, 0..4usize).prop_map(|(first, second)| Op::Bind { first, second }),
-        3 => (0..8usize, 0..3u8, prop::bool::weighted(0.8), 0..4usize, prop::collection::vec((0..4usize, 0..8u8), 0..4), 0..8u8)
-            .prop_map(|(session, mode, as_holder, initiator, candidates, bound)| Op::Handoff { session, mode, as_holder, initiator, candidates, bound }),
+        3 => (0..8usize, 0..4u8, prop::bool::weighted(0.8), 0..4usize, prop::collection::vec((0..4usize, 0..8u8), 0..4), 0..8u8, prop_oneof![4 => Just(0u8), 1 => 1..3u8], any::<bool>())
+            .prop_map(|(session, mode, as_holder, initiator, candidates, bound, epoch_off, find)| Op::Handoff { session, mode, as_holder, initiator, candidates, bound, epoch_off, find }),
+        1 => (0..4usize).prop_map(|terminal| Op::Unbind { terminal }),
+        2 => (0..8usize, prop::bool::weighted(0.8), 0..4usize, prop_oneof![4 => Just(0u8), 1 => 1..3u8], prop_oneof![Just(0u64), 1..3000u64])
+            .prop_map(|(session, as_holder, to, epoch_off, ttl)| Op::Offer { session, as_holder, to, epoch_off, ttl }),
+        2 => (0..8usize, prop::bool::weighted(0.8), prop::bool::weighted(0.8), 0..4usize, 0..8u8)
+            .prop_map(|(session, right_offer, as_target, terminal, caps)| Op::Accept { session, right_offer, as_target, terminal, caps }),
         2 => (0..2usize, 1..3u8, any::<bool>()).prop_map(|(name, units, closed)| Op::CreatePlatform { name, units, closed }),
         2 => (0..5usize, 0..3u32, 0..4u32, prop_oneof![Just(0u64), 500..4000u64])
             .prop_map(|(unit, provision, max_size, ttl)| Op::CreatePool { unit, provision, max_size, ttl }),
@@ -520,11 +546,14 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
             initiator,
             candidates,
             bound,
+            epoch_off,
+            find,
         } => {
             let id = pick_session(session);
             let holder = state
                 .session(id)
                 .map_or(t[0].clone(), |s| s.terminal.clone());
+            let epoch = state.session(id).map_or(1, |s| s.epoch) + u64::from(epoch_off);
             let mut candidates: Vec<Candidate> = candidates
                 .into_iter()
                 .map(|(c, mask)| Candidate {
@@ -558,6 +587,25 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
                     };
                     (HandoffMode::Pull, me, Some(named))
                 }
+                3 => {
+                    // The initiator pulls from whoever is bound to it.
+                    let me = if as_holder {
+                        state
+                            .binding(&holder)
+                            .cloned()
+                            .unwrap_or_else(|| t[initiator].clone())
+                    } else {
+                        t[initiator].clone()
+                    };
+                    let capabilities = candidates
+                        .first()
+                        .map_or_else(|| caps(7), |c| c.capabilities.clone());
+                    candidates = vec![Candidate {
+                        terminal: me.clone(),
+                        capabilities,
+                    }];
+                    (HandoffMode::PullBound, me, None)
+                }
                 _ => (
                     HandoffMode::Binding,
                     if as_holder {
@@ -568,13 +616,60 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
                     None,
                 ),
             };
+            let find = find && mode == HandoffMode::PullBound;
             Command::Handoff(Handoff {
-                session_id: id,
+                session_id: if find { 0 } else { id },
                 mode,
                 initiator,
+                epoch: if find { 0 } else { epoch },
                 holder: named,
                 candidates,
                 bound_capabilities: caps(bound),
+                app_url: String::new(),
+            })
+        }
+        Op::Unbind { terminal } => Command::Unbind(Unbind {
+            terminal: t[terminal].clone(),
+        }),
+        Op::Offer {
+            session,
+            as_holder,
+            to,
+            epoch_off,
+            ttl,
+        } => {
+            let id = pick_session(session);
+            let (holder, epoch) = state
+                .session(id)
+                .map_or((t[0].clone(), 1), |s| (s.terminal.clone(), s.epoch));
+            Command::OfferHandoff(OfferHandoff {
+                session_id: id,
+                initiator: if as_holder { holder } else { t[to].clone() },
+                epoch: epoch + u64::from(epoch_off),
+                to: t[to].clone(),
+                ttl_ms: ttl,
+            })
+        }
+        Op::Accept {
+            session,
+            right_offer,
+            as_target,
+            terminal,
+            caps: mask,
+        } => {
+            let id = pick_session(session);
+            let offer = state.session(id).and_then(|s| s.offer.clone());
+            Command::AcceptHandoff(AcceptHandoff {
+                session_id: id,
+                offer_id: match &offer {
+                    Some(o) if right_offer => o.offer_id,
+                    _ => 1,
+                },
+                terminal: match &offer {
+                    Some(o) if as_target => o.to.clone(),
+                    _ => t[terminal].clone(),
+                },
+                capabilities: caps(mask),
             })
         }
         Op::CreatePlatform {

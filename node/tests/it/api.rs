@@ -649,6 +649,8 @@ async fn handoff_fences_the_old_terminal_and_leases_are_idempotent() {
             ],
             bound_capabilities: vec![],
             holder: None,
+            epoch: s.epoch,
+            app_url: String::new(),
         })
         .await
         .unwrap()

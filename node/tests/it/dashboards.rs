@@ -271,6 +271,8 @@ async fn load(c: &TestCluster) -> (u64, u64) {
             }],
             bound_capabilities: vec![],
             holder: None,
+            epoch: s.epoch,
+            app_url: String::new(),
         })
         .await
         .expect("handoff")

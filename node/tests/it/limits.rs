@@ -429,6 +429,8 @@ async fn a_full_session_log_fits_a_default_client_in_pages() {
                     .collect(),
                 bound_capabilities: vec![],
                 holder: None,
+                epoch: s.epoch,
+                app_url: String::new(),
             })
             .await
             .unwrap()

@@ -10,7 +10,8 @@
 //! domain, so a call reads next to the other calls on the same records:
 //! - `presence.rs`: login, logout, permission, heartbeat, presence reads,
 //!   `Watch`, and the uid checks and batch lookup the HTTP API shares;
-//! - `sessions.rs`: connect, progress, bind, handoff, session reads, delete;
+//! - `sessions.rs`: connect, progress, bind, unbind, handoff, offer and
+//!   accept, session and binding reads, delete, and `WatchSessions`;
 //! - `pools.rs`: platforms, pools, leases, account data and account logins.
 //!
 //! `Batch` is served by [`super::batch`], which runs the same handlers for
@@ -19,6 +20,7 @@
 mod pools;
 mod presence;
 mod sessions;
+mod watch;
 
 use std::sync::Arc;
 
@@ -35,6 +37,7 @@ use crate::state::{self, Command, StateError};
 
 use presence::WatchStream;
 pub use presence::{batch_get, check_uid, check_uids};
+use sessions::WatchSessionsStream;
 
 /// Serves [`HeraldApi`] for one node.
 pub struct HeraldService {
@@ -272,5 +275,49 @@ impl HeraldApi for HeraldService {
         req: Request<AccountLoginRequest>,
     ) -> Result<Response<AccountLoginResponse>, Status> {
         self.account_login(req).await
+    }
+
+    async fn get_binding(
+        &self,
+        req: Request<GetBindingRequest>,
+    ) -> Result<Response<GetBindingResponse>, Status> {
+        self.get_binding(req).await
+    }
+
+    async fn unbind(
+        &self,
+        req: Request<UnbindRequest>,
+    ) -> Result<Response<UnbindResponse>, Status> {
+        self.unbind(req).await
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        self.list_sessions(req).await
+    }
+
+    type WatchSessionsStream = WatchSessionsStream;
+
+    async fn watch_sessions(
+        &self,
+        req: Request<WatchSessionsRequest>,
+    ) -> Result<Response<WatchSessionsStream>, Status> {
+        self.watch_sessions(req).await
+    }
+
+    async fn offer_handoff(
+        &self,
+        req: Request<OfferHandoffRequest>,
+    ) -> Result<Response<OfferHandoffResponse>, Status> {
+        self.offer_handoff(req).await
+    }
+
+    async fn accept_handoff(
+        &self,
+        req: Request<AcceptHandoffRequest>,
+    ) -> Result<Response<HandoffResponse>, Status> {
+        self.accept_handoff(req).await
     }
 }

@@ -1,0 +1,107 @@
+//! Serving a resumable watch stream over a replica's event history: one
+//! loop for every kind of watch (sessions now; the presence watch has its
+//! own copy until it moves here).
+//!
+//! A watch takes a slot of `limits.max_watch_streams` (refused with
+//! RESOURCE_EXHAUSTED when none is free), refuses a compacted start as a
+//! status (OUT_OF_RANGE, reason COMPACTED) rather than a broken stream, then
+//! sends every matching event from the start on and waits for the next
+//! apply. Everything up to the state's last index is in its history, so
+//! resuming at `last_index + 1` leaves no gap. The stream ends with
+//! UNAVAILABLE when the node shuts down, so the client resumes elsewhere.
+
+use std::pin::Pin;
+
+use ::herald_client::refusal;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status};
+
+use super::super::status::{refuse, wire_reason};
+use super::HeraldService;
+use crate::state::{State, StateError};
+
+/// The stream a watch answers.
+pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Appends the events of one watch with `revision >= start` to `out`, or
+/// says the start is compacted.
+pub type WatchFeed<T> =
+    Box<dyn FnMut(&State, u64, &mut Vec<T>) -> Result<(), StateError> + Send + 'static>;
+
+/// Starts a watch from `start_revision` (0 = from now) over `feed`.
+pub fn serve_watch<T: Send + 'static>(
+    service: &HeraldService,
+    start_revision: u64,
+    mut feed: WatchFeed<T>,
+) -> Result<EventStream<T>, Status> {
+    let node = service.node();
+    let slot = service
+        .watch_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            refuse(
+                Code::ResourceExhausted,
+                format!(
+                    "too many watch streams on this node: limits.max_watch_streams = {}; \
+                     close one or watch through another node",
+                    node.config().limits.max_watch_streams
+                ),
+            )
+        })?;
+    let store = node.store().clone();
+    let mut applied = store.applied();
+    let mut stopping = node.stopping();
+    let mut next = match start_revision {
+        0 => store.read().state.last_index() + 1,
+        n => n,
+    };
+    // Refuse a compacted start now, as a status rather than a broken stream.
+    feed(&store.read().state, next, &mut Vec::new()).map_err(|e| compacted(&e))?;
+    let (tx, rx) = mpsc::channel(1024);
+    let open_stream = node.metrics().api.watch_stream();
+    tokio::spawn(async move {
+        // Dropped in reverse: the gauge falls before the slot frees.
+        let _slot = slot;
+        let _open_stream = open_stream;
+        loop {
+            let mut events = Vec::new();
+            let (fed, upto) = {
+                let m = store.read();
+                (feed(&m.state, next, &mut events), m.state.last_index())
+            };
+            if let Err(e) = fed {
+                let _ = tx.send(Err(compacted(&e))).await;
+                return;
+            }
+            for e in events {
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            next = next.max(upto + 1);
+            tokio::select! {
+                r = applied.changed() => if r.is_err() { return },
+                _ = tx.closed() => return,
+                _ = until_true(&mut stopping) => {
+                    let _ = tx.send(Err(refuse(Code::Unavailable, "node shutting down; resume elsewhere"))).await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+/// Resolves once the flag is (or becomes) true, or its sender is gone.
+async fn until_true(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// A watch whose start the history no longer holds: OUT_OF_RANGE, as etcd
+/// answers a compacted revision, with the state machine's COMPACTED reason.
+pub fn compacted(e: &StateError) -> Status {
+    refusal(Code::OutOfRange, e.to_string(), wire_reason(e.reason()))
+}
