@@ -224,6 +224,71 @@ fn heraldctl_drives_a_playground_cluster() {
     let out = run(&pg, &["session", "log", &id]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("progress"));
 
+    // Bindings, a pull through the binding (the epoch read first), the
+    // sessions of a terminal, and the two-step offer/accept.
+    json(
+        &pg,
+        &[
+            "session",
+            "bind",
+            "imei:490154203237518",
+            "mac:00:1a:2b:3c:4d:5e",
+        ],
+    );
+    let b = json(&pg, &["session", "binding", "mac:00:1a:2b:3c:4d:5e"]);
+    assert_eq!(b["bound"]["id"], "490154203237518");
+    let h = json(
+        &pg,
+        &[
+            "session",
+            "handoff",
+            &id,
+            "--mode",
+            "pull-bound",
+            "--initiator",
+            "mac:00:1a:2b:3c:4d:5e",
+        ],
+    );
+    assert_eq!(h["accepted"], true);
+    assert_eq!(h["session"]["epoch"], 2);
+    let listed = json(
+        &pg,
+        &["session", "list", "--terminal", "mac:00:1a:2b:3c:4d:5e"],
+    );
+    assert_eq!(
+        listed["sessions"][0]["session_id"].as_u64(),
+        id.parse().ok()
+    );
+    let offered = json(
+        &pg,
+        &[
+            "session",
+            "offer",
+            &id,
+            "--initiator",
+            "mac:00:1a:2b:3c:4d:5e",
+            "--to",
+            "imei:490154203237518",
+        ],
+    );
+    let offer_id = offered["offer"]["offer_id"].as_u64().unwrap().to_string();
+    let taken = json(
+        &pg,
+        &[
+            "session",
+            "accept",
+            &id,
+            "--offer",
+            &offer_id,
+            "--terminal",
+            "imei:490154203237518",
+        ],
+    );
+    assert_eq!(taken["session"]["epoch"], 3);
+    json(&pg, &["session", "unbind", "imei:490154203237518"]);
+    let b = json(&pg, &["session", "binding", "mac:00:1a:2b:3c:4d:5e"]);
+    assert!(b["bound"].is_null(), "{b}");
+
     // Pools: platform, pool, lease, login with the leased password.
     let p = json(
         &pg,
@@ -271,6 +336,14 @@ fn heraldctl_drives_a_playground_cluster() {
         ],
     );
     assert_eq!(login["ok"], true);
+    // Automatic login: lease and log in in one call, with the unit's QoS.
+    let auto = json(
+        &pg,
+        &["pool", "lease", &pool_id, "--user", "viewer-3", "--login"],
+    );
+    assert_eq!(auto["login"]["ok"], true, "{auto}");
+    assert_eq!(auto["service"]["qos_class"], "gold", "{auto}");
+    assert_eq!(auto["service"]["response_time_ms"], 200, "{auto}");
 
     // Lease secrets: `pool lease` prints one; renew, data-put, release and a
     // holder-only login need it (--secret or HERALD_LEASE_SECRET), and

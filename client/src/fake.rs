@@ -293,6 +293,12 @@ impl Herald for Fake {
     async fn delete_platform(&self, _: Request<DeletePlatformRequest>) -> Res<DeleteResponse> {
         no("delete_platform")
     }
+    async fn lease_and_login(
+        &self,
+        _: Request<LeaseAndLoginRequest>,
+    ) -> Res<LeaseAndLoginResponse> {
+        no("LeaseAndLogin")
+    }
     async fn get_binding(&self, _: Request<GetBindingRequest>) -> Res<GetBindingResponse> {
         no("GetBinding")
     }

@@ -220,6 +220,11 @@ pub async fn setup(client: &Client, workloads: &[Workload]) -> Result<Setup> {
                 })
             })
             .await?;
+            // Bound to each other, for binding and pull-bound handoffs.
+            retry("Bind", t, || {
+                client.bind(terms[0].clone(), terms[1].clone())
+            })
+            .await?;
             setup.sessions.push((session.session_id, terms));
         }
     }
@@ -763,18 +768,61 @@ async fn session_worker(
                 epoch = e;
             }
         } else if roll < 8 {
+            // Every direction: this terminal pushes the session, sends it
+            // through its binding, pulls it naming the other, or pulls it
+            // through its binding. `epoch` is what this worker last saw, so
+            // a stale one is refused FENCED, which the checker verifies.
+            let video = |t: &proto::Terminal| proto::Candidate {
+                terminal: Some(t.clone()),
+                capabilities: vec!["video".into()],
+            };
+            let (mode, from, req) = match rng.random_range(0..4) {
+                0 => (
+                    "push",
+                    me,
+                    proto::HandoffRequest {
+                        mode: proto::HandoffMode::Push.into(),
+                        candidates: vec![video(&other)],
+                        ..Default::default()
+                    },
+                ),
+                1 => (
+                    "binding",
+                    me,
+                    proto::HandoffRequest {
+                        mode: proto::HandoffMode::Binding.into(),
+                        bound_capabilities: vec!["video".into()],
+                        ..Default::default()
+                    },
+                ),
+                2 => (
+                    "pull",
+                    1 - me,
+                    proto::HandoffRequest {
+                        mode: proto::HandoffMode::Pull.into(),
+                        holder: Some(other.clone()),
+                        candidates: vec![video(&mine)],
+                        ..Default::default()
+                    },
+                ),
+                _ => (
+                    "pull_bound",
+                    1 - me,
+                    proto::HandoffRequest {
+                        mode: proto::HandoffMode::PullBound.into(),
+                        candidates: vec![video(&mine)],
+                        ..Default::default()
+                    },
+                ),
+            };
             let req = proto::HandoffRequest {
                 session_id,
-                mode: proto::HandoffMode::Push.into(),
                 initiator: Some(mine.clone()),
-                candidates: vec![proto::Candidate {
-                    terminal: Some(other.clone()),
-                    capabilities: vec!["video".into()],
-                }],
-                ..Default::default()
+                epoch,
+                ..req
             };
-            let input = json!({"from": me, "to": 1 - me});
-            let _ = op(
+            let input = json!({"from": from, "to": 1 - from, "epoch": epoch, "mode": mode});
+            let r = op(
                 rec,
                 p,
                 "session",
@@ -793,6 +841,21 @@ async fn session_worker(
                 },
             )
             .await;
+            match r {
+                Ok(h) if h.accepted => epoch = h.session.map_or(epoch, |s| s.epoch),
+                // Only sometimes: a worker that always caught up would
+                // never send a stale handoff.
+                Err(e)
+                    if e.reason() == Some(proto::ErrorReason::Fenced)
+                        && rng.random_range(0..2) == 0 =>
+                {
+                    if let Some(e) = session_read(&ctx, &client, p, session_id, &terms, false).await
+                    {
+                        epoch = e;
+                    }
+                }
+                _ => {}
+            }
         } else if let Some(e) = session_read(&ctx, &client, p, session_id, &terms, false).await {
             epoch = e;
         }

@@ -69,6 +69,10 @@ pub enum Cmd {
         /// Makes retries safe: the same id returns the same lease (default: a fresh one, printed)
         #[arg(long)]
         request_id: Option<String>,
+        /// Log in to the pool's unit with the leased account in the same
+        /// call (automatic login); fails when the login is refused
+        #[arg(long)]
+        login: bool,
     },
     /// Extend a lease (needs its lease secret)
     Renew {
@@ -204,6 +208,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
             user,
             ttl,
             request_id,
+            login,
         } => {
             let request_id = request_id.unwrap_or_else(|| {
                 let id = new_request_id();
@@ -211,16 +216,33 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                 eprintln!("request id: {id} (retry with --request-id {id} to get the same lease)");
                 id
             });
-            let resp = client
-                .lease_account(proto::LeaseRequest {
-                    pool_id: pool,
-                    user,
-                    ttl_ms: ttl.map_or(0, as_millis),
-                    request_id,
-                })
-                .await?;
+            let req = proto::LeaseRequest {
+                pool_id: pool,
+                user,
+                ttl_ms: ttl.map_or(0, as_millis),
+                request_id,
+            };
+            let (resp, login) = if login {
+                let both = client.lease_and_login(req).await?;
+                (both.lease.unwrap_or_default(), both.login)
+            } else {
+                (client.lease_account(req).await?, None)
+            };
             match ctx.format {
-                Format::Json => print_json(&to_json::lease_response(&resp)),
+                Format::Json => {
+                    let mut v = to_json::lease_response(&resp);
+                    if let Some(l) = &login {
+                        v["login"] = serde_json::json!({"ok": l.ok, "reason": l.reason});
+                    }
+                    if let Some(s) = &resp.service {
+                        v["service"] = serde_json::json!({
+                            "unit_id": s.unit_id,
+                            "qos_class": s.qos_class,
+                            "response_time_ms": s.response_time_ms,
+                        });
+                    }
+                    print_json(&v);
+                }
                 Format::Table => {
                     let mut table = Table::new(&[
                         "LEASE",
@@ -247,12 +269,31 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                         ]);
                     }
                     table.print();
+                    if let Some(s) = &resp.service {
+                        println!(
+                            "unit {}: QoS class {:?}, response time {} ms",
+                            s.unit_id, s.qos_class, s.response_time_ms
+                        );
+                    }
+                    if let Some(l) = &login {
+                        if l.ok {
+                            println!(
+                                "logged in to unit {}",
+                                resp.service.as_ref().map_or(0, |s| s.unit_id)
+                            );
+                        } else {
+                            println!("login refused: {}", l.reason);
+                        }
+                    }
                     // Shown once: the cluster keeps only hashes.
                     eprintln!(
                         "keep the password and the secret: they are not shown again; \
                          renew, release and data-put need --secret (or HERALD_LEASE_SECRET)"
                     );
                 }
+            }
+            if let Some(l) = login.filter(|l| !l.ok) {
+                anyhow::bail!("leased, but the login was refused: {}", l.reason);
             }
         }
         Cmd::Renew {

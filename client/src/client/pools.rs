@@ -62,6 +62,24 @@ impl Client {
     /// while those of earlier answers keep working (a lease keeps at most 4
     /// answers; one more replay is [`ClientError::ResourceExhausted`]).
     /// Without one a lost answer is [`ClientError::Unknown`].
+    pub async fn lease_and_login(
+        &self,
+        req: proto::LeaseRequest,
+    ) -> Result<proto::LeaseAndLoginResponse, ClientError> {
+        let effect = if req.request_id.is_empty() {
+            Effect::Write
+        } else {
+            Effect::IdempotentWrite
+        };
+        let req = proto::LeaseAndLoginRequest { lease: Some(req) };
+        self.call("LeaseAndLogin", effect, req, |ch, r| async move {
+            crate::endpoint::herald(ch.channel).lease_and_login(r).await
+        })
+        .await
+    }
+
+    /// Leases an account of a pool: the lease, its password and lease
+    /// secret (both shown only here), and the pool's unit's QoS.
     pub async fn lease_account(
         &self,
         req: proto::LeaseRequest,

@@ -29,7 +29,7 @@ use linear::Verdict;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Anomaly {
     /// `not-linearizable`, `lost-write`, `double-lease`, `lease-expired-early`,
-    /// `fenced-write-accepted`, `progress-went-back`, `live-user-expired`,
+    /// `fenced-write-accepted`, `fenced-handoff-accepted`, `progress-went-back`, `live-user-expired`,
     /// `silent-user-not-expired`, `silent-user-expired-early`.
     pub kind: String,
     /// The workload.
@@ -313,6 +313,28 @@ fn session_checks(workload: &str, key: &str, ops: &[&Op]) -> Vec<Anomaly> {
             ))
         })
         .collect();
+    // A handoff accepted at an epoch an earlier handoff had already ended:
+    // a stale instance of a holder handing the session away.
+    for op in ops
+        .iter()
+        .filter(|op| op.f == "handoff" && op.outcome == Outcome::Ok)
+    {
+        let Some(epoch) = op.input.get("epoch").and_then(Value::as_u64) else {
+            continue;
+        };
+        if let Some((h, _, new_epoch)) = handoffs
+            .iter()
+            .find(|(_, done, new_epoch)| *done < op.invoke_ns && *new_epoch > epoch)
+        {
+            anomalies.push(anomaly(
+                "fenced-handoff-accepted",
+                format!(
+                    "a handoff naming epoch {epoch} was accepted after a handoff had moved the session to epoch {new_epoch}"
+                ),
+                vec![(*h).clone(), (*op).clone()],
+            ));
+        }
+    }
     for op in ops
         .iter()
         .filter(|op| op.f == "progress" && op.outcome == Outcome::Ok)

@@ -1,7 +1,12 @@
 //! A session's progress: which terminal holds it, at which epoch, and the
 //! last accepted sequence number. Progress must name the holder and its
-//! epoch (else "fenced") and move `seq` forward (else "stale"); a handoff by
-//! the holder moves the session to the other terminal and bumps the epoch.
+//! epoch (else "fenced") and move `seq` forward (else "stale"). A handoff
+//! names the terminal it takes the session from (the initiator for push and
+//! binding, the other terminal for pull and pull-bound: the workload's two
+//! terminals are bound to each other) and the epoch its initiator saw; it
+//! moves the session to the other terminal and bumps the epoch only when
+//! both are right, and is refused FENCED (wrong epoch) or NOT_HOLDER (right
+//! epoch, wrong holder) otherwise.
 
 use serde_json::Value;
 
@@ -46,12 +51,17 @@ pub enum SessionOp {
         /// The answer.
         answer: ProgressAnswer,
     },
-    /// A push handoff initiated by `from`; `result` is the session after an
-    /// accepted one, `None` after a refusal (FailedPrecondition), and the
-    /// flag says whether the outcome is unknown.
+    /// A handoff taking the session from `from`; `result` is the session
+    /// after an accepted one, `None` after a refusal (FailedPrecondition),
+    /// and the flag says whether the outcome is unknown.
     Handoff {
-        /// Initiator.
+        /// The holder the request names (or is).
         from: u64,
+        /// The epoch the initiator saw (`None` in histories from before
+        /// handoffs named one: any epoch).
+        epoch: Option<u64>,
+        /// The refusal's reason, when refused.
+        refused: Option<Refusal>,
         /// The session after, when accepted.
         result: Option<SessionState>,
         /// Outcome unknown.
@@ -59,6 +69,17 @@ pub enum SessionOp {
     },
     /// A linearizable read.
     Read(SessionState),
+}
+
+/// Why a handoff was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// FENCED: the epoch named is not the session's.
+    Fenced,
+    /// NOT_HOLDER: the epoch is right, the holder named is not.
+    NotHolder,
+    /// Another precondition.
+    Other,
 }
 
 /// The session's sequential specification.
@@ -97,20 +118,29 @@ impl Model for SessionModel {
             }
             SessionOp::Handoff {
                 from,
+                epoch,
+                refused,
                 result,
                 unknown,
             } => {
+                let right_epoch = epoch.is_none_or(|e| e == s.epoch);
                 let holder = from == s.terminal;
+                let valid = right_epoch && holder;
                 let moved = SessionState {
                     epoch: s.epoch + 1,
                     terminal: 1 - s.terminal,
                     seq: s.seq,
                 };
+                let refusal_fits = match refused {
+                    Some(Refusal::Fenced) => !right_epoch,
+                    Some(Refusal::NotHolder) => right_epoch && !holder,
+                    Some(Refusal::Other) | None => !valid,
+                };
                 match (unknown, result) {
-                    (true, _) if holder => vec![*s, moved],
+                    (true, _) if valid => vec![*s, moved],
                     (true, _) => vec![*s],
-                    (false, Some(r)) if holder && r == moved => vec![moved],
-                    (false, None) if !holder => vec![*s],
+                    (false, Some(r)) if valid && r == moved => vec![moved],
+                    (false, None) if refusal_fits => vec![*s],
                     _ => vec![],
                 }
             }
@@ -180,21 +210,32 @@ pub fn entries(ops: &[&Op]) -> Vec<Entry<SessionOp>> {
                 }
                 "handoff" => {
                     let from = op.input.get("from")?.as_u64()?;
+                    let epoch = op.input.get("epoch").and_then(Value::as_u64);
                     match op.outcome {
                         Outcome::Ok => SessionOp::Handoff {
                             from,
+                            epoch,
+                            refused: None,
                             result: state_of(&op.output),
                             unknown: false,
                         },
                         Outcome::Info => SessionOp::Handoff {
                             from,
+                            epoch,
+                            refused: None,
                             result: None,
                             unknown: true,
                         },
                         Outcome::Fail => {
-                            precondition(op)?;
+                            let refused = match precondition(op)? {
+                                "FENCED" => Refusal::Fenced,
+                                "NOT_HOLDER" => Refusal::NotHolder,
+                                _ => Refusal::Other,
+                            };
                             SessionOp::Handoff {
                                 from,
+                                epoch,
+                                refused: Some(refused),
                                 result: None,
                                 unknown: false,
                             }

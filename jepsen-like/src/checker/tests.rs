@@ -360,7 +360,7 @@ fn handoff(h: H, p: u64, from: u64, epoch_after: u64, seq: u64, t: (u64, u64)) -
         p,
         "session",
         "handoff",
-        json!({"from": from, "to": 1 - from}),
+        json!({"from": from, "to": 1 - from, "epoch": epoch_after - 1, "mode": "push"}),
         json!({"accepted": true, "epoch": epoch_after, "terminal": 1 - from, "seq": seq}),
         Outcome::Ok,
         None,
@@ -399,6 +399,56 @@ fn a_fenced_terminal_succeeding_is_reported() {
     h = progress(h, 1, 0, 1, 2, true, (40, 50));
     let r = h.check();
     assert_eq!(kinds(&r), ["fenced-write-accepted", "not-linearizable"]);
+}
+
+/// A pull by terminal 1 (naming the holder 0) and a refused stale handoff
+/// are fine; a stale instance of a holder handing the session away is not.
+#[test]
+fn a_stale_handoff_accepted_is_reported() {
+    let refused = |h: H, p: u64, from: u64, epoch: u64, reason: &str, t: (u64, u64)| {
+        h.op(
+            p,
+            "session",
+            "handoff",
+            json!({"from": from, "to": 1 - from, "epoch": epoch, "mode": "pull"}),
+            json!({"code": "FailedPrecondition", "reason": reason}),
+            Outcome::Fail,
+            Some("refused"),
+            (t.0, Some(t.1)),
+        )
+    };
+    let mut good = handoff(H::new(), 2, 0, 2, 0, (0, 10));
+    good = refused(good, 1, 0, 1, "FENCED", (20, 30));
+    good = refused(good, 1, 0, 2, "NOT_HOLDER", (40, 50));
+    good = handoff(good, 1, 1, 3, 0, (60, 70));
+    let r = good.check();
+    assert!(r.valid, "{r:#?}");
+    // A refusal with the wrong reason is not linearizable either.
+    let bad = refused(
+        handoff(H::new(), 2, 0, 2, 0, (0, 10)),
+        1,
+        1,
+        2,
+        "FENCED",
+        (20, 30),
+    );
+    assert_eq!(kinds(&bad.check()), ["not-linearizable"]);
+    // Terminal 0 at epoch 1 hands away a session at epoch 2.
+    let mut bad = handoff(H::new(), 2, 0, 2, 0, (0, 10));
+    bad = bad.op(
+        1,
+        "session",
+        "handoff",
+        json!({"from": 0, "to": 1, "epoch": 1, "mode": "push"}),
+        json!({"accepted": true, "epoch": 3, "terminal": 1, "seq": 0}),
+        Outcome::Ok,
+        None,
+        (20, Some(30)),
+    );
+    assert_eq!(
+        kinds(&bad.check()),
+        ["fenced-handoff-accepted", "not-linearizable"]
+    );
 }
 
 #[test]

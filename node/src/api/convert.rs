@@ -413,6 +413,15 @@ pub fn lease_pb(l: &state::Lease) -> pb::Lease {
     }
 }
 
+/// What a unit promises its viewers.
+pub fn service_pb(u: &state::Unit) -> pb::UnitService {
+    pb::UnitService {
+        unit_id: u.unit_id,
+        qos_class: u.spec.qos_class.clone(),
+        response_time_ms: u.spec.response_time_ms,
+    }
+}
+
 /// The credentials the serving node made for one `LeaseAccount` call,
 /// hashed: all that goes into the command.
 pub struct NewCredentials {
@@ -483,5 +492,6 @@ pub fn login_outcome_pb(o: &state::LoginOutcome) -> pb::AccountLoginResponse {
         reason: o.reason.clone(),
         lease: o.lease.as_ref().map(lease_pb),
         data: o.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        service: None,
     }
 }

@@ -108,7 +108,7 @@ pub fn permission_of(path: &str) -> Option<Permission> {
             "herald.v1.Herald",
             "CreatePlatform" | "CreatePool" | "LeaseAccount" | "RenewLease" | "ReleaseLease"
             | "PutAccountData" | "ListPools" | "ListLeases" | "AccountLogin" | "DeletePool"
-            | "DeletePlatform",
+            | "DeletePlatform" | "LeaseAndLogin",
         ) => Role(crate::state::Role::Pools),
         ("herald.v1.Admin", "Status" | "Members") => Authenticated,
         (

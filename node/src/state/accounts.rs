@@ -113,6 +113,39 @@ pub fn lease_secret_hash(secret: &str) -> Result<SecretHash, StateError> {
     Ok(SecretHash::of(secret))
 }
 
+/// Whether a unit hands out new leases at cluster time `now_ms`: inside its
+/// service period and not closed (a lease that could never log in is not
+/// handed out). The refusal names which and why.
+fn check_in_service(unit: &Unit, now_ms: u64) -> Result<(), StateError> {
+    let spec = &unit.spec;
+    if now_ms < spec.service_start_ms || (spec.service_end_ms != 0 && now_ms >= spec.service_end_ms)
+    {
+        let until = if spec.service_end_ms == 0 {
+            "open-ended".to_owned()
+        } else {
+            format!("until {}", spec.service_end_ms)
+        };
+        return Err(StateError::precondition(
+            Reason::OutOfService,
+            format!(
+                "unit {} ({}) is outside its service period (from {}, {until}; cluster time \
+                 is {now_ms})",
+                unit.unit_id, spec.name, spec.service_start_ms
+            ),
+        ));
+    }
+    if spec.access_policy == AccessPolicy::Closed {
+        return Err(StateError::precondition(
+            Reason::UnitClosed,
+            format!(
+                "unit {} ({}) is closed: its access policy admits no login",
+                unit.unit_id, spec.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Who may log in to a unit.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessPolicy {
@@ -844,6 +877,16 @@ impl AccountPools {
         self.expiry.first().map(|&(expires_ms, _)| expires_ms)
     }
 
+    /// A unit.
+    pub(crate) fn unit_of(&self, unit_id: u64) -> Option<&Unit> {
+        self.unit(unit_id)
+    }
+
+    /// The unit a pool serves.
+    pub(crate) fn unit_of_pool(&self, pool_id: u64) -> Option<&Unit> {
+        self.unit(self.pools.get(&pool_id)?.unit_id)
+    }
+
     fn unit(&self, unit_id: u64) -> Option<&Unit> {
         let platform = self.platforms.get(self.unit_platform.get(&unit_id)?)?;
         platform.units.iter().find(|u| u.unit_id == unit_id)
@@ -946,6 +989,9 @@ impl AccountPools {
         let key = (cmd.pool_id, cmd.request_id.clone());
         if let Some(record) = self.requests.get(&key) {
             return self.replay(record.lease_id, record.ended_ms, cmd);
+        }
+        if let Some(unit) = self.unit(pool.unit_id) {
+            check_in_service(unit, at.time_ms)?;
         }
         let ttl = pool.ttl(cmd.ttl_ms)?;
         let reuse = pool.free.first().cloned();
@@ -1918,6 +1964,41 @@ mod tests {
         h.ok(data("key1".into(), 2));
     }
 
+    /// Sabotage check: with `check_in_service` not called from `lease`, the
+    /// early and the closed leases are handed out and this test fails.
+    #[test]
+    fn a_lease_is_refused_outside_the_service_period_and_when_closed() {
+        let mut h = Harness::new();
+        let start = h.time_ms + 1_000;
+        let mut timed = unit_spec("timed", AccessPolicy::LeasedAccounts);
+        timed.service_start_ms = start;
+        timed.service_end_ms = start + 1_000;
+        let p = platform(
+            &mut h,
+            "tv",
+            vec![timed, unit_spec("closed", AccessPolicy::Closed)],
+        );
+        let (unit, closed) = (p.units[0].unit_id, p.units[1].unit_id);
+        let pool_t = pool(&mut h, unit, 2, 0, HOUR).pool_id;
+        let pool_c = pool(&mut h, closed, 1, 0, HOUR).pool_id;
+        let e = h.err(lease_cmd(pool_t, "ann", "early", "pw"));
+        assert_eq!(e.reason(), Reason::OutOfService);
+        assert!(e.to_string().contains("outside its service period"), "{e}");
+        h.set_time(start);
+        let (first, _) = lease(&mut h, pool_t, "ann", "r1", "pw");
+        h.set_time(start + 1_000);
+        let e = h.err(lease_cmd(pool_t, "bob", "late", "pw"));
+        assert_eq!(e.reason(), Reason::OutOfService);
+        // A retry of a lease granted in service still answers.
+        let (again, replayed) = lease(&mut h, pool_t, "ann", "r1", "pw2");
+        assert!(replayed);
+        assert_eq!(again.lease_id, first.lease_id);
+        let e = h.err(lease_cmd(pool_c, "ann", "c", "pw"));
+        assert_eq!(e.reason(), Reason::UnitClosed);
+        assert!(e.to_string().contains("is closed"), "{e}");
+        assert_eq!(h.state.pools(Some(closed))[0].leased, 0);
+    }
+
     #[test]
     fn login_checks_period_policy_account_password_and_holder() {
         let mut h = Harness::new();
@@ -1927,13 +2008,17 @@ mod tests {
         let p = platform(
             &mut h,
             "tv",
-            vec![timed, unit_spec("closed", AccessPolicy::Closed)],
+            vec![
+                timed,
+                unit_spec("closed", AccessPolicy::Closed),
+                unit_spec("open", AccessPolicy::LeasedAccounts),
+            ],
         );
-        let (unit, closed) = (p.units[0].unit_id, p.units[1].unit_id);
+        let (unit, closed, open) = (p.units[0].unit_id, p.units[1].unit_id, p.units[2].unit_id);
         let pool_a = pool(&mut h, unit, 1, 0, HOUR).pool_id;
-        let pool_c = pool(&mut h, closed, 1, 0, HOUR).pool_id;
+        let pool_o = pool(&mut h, open, 1, 0, HOUR).pool_id;
         let (l, _) = lease(&mut h, pool_a, "ann", "r", "pw");
-        let (lc, _) = lease(&mut h, pool_c, "ann", "r", "pw");
+        let (lc, _) = lease(&mut h, pool_o, "ann", "r", "pw");
         let now = h.time_ms;
         let secret = sec_hash("pw");
         let check = |account: &str, pw: &str, user: &str, at: u64| {
@@ -1964,9 +2049,9 @@ mod tests {
             check(&lc.account, "pw", "ann", now).reason,
             "unknown account"
         );
-        let closed_login =
-            h.state
-                .check_login(closed, &lc.account, "pw", "ann", Some(&secret), now);
+        let closed_login = h
+            .state
+            .check_login(closed, &l.account, "pw", "ann", Some(&secret), now);
         assert_eq!(closed_login.reason, "unit is closed");
         assert!(
             !h.state

@@ -506,6 +506,16 @@ impl State {
         self.accounts.pools(unit_id)
     }
 
+    /// A unit.
+    pub fn unit(&self, unit_id: u64) -> Option<&Unit> {
+        self.accounts.unit_of(unit_id)
+    }
+
+    /// The unit a pool serves (its QoS class and response-time target).
+    pub fn unit_of_pool(&self, pool_id: u64) -> Option<&Unit> {
+        self.accounts.unit_of_pool(pool_id)
+    }
+
     /// The active leases of a pool, by lease id.
     pub fn leases(&self, pool_id: u64) -> Result<Vec<Lease>, StateError> {
         self.accounts.leases(pool_id)

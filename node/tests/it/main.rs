@@ -10,6 +10,7 @@ mod common;
 mod api;
 mod cluster;
 mod dashboards;
+mod flows;
 mod limits;
 mod mechanisms;
 mod security;

@@ -320,4 +320,11 @@ impl HeraldApi for HeraldService {
     ) -> Result<Response<HandoffResponse>, Status> {
         self.accept_handoff(req).await
     }
+
+    async fn lease_and_login(
+        &self,
+        req: Request<LeaseAndLoginRequest>,
+    ) -> Result<Response<LeaseAndLoginResponse>, Status> {
+        self.lease_and_login(req).await
+    }
 }

@@ -108,6 +108,10 @@ impl HeraldService {
         let cmd = Command::Lease(cv::lease(r, caller, made));
         match self.propose(cmd).await? {
             state::Response::Lease { lease, replayed } => {
+                let service = {
+                    let m = self.node.store().read();
+                    m.state.unit_of_pool(lease.pool_id).map(cv::service_pb)
+                };
                 // The requester may see its own request id; listings never do.
                 let mut lease = cv::lease_pb(&lease);
                 lease.request_id = request_id;
@@ -116,6 +120,7 @@ impl HeraldService {
                     password,
                     replayed,
                     lease_secret,
+                    service,
                 }))
             }
             other => Err(unexpected(other)),
@@ -232,17 +237,62 @@ impl HeraldService {
         let r = req.into_inner();
         let secret = cv::login_secret(&r).map_err(invalid)?;
         self.node.linearize().await?;
+        Ok(Response::new(self.check_login(&r, secret.as_ref())))
+    }
+
+    /// Checks a login against the local state (linearized by the caller),
+    /// at cluster time now.
+    fn check_login(
+        &self,
+        r: &AccountLoginRequest,
+        secret: Option<&state::SecretHash>,
+    ) -> AccountLoginResponse {
         let m = self.node.store().read();
         // Never judge a lease by a time earlier than the state has seen.
         let now = self.node.clock().now_ms().max(m.state.now_ms());
-        let outcome = m.state.check_login(
-            r.unit_id,
-            &r.account,
-            &r.password,
-            &r.user,
-            secret.as_ref(),
-            now,
-        );
-        Ok(Response::new(cv::login_outcome_pb(&outcome)))
+        let outcome = m
+            .state
+            .check_login(r.unit_id, &r.account, &r.password, &r.user, secret, now);
+        let mut answer = cv::login_outcome_pb(&outcome);
+        answer.service = m.state.unit(r.unit_id).map(cv::service_pb);
+        answer
+    }
+
+    /// Automatic login: a lease of the pool, then a login to its unit with
+    /// the lease's own password and secret, checked as `AccountLogin`
+    /// checks it once this node has applied the lease.
+    pub(super) async fn lease_and_login(
+        &self,
+        req: Request<LeaseAndLoginRequest>,
+    ) -> Result<Response<LeaseAndLoginResponse>, Status> {
+        let (meta, ext, r) = req.into_parts();
+        let lease_req = r
+            .lease
+            .ok_or_else(|| invalid(state::StateError::invalid("lease", "required")))?;
+        let leased = self
+            .lease_account(Request::from_parts(meta, ext, lease_req))
+            .await?
+            .into_inner();
+        let (Some(lease), Some(service)) = (&leased.lease, &leased.service) else {
+            return Err(super::super::status::refuse(
+                tonic::Code::Unavailable,
+                "the lease was granted but this node has not applied its pool yet; \
+                 log in with AccountLogin",
+            ));
+        };
+        self.node.linearize().await?;
+        let login = AccountLoginRequest {
+            unit_id: service.unit_id,
+            account: lease.account.clone(),
+            password: leased.password.clone(),
+            user: lease.holder.clone(),
+            lease_secret: leased.lease_secret.clone(),
+        };
+        let secret = state::SecretHash::of(&leased.lease_secret);
+        let login = self.check_login(&login, Some(&secret));
+        Ok(Response::new(LeaseAndLoginResponse {
+            lease: Some(leased),
+            login: Some(login),
+        }))
     }
 }

@@ -1,0 +1,364 @@
+//! The patents' flows end to end through the gRPC contract on a real
+//! 3-node cluster, each call on a follower (forwarded to the leader):
+//! the P-handoff Fig. 3 pull through a binding, the two-step offer/accept
+//! with the target told through the session watch, bindings read and
+//! removed, a terminal's sessions listed, stale handoffs fenced; and the
+//! P-iptv automatic login, refused for a closed or out-of-period unit.
+
+use ::herald_client::proto::herald_client::HeraldClient;
+use ::herald_client::proto::*;
+use ::herald_client::reason_of;
+use futures::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::common::TestCluster;
+
+fn imei(id: &str) -> Terminal {
+    Terminal {
+        kind: TerminalKind::Imei as i32,
+        id: id.into(),
+    }
+}
+
+fn mac(id: &str) -> Terminal {
+    Terminal {
+        kind: TerminalKind::Mac as i32,
+        id: id.into(),
+    }
+}
+
+fn video(t: &Terminal) -> Candidate {
+    Candidate {
+        terminal: Some(t.clone()),
+        capabilities: vec!["video".into()],
+    }
+}
+
+async fn connect(cl: &mut HeraldClient<Channel>, t: &Terminal, app: &str) -> Session {
+    cl.connect_session(ConnectRequest {
+        terminal: Some(t.clone()),
+        app_url: app.into(),
+        capabilities: vec!["video".into()],
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .session
+    .unwrap()
+}
+
+fn refused(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, reason: &str) {
+    let status = r.expect_err("expected a refusal");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason_of(&status).as_deref(), Some(reason), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoffs_in_every_direction_and_the_new_holder_is_told() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let follower = c.alive().into_iter().find(|id| *id != leader).unwrap();
+    let mut cl = c.client(follower);
+    let phone = imei("490154203237518");
+    let tv = mac("00:1a:2b:3c:4d:5e");
+    let pc = mac("aa:bb:cc:dd:ee:ff");
+
+    // The TV watches for sessions coming its way before anything happens.
+    let mut tv_watch = cl
+        .watch_sessions(WatchSessionsRequest {
+            terminals: vec![tv.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let game = connect(&mut cl, &phone, "https://game.example/play").await;
+    let mail = connect(&mut cl, &phone, "https://mail.example/inbox").await;
+    let listed = cl
+        .list_sessions(ListSessionsRequest {
+            terminal: Some(phone.clone()),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.sessions.len(), 1);
+    assert_eq!(listed.sessions[0].session_id, game.session_id);
+    let rest = cl
+        .list_sessions(ListSessionsRequest {
+            terminal: Some(phone.clone()),
+            page_token: listed.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.sessions[0].session_id, mail.session_id);
+    assert!(rest.next_page_token.is_empty());
+
+    // Fig. 3: the TV asks; the holder is found through the binding.
+    cl.bind(BindRequest {
+        first: Some(tv.clone()),
+        second: Some(phone.clone()),
+    })
+    .await
+    .unwrap();
+    let bound = cl
+        .get_binding(GetBindingRequest {
+            terminal: Some(tv.clone()),
+            consistency: Consistency::Linearizable as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .bound;
+    assert_eq!(bound.unwrap().id, phone.id);
+    let pulled = cl
+        .handoff(HandoffRequest {
+            mode: HandoffMode::PullBound as i32,
+            initiator: Some(tv.clone()),
+            candidates: vec![video(&tv)],
+            app_url: "https://game.example/play".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pulled.accepted);
+    let after = pulled.session.unwrap();
+    assert_eq!(after.session_id, game.session_id);
+    assert_eq!(after.epoch, 2);
+    let told = tv_watch.next().await.unwrap().unwrap();
+    assert_eq!(told.kind, SessionEventKind::SessionHandedOff as i32);
+    assert_eq!(told.session.unwrap().session_id, game.session_id);
+    assert_eq!(told.from.unwrap().id, phone.id);
+
+    // A pull naming the epoch it saw before the move is fenced; a handoff
+    // without an epoch, or a seq past 2^53 - 1, is refused at the door.
+    refused(
+        cl.handoff(HandoffRequest {
+            session_id: game.session_id,
+            mode: HandoffMode::Pull as i32,
+            initiator: Some(pc.clone()),
+            holder: Some(tv.clone()),
+            candidates: vec![video(&pc)],
+            epoch: 1,
+            ..Default::default()
+        })
+        .await,
+        Code::FailedPrecondition,
+        "FENCED",
+    );
+    refused(
+        cl.handoff(HandoffRequest {
+            session_id: mail.session_id,
+            mode: HandoffMode::Push as i32,
+            initiator: Some(phone.clone()),
+            candidates: vec![video(&tv)],
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_FIELD",
+    );
+    refused(
+        cl.progress(ProgressRequest {
+            session_id: mail.session_id,
+            terminal: Some(phone.clone()),
+            epoch: 1,
+            seq: u64::MAX,
+            progress: vec![],
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_FIELD",
+    );
+
+    // Two steps: the phone offers the mail to the TV, which is told, and
+    // declines it (no "keyboard"), then takes a second offer.
+    let offer = |to: &Terminal| OfferHandoffRequest {
+        session_id: mail.session_id,
+        initiator: Some(phone.clone()),
+        epoch: 1,
+        to: Some(to.clone()),
+        ttl_ms: 30_000,
+    };
+    let first = cl.offer_handoff(offer(&tv)).await.unwrap().into_inner();
+    let first_id = first.session.unwrap().offer.unwrap().offer_id;
+    let told = tv_watch.next().await.unwrap().unwrap();
+    assert_eq!(told.kind, SessionEventKind::SessionOffered as i32);
+    assert_eq!(told.session.unwrap().offer.unwrap().offer_id, first_id);
+    let accept = |offer_id, caps: &[&str]| AcceptHandoffRequest {
+        session_id: mail.session_id,
+        offer_id,
+        terminal: Some(tv.clone()),
+        capabilities: caps.iter().map(|c| c.to_string()).collect(),
+    };
+    let declined = cl
+        .accept_handoff(accept(first_id, &["audio"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!declined.accepted);
+    let told = tv_watch.next().await.unwrap().unwrap();
+    assert_eq!(told.kind, SessionEventKind::SessionOfferEnded as i32);
+    refused(
+        cl.accept_handoff(accept(first_id, &["video"])).await,
+        Code::FailedPrecondition,
+        "OFFER_ENDED",
+    );
+    let second = cl.offer_handoff(offer(&tv)).await.unwrap().into_inner();
+    let second_id = second.session.unwrap().offer.unwrap().offer_id;
+    let taken = cl
+        .accept_handoff(accept(second_id, &["video"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(taken.accepted);
+    assert_eq!(taken.session.unwrap().terminal.unwrap().id, tv.id);
+
+    // Unbind: both sides gone; again is NOT_FOUND.
+    let was = cl
+        .unbind(UnbindRequest {
+            terminal: Some(phone.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(was.was_bound_to.unwrap().id, tv.id);
+    refused(
+        cl.unbind(UnbindRequest {
+            terminal: Some(tv.clone()),
+        })
+        .await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+
+    // A watch resumed from the start on another node sees the same events.
+    let other = c.alive().into_iter().find(|id| *id != follower).unwrap();
+    let mut replay = c
+        .client(other)
+        .watch_sessions(WatchSessionsRequest {
+            session_ids: vec![mail.session_id],
+            start_revision: mail.session_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = replay.next().await.unwrap().unwrap();
+    assert_eq!(first.kind, SessionEventKind::SessionConnected as i32);
+    assert_eq!(first.revision, mail.session_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_and_login_logs_in_and_a_closed_or_out_of_period_unit_leases_nothing() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut cl = c.client(c.alive().into_iter().find(|id| *id != leader).unwrap());
+    let unit = |name: &str, policy: AccessPolicy, start: u64| UnitSpec {
+        name: name.into(),
+        service_start_ms: start,
+        qos_class: "gold".into(),
+        response_time_ms: 150,
+        access_policy: policy as i32,
+        ..Default::default()
+    };
+    let p = cl
+        .create_platform(CreatePlatformRequest {
+            name: "tv".into(),
+            units: vec![
+                unit("vote", AccessPolicy::HolderOnly, 0),
+                unit("closed", AccessPolicy::Closed, 0),
+                // Opens in the year 2286.
+                unit("later", AccessPolicy::LeasedAccounts, 9_999_999_999_999),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .platform
+        .unwrap();
+    let mut pools = Vec::new();
+    for u in &p.units {
+        let pool = cl
+            .create_pool(CreatePoolRequest {
+                unit_id: u.unit_id,
+                name: u.spec.as_ref().unwrap().name.clone(),
+                provision: 1,
+                max_size: 1,
+                default_ttl_ms: 60_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pool
+            .unwrap();
+        pools.push(pool.pool_id);
+    }
+    let lease = |pool_id: u64, rid: &str| LeaseAndLoginRequest {
+        lease: Some(LeaseRequest {
+            pool_id,
+            user: "viewer-1".into(),
+            ttl_ms: 0,
+            request_id: rid.into(),
+        }),
+    };
+    let both = cl
+        .lease_and_login(lease(pools[0], "r1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let leased = both.lease.unwrap();
+    let login = both.login.unwrap();
+    assert!(login.ok, "{login:?}");
+    assert_eq!(
+        login.lease.unwrap().lease_id,
+        leased.lease.as_ref().unwrap().lease_id
+    );
+    for service in [leased.service.unwrap(), login.service.unwrap()] {
+        assert_eq!(service.unit_id, p.units[0].unit_id);
+        assert_eq!(service.qos_class, "gold");
+        assert_eq!(service.response_time_ms, 150);
+    }
+    // The password it returned logs in by itself too.
+    let again = cl
+        .account_login(AccountLoginRequest {
+            unit_id: p.units[0].unit_id,
+            account: leased.lease.as_ref().unwrap().account.clone(),
+            password: leased.password.clone(),
+            user: "viewer-1".into(),
+            lease_secret: leased.lease_secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.ok, "{again:?}");
+    refused(
+        cl.lease_and_login(lease(pools[1], "r2")).await,
+        Code::FailedPrecondition,
+        "UNIT_CLOSED",
+    );
+    refused(
+        cl.lease_and_login(lease(pools[2], "r3")).await,
+        Code::FailedPrecondition,
+        "OUT_OF_SERVICE",
+    );
+    // Nothing was leased from either.
+    for pool_id in &pools[1..] {
+        let leases = cl
+            .list_leases(ListLeasesRequest {
+                pool_id: *pool_id,
+                consistency: Consistency::Linearizable as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(leases.leases.is_empty());
+    }
+}
