@@ -12,6 +12,7 @@ mod cluster;
 mod dashboards;
 mod limits;
 mod mechanisms;
+mod presence;
 mod security;
 mod storage;
 mod storage_suite;
