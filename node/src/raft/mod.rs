@@ -237,7 +237,8 @@ mod tests {
     #[test]
     fn peer_messages_round_trip_with_their_version() {
         let blob = encode(&(7u64, "x".to_string())).unwrap();
-        assert_eq!(&blob[..4], &[b'H', b'R', 2, 0]);
+        assert_eq!(&blob[..2], b"HR");
+        assert_eq!(u16::from_le_bytes([blob[2], blob[3]]), WIRE_VERSION);
         let back: (u64, String) = decode(&blob).unwrap();
         assert_eq!(back, (7, "x".into()));
     }
