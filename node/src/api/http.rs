@@ -22,7 +22,7 @@
 //!   no longer in the history is refused before the stream opens (400,
 //!   reason `COMPACTED`), like the gRPC `Watch` (`OUT_OF_RANGE`); so is a
 //!   watch over `limits.max_watch_streams` (429, `QUOTA_EXCEEDED`), a cap
-//!   it shares with the gRPC streams. A comment line (`: keep-alive`) every
+//!   it shares with the gRPC streams. A comment line (`:keep-alive`) every
 //!   [`SSE_KEEP_ALIVE`] keeps idle proxies from closing the stream. If the
 //!   stream must end (its history was compacted under a slow reader, the
 //!   node shuts down), a last `event: error` carries the error document
