@@ -11,8 +11,8 @@
 //!   percent-encoded as one path segment; answers `{"revision", "record"}`.
 //! - `GET /v1/watch[?ids=a,b][&start_revision=N]`: the presence change
 //!   stream of the gRPC `Watch` as Server-Sent Events (`text/event-stream`)
-//!   for web pages (`EventSource`): each change is `id: <revision>`,
-//!   `event: presence`, `data: <the change as JSON>` (`revision`, `kind`,
+//!   for web pages (`EventSource`): each change is `id:<revision>`,
+//!   `event:presence`, `data:<the change as JSON>` (`revision`, `kind`,
 //!   `uid`, `client_type`, `connection_id`, `time_ms` and the `record`
 //!   after it, in the lookups' record shape). `ids` is parsed like the
 //!   lookup's (empty or absent = every user); `start_revision` 0 or absent
