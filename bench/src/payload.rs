@@ -37,6 +37,7 @@ pub fn login(n: u64) -> LoginRequest {
         accept_strangers: n.is_multiple_of(2),
         ext,
         ttl_ms: 0,
+        connection_id: String::new(),
     }
 }
 
@@ -93,6 +94,7 @@ pub fn big_login(n: u64) -> LoginRequest {
         accept_strangers: false,
         ext,
         ttl_ms: 0,
+        connection_id: String::new(),
     }
 }
 

@@ -155,7 +155,18 @@ pub fn terminal(t: Option<&proto::Terminal>) -> String {
     }
 }
 
-/// `pc`, or `pc (ttl 30s)` for a TTL login, comma-separated.
+/// A connection as people read it: `pc` for a client type's one entry,
+/// `mobile/phone-2` for a named connection.
+pub fn connection(client_type: &str, connection_id: &str) -> String {
+    if connection_id.is_empty() {
+        client_type.to_string()
+    } else {
+        format!("{client_type}/{connection_id}")
+    }
+}
+
+/// `pc`, `mobile/phone-2`, or `pc (ttl 30s)` for a TTL login,
+/// comma-separated.
 pub fn clients(entries: &[proto::ClientEntry]) -> String {
     if entries.is_empty() {
         return "-".into();
@@ -163,10 +174,11 @@ pub fn clients(entries: &[proto::ClientEntry]) -> String {
     entries
         .iter()
         .map(|c| {
+            let who = connection(&c.client_type, &c.connection_id);
             if c.ttl_ms == 0 {
-                c.client_type.clone()
+                who
             } else {
-                format!("{} (ttl {})", c.client_type, format_millis(c.ttl_ms))
+                format!("{who} (ttl {})", format_millis(c.ttl_ms))
             }
         })
         .collect::<Vec<_>>()
@@ -243,7 +255,12 @@ pub mod to_json {
     }
 
     pub fn client_entry(c: &proto::ClientEntry) -> Value {
-        json!({ "client_type": c.client_type, "since_ms": c.since_ms, "ttl_ms": c.ttl_ms })
+        json!({
+            "client_type": c.client_type,
+            "connection_id": c.connection_id,
+            "since_ms": c.since_ms,
+            "ttl_ms": c.ttl_ms,
+        })
     }
 
     pub fn record(r: &proto::PresenceRecord) -> Value {
@@ -276,6 +293,7 @@ pub mod to_json {
             "kind": event_kind(e.kind),
             "uid": e.uid,
             "client_type": e.client_type,
+            "connection_id": e.connection_id,
             "record": record_opt(e.record.as_ref()),
             "time_ms": e.time_ms,
         })

@@ -192,6 +192,101 @@ fn heraldctl_drives_a_playground_cluster() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("alice"));
 
+    // One entry per connection (--connection): two phones of carol, one
+    // logged out, the other still online; heartbeats name the connection.
+    for phone in ["phone-1", "phone-2"] {
+        let rec = json(
+            &pg,
+            &[
+                "presence",
+                "login",
+                "carol",
+                "--sid",
+                "7",
+                "--client",
+                "mobile",
+                "--connection",
+                phone,
+                "--ttl",
+                "1h",
+            ],
+        );
+        assert_eq!(rec["online"], true);
+    }
+    let rec = json(
+        &pg,
+        &[
+            "presence",
+            "logout",
+            "carol",
+            "--sid",
+            "7",
+            "--client",
+            "mobile",
+            "--connection",
+            "phone-1",
+        ],
+    );
+    let clients = rec["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 1, "{rec}");
+    assert_eq!(clients[0]["connection_id"], "phone-2");
+    let beat = |phone: &str| {
+        json(
+            &pg,
+            &[
+                "presence",
+                "heartbeat",
+                "carol",
+                "--client",
+                "mobile",
+                "--connection",
+                phone,
+            ],
+        )["known"]
+            .clone()
+    };
+    assert_eq!(beat("phone-2"), true);
+    assert_eq!(beat("phone-1"), false);
+    let out = run(&pg, &["presence", "get", "carol"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("mobile/phone-2 (ttl 1h)"),
+        "the table names the connection"
+    );
+    // --connection needs --client on logout; a bad id is refused naming it.
+    let out = run(
+        &pg,
+        &[
+            "presence",
+            "logout",
+            "carol",
+            "--sid",
+            "7",
+            "--connection",
+            "phone-2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "clap refuses it");
+    let out = run(
+        &pg,
+        &[
+            "presence",
+            "login",
+            "carol",
+            "--sid",
+            "7",
+            "--client",
+            "mobile",
+            "--connection",
+            &"x".repeat(65),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("connection_id: must be at most 64 bytes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Sessions: connect, progress, log.
     let s = json(
         &pg,

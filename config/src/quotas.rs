@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Largest `provision` and `max_size` of a pool.
 pub const MAX_POOL_SIZE: u32 = 100_000;
+/// The most `connections_per_user` may be: every connection is a copy in
+/// each change of the user's record the watch history keeps.
+pub const MAX_CONNECTIONS_PER_USER: u32 = 1024;
 /// Units in one platform, at least 1.
 pub const MAX_UNITS: usize = 64;
 
@@ -51,6 +54,9 @@ pub struct Quotas {
     pub users: u64,
     /// Clients (client types) one user may have online at once.
     pub clients_per_user: u32,
+    /// Connections (presence entries, each with its own TTL) one user may
+    /// have online at once, over all its client types.
+    pub connections_per_user: u32,
     /// Sessions in the cluster.
     pub sessions: u64,
     /// Sessions one terminal may create (checked at connect).
@@ -92,6 +98,7 @@ impl Default for Quotas {
         Quotas {
             users: 2_000_000,
             clients_per_user: 16,
+            connections_per_user: 32,
             sessions: 1_000_000,
             sessions_per_terminal: 16,
             bindings: 1_000_000,
@@ -114,9 +121,10 @@ impl Quotas {
     /// Values a cluster can run with: every count at least 1, the per-thing
     /// quotas within the field limits, retentions at most a year.
     pub fn validate(&self) -> Result<(), QuotaError> {
-        let counts: [(&str, u64); 12] = [
+        let counts: [(&str, u64); 13] = [
             ("users", self.users),
             ("clients_per_user", self.clients_per_user.into()),
+            ("connections_per_user", self.connections_per_user.into()),
             ("sessions", self.sessions),
             ("sessions_per_terminal", self.sessions_per_terminal.into()),
             ("bindings", self.bindings),
@@ -142,6 +150,15 @@ impl Quotas {
                 format!(
                     "must be at most {MAX_UNITS}, got {}",
                     self.units_per_platform
+                ),
+            ));
+        }
+        if self.connections_per_user > MAX_CONNECTIONS_PER_USER {
+            return Err(QuotaError::invalid(
+                "quotas.connections_per_user",
+                format!(
+                    "must be at most {MAX_CONNECTIONS_PER_USER}, got {}",
+                    self.connections_per_user
                 ),
             ));
         }

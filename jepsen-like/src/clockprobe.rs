@@ -165,6 +165,7 @@ fn login(n: u64) -> proto::LoginRequest {
         accept_strangers: n.is_multiple_of(2),
         ext,
         ttl_ms: 0,
+        connection_id: String::new(),
     }
 }
 

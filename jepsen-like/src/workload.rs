@@ -376,6 +376,21 @@ async fn ttl_worker(ctx: Context, process: u64, home: usize, i: usize, live: boo
     } else {
         format!("ttl-silent-{i}")
     };
+    // Every other user logs in on a named connection (its heartbeats and
+    // reads follow that connection's entry), the rest on the client type's
+    // one entry, so both forms go through the faults.
+    let conn = if i % 2 == 1 {
+        format!("conn-{i}")
+    } else {
+        String::new()
+    };
+    let online = |r: &Option<proto::PresenceRecord>| {
+        r.as_ref().is_some_and(|r| {
+            r.clients
+                .iter()
+                .any(|c| c.client_type == TTL_CLIENT && c.connection_id == conn)
+        })
+    };
     let rec = &ctx.recorder;
     let mut logged_in = false;
     let mut turn = 0u64;
@@ -387,9 +402,10 @@ async fn ttl_worker(ctx: Context, process: u64, home: usize, i: usize, live: boo
                 sid: 1,
                 client_type: TTL_CLIENT.into(),
                 ttl_ms: TTL_MS,
+                connection_id: conn.clone(),
                 ..Default::default()
             };
-            let input = json!({"ttl_ms": TTL_MS, "live": live});
+            let input = json!({"ttl_ms": TTL_MS, "live": live, "connection": conn});
             let r = op(
                 rec,
                 process,
@@ -402,7 +418,7 @@ async fn ttl_worker(ctx: Context, process: u64, home: usize, i: usize, live: boo
             );
             logged_in = r.await.is_ok();
         } else if live && !turn.is_multiple_of(4) {
-            let call = client.heartbeat(uid.clone(), TTL_CLIENT);
+            let call = client.heartbeat_connection(uid.clone(), TTL_CLIENT, conn.clone());
             let r = op(
                 rec,
                 process,
@@ -418,16 +434,18 @@ async fn ttl_worker(ctx: Context, process: u64, home: usize, i: usize, live: boo
             }
         } else {
             let call = client.get_presence(uid.clone(), Consistency::Linearizable);
-            let r = op(rec, process, "ttl", "read", &uid, json!({}), call, |r| {
-                let online = r
-                    .as_ref()
-                    .is_some_and(|r| r.clients.iter().any(|c| c.client_type == TTL_CLIENT));
-                json!({ "online": online })
-            });
+            let r = op(
+                rec,
+                process,
+                "ttl",
+                "read",
+                &uid,
+                json!({}),
+                call,
+                |r| json!({ "online": online(r) }),
+            );
             if let Ok(r) = r.await
-                && !r
-                    .as_ref()
-                    .is_some_and(|r| r.clients.iter().any(|c| c.client_type == TTL_CLIENT))
+                && !online(&r)
             {
                 logged_in = false;
             }

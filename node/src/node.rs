@@ -134,6 +134,10 @@ pub(crate) struct Inner {
     pub(crate) space: Arc<crate::raft::free_space::FreeSpace>,
     /// Permits for client writes in flight (`limits.max_pending_writes`).
     pub(crate) pending_writes: Arc<tokio::sync::Semaphore>,
+    /// One permit per open presence watch (`limits.max_watch_streams`),
+    /// gRPC `Watch` and HTTP event streams alike, so the cap is per node
+    /// whichever API a watcher uses.
+    pub(crate) watch_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Handle to a running node.
@@ -157,6 +161,11 @@ impl Herald {
     /// This node's config.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The permits of open presence watches (`limits.max_watch_streams`).
+    pub fn watch_slots(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.watch_slots
     }
 
     /// The Raft handle.
@@ -544,15 +553,20 @@ impl Herald {
         }
     }
 
-    /// Keeps a heartbeat on this node, the uid's owner; false if the user's
-    /// client is not logged in. Logins go to the leader, so a client's first
+    /// Keeps a heartbeat of one connection on this node, the uid's owner;
+    /// false if that connection is not logged in. Logins go to the leader, so a client's first
     /// heartbeat can arrive before this replica applied its login: a miss is
     /// looked up again after catching up to the leader before it is reported.
     /// `Unavailable` when this node has not heard from a leader within the
     /// ring's down-after bound: its state may be stale (the leader may have
     /// moved the user to another owner, or expired it), so the client must
     /// try another node rather than be told its heartbeat was known.
-    pub async fn heartbeat_here(&self, uid: &str, client_type: &str) -> Result<bool, NodeError> {
+    pub async fn heartbeat_here(
+        &self,
+        uid: &str,
+        client_type: &str,
+        connection_id: &str,
+    ) -> Result<bool, NodeError> {
         let within = Duration::from_millis(self.config().ring.down_after_ms);
         if !self.in_touch_with_leader(within) {
             return Err(NodeError::Unavailable(format!(
@@ -563,17 +577,26 @@ impl Herald {
         }
         let known = {
             let m = self.store().read();
-            self.ownership()
-                .heartbeat(std::time::Instant::now(), &m.state, uid, client_type)
+            self.ownership().heartbeat(
+                std::time::Instant::now(),
+                &m.state,
+                uid,
+                client_type,
+                connection_id,
+            )
         };
         if known {
             return Ok(true);
         }
         self.linearize().await?;
         let m = self.store().read();
-        Ok(self
-            .ownership()
-            .heartbeat(std::time::Instant::now(), &m.state, uid, client_type))
+        Ok(self.ownership().heartbeat(
+            std::time::Instant::now(),
+            &m.state,
+            uid,
+            client_type,
+            connection_id,
+        ))
     }
 
     /// Makes the next local read linearizable: waits until this node has

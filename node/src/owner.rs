@@ -11,8 +11,8 @@
 //! over users whose owner is alive and hearing their heartbeats.
 //!
 //! A uid's owner keeps that user's heartbeats in memory, never in the log,
-//! and when a client's TTL passes without one it proposes a logout with
-//! reason `expired` for that very login (the command names the login's
+//! and when a connection's TTL passes without one it proposes a logout with
+//! reason `expired` for that very connection and login (the command names the login's
 //! `since`, so a re-login is never expired by a stale proposal) and the
 //! epoch it judged under, so an expiry decided on a ring that has since
 //! changed is refused when applied.
@@ -101,20 +101,23 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
             // proposals would fail or be refused; the deadlines moved on.
             continue;
         }
-        for ((uid, client_type), t) in due {
+        for ((uid, client_type, connection_id), t) in due {
+            // One connection's login: the others of the user have their own
+            // deadlines, and a newer login of this one is never expired.
             let cmd = Command::Logout(Logout {
                 uid: uid.clone(),
                 sid: t.sid,
                 client_type: Some(client_type.clone()),
+                connection_id: connection_id.clone(),
                 ext: BTreeMap::new(),
                 reason: LogoutReason::Expired,
                 login_since_ms: Some(t.since_ms),
                 owner_epoch: Some(epoch),
             });
-            let key = (uid, client_type);
+            let key = (uid, client_type, connection_id);
             match node.propose(cmd).await {
                 Ok(_) => {
-                    tracing::info!(uid = %key.0, client = %key.1, ttl_ms = t.ttl.as_millis() as u64, epoch, "presence expired");
+                    tracing::info!(uid = %key.0, client = %key.1, connection = %key.2, ttl_ms = t.ttl.as_millis() as u64, epoch, "presence expired");
                     own.expired(&key, t.since_ms, true);
                 }
                 // Logged out or in again meanwhile, or the ring moved on

@@ -240,6 +240,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         pending_writes: std::sync::Arc::new(tokio::sync::Semaphore::new(
             config.limits.max_pending_writes,
         )),
+        watch_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_watch_streams,
+        )),
     });
     let accept = Acceptor {
         metrics: metrics.clone(),
@@ -796,6 +799,7 @@ free_space_check_ms = 3600000
             uid: uid.into(),
             sid: 77,
             client_type: "pc".into(),
+            connection_id: String::new(),
             accept_strangers: false,
             ext: [("city".to_string(), "secret-city".to_string())].into(),
             ttl_ms: 0,

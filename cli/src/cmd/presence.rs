@@ -28,6 +28,10 @@ pub enum Cmd {
         /// Client type: pc, mobile, web, tv or a custom string
         #[arg(long = "client")]
         client_type: String,
+        /// This connection of the client (one per device or tab; each has
+        /// its own entry and TTL). Default: the client type's one entry
+        #[arg(long = "connection", default_value = "")]
+        connection_id: String,
         /// Accept sessions from strangers
         #[arg(long)]
         accept_strangers: bool,
@@ -38,7 +42,8 @@ pub enum Cmd {
         #[arg(long, value_parser = args::duration)]
         ttl: Option<Duration>,
     },
-    /// Log a user's client out, or all its clients without --client (UserLogout)
+    /// Log a user's connection out (--client and --connection), every
+    /// connection of a client type (--client), or all (UserLogout)
     Logout {
         uid: String,
         #[arg(long)]
@@ -46,6 +51,9 @@ pub enum Cmd {
         /// Only this client type (default: every client of the user)
         #[arg(long = "client")]
         client_type: Option<String>,
+        /// Only this connection of --client (default: every connection of it)
+        #[arg(long = "connection", requires = "client_type")]
+        connection_id: Option<String>,
         /// Extension data, repeatable
         #[arg(long, value_parser = args::key_value)]
         ext: Vec<(String, String)>,
@@ -67,6 +75,9 @@ pub enum Cmd {
         uid: String,
         #[arg(long = "client")]
         client_type: String,
+        /// The connection whose TTL to renew (default: the type's one entry)
+        #[arg(long = "connection", default_value = "")]
+        connection_id: String,
     },
     /// Show one user's presence
     Get {
@@ -102,6 +113,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
             uid,
             sid,
             client_type,
+            connection_id,
             accept_strangers,
             ext,
             ttl,
@@ -114,6 +126,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                     accept_strangers,
                     ext: ext.into_iter().collect(),
                     ttl_ms: ttl.map_or(0, as_millis),
+                    connection_id,
                 })
                 .await?;
             print_records(ctx.format, &[record]);
@@ -122,6 +135,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
             uid,
             sid,
             client_type,
+            connection_id,
             ext,
         } => {
             let record = client
@@ -130,6 +144,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                     sid,
                     client_type: client_type.unwrap_or_default(),
                     ext: ext.into_iter().collect(),
+                    connection_id: connection_id.unwrap_or_default(),
                 })
                 .await?;
             print_records(ctx.format, &[record]);
@@ -150,14 +165,21 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                 .await?;
             print_records(ctx.format, &[record]);
         }
-        Cmd::Heartbeat { uid, client_type } => {
-            let known = client.heartbeat(&uid, &client_type).await?;
+        Cmd::Heartbeat {
+            uid,
+            client_type,
+            connection_id,
+        } => {
+            let known = client
+                .heartbeat_connection(&uid, &client_type, &connection_id)
+                .await?;
+            let who = output::connection(&client_type, &connection_id);
             match ctx.format {
                 Format::Json => print_json(&serde_json::json!({ "known": known })),
-                Format::Table if known => println!("OK: {uid} ({client_type}) is alive"),
+                Format::Table if known => println!("OK: {uid} ({who}) is alive"),
                 Format::Table => {
                     println!(
-                        "{uid} ({client_type}) is not logged in (expired or never logged in): log in again"
+                        "{uid} ({who}) is not logged in (expired or never logged in): log in again"
                     )
                 }
             }
@@ -241,9 +263,9 @@ async fn watch(ctx: &Ctx, uids: Vec<String>, from_revision: u64) -> Result<()> {
                 output::event_kind(event.kind),
                 event.uid,
                 if event.client_type.is_empty() {
-                    "-"
+                    "-".to_string()
                 } else {
-                    &event.client_type
+                    output::connection(&event.client_type, &event.connection_id)
                 },
                 event
                     .record

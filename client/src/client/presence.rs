@@ -4,8 +4,9 @@
 use super::*;
 
 impl Client {
-    /// Logs a client of a user in (P-publish `UserLogin`); returns the record
-    /// after the change. Not retried once it may have been applied: replaying
+    /// Logs a connection of a user in (P-publish `UserLogin`; `connection_id`
+    /// "" = the client type's one entry); returns the record after the
+    /// change. Not retried once it may have been applied: replaying
     /// an old login after other writers changed the record would bring its
     /// old values back (the chaos suite caught exactly that).
     pub async fn login(
@@ -21,8 +22,9 @@ impl Client {
         required(resp.record, "Login", "record")
     }
 
-    /// Logs one client (or, with an empty `client_type`, every client) of a
-    /// user out. Not idempotent: a lost answer gives [`ClientError::Unknown`].
+    /// Logs one connection (`connection_id` set), every connection of one
+    /// client type, or (with an empty `client_type`) every client of a user
+    /// out. Not idempotent: a lost answer gives [`ClientError::Unknown`].
     pub async fn logout(
         &self,
         req: proto::LogoutRequest,
@@ -56,16 +58,31 @@ impl Client {
         required(resp.record, "ChangePermission", "record")
     }
 
-    /// Keeps a TTL login alive. Returns `false` when the client is not logged
-    /// in (it expired or never logged in): log in again.
+    /// Keeps a TTL login of a client type's one entry (connection id "")
+    /// alive; [`Client::heartbeat_connection`] for a named connection.
+    /// Returns `false` when the client is not logged in (it expired or never
+    /// logged in): log in again.
     pub async fn heartbeat(
         &self,
         uid: impl Into<String>,
         client_type: impl Into<String>,
     ) -> Result<bool, ClientError> {
+        self.heartbeat_connection(uid, client_type, "").await
+    }
+
+    /// Keeps the TTL login of one connection alive (each connection of a
+    /// user has its own TTL). Returns `false` when that connection is not
+    /// logged in (it expired, logged out or never logged in): log in again.
+    pub async fn heartbeat_connection(
+        &self,
+        uid: impl Into<String>,
+        client_type: impl Into<String>,
+        connection_id: impl Into<String>,
+    ) -> Result<bool, ClientError> {
         let req = proto::HeartbeatRequest {
             uid: uid.into(),
             client_type: client_type.into(),
+            connection_id: connection_id.into(),
         };
         let uid = req.uid.clone();
         let resp = self

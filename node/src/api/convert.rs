@@ -81,6 +81,7 @@ pub fn record_pb(r: &state::PresenceRecord) -> pb::PresenceRecord {
                 client_type: c.client_type.clone(),
                 since_ms: c.since_ms,
                 ttl_ms: c.ttl_ms,
+                connection_id: c.connection_id.clone(),
             })
             .collect(),
         accept_strangers: r.accept_strangers,
@@ -117,6 +118,7 @@ pub fn event_pb(e: &state::PresenceEvent) -> pb::PresenceEvent {
         client_type: e.client_type.clone(),
         record: Some(record_pb(&e.record)),
         time_ms: e.time_ms,
+        connection_id: e.connection_id.clone(),
     }
 }
 
@@ -126,6 +128,7 @@ pub fn login(r: pb::LoginRequest) -> state::Login {
         uid: r.uid,
         sid: r.sid,
         client_type: r.client_type,
+        connection_id: r.connection_id,
         accept_strangers: r.accept_strangers,
         ext: ext(r.ext),
         ttl_ms: r.ttl_ms,
@@ -138,6 +141,7 @@ pub fn logout(r: pb::LogoutRequest) -> state::Logout {
         uid: r.uid,
         sid: r.sid,
         client_type: (!r.client_type.is_empty()).then_some(r.client_type),
+        connection_id: r.connection_id,
         ext: ext(r.ext),
         reason: state::LogoutReason::User,
         login_since_ms: None,

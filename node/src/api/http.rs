@@ -9,6 +9,24 @@
 //!   not fit in a URL).
 //! - `GET /v1/presence/{uid}[?consistency=...]`: one user, any valid uid
 //!   percent-encoded as one path segment; answers `{"revision", "record"}`.
+//! - `GET /v1/watch[?ids=a,b][&start_revision=N]`: the presence change
+//!   stream of the gRPC `Watch` as Server-Sent Events (`text/event-stream`)
+//!   for web pages (`EventSource`): each change is `id:<revision>`,
+//!   `event:presence`, `data:<the change as JSON>` (`revision`, `kind`,
+//!   `uid`, `client_type`, `connection_id`, `time_ms` and the `record`
+//!   after it, in the lookups' record shape). `ids` is parsed like the
+//!   lookup's (empty or absent = every user); `start_revision` 0 or absent
+//!   = from now. A reconnecting `EventSource` sends `Last-Event-ID: <the
+//!   last revision it got>`, and the stream resumes after it (the header
+//!   wins over `start_revision`), so nothing is missed or repeated. A start
+//!   no longer in the history is refused before the stream opens (400,
+//!   reason `COMPACTED`), like the gRPC `Watch` (`OUT_OF_RANGE`); so is a
+//!   watch over `limits.max_watch_streams` (429, `QUOTA_EXCEEDED`), a cap
+//!   it shares with the gRPC streams. A comment line (`:keep-alive`) every
+//!   [`SSE_KEEP_ALIVE`] keeps idle proxies from closing the stream. If the
+//!   stream must end (its history was compacted under a slow reader, the
+//!   node shuts down), a last `event: error` carries the error document
+//!   (`{"error", "reason"}`); resume elsewhere with `Last-Event-ID`.
 //! - `GET /health`; `GET /metrics` serves Prometheus metrics
 //!   ([`crate::metrics`]).
 //!
@@ -28,24 +46,32 @@
 //! web pages already parse.
 //!
 //! Every request passes the node's auth guard first ([`guard`]):
-//! `/v1/presence` and `/v1/presence/{uid}` need the `reader` role (a client
+//! `/v1/presence`, `/v1/presence/{uid}` and `/v1/watch` need the `reader`
+//! role (a client
 //! certificate or a bearer token); `/health` and `/metrics` are open, like
 //! etcd's, so supervisors and Prometheus need no credential (they still
 //! speak TLS).
 
-use ::herald_client::proto::{ErrorReason, PresenceRecord};
+use std::time::Duration;
+
+use ::herald_client::proto::{ErrorReason, PresenceEvent, PresenceEventKind, PresenceRecord};
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::client::{batch_get, check_uid, check_uids};
+use futures::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::client::{batch_get, check_uid, check_uids, open_watch};
+use super::convert as cv;
 use super::status::{http_code, node_status, state_status};
 use crate::node::Herald;
 use crate::security::{PeerCert, PeerInfo, Permission};
@@ -56,6 +82,7 @@ pub fn router(node: Herald) -> Router {
     Router::new()
         .route("/v1/presence", get(presence_get).post(presence_post))
         .route("/v1/presence/{uid}", get(presence_one))
+        .route("/v1/watch", get(watch))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -66,7 +93,7 @@ pub fn router(node: Herald) -> Router {
 
 /// What an HTTP route needs of its caller.
 fn permission(path: &str) -> Permission {
-    if path == "/v1/presence" || path.starts_with("/v1/presence/") {
+    if path == "/v1/presence" || path.starts_with("/v1/presence/") || path == "/v1/watch" {
         Permission::Role(Role::Reader)
     } else {
         Permission::Open
@@ -144,12 +171,14 @@ fn decode(field: &str, raw: &str, plus_is_space: bool) -> Result<String, StateEr
         .map_err(|_| StateError::invalid(field, "percent-encoding is not valid UTF-8"))
 }
 
-/// The lookup's query: `ids` (raw, still encoded) and `consistency`
-/// (decoded). Each key at most once; other keys are ignored.
+/// The lookup's and the watch's query: `ids` (raw, still encoded),
+/// `consistency` and `start_revision` (decoded). Each key at most once;
+/// other keys are ignored.
 #[derive(Default)]
 struct PresenceQuery {
     ids: Option<String>,
     consistency: Option<String>,
+    start_revision: Option<String>,
 }
 
 fn parse_query(query: Option<&str>) -> Result<PresenceQuery, StateError> {
@@ -160,6 +189,7 @@ fn parse_query(query: Option<&str>) -> Result<PresenceQuery, StateError> {
         let slot = match key.as_str() {
             "ids" => &mut q.ids,
             "consistency" => &mut q.consistency,
+            "start_revision" => &mut q.start_revision,
             _ => continue,
         };
         if slot.is_some() {
@@ -198,13 +228,106 @@ async fn presence_get(State(node): State<Herald>, uri: Uri) -> Response {
     let Some(ids) = q.ids.filter(|s| !s.is_empty()) else {
         return invalid("ids", "required: comma-separated user ids");
     };
-    // Split first, then decode: `%2C` is a comma inside a uid.
-    let uids: Result<Vec<String>, StateError> =
-        ids.split(',').map(|raw| decode("ids", raw, true)).collect();
-    match uids {
+    match split_ids(&ids) {
         Ok(uids) => lookup(&node, uids, q.consistency.as_deref()).await,
         Err(e) => error(state_status(&e)),
     }
+}
+
+/// The `ids` of a query, split on `,` first, then each percent-decoded
+/// (`%2C` is a comma inside a uid).
+fn split_ids(ids: &str) -> Result<Vec<String>, StateError> {
+    ids.split(',').map(|raw| decode("ids", raw, true)).collect()
+}
+
+/// How often an idle event stream gets a comment line, so proxies and load
+/// balancers that close silent connections (often after 30 to 60 s) keep it.
+pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// A revision from `field` (a query value or the `Last-Event-ID` header).
+fn revision(field: &str, raw: &str) -> Result<u64, StateError> {
+    raw.trim().parse().map_err(|_| {
+        StateError::invalid(
+            field,
+            format!("must be a revision (an unsigned integer), got {raw:?}"),
+        )
+    })
+}
+
+/// `GET /v1/watch`: the presence change stream as Server-Sent Events (see
+/// the module doc). The watch itself is the gRPC `Watch`'s
+/// ([`open_watch`]); this only writes its events as SSE.
+async fn watch(State(node): State<Herald>, uri: Uri, headers: HeaderMap) -> Response {
+    let q = match parse_query(uri.query()) {
+        Ok(q) => q,
+        Err(e) => return error(state_status(&e)),
+    };
+    let uids = match q.ids.as_deref().filter(|s| !s.is_empty()).map(split_ids) {
+        None => Vec::new(),
+        Some(Ok(uids)) => uids,
+        Some(Err(e)) => return error(state_status(&e)),
+    };
+    // A reconnecting EventSource names the last event it got: resume right
+    // after it, whatever the URL's start says.
+    let last_event_id = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => match revision("Last-Event-ID", v) {
+            Ok(r) => Some(r),
+            Err(e) => return error(state_status(&e)),
+        },
+        Some(Err(_)) => return invalid("Last-Event-ID", "must be ASCII"),
+    };
+    let start = match (last_event_id, q.start_revision.as_deref()) {
+        (Some(last), _) => last.saturating_add(1),
+        (None, Some(raw)) => match revision("start_revision", raw) {
+            Ok(r) => r,
+            Err(e) => return error(state_status(&e)),
+        },
+        (None, None) => 0,
+    };
+    let feed = match open_watch(&node, uids, start) {
+        Ok(feed) => feed,
+        Err(status) => return error(status),
+    };
+    // The feed ends after its one error, if any: the last event is then
+    // `error`.
+    let events = ReceiverStream::new(feed).map(|e| {
+        Ok::<Event, std::convert::Infallible>(match e {
+            Ok(e) => {
+                let json = event_json(&cv::event_pb(&e));
+                Event::default()
+                    .id(e.revision.to_string())
+                    .event("presence")
+                    .data(json.to_string())
+            }
+            Err(status) => {
+                let reason = herald_client::reason_of(&status).unwrap_or_default();
+                Event::default()
+                    .event("error")
+                    .data(json!({ "error": status.message(), "reason": reason }).to_string())
+            }
+        })
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE).text("keep-alive"))
+        .into_response()
+}
+
+/// A presence change as the event stream's JSON: the gRPC event's fields,
+/// the kind by its proto name (`LOGIN`, `LOGOUT`, `PERMISSION`,
+/// `EXPIRED`), the record in the lookups' shape.
+fn event_json(e: &PresenceEvent) -> Value {
+    let kind = PresenceEventKind::try_from(e.kind)
+        .map_or_else(|_| e.kind.to_string(), |k| k.as_str_name().to_string());
+    json!({
+        "revision": e.revision,
+        "kind": kind,
+        "uid": e.uid,
+        "client_type": e.client_type,
+        "connection_id": e.connection_id,
+        "record": e.record.as_ref().map(record_json),
+        "time_ms": e.time_ms,
+    })
 }
 
 /// `POST /v1/presence`'s body.
@@ -287,6 +410,7 @@ fn record_json(p: &PresenceRecord) -> Value {
         "online": p.online,
         "clients": p.clients.iter().map(|c| json!({
             "client_type": c.client_type,
+            "connection_id": c.connection_id,
             "since_ms": c.since_ms,
             "ttl_ms": c.ttl_ms,
         })).collect::<Vec<_>>(),

@@ -530,8 +530,14 @@ impl Peer for PeerService {
     async fn heartbeat(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
         self.admit(&caller(&req), Sender::Other)?;
         // Handled here whatever this node's view of the ring: never forwarded twice.
-        let (uid, client_type): (String, String) = decode(&req.into_inner().data).map_err(bad)?;
-        let known = self.node.heartbeat_here(&uid, &client_type).await?;
+        let (uid, client_type, connection_id): (String, String, String) =
+            decode(&req.into_inner().data).map_err(bad)?;
+        crate::state::limits::check_connection_id("connection_id", &connection_id)
+            .map_err(|e| super::status::state_status(&e))?;
+        let known = self
+            .node
+            .heartbeat_here(&uid, &client_type, &connection_id)
+            .await?;
         blob(&known)
     }
 }

@@ -16,7 +16,7 @@
 //! heartbeats kept only in the owner's memory, a full TTL of grace for
 //! inherited users).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,9 @@ use ::herald_client::ring::Ring;
 
 use crate::state::{PresenceEventKind, State};
 
-/// A tracked client: (uid, client type).
-pub type ClientKey = (String, String);
+/// A tracked connection: (uid, client type, connection id). Each
+/// connection of a user has its own TTL and deadline.
+pub type ClientKey = (String, String, String);
 
 /// One TTL client this node owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +51,8 @@ struct Inner {
     ring: Option<Arc<Ring>>,
     /// The committed ownership epoch `ring` was built from.
     epoch: u64,
-    tracked: HashMap<ClientKey, Tracked>,
+    /// Ordered by uid first, so a user's connections are one range.
+    tracked: BTreeMap<ClientKey, Tracked>,
     /// Set when the ring changed and tracked entries need a rescan.
     rescan: bool,
     expired_total: u64,
@@ -113,18 +115,30 @@ impl Ownership {
         self.lock().expired_total
     }
 
-    /// Handles a heartbeat at `now`: refreshes the client's deadline if this
-    /// node owns the user on the committed ring (one that reached it during
-    /// a ring change only answers). Returns whether the client is logged in
-    /// (false: log in again).
-    pub fn heartbeat(&self, now: Instant, state: &State, uid: &str, client_type: &str) -> bool {
+    /// Handles a heartbeat of one connection at `now`: refreshes that
+    /// connection's deadline if this node owns the user on the committed
+    /// ring (one that reached it during a ring change only answers). Returns
+    /// whether the connection is logged in (false: log in again).
+    pub fn heartbeat(
+        &self,
+        now: Instant,
+        state: &State,
+        uid: &str,
+        client_type: &str,
+        connection_id: &str,
+    ) -> bool {
+        let key = || {
+            (
+                uid.to_string(),
+                client_type.to_string(),
+                connection_id.to_string(),
+            )
+        };
         let Some(entry) = state
             .presence(uid)
-            .and_then(|r| r.clients.get(client_type).map(|c| (r.sid, c)))
+            .and_then(|r| r.connection(client_type, connection_id).map(|c| (r.sid, c)))
         else {
-            self.lock()
-                .tracked
-                .remove(&(uid.to_string(), client_type.to_string()));
+            self.lock().tracked.remove(&key());
             return false;
         };
         let (sid, c) = entry;
@@ -133,7 +147,7 @@ impl Ownership {
         if c.ttl_ms > 0 && mine {
             let ttl = Duration::from_millis(c.ttl_ms);
             inner.tracked.insert(
-                (uid.to_string(), client_type.to_string()),
+                key(),
                 Tracked {
                     deadline: now + ttl,
                     ttl,
@@ -210,10 +224,16 @@ impl Ownership {
         let tracked = &mut inner.tracked;
         let visited = state.visit_presence_events_since(next, |e| match e.kind {
             PresenceEventKind::Login => {
-                let Some(c) = e.record.clients.get(&e.client_type) else {
+                let Some(c) = e.record.connection(&e.client_type, &e.connection_id) else {
                     return;
                 };
-                let key = || (e.uid.clone(), e.client_type.clone());
+                let key = || {
+                    (
+                        e.uid.clone(),
+                        e.client_type.clone(),
+                        e.connection_id.clone(),
+                    )
+                };
                 let mine = || ring.as_ref().and_then(|r| r.owner(&e.uid)) == Some(self.me);
                 if c.ttl_ms > 0 && mine() {
                     let ttl = Duration::from_millis(c.ttl_ms);
@@ -231,10 +251,22 @@ impl Ownership {
                 }
             }
             PresenceEventKind::Logout | PresenceEventKind::Expired => {
-                if e.client_type.is_empty() {
-                    tracked.retain(|(uid, _), _| uid != &e.uid);
-                } else if !tracked.is_empty() {
-                    tracked.remove(&(e.uid.clone(), e.client_type.clone()));
+                // One connection, a type's or all of them went: stop
+                // tracking every login of this user the record after the
+                // change no longer holds.
+                let from = (e.uid.clone(), String::new(), String::new());
+                let gone: Vec<ClientKey> = tracked
+                    .range(from..)
+                    .take_while(|((uid, _, _), _)| uid == &e.uid)
+                    .filter(|((_, t, conn), tr)| {
+                        e.record
+                            .connection(t, conn)
+                            .is_none_or(|c| c.since_ms != tr.since_ms)
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in gone {
+                    tracked.remove(&k);
                 }
             }
             PresenceEventKind::Permission => {}
@@ -249,15 +281,19 @@ impl Ownership {
             };
             inner
                 .tracked
-                .retain(|(uid, _), _| ring.owner(uid) == Some(self.me));
+                .retain(|(uid, _, _), _| ring.owner(uid) == Some(self.me));
             let mut inherited = 0;
             for r in state.presence_records() {
                 if ring.owner(&r.uid) != Some(self.me) {
                     continue;
                 }
                 for c in r.clients.values().filter(|c| c.ttl_ms > 0) {
-                    let key = (r.uid.clone(), c.client_type.clone());
-                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                    let key = (
+                        r.uid.clone(),
+                        c.client_type.clone(),
+                        c.connection_id.clone(),
+                    );
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
                         inner.tracked.entry(key)
                     {
                         // A full TTL of grace for users we inherit.
@@ -337,6 +373,7 @@ mod tests {
                         uid: uid.to_string(),
                         sid: 7,
                         client_type: "pc".into(),
+                        connection_id: String::new(),
                         accept_strangers: false,
                         ext: BTreeMap::new(),
                         ttl_ms: *ttl_ms,
@@ -362,6 +399,7 @@ mod tests {
             uid: uid.into(),
             sid: 7,
             client_type: None,
+            connection_id: String::new(),
             ext: BTreeMap::new(),
             reason: LogoutReason::User,
             login_since_ms: None,
@@ -442,11 +480,11 @@ mod tests {
         for (at, beats, due) in table {
             let now = t0 + ms(at);
             for uid in beats {
-                assert!(own.heartbeat(now, &state, uid, "pc"));
+                assert!(own.heartbeat(now, &state, uid, "pc", ""));
             }
             let (epoch, out) = own.due(now);
             assert_eq!(epoch, 0);
-            let mut got: Vec<&str> = out.iter().map(|((u, _), _)| u.as_str()).collect();
+            let mut got: Vec<&str> = out.iter().map(|((u, _, _), _)| u.as_str()).collect();
             got.sort();
             let mut want = due.to_vec();
             want.sort();
@@ -472,18 +510,80 @@ mod tests {
         let state = state_with(&USERS.map(|u| (u, 1000)));
         let own = Ownership::new(1, 64);
         // No ring yet: answers, tracks nothing.
-        assert!(own.heartbeat(t0, &state, "a", "pc"));
+        assert!(own.heartbeat(t0, &state, "a", "pc", ""));
         assert_eq!(own.tracked_count(), 0);
         own.follow_ring(&state, &voters(&[1, 2]));
         // Not logged in: log in again.
-        assert!(!own.heartbeat(t0, &state, "a", "tv"));
-        assert!(!own.heartbeat(t0, &state, "nobody", "pc"));
+        assert!(!own.heartbeat(t0, &state, "a", "tv", ""));
+        assert!(!own.heartbeat(t0, &state, "a", "pc", "phone-2"));
+        assert!(!own.heartbeat(t0, &state, "nobody", "pc", ""));
         let theirs = USERS
             .iter()
             .find(|u| own.owner(u) == Some(2))
             .expect("node 2 owns someone");
-        assert!(own.heartbeat(t0, &state, theirs, "pc"));
+        assert!(own.heartbeat(t0, &state, theirs, "pc", ""));
         assert_eq!(own.tracked_count(), 0, "another node's user is not tracked");
+    }
+
+    /// Issue 18: each connection of a user has its own deadline. A
+    /// heartbeat of one does not keep another alive, the expiry names the
+    /// login of the connection that went silent, and a logout of one
+    /// connection keeps the other tracked.
+    #[test]
+    fn heartbeats_deadlines_and_logouts_are_per_connection() {
+        let t0 = Instant::now();
+        let mut state = State::default();
+        for conn in ["p1", "p2"] {
+            let cmd = Command::Login(Login {
+                uid: "alice".into(),
+                sid: 7,
+                client_type: "mobile".into(),
+                connection_id: conn.into(),
+                accept_strangers: false,
+                ext: BTreeMap::new(),
+                ttl_ms: 1000,
+            });
+            let index = state.last_index() + 1;
+            let entry = Entry {
+                index,
+                time_ms: 1_000_000 + index,
+            };
+            state.apply(entry, &cmd).expect("a valid login");
+        }
+        let p2_since = state
+            .presence("alice")
+            .and_then(|r| r.connection("mobile", "p2"))
+            .map(|c| c.since_ms)
+            .expect("p2 online");
+        let own = Ownership::new(1, 64);
+        own.follow_ring(&state, &voters(&[1]));
+        let next = own.follow(t0, &state, 1);
+        assert_eq!(own.tracked_count(), 2);
+        assert!(own.heartbeat(t0 + ms(900), &state, "alice", "mobile", "p1"));
+        let (_, due) = own.due(t0 + ms(1000));
+        let due: Vec<(ClientKey, u64)> = due.into_iter().map(|(k, t)| (k, t.since_ms)).collect();
+        let p2 = ("alice".to_string(), "mobile".to_string(), "p2".to_string());
+        assert_eq!(due, vec![(p2.clone(), p2_since)]);
+
+        let cmd = Command::Logout(Logout {
+            uid: "alice".into(),
+            sid: 7,
+            client_type: Some("mobile".into()),
+            connection_id: "p2".into(),
+            ext: BTreeMap::new(),
+            reason: LogoutReason::User,
+            login_since_ms: None,
+            owner_epoch: None,
+        });
+        apply_next(&mut state, cmd, "a logout of p2");
+        own.follow(t0 + ms(1001), &state, next);
+        assert_eq!(own.tracked_count(), 1, "p1 is still tracked");
+        let (_, due) = own.due(t0 + ms(1900));
+        let due: Vec<ClientKey> = due.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            due,
+            vec![("alice".to_string(), "mobile".to_string(), "p1".to_string())]
+        );
     }
 
     fn set_ring(state: &mut State, epoch: u64, live: &[u64]) {
@@ -521,7 +621,7 @@ mod tests {
         assert_eq!(own.tracked_count(), USERS.len() - 1);
         let (epoch, due) = own.due(t0 + ms(1000));
         assert_eq!(epoch, 2);
-        let mut due: Vec<String> = due.into_iter().map(|((u, _), _)| u).collect();
+        let mut due: Vec<String> = due.into_iter().map(|((u, _, _), _)| u).collect();
         due.sort();
         let mut kept: Vec<String> = mine[1..].to_vec();
         kept.sort();

@@ -267,6 +267,7 @@ mod tests {
             "herald_raft_proposals_total{result=\"failed\"}",
             "herald_storage_fsync_seconds_bucket",
             "herald_presence_online_users{client_type=\"tv\"}",
+            "herald_presence_connections",
             "herald_ring_owned_users",
             "herald_storage_nospace_alarm",
             "herald_storage_free_bytes",

@@ -1,4 +1,5 @@
-//! Presence metrics: users online by client type, applied presence changes,
+//! Presence metrics: users online by client type, connections online,
+//! applied presence changes,
 //! the watch history a replica keeps, and the users whose heartbeats this
 //! node keeps as their owner on the ring.
 
@@ -43,6 +44,9 @@ pub struct PresenceDefs {
     /// `herald_presence_online_users{client_type}`: users with a client of
     /// that type online (custom types summed under `other`).
     pub online: Family<ClientTypeLabel, Gauge>,
+    /// `herald_presence_connections`: connections online over every user
+    /// (a user with two phones counts two; kept by the state, not scanned).
+    pub connections: Gauge,
     /// `herald_presence_changes_total{kind}`: applied presence writes.
     pub changes: Family<ChangeLabel, Counter>,
     /// `herald_watch_history_bytes`: presence changes this replica keeps
@@ -63,6 +67,12 @@ impl PresenceDefs {
                 "herald_presence_online_users",
                 "Users online with a client of this type",
                 Family::default()
+            ),
+            connections: reg!(
+                r,
+                "herald_presence_connections",
+                "Connections online over every user (each with its own presence entry)",
+                Gauge::default()
             ),
             changes: reg!(
                 r,
@@ -131,6 +141,8 @@ impl PresenceDefs {
                 })
                 .inc_by(n as i64);
         }
+        self.connections
+            .set(i64::try_from(state.connection_count()).unwrap_or(i64::MAX));
         self.ring_owned_users.set(owned_users as i64);
     }
 }

@@ -83,16 +83,22 @@ impl PeerClient {
         answer(r)
     }
 
-    /// `Peer.Heartbeat`: passes a heartbeat of `uid`'s `client_type` to the
-    /// node (its owner); whether the client is logged in.
+    /// `Peer.Heartbeat`: passes a heartbeat of one connection of `uid`
+    /// (`client_type`, `connection_id`) to the node (its owner); whether
+    /// that connection is logged in.
     pub async fn heartbeat(
         &mut self,
         uid: &str,
         client_type: &str,
+        connection_id: &str,
         timeout: Duration,
     ) -> Result<bool, PeerError> {
-        let data = encode(&(uid.to_string(), client_type.to_string()))
-            .map_err(|e| PeerError::Encode(e.to_string()))?;
+        let data = encode(&(
+            uid.to_string(),
+            client_type.to_string(),
+            connection_id.to_string(),
+        ))
+        .map_err(|e| PeerError::Encode(e.to_string()))?;
         let r = self
             .inner
             .heartbeat(request(data, timeout))

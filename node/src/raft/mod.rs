@@ -274,6 +274,7 @@ mod tests {
                 uid: "secret-user".into(),
                 sid: 4242,
                 client_type: "pc".into(),
+                connection_id: String::new(),
                 accept_strangers: true,
                 ext: BTreeMap::from([("city".into(), "hangzhou".into())]),
                 ttl_ms: 0,

@@ -619,6 +619,7 @@ mod tests {
             uid: uid.into(),
             sid: 1,
             client_type: "pc".into(),
+            connection_id: String::new(),
             accept_strangers: true,
             ext: BTreeMap::new(),
             ttl_ms: 0,

@@ -19,6 +19,9 @@ pub use herald_config::quotas::{MAX_POOL_SIZE, MAX_TTL_MS, MAX_UNITS};
 pub const MAX_UID_BYTES: usize = 128;
 /// Bytes in a `client_type`, at least 1.
 pub const MAX_CLIENT_TYPE_BYTES: usize = 32;
+/// Bytes in a presence `connection_id` (printable ASCII); "" is the one
+/// entry of a client type, as before connections had ids.
+pub const MAX_CONNECTION_ID_BYTES: usize = 64;
 /// Sum of the key and value bytes of a presence `ext` map.
 pub const MAX_EXT_BYTES: usize = 4096;
 /// Uids in one batch presence read (enforced by the API, which owns batches).
@@ -99,6 +102,28 @@ pub(crate) fn check_len(
 /// [`MAX_UID_BYTES`] bytes.
 pub fn check_uid(field: &str, uid: &str) -> Result<(), StateError> {
     check_len(field, uid, 1, MAX_UID_BYTES)
+}
+
+/// A presence `connection_id`: at most [`MAX_CONNECTION_ID_BYTES`] bytes of
+/// printable ASCII (space to `~`); empty is allowed (the client type's one
+/// entry).
+pub fn check_connection_id(field: &str, id: &str) -> Result<(), StateError> {
+    if id.len() > MAX_CONNECTION_ID_BYTES {
+        return Err(StateError::invalid(
+            field,
+            format!(
+                "must be at most {MAX_CONNECTION_ID_BYTES} bytes of printable ASCII, got {}",
+                id.len()
+            ),
+        ));
+    }
+    if let Some(at) = id.bytes().position(|b| !(b' '..=b'~').contains(&b)) {
+        return Err(StateError::invalid(
+            field,
+            format!("must be printable ASCII (space to '~'), byte {at} is not"),
+        ));
+    }
+    Ok(())
 }
 
 /// A presence `ext` map: at most [`MAX_EXT_BYTES`] of keys and values.
@@ -188,6 +213,22 @@ mod tests {
             e.to_string(),
             "ext: keys and values must total at most 4096 bytes, got 4097"
         );
+    }
+
+    #[test]
+    fn connection_ids_are_short_printable_ascii() {
+        assert!(check_connection_id("connection_id", "").is_ok());
+        assert!(check_connection_id("connection_id", "phone-1 ~!").is_ok());
+        assert!(check_connection_id("connection_id", &"c".repeat(64)).is_ok());
+        let e = check_connection_id("connection_id", &"c".repeat(65)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "connection_id: must be at most 64 bytes of printable ASCII, got 65"
+        );
+        for bad in ["a\tb", "é", "a\u{7f}", "\n"] {
+            let e = check_connection_id("connection_id", bad).unwrap_err();
+            assert!(e.to_string().contains("printable ASCII"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

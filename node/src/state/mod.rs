@@ -48,8 +48,8 @@ pub use limits::MAX_BATCH;
 pub use members::{Incarnations, RecordIncarnation};
 pub use ownership::{OwnershipEpoch, SetOwnership};
 pub use presence::{
-    ClientEntry, Login, Logout, LogoutReason, Permission, PresenceEvent, PresenceEventKind,
-    PresenceRecord,
+    ClientEntry, ConnectionKey, Login, Logout, LogoutReason, Permission, PresenceEvent,
+    PresenceEventKind, PresenceRecord,
 };
 pub use quotas::Quotas;
 pub use sessions::{
@@ -440,6 +440,11 @@ impl State {
     /// Users online per client type (for metrics).
     pub fn online_counts(&self) -> BTreeMap<String, u64> {
         self.roster.online_counts()
+    }
+
+    /// Connections online over every user (for metrics).
+    pub fn connection_count(&self) -> u64 {
+        self.roster.connection_count()
     }
 
     /// Users, roles, tokens and whether auth is enforced.

@@ -12,6 +12,14 @@
 //! That proposal names the login it expires (`login_since_ms`), so an expiry
 //! that raced with a fresh login is refused as stale instead of logging the
 //! user out.
+//!
+//! A record holds one entry per *connection*: a client type and a
+//! `connection_id` the client picks (a user's two phones are two entries,
+//! each with its own TTL, like Phoenix Presence's per-connection metas). The
+//! empty connection id is the client type's one entry, as before connection
+//! ids existed, so a caller that sends none keeps the old behaviour. A
+//! logout naming a connection takes that one; naming only a client type,
+//! every connection of that type; naming neither, every connection.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -19,18 +27,45 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::limits::{
-    EVENT_HISTORY, MAX_CLIENT_TYPE_BYTES, check_ext, check_len, check_ttl,
+    EVENT_HISTORY, MAX_CLIENT_TYPE_BYTES, check_connection_id, check_ext, check_len, check_ttl,
     check_uid as check_uid_named,
 };
 use super::quotas::{Quotas, over};
 use super::vecmap::{StrMap, VecMap};
 use super::{Entry, Reason, StateError};
 
-/// One online client of a user.
+/// Which entry of a record a connection is: its client type, then its
+/// connection id ("" = the client type's one entry). Ordered by type first,
+/// so a type's connections sit side by side in the record.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConnectionKey {
+    /// pc, mobile, web, tv or a custom string.
+    pub client_type: String,
+    /// The client's own id for the connection; "" = one entry per type.
+    pub connection_id: String,
+}
+
+impl ConnectionKey {
+    /// The key of `connection_id` of `client_type`.
+    pub fn new(client_type: &str, connection_id: &str) -> Self {
+        ConnectionKey {
+            client_type: client_type.to_string(),
+            connection_id: connection_id.to_string(),
+        }
+    }
+
+    fn cmp_to(&self, client_type: &str, connection_id: &str) -> std::cmp::Ordering {
+        (self.client_type.as_str(), self.connection_id.as_str()).cmp(&(client_type, connection_id))
+    }
+}
+
+/// One online connection of a user.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ClientEntry {
     /// pc, mobile, web, tv or a custom string.
     pub client_type: String,
+    /// The connection of that client type; "" = the type's one entry.
+    pub connection_id: String,
     /// Cluster time of the login that put this client online.
     pub since_ms: u64,
     /// Heartbeat TTL of that login; 0 = online until logout.
@@ -44,8 +79,8 @@ pub struct PresenceRecord {
     pub uid: String,
     /// The user's public service number.
     pub sid: u64,
-    /// Online clients by client type; empty = offline.
-    pub clients: VecMap<String, ClientEntry>,
+    /// Online connections by (client type, connection id); empty = offline.
+    pub clients: VecMap<ConnectionKey, ClientEntry>,
     /// Whether the user accepts sessions from strangers.
     pub accept_strangers: bool,
     /// Free extension data.
@@ -60,6 +95,30 @@ impl PresenceRecord {
     /// True while any client is online.
     pub fn online(&self) -> bool {
         !self.clients.is_empty()
+    }
+
+    /// The entry of one connection (`""`: the client type's one entry).
+    pub fn connection(&self, client_type: &str, connection_id: &str) -> Option<&ClientEntry> {
+        self.clients
+            .get_by(|k| k.cmp_to(client_type, connection_id))
+    }
+
+    /// True while any connection of `client_type` is online.
+    pub fn has_client_type(&self, client_type: &str) -> bool {
+        self.clients.keys().any(|k| k.client_type == client_type)
+    }
+
+    /// How many client types have a connection online.
+    pub fn client_type_count(&self) -> usize {
+        let mut n = 0;
+        let mut last: Option<&str> = None;
+        for k in self.clients.keys() {
+            if last != Some(k.client_type.as_str()) {
+                n += 1;
+                last = Some(&k.client_type);
+            }
+        }
+        n
     }
 }
 
@@ -97,6 +156,10 @@ pub struct PresenceEvent {
     /// The client concerned; empty for a permission change or a logout of
     /// every client.
     pub client_type: String,
+    /// The connection concerned; empty for the client type's one entry, a
+    /// logout of every connection of a type or of the user, or a permission
+    /// change.
+    pub connection_id: String,
     /// The record after the change (shared with the state until the
     /// record changes again, so an event costs no copy of the record).
     pub record: Arc<PresenceRecord>,
@@ -104,7 +167,8 @@ pub struct PresenceEvent {
     pub time_ms: u64,
 }
 
-/// Puts a client of a user online (adding or replacing that client).
+/// Puts a connection of a user online (adding or replacing that
+/// connection's entry).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Login {
     /// 1..=128 bytes.
@@ -113,15 +177,19 @@ pub struct Login {
     pub sid: u64,
     /// 1..=32 bytes.
     pub client_type: String,
+    /// 0..=64 bytes of printable ASCII; "" = the client type's one entry.
+    pub connection_id: String,
     /// Replaces the record's permission.
     pub accept_strangers: bool,
     /// Replaces the record's ext when non-empty; at most 4 KiB.
     pub ext: BTreeMap<String, String>,
-    /// Heartbeat TTL; 0 = online until logout; at most 30 days.
+    /// Heartbeat TTL of this connection; 0 = online until logout; at most
+    /// 30 days.
     pub ttl_ms: u64,
 }
 
-/// Takes one or every client of a user offline.
+/// Takes one connection, every connection of a client type, or every
+/// connection of a user offline.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Logout {
     /// 1..=128 bytes.
@@ -130,6 +198,10 @@ pub struct Logout {
     pub sid: u64,
     /// The client to log out; `None` = every client (reason `User` only).
     pub client_type: Option<String>,
+    /// The connection of `client_type` to log out (needs `client_type`);
+    /// "" = every connection of that type. An expiry names exactly one
+    /// entry: "" is then the type's one entry.
+    pub connection_id: String,
     /// Replaces the record's ext when non-empty (reason `User` only).
     pub ext: BTreeMap<String, String>,
     /// Who asked.
@@ -171,6 +243,7 @@ impl Login {
     pub fn validate(&self) -> Result<(), StateError> {
         check_uid(&self.uid)?;
         check_client_type(&self.client_type)?;
+        check_connection_id("connection_id", &self.connection_id)?;
         check_ext("ext", &self.ext)?;
         check_ttl("ttl_ms", self.ttl_ms)
     }
@@ -182,6 +255,13 @@ impl Logout {
         check_uid(&self.uid)?;
         if let Some(client_type) = &self.client_type {
             check_client_type(client_type)?;
+        }
+        check_connection_id("connection_id", &self.connection_id)?;
+        if !self.connection_id.is_empty() && self.client_type.is_none() {
+            return Err(StateError::invalid(
+                "connection_id",
+                "needs client_type: a connection is named by its client type and its id",
+            ));
         }
         check_ext("ext", &self.ext)?;
         if self.reason == LogoutReason::Expired {
@@ -240,9 +320,12 @@ pub(crate) struct Roster {
     /// Per replica, like the history.
     #[serde(skip)]
     compacted_revision: u64,
-    /// Users online per client type, kept up to date on every change so
-    /// metrics never scan a million records.
+    /// Users online per client type (a user with two connections of a type
+    /// counts once), kept up to date on every change so metrics never scan
+    /// a million records.
     online_by_client: BTreeMap<String, u64>,
+    /// Connections online over every user, kept like `online_by_client`.
+    connections: u64,
     /// (updated_at_ms, uid) of every offline record, oldest first, so the
     /// presence retention forgets from the front instead of scanning.
     /// Derived from `records` (rebuilt by [`Roster::restored`]).
@@ -273,6 +356,7 @@ impl Roster {
             history: VecDeque::new(),
             compacted_revision: 0,
             online_by_client: self.online_by_client.clone(),
+            connections: self.connections,
             offline: BTreeSet::new(),
             history_bytes: 0,
             history_charges: VecDeque::new(),
@@ -352,33 +436,55 @@ impl Roster {
         self.online_by_client.clone()
     }
 
+    /// Connections online over every user.
+    pub(crate) fn connection_count(&self) -> u64 {
+        self.connections
+    }
+
     /// Whether `cmd` fits the quotas: a new user within `users`, a new
-    /// client within `clients_per_user`.
+    /// client type within `clients_per_user`, a new connection within
+    /// `connections_per_user` (a login of a connection already online
+    /// replaces its entry and adds nothing).
     pub(crate) fn admit_login(&self, q: &Quotas, cmd: &Login) -> Result<(), StateError> {
-        match self.records.get(cmd.uid.as_str()) {
-            None if self.records.len() as u64 >= q.users => Err(over(
-                "users",
-                q.users,
-                format!("{} presence records are kept", self.records.len()),
-            )),
-            Some(r)
-                if !r.clients.contains_key(&cmd.client_type)
-                    && r.clients.len() >= q.clients_per_user as usize =>
-            {
-                Err(over(
-                    "clients_per_user",
-                    q.clients_per_user,
-                    format!("user {:?} has {} clients online", cmd.uid, r.clients.len()),
-                ))
+        let Some(r) = self.records.get(cmd.uid.as_str()) else {
+            if self.records.len() as u64 >= q.users {
+                return Err(over(
+                    "users",
+                    q.users,
+                    format!("{} presence records are kept", self.records.len()),
+                ));
             }
-            _ => Ok(()),
+            return Ok(());
+        };
+        if r.connection(&cmd.client_type, &cmd.connection_id).is_some() {
+            return Ok(());
         }
+        let types = r.client_type_count();
+        if !r.has_client_type(&cmd.client_type) && types >= q.clients_per_user as usize {
+            return Err(over(
+                "clients_per_user",
+                q.clients_per_user,
+                format!("user {:?} has {types} clients online", cmd.uid),
+            ));
+        }
+        if r.clients.len() >= q.connections_per_user as usize {
+            return Err(over(
+                "connections_per_user",
+                q.connections_per_user,
+                format!(
+                    "user {:?} has {} connections online",
+                    cmd.uid,
+                    r.clients.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn login(&mut self, at: Entry, cmd: &Login) -> Arc<PresenceRecord> {
         let ext = (!cmd.ext.is_empty()).then(|| StrMap::from(&cmd.ext));
         // One search for a known user; a key is allocated only for a new one.
-        let (after, was_online) = match self.records.get_mut(cmd.uid.as_str()) {
+        let (after, (was_online, type_was_online)) = match self.records.get_mut(cmd.uid.as_str()) {
             Some(shared) => {
                 let before = (shared.online(), shared.updated_at_ms);
                 let was_online = login_into(shared, at, cmd, ext);
@@ -404,11 +510,14 @@ impl Roster {
                 (shared, was_online)
             }
         };
-        if !was_online {
+        if !type_was_online {
             *self
                 .online_by_client
                 .entry(cmd.client_type.clone())
                 .or_default() += 1;
+        }
+        if !was_online {
+            self.connections += 1;
         }
         let ext_bytes = if cmd.ext.is_empty() {
             0
@@ -418,7 +527,7 @@ impl Roster {
         self.push_event(
             at,
             PresenceEventKind::Login,
-            &cmd.client_type,
+            (&cmd.client_type, &cmd.connection_id),
             &after,
             ext_bytes,
         );
@@ -435,33 +544,52 @@ impl Roster {
             .records
             .get(cmd.uid.as_str())
             .ok_or_else(|| StateError::not_found(format!("user {:?}", cmd.uid)))?;
-        let gone: Vec<String> = match &cmd.client_type {
-            Some(client_type) => {
-                let client = record.clients.get(client_type).ok_or_else(|| {
-                    StateError::not_found(format!("client {client_type:?} of user {:?}", cmd.uid))
-                })?;
-                if cmd.reason == LogoutReason::Expired {
-                    let expiring = cmd.login_since_ms.unwrap_or(u64::MAX);
-                    if client.since_ms > expiring {
-                        return Err(StateError::precondition(
-                            Reason::Stale,
-                            format!(
-                                "stale expiry: client {client_type:?} of user {:?} logged in again \
-                             at {}, after the expired login at {expiring}",
-                                cmd.uid, client.since_ms
-                            ),
-                        ));
-                    }
+        let gone: Vec<ConnectionKey> = match (&cmd.client_type, cmd.reason) {
+            // An expiry ends exactly one login of exactly one connection.
+            (Some(client_type), LogoutReason::Expired) => {
+                let client = record
+                    .connection(client_type, &cmd.connection_id)
+                    .ok_or_else(|| not_online(cmd, client_type))?;
+                let expiring = cmd.login_since_ms.unwrap_or(u64::MAX);
+                if client.since_ms > expiring {
+                    return Err(StateError::precondition(
+                        Reason::Stale,
+                        format!(
+                            "stale expiry: {} of user {:?} logged in again at {}, after the \
+                             expired login at {expiring}",
+                            connection_name(client_type, &cmd.connection_id),
+                            cmd.uid,
+                            client.since_ms
+                        ),
+                    ));
                 }
-                vec![client_type.clone()]
+                vec![ConnectionKey::new(client_type, &cmd.connection_id)]
             }
-            None if record.clients.is_empty() => {
+            (Some(client_type), LogoutReason::User) if !cmd.connection_id.is_empty() => {
+                record
+                    .connection(client_type, &cmd.connection_id)
+                    .ok_or_else(|| not_online(cmd, client_type))?;
+                vec![ConnectionKey::new(client_type, &cmd.connection_id)]
+            }
+            (Some(client_type), LogoutReason::User) => {
+                let of_type: Vec<ConnectionKey> = record
+                    .clients
+                    .keys()
+                    .filter(|k| &k.client_type == client_type)
+                    .cloned()
+                    .collect();
+                if of_type.is_empty() {
+                    return Err(not_online(cmd, client_type));
+                }
+                of_type
+            }
+            (None, _) if record.clients.is_empty() => {
                 return Err(StateError::not_found(format!(
                     "online client of user {:?}",
                     cmd.uid
                 )));
             }
-            None => record.clients.keys().cloned().collect(),
+            (None, _) => record.clients.keys().cloned().collect(),
         };
 
         let Some(shared) = self.records.get_mut(cmd.uid.as_str()) else {
@@ -472,8 +600,8 @@ impl Roster {
         let before = (shared.online(), shared.updated_at_ms);
         let ext_bytes = new_ext.as_ref().map_or(0, StrMap::byte_len);
         let record = unshare(shared, new_ext);
-        for client_type in &gone {
-            record.clients.remove(client_type);
+        for key in &gone {
+            record.clients.remove(key);
         }
         if cmd.reason == LogoutReason::User {
             record.sid = cmd.sid;
@@ -481,15 +609,29 @@ impl Roster {
         stamp(record, at);
         let after = Arc::clone(shared);
         self.reindex(Some(before), &after);
-        for client_type in &gone {
-            self.count_offline(client_type);
+        self.connections -= gone.len() as u64;
+        // `gone` is in key order: each type once, when its last connection
+        // went.
+        let mut last: Option<&str> = None;
+        for key in &gone {
+            let t = key.client_type.as_str();
+            if last != Some(t) && !after.has_client_type(t) {
+                self.count_offline(t);
+            }
+            last = Some(t);
         }
         let kind = match cmd.reason {
             LogoutReason::User => PresenceEventKind::Logout,
             LogoutReason::Expired => PresenceEventKind::Expired,
         };
         let client_type = cmd.client_type.as_deref().unwrap_or("");
-        self.push_event(at, kind, client_type, &after, ext_bytes);
+        self.push_event(
+            at,
+            kind,
+            (client_type, &cmd.connection_id),
+            &after,
+            ext_bytes,
+        );
         Ok(after)
     }
 
@@ -513,7 +655,13 @@ impl Roster {
         if !before.0 {
             self.reindex(Some(before), &after);
         }
-        self.push_event(at, PresenceEventKind::Permission, "", &after, ext_bytes);
+        self.push_event(
+            at,
+            PresenceEventKind::Permission,
+            ("", ""),
+            &after,
+            ext_bytes,
+        );
         Ok(after)
     }
 
@@ -575,7 +723,7 @@ impl Roster {
         &mut self,
         at: Entry,
         kind: PresenceEventKind,
-        client_type: &str,
+        (client_type, connection_id): (&str, &str),
         record: &Arc<PresenceRecord>,
         ext_bytes: usize,
     ) {
@@ -588,6 +736,7 @@ impl Roster {
             kind,
             uid: record.uid.clone(),
             client_type: client_type.to_owned(),
+            connection_id: connection_id.to_owned(),
             record: Arc::clone(record),
             time_ms: at.time_ms,
         };
@@ -615,14 +764,25 @@ impl Roster {
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut connections = 0;
         for (uid, record) in &self.records {
             assert_eq!(&**uid, record.uid.as_str());
-            for (client_type, client) in &record.clients {
-                assert_eq!(client_type, &client.client_type);
-                *counts.entry(client_type.clone()).or_default() += 1;
+            let mut types = BTreeSet::new();
+            for (key, client) in &record.clients {
+                assert_eq!(key.client_type, client.client_type);
+                assert_eq!(key.connection_id, client.connection_id);
+                check_connection_id("connection_id", &key.connection_id)
+                    .expect("only valid connection ids are kept");
+                types.insert(key.client_type.clone());
+                connections += 1;
+            }
+            assert_eq!(types.len(), record.client_type_count());
+            for t in types {
+                *counts.entry(t).or_default() += 1;
             }
         }
         assert_eq!(counts, self.online_by_client, "online counts drifted");
+        assert_eq!(connections, self.connections, "connection count drifted");
         for pair in self.history.iter().collect::<Vec<_>>().windows(2) {
             assert!(pair[0].revision < pair[1].revision, "history out of order");
         }
@@ -642,40 +802,69 @@ fn event_bytes(e: &PresenceEvent, ext_bytes: usize) -> u64 {
         .record
         .clients
         .values()
-        .map(|c| std::mem::size_of::<(String, ClientEntry)>() + 2 * c.client_type.len())
+        .map(|c| {
+            std::mem::size_of::<(ConnectionKey, ClientEntry)>()
+                + 2 * (c.client_type.len() + c.connection_id.len())
+        })
         .sum();
     (std::mem::size_of::<PresenceEvent>()
         + std::mem::size_of::<PresenceRecord>()
         + 2 * e.uid.len()
         + e.client_type.len()
+        + e.connection_id.len()
         + clients
         + ext_bytes
         // Allocator and reference-count headers of the four allocations.
         + 64) as u64
 }
 
-/// Applies a login to one record; true if that client was online already.
-/// `ext`, when given, replaces the record's ext.
+/// Applies a login to one record; whether that connection, and whether
+/// any connection of its client type, was online already. `ext`, when
+/// given, replaces the record's ext.
 fn login_into(
     shared: &mut Arc<PresenceRecord>,
     at: Entry,
     cmd: &Login,
     ext: Option<StrMap>,
-) -> bool {
+) -> (bool, bool) {
     let record = unshare(shared, ext);
+    let type_was_online = record.has_client_type(&cmd.client_type);
     let entry = ClientEntry {
         client_type: cmd.client_type.clone(),
+        connection_id: cmd.connection_id.clone(),
         since_ms: at.time_ms,
         ttl_ms: cmd.ttl_ms,
     };
     let was_online = record
         .clients
-        .insert(cmd.client_type.clone(), entry)
+        .insert(
+            ConnectionKey::new(&cmd.client_type, &cmd.connection_id),
+            entry,
+        )
         .is_some();
     record.sid = cmd.sid;
     record.accept_strangers = cmd.accept_strangers;
     stamp(record, at);
-    was_online
+    (was_online, type_was_online)
+}
+
+/// How an error names a connection: `client "pc"` or
+/// `connection "phone-2" of client "mobile"`.
+fn connection_name(client_type: &str, connection_id: &str) -> String {
+    if connection_id.is_empty() {
+        format!("client {client_type:?}")
+    } else {
+        format!("connection {connection_id:?} of client {client_type:?}")
+    }
+}
+
+/// The refusal of a logout of a connection (or client type) not online.
+fn not_online(cmd: &Logout, client_type: &str) -> StateError {
+    StateError::not_found(format!(
+        "{} of user {:?}",
+        connection_name(client_type, &cmd.connection_id),
+        cmd.uid
+    ))
 }
 
 /// The record behind `shared`, for changing, with `new_ext` (when given)
@@ -730,6 +919,7 @@ mod tests {
             uid: uid.into(),
             sid: 7,
             client_type: client_type.into(),
+            connection_id: String::new(),
             accept_strangers: true,
             ext: BTreeMap::new(),
             ttl_ms: 0,
@@ -741,6 +931,7 @@ mod tests {
             uid: uid.into(),
             sid: 7,
             client_type: client_type.map(Into::into),
+            connection_id: String::new(),
             ext: BTreeMap::new(),
             reason: LogoutReason::User,
             login_since_ms: None,
@@ -753,11 +944,48 @@ mod tests {
             uid: uid.into(),
             sid: 0,
             client_type: Some(client_type.into()),
+            connection_id: String::new(),
             ext: BTreeMap::new(),
             reason: LogoutReason::Expired,
             login_since_ms: Some(login_since_ms),
             owner_epoch: Some(0),
         })
+    }
+
+    fn login_on(uid: &str, client_type: &str, conn: &str, ttl_ms: u64) -> Command {
+        Command::Login(Login {
+            uid: uid.into(),
+            sid: 7,
+            client_type: client_type.into(),
+            connection_id: conn.into(),
+            accept_strangers: true,
+            ext: BTreeMap::new(),
+            ttl_ms,
+        })
+    }
+
+    fn logout_of(uid: &str, client_type: Option<&str>, conn: &str) -> Command {
+        let Command::Logout(mut cmd) = logout(uid, client_type) else {
+            unreachable!()
+        };
+        cmd.connection_id = conn.into();
+        Command::Logout(cmd)
+    }
+
+    fn expire_of(uid: &str, client_type: &str, conn: &str, login_since_ms: u64) -> Command {
+        let Command::Logout(mut cmd) = expire(uid, client_type, login_since_ms) else {
+            unreachable!()
+        };
+        cmd.connection_id = conn.into();
+        Command::Logout(cmd)
+    }
+
+    /// (client type, connection id) of every online entry, in order.
+    fn conns(r: &PresenceRecord) -> Vec<(&str, &str)> {
+        r.clients
+            .keys()
+            .map(|k| (k.client_type.as_str(), k.connection_id.as_str()))
+            .collect()
     }
 
     fn record(r: Response) -> PresenceRecord {
@@ -805,7 +1033,7 @@ mod tests {
                 (
                     r.sid,
                     r.accept_strangers,
-                    r.clients.keys().map(String::as_str).collect(),
+                    r.clients.keys().map(|k| k.client_type.as_str()).collect(),
                     r.ext.get("k"),
                 )
             })
@@ -831,7 +1059,7 @@ mod tests {
         let r = record(h.ok(login("alice", "pc")));
         assert!(r.online());
         assert_eq!(r.revision, h.index);
-        assert_eq!(r.clients["pc"].since_ms, h.time_ms);
+        assert_eq!(r.connection("pc", "").unwrap().since_ms, h.time_ms);
         let r = record(h.ok(login("alice", "mobile")));
         assert_eq!(r.clients.len(), 2);
         assert_eq!(
@@ -840,12 +1068,135 @@ mod tests {
         );
         let r = record(h.ok(logout("alice", Some("pc"))));
         assert!(r.online());
-        assert!(!r.clients.contains_key("pc"));
+        assert!(!r.has_client_type("pc"));
         let r = record(h.ok(logout("alice", None)));
         assert!(!r.online());
         // Offline users keep their record.
         assert_eq!(h.state.presence("alice").map(|p| p.online()), Some(false));
         assert!(h.state.online_counts().is_empty());
+    }
+
+    /// Issue 18: a user's two phones are two entries; logging out one
+    /// keeps the other; a type-only logout takes both; "" is the old
+    /// one-entry-per-type behaviour beside them.
+    #[test]
+    fn two_connections_of_one_type_stay_separate() {
+        let mut h = Harness::new();
+        let first = record(h.ok(login_on("alice", "mobile", "phone-1", 0)));
+        let at_first = h.time_ms;
+        h.advance(10);
+        let r = record(h.ok(login_on("alice", "mobile", "phone-2", 5_000)));
+        assert_eq!(conns(&first), [("mobile", "phone-1")]);
+        assert_eq!(conns(&r), [("mobile", "phone-1"), ("mobile", "phone-2")]);
+        assert_eq!(
+            r.connection("mobile", "phone-1").unwrap().since_ms,
+            at_first
+        );
+        assert_eq!(r.connection("mobile", "phone-2").unwrap().ttl_ms, 5_000);
+        // One user with a mobile online, two connections.
+        assert_eq!(h.state.online_counts()["mobile"], 1);
+        assert_eq!(h.state.connection_count(), 2);
+        h.ok(login("alice", "pc"));
+        assert_eq!(h.state.connection_count(), 3);
+
+        let r = record(h.ok(logout_of("alice", Some("mobile"), "phone-1")));
+        assert_eq!(conns(&r), [("mobile", "phone-2"), ("pc", "")]);
+        assert_eq!(h.state.online_counts()["mobile"], 1);
+        let events = h.state.presence_events_since(0, &BTreeSet::new()).unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(
+            (last.client_type.as_str(), last.connection_id.as_str()),
+            ("mobile", "phone-1")
+        );
+        assert!(matches!(
+            h.err(logout_of("alice", Some("mobile"), "phone-1")),
+            StateError::NotFound { .. }
+        ));
+        // The same connection id under another type is another connection.
+        h.ok(login_on("alice", "web", "phone-2", 0));
+        let r = record(h.ok(logout_of("alice", Some("mobile"), "")));
+        assert_eq!(conns(&r), [("pc", ""), ("web", "phone-2")]);
+        assert!(!h.state.online_counts().contains_key("mobile"));
+        let r = record(h.ok(logout_of("alice", None, "")));
+        assert!(!r.online());
+        assert_eq!(h.state.connection_count(), 0);
+        h.state.roster.check_invariants();
+    }
+
+    /// Each connection has its own login, so an expiry names that login:
+    /// it ends only its own connection, and never a newer login of it.
+    #[test]
+    fn ttl_and_expiry_are_per_connection() {
+        let mut h = Harness::new();
+        h.ok(login_on("bob", "mobile", "a", 1_000));
+        let a_since = h.time_ms;
+        h.advance(500);
+        h.ok(login_on("bob", "mobile", "b", 1_000));
+        let b_since = h.time_ms;
+        h.advance(600);
+        let r = record(h.ok(expire_of("bob", "mobile", "a", a_since)));
+        assert_eq!(conns(&r), [("mobile", "b")]);
+        let events = h.state.presence_events_since(0, &BTreeSet::new()).unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(last.kind, PresenceEventKind::Expired);
+        assert_eq!(last.connection_id, "a");
+        // An expiry of connection a (gone) or of the type's "" entry (never
+        // online) finds nothing; b stays.
+        assert!(matches!(
+            h.err(expire_of("bob", "mobile", "a", a_since)),
+            StateError::NotFound { .. }
+        ));
+        assert!(matches!(
+            h.err(expire_of("bob", "mobile", "", b_since)),
+            StateError::NotFound { .. }
+        ));
+        // b logs in again before its expiry lands: the stale expiry of its
+        // older login is refused, whatever the other connections do.
+        h.advance(100);
+        h.ok(login_on("bob", "mobile", "b", 1_000));
+        let e = h.err(expire_of("bob", "mobile", "b", b_since));
+        assert!(matches!(&e, StateError::FailedPrecondition { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("stale expiry: connection \"b\" of client \"mobile\""),
+            "{e}"
+        );
+        assert_eq!(conns(h.state.presence("bob").unwrap()), [("mobile", "b")]);
+        let since = h
+            .state
+            .presence("bob")
+            .unwrap()
+            .connection("mobile", "b")
+            .unwrap()
+            .since_ms;
+        assert!(!record(h.ok(expire_of("bob", "mobile", "b", since))).online());
+    }
+
+    #[test]
+    fn connection_ids_are_validated_in_every_command() {
+        let mut h = Harness::new();
+        assert_eq!(
+            invalid_field(h.err(login_on("a", "pc", &"c".repeat(65), 0))),
+            "connection_id"
+        );
+        assert_eq!(
+            invalid_field(h.err(login_on("a", "pc", "tab\t1", 0))),
+            "connection_id"
+        );
+        h.ok(login_on("a", "pc", &"c".repeat(64), 0));
+        assert_eq!(
+            invalid_field(h.err(logout_of("a", Some("pc"), "\u{7f}"))),
+            "connection_id"
+        );
+        // A connection is named by its type and its id.
+        assert_eq!(
+            invalid_field(h.err(logout_of("a", None, "c1"))),
+            "connection_id"
+        );
+        assert_eq!(
+            invalid_field(h.err(expire_of("a", "pc", &"é".repeat(3), 1))),
+            "connection_id"
+        );
     }
 
     #[test]
@@ -855,6 +1206,7 @@ mod tests {
             uid: "bob".into(),
             sid: 1,
             client_type: "tv".into(),
+            connection_id: String::new(),
             accept_strangers: false,
             ext: BTreeMap::from([("city".into(), "Xi'an".into())]),
             ttl_ms: 5000,
@@ -867,8 +1219,8 @@ mod tests {
         let r = record(h.ok(Command::Login(cmd)));
         assert_eq!(r.sid, 2);
         assert_eq!(r.ext.get("city"), Some("Xi'an"));
-        assert_eq!(r.clients["tv"].ttl_ms, 0);
-        assert_eq!(r.clients["tv"].since_ms, h.time_ms);
+        assert_eq!(r.connection("tv", "").unwrap().ttl_ms, 0);
+        assert_eq!(r.connection("tv", "").unwrap().since_ms, h.time_ms);
         assert_eq!(h.state.online_counts()["tv"], 1);
     }
 
@@ -940,6 +1292,7 @@ mod tests {
             uid: "alice".into(),
             sid: 0,
             client_type: None,
+            connection_id: String::new(),
             ext: BTreeMap::new(),
             reason: LogoutReason::Expired,
             login_since_ms: Some(1),
@@ -979,6 +1332,7 @@ mod tests {
             uid: "a".into(),
             sid: 0,
             client_type: "pc".into(),
+            connection_id: String::new(),
             accept_strangers: false,
             ext: BTreeMap::from([("k".into(), "v".repeat(4096))]),
             ttl_ms: 0,

@@ -65,6 +65,7 @@ mod tests {
             uid: uid.into(),
             sid: 1,
             client_type: client_type.into(),
+            connection_id: String::new(),
             accept_strangers: true,
             ext: BTreeMap::new(),
             ttl_ms: 0,
@@ -76,6 +77,7 @@ mod tests {
             uid: uid.into(),
             sid: 1,
             client_type: None,
+            connection_id: String::new(),
             ext: BTreeMap::new(),
             reason: LogoutReason::User,
             login_since_ms: None,
@@ -175,6 +177,55 @@ mod tests {
         // Known users still log in; admit says the same as apply.
         assert!(h.state.admit(&login("b", "mobile")).is_ok());
         assert_quota(h.state.admit(&login("c", "pc")).unwrap_err(), "users", 2);
+    }
+
+    /// Issue 18: the connections of one user are capped over every client
+    /// type; a connection already online logs in again without a new slot.
+    #[test]
+    fn connections_per_user() {
+        let mut h = with(Quotas {
+            clients_per_user: 2,
+            connections_per_user: 3,
+            ..Quotas::default()
+        });
+        let on = |client: &str, conn: &str| {
+            Command::Login(Login {
+                uid: "a".into(),
+                sid: 1,
+                client_type: client.into(),
+                connection_id: conn.into(),
+                accept_strangers: true,
+                ext: BTreeMap::new(),
+                ttl_ms: 0,
+            })
+        };
+        h.ok(on("mobile", "p1"));
+        h.ok(on("mobile", "p2"));
+        h.ok(on("pc", ""));
+        h.ok(on("mobile", "p2"));
+        assert_quota(h.err(on("mobile", "p3")), "connections_per_user", 3);
+        // admit, which runs before a command is logged, says the same.
+        assert_quota(
+            h.state.admit(&on("pc", "other")).unwrap_err(),
+            "connections_per_user",
+            3,
+        );
+        // Client types are still capped on their own.
+        h.ok(logout("a"));
+        h.ok(on("mobile", "p1"));
+        h.ok(on("pc", ""));
+        assert_quota(h.err(on("web", "")), "clients_per_user", 2);
+        h.ok(on("pc", "tab-2"));
+        assert_quota(h.err(on("pc", "tab-3")), "connections_per_user", 3);
+        // Another user has its own connections.
+        let other = Command::Login(Login {
+            uid: "b".into(),
+            ..match on("mobile", "p1") {
+                Command::Login(l) => l,
+                _ => unreachable!(),
+            }
+        });
+        h.ok(other);
     }
 
     #[test]
@@ -398,6 +449,7 @@ mod tests {
             uid: "u".into(),
             sid: 1,
             client_type: "pc".into(),
+            connection_id: String::new(),
             accept_strangers: true,
             ext,
             ttl_ms: 0,

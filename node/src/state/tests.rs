@@ -102,6 +102,7 @@ fn time_is_monotonic_and_last_index_moves_on_rejection() {
         uid: String::new(),
         sid: 0,
         client_type: "pc".into(),
+        connection_id: String::new(),
         accept_strangers: false,
         ext: BTreeMap::new(),
         ttl_ms: 0,
@@ -119,6 +120,7 @@ fn state_round_trips_through_bincode() {
         uid: "a".into(),
         sid: 1,
         client_type: "pc".into(),
+        connection_id: String::new(),
         accept_strangers: true,
         ext: BTreeMap::from([("k".into(), "v".into())]),
         ttl_ms: 10,
@@ -145,6 +147,7 @@ fn snapshots_leave_out_the_watch_history_and_a_restore_reports_it_compacted() {
             uid: format!("u{}", i % 5),
             sid: 1,
             client_type: "pc".into(),
+            connection_id: String::new(),
             accept_strangers: true,
             ext: BTreeMap::from([("i".into(), i.to_string())]),
             ttl_ms: 0,
@@ -177,6 +180,7 @@ fn snapshots_leave_out_the_watch_history_and_a_restore_reports_it_compacted() {
                 uid: "u0".into(),
                 sid: 1,
                 client_type: "mobile".into(),
+                connection_id: String::new(),
                 accept_strangers: true,
                 ext: BTreeMap::new(),
                 ttl_ms: 0,
@@ -196,6 +200,7 @@ fn a_snapshot_view_is_the_snapshot_and_later_changes_do_not_reach_it() {
             uid: "u".into(),
             sid: 1,
             client_type: "pc".into(),
+            connection_id: String::new(),
             accept_strangers: true,
             ext: BTreeMap::from([("v".into(), v.into())]),
             ttl_ms: 0,
@@ -219,6 +224,8 @@ fn a_snapshot_view_is_the_snapshot_and_later_changes_do_not_reach_it() {
 
 const UIDS: [&str; 3] = ["ann", "bob", "cat"];
 const CLIENTS: [&str; 2] = ["pc", "mobile"];
+/// Connection ids: "" is a client type's one entry.
+const CONNS: [&str; 3] = ["", "c1", "c2"];
 const CAPS: [&str; 3] = ["video", "touch", "4k"];
 const USERS: [&str; 3] = ["u1", "u2", "u3"];
 const REQUESTS: [&str; 3] = ["r1", "r2", "r3"];
@@ -249,17 +256,20 @@ enum Op {
     Login {
         uid: usize,
         client: usize,
+        conn: usize,
         ttl: u64,
         ext: bool,
         accept: bool,
     },
     Logout {
         uid: usize,
-        client: Option<usize>,
+        /// The client type and the connection (0: every one of the type).
+        client: Option<(usize, usize)>,
     },
     Expire {
         uid: usize,
         client: usize,
+        conn: usize,
         stale: bool,
         old_epoch: bool,
     },
@@ -360,11 +370,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (0..3usize, 0..2usize, prop_oneof![Just(0u64), 1..5000u64], any::<bool>(), any::<bool>())
-            .prop_map(|(uid, client, ttl, ext, accept)| Op::Login { uid, client, ttl, ext, accept }),
-        2 => (0..3usize, proptest::option::of(0..2usize)).prop_map(|(uid, client)| Op::Logout { uid, client }),
-        1 => (0..3usize, 0..2usize, any::<bool>(), prop::bool::weighted(0.2))
-            .prop_map(|(uid, client, stale, old_epoch)| Op::Expire { uid, client, stale, old_epoch }),
+        3 => (0..3usize, 0..2usize, 0..CONNS.len(), prop_oneof![Just(0u64), 1..5000u64], any::<bool>(), any::<bool>())
+            .prop_map(|(uid, client, conn, ttl, ext, accept)| Op::Login { uid, client, conn, ttl, ext, accept }),
+        2 => (0..3usize, proptest::option::of((0..2usize, 0..CONNS.len()))).prop_map(|(uid, client)| Op::Logout { uid, client }),
+        1 => (0..3usize, 0..2usize, 0..CONNS.len(), any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(uid, client, conn, stale, old_epoch)| Op::Expire { uid, client, conn, stale, old_epoch }),
         1 => (1..8u8, prop::bool::weighted(0.2)).prop_map(|(live, stale)| Op::SetOwnership { live, stale }),
         1 => (0..3usize, any::<bool>()).prop_map(|(uid, accept)| Op::Permission { uid, accept }),
         2 => (0..4usize, 0..8u8).prop_map(|(terminal, requires)| Op::Connect { terminal, requires }),
@@ -446,6 +456,7 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
         Op::Login {
             uid,
             client,
+            conn,
             ttl,
             ext,
             accept,
@@ -453,6 +464,7 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
             uid: UIDS[uid].into(),
             sid: uid as u64,
             client_type: CLIENTS[client].into(),
+            connection_id: CONNS[conn].into(),
             accept_strangers: accept,
             ext: if ext {
                 BTreeMap::from([("n".to_string(), ttl.to_string())])
@@ -464,7 +476,8 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
         Op::Logout { uid, client } => Command::Logout(Logout {
             uid: UIDS[uid].into(),
             sid: uid as u64,
-            client_type: client.map(|c| CLIENTS[c].to_string()),
+            client_type: client.map(|(c, _)| CLIENTS[c].to_string()),
+            connection_id: client.map_or(String::new(), |(_, k)| CONNS[k].to_string()),
             ext: BTreeMap::new(),
             reason: LogoutReason::User,
             login_since_ms: None,
@@ -473,17 +486,19 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
         Op::Expire {
             uid,
             client,
+            conn,
             stale,
             old_epoch,
         } => {
             let since = state
                 .presence(UIDS[uid])
-                .and_then(|r| r.clients.get(CLIENTS[client]))
+                .and_then(|r| r.connection(CLIENTS[client], CONNS[conn]))
                 .map_or(0, |c| c.since_ms);
             Command::Logout(Logout {
                 uid: UIDS[uid].into(),
                 sid: 0,
                 client_type: Some(CLIENTS[client].into()),
+                connection_id: CONNS[conn].into(),
                 ext: BTreeMap::new(),
                 reason: LogoutReason::Expired,
                 login_since_ms: Some(if stale {
@@ -772,6 +787,7 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
             uid: String::new(),
             sid: 0,
             client_type: "pc".into(),
+            connection_id: String::new(),
             accept_strangers: false,
             ext: BTreeMap::new(),
             ttl_ms: 0,
@@ -802,6 +818,33 @@ fn learn(known: &mut Known, op: &Op, response: &Response) {
         }
         Response::Pool(p) => known.pools.push(p.pool_id),
         Response::Platform(p) => known.units.extend(p.units.iter().map(|u| u.unit_id)),
+        _ => {}
+    }
+}
+
+/// What an accepted presence write does to the set of a user's online
+/// connections: a login adds its own; a logout takes the one it names, or
+/// every one of the client type, or all.
+fn model_presence(online: &mut BTreeMap<String, BTreeSet<(String, String)>>, cmd: &Command) {
+    match cmd {
+        Command::Login(c) => {
+            online
+                .entry(c.uid.clone())
+                .or_default()
+                .insert((c.client_type.clone(), c.connection_id.clone()));
+        }
+        Command::Logout(c) => {
+            let conns = online.entry(c.uid.clone()).or_default();
+            match (&c.client_type, c.reason) {
+                (None, _) => conns.clear(),
+                (Some(t), LogoutReason::User) if c.connection_id.is_empty() => {
+                    conns.retain(|(ty, _)| ty != t);
+                }
+                (Some(t), _) => {
+                    conns.remove(&(t.clone(), c.connection_id.clone()));
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -850,6 +893,9 @@ proptest! {
         let mut history: Vec<(Entry, Command)> = Vec::new();
         let mut sessions_seen: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
         let mut records_seen: BTreeMap<String, PresenceRecord> = BTreeMap::new();
+        // The connections each user should have online, by the rules of
+        // login and logout alone.
+        let mut online: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
 
         for (i, (op, dt)) in setup().iter().chain(&steps).enumerate() {
             time = time.saturating_add_signed(*dt);
@@ -867,6 +913,20 @@ proptest! {
             }
             if let Ok(Response::Presence(r)) = &result {
                 prop_assert_eq!(r.revision, entry.index);
+                model_presence(&mut online, &cmd);
+            }
+            for uid in UIDS {
+                let want = online.get(uid).cloned().unwrap_or_default();
+                let got: BTreeSet<(String, String)> = state
+                    .presence(uid)
+                    .map(|r| {
+                        r.clients
+                            .keys()
+                            .map(|k| (k.client_type.clone(), k.connection_id.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                prop_assert_eq!(got, want, "connections of {} after {:?}", uid, cmd);
             }
             history.push((entry, cmd));
 
@@ -969,16 +1029,24 @@ fn an_expiry_judged_under_an_older_ownership_epoch_is_refused() {
         uid: "alice".into(),
         sid: 1,
         client_type: "pc".into(),
+        connection_id: String::new(),
         accept_strangers: false,
         ext: BTreeMap::new(),
         ttl_ms: 5_000,
     }));
-    let since = h.state.presence("alice").unwrap().clients["pc"].since_ms;
+    let since = h
+        .state
+        .presence("alice")
+        .unwrap()
+        .connection("pc", "")
+        .unwrap()
+        .since_ms;
     let expire = |epoch| {
         Command::Logout(Logout {
             uid: "alice".into(),
             sid: 0,
             client_type: Some("pc".into()),
+            connection_id: String::new(),
             ext: BTreeMap::new(),
             reason: LogoutReason::Expired,
             login_since_ms: Some(since),
@@ -1000,8 +1068,8 @@ fn an_expiry_judged_under_an_older_ownership_epoch_is_refused() {
         h.state
             .presence("alice")
             .unwrap()
-            .clients
-            .contains_key("pc")
+            .connection("pc", "")
+            .is_some()
     );
     // A deposed leader's decision on the old epoch is refused too.
     h.err(Command::SetOwnership(SetOwnership {
@@ -1021,6 +1089,7 @@ fn a_snapshot_from_before_ownership_epochs_decodes() {
         uid: "bob".into(),
         sid: 1,
         client_type: "pc".into(),
+        connection_id: String::new(),
         accept_strangers: false,
         ext: BTreeMap::new(),
         ttl_ms: 0,

@@ -66,6 +66,16 @@ impl<K: Ord, V> VecMap<K, V> {
         self.find(key).ok().map(|i| &self.0[i].1)
     }
 
+    /// The value whose key `cmp` finds equal, searching as a binary search
+    /// does (`cmp` says how a key compares to the one sought): for keys
+    /// that cannot be borrowed as one value, like a pair of strings.
+    pub fn get_by(&self, mut cmp: impl FnMut(&K) -> std::cmp::Ordering) -> Option<&V> {
+        self.0
+            .binary_search_by(|(k, _)| cmp(k))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
     /// True if `key` has a value.
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where

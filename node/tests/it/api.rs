@@ -22,6 +22,7 @@ fn login(uid: &str, client: &str) -> LoginRequest {
         accept_strangers: false,
         ext: HashMap::new(),
         ttl_ms: 0,
+        connection_id: String::new(),
     }
 }
 
@@ -158,6 +159,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             cl.heartbeat(HeartbeatRequest {
                 uid: String::new(),
                 client_type: "pc".into(),
+                connection_id: String::new(),
             })
             .await
             .unwrap_err(),
@@ -167,6 +169,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             cl.heartbeat(HeartbeatRequest {
                 uid: "x".repeat(10_000),
                 client_type: "pc".into(),
+                connection_id: String::new(),
             })
             .await
             .unwrap_err(),
@@ -217,6 +220,7 @@ async fn a_batch_answers_each_call_as_its_unary_rpc_would() {
         call(Call::Heartbeat(HeartbeatRequest {
             uid: "nobody".into(),
             client_type: "pc".into(),
+            connection_id: String::new(),
         })),
     ];
     let replies = cl
@@ -414,6 +418,7 @@ async fn watch_is_ordered_gapless_and_resumable_on_another_node() {
         sid: 7,
         client_type: String::new(),
         ext: HashMap::new(),
+        connection_id: String::new(),
     })
     .await
     .unwrap();
@@ -422,6 +427,7 @@ async fn watch_is_ordered_gapless_and_resumable_on_another_node() {
         sid: 7,
         client_type: "mobile".into(),
         ext: HashMap::new(),
+        connection_id: String::new(),
     })
     .await
     .unwrap();

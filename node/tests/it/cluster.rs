@@ -18,6 +18,7 @@ fn login(uid: &str, client: &str) -> LoginRequest {
             .into_iter()
             .collect(),
         ttl_ms: 0,
+        connection_id: String::new(),
     }
 }
 

@@ -200,6 +200,7 @@ fn login(uid: &str, client: &str) -> LoginRequest {
         accept_strangers: true,
         ext: HashMap::new(),
         ttl_ms: 0,
+        connection_id: String::new(),
     }
 }
 
@@ -233,6 +234,7 @@ async fn load(c: &TestCluster) -> (u64, u64) {
             sid: 1,
             client_type: String::new(),
             ext: HashMap::new(),
+            connection_id: String::new(),
         })
         .await
         .expect("logout");

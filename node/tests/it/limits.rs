@@ -488,6 +488,7 @@ fn maximal_login(i: usize) -> LoginRequest {
         accept_strangers: false,
         ext,
         ttl_ms: 0,
+        connection_id: String::new(),
     }
 }
 

@@ -13,6 +13,7 @@ mod dashboards;
 mod flows;
 mod limits;
 mod mechanisms;
+mod presence;
 mod security;
 mod storage;
 mod storage_suite;

@@ -26,6 +26,7 @@ fn login(uid: &str, ttl_ms: u64) -> LoginRequest {
         accept_strangers: false,
         ext: HashMap::new(),
         ttl_ms,
+        connection_id: String::new(),
     }
 }
 

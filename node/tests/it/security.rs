@@ -757,6 +757,7 @@ async fn metric_labels_taken_from_requests_are_bounded() {
             accept_strangers: false,
             ext: Default::default(),
             ttl_ms: 0,
+            connection_id: String::new(),
         })
         .await
         .unwrap();

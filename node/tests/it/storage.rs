@@ -21,6 +21,7 @@ fn login(uid: &str) -> LoginRequest {
             .into_iter()
             .collect(),
         ttl_ms: 0,
+        connection_id: String::new(),
     }
 }
 

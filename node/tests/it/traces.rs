@@ -123,6 +123,7 @@ async fn a_write_through_a_follower_is_one_trace_across_both_nodes() {
         accept_strangers: false,
         ext: HashMap::new(),
         ttl_ms: 0,
+        connection_id: String::new(),
     });
     req.metadata_mut()
         .insert("x-request-id", request_id.parse().expect("ascii"));

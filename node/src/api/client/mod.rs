@@ -22,11 +22,8 @@ mod presence;
 mod sessions;
 mod watch;
 
-use std::sync::Arc;
-
 use ::herald_client::proto::herald_server::Herald as HeraldApi;
 use ::herald_client::proto::*;
-use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::convert::linearizable;
@@ -36,7 +33,7 @@ use crate::node::Herald;
 use crate::state::{self, Command, StateError};
 
 use presence::WatchStream;
-pub use presence::{batch_get, check_uid, check_uids};
+pub use presence::{WatchFeed, batch_get, check_uid, check_uids, open_watch};
 use sessions::WatchSessionsStream;
 
 /// Serves [`HeraldApi`] for one node.
@@ -44,23 +41,13 @@ pub struct HeraldService {
     node: Herald,
     /// The client listener's request counting, for the calls of a `Batch`.
     accounting: Accounting,
-    /// One permit per open `Watch` stream (`limits.max_watch_streams`). The
-    /// stream's task holds it, and that task ends when the stream's client
-    /// is gone (its receiver dropped: the call was cancelled or the
-    /// connection closed, which keepalive notices for a vanished peer).
-    watch_slots: Arc<Semaphore>,
 }
 
 impl HeraldService {
     /// A client service over `node`; `accounting` is the client listener's
     /// ([`super::layer::ObserveLayer::accounting`]).
     pub fn new(node: Herald, accounting: Accounting) -> Self {
-        let watch_slots = Arc::new(Semaphore::new(node.config().limits.max_watch_streams));
-        HeraldService {
-            node,
-            accounting,
-            watch_slots,
-        }
+        HeraldService { node, accounting }
     }
 
     pub(super) fn node(&self) -> &Herald {

@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use ::herald_client::LEADER_HINT;
 use ::herald_client::proto::*;
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
@@ -107,7 +107,12 @@ impl HeraldService {
         let mut client =
             crate::peer::PeerClient::new(self.node.peers(), owner, &member.peer_addr).ok()?;
         client
-            .heartbeat(&r.uid, &r.client_type, std::time::Duration::from_secs(1))
+            .heartbeat(
+                &r.uid,
+                &r.client_type,
+                &r.connection_id,
+                std::time::Duration::from_secs(1),
+            )
             .await
             .ok()
     }
@@ -142,6 +147,7 @@ impl HeraldService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let r = req.into_inner();
         check_uid(&r.uid).map_err(invalid)?;
+        state::limits::check_connection_id("connection_id", &r.connection_id).map_err(invalid)?;
         // Heartbeats live in the owner's memory (the owner on the committed
         // ring): pass them on to the owner. If it cannot be reached from
         // here, the client must try another node: keeping the heartbeat
@@ -157,7 +163,10 @@ impl HeraldService {
                 .into()),
             };
         }
-        let known = self.node.heartbeat_here(&r.uid, &r.client_type).await?;
+        let known = self
+            .node
+            .heartbeat_here(&r.uid, &r.client_type, &r.connection_id)
+            .await?;
         Ok(Response::new(HeartbeatResponse { known }))
     }
 
@@ -193,73 +202,102 @@ impl HeraldService {
         req: Request<WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let r = req.into_inner();
-        check_uids(&r.uids).map_err(invalid)?;
-        let slot = self.watch_slots.clone().try_acquire_owned().map_err(|_| {
+        let feed = open_watch(&self.node, r.uids, r.start_revision)?;
+        let events = ReceiverStream::new(feed).map(|e| e.map(|e| cv::event_pb(&e)));
+        Ok(Response::new(Box::pin(events)))
+    }
+}
+
+/// An open presence watch: the changes of the watched users from its start,
+/// in revision order and without gaps, as this node applies them; it ends
+/// with an error status when the history it reads was compacted under it
+/// (`OUT_OF_RANGE`, `COMPACTED`) or the node shuts down (`UNAVAILABLE`).
+/// The gRPC `Watch` and the HTTP event stream ([`super::super::http`]) both
+/// serve one, so their filter, start, refusals and cap are the same.
+pub type WatchFeed = mpsc::Receiver<Result<state::PresenceEvent, Status>>;
+
+/// Opens a watch of `uids` (empty = every user) from `start_revision` (0 =
+/// from now). Refused at once, as a status rather than a broken stream,
+/// when the uids are invalid, the start is compacted, or the node has
+/// `limits.max_watch_streams` watches open. The task serving it holds one
+/// of those permits until its receiver is dropped (the client went away:
+/// the call was cancelled or the connection closed, which keepalive notices
+/// for a vanished peer).
+pub fn open_watch(
+    node: &Herald,
+    uids: Vec<String>,
+    start_revision: u64,
+) -> Result<WatchFeed, Status> {
+    check_uids(&uids).map_err(invalid)?;
+    let slot = node
+        .watch_slots()
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
             refuse(
                 Code::ResourceExhausted,
                 format!(
                     "too many watch streams on this node: limits.max_watch_streams = {}; \
                  close one or watch through another node",
-                    self.node.config().limits.max_watch_streams
+                    node.config().limits.max_watch_streams
                 ),
             )
         })?;
-        let uids: BTreeSet<String> = r.uids.into_iter().collect();
-        let store = self.node.store().clone();
-        let mut applied = store.applied();
-        let mut stopping = self.node.stopping();
-        let mut next = match r.start_revision {
-            0 => store.read().state.last_index() + 1,
-            n => n,
-        };
-        // Refuse a compacted start now, as a status rather than a broken stream.
-        store
-            .read()
-            .state
-            .presence_events_since(next, &uids)
-            .map_err(|e| compacted(&e))?;
-        let (tx, rx) = mpsc::channel(1024);
-        let open_stream = self.node.metrics().api.watch_stream();
-        tokio::spawn(async move {
-            // Dropped in reverse: the gauge falls before the slot frees.
-            let _slot = slot;
-            let _open_stream = open_stream;
-            loop {
-                // Everything up to the state's last index is in its history,
-                // so resuming at last_index + 1 leaves no gap.
-                let (events, upto) = {
-                    let m = store.read();
-                    (
-                        m.state.presence_events_since(next, &uids),
-                        m.state.last_index(),
-                    )
-                };
-                match events {
-                    Ok(events) => {
-                        for e in &events {
-                            if tx.send(Ok(cv::event_pb(e))).await.is_err() {
-                                return;
-                            }
+    let uids: BTreeSet<String> = uids.into_iter().collect();
+    let store = node.store().clone();
+    let mut applied = store.applied();
+    let mut stopping = node.stopping();
+    let mut next = match start_revision {
+        0 => store.read().state.last_index() + 1,
+        n => n,
+    };
+    // Refuse a compacted start now, as a status rather than a broken stream.
+    store
+        .read()
+        .state
+        .presence_events_since(next, &uids)
+        .map_err(|e| compacted(&e))?;
+    let (tx, rx) = mpsc::channel(1024);
+    let open_stream = node.metrics().api.watch_stream();
+    tokio::spawn(async move {
+        // Dropped in reverse: the gauge falls before the slot frees.
+        let _slot = slot;
+        let _open_stream = open_stream;
+        loop {
+            // Everything up to the state's last index is in its history,
+            // so resuming at last_index + 1 leaves no gap.
+            let (events, upto) = {
+                let m = store.read();
+                (
+                    m.state.presence_events_since(next, &uids),
+                    m.state.last_index(),
+                )
+            };
+            match events {
+                Ok(events) => {
+                    for e in events {
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
                         }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(compacted(&e))).await;
-                        return;
-                    }
                 }
-                next = next.max(upto + 1);
-                tokio::select! {
-                    r = applied.changed() => if r.is_err() { return },
-                    _ = tx.closed() => return,
-                    _ = until_true(&mut stopping) => {
-                        let _ = tx.send(Err(refuse(Code::Unavailable, "node shutting down; resume elsewhere"))).await;
-                        return;
-                    }
+                Err(e) => {
+                    let _ = tx.send(Err(compacted(&e))).await;
+                    return;
                 }
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
+            next = next.max(upto + 1);
+            tokio::select! {
+                r = applied.changed() => if r.is_err() { return },
+                _ = tx.closed() => return,
+                _ = until_true(&mut stopping) => {
+                    let _ = tx.send(Err(refuse(Code::Unavailable, "node shutting down; resume elsewhere"))).await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// A watch whose start the history no longer holds: OUT_OF_RANGE, as etcd

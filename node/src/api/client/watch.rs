@@ -1,6 +1,6 @@
-//! Serving a resumable watch stream over a replica's event history: one
-//! loop for every kind of watch (sessions now; the presence watch has its
-//! own copy until it moves here).
+//! Serving a resumable session watch over a replica's event history. (The
+//! presence watch, shared by gRPC and the SSE route, is `presence::open_watch`;
+//! both take their slot from the node's one `limits.max_watch_streams`.)
 //!
 //! A watch takes a slot of `limits.max_watch_streams` (refused with
 //! RESOURCE_EXHAUSTED when none is free), refuses a compacted start as a
@@ -37,8 +37,8 @@ pub fn serve_watch<T: Send + 'static>(
     mut feed: WatchFeed<T>,
 ) -> Result<EventStream<T>, Status> {
     let node = service.node();
-    let slot = service
-        .watch_slots
+    let slot = node
+        .watch_slots()
         .clone()
         .try_acquire_owned()
         .map_err(|_| {
