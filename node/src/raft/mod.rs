@@ -237,7 +237,8 @@ mod tests {
     #[test]
     fn peer_messages_round_trip_with_their_version() {
         let blob = encode(&(7u64, "x".to_string())).unwrap();
-        assert_eq!(&blob[..4], &[b'H', b'R', 2, 0]);
+        let [lo, hi] = WIRE_VERSION.to_le_bytes();
+        assert_eq!(&blob[..4], &[b'H', b'R', lo, hi]);
         let back: (u64, String) = decode(&blob).unwrap();
         assert_eq!(back, (7, "x".into()));
     }
