@@ -89,6 +89,9 @@ enum Command {
     /// Bearer tokens for callers without a client certificate
     #[command(subcommand)]
     Token(cmd::auth::TokenCmd),
+    /// Back up the cluster's state, and restore a backup into a new cluster
+    #[command(subcommand)]
+    Snapshot(cmd::snapshot::Cmd),
     /// Make a cluster's CA, node and client certificates (offline)
     #[command(subcommand)]
     Cert(cmd::cert::Cmd),
@@ -180,6 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(c) => cmd::auth::user(c, &ctx()?).await,
         Command::Role(c) => cmd::auth::role_cmd(c, &ctx()?).await,
         Command::Token(c) => cmd::auth::token(c, &ctx()?).await,
+        Command::Snapshot(c) => cmd::snapshot::run(c, cli.write_out, ctx).await,
         Command::Cert(c) => cmd::cert::run(c),
         Command::Playground(args) => cmd::playground::run(args).await,
     }

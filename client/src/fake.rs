@@ -325,6 +325,14 @@ impl Herald for Fake {
 
 #[tonic::async_trait]
 impl Admin for Fake {
+    type SnapshotSaveStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+    async fn snapshot_save(
+        &self,
+        _: Request<SnapshotSaveRequest>,
+    ) -> Res<Self::SnapshotSaveStream> {
+        no("snapshot_save")
+    }
     async fn status(&self, _: Request<StatusRequest>) -> Res<StatusResponse> {
         self.count();
         let script = self.script.lock().expect("lock");

@@ -178,6 +178,7 @@ pub async fn measure(opts: &ProbeOptions) -> Result<ProbeReport> {
         stale_reads: Vec::new(),
         faultfs: false,
         snapshot_every: None,
+        docker: false,
     })
     .await
     .with_context(|| format!("{}: starting the cluster", opts.label))?;

@@ -1,4 +1,6 @@
-//! A cluster of real `herald-node` processes on loopback, built for faults.
+//! A cluster of real `herald-node` processes on loopback, built for faults
+//! (or, with [`ClusterOptions::docker`], in containers on a bridge network:
+//! see [`docker`](crate::docker)).
 //!
 //! The processes are `herald_harness`'s (start, kill, pause, wipe), the
 //! configs `herald_config`'s local layout moved onto free ports. Unlike
@@ -23,6 +25,7 @@ use herald_config::{Listen, MemberConfig};
 use herald_harness::{NodeProcess, free_ports};
 use tokio::time::Instant;
 
+use crate::docker::{Cut, DockerNodes};
 use crate::faultfs::{self, FaultControl};
 use crate::proxy::{Link, LinkMode};
 
@@ -43,6 +46,10 @@ pub struct ClusterOptions {
     /// `raft.snapshot_every`, with no log kept after a snapshot (the
     /// snapshot storm); `None` keeps the node's defaults.
     pub snapshot_every: Option<u64>,
+    /// Run the nodes in containers of the `herald:local` image on a bridge
+    /// network, links cut with iptables ([`crate::docker`]); `node_bin` is
+    /// then unused.
+    pub docker: bool,
 }
 
 /// A running cluster; see the module docs.
@@ -51,6 +58,8 @@ pub struct Cluster {
     // Fields drop in order, after Drop below killed the processes: the
     // mounts go before the directory they are in.
     mounts: BTreeMap<u64, faultfs::Mount>,
+    /// The containers (docker mode): removed before the directory they mount.
+    docker: Option<DockerNodes>,
     dir: tempfile::TempDir,
     nodes: BTreeMap<u64, NodeProcess>,
     links: BTreeMap<(u64, u64), Link>,
@@ -130,13 +139,34 @@ impl Cluster {
         // The playground's layout, moved onto free ports: any field the
         // config gains later keeps its playground value.
         let ids: Vec<u64> = (1..=u64::from(total)).collect();
+        let validity = herald_certs::Validity::days(7);
+        let docker = if options.docker {
+            let tag = dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().replace("herald-jepsen-", ""))
+                .unwrap_or_default()
+                .to_lowercase();
+            Some(DockerNodes::create(&tag, &ids, dir.path())?)
+        } else {
+            None
+        };
         let certs = herald_certs::local_cluster(
             &dir.path().join("certs"),
-            &ids,
+            if docker.is_some() { &[] } else { &ids },
             &[ROOT_USER],
-            herald_certs::Validity::days(7),
+            validity,
         )
         .context("making the cluster's certificates")?;
+        if let Some(d) = &docker {
+            // Node certificates for the containers' addresses.
+            let ca = herald_certs::Ca::load(&certs.dir, &certs.dir.join(herald_certs::CA_KEY))?;
+            for &id in &ids {
+                let ip = d.ip(id).map(|ip| ip.to_string()).unwrap_or_default();
+                ca.issue_node(id, &[ip, "127.0.0.1".into(), "localhost".into()], validity)?
+                    .save(&certs.dir, &herald_certs::node_stem(id))?;
+            }
+        }
         let (root_cert, root_key) = certs.client(ROOT_USER);
         let tls = ClientTls::from_files(&certs.ca(), Some((&root_cert, &root_key)))?;
         let security = Security::Tls {
@@ -144,11 +174,20 @@ impl Cluster {
         };
         let mut configs = local_cluster(total, 20000, root, &security).map_err(|e| anyhow!(e))?;
         for c in &mut configs {
-            c.listen = Listen {
-                peer: addr(c.id, 0),
-                client: addr(c.id, 1),
-                http: addr(c.id, 2),
-                time_sync: Some(addr(c.id, 3)),
+            c.listen = match docker.as_ref().and_then(|d| d.ip(c.id)) {
+                // Each container has its own address: the usual ports.
+                Some(ip) => Listen {
+                    peer: SocketAddr::from((ip, crate::docker::PEER_PORT)),
+                    client: SocketAddr::from((ip, 7201)),
+                    http: SocketAddr::from((ip, 7301)),
+                    time_sync: Some(SocketAddr::from((ip, 7401))),
+                },
+                None => Listen {
+                    peer: addr(c.id, 0),
+                    client: addr(c.id, 1),
+                    http: addr(c.id, 2),
+                    time_sync: Some(addr(c.id, 3)),
+                },
             };
             // Testing mode: the nodes run with --testing (see `spawn`).
             c.testing_mode = true;
@@ -166,7 +205,8 @@ impl Cluster {
             };
         }
         let mut links = BTreeMap::new();
-        for from in 1..=u64::from(total) {
+        // No proxies in docker mode: the links are the bridge's.
+        for from in (1..=u64::from(total)).filter(|_| docker.is_none()) {
             for to in 1..=u64::from(total) {
                 if from != to {
                     let upstream = configs[to as usize - 1].listen.peer;
@@ -212,6 +252,7 @@ impl Cluster {
         }
         let mut cluster = Cluster {
             mounts,
+            docker,
             dir,
             nodes,
             links,
@@ -256,7 +297,34 @@ impl Cluster {
     /// Testing mode: the clock nemesis uses SetClockOffset, and the
     /// checker's own test runs use the [testing] faults.
     pub fn spawn(&mut self, id: u64) -> Result<()> {
+        if let Some(d) = self.docker.as_mut() {
+            let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+            return d.start(id, &node.config_path, node.config.testing_mode);
+        }
         self.node_mut(id)?.start()
+    }
+
+    /// Whether the nodes run in containers.
+    pub fn is_docker(&self) -> bool {
+        self.docker.is_some()
+    }
+
+    /// Why links cannot be slowed here (docker mode without `tc netem`);
+    /// `None` when they can.
+    pub fn delay_unavailable(&mut self) -> Option<String> {
+        let running = self.running();
+        let d = self.docker.as_mut()?;
+        let id = *running.first()?;
+        d.delay_unavailable(id)
+    }
+
+    /// Everything node `id` has logged so far.
+    pub fn log_text(&self, id: u64) -> String {
+        match (&self.docker, self.nodes.get(&id)) {
+            (Some(d), _) => d.logs(id),
+            (None, Some(node)) => node.log_text(),
+            (None, None) => String::new(),
+        }
     }
 
     fn node_mut(&mut self, id: u64) -> Result<&mut NodeProcess> {
@@ -267,6 +335,12 @@ impl Cluster {
 
     /// SIGKILLs node `id` and reaps it.
     pub async fn kill(&mut self, id: u64) {
+        if let Some(d) = self.docker.as_mut() {
+            if let Err(e) = d.kill(id) {
+                eprintln!("kill node {id}: {e:#}");
+            }
+            return;
+        }
         if let Some(node) = self.nodes.get_mut(&id) {
             node.kill();
         }
@@ -274,6 +348,12 @@ impl Cluster {
 
     /// SIGSTOPs node `id`.
     pub fn pause(&mut self, id: u64) {
+        if let Some(d) = &self.docker {
+            if let Err(e) = d.pause(id) {
+                eprintln!("pause node {id}: {e:#}");
+            }
+            return;
+        }
         if let Some(node) = self.nodes.get_mut(&id) {
             node.pause();
         }
@@ -281,13 +361,29 @@ impl Cluster {
 
     /// SIGCONTs node `id`.
     pub fn resume(&mut self, id: u64) {
+        if let Some(d) = &self.docker {
+            if let Err(e) = d.resume(id) {
+                eprintln!("resume node {id}: {e:#}");
+            }
+            return;
+        }
         if let Some(node) = self.nodes.get_mut(&id) {
             node.resume();
         }
     }
 
+    fn is_paused(&self, id: u64) -> bool {
+        match &self.docker {
+            Some(d) => d.is_paused(id),
+            None => self.nodes.get(&id).is_some_and(NodeProcess::is_paused),
+        }
+    }
+
     /// Whether node `id` has a live process (paused counts as live).
     pub fn is_running(&mut self, id: u64) -> bool {
+        if let Some(d) = &self.docker {
+            return d.is_running(id);
+        }
         self.nodes.get_mut(&id).is_some_and(NodeProcess::is_running)
     }
 
@@ -301,7 +397,7 @@ impl Cluster {
     pub fn revive(&mut self, extra: &[u64]) -> Result<()> {
         let ids: Vec<u64> = self.founders.iter().chain(extra).copied().collect();
         for id in ids {
-            if self.nodes.get(&id).is_some_and(NodeProcess::is_paused) {
+            if self.is_paused(id) {
                 self.resume(id);
             }
             if !self.is_running(id) {
@@ -312,7 +408,20 @@ impl Cluster {
     }
 
     /// Sets the mode of link `from -> to`.
-    pub fn set_link(&self, from: u64, to: u64, mode: LinkMode) {
+    pub fn set_link(&mut self, from: u64, to: u64, mode: LinkMode) {
+        if let Some(d) = self.docker.as_mut() {
+            let done = match mode {
+                // Links heal together (heal_network).
+                LinkMode::Pass => Ok(()),
+                LinkMode::Stall => d.cut_link(from, to, Cut::Stall),
+                LinkMode::Drop => d.cut_link(from, to, Cut::Reset),
+                LinkMode::Delay(by) => d.delay(from, by.as_millis() as u64),
+            };
+            if let Err(e) = done {
+                eprintln!("link {from} -> {to} ({mode:?}): {e:#}");
+            }
+            return;
+        }
         if let Some(link) = self.links.get(&(from, to)) {
             link.set(mode);
         }
@@ -320,19 +429,42 @@ impl Cluster {
 
     /// Cuts every link between nodes of different groups (nodes in no group
     /// keep their links), with `mode`.
-    pub fn partition(&self, groups: &[Vec<u64>], mode: LinkMode) {
+    pub fn partition(&mut self, groups: &[Vec<u64>], mode: LinkMode) {
         let group_of = |id: u64| groups.iter().position(|g| g.contains(&id));
-        for &(from, to) in self.links.keys() {
+        if let Some(d) = self.docker.as_mut() {
+            // A real partition: every packet between the groups' hosts.
+            let cut = if mode == LinkMode::Drop {
+                Cut::Reset
+            } else {
+                Cut::Stall
+            };
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for &a in &ids {
+                for &b in ids.iter().filter(|&&b| b > a) {
+                    if let (Some(x), Some(y)) = (group_of(a), group_of(b))
+                        && x != y
+                        && let Err(e) = d.cut_hosts(a, b, cut)
+                    {
+                        eprintln!("partition {a} | {b}: {e:#}");
+                    }
+                }
+            }
+            return;
+        }
+        for (&(from, to), link) in &self.links {
             if let (Some(a), Some(b)) = (group_of(from), group_of(to))
                 && a != b
             {
-                self.set_link(from, to, mode);
+                link.set(mode);
             }
         }
     }
 
     /// Every link back to [`LinkMode::Pass`].
-    pub fn heal_network(&self) {
+    pub fn heal_network(&mut self) {
+        if let Some(d) = self.docker.as_mut() {
+            d.heal();
+        }
         for link in self.links.values() {
             link.set(LinkMode::Pass);
         }
@@ -448,7 +580,9 @@ impl Cluster {
     pub fn copy_logs(&self, to: &Path) -> Result<()> {
         std::fs::create_dir_all(to)?;
         for node in self.nodes.values() {
-            if node.log_path.is_file() {
+            if let Some(d) = &self.docker {
+                std::fs::write(to.join(format!("node{}.log", node.id())), d.logs(node.id()))?;
+            } else if node.log_path.is_file() {
                 std::fs::copy(&node.log_path, to.join(format!("node{}.log", node.id())))?;
             }
         }
@@ -473,6 +607,11 @@ impl Cluster {
         id: u64,
         timeout: Duration,
     ) -> Option<std::process::ExitStatus> {
+        if let Some(d) = &self.docker {
+            use std::os::unix::process::ExitStatusExt;
+            let code = d.wait_exit(id, timeout).await?;
+            return Some(std::process::ExitStatus::from_raw(code << 8));
+        }
         self.nodes.get_mut(&id)?.wait_exit(timeout).await
     }
 

@@ -19,6 +19,7 @@ pub mod bench;
 pub mod checker;
 pub mod clockprobe;
 pub mod cluster;
+pub mod docker;
 pub mod faultfs;
 pub mod history;
 pub mod nemesis;

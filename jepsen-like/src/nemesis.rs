@@ -439,6 +439,10 @@ impl Nemesis {
                 cluster.heal_network();
                 format!("{flips} flips")
             }
+            Fault::Delay if let Some(why) = cluster.delay_unavailable() => {
+                tokio::time::sleep(hold).await;
+                format!("skipped: {why}")
+            }
             Fault::Delay => {
                 let ms = self.rng.random_range(50..200);
                 for from in self.members(cluster) {

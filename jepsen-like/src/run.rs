@@ -57,13 +57,44 @@ pub struct RunOptions {
     pub gap: Duration,
     /// Nodes started with `[testing] stale_reads = true`.
     pub stale_reads: Vec<u64>,
+    /// Nodes in containers on a bridge network, links cut with iptables
+    /// (see [`crate::docker`]); only the faults of [`DOCKER_FAULTS`].
+    pub docker: bool,
 }
+
+/// The faults the docker mode runs: partitions, kills, pauses, clocks and
+/// membership (the disk faults need the FUSE mounts and process exits on
+/// the host).
+pub const DOCKER_FAULTS: [Fault; 14] = [
+    Fault::IsolateLeader,
+    Fault::Split,
+    Fault::Bridge,
+    Fault::OneWay,
+    Fault::LinkCut,
+    Fault::Flapping,
+    Fault::Delay,
+    Fault::Kill,
+    Fault::Pause,
+    Fault::KillAll,
+    Fault::Clock,
+    Fault::ClockJump,
+    Fault::Membership,
+    Fault::PartitionKill,
+];
 
 /// Runs it; the summary says whether the history was valid.
 pub async fn run(opts: &RunOptions) -> Result<Summary> {
     let started = Instant::now();
+    if opts.docker
+        && let Some(f) = opts.faults.iter().find(|f| !DOCKER_FAULTS.contains(f))
+    {
+        anyhow::bail!(
+            "--docker runs the partition, kill, pause, clock and membership faults; not {}",
+            f.name()
+        );
+    }
     let spare = opts.faults.contains(&Fault::Membership);
-    let wants_fuse = opts.faults.iter().any(|f| Fault::FUSE.contains(f));
+    let wants_fuse = !opts.docker && opts.faults.iter().any(|f| Fault::FUSE.contains(f));
     let no_fuse = if wants_fuse {
         faultfs::unavailable()
     } else {
@@ -85,6 +116,7 @@ pub async fn run(opts: &RunOptions) -> Result<Summary> {
             .faults
             .contains(&Fault::SnapshotStorm)
             .then_some(SNAPSHOT_STORM_EVERY),
+        docker: opts.docker,
     })
     .await?;
     let founders = cluster.founders().to_vec();
@@ -197,13 +229,14 @@ async fn drive(
         eprintln!("after healing: {e:#}");
         // What a CI log keeps of a run whose directory is gone: each
         // node's last warnings.
-        for node in cluster.nodes() {
-            let text = node.log_text();
+        let ids: Vec<u64> = cluster.nodes().map(|n| n.id()).collect();
+        for id in ids {
+            let text = cluster.log_text(id);
             let warnings: Vec<&str> = text
                 .lines()
                 .filter(|l| l.contains("WARN") || l.contains("ERROR"))
                 .collect();
-            eprintln!("--- node {}: its last warnings", node.id());
+            eprintln!("--- node {id}: its last warnings");
             for line in &warnings[warnings.len().saturating_sub(12)..] {
                 eprintln!("{}", line.chars().take(400).collect::<String>());
             }

@@ -96,6 +96,7 @@ pub async fn soak(opts: &SoakOptions) -> Result<(Vec<Row>, Option<PathBuf>)> {
             hold: opts.hold,
             gap: opts.gap,
             stale_reads: Vec::new(),
+            docker: false,
         };
         println!(
             "soak {}/{}: seed {seed}, faults {}",

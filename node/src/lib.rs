@@ -9,6 +9,8 @@
 //!   who each caller is and what it may do.
 //! - [`node`]: the handle every service shares: propose, linearize.
 //! - [`peer`]: the node-to-node API's wire types and its typed client.
+//! - [`backup`]: what a backup file holds, and restoring one into the
+//!   data dirs of a new cluster.
 //! - [`server`]: start and stop a node; [`config`], [`clock`], [`expiry`],
 //!   [`compaction`] (snapshots by log bytes),
 //!   [`metrics`] (Prometheus), [`telemetry`] (logs and traces).
@@ -19,6 +21,7 @@
 //!   [`owner`] (liveness probes, the ownership ring, TTL expiry).
 
 pub mod api;
+pub mod backup;
 pub mod clock;
 pub mod cluster;
 pub mod compaction;

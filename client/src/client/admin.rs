@@ -126,6 +126,42 @@ impl Client {
         .await
     }
 
+    /// Opens a backup stream (`Admin.SnapshotSave`) on the first endpoint
+    /// that answers, trying each once. The timeout bounds only the wait for
+    /// the response headers: a large state takes longer to stream, and a
+    /// grpc-timeout would end the stream on the server. A stream that
+    /// breaks is not resumed; save again.
+    pub async fn snapshot_save(
+        &self,
+    ) -> Result<tonic::Streaming<proto::SnapshotChunk>, ClientError> {
+        let config = self.config().clone();
+        let mut last_error = String::from("no endpoint");
+        for _ in 0..self.shared.endpoints.len() {
+            let index = self.preferred();
+            let (uri, channel) = self.target(index);
+            let uri = uri.to_string();
+            let opened = tokio::time::timeout(
+                config.request_timeout,
+                crate::endpoint::admin(channel).snapshot_save(proto::SnapshotSaveRequest {}),
+            )
+            .await;
+            match opened {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => match classify(&status) {
+                    Outcome::Definite => return Err(status.into()),
+                    _ => last_error = format!("{uri}: {}", describe(&status)),
+                },
+                Err(_) => {
+                    last_error = format!("{uri}: no answer within {:?}", config.request_timeout)
+                }
+            }
+            self.move_preference_from(index);
+        }
+        Err(ClientError::Unavailable(
+            format!("SnapshotSave: no endpoint answered; last error from {last_error}").into(),
+        ))
+    }
+
     /// Founds the cluster on the node at `endpoint` (see `InitRequest` in
     /// the proto): once, on a founding node. One attempt; `Unavailable`
     /// while a founding node cannot be reached yet.

@@ -33,6 +33,7 @@ async fn heartbeating_users_survive_a_cut_between_two_followers() {
         hold: herald_jepsen::nemesis::LINK_CUT_HOLD,
         gap: Duration::from_secs(2),
         stale_reads: Vec::new(),
+        docker: false,
     };
     let summary = run(&opts).await.expect("run");
     for a in &summary.check.anomalies {

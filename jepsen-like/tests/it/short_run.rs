@@ -29,6 +29,7 @@ async fn a_short_run_is_valid_and_writes_its_output() {
         hold: Duration::from_secs(2),
         gap: Duration::from_secs(1),
         stale_reads: Vec::new(),
+        docker: false,
     };
     let summary = run(&opts).await.expect("run");
     eprintln!(

@@ -22,6 +22,7 @@ async fn a_partitioned_node_serving_local_reads_is_caught() {
         stale_reads: vec![3],
         faultfs: false,
         snapshot_every: None,
+        docker: false,
     })
     .await
     .expect("start");

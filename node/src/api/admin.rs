@@ -1,6 +1,6 @@
-//! The admin gRPC service: node status, membership and leadership. Changes
-//! run on the leader; a follower passes them on through the leader's admin
-//! API, so any node answers every call.
+//! The admin gRPC service: node status, membership and leadership, and
+//! backups. Changes run on the leader; a follower passes them on through the
+//! leader's admin API, so any node answers every call.
 
 use std::collections::BTreeSet;
 
@@ -11,6 +11,7 @@ use ::herald_client::proto::*;
 use openraft::ChangeMembers;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::{Request, Response, Status};
 
@@ -57,6 +58,67 @@ impl AdminService {
 /// and far from the values whose nanoseconds overflow (i64::MAX ms once
 /// made the node's SNTP answer 1970).
 pub const MAX_CLOCK_OFFSET_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// The size of one `SnapshotChunk`'s data: well under gRPC's default 4 MiB
+/// message limit, large enough that a 150 MB backup is ~150 messages.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// The stream `SnapshotSave` answers with.
+pub type SnapshotChunks = ReceiverStream<Result<SnapshotChunk, Status>>;
+
+/// Makes a backup on `node` and sends it down `tx` in chunks: after a
+/// linearizable barrier (so it holds every write acknowledged before the
+/// call), the state as applied then, encoded like the node's snapshot file.
+/// Stops quietly when the receiver has gone.
+async fn stream_backup(node: Herald, tx: tokio::sync::mpsc::Sender<Result<SnapshotChunk, Status>>) {
+    let made = async {
+        node.linearize().await.map_err(Status::from)?;
+        node.store()
+            .export()
+            .await
+            .map_err(|e| refuse(Code::Internal, format!("encoding the snapshot failed: {e}")))
+    }
+    .await;
+    let (meta, bytes) = match made {
+        Ok(m) => m,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let (index, term) = meta
+        .last_log_id
+        .as_ref()
+        .map_or((0, 0), |l| (l.index(), l.leader_id.term));
+    tracing::info!(index, bytes = bytes.len(), "backup: streaming a snapshot");
+    let digest: Vec<u8> = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes).to_vec()
+    };
+    let mut chunks = bytes.chunks(SNAPSHOT_CHUNK_BYTES).peekable();
+    let mut first = true;
+    while let Some(data) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let mut chunk = SnapshotChunk {
+            data: data.to_vec(),
+            ..Default::default()
+        };
+        if first {
+            chunk.total_bytes = bytes.len() as u64;
+            chunk.index = index;
+            chunk.term = term;
+            chunk.node_id = node.id();
+            first = false;
+        }
+        if last {
+            chunk.sha256 = digest.clone();
+        }
+        if tx.send(Ok(chunk)).await.is_err() {
+            tracing::info!("backup: the receiver went away");
+            return;
+        }
+    }
+}
 
 fn raft_err(e: impl std::fmt::Display) -> Status {
     refuse(Code::FailedPrecondition, e.to_string())
@@ -480,6 +542,20 @@ impl Admin for AdminService {
                 "snapshot not built within 30s",
             )),
         }
+    }
+
+    type SnapshotSaveStream = SnapshotChunks;
+
+    /// Answers at once; the barrier, the encoding and the chunks follow on
+    /// the stream, so a large state never runs into the caller's timeout
+    /// for the response headers.
+    async fn snapshot_save(
+        &self,
+        _req: Request<SnapshotSaveRequest>,
+    ) -> Result<Response<Self::SnapshotSaveStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(stream_backup(self.node.clone(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn set_clock_offset(

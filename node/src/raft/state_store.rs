@@ -15,8 +15,10 @@
 //!
 //! # The snapshot file (format version 2)
 //!
-//! `"HRLDSNAP"`, the format version (u32 LE), 4 zero bytes, the length of
-//! the meta (u32 LE), the meta (bincode of openraft's `SnapshotMeta`), the
+//! `"HRLDSNAP"`, the format version (u32 LE), the data-dir format the state
+//! was encoded in (u32 LE, [`identity::FORMAT_VERSION`]; zero in files
+//! written before it was recorded, and not checked when a node loads its
+//! own file: the identity file already is), the length of the meta (u32 LE), the meta (bincode of openraft's `SnapshotMeta`), the
 //! length of the data (u64 LE), the data (the bincode of [`State`]), and
 //! the CRC-32 of everything before it (u32 LE). The checksum is verified
 //! whenever the file is read (at start, and before it is sent to a
@@ -43,12 +45,13 @@ use tokio::sync::watch;
 
 use super::segment_log::RESTORE_ADVICE;
 use super::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
-use super::{Applied, TypeConfig, to_bincode};
+use super::{Applied, TypeConfig, identity, to_bincode};
 use crate::metrics::Metrics;
 use crate::state::{Entry as SmEntry, State};
 
 const KEY_SNAPSHOT: &[u8] = b"current";
-const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// The snapshot file's name in a data dir.
+pub const SNAPSHOT_FILE: &str = "snapshot.bin";
 /// The snapshot format this build writes (and the newest it reads).
 pub const FORMAT_VERSION: u32 = 2;
 const MAGIC: [u8; 8] = *b"HRLDSNAP";
@@ -106,7 +109,7 @@ fn file_prefix(meta: &SnapshotMeta, data_len: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(20 + meta.len() + 8);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&identity::FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
     out.extend_from_slice(&meta);
     out.extend_from_slice(&(data_len as u64).to_le_bytes());
@@ -179,6 +182,50 @@ fn split_snapshot(
     bytes.truncate(body);
     bytes.drain(..data_at);
     Ok((meta, bytes))
+}
+
+/// A whole snapshot file's bytes (this build's format) for `meta` and the
+/// state's bincode `data`: what `Admin.SnapshotSave` streams and what a
+/// restore writes into a new data dir.
+pub fn encode_file(meta: &SnapshotMeta, data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = file_prefix(meta, data.len())?;
+    out.reserve(data.len() + 4);
+    out.extend_from_slice(data);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Reads a snapshot file of this build's format (a backup: the version-1
+/// form, which has no checksum, is refused): its meta and its state's
+/// bincode, after checking the header, the lengths and the checksum.
+/// `file` names it in errors.
+pub fn decode_file(bytes: Vec<u8>, file: &str) -> Result<(SnapshotMeta, Vec<u8>), SnapshotError> {
+    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+        return Err(SnapshotError::Corrupt {
+            file: file.to_string(),
+            what: "not a Herald snapshot (it does not start with HRLDSNAP)".into(),
+        });
+    }
+    split_snapshot(bytes, file)
+}
+
+/// The data-dir format a snapshot file says its state was encoded in
+/// (0: not recorded, a file from before it was).
+pub fn data_format(bytes: &[u8]) -> u32 {
+    match bytes.get(12..16) {
+        Some(w) => u32::from_le_bytes([w[0], w[1], w[2], w[3]]),
+        None => 0,
+    }
+}
+
+/// The CRC-32 a snapshot file of this build's format carries in its last
+/// four bytes (not checked here: see [`decode_file`]).
+pub fn stored_checksum(bytes: &[u8]) -> Option<u32> {
+    let tail = bytes.len().checked_sub(4)?;
+    let mut w = [0; 4];
+    w.copy_from_slice(&bytes[tail..]);
+    Some(u32::from_le_bytes(w))
 }
 
 /// A snapshot from before versions (the bincode of a [`StoredSnapshot`]:
@@ -330,6 +377,28 @@ impl StateStore {
         let mut rx = self.applied();
         // The sender lives as long as the store, which outlives this call.
         let _ = rx.wait_for(|&applied| applied >= index).await;
+    }
+
+    /// The state as it is now, as the bytes of a snapshot file
+    /// ([`encode_file`]), with its meta: a backup. Like a build, only a
+    /// pointer copy is made under the lock; encoding runs on the blocking
+    /// pool. Nothing is written to disk and the log is not purged.
+    pub async fn export(&self) -> io::Result<(SnapshotMeta, Vec<u8>)> {
+        let (meta, view) = {
+            let m = self.read();
+            let meta = SnapshotMeta {
+                last_log_id: m.last_applied,
+                last_membership: m.last_membership.clone(),
+            };
+            (meta, m.state.snapshot_view())
+        };
+        self.blocking(move |_| {
+            let data = view.to_snapshot().map_err(io::Error::other)?;
+            drop(view);
+            let bytes = encode_file(&meta, &data)?;
+            Ok((meta, bytes))
+        })
+        .await
     }
 
     /// Size of the durable snapshot in bytes (0 if none).

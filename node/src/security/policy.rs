@@ -114,7 +114,7 @@ pub fn permission_of(path: &str) -> Option<Permission> {
         (
             "herald.v1.Admin",
             "Init" | "AddLearner" | "Promote" | "Remove" | "ChangeMembership" | "TransferLeader"
-            | "Snapshot" | "SetClockOffset",
+            | "Snapshot" | "SetClockOffset" | "SnapshotSave",
         ) => Role(crate::state::Role::Admin),
         ("herald.v1.Auth", "Status") => Authenticated,
         (

@@ -8,6 +8,7 @@
 mod common;
 
 mod api;
+mod backup;
 mod cluster;
 mod dashboards;
 mod flows;

@@ -69,7 +69,7 @@ async fn call(channel: Channel, path: &str) -> Code {
     }
     let pq = http::uri::PathAndQuery::from_str(path).expect("path");
     let req = tonic::Request::new(Vec::new());
-    if path.ends_with("/Watch") {
+    if path.ends_with("/Watch") || path.ends_with("/SnapshotSave") {
         return match grpc.server_streaming(req, pq, Raw).await {
             Ok(_) => Code::Ok,
             Err(s) => s.code(),
