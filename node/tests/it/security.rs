@@ -69,7 +69,10 @@ async fn call(channel: Channel, path: &str) -> Code {
     }
     let pq = http::uri::PathAndQuery::from_str(path).expect("path");
     let req = tonic::Request::new(Vec::new());
-    if path.ends_with("/Watch") || path.ends_with("/SnapshotSave") {
+    if path.ends_with("/Watch")
+        || path.ends_with("/WatchSessions")
+        || path.ends_with("/SnapshotSave")
+    {
         return match grpc.server_streaming(req, pq, Raw).await {
             Ok(_) => Code::Ok,
             Err(s) => s.code(),
@@ -92,13 +95,14 @@ fn needed(service: &str, method: &str) -> Option<&'static str> {
         (
             "Herald",
             "ConnectSession" | "Progress" | "Bind" | "Handoff" | "GetSession" | "SessionLog"
-            | "DeleteSession",
+            | "DeleteSession" | "GetBinding" | "Unbind" | "ListSessions" | "WatchSessions"
+            | "OfferHandoff" | "AcceptHandoff",
         ) => Some("sessions"),
         (
             "Herald",
             "CreatePlatform" | "CreatePool" | "LeaseAccount" | "RenewLease" | "ReleaseLease"
             | "PutAccountData" | "ListPools" | "ListLeases" | "AccountLogin" | "DeletePool"
-            | "DeletePlatform",
+            | "DeletePlatform" | "LeaseAndLogin",
         ) => Some("pools"),
         ("Admin" | "Auth", "Status") | ("Admin", "Members") => None,
         ("Admin" | "Auth", _) => Some("admin"),
