@@ -11,11 +11,11 @@ use ::herald_client::proto::*;
 use futures::{Stream, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::super::convert as cv;
 use super::super::page;
-use super::super::status::{refuse, wire_reason};
+use super::watch::{EventSource, spawn_watch};
 use super::{HeraldService, invalid, unexpected};
 use crate::node::{Herald, NodeError};
 use crate::state::{self, Command, StateError};
@@ -54,11 +54,6 @@ pub fn check_uids(uids: &[String]) -> Result<(), StateError> {
 /// Checks the single `uid` of a call (`GetPresence`, `Heartbeat`).
 pub fn check_uid(uid: &str) -> Result<(), StateError> {
     state::limits::check_uid("uid", uid)
-}
-
-/// Resolves once the flag is (or becomes) true, or its sender is gone.
-async fn until_true(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
 /// Batch lookup shared by gRPC and HTTP: one record per uid, in order,
@@ -229,79 +224,13 @@ pub fn open_watch(
     start_revision: u64,
 ) -> Result<WatchFeed, Status> {
     check_uids(&uids).map_err(invalid)?;
-    let slot = node
-        .watch_slots()
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            refuse(
-                Code::ResourceExhausted,
-                format!(
-                    "too many watch streams on this node: limits.max_watch_streams = {}; \
-                 close one or watch through another node",
-                    node.config().limits.max_watch_streams
-                ),
-            )
-        })?;
     let uids: BTreeSet<String> = uids.into_iter().collect();
-    let store = node.store().clone();
-    let mut applied = store.applied();
-    let mut stopping = node.stopping();
-    let mut next = match start_revision {
-        0 => store.read().state.last_index() + 1,
-        n => n,
-    };
-    // Refuse a compacted start now, as a status rather than a broken stream.
-    store
-        .read()
-        .state
-        .presence_events_since(next, &uids)
-        .map_err(|e| compacted(&e))?;
-    let (tx, rx) = mpsc::channel(1024);
-    let open_stream = node.metrics().api.watch_stream();
-    tokio::spawn(async move {
-        // Dropped in reverse: the gauge falls before the slot frees.
-        let _slot = slot;
-        let _open_stream = open_stream;
-        loop {
-            // Everything up to the state's last index is in its history,
-            // so resuming at last_index + 1 leaves no gap.
-            let (events, upto) = {
-                let m = store.read();
-                (
-                    m.state.presence_events_since(next, &uids),
-                    m.state.last_index(),
-                )
-            };
-            match events {
-                Ok(events) => {
-                    for e in events {
-                        if tx.send(Ok(e)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(compacted(&e))).await;
-                    return;
-                }
+    let source: EventSource<state::PresenceEvent> = Box::new(move |state, start, out| {
+        state.visit_presence_events_since(start, |e| {
+            if uids.is_empty() || uids.contains(&e.uid) {
+                out.push(e.clone());
             }
-            next = next.max(upto + 1);
-            tokio::select! {
-                r = applied.changed() => if r.is_err() { return },
-                _ = tx.closed() => return,
-                _ = until_true(&mut stopping) => {
-                    let _ = tx.send(Err(refuse(Code::Unavailable, "node shutting down; resume elsewhere"))).await;
-                    return;
-                }
-            }
-        }
+        })
     });
-    Ok(rx)
-}
-
-/// A watch whose start the history no longer holds: OUT_OF_RANGE, as etcd
-/// answers a compacted revision, with the state machine's COMPACTED reason.
-fn compacted(e: &StateError) -> Status {
-    ::herald_client::refusal(Code::OutOfRange, e.to_string(), wire_reason(e.reason()))
+    spawn_watch(node, start_revision, source)
 }

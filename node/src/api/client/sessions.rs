@@ -10,7 +10,7 @@ use tonic::{Code, Request, Response, Status};
 use super::super::convert as cv;
 use super::super::page;
 use super::super::status::refuse;
-use super::watch::{WatchFeed, serve_watch};
+use super::watch::{EventSource, serve_watch};
 use super::{HeraldService, invalid, unexpected};
 use crate::state::{self, Command};
 
@@ -174,7 +174,7 @@ impl HeraldService {
             .collect::<Result<BTreeSet<_>, _>>()
             .map_err(invalid)?;
         let ids: BTreeSet<u64> = r.session_ids.into_iter().collect();
-        let feed: WatchFeed<SessionEvent> = Box::new(move |state, start, out| {
+        let source: EventSource<SessionEvent> = Box::new(move |state, start, out| {
             state.visit_session_events_since(start, |e| {
                 let wanted = (ids.is_empty() && terminals.is_empty())
                     || ids.contains(&e.session.session_id)
@@ -184,7 +184,7 @@ impl HeraldService {
                 }
             })
         });
-        serve_watch(self, r.start_revision, feed).map(Response::new)
+        serve_watch(&self.node, r.start_revision, source).map(Response::new)
     }
 
     pub(super) async fn get_session(

@@ -1,6 +1,6 @@
-//! Serving a resumable session watch over a replica's event history. (The
-//! presence watch, shared by gRPC and the SSE route, is `presence::open_watch`;
-//! both take their slot from the node's one `limits.max_watch_streams`.)
+//! Serving a resumable watch over a replica's event history: the one loop
+//! behind the presence watch (gRPC and the SSE route, through
+//! `presence::open_watch`) and the session watch.
 //!
 //! A watch takes a slot of `limits.max_watch_streams` (refused with
 //! RESOURCE_EXHAUSTED when none is free), refuses a compacted start as a
@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use super::super::status::{refuse, wire_reason};
-use super::HeraldService;
+use crate::node::Herald;
 use crate::state::{State, StateError};
 
 /// The stream a watch answers.
@@ -27,16 +27,30 @@ pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Appends the events of one watch with `revision >= start` to `out`, or
 /// says the start is compacted.
-pub type WatchFeed<T> =
+pub type EventSource<T> =
     Box<dyn FnMut(&State, u64, &mut Vec<T>) -> Result<(), StateError> + Send + 'static>;
 
-/// Starts a watch from `start_revision` (0 = from now) over `feed`.
+/// Starts a watch from `start_revision` (0 = from now) over `source`, as a
+/// gRPC stream.
 pub fn serve_watch<T: Send + 'static>(
-    service: &HeraldService,
+    node: &Herald,
     start_revision: u64,
-    mut feed: WatchFeed<T>,
+    source: EventSource<T>,
 ) -> Result<EventStream<T>, Status> {
-    let node = service.node();
+    let rx = spawn_watch(node, start_revision, source)?;
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+/// Starts a watch from `start_revision` (0 = from now) over `source`: the
+/// task that feeds the receiver holds a `limits.max_watch_streams` permit
+/// until the receiver is dropped (the client went away: the call was
+/// cancelled or the connection closed, which keepalive notices for a
+/// vanished peer).
+pub fn spawn_watch<T: Send + 'static>(
+    node: &Herald,
+    start_revision: u64,
+    mut source: EventSource<T>,
+) -> Result<mpsc::Receiver<Result<T, Status>>, Status> {
     let slot = node
         .watch_slots()
         .clone()
@@ -59,7 +73,7 @@ pub fn serve_watch<T: Send + 'static>(
         n => n,
     };
     // Refuse a compacted start now, as a status rather than a broken stream.
-    feed(&store.read().state, next, &mut Vec::new()).map_err(|e| compacted(&e))?;
+    source(&store.read().state, next, &mut Vec::new()).map_err(|e| compacted(&e))?;
     let (tx, rx) = mpsc::channel(1024);
     let open_stream = node.metrics().api.watch_stream();
     tokio::spawn(async move {
@@ -67,10 +81,12 @@ pub fn serve_watch<T: Send + 'static>(
         let _slot = slot;
         let _open_stream = open_stream;
         loop {
+            // Everything up to the state's last index is in its history,
+            // so resuming at last_index + 1 leaves no gap.
             let mut events = Vec::new();
             let (fed, upto) = {
                 let m = store.read();
-                (feed(&m.state, next, &mut events), m.state.last_index())
+                (source(&m.state, next, &mut events), m.state.last_index())
             };
             if let Err(e) = fed {
                 let _ = tx.send(Err(compacted(&e))).await;
@@ -92,7 +108,7 @@ pub fn serve_watch<T: Send + 'static>(
             }
         }
     });
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    Ok(rx)
 }
 
 /// Resolves once the flag is (or becomes) true, or its sender is gone.
