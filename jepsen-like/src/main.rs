@@ -12,7 +12,7 @@ use herald_jepsen::cluster::locate_node_binary;
 use herald_jepsen::history::{fault_windows, pair, read_jsonl};
 use herald_jepsen::nemesis::{Fault, parse_group};
 use herald_jepsen::report::{self, Summary};
-use herald_jepsen::run::{DOCKER_FAULTS, RunOptions, Schedule, run};
+use herald_jepsen::run::{RunOptions, Schedule, docker_faults, run};
 use herald_jepsen::soak::{SoakOptions, soak, table};
 use herald_jepsen::workload::Workload;
 
@@ -317,7 +317,7 @@ async fn main_inner(args: Args) -> Result<ExitCode> {
             nodes: 3,
             duration: Duration::ZERO,
             faults: if common.docker {
-                DOCKER_FAULTS.to_vec()
+                docker_faults()
             } else {
                 Fault::ALL.to_vec()
             },
