@@ -103,8 +103,9 @@ fn policy(text: &str) -> Result<AccessPolicy, String> {
         "leased" | "leased-accounts" => Ok(AccessPolicy::LeasedAccounts),
         "holder" | "holder-only" => Ok(AccessPolicy::HolderOnly),
         "closed" => Ok(AccessPolicy::Closed),
+        "registered" | "registered-only" => Ok(AccessPolicy::RegisteredOnly),
         _ => Err(format!(
-            "unit policy: unknown {text:?} (policies: leased, holder-only, closed)"
+            "unit policy: unknown {text:?} (policies: leased, holder-only, closed, registered-only)"
         )),
     }
 }

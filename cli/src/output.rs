@@ -433,13 +433,48 @@ pub mod to_json {
     }
 
     pub fn account_login(r: &proto::AccountLoginResponse) -> Value {
-        let data: serde_json::Map<String, Value> =
-            r.data.iter().map(|(k, v)| (k.clone(), b64(v))).collect();
         json!({
             "ok": r.ok,
             "reason": r.reason,
             "lease": opt(r.lease.as_ref(), lease),
-            "data": data,
+            "data": account_data(&r.data),
+            "registered": r.registered,
+        })
+    }
+
+    /// A leased account's data: each value in base64.
+    pub fn account_data(data: &std::collections::HashMap<String, Vec<u8>>) -> Value {
+        let data: serde_json::Map<String, Value> =
+            data.iter().map(|(k, v)| (k.clone(), b64(v))).collect();
+        Value::Object(data)
+    }
+
+    pub fn registered(a: &proto::RegisteredAccount) -> Value {
+        json!({
+            "unit_id": a.unit_id,
+            "account": a.account,
+            "created_ms": a.created_ms,
+            "updated_ms": a.updated_ms,
+        })
+    }
+
+    pub fn first_access(r: &proto::FirstAccessResponse) -> Value {
+        let mode = proto::ContentUnitsMode::try_from(r.mode).map_or("?", |m| m.as_str_name());
+        let units: Vec<Value> = r
+            .units
+            .iter()
+            .map(|s| {
+                json!({
+                    "unit": opt(s.unit.as_ref(), unit),
+                    "available": s.available,
+                })
+            })
+            .collect();
+        json!({
+            "platform_id": r.platform_id,
+            "content_id": r.content_id,
+            "mode": mode,
+            "units": units,
         })
     }
 

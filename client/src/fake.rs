@@ -321,6 +321,36 @@ impl Herald for Fake {
     async fn accept_handoff(&self, _: Request<AcceptHandoffRequest>) -> Res<HandoffResponse> {
         no("AcceptHandoff")
     }
+    async fn register_account(
+        &self,
+        _: Request<RegisterAccountRequest>,
+    ) -> Res<RegisterAccountResponse> {
+        no("RegisterAccount")
+    }
+    async fn remove_account(&self, _: Request<RemoveAccountRequest>) -> Res<DeleteResponse> {
+        no("RemoveAccount")
+    }
+    async fn list_accounts(&self, _: Request<ListAccountsRequest>) -> Res<ListAccountsResponse> {
+        no("ListAccounts")
+    }
+    async fn get_account_data(
+        &self,
+        _: Request<GetAccountDataRequest>,
+    ) -> Res<GetAccountDataResponse> {
+        no("GetAccountData")
+    }
+    async fn set_content_units(
+        &self,
+        _: Request<SetContentUnitsRequest>,
+    ) -> Res<SetContentUnitsResponse> {
+        no("SetContentUnits")
+    }
+    async fn remove_content(&self, _: Request<RemoveContentRequest>) -> Res<DeleteResponse> {
+        no("RemoveContent")
+    }
+    async fn first_access(&self, _: Request<FirstAccessRequest>) -> Res<FirstAccessResponse> {
+        no("FirstAccess")
+    }
 }
 
 #[tonic::async_trait]

@@ -80,6 +80,11 @@ pub struct Quotas {
     pub accounts_per_command: u32,
     /// Bytes of data (keys plus values) one leased account may hold.
     pub data_bytes_per_account: u64,
+    /// Registered accounts (viewers' own accounts) in the cluster, over
+    /// every unit.
+    pub registered_accounts: u64,
+    /// Tagged contents (content id -> units) in the cluster.
+    pub contents: u64,
     /// Cluster time a session may stay idle (no progress, no handoff)
     /// before it and its work log are deleted; 0 = kept until deleted.
     pub session_retention_ms: u64,
@@ -110,6 +115,8 @@ impl Default for Quotas {
             accounts_per_pool: MAX_POOL_SIZE,
             accounts_per_command: 10_000,
             data_bytes_per_account: 256 * 1024,
+            registered_accounts: 1_000_000,
+            contents: 1_000_000,
             session_retention_ms: 7 * DAY_MS,
             presence_retention_ms: 30 * DAY_MS,
             watch_history_bytes: 64 * 1024 * 1024,
@@ -121,7 +128,7 @@ impl Quotas {
     /// Values a cluster can run with: every count at least 1, the per-thing
     /// quotas within the field limits, retentions at most a year.
     pub fn validate(&self) -> Result<(), QuotaError> {
-        let counts: [(&str, u64); 13] = [
+        let counts: [(&str, u64); 15] = [
             ("users", self.users),
             ("clients_per_user", self.clients_per_user.into()),
             ("connections_per_user", self.connections_per_user.into()),
@@ -135,6 +142,8 @@ impl Quotas {
             ("accounts", self.accounts),
             ("accounts_per_pool", self.accounts_per_pool.into()),
             ("accounts_per_command", self.accounts_per_command.into()),
+            ("registered_accounts", self.registered_accounts),
+            ("contents", self.contents),
         ];
         for (name, value) in counts {
             if value == 0 {

@@ -20,7 +20,7 @@ pub enum Cmd {
         /// The platform's name
         name: String,
         /// A unit, repeatable: 'name=news,qos=gold,response-ms=200,policy=leased,start=0,end=0'
-        /// (policy: leased, holder-only, closed; start/end: ms since the epoch, 0 = open)
+        /// (policy: leased, holder-only, closed, registered-only; start/end: ms since the epoch, 0 = open)
         #[arg(long = "unit", value_parser = args::unit_spec, required = true)]
         units: Vec<proto::UnitSpec>,
     },
@@ -147,6 +147,94 @@ pub enum Cmd {
         /// it (or set HERALD_LEASE_SECRET)
         #[arg(long = "secret", env = "HERALD_LEASE_SECRET", hide_env_values = true)]
         secret: Option<String>,
+    },
+    /// Read back a leased account's data (needs its lease secret)
+    DataGet {
+        /// The lease's id
+        lease: u64,
+        /// The lease holder
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        secret: LeaseSecret,
+        /// Read the answering node's local state (fast, possibly stale)
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Register a viewer's own account in a unit (or, with --replace, set
+    /// its password); the cluster keeps only an Argon2id hash
+    Register {
+        /// The unit's id
+        #[arg(long)]
+        unit: u64,
+        /// The account name (1-128 bytes; not of the u<unit>p<pool>-<n> shape)
+        account: String,
+        /// Its password, 8-128 bytes (or set HERALD_ACCOUNT_PASSWORD, which
+        /// keeps it out of the shell history and the process list)
+        #[arg(
+            long,
+            env = "HERALD_ACCOUNT_PASSWORD",
+            hide_env_values = true,
+            required = true
+        )]
+        password: String,
+        /// Set the password of an existing account instead
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Remove a registered account
+    Unregister {
+        /// The unit's id
+        #[arg(long)]
+        unit: u64,
+        /// The account name
+        account: String,
+    },
+    /// List a unit's registered accounts (never their passwords)
+    Accounts {
+        /// The unit's id
+        unit: u64,
+        /// Read the answering node's local state (fast, possibly stale)
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Tag a content id with the units it shows: --units 3,4 (a list),
+    /// --all, or --none
+    ContentSet {
+        /// The platform's id
+        #[arg(long)]
+        platform: u64,
+        /// The content id (a programme, a channel; 1-128 bytes)
+        content: String,
+        /// The units it shows, in order
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["all", "none"], required_unless_present_any = ["all", "none"])]
+        units: Vec<u64>,
+        /// Every unit of the platform
+        #[arg(long, conflicts_with = "none")]
+        all: bool,
+        /// No unit
+        #[arg(long)]
+        none: bool,
+    },
+    /// Remove a content's tag
+    ContentRemove {
+        /// The platform's id
+        #[arg(long)]
+        platform: u64,
+        /// The content id
+        content: String,
+    },
+    /// The first access request: the units a content shows, and whether
+    /// each admits logins now
+    Content {
+        /// The platform's id
+        #[arg(long)]
+        platform: u64,
+        /// The content id
+        content: String,
+        /// Read the answering node's local state (fast, possibly stale)
+        #[arg(long)]
+        serializable: bool,
     },
 }
 
@@ -407,8 +495,162 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
                 bail!("login refused: {}", resp.reason);
             }
         }
+        Cmd::DataGet {
+            lease,
+            user,
+            secret,
+            serializable,
+        } => {
+            let resp = client
+                .get_account_data(proto::GetAccountDataRequest {
+                    lease_id: lease,
+                    user,
+                    lease_secret: secret.secret,
+                    consistency: consistency(serializable).into(),
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&to_json::account_data(&resp.data)),
+                Format::Table => print_data(&resp.data),
+            }
+        }
+        Cmd::Register {
+            unit,
+            account,
+            password,
+            replace,
+        } => {
+            let a = client
+                .register_account(proto::RegisterAccountRequest {
+                    unit_id: unit,
+                    account,
+                    password,
+                    replace,
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&to_json::registered(&a)),
+                Format::Table if replace => {
+                    println!("OK: password of {} in unit {unit} set", a.account)
+                }
+                Format::Table => println!("OK: {} registered in unit {unit}", a.account),
+            }
+        }
+        Cmd::Unregister { unit, account } => {
+            client.remove_account(unit, &account).await?;
+            match ctx.format {
+                Format::Json => print_json(&serde_json::json!({})),
+                Format::Table => println!("OK: {account} removed from unit {unit}"),
+            }
+        }
+        Cmd::Accounts { unit, serializable } => {
+            let accounts = client
+                .list_accounts(unit, consistency(serializable))
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&serde_json::Value::Array(
+                    accounts.iter().map(to_json::registered).collect(),
+                )),
+                Format::Table => {
+                    let mut table = Table::new(&["UNIT", "ACCOUNT", "CREATED", "PASSWORD SET"]);
+                    for a in &accounts {
+                        table.row(vec![
+                            a.unit_id.to_string(),
+                            a.account.clone(),
+                            output::time(a.created_ms),
+                            output::time(a.updated_ms),
+                        ]);
+                    }
+                    table.print();
+                }
+            }
+        }
+        Cmd::ContentSet {
+            platform,
+            content,
+            units,
+            all,
+            none,
+        } => {
+            let mode = if all {
+                proto::ContentUnitsMode::UnitsAll
+            } else if none {
+                proto::ContentUnitsMode::UnitsNone
+            } else {
+                proto::ContentUnitsMode::UnitsList
+            };
+            client
+                .set_content_units(proto::SetContentUnitsRequest {
+                    platform_id: platform,
+                    content_id: content.clone(),
+                    mode: mode as i32,
+                    unit_ids: units,
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&serde_json::json!({})),
+                Format::Table => println!("OK: {content} of platform {platform} tagged"),
+            }
+        }
+        Cmd::ContentRemove { platform, content } => {
+            client.remove_content(platform, &content).await?;
+            match ctx.format {
+                Format::Json => print_json(&serde_json::json!({})),
+                Format::Table => println!("OK: {content} of platform {platform} untagged"),
+            }
+        }
+        Cmd::Content {
+            platform,
+            content,
+            serializable,
+        } => {
+            let resp = client
+                .first_access(proto::FirstAccessRequest {
+                    platform_id: platform,
+                    content_id: content,
+                    consistency: consistency(serializable).into(),
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => print_json(&to_json::first_access(&resp)),
+                Format::Table => {
+                    let mode = proto::ContentUnitsMode::try_from(resp.mode)
+                        .map_or("?", |m| m.as_str_name());
+                    println!(
+                        "{} of platform {}: {mode}",
+                        resp.content_id, resp.platform_id
+                    );
+                    let mut table =
+                        Table::new(&["UNIT", "NAME", "QOS", "RESPONSE", "POLICY", "AVAILABLE"]);
+                    for shown in &resp.units {
+                        let u = shown.unit.clone().unwrap_or_default();
+                        let spec = u.spec.unwrap_or_default();
+                        let policy = output::access_policy(spec.access_policy);
+                        table.row(vec![
+                            u.unit_id.to_string(),
+                            spec.name,
+                            spec.qos_class,
+                            format!("{} ms", spec.response_time_ms),
+                            policy,
+                            if shown.available { "yes" } else { "no" }.to_string(),
+                        ]);
+                    }
+                    table.print();
+                }
+            }
+        }
     }
     Ok(())
+}
+
+fn print_data(data: &std::collections::HashMap<String, Vec<u8>>) {
+    let mut keys: Vec<_> = data.iter().collect();
+    keys.sort();
+    let mut table = Table::new(&["KEY", "VALUE"]);
+    for (k, v) in keys {
+        table.row(vec![k.clone(), output::bytes_preview(v)]);
+    }
+    table.print();
 }
 
 fn print_pools(pools: &[Pool]) {

@@ -204,4 +204,130 @@ impl Client {
         })
         .await
     }
+
+    /// Registers a viewer's own account in a unit (`replace`: sets the
+    /// password of an existing one). The node hashes the password with
+    /// Argon2id; only the hash is kept.
+    pub async fn register_account(
+        &self,
+        req: proto::RegisterAccountRequest,
+    ) -> Result<proto::RegisteredAccount, ClientError> {
+        // Setting a password twice is harmless; registering twice is not
+        // (the second would answer ALREADY_EXISTS).
+        let effect = if req.replace {
+            Effect::IdempotentWrite
+        } else {
+            Effect::Write
+        };
+        let resp = self
+            .call("RegisterAccount", effect, req, |ch, r| async move {
+                crate::endpoint::herald(ch.channel)
+                    .register_account(r)
+                    .await
+            })
+            .await?;
+        Ok(resp.account.unwrap_or_default())
+    }
+
+    /// Removes a registered account.
+    pub async fn remove_account(&self, unit_id: u64, account: &str) -> Result<(), ClientError> {
+        let req = proto::RemoveAccountRequest {
+            unit_id,
+            account: account.to_owned(),
+        };
+        self.call("RemoveAccount", Effect::Write, req, |ch, r| async move {
+            crate::endpoint::herald(ch.channel).remove_account(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every registered account of a unit, by name.
+    pub async fn list_accounts(
+        &self,
+        unit_id: u64,
+        consistency: Consistency,
+    ) -> Result<Vec<proto::RegisteredAccount>, ClientError> {
+        let mut accounts = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = proto::ListAccountsRequest {
+                unit_id,
+                consistency: consistency.into(),
+                page_size: 0,
+                page_token,
+            };
+            let page = self
+                .call("ListAccounts", Effect::Read, req, |ch, r| async move {
+                    crate::endpoint::herald(ch.channel).list_accounts(r).await
+                })
+                .await?;
+            accounts.extend(page.accounts);
+            if page.next_page_token.is_empty() {
+                return Ok(accounts);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// A leased account's data, read by its holder with the lease secret.
+    pub async fn get_account_data(
+        &self,
+        req: proto::GetAccountDataRequest,
+    ) -> Result<proto::GetAccountDataResponse, ClientError> {
+        self.call("GetAccountData", Effect::Read, req, |ch, r| async move {
+            crate::endpoint::herald(ch.channel)
+                .get_account_data(r)
+                .await
+        })
+        .await
+    }
+
+    /// Tags a content id with the units it shows (replaces an earlier tag).
+    pub async fn set_content_units(
+        &self,
+        req: proto::SetContentUnitsRequest,
+    ) -> Result<(), ClientError> {
+        self.call(
+            "SetContentUnits",
+            Effect::IdempotentWrite,
+            req,
+            |ch, r| async move {
+                crate::endpoint::herald(ch.channel)
+                    .set_content_units(r)
+                    .await
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a content's tag.
+    pub async fn remove_content(
+        &self,
+        platform_id: u64,
+        content_id: &str,
+    ) -> Result<(), ClientError> {
+        let req = proto::RemoveContentRequest {
+            platform_id,
+            content_id: content_id.to_owned(),
+        };
+        self.call("RemoveContent", Effect::Write, req, |ch, r| async move {
+            crate::endpoint::herald(ch.channel).remove_content(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The first access request: the units a content shows, each with
+    /// whether it admits logins now.
+    pub async fn first_access(
+        &self,
+        req: proto::FirstAccessRequest,
+    ) -> Result<proto::FirstAccessResponse, ClientError> {
+        self.call("FirstAccess", Effect::Read, req, |ch, r| async move {
+            crate::endpoint::herald(ch.channel).first_access(r).await
+        })
+        .await
+    }
 }

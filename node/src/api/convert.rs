@@ -317,6 +317,7 @@ fn policy(field: &str, v: i32) -> Result<state::AccessPolicy, StateError> {
         Ok(pb::AccessPolicy::LeasedAccounts) => Ok(state::AccessPolicy::LeasedAccounts),
         Ok(pb::AccessPolicy::HolderOnly) => Ok(state::AccessPolicy::HolderOnly),
         Ok(pb::AccessPolicy::Closed) => Ok(state::AccessPolicy::Closed),
+        Ok(pb::AccessPolicy::RegisteredOnly) => Ok(state::AccessPolicy::RegisteredOnly),
         Err(_) => Err(StateError::invalid(field, format!("unknown value {v}"))),
     }
 }
@@ -326,6 +327,7 @@ fn policy_pb(p: state::AccessPolicy) -> pb::AccessPolicy {
         state::AccessPolicy::LeasedAccounts => pb::AccessPolicy::LeasedAccounts,
         state::AccessPolicy::HolderOnly => pb::AccessPolicy::HolderOnly,
         state::AccessPolicy::Closed => pb::AccessPolicy::Closed,
+        state::AccessPolicy::RegisteredOnly => pb::AccessPolicy::RegisteredOnly,
     }
 }
 
@@ -357,20 +359,79 @@ pub fn platform_pb(p: &state::Platform) -> pb::Platform {
     pb::Platform {
         platform_id: p.platform_id,
         name: p.name.clone(),
-        units: p
-            .units
+        units: p.units.iter().map(unit_pb).collect(),
+    }
+}
+
+/// A unit to proto.
+pub fn unit_pb(u: &state::Unit) -> pb::Unit {
+    pb::Unit {
+        unit_id: u.unit_id,
+        platform_id: u.platform_id,
+        spec: Some(pb::UnitSpec {
+            name: u.spec.name.clone(),
+            service_start_ms: u.spec.service_start_ms,
+            service_end_ms: u.spec.service_end_ms,
+            qos_class: u.spec.qos_class.clone(),
+            response_time_ms: u.spec.response_time_ms,
+            access_policy: policy_pb(u.spec.access_policy) as i32,
+        }),
+    }
+}
+
+/// A registered account as clients see it (never its hash).
+pub fn registered_pb(a: &state::RegisteredAccount) -> pb::RegisteredAccount {
+    pb::RegisteredAccount {
+        unit_id: a.unit_id,
+        account: a.account.clone(),
+        created_ms: a.created_ms,
+        updated_ms: a.updated_ms,
+    }
+}
+
+/// A content tag request to its command.
+pub fn set_content(r: pb::SetContentUnitsRequest) -> Result<state::SetContentUnits, StateError> {
+    let units = match pb::ContentUnitsMode::try_from(r.mode) {
+        Ok(pb::ContentUnitsMode::UnitsList) => state::ContentUnits::List(r.unit_ids),
+        Ok(mode) if !r.unit_ids.is_empty() => {
+            return Err(StateError::invalid(
+                "unit_ids",
+                format!("must be empty with {}", mode.as_str_name()),
+            ));
+        }
+        Ok(pb::ContentUnitsMode::UnitsAll) => state::ContentUnits::All,
+        Ok(pb::ContentUnitsMode::UnitsNone) => state::ContentUnits::None,
+        Err(_) => {
+            return Err(StateError::invalid(
+                "mode",
+                format!("unknown value {}", r.mode),
+            ));
+        }
+    };
+    Ok(state::SetContentUnits {
+        platform_id: r.platform_id,
+        content_id: r.content_id,
+        units,
+    })
+}
+
+/// A first access answer to proto.
+pub fn content_view_pb(v: &state::ContentView) -> pb::FirstAccessResponse {
+    let mode = match v.units {
+        state::ContentUnits::List(_) => pb::ContentUnitsMode::UnitsList,
+        state::ContentUnits::All => pb::ContentUnitsMode::UnitsAll,
+        state::ContentUnits::None => pb::ContentUnitsMode::UnitsNone,
+    };
+    pb::FirstAccessResponse {
+        platform_id: v.platform_id,
+        content_id: v.content_id.clone(),
+        mode: mode as i32,
+        units: v
+            .shown
             .iter()
-            .map(|u| pb::Unit {
-                unit_id: u.unit_id,
-                platform_id: u.platform_id,
-                spec: Some(pb::UnitSpec {
-                    name: u.spec.name.clone(),
-                    service_start_ms: u.spec.service_start_ms,
-                    service_end_ms: u.spec.service_end_ms,
-                    qos_class: u.spec.qos_class.clone(),
-                    response_time_ms: u.spec.response_time_ms,
-                    access_policy: policy_pb(u.spec.access_policy) as i32,
-                }),
+            .map(|s| pb::ShownUnit {
+                unit: Some(unit_pb(&s.unit)),
+                available: s.available,
             })
             .collect(),
     }
@@ -497,5 +558,6 @@ pub fn login_outcome_pb(o: &state::LoginOutcome) -> pb::AccountLoginResponse {
         lease: o.lease.as_ref().map(lease_pb),
         data: o.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         service: None,
+        registered: false,
     }
 }

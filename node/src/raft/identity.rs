@@ -39,9 +39,10 @@ use super::segment_log::sync_dir;
 /// a `Command` variant keeps old logs readable; changing a field does not.)
 ///
 /// - 1: up to issue 17's release.
-/// - 2: the seed flows (handoff epochs, per-connection presence, registered
-///   accounts, content lists).
-pub const FORMAT_VERSION: u32 = 2;
+/// - 2: the seed flows (handoff epochs, per-connection presence).
+/// - 3: registered accounts, content tags and their quotas (issue 18's
+///   last part), the share and link modules.
+pub const FORMAT_VERSION: u32 = 3;
 const FILE_NAME: &str = "identity";
 const TMP_NAME: &str = "identity.tmp";
 

@@ -108,6 +108,10 @@ pub fn command_kind(cmd: &Command) -> &'static str {
         Command::Unbind(_) => "unbind",
         Command::OfferHandoff(_) => "offer_handoff",
         Command::AcceptHandoff(_) => "accept_handoff",
+        Command::RegisterAccount(_) => "register_account",
+        Command::RemoveAccount(_) => "remove_account",
+        Command::SetContentUnits(_) => "set_content_units",
+        Command::RemoveContent(_) => "remove_content",
     }
 }
 
@@ -151,7 +155,7 @@ pub mod typ {
 /// messages are bincode of openraft's and Herald's types, which change
 /// shape between versions without notice: bump this whenever one of them
 /// does, so a node refuses a peer it would misread instead of misreading it.
-pub const WIRE_VERSION: u16 = 3;
+pub const WIRE_VERSION: u16 = 4;
 /// Every peer message starts with these two bytes, then [`WIRE_VERSION`]
 /// (u16 little-endian), then the bincode body.
 const WIRE_MAGIC: [u8; 2] = *b"HR";

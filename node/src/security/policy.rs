@@ -108,7 +108,9 @@ pub fn permission_of(path: &str) -> Option<Permission> {
             "herald.v1.Herald",
             "CreatePlatform" | "CreatePool" | "LeaseAccount" | "RenewLease" | "ReleaseLease"
             | "PutAccountData" | "ListPools" | "ListLeases" | "AccountLogin" | "DeletePool"
-            | "DeletePlatform" | "LeaseAndLogin",
+            | "DeletePlatform" | "LeaseAndLogin" | "RegisterAccount" | "RemoveAccount"
+            | "ListAccounts" | "GetAccountData" | "SetContentUnits" | "RemoveContent"
+            | "FirstAccess",
         ) => Role(crate::state::Role::Pools),
         ("herald.v1.Admin", "Status" | "Members") => Authenticated,
         (

@@ -26,6 +26,15 @@
 //! locks out the viewer who already uses the first answer. A lease keeps at
 //! most [`MAX_LEASE_CREDENTIALS`] such pairs.
 
+mod contents;
+mod registered;
+
+pub use contents::{ContentUnits, ContentView, RemoveContent, SetContentUnits, UnitShown};
+pub use registered::{
+    KdfHash, MAX_PASSWORD_BYTES, RegisterAccount, RegisteredAccount, RegisteredLogin,
+    RemoveAccount, check_password,
+};
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -118,8 +127,7 @@ pub fn lease_secret_hash(secret: &str) -> Result<SecretHash, StateError> {
 /// handed out). The refusal names which and why.
 fn check_in_service(unit: &Unit, now_ms: u64) -> Result<(), StateError> {
     let spec = &unit.spec;
-    if now_ms < spec.service_start_ms || (spec.service_end_ms != 0 && now_ms >= spec.service_end_ms)
-    {
+    if !in_period(spec, now_ms) {
         let until = if spec.service_end_ms == 0 {
             "open-ended".to_owned()
         } else {
@@ -143,10 +151,26 @@ fn check_in_service(unit: &Unit, now_ms: u64) -> Result<(), StateError> {
             ),
         ));
     }
+    if spec.access_policy == AccessPolicy::RegisteredOnly {
+        return Err(StateError::precondition(
+            Reason::UnitClosed,
+            format!(
+                "unit {} ({}) is closed to temporary accounts: its access policy admits only \
+                 registered accounts",
+                unit.unit_id, spec.name
+            ),
+        ));
+    }
     Ok(())
 }
 
-/// Who may log in to a unit.
+/// Whether cluster time `now_ms` is inside the unit's service period.
+fn in_period(spec: &UnitSpec, now_ms: u64) -> bool {
+    now_ms >= spec.service_start_ms && (spec.service_end_ms == 0 || now_ms < spec.service_end_ms)
+}
+
+/// Who may log in to a unit. Registered accounts
+/// ([`RegisteredAccount`]) are admitted by every policy but `Closed`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessPolicy {
     /// Any account leased from one of the unit's pools, with its current
@@ -156,6 +180,9 @@ pub enum AccessPolicy {
     HolderOnly,
     /// Every login is refused.
     Closed,
+    /// Only registered accounts; temporary accounts are refused (and no
+    /// lease is handed out).
+    RegisteredOnly,
 }
 
 /// What an operator asks for in a unit.
@@ -635,6 +662,10 @@ pub(crate) struct AccountPools {
     requests: BTreeMap<(u64, String), RequestRecord>,
     /// (forget_at_ms, pool_id, request_id) of ended leases' requests.
     forget: BTreeSet<(u64, u64, String)>,
+    /// (unit_id, account) -> a viewer's own account ([`registered`]).
+    registered: BTreeMap<(u64, String), RegisteredAccount>,
+    /// (platform_id, content_id) -> the units it shows ([`contents`]).
+    contents: BTreeMap<(u64, String), ContentUnits>,
 }
 
 impl AccountPools {
@@ -787,9 +818,12 @@ impl AccountPools {
         if let Some(platform) = self.platforms.remove(&cmd.platform_id) {
             self.platform_names.remove(&platform.name);
         }
-        for unit in units {
-            self.unit_platform.remove(&unit);
+        for unit in &units {
+            self.unit_platform.remove(unit);
         }
+        // What only made sense with the platform goes with it.
+        self.forget_registered_of(&units);
+        self.forget_contents_of(cmd.platform_id);
         Ok(())
     }
 
@@ -1167,6 +1201,28 @@ impl AccountPools {
         Ok(())
     }
 
+    /// The data of a leased account, for its holder with the lease's
+    /// secret, while the lease is active at cluster time `now_ms`.
+    pub(crate) fn account_data(
+        &self,
+        lease_id: u64,
+        user: &str,
+        secret: &SecretHash,
+        now_ms: u64,
+    ) -> Result<&BTreeMap<String, Vec<u8>>, StateError> {
+        let lease = self.held(lease_id, user, secret)?;
+        if lease.expires_ms <= now_ms {
+            return Err(StateError::precondition(
+                Reason::LeaseEnded,
+                format!("lease {lease_id} has ended"),
+            ));
+        }
+        self.accounts
+            .get(&lease.account)
+            .map(|a| &a.data)
+            .ok_or_else(|| StateError::not_found(format!("account {:?}", lease.account)))
+    }
+
     pub(crate) fn put_data(&mut self, cmd: &PutAccountData) -> Result<(), StateError> {
         let account = self
             .held(cmd.lease_id, &cmd.user, &cmd.lease_secret)?
@@ -1236,13 +1292,11 @@ impl AccountPools {
             return LoginOutcome::refused(format!("unknown unit {unit_id}"));
         };
         let spec = &unit.spec;
-        if now_ms < spec.service_start_ms
-            || (spec.service_end_ms != 0 && now_ms >= spec.service_end_ms)
-        {
-            return LoginOutcome::refused("outside service period");
+        if let Some(refused) = registered::unit_refusal(unit, now_ms) {
+            return LoginOutcome::refused(refused);
         }
-        if spec.access_policy == AccessPolicy::Closed {
-            return LoginOutcome::refused("unit is closed");
+        if spec.access_policy == AccessPolicy::RegisteredOnly {
+            return LoginOutcome::refused("the unit admits only registered accounts");
         }
         let Some(acct) = self.accounts.get(account).filter(|a| {
             self.pools
@@ -1350,7 +1404,7 @@ impl AccountPools {
 mod tests {
     use super::super::limits::MAX_TTL_MS;
     use super::super::tests::Harness;
-    use super::super::{Command, Response, State};
+    use super::super::{Command, Quotas, Response, State};
     use super::*;
 
     const HOUR: u64 = 3_600_000;
@@ -2239,5 +2293,225 @@ mod tests {
             h.state.leases(42),
             Err(StateError::NotFound { .. })
         ));
+    }
+
+    fn register(unit_id: u64, account: &str, pw: &str, replace: bool) -> Command {
+        Command::RegisterAccount(RegisterAccount {
+            unit_id,
+            account: account.into(),
+            password: KdfHash::new([3; 16], pw),
+            replace,
+        })
+    }
+
+    fn password_ok(h: &Harness, unit: u64, account: &str, pw: &str) -> Result<bool, String> {
+        match h.state.registered_login(unit, account, h.time_ms) {
+            RegisteredLogin::Check(k) => Ok(k.matches(pw)),
+            RegisteredLogin::Refused(why) => Err(why),
+        }
+    }
+
+    #[test]
+    fn registered_accounts_log_in_by_policy_and_only_their_hash_is_kept() {
+        let mut h = Harness::new();
+        let mut timed = unit_spec("timed", AccessPolicy::LeasedAccounts);
+        timed.service_start_ms = h.time_ms + 1_000;
+        let p = platform(
+            &mut h,
+            "tv",
+            vec![
+                unit_spec("open", AccessPolicy::LeasedAccounts),
+                unit_spec("own", AccessPolicy::RegisteredOnly),
+                unit_spec("closed", AccessPolicy::Closed),
+                timed,
+            ],
+        );
+        let [open, own, closed, timed] = [0, 1, 2, 3].map(|i| p.units[i].unit_id);
+        for unit in [open, own, closed, timed] {
+            h.ok(register(unit, "alice", "correct horse", false));
+        }
+        // The state keeps the hash, never the password.
+        let snapshot = h.state.to_snapshot().unwrap();
+        assert!(
+            !snapshot
+                .windows(b"correct horse".len())
+                .any(|w| w == b"correct horse")
+        );
+        assert_eq!(password_ok(&h, open, "alice", "correct horse"), Ok(true));
+        assert_eq!(password_ok(&h, own, "alice", "correct horse"), Ok(true));
+        assert_eq!(password_ok(&h, own, "alice", "wrong horse"), Ok(false));
+        assert_eq!(
+            password_ok(&h, closed, "alice", "correct horse"),
+            Err("unit is closed".into())
+        );
+        assert_eq!(
+            password_ok(&h, timed, "alice", "correct horse"),
+            Err("outside service period".into())
+        );
+        assert_eq!(
+            password_ok(&h, open, "bob", "correct horse"),
+            Err("unknown account".into())
+        );
+        // A registered-only unit refuses temporary accounts: no lease, no login.
+        let pool_own = pool(&mut h, own, 1, 0, HOUR).pool_id;
+        let refused = h.err(Command::Lease(LeaseAccount {
+            pool_id: pool_own,
+            user: "ann".into(),
+            ttl_ms: 0,
+            request_id: "r".into(),
+            caller: String::new(),
+            password: PasswordHash::new([1; 16], "pw"),
+            lease_secret: sec_hash("pw"),
+        }));
+        assert!(matches!(
+            refused,
+            StateError::FailedPrecondition {
+                code: Reason::UnitClosed,
+                ..
+            }
+        ));
+        let outcome = h
+            .state
+            .check_login(own, "u2p1-00000", "pw", "ann", None, h.time_ms);
+        assert_eq!(outcome.reason, "the unit admits only registered accounts");
+
+        // Twice is refused; replace sets the password; replace of nobody is refused.
+        assert!(matches!(
+            h.err(register(open, "alice", "another one", false)),
+            StateError::AlreadyExists { .. }
+        ));
+        h.ok(register(open, "alice", "another one", true));
+        assert_eq!(password_ok(&h, open, "alice", "correct horse"), Ok(false));
+        assert_eq!(password_ok(&h, open, "alice", "another one"), Ok(true));
+        assert!(matches!(
+            h.err(register(open, "nobody", "another one", true)),
+            StateError::NotFound { .. }
+        ));
+        // A temporary account's shape and an unknown unit are refused.
+        assert!(matches!(
+            h.err(register(open, "u1p1-00000", "password", false)),
+            StateError::InvalidArgument { .. }
+        ));
+        assert!(matches!(
+            h.err(register(999, "carol", "password", false)),
+            StateError::NotFound { .. }
+        ));
+        let names: Vec<_> = h
+            .state
+            .registered_accounts(open, "")
+            .map(|a| a.account.clone())
+            .collect();
+        assert_eq!(names, ["alice"]);
+        h.ok(Command::RemoveAccount(RemoveAccount {
+            unit_id: open,
+            account: "alice".into(),
+        }));
+        assert_eq!(
+            password_ok(&h, open, "alice", "another one"),
+            Err("unknown account".into())
+        );
+        h.state.accounts.check_invariants();
+    }
+
+    #[test]
+    fn the_registered_accounts_quota_is_checked_before_the_log() {
+        let mut h = Harness::new();
+        h.ok(Command::SetQuotas(Quotas {
+            registered_accounts: 1,
+            ..Quotas::default()
+        }));
+        let p = platform(
+            &mut h,
+            "tv",
+            vec![unit_spec("open", AccessPolicy::LeasedAccounts)],
+        );
+        let unit = p.units[0].unit_id;
+        h.ok(register(unit, "alice", "password", false));
+        let cmd = register(unit, "bob", "password", false);
+        assert!(h.state.admit(&cmd).is_err());
+        assert!(matches!(
+            h.err(cmd),
+            StateError::ResourceExhausted {
+                code: Reason::QuotaExceeded,
+                ..
+            }
+        ));
+        // A password change adds nothing.
+        h.ok(register(unit, "alice", "password2", true));
+    }
+
+    #[test]
+    fn a_content_shows_a_list_all_or_none_of_its_platforms_units() {
+        let mut h = Harness::new();
+        let mut later = unit_spec("later", AccessPolicy::LeasedAccounts);
+        later.service_start_ms = h.time_ms + 60_000;
+        let p = platform(
+            &mut h,
+            "tv",
+            vec![unit_spec("quiz", AccessPolicy::LeasedAccounts), later],
+        );
+        let other = platform(&mut h, "radio", vec![unit_spec("x", AccessPolicy::Closed)]);
+        let (quiz, later) = (p.units[0].unit_id, p.units[1].unit_id);
+        let set = |content: &str, units: ContentUnits| {
+            Command::SetContentUnits(SetContentUnits {
+                platform_id: p.platform_id,
+                content_id: content.into(),
+                units,
+            })
+        };
+        h.ok(set("news", ContentUnits::List(vec![later, quiz])));
+        h.ok(set("film", ContentUnits::All));
+        h.ok(set("ads", ContentUnits::None));
+        let shown = |h: &Harness, c: &str| -> Vec<(u64, bool)> {
+            h.state
+                .first_access(p.platform_id, c, h.time_ms)
+                .unwrap()
+                .shown
+                .iter()
+                .map(|s| (s.unit.unit_id, s.available))
+                .collect()
+        };
+        assert_eq!(shown(&h, "news"), [(later, false), (quiz, true)]);
+        assert_eq!(shown(&h, "film"), [(quiz, true), (later, false)]);
+        assert_eq!(shown(&h, "ads"), []);
+        h.advance(60_000);
+        assert_eq!(shown(&h, "film"), [(quiz, true), (later, true)]);
+        // Another platform's unit, a repeat, an empty list: refused, nothing set.
+        let foreign = other.units[0].unit_id;
+        assert!(matches!(
+            h.err(set("news", ContentUnits::List(vec![foreign]))),
+            StateError::InvalidArgument { .. }
+        ));
+        assert!(
+            h.state
+                .admit(&set("x", ContentUnits::List(vec![quiz, quiz])))
+                .is_err()
+        );
+        assert!(
+            h.state
+                .admit(&set("x", ContentUnits::List(vec![])))
+                .is_err()
+        );
+        assert_eq!(shown(&h, "news").len(), 2);
+        assert!(matches!(
+            h.state.first_access(p.platform_id, "nope", h.time_ms),
+            Err(StateError::NotFound { .. })
+        ));
+        h.ok(Command::RemoveContent(RemoveContent {
+            platform_id: p.platform_id,
+            content_id: "ads".into(),
+        }));
+        assert!(
+            h.state
+                .first_access(p.platform_id, "ads", h.time_ms)
+                .is_err()
+        );
+        // Tags and registered accounts go with their platform.
+        h.ok(register(quiz, "alice", "password", false));
+        h.ok(Command::DeletePlatform(DeletePlatform {
+            platform_id: p.platform_id,
+        }));
+        assert_eq!(h.state.counts().contents, 0);
+        assert_eq!(h.state.counts().registered_accounts, 0);
     }
 }

@@ -38,9 +38,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use accounts::{
-    AccessPolicy, CreatePlatform, CreatePool, DeletePlatform, DeletePool, Lease, LeaseAccount,
-    LoginOutcome, PasswordHash, Platform, PoolView, PutAccountData, ReleaseLease, RenewLease,
-    SecretHash, Unit, UnitSpec, lease_secret_hash,
+    AccessPolicy, ContentUnits, ContentView, CreatePlatform, CreatePool, DeletePlatform,
+    DeletePool, KdfHash, Lease, LeaseAccount, LoginOutcome, PasswordHash, Platform, PoolView,
+    PutAccountData, RegisterAccount, RegisteredAccount, RegisteredLogin, ReleaseLease,
+    RemoveAccount, RemoveContent, RenewLease, SecretHash, SetContentUnits, Unit, UnitShown,
+    UnitSpec, check_password, lease_secret_hash,
 };
 pub use auth::{Auth, AuthCommand, AuthOutcome, Role};
 pub use error::{Reason, StateError};
@@ -127,6 +129,15 @@ pub enum Command {
     OfferHandoff(OfferHandoff),
     /// Sessions: the offered terminal confirms its capabilities.
     AcceptHandoff(AcceptHandoff),
+    /// Accounts: register a viewer's own account in a unit, or set its
+    /// password.
+    RegisterAccount(RegisterAccount),
+    /// Accounts: remove a registered account.
+    RemoveAccount(RemoveAccount),
+    /// Accounts: tag a content id with the units it shows.
+    SetContentUnits(SetContentUnits),
+    /// Accounts: remove a content's tag.
+    RemoveContent(RemoveContent),
 }
 
 impl Command {
@@ -158,6 +169,10 @@ impl Command {
             Command::Unbind(c) => c.validate(),
             Command::OfferHandoff(c) => c.validate(),
             Command::AcceptHandoff(c) => c.validate(),
+            Command::RegisterAccount(c) => c.validate(),
+            Command::RemoveAccount(c) => c.validate(),
+            Command::SetContentUnits(c) => c.validate(),
+            Command::RemoveContent(c) => c.validate(),
         }
     }
 }
@@ -293,6 +308,8 @@ impl State {
             Command::CreatePool(c) => self.accounts.admit_pool(q, c),
             Command::Lease(c) => self.accounts.admit_lease(q, c),
             Command::PutAccountData(c) => self.accounts.admit_data(q, c),
+            Command::RegisterAccount(c) => self.accounts.admit_register(q, c),
+            Command::SetContentUnits(c) => self.accounts.admit_content(q, c),
             _ => Ok(()),
         }
     }
@@ -308,6 +325,8 @@ impl State {
             users: self.roster.len() as u64,
             sessions: self.sessions.len() as u64,
             accounts: self.accounts.account_count() as u64,
+            registered_accounts: self.accounts.registered_count() as u64,
+            contents: self.accounts.content_count() as u64,
             watch_history_bytes: self.roster.history_bytes() + self.sessions.history_bytes(),
         }
     }
@@ -389,6 +408,13 @@ impl State {
             Command::Unbind(c) => self.sessions.unbind(at, c).map(Response::Unbound),
             Command::OfferHandoff(c) => self.sessions.offer(at, c).map(Response::Session),
             Command::AcceptHandoff(c) => self.sessions.accept(at, c).map(Response::Handoff),
+            Command::RegisterAccount(c) => self
+                .accounts
+                .register(at.time_ms, c)
+                .map(|()| Response::Done),
+            Command::RemoveAccount(c) => self.accounts.remove_account(c).map(|()| Response::Done),
+            Command::SetContentUnits(c) => self.accounts.set_content(c).map(|()| Response::Done),
+            Command::RemoveContent(c) => self.accounts.remove_content(c).map(|()| Response::Done),
         }
     }
 
@@ -511,6 +537,49 @@ impl State {
         self.accounts.pools(unit_id)
     }
 
+    /// The data of a leased account, for its holder (see
+    /// `GetAccountData`), at cluster time `now_ms`.
+    pub fn account_data(
+        &self,
+        lease_id: u64,
+        user: &str,
+        secret: &SecretHash,
+        now_ms: u64,
+    ) -> Result<&BTreeMap<String, Vec<u8>>, StateError> {
+        self.accounts.account_data(lease_id, user, secret, now_ms)
+    }
+
+    /// The registered accounts of a unit by name, after `after`.
+    pub fn registered_accounts(
+        &self,
+        unit_id: u64,
+        after: &str,
+    ) -> impl Iterator<Item = &RegisteredAccount> {
+        self.accounts.registered_accounts(unit_id, after)
+    }
+
+    /// True when `account` names a registered account of `unit_id`.
+    pub fn is_registered(&self, unit_id: u64, account: &str) -> bool {
+        self.accounts.is_registered(unit_id, account)
+    }
+
+    /// A registered account's login at cluster time `now_ms`, up to the
+    /// password check, which the caller does with the returned hash.
+    pub fn registered_login(&self, unit_id: u64, account: &str, now_ms: u64) -> RegisteredLogin {
+        self.accounts.registered_login(unit_id, account, now_ms)
+    }
+
+    /// The first access request: the units a content shows, judged at
+    /// cluster time `now_ms`.
+    pub fn first_access(
+        &self,
+        platform_id: u64,
+        content_id: &str,
+        now_ms: u64,
+    ) -> Result<ContentView, StateError> {
+        self.accounts.first_access(platform_id, content_id, now_ms)
+    }
+
     /// A unit.
     pub fn unit(&self, unit_id: u64) -> Option<&Unit> {
         self.accounts.unit_of(unit_id)
@@ -575,6 +644,10 @@ pub struct RecordCounts {
     pub sessions: u64,
     /// Temporary accounts.
     pub accounts: u64,
+    /// Registered accounts.
+    pub registered_accounts: u64,
+    /// Tagged contents.
+    pub contents: u64,
     /// Bytes of presence and session changes kept for watch resume (this
     /// replica).
     pub watch_history_bytes: u64,

@@ -12,7 +12,9 @@
 //!   `Watch`, and the uid checks and batch lookup the HTTP API shares;
 //! - `sessions.rs`: connect, progress, bind, unbind, handoff, offer and
 //!   accept, session and binding reads, delete, and `WatchSessions`;
-//! - `pools.rs`: platforms, pools, leases, account data and account logins.
+//! - `pools.rs`: platforms, pools, leases, account data and account logins;
+//! - `units.rs`: registered accounts (Argon2id, off the async threads),
+//!   content tags and the first access request, the account data read.
 //!
 //! `Batch` is served by [`super::batch`], which runs the same handlers for
 //! each of its calls.
@@ -20,6 +22,7 @@
 mod pools;
 mod presence;
 mod sessions;
+mod units;
 mod watch;
 
 use ::herald_client::proto::herald_server::Herald as HeraldApi;
@@ -313,5 +316,54 @@ impl HeraldApi for HeraldService {
         req: Request<LeaseAndLoginRequest>,
     ) -> Result<Response<LeaseAndLoginResponse>, Status> {
         self.lease_and_login(req).await
+    }
+
+    async fn register_account(
+        &self,
+        req: Request<RegisterAccountRequest>,
+    ) -> Result<Response<RegisterAccountResponse>, Status> {
+        self.register_account(req).await
+    }
+
+    async fn remove_account(
+        &self,
+        req: Request<RemoveAccountRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        self.remove_account(req).await
+    }
+
+    async fn list_accounts(
+        &self,
+        req: Request<ListAccountsRequest>,
+    ) -> Result<Response<ListAccountsResponse>, Status> {
+        self.list_accounts(req).await
+    }
+
+    async fn get_account_data(
+        &self,
+        req: Request<GetAccountDataRequest>,
+    ) -> Result<Response<GetAccountDataResponse>, Status> {
+        self.get_account_data(req).await
+    }
+
+    async fn set_content_units(
+        &self,
+        req: Request<SetContentUnitsRequest>,
+    ) -> Result<Response<SetContentUnitsResponse>, Status> {
+        self.set_content_units(req).await
+    }
+
+    async fn remove_content(
+        &self,
+        req: Request<RemoveContentRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        self.remove_content(req).await
+    }
+
+    async fn first_access(
+        &self,
+        req: Request<FirstAccessRequest>,
+    ) -> Result<Response<FirstAccessResponse>, Status> {
+        self.first_access(req).await
     }
 }

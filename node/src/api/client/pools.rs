@@ -3,6 +3,8 @@
 //! the paged pool and lease listings, and account logins.
 
 use ::herald_client::proto::*;
+use std::time::Instant;
+
 use rand::Rng;
 use tonic::{Request, Response, Status};
 
@@ -93,6 +95,26 @@ impl HeraldService {
     }
 
     pub(super) async fn lease_account(
+        &self,
+        req: Request<LeaseRequest>,
+    ) -> Result<Response<LeaseResponse>, Status> {
+        let started = Instant::now();
+        let answer = self.lease_account_inner(req).await?;
+        if let Some(service) = &answer.get_ref().service {
+            self.unit_took(service.unit_id, started);
+        }
+        Ok(answer)
+    }
+
+    /// Records one answer to a unit's viewer in the unit's response time.
+    fn unit_took(&self, unit_id: u64, started: Instant) {
+        self.node
+            .metrics()
+            .pools
+            .observe_unit_response(unit_id, started.elapsed());
+    }
+
+    async fn lease_account_inner(
         &self,
         req: Request<LeaseRequest>,
     ) -> Result<Response<LeaseResponse>, Status> {
@@ -234,10 +256,24 @@ impl HeraldService {
         &self,
         req: Request<AccountLoginRequest>,
     ) -> Result<Response<AccountLoginResponse>, Status> {
+        let started = Instant::now();
         let r = req.into_inner();
         let secret = cv::login_secret(&r).map_err(invalid)?;
         self.node.linearize().await?;
-        Ok(Response::new(self.check_login(&r, secret.as_ref())))
+        let registered = {
+            let m = self.node.store().read();
+            m.state
+                .is_registered(r.unit_id, &r.account)
+                .then(|| self.node.clock().now_ms().max(m.state.now_ms()))
+        };
+        let answer = match registered {
+            Some(now) => self.registered_login(&r, now).await?,
+            None => self.check_login(&r, secret.as_ref()),
+        };
+        if answer.service.is_some() {
+            self.unit_took(r.unit_id, started);
+        }
+        Ok(Response::new(answer))
     }
 
     /// Checks a login against the local state (linearized by the caller),
@@ -269,8 +305,9 @@ impl HeraldService {
         let lease_req = r
             .lease
             .ok_or_else(|| invalid(state::StateError::invalid("lease", "required")))?;
+        let started = Instant::now();
         let leased = self
-            .lease_account(Request::from_parts(meta, ext, lease_req))
+            .lease_account_inner(Request::from_parts(meta, ext, lease_req))
             .await?
             .into_inner();
         let (Some(lease), Some(service)) = (&leased.lease, &leased.service) else {
@@ -290,6 +327,7 @@ impl HeraldService {
         };
         let secret = state::SecretHash::of(&leased.lease_secret);
         let login = self.check_login(&login, Some(&secret));
+        self.unit_took(service.unit_id, started);
         Ok(Response::new(LeaseAndLoginResponse {
             lease: Some(leased),
             login: Some(login),
