@@ -564,6 +564,65 @@ fn heraldctl_drives_a_playground_cluster() {
     let login = run(&pg, &full);
     let login: serde_json::Value = serde_json::from_slice(&login.stdout).unwrap();
     assert_eq!(login["data"]["posts"], "aGk=", "{login}");
+    let data = json(
+        &pg,
+        &[
+            "pool", "data-get", &vip_id, "--user", "viewer-2", "--secret", &secret,
+        ],
+    );
+    assert_eq!(data["posts"], "aGk=", "{data}");
+
+    // A viewer's own account (the password from the environment, hashed by
+    // the node), its login, and the first access request of a content.
+    let own = [("HERALD_ACCOUNT_PASSWORD", "correct horse")];
+    let out = run_env(
+        &pg,
+        &own,
+        &["pool", "register", "--unit", &vip_unit, "carol"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let accounts = json(&pg, &["pool", "accounts", &vip_unit]);
+    assert_eq!(accounts[0]["account"], "carol", "{accounts}");
+    let own_login = json(
+        &pg,
+        &[
+            "pool",
+            "login",
+            "--unit",
+            &vip_unit,
+            "--account",
+            "carol",
+            "--password",
+            "correct horse",
+            "--user",
+            "carol",
+        ],
+    );
+    assert_eq!(own_login["registered"], true, "{own_login}");
+    json(
+        &pg,
+        &[
+            "pool",
+            "content-set",
+            "--platform",
+            &p["platform_id"].to_string(),
+            "match",
+            "--all",
+        ],
+    );
+    let shown = json(
+        &pg,
+        &[
+            "pool",
+            "content",
+            "--platform",
+            &p["platform_id"].to_string(),
+            "match",
+        ],
+    );
+    assert_eq!(shown["mode"], "UNITS_ALL", "{shown}");
+    assert_eq!(shown["units"][0]["available"], true, "{shown}");
+    json(&pg, &["pool", "unregister", "--unit", &vip_unit, "carol"]);
     let renewed = json(
         &pg,
         &[

@@ -362,3 +362,268 @@ async fn lease_and_login_logs_in_and_a_closed_or_out_of_period_unit_leases_nothi
         assert!(leases.leases.is_empty());
     }
 }
+
+/// P-iptv's second access request with a viewer's own account, and the
+/// first access request: registered accounts (Argon2id on the serving
+/// node), a registered-only unit that leases nothing, content tags in the
+/// three modes, the account data read back by the lease holder, and each
+/// unit's response time beside its target in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_accounts_content_tags_and_account_data_through_followers() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let followers: Vec<u64> = c.alive().into_iter().filter(|id| *id != leader).collect();
+    let mut cl = c.client(followers[0]);
+    let mut other = c.client(followers[1]);
+    let unit = |name: &str, policy: AccessPolicy, start: u64| UnitSpec {
+        name: name.into(),
+        service_start_ms: start,
+        qos_class: "gold".into(),
+        response_time_ms: 150,
+        access_policy: policy as i32,
+        ..Default::default()
+    };
+    let p = cl
+        .create_platform(CreatePlatformRequest {
+            name: "tv".into(),
+            units: vec![
+                unit("quiz", AccessPolicy::LeasedAccounts, 0),
+                unit("members", AccessPolicy::RegisteredOnly, 0),
+                unit("later", AccessPolicy::LeasedAccounts, 9_999_999_999_999),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .platform
+        .unwrap();
+    let (quiz, members, later) = (p.units[0].unit_id, p.units[1].unit_id, p.units[2].unit_id);
+
+    // Registered on one follower, logged in through the other.
+    let register = |account: &str, password: &str, replace: bool| RegisterAccountRequest {
+        unit_id: members,
+        account: account.into(),
+        password: password.into(),
+        replace,
+    };
+    let alice = cl
+        .register_account(register("alice", "correct horse", false))
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    assert_eq!(alice.account, "alice");
+    assert!(alice.created_ms > 0);
+    let login = |password: &str| AccountLoginRequest {
+        unit_id: members,
+        account: "alice".into(),
+        password: password.into(),
+        user: "alice".into(),
+        lease_secret: String::new(),
+    };
+    let ok = other
+        .account_login(login("correct horse"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.ok && ok.registered, "{ok:?}");
+    assert_eq!(ok.service.unwrap().response_time_ms, 150);
+    let wrong = other
+        .account_login(login("wrong horse!"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!wrong.ok, "{wrong:?}");
+    assert_eq!(wrong.reason, "wrong password");
+    refused(
+        cl.register_account(register("alice", "another one", false))
+            .await,
+        Code::AlreadyExists,
+        "ALREADY_EXISTS",
+    );
+    refused(
+        cl.register_account(register("bob", "short", false)).await,
+        Code::InvalidArgument,
+        "INVALID_FIELD",
+    );
+    refused(
+        cl.register_account(register("u1p1-00000", "long enough", false))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_FIELD",
+    );
+    cl.register_account(register("alice", "another one", true))
+        .await
+        .unwrap();
+    assert!(
+        !other
+            .account_login(login("correct horse"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ok
+    );
+    let listed = other
+        .list_accounts(ListAccountsRequest {
+            unit_id: members,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.accounts.len(), 1);
+    assert!(listed.accounts[0].updated_ms >= listed.accounts[0].created_ms);
+
+    // A registered-only unit hands out no temporary account.
+    let pool = |unit_id: u64| CreatePoolRequest {
+        unit_id,
+        name: format!("p{unit_id}"),
+        provision: 1,
+        max_size: 1,
+        default_ttl_ms: 60_000,
+    };
+    let members_pool = cl
+        .create_pool(pool(members))
+        .await
+        .unwrap()
+        .into_inner()
+        .pool
+        .unwrap();
+    let lease = |pool_id: u64| LeaseRequest {
+        pool_id,
+        user: "viewer-1".into(),
+        ttl_ms: 0,
+        request_id: format!("r{pool_id}"),
+    };
+    refused(
+        cl.lease_account(lease(members_pool.pool_id)).await,
+        Code::FailedPrecondition,
+        "UNIT_CLOSED",
+    );
+
+    // The account data a holder stored is read back with the lease secret.
+    let quiz_pool = cl
+        .create_pool(pool(quiz))
+        .await
+        .unwrap()
+        .into_inner()
+        .pool
+        .unwrap();
+    let leased = cl
+        .lease_account(lease(quiz_pool.pool_id))
+        .await
+        .unwrap()
+        .into_inner();
+    let lease_id = leased.lease.as_ref().unwrap().lease_id;
+    cl.put_account_data(PutAccountDataRequest {
+        lease_id,
+        user: "viewer-1".into(),
+        key: "score".into(),
+        value: b"42".to_vec(),
+        lease_secret: leased.lease_secret.clone(),
+    })
+    .await
+    .unwrap();
+    let get = |secret: &str| GetAccountDataRequest {
+        lease_id,
+        user: "viewer-1".into(),
+        lease_secret: secret.into(),
+        consistency: Consistency::Linearizable as i32,
+    };
+    let data = other
+        .get_account_data(get(&leased.lease_secret))
+        .await
+        .unwrap()
+        .into_inner()
+        .data;
+    assert_eq!(data.get("score").map(Vec::as_slice), Some(&b"42"[..]));
+    refused(
+        other.get_account_data(get("not-the-secret")).await,
+        Code::PermissionDenied,
+        "WRONG_SECRET",
+    );
+
+    // Content tags, and the first access request in each mode.
+    let tag = |content: &str, mode: ContentUnitsMode, unit_ids: Vec<u64>| SetContentUnitsRequest {
+        platform_id: p.platform_id,
+        content_id: content.into(),
+        mode: mode as i32,
+        unit_ids,
+    };
+    cl.set_content_units(tag("news", ContentUnitsMode::UnitsList, vec![later, quiz]))
+        .await
+        .unwrap();
+    cl.set_content_units(tag("film", ContentUnitsMode::UnitsAll, vec![]))
+        .await
+        .unwrap();
+    cl.set_content_units(tag("ads", ContentUnitsMode::UnitsNone, vec![]))
+        .await
+        .unwrap();
+    refused(
+        cl.set_content_units(tag("x", ContentUnitsMode::UnitsAll, vec![quiz]))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_FIELD",
+    );
+    refused(
+        cl.set_content_units(tag("x", ContentUnitsMode::UnitsList, vec![9999]))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_FIELD",
+    );
+    let first = |content: &str| FirstAccessRequest {
+        platform_id: p.platform_id,
+        content_id: content.into(),
+        consistency: Consistency::Linearizable as i32,
+    };
+    let shown = |r: FirstAccessResponse| -> Vec<(u64, bool)> {
+        r.units
+            .iter()
+            .map(|s| (s.unit.as_ref().unwrap().unit_id, s.available))
+            .collect()
+    };
+    let news = other
+        .first_access(first("news"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(news.mode, ContentUnitsMode::UnitsList as i32);
+    assert_eq!(shown(news), [(later, false), (quiz, true)]);
+    let film = other
+        .first_access(first("film"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown(film), [(quiz, true), (members, true), (later, false)]);
+    let ads = other.first_access(first("ads")).await.unwrap().into_inner();
+    assert_eq!(ads.mode, ContentUnitsMode::UnitsNone as i32);
+    assert!(ads.units.is_empty());
+    refused(
+        other.first_access(first("nope")).await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+    cl.remove_content(RemoveContentRequest {
+        platform_id: p.platform_id,
+        content_id: "ads".into(),
+    })
+    .await
+    .unwrap();
+    refused(
+        other.first_access(first("ads")).await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+
+    // The units' response times are measured beside their targets, by the
+    // node that answered: quiz's leases on one follower, members' logins on
+    // the other.
+    for (node, unit) in [(followers[0], quiz), (followers[1], members)] {
+        let (_, metrics) = c.get(node, "/metrics").await.unwrap();
+        let count = format!("herald_unit_response_seconds_count{{unit=\"{unit}\"}}");
+        assert!(metrics.contains(&count), "no {count} in:\n{metrics}");
+        let target = format!("herald_unit_response_target_seconds{{unit=\"{unit}\"}} 0.15");
+        assert!(metrics.contains(&target), "no {target}");
+    }
+}

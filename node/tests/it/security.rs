@@ -102,7 +102,9 @@ fn needed(service: &str, method: &str) -> Option<&'static str> {
             "Herald",
             "CreatePlatform" | "CreatePool" | "LeaseAccount" | "RenewLease" | "ReleaseLease"
             | "PutAccountData" | "ListPools" | "ListLeases" | "AccountLogin" | "DeletePool"
-            | "DeletePlatform" | "LeaseAndLogin",
+            | "DeletePlatform" | "LeaseAndLogin" | "RegisterAccount" | "RemoveAccount"
+            | "ListAccounts" | "GetAccountData" | "SetContentUnits" | "RemoveContent"
+            | "FirstAccess",
         ) => Some("pools"),
         ("Admin" | "Auth", "Status") | ("Admin", "Members") => None,
         ("Admin" | "Auth", _) => Some("admin"),
