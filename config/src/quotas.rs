@@ -91,6 +91,14 @@ pub struct Quotas {
     /// from a revision (also capped at 100 000 events). Older changes are
     /// compacted; a resume before them is told so.
     pub watch_history_bytes: u64,
+    /// Storage servers registered for media sharing.
+    pub storage_servers: u64,
+    /// Media shares (reserved or committed) in the cluster.
+    pub shares: u64,
+    /// Media shares one user may hold at once.
+    pub shares_per_user: u64,
+    /// Friends one user may have.
+    pub friends_per_user: u64,
 }
 
 impl Default for Quotas {
@@ -113,6 +121,10 @@ impl Default for Quotas {
             session_retention_ms: 7 * DAY_MS,
             presence_retention_ms: 30 * DAY_MS,
             watch_history_bytes: 64 * 1024 * 1024,
+            storage_servers: 1_000,
+            shares: 1_000_000,
+            shares_per_user: 10_000,
+            friends_per_user: 5_000,
         }
     }
 }
@@ -121,7 +133,7 @@ impl Quotas {
     /// Values a cluster can run with: every count at least 1, the per-thing
     /// quotas within the field limits, retentions at most a year.
     pub fn validate(&self) -> Result<(), QuotaError> {
-        let counts: [(&str, u64); 13] = [
+        let counts: [(&str, u64); 17] = [
             ("users", self.users),
             ("clients_per_user", self.clients_per_user.into()),
             ("connections_per_user", self.connections_per_user.into()),
@@ -135,6 +147,10 @@ impl Quotas {
             ("accounts", self.accounts),
             ("accounts_per_pool", self.accounts_per_pool.into()),
             ("accounts_per_command", self.accounts_per_command.into()),
+            ("storage_servers", self.storage_servers),
+            ("shares", self.shares),
+            ("shares_per_user", self.shares_per_user),
+            ("friends_per_user", self.friends_per_user),
         ];
         for (name, value) in counts {
             if value == 0 {

@@ -108,6 +108,7 @@ pub fn command_kind(cmd: &Command) -> &'static str {
         Command::Unbind(_) => "unbind",
         Command::OfferHandoff(_) => "offer_handoff",
         Command::AcceptHandoff(_) => "accept_handoff",
+        Command::Share(_) => "share",
     }
 }
 

@@ -28,6 +28,7 @@ pub mod ownership;
 pub mod presence;
 pub mod quotas;
 pub mod sessions;
+pub mod share;
 #[cfg(test)]
 mod tests;
 pub mod vecmap;
@@ -57,6 +58,8 @@ pub use sessions::{
     Offer, OfferHandoff, Progress, Session, SessionEvent, SessionEventKind, Terminal, TerminalKind,
     Unbind, WorkEvent, WorkLogEntry,
 };
+
+pub use share::{MediaShare, MediaShares, ShareCommand, ShareOutcome, StorageServer};
 
 use accounts::AccountPools;
 use presence::Roster;
@@ -127,6 +130,8 @@ pub enum Command {
     OfferHandoff(OfferHandoff),
     /// Sessions: the offered terminal confirms its capabilities.
     AcceptHandoff(AcceptHandoff),
+    /// Media sharing: storage servers, friendships, shares and access.
+    Share(ShareCommand),
 }
 
 impl Command {
@@ -158,6 +163,7 @@ impl Command {
             Command::Unbind(c) => c.validate(),
             Command::OfferHandoff(c) => c.validate(),
             Command::AcceptHandoff(c) => c.validate(),
+            Command::Share(c) => c.validate(),
         }
     }
 }
@@ -191,6 +197,8 @@ pub enum Response {
     Auth(AuthOutcome),
     /// Release, PutAccountData, SetOwnership, Tick.
     Done,
+    /// Media sharing commands.
+    Share(ShareOutcome),
 }
 
 /// The whole replicated state. Snapshots are this struct in bincode
@@ -211,6 +219,9 @@ pub struct State {
     /// The agreed TTL ownership ring.
     #[serde(default)]
     ownership: OwnershipEpoch,
+    /// Media sharing (P-share).
+    #[serde(default)]
+    share: MediaShares,
 }
 
 /// [`State`] as snapshots before the quotas and the ownership epoch held it.
@@ -237,6 +248,7 @@ impl From<StateBeforeOwnership> for State {
             incarnations: old.incarnations,
             ownership: OwnershipEpoch::default(),
             quotas: Quotas::default(),
+            share: MediaShares::default(),
         }
     }
 }
@@ -274,6 +286,7 @@ impl State {
             incarnations: self.incarnations.clone(),
             quotas: self.quotas.clone(),
             ownership: self.ownership.clone(),
+            share: self.share.clone(),
         }
     }
 
@@ -293,6 +306,7 @@ impl State {
             Command::CreatePool(c) => self.accounts.admit_pool(q, c),
             Command::Lease(c) => self.accounts.admit_lease(q, c),
             Command::PutAccountData(c) => self.accounts.admit_data(q, c),
+            Command::Share(c) => self.share.admit(q, c),
             _ => Ok(()),
         }
     }
@@ -338,6 +352,7 @@ impl State {
             time_ms: self.now_ms,
         };
         self.accounts.expire_due(at.time_ms);
+        self.share.expire_due(at.time_ms);
         self.roster.history_budget = self.quotas.watch_history_bytes;
         self.sessions.history_budget = self.quotas.watch_history_bytes;
         self.sessions
@@ -389,6 +404,7 @@ impl State {
             Command::Unbind(c) => self.sessions.unbind(at, c).map(Response::Unbound),
             Command::OfferHandoff(c) => self.sessions.offer(at, c).map(Response::Session),
             Command::AcceptHandoff(c) => self.sessions.accept(at, c).map(Response::Handoff),
+            Command::Share(c) => self.share.apply(at, c).map(Response::Share),
         }
     }
 
@@ -544,6 +560,11 @@ impl State {
             .check_login(unit_id, account, password, user, lease_secret, now_ms)
     }
 
+    /// Media sharing: storage servers, friendships and shares.
+    pub fn share(&self) -> &MediaShares {
+        &self.share
+    }
+
     /// The earliest `expires_ms` of an active lease.
     pub fn next_lease_expiry(&self) -> Option<u64> {
         self.accounts.next_expiry()
@@ -559,6 +580,7 @@ impl State {
             self.sessions.next_forget(q.session_retention_ms),
             self.sessions.next_offer_expiry(),
             self.roster.next_forget(q.presence_retention_ms),
+            self.share.next_due(),
         ]
         .into_iter()
         .flatten()
