@@ -12,7 +12,9 @@
 //!   `Watch`, and the uid checks and batch lookup the HTTP API shares;
 //! - `sessions.rs`: connect, progress, bind, unbind, handoff, offer and
 //!   accept, session and binding reads, delete, and `WatchSessions`;
-//! - `pools.rs`: platforms, pools, leases, account data and account logins.
+//! - `pools.rs`: platforms, pools, leases, account data and account logins;
+//! - `share.rs`: the media-sharing service `herald.v1.Share` (its own tonic
+//!   service on the same listener).
 //!
 //! `Batch` is served by [`super::batch`], which runs the same handlers for
 //! each of its calls.
@@ -20,6 +22,7 @@
 mod pools;
 mod presence;
 mod sessions;
+mod share;
 mod watch;
 
 use ::herald_client::proto::herald_server::Herald as HeraldApi;
@@ -35,6 +38,7 @@ use crate::state::{self, Command, StateError};
 use presence::WatchStream;
 pub use presence::{WatchFeed, batch_get, check_uid, check_uids, open_watch};
 use sessions::WatchSessionsStream;
+pub use share::{ShareService, share_pb};
 
 /// Serves [`HeraldApi`] for one node.
 pub struct HeraldService {
