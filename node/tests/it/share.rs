@@ -222,6 +222,22 @@ async fn uploads_are_admitted_by_capacity_friends_get_access_and_a_leader_change
         Code::PermissionDenied,
         "WRONG_SECRET",
     );
+    // The web platforms' view over HTTP JSON (share role), without keys.
+    let (code, body) = c
+        .get(other, &format!("/v1/shares/{}", share.share_id))
+        .await
+        .expect("http share");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["state"], "committed", "{body}");
+    assert_eq!(v["address"], "s1.media:9000", "{body}");
+    assert!(!body.contains("key"), "{body}");
+    let (code, body) = c.get(other, "/v1/storage").await.expect("http storage");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"committed_bytes\":400"), "{body}");
+    let (code, body) = c.get(other, "/v1/shares/999").await.expect("http 404");
+    assert_eq!(code, 404, "{body}");
+
     // Deleting frees the bytes.
     g.delete_share(DeleteShareRequest {
         share_id: share.share_id,
