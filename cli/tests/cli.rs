@@ -637,6 +637,62 @@ fn heraldctl_drives_a_playground_cluster() {
     );
     assert!(out.status.success());
 
+    // Media sharing: a storage server, friends, an upload admitted by
+    // capacity, one refused for room and one for a non-friend, commit,
+    // access for a friend.
+    json(
+        &pg,
+        &[
+            "share",
+            "storage-register",
+            "s1",
+            "--address",
+            "s1.media:9000",
+            "--capacity",
+            "1000",
+        ],
+    );
+    json(&pg, &["share", "storage-up", "s1"]);
+    json(&pg, &["share", "friend-add", "alice", "bob"]);
+    let created = json(
+        &pg,
+        &["share", "create", "alice", "--to", "bob", "--size", "600"],
+    );
+    assert_eq!(created["share"]["server_id"], "s1", "{created}");
+    let share_id = created["share"]["share_id"].as_u64().unwrap().to_string();
+    let owner_key = created["owner_key"].as_str().unwrap().to_string();
+    let out = run(
+        &pg,
+        &["share", "create", "alice", "--to", "bob", "--size", "500"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("room for 500 bytes"), "{err}");
+    let out = run(
+        &pg,
+        &["share", "create", "alice", "--to", "mallory", "--size", "1"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let committed = json(
+        &pg,
+        &[
+            "share",
+            "commit",
+            &share_id,
+            "--share-key",
+            &owner_key,
+            "--size",
+            "400",
+        ],
+    );
+    assert_eq!(committed["shares"][0]["state"], "committed", "{committed}");
+    let access = json(&pg, &["share", "access", &share_id, "--user", "bob"]);
+    assert_eq!(access["address"], "s1.media:9000", "{access}");
+    let out = run(&pg, &["share", "access", &share_id, "--user", "mallory"]);
+    assert_eq!(out.status.code(), Some(1));
+    let listed = json(&pg, &["share", "storage-list"]);
+    assert_eq!(listed["servers"][0]["committed_bytes"], 400, "{listed}");
+
     // Errors: to stderr, non-zero exit, the field named, nothing printed to stdout.
     let out = run(
         &pg,

@@ -220,6 +220,13 @@ pub(crate) fn admin(channel: Transport) -> crate::proto::admin_client::AdminClie
         .max_encoding_message_size(crate::MAX_MESSAGE_BYTES)
 }
 
+/// The `Share` stub over `channel`, with the same limits as [`herald`].
+pub(crate) fn share(channel: Transport) -> crate::proto::share_client::ShareClient<Transport> {
+    crate::proto::share_client::ShareClient::new(channel)
+        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES)
+}
+
 /// The `Auth` stub over `channel`, with the same limits as [`herald`].
 pub(crate) fn auth(channel: Transport) -> crate::proto::auth_client::AuthClient<Transport> {
     crate::proto::auth_client::AuthClient::new(channel)

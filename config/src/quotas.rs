@@ -96,6 +96,14 @@ pub struct Quotas {
     /// from a revision (also capped at 100 000 events). Older changes are
     /// compacted; a resume before them is told so.
     pub watch_history_bytes: u64,
+    /// Storage servers registered for media sharing.
+    pub storage_servers: u64,
+    /// Media shares (reserved or committed) in the cluster.
+    pub shares: u64,
+    /// Media shares one user may hold at once.
+    pub shares_per_user: u64,
+    /// Friends one user may have.
+    pub friends_per_user: u64,
 }
 
 impl Default for Quotas {
@@ -120,6 +128,10 @@ impl Default for Quotas {
             session_retention_ms: 7 * DAY_MS,
             presence_retention_ms: 30 * DAY_MS,
             watch_history_bytes: 64 * 1024 * 1024,
+            storage_servers: 1_000,
+            shares: 1_000_000,
+            shares_per_user: 10_000,
+            friends_per_user: 5_000,
         }
     }
 }
@@ -128,7 +140,7 @@ impl Quotas {
     /// Values a cluster can run with: every count at least 1, the per-thing
     /// quotas within the field limits, retentions at most a year.
     pub fn validate(&self) -> Result<(), QuotaError> {
-        let counts: [(&str, u64); 15] = [
+        let counts: [(&str, u64); 19] = [
             ("users", self.users),
             ("clients_per_user", self.clients_per_user.into()),
             ("connections_per_user", self.connections_per_user.into()),
@@ -144,6 +156,10 @@ impl Quotas {
             ("accounts_per_command", self.accounts_per_command.into()),
             ("registered_accounts", self.registered_accounts),
             ("contents", self.contents),
+            ("storage_servers", self.storage_servers),
+            ("shares", self.shares),
+            ("shares_per_user", self.shares_per_user),
+            ("friends_per_user", self.friends_per_user),
         ];
         for (name, value) in counts {
             if value == 0 {

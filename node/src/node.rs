@@ -291,6 +291,8 @@ impl Herald {
             m.presence
                 .sample(&machine.state, self.ownership().tracked_count());
             m.pools.sample(&machine.state);
+            let now = self.clock().now_ms().max(machine.state.now_ms());
+            m.share.sample(&machine.state, now);
         }
         m.clock.sample(self.clock());
         m.encode()

@@ -17,6 +17,7 @@ use crate::peer::proto::peer_server::PeerServer;
 use ::herald_client::proto::admin_server::AdminServer;
 use ::herald_client::proto::auth_server::AuthServer;
 use ::herald_client::proto::herald_server::HeraldServer;
+use ::herald_client::proto::share_server::ShareServer;
 use anyhow::Context;
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
@@ -554,6 +555,9 @@ fn serve_client(
     let auth_svc = AuthServer::new(api::auth::AuthService::new(herald.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let share_svc = ShareServer::new(api::client::ShareService::new(herald.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     let size_limit = api::layer::MessageLimitLayer::new(max_message);
     let client_guard = GuardLayer::new(guard.clone(), Gate::Client);
     tokio::spawn(async move {
@@ -567,6 +571,7 @@ fn serve_client(
             .add_service(herald_svc)
             .add_service(admin_svc)
             .add_service(auth_svc)
+            .add_service(share_svc)
             .serve_with_incoming_shutdown(incoming, stopped)
             .await;
         if let Err(e) = r {

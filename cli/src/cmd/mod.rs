@@ -7,6 +7,7 @@ pub mod playground;
 pub mod pool;
 pub mod presence;
 pub mod session;
+pub mod share;
 pub mod snapshot;
 
 use herald_client::Client;

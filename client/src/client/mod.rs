@@ -26,6 +26,7 @@ mod auth;
 mod pools;
 mod presence;
 mod sessions;
+mod share;
 
 /// Timeouts and retry limits of a [`Client`].
 #[derive(Clone, Debug)]

@@ -83,6 +83,8 @@ pub fn router(node: Herald) -> Router {
         .route("/v1/presence", get(presence_get).post(presence_post))
         .route("/v1/presence/{uid}", get(presence_one))
         .route("/v1/watch", get(watch))
+        .route("/v1/shares/{id}", get(share_one))
+        .route("/v1/storage", get(storage_list))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -95,6 +97,8 @@ pub fn router(node: Herald) -> Router {
 fn permission(path: &str) -> Permission {
     if path == "/v1/presence" || path.starts_with("/v1/presence/") || path == "/v1/watch" {
         Permission::Role(Role::Reader)
+    } else if path.starts_with("/v1/shares/") || path == "/v1/storage" {
+        Permission::Role(Role::Share)
     } else {
         Permission::Open
     }
@@ -401,6 +405,81 @@ async fn presence_one(
     let r = batch_get(&node, std::slice::from_ref(&uid), usize::MAX);
     let record = r.records.first().map(record_json);
     Json(json!({ "revision": r.revision, "record": record })).into_response()
+}
+
+/// `GET /v1/shares/{id}`: one media share (P-share), for web pages that
+/// show a shared item; never its keys.
+async fn share_one(
+    State(node): State<Herald>,
+    uri: Uri,
+    id: Result<Path<u64>, PathRejection>,
+) -> Response {
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(rejection) => return invalid("id", rejection.body_text()),
+    };
+    let q = match parse_query(uri.query()) {
+        Ok(q) => q,
+        Err(e) => return error(state_status(&e)),
+    };
+    if let Err(r) = read_barrier(&node, q.consistency.as_deref()).await {
+        return *r;
+    }
+    let m = node.store().read();
+    let share = m.state.share();
+    let Some(s) = share.get(id) else {
+        return error(state_status(&StateError::not_found(format!("share {id}"))));
+    };
+    let address = share
+        .storage(&s.server_id)
+        .map(|v| v.address.as_str())
+        .unwrap_or("");
+    let pb = super::client::share_pb(s, address);
+    Json(json!({
+        "share_id": pb.share_id,
+        "owner": pb.owner,
+        "receivers": pb.receivers,
+        "server_id": pb.server_id,
+        "address": pb.address,
+        "size_bytes": pb.size_bytes,
+        "state": match s.state {
+            crate::state::share::ShareState::Reserved => "reserved",
+            crate::state::share::ShareState::Committed => "committed",
+        },
+        "created_ms": pb.created_ms,
+        "deadline_ms": pb.deadline_ms,
+    }))
+    .into_response()
+}
+
+/// `GET /v1/storage`: every storage server, its bytes and whether it is up.
+async fn storage_list(State(node): State<Herald>, uri: Uri) -> Response {
+    let q = match parse_query(uri.query()) {
+        Ok(q) => q,
+        Err(e) => return error(state_status(&e)),
+    };
+    if let Err(r) = read_barrier(&node, q.consistency.as_deref()).await {
+        return *r;
+    }
+    let m = node.store().read();
+    let now = node.clock().now_ms().max(m.state.now_ms());
+    let servers: Vec<Value> = m
+        .state
+        .share()
+        .servers()
+        .map(|s| {
+            json!({
+                "server_id": s.server_id,
+                "address": s.address,
+                "capacity_bytes": s.capacity_bytes,
+                "reserved_bytes": s.reserved_bytes,
+                "committed_bytes": s.committed_bytes,
+                "shares": s.shares,
+                "up": s.is_up(now),
+            })
+        })
+        .collect();
+    Json(json!({ "cluster_time_ms": now, "servers": servers })).into_response()
 }
 
 fn record_json(p: &PresenceRecord) -> Value {

@@ -36,6 +36,10 @@ pub fn wire_reason(r: Reason) -> ErrorReason {
         Reason::OfferEnded => ErrorReason::OfferEnded,
         Reason::OutOfService => ErrorReason::OutOfService,
         Reason::UnitClosed => ErrorReason::UnitClosed,
+        Reason::NotFriend => ErrorReason::NotFriend,
+        Reason::StorageDown => ErrorReason::StorageDown,
+        Reason::StorageFull => ErrorReason::StorageFull,
+        Reason::ShareEnded => ErrorReason::ShareEnded,
     }
 }
 

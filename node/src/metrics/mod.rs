@@ -82,6 +82,7 @@ mod presence;
 mod process;
 mod raft;
 mod sessions;
+mod share;
 mod storage;
 
 pub use api::{ApiDefs, ListenerLabel, MethodLabels, RefusalLabels, RequestLabels, ServerLabel};
@@ -92,6 +93,9 @@ pub use presence::{
 };
 pub use raft::{PeerLabel, RaftDefs, ResultLabel, watch_raft};
 pub use sessions::{OutcomeLabel, SessionDefs};
+pub use share::{
+    MAX_STORAGE_SERIES, ShareDefs, ShareRefusalLabels, StorageBytesLabels, StorageLabel,
+};
 pub use storage::{OpLabel, RecordLabel, StorageDefs};
 
 /// A float gauge (seconds, ratios).
@@ -120,6 +124,8 @@ pub struct Defs {
     pub pools: PoolDefs,
     /// The cluster clock.
     pub clock: ClockDefs,
+    /// Media sharing: storage servers, admissions, access.
+    pub share: ShareDefs,
 }
 
 /// Handle to a node's metrics; cheap to clone.
@@ -151,6 +157,7 @@ impl Metrics {
         let sessions = SessionDefs::new(&mut r);
         let pools = PoolDefs::new(&mut r);
         let clock = ClockDefs::new(&mut r);
+        let share = ShareDefs::new(&mut r);
         r.register_collector(Box::new(process::ProcessCollector));
         let defs = Defs {
             registry: r,
@@ -161,6 +168,7 @@ impl Metrics {
             sessions,
             pools,
             clock,
+            share,
         };
         defs.raft.precreate();
         defs.storage.precreate();
@@ -168,6 +176,7 @@ impl Metrics {
         defs.presence.precreate();
         defs.sessions.precreate();
         defs.pools.precreate();
+        defs.share.precreate();
         Metrics(Arc::new(defs))
     }
 
@@ -176,6 +185,7 @@ impl Metrics {
         self.presence.observe_apply(&p.cmd, result);
         self.sessions.observe_apply(&p.cmd, result);
         self.pools.observe_apply(&p.cmd, result);
+        self.share.observe_apply(&p.cmd, result);
     }
 
     /// The registry in the OpenMetrics text format, as the metrics are now

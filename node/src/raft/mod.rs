@@ -112,6 +112,7 @@ pub fn command_kind(cmd: &Command) -> &'static str {
         Command::RemoveAccount(_) => "remove_account",
         Command::SetContentUnits(_) => "set_content_units",
         Command::RemoveContent(_) => "remove_content",
+        Command::Share(_) => "share",
     }
 }
 

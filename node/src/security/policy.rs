@@ -112,6 +112,15 @@ pub fn permission_of(path: &str) -> Option<Permission> {
             | "ListAccounts" | "GetAccountData" | "SetContentUnits" | "RemoveContent"
             | "FirstAccess",
         ) => Role(crate::state::Role::Pools),
+        ("herald.v1.Share", "RegisterStorage" | "UpdateStorage" | "RemoveStorage") => {
+            Role(crate::state::Role::Admin)
+        }
+        (
+            "herald.v1.Share",
+            "StorageHeartbeat" | "ListStorage" | "AddFriend" | "RemoveFriend" | "ListFriends"
+            | "ShareMedia" | "CommitShare" | "DeleteShare" | "AccessShare" | "GetShare"
+            | "ListShares" | "CheckShareKey",
+        ) => Role(crate::state::Role::Share),
         ("herald.v1.Admin", "Status" | "Members") => Authenticated,
         (
             "herald.v1.Admin",

@@ -35,16 +35,19 @@ pub enum Role {
     Pools,
     /// Session progress, bindings and handoffs.
     Sessions,
+    /// Media sharing: shares, friendships, access and storage heartbeats.
+    Share,
 }
 
 impl Role {
     /// Every role, in order.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Admin,
         Role::Publisher,
         Role::Reader,
         Role::Pools,
         Role::Sessions,
+        Role::Share,
     ];
 
     /// The role's name as the CLI and messages spell it.
@@ -55,6 +58,7 @@ impl Role {
             Role::Reader => "reader",
             Role::Pools => "pools",
             Role::Sessions => "sessions",
+            Role::Share => "share",
         }
     }
 

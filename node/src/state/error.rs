@@ -114,6 +114,15 @@ pub enum Reason {
     OutOfService,
     /// The unit's access policy is closed.
     UnitClosed,
+    /// Media sharing: the user is not a friend of the sharer.
+    NotFriend,
+    /// Media sharing: no storage server is up.
+    StorageDown,
+    /// Media sharing: no storage server that is up has room.
+    StorageFull,
+    /// Media sharing: the share has ended (deleted, or its reservation
+    /// expired).
+    ShareEnded,
 }
 
 impl StateError {

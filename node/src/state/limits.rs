@@ -179,6 +179,30 @@ pub(crate) fn check_bytes(field: &str, data: &[u8], max: usize) -> Result<(), St
     Ok(())
 }
 
+// Media sharing (P-share).
+/// Bytes in a storage server id (printable ASCII), at least 1.
+pub const MAX_SERVER_ID_BYTES: usize = 64;
+/// Bytes in a storage server address, at least 1.
+pub const MAX_SERVER_ADDRESS_BYTES: usize = 256;
+/// The largest storage server capacity: 2^60 bytes (an exbibyte), so sums
+/// of reservations never overflow a u64.
+pub const MAX_CAPACITY_BYTES: u64 = 1 << 60;
+/// The largest media item: 2^40 bytes (a tebibyte).
+pub const MAX_MEDIA_BYTES: u64 = 1 << 40;
+/// Receivers of one share.
+pub const MAX_SHARE_RECEIVERS: usize = 64;
+/// The longest reservation deadline: a day.
+pub const MAX_UPLOAD_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// The longest access grant: a day.
+pub const MAX_ACCESS_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// The longest storage heartbeat TTL: 10 minutes.
+pub const MAX_HEALTH_TTL_MS: u64 = 10 * 60 * 1000;
+/// Key sets one share keeps: its request's first answer and up to three
+/// replays (a replay cannot re-send a key, only its hash is kept).
+pub const MAX_SHARE_ANSWERS: usize = 4;
+/// Bytes in a presented share key. Herald's are 32 characters.
+pub const MAX_SHARE_KEY_BYTES: usize = 128;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@ pub mod ownership;
 pub mod presence;
 pub mod quotas;
 pub mod sessions;
+pub mod share;
 #[cfg(test)]
 mod tests;
 pub mod vecmap;
@@ -59,6 +60,8 @@ pub use sessions::{
     Offer, OfferHandoff, Progress, Session, SessionEvent, SessionEventKind, Terminal, TerminalKind,
     Unbind, WorkEvent, WorkLogEntry,
 };
+
+pub use share::{MediaShare, MediaShares, ShareCommand, ShareOutcome, StorageServer};
 
 use accounts::AccountPools;
 use presence::Roster;
@@ -138,6 +141,8 @@ pub enum Command {
     SetContentUnits(SetContentUnits),
     /// Accounts: remove a content's tag.
     RemoveContent(RemoveContent),
+    /// Media sharing: storage servers, friendships, shares and access.
+    Share(ShareCommand),
 }
 
 impl Command {
@@ -173,6 +178,7 @@ impl Command {
             Command::RemoveAccount(c) => c.validate(),
             Command::SetContentUnits(c) => c.validate(),
             Command::RemoveContent(c) => c.validate(),
+            Command::Share(c) => c.validate(),
         }
     }
 }
@@ -206,6 +212,8 @@ pub enum Response {
     Auth(AuthOutcome),
     /// Release, PutAccountData, SetOwnership, Tick.
     Done,
+    /// Media sharing commands.
+    Share(ShareOutcome),
 }
 
 /// The whole replicated state. Snapshots are this struct in bincode
@@ -226,6 +234,9 @@ pub struct State {
     /// The agreed TTL ownership ring.
     #[serde(default)]
     ownership: OwnershipEpoch,
+    /// Media sharing (P-share).
+    #[serde(default)]
+    share: MediaShares,
 }
 
 /// [`State`] as snapshots before the quotas and the ownership epoch held it.
@@ -252,6 +263,7 @@ impl From<StateBeforeOwnership> for State {
             incarnations: old.incarnations,
             ownership: OwnershipEpoch::default(),
             quotas: Quotas::default(),
+            share: MediaShares::default(),
         }
     }
 }
@@ -289,6 +301,7 @@ impl State {
             incarnations: self.incarnations.clone(),
             quotas: self.quotas.clone(),
             ownership: self.ownership.clone(),
+            share: self.share.clone(),
         }
     }
 
@@ -310,6 +323,7 @@ impl State {
             Command::PutAccountData(c) => self.accounts.admit_data(q, c),
             Command::RegisterAccount(c) => self.accounts.admit_register(q, c),
             Command::SetContentUnits(c) => self.accounts.admit_content(q, c),
+            Command::Share(c) => self.share.admit(q, c),
             _ => Ok(()),
         }
     }
@@ -357,6 +371,7 @@ impl State {
             time_ms: self.now_ms,
         };
         self.accounts.expire_due(at.time_ms);
+        self.share.expire_due(at.time_ms);
         self.roster.history_budget = self.quotas.watch_history_bytes;
         self.sessions.history_budget = self.quotas.watch_history_bytes;
         self.sessions
@@ -415,6 +430,7 @@ impl State {
             Command::RemoveAccount(c) => self.accounts.remove_account(c).map(|()| Response::Done),
             Command::SetContentUnits(c) => self.accounts.set_content(c).map(|()| Response::Done),
             Command::RemoveContent(c) => self.accounts.remove_content(c).map(|()| Response::Done),
+            Command::Share(c) => self.share.apply(at, c).map(Response::Share),
         }
     }
 
@@ -613,6 +629,11 @@ impl State {
             .check_login(unit_id, account, password, user, lease_secret, now_ms)
     }
 
+    /// Media sharing: storage servers, friendships and shares.
+    pub fn share(&self) -> &MediaShares {
+        &self.share
+    }
+
     /// The earliest `expires_ms` of an active lease.
     pub fn next_lease_expiry(&self) -> Option<u64> {
         self.accounts.next_expiry()
@@ -628,6 +649,7 @@ impl State {
             self.sessions.next_forget(q.session_retention_ms),
             self.sessions.next_offer_expiry(),
             self.roster.next_forget(q.presence_retention_ms),
+            self.share.next_due(),
         ]
         .into_iter()
         .flatten()

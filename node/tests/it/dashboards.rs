@@ -205,8 +205,9 @@ fn login(uid: &str, client: &str) -> LoginRequest {
 }
 
 /// A short load that moves every domain metric: writes through a follower
-/// and the leader, a handoff and a fenced write, leases and a denial, an
-/// HTTP lookup and a few bad requests. Returns (leader, follower).
+/// and the leader, a handoff and a fenced write, leases and a denial, a
+/// storage server with an admitted and a refused upload, an HTTP lookup
+/// and a few bad requests. Returns (leader, follower).
 async fn load(c: &TestCluster) -> (u64, u64) {
     let leader = c.wait_leader().await;
     let follower = c
@@ -329,6 +330,49 @@ async fn load(c: &TestCluster) -> (u64, u64) {
             })
             .await;
         assert_eq!(r.is_ok(), user != "v3", "{user}: {r:?}"); // the pool has two
+    }
+
+    // Media sharing: a storage server, an admitted upload and a refused one.
+    let mut share =
+        ::herald_client::proto::share_client::ShareClient::new(crate::common::channel_as(
+            &c.certs,
+            &c.client_addr(follower),
+            Some(crate::common::ROOT),
+        ));
+    share
+        .register_storage(RegisterStorageRequest {
+            server_id: "s1".into(),
+            address: "s1.media:9000".into(),
+            capacity_bytes: 1000,
+        })
+        .await
+        .expect("register storage");
+    share
+        .storage_heartbeat(StorageHeartbeatRequest {
+            server_id: "s1".into(),
+            up: true,
+            ttl_ms: 0,
+        })
+        .await
+        .expect("storage up");
+    share
+        .add_friend(FriendshipRequest {
+            user: "alice".into(),
+            friend: "bob".into(),
+        })
+        .await
+        .expect("friends");
+    for (size, admitted) in [(600, true), (600, false)] {
+        let r = share
+            .share_media(ShareMediaRequest {
+                owner: "alice".into(),
+                receivers: vec!["bob".into()],
+                size_bytes: size,
+                ttl_ms: 0,
+                request_id: format!("dash-{admitted}"),
+            })
+            .await;
+        assert_eq!(r.is_ok(), admitted, "{r:?}");
     }
 
     let (code, body) = c

@@ -16,6 +16,7 @@ mod limits;
 mod mechanisms;
 mod presence;
 mod security;
+mod share;
 mod storage;
 mod storage_suite;
 mod traces;

@@ -106,6 +106,13 @@ fn needed(service: &str, method: &str) -> Option<&'static str> {
             | "ListAccounts" | "GetAccountData" | "SetContentUnits" | "RemoveContent"
             | "FirstAccess",
         ) => Some("pools"),
+        ("Share", "RegisterStorage" | "UpdateStorage" | "RemoveStorage") => Some("admin"),
+        (
+            "Share",
+            "StorageHeartbeat" | "ListStorage" | "AddFriend" | "RemoveFriend" | "ListFriends"
+            | "ShareMedia" | "CommitShare" | "DeleteShare" | "AccessShare" | "GetShare"
+            | "ListShares" | "CheckShareKey",
+        ) => Some("share"),
         ("Admin" | "Auth", "Status") | ("Admin", "Members") => None,
         ("Admin" | "Auth", _) => Some("admin"),
         other => panic!("no expectation for {other:?}: add it to this table"),
@@ -130,7 +137,7 @@ fn methods() -> Vec<(String, String)> {
     out
 }
 
-const ROLES: [&str; 5] = ["admin", "publisher", "reader", "pools", "sessions"];
+const ROLES: [&str; 6] = ["admin", "publisher", "reader", "pools", "sessions", "share"];
 
 fn role_pb(name: &str) -> i32 {
     (match name {
@@ -139,6 +146,7 @@ fn role_pb(name: &str) -> i32 {
         "reader" => Role::Reader,
         "pools" => Role::Pools,
         "sessions" => Role::Sessions,
+        "share" => Role::Share,
         other => panic!("role {other}"),
     }) as i32
 }

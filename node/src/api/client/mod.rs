@@ -15,6 +15,8 @@
 //! - `pools.rs`: platforms, pools, leases, account data and account logins;
 //! - `units.rs`: registered accounts (Argon2id, off the async threads),
 //!   content tags and the first access request, the account data read.
+//! - `share.rs`: the media-sharing service `herald.v1.Share` (its own tonic
+//!   service on the same listener).
 //!
 //! `Batch` is served by [`super::batch`], which runs the same handlers for
 //! each of its calls.
@@ -23,6 +25,7 @@ mod pools;
 mod presence;
 mod sessions;
 mod units;
+mod share;
 mod watch;
 
 use ::herald_client::proto::herald_server::Herald as HeraldApi;
@@ -38,6 +41,7 @@ use crate::state::{self, Command, StateError};
 use presence::WatchStream;
 pub use presence::{WatchFeed, batch_get, check_uid, check_uids, open_watch};
 use sessions::WatchSessionsStream;
+pub use share::{ShareService, share_pb};
 
 /// Serves [`HeraldApi`] for one node.
 pub struct HeraldService {
