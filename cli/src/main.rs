@@ -77,13 +77,16 @@ enum Command {
     /// Platforms, units and pools of temporary accounts
     #[command(subcommand)]
     Pool(cmd::pool::Cmd),
+    /// Linked catalogs: items, link rules, selections, purchases, ranked lookups
+    #[command(subcommand)]
+    Link(cmd::link::Cmd),
     /// Whether auth is enforced, and who you are
     #[command(subcommand)]
     Auth(cmd::auth::AuthCmd),
     /// Users and their roles
     #[command(subcommand)]
     User(cmd::auth::UserCmd),
-    /// Grant and revoke roles (admin, publisher, reader, pools, sessions)
+    /// Grant and revoke roles (admin, publisher, reader, pools, sessions, link)
     #[command(subcommand)]
     Role(cmd::auth::RoleCmd),
     /// Bearer tokens for callers without a client certificate
@@ -179,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Presence(c) => cmd::presence::run(c, &ctx()?).await,
         Command::Session(c) => cmd::session::run(c, &ctx()?).await,
         Command::Pool(c) => cmd::pool::run(c, &ctx()?).await,
+        Command::Link(c) => cmd::link::run(c, &ctx()?).await,
         Command::Auth(c) => cmd::auth::auth(c, &ctx()?).await,
         Command::User(c) => cmd::auth::user(c, &ctx()?).await,
         Command::Role(c) => cmd::auth::role_cmd(c, &ctx()?).await,

@@ -91,6 +91,18 @@ pub struct Quotas {
     /// from a revision (also capped at 100 000 events). Older changes are
     /// compacted; a resume before them is told so.
     pub watch_history_bytes: u64,
+    /// Linked catalogs (P-link).
+    pub link_catalogs: u64,
+    /// Items over every linked catalog.
+    pub link_items: u64,
+    /// Link rules.
+    pub link_rules: u64,
+    /// Counted request ids remembered (for exactly-once counting); a count
+    /// over it is refused until older ids are forgotten.
+    pub link_request_ids: u64,
+    /// Cluster time a counted request id is remembered: a retry within it
+    /// counts nothing more.
+    pub link_request_retention_ms: u64,
 }
 
 impl Default for Quotas {
@@ -113,6 +125,11 @@ impl Default for Quotas {
             session_retention_ms: 7 * DAY_MS,
             presence_retention_ms: 30 * DAY_MS,
             watch_history_bytes: 64 * 1024 * 1024,
+            link_catalogs: 1_000,
+            link_items: 2_000_000,
+            link_rules: 1_000,
+            link_request_ids: 2_000_000,
+            link_request_retention_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -121,7 +138,7 @@ impl Quotas {
     /// Values a cluster can run with: every count at least 1, the per-thing
     /// quotas within the field limits, retentions at most a year.
     pub fn validate(&self) -> Result<(), QuotaError> {
-        let counts: [(&str, u64); 13] = [
+        let counts: [(&str, u64); 17] = [
             ("users", self.users),
             ("clients_per_user", self.clients_per_user.into()),
             ("connections_per_user", self.connections_per_user.into()),
@@ -135,6 +152,10 @@ impl Quotas {
             ("accounts", self.accounts),
             ("accounts_per_pool", self.accounts_per_pool.into()),
             ("accounts_per_command", self.accounts_per_command.into()),
+            ("link_catalogs", self.link_catalogs),
+            ("link_items", self.link_items),
+            ("link_rules", self.link_rules),
+            ("link_request_ids", self.link_request_ids),
         ];
         for (name, value) in counts {
             if value == 0 {
@@ -192,6 +213,15 @@ impl Quotas {
             return Err(QuotaError::invalid(
                 "quotas.presence_retention_ms",
                 format!("must be 0 or at least {MAX_TTL_MS} ms (30 days)"),
+            ));
+        }
+        if !(1000..=MAX_TTL_MS).contains(&self.link_request_retention_ms) {
+            return Err(QuotaError::invalid(
+                "quotas.link_request_retention_ms",
+                format!(
+                    "must be 1000..={MAX_TTL_MS} ms, got {}",
+                    self.link_request_retention_ms
+                ),
             ));
         }
         if self.watch_history_bytes < 1024 * 1024 {

@@ -95,8 +95,9 @@ pub fn role(text: &str) -> Result<Role, String> {
         "reader" => Ok(Role::Reader),
         "pools" => Ok(Role::Pools),
         "sessions" => Ok(Role::Sessions),
+        "link" => Ok(Role::Link),
         _ => Err(format!(
-            "unknown role {text:?} (roles: admin, publisher, reader, pools, sessions)"
+            "unknown role {text:?} (roles: admin, publisher, reader, pools, sessions, link)"
         )),
     }
 }

@@ -69,6 +69,7 @@ fn pb_role(value: i32) -> Option<state::Role> {
         Role::Reader => state::Role::Reader,
         Role::Pools => state::Role::Pools,
         Role::Sessions => state::Role::Sessions,
+        Role::Link => state::Role::Link,
         Role::Unspecified => return None,
     })
 }
@@ -81,6 +82,7 @@ pub fn role_pb(r: state::Role) -> Role {
         state::Role::Reader => Role::Reader,
         state::Role::Pools => Role::Pools,
         state::Role::Sessions => Role::Sessions,
+        state::Role::Link => Role::Link,
     }
 }
 

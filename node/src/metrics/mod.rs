@@ -77,6 +77,7 @@ macro_rules! reg {
 
 mod api;
 mod clock;
+mod link;
 mod pools;
 mod presence;
 mod process;
@@ -86,6 +87,7 @@ mod storage;
 
 pub use api::{ApiDefs, ListenerLabel, MethodLabels, RefusalLabels, RequestLabels, ServerLabel};
 pub use clock::ClockDefs;
+pub use link::{CountLabels, LinkDefs};
 pub use pools::{MAX_POOL_SERIES, PoolDefs, PoolLabels, ReasonLabel};
 pub use presence::{
     ChangeLabel, ClientTypeLabel, KNOWN_CLIENT_TYPES, PresenceDefs, client_type_label,
@@ -120,6 +122,8 @@ pub struct Defs {
     pub pools: PoolDefs,
     /// The cluster clock.
     pub clock: ClockDefs,
+    /// Linked catalogs: counts and lookup latency.
+    pub link: LinkDefs,
 }
 
 /// Handle to a node's metrics; cheap to clone.
@@ -151,6 +155,7 @@ impl Metrics {
         let sessions = SessionDefs::new(&mut r);
         let pools = PoolDefs::new(&mut r);
         let clock = ClockDefs::new(&mut r);
+        let link = LinkDefs::new(&mut r);
         r.register_collector(Box::new(process::ProcessCollector));
         let defs = Defs {
             registry: r,
@@ -161,6 +166,7 @@ impl Metrics {
             sessions,
             pools,
             clock,
+            link,
         };
         defs.raft.precreate();
         defs.storage.precreate();
@@ -168,6 +174,7 @@ impl Metrics {
         defs.presence.precreate();
         defs.sessions.precreate();
         defs.pools.precreate();
+        defs.link.precreate();
         Metrics(Arc::new(defs))
     }
 
@@ -176,6 +183,7 @@ impl Metrics {
         self.presence.observe_apply(&p.cmd, result);
         self.sessions.observe_apply(&p.cmd, result);
         self.pools.observe_apply(&p.cmd, result);
+        self.link.observe_apply(&p.cmd, result);
     }
 
     /// The registry in the OpenMetrics text format, as the metrics are now

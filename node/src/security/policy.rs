@@ -110,6 +110,7 @@ pub fn permission_of(path: &str) -> Option<Permission> {
             | "PutAccountData" | "ListPools" | "ListLeases" | "AccountLogin" | "DeletePool"
             | "DeletePlatform" | "LeaseAndLogin",
         ) => Role(crate::state::Role::Pools),
+        ("herald.v1.Link", _) => Role(crate::state::Role::Link),
         ("herald.v1.Admin", "Status" | "Members") => Authenticated,
         (
             "herald.v1.Admin",

@@ -35,16 +35,19 @@ pub enum Role {
     Pools,
     /// Session progress, bindings and handoffs.
     Sessions,
+    /// Linked catalogs: catalogs, items, rules, counts and lookups.
+    Link,
 }
 
 impl Role {
     /// Every role, in order.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Admin,
         Role::Publisher,
         Role::Reader,
         Role::Pools,
         Role::Sessions,
+        Role::Link,
     ];
 
     /// The role's name as the CLI and messages spell it.
@@ -55,6 +58,7 @@ impl Role {
             Role::Reader => "reader",
             Role::Pools => "pools",
             Role::Sessions => "sessions",
+            Role::Link => "link",
         }
     }
 

@@ -23,6 +23,7 @@ pub mod auth;
 mod error;
 mod history;
 pub mod limits;
+pub mod link;
 pub mod members;
 pub mod ownership;
 pub mod presence;
@@ -45,6 +46,10 @@ pub use accounts::{
 pub use auth::{Auth, AuthCommand, AuthOutcome, Role};
 pub use error::{Reason, StateError};
 pub use limits::MAX_BATCH;
+pub use link::{
+    CatalogView, CountEvent, CountKind, CreateCatalog, Cursor, ItemView, LinkCommand, LinkOutcome,
+    LinkPage, LinkQuery, LinkRule, LinkSide, LinkSource, PutItem, RankBy,
+};
 pub use members::{Incarnations, RecordIncarnation};
 pub use ownership::{OwnershipEpoch, SetOwnership};
 pub use presence::{
@@ -59,6 +64,7 @@ pub use sessions::{
 };
 
 use accounts::AccountPools;
+use link::Linked;
 use presence::Roster;
 use sessions::Sessions;
 
@@ -127,6 +133,8 @@ pub enum Command {
     OfferHandoff(OfferHandoff),
     /// Sessions: the offered terminal confirms its capabilities.
     AcceptHandoff(AcceptHandoff),
+    /// Linked catalogs: catalogs, items, link rules and counts.
+    Link(LinkCommand),
 }
 
 impl Command {
@@ -158,6 +166,7 @@ impl Command {
             Command::Unbind(c) => c.validate(),
             Command::OfferHandoff(c) => c.validate(),
             Command::AcceptHandoff(c) => c.validate(),
+            Command::Link(c) => c.validate(),
         }
     }
 }
@@ -191,6 +200,8 @@ pub enum Response {
     Auth(AuthOutcome),
     /// Release, PutAccountData, SetOwnership, Tick.
     Done,
+    /// Link commands.
+    Link(LinkOutcome),
 }
 
 /// The whole replicated state. Snapshots are this struct in bincode
@@ -211,6 +222,8 @@ pub struct State {
     /// The agreed TTL ownership ring.
     #[serde(default)]
     ownership: OwnershipEpoch,
+    /// Linked catalogs (P-link).
+    link: Linked,
 }
 
 /// [`State`] as snapshots before the quotas and the ownership epoch held it.
@@ -237,6 +250,7 @@ impl From<StateBeforeOwnership> for State {
             incarnations: old.incarnations,
             ownership: OwnershipEpoch::default(),
             quotas: Quotas::default(),
+            link: Linked::default(),
         }
     }
 }
@@ -257,6 +271,7 @@ impl State {
         state.roster.history_budget = state.quotas.watch_history_bytes;
         state.sessions.restored(state.last_index);
         state.sessions.history_budget = state.quotas.watch_history_bytes;
+        state.link.restored();
         Ok(state)
     }
 
@@ -274,6 +289,7 @@ impl State {
             incarnations: self.incarnations.clone(),
             quotas: self.quotas.clone(),
             ownership: self.ownership.clone(),
+            link: self.link.snapshot_view(),
         }
     }
 
@@ -293,6 +309,7 @@ impl State {
             Command::CreatePool(c) => self.accounts.admit_pool(q, c),
             Command::Lease(c) => self.accounts.admit_lease(q, c),
             Command::PutAccountData(c) => self.accounts.admit_data(q, c),
+            Command::Link(c) => self.link.admit(q, c),
             _ => Ok(()),
         }
     }
@@ -338,6 +355,7 @@ impl State {
             time_ms: self.now_ms,
         };
         self.accounts.expire_due(at.time_ms);
+        self.link.forget_due(at.time_ms);
         self.roster.history_budget = self.quotas.watch_history_bytes;
         self.sessions.history_budget = self.quotas.watch_history_bytes;
         self.sessions
@@ -389,6 +407,7 @@ impl State {
             Command::Unbind(c) => self.sessions.unbind(at, c).map(Response::Unbound),
             Command::OfferHandoff(c) => self.sessions.offer(at, c).map(Response::Session),
             Command::AcceptHandoff(c) => self.sessions.accept(at, c).map(Response::Handoff),
+            Command::Link(c) => self.link.apply(at, &self.quotas, c).map(Response::Link),
         }
     }
 
@@ -559,10 +578,50 @@ impl State {
             self.sessions.next_forget(q.session_retention_ms),
             self.sessions.next_offer_expiry(),
             self.roster.next_forget(q.presence_retention_ms),
+            self.link.next_forget(),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+}
+
+impl State {
+    /// Every linked catalog, by name.
+    pub fn link_catalogs(&self) -> Vec<CatalogView> {
+        self.link.catalogs()
+    }
+
+    /// Every link rule, by name.
+    pub fn link_rules(&self) -> Vec<&LinkRule> {
+        self.link.rules()
+    }
+
+    /// A linked catalog's item, with its counts.
+    pub fn link_item(&self, catalog: &str, item_id: &str) -> Option<ItemView> {
+        self.link.item(catalog, item_id)
+    }
+
+    /// A catalog's items with an insertion number above `after` (0 = from
+    /// the first), at most `limit`, with their numbers.
+    pub fn link_items(
+        &self,
+        catalog: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, ItemView)>, StateError> {
+        self.link.items(catalog, after, limit)
+    }
+
+    /// One page of a linked lookup, ranked from the index.
+    pub fn link_lookup(&self, q: &LinkQuery) -> Result<LinkPage, StateError> {
+        self.link.lookup(q)
+    }
+
+    /// Linked items over every catalog, and counted request ids remembered
+    /// (for metrics).
+    pub fn link_counts(&self) -> (u64, u64) {
+        (self.link.item_count(), self.link.request_count())
     }
 }
 

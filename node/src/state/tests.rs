@@ -87,6 +87,7 @@ fn check_invariants(state: &State) {
     state.roster.check_invariants();
     state.sessions.check_invariants();
     state.accounts.check_invariants();
+    state.link.check_invariants();
 }
 
 #[test]

@@ -104,6 +104,7 @@ fn needed(service: &str, method: &str) -> Option<&'static str> {
             | "PutAccountData" | "ListPools" | "ListLeases" | "AccountLogin" | "DeletePool"
             | "DeletePlatform" | "LeaseAndLogin",
         ) => Some("pools"),
+        ("Link", _) => Some("link"),
         ("Admin" | "Auth", "Status") | ("Admin", "Members") => None,
         ("Admin" | "Auth", _) => Some("admin"),
         other => panic!("no expectation for {other:?}: add it to this table"),
@@ -128,7 +129,7 @@ fn methods() -> Vec<(String, String)> {
     out
 }
 
-const ROLES: [&str; 5] = ["admin", "publisher", "reader", "pools", "sessions"];
+const ROLES: [&str; 6] = ["admin", "publisher", "reader", "pools", "sessions", "link"];
 
 fn role_pb(name: &str) -> i32 {
     (match name {
@@ -137,6 +138,7 @@ fn role_pb(name: &str) -> i32 {
         "reader" => Role::Reader,
         "pools" => Role::Pools,
         "sessions" => Role::Sessions,
+        "link" => Role::Link,
         other => panic!("role {other}"),
     }) as i32
 }

@@ -12,11 +12,13 @@
 //!   `Watch`, and the uid checks and batch lookup the HTTP API shares;
 //! - `sessions.rs`: connect, progress, bind, unbind, handoff, offer and
 //!   accept, session and binding reads, delete, and `WatchSessions`;
-//! - `pools.rs`: platforms, pools, leases, account data and account logins.
+//! - `pools.rs`: platforms, pools, leases, account data and account logins;
+//! - `link.rs`: the linked catalogs (`herald.v1.Link`, its own service).
 //!
 //! `Batch` is served by [`super::batch`], which runs the same handlers for
 //! each of its calls.
 
+pub mod link;
 mod pools;
 mod presence;
 mod sessions;
