@@ -12,6 +12,11 @@
 //! order. `item_no` (the catalog's insertion number) breaks ties: among
 //! equal ranks, the item added first comes first.
 //!
+//! Only attributes a link rule names are indexed (a lookup never starts
+//! anywhere else): a catalog's other attributes cost nothing in the index,
+//! and adding or removing the first or last rule on an attribute re-indexes
+//! that catalog in the one entry that does it.
+//!
 //! The index is derived data: snapshots hold the catalogs, items, counts,
 //! rules and request ids only, and a restore rebuilds the index
 //! ([`Linked::restored`]), so a snapshot is no bigger for it.
@@ -423,6 +428,9 @@ struct Catalog {
     /// (derived).
     #[serde(skip)]
     postings: BTreeMap<(String, String), Posting>,
+    /// The attributes some rule names: the only ones indexed (derived).
+    #[serde(skip)]
+    linked: BTreeSet<String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -527,6 +535,7 @@ impl Linked {
                 .map(|(no, it)| (it.id.clone(), *no))
                 .collect();
             cat.postings.clear();
+            cat.linked = linked_attrs(&self.rules, &name);
             let nos: Vec<u64> = cat.items.keys().copied().collect();
             for no in nos {
                 index_item(&mut self.ranks, cat, no);
@@ -550,6 +559,7 @@ impl Linked {
                             items: c.items.clone(),
                             ids: BTreeMap::new(),
                             postings: BTreeMap::new(),
+                            linked: BTreeSet::new(),
                         },
                     )
                 })
@@ -656,6 +666,7 @@ impl Linked {
                     items: BTreeMap::new(),
                     ids: BTreeMap::new(),
                     postings: BTreeMap::new(),
+                    linked: BTreeSet::new(),
                 };
                 self.catalogs.insert(c.name.clone(), cat);
                 Ok(LinkOutcome::Catalog(CatalogView {
@@ -762,13 +773,39 @@ impl Linked {
                     )));
                 }
                 self.rules.insert(r.name.clone(), r.clone());
+                self.relink(&r.left.catalog);
+                self.relink(&r.right.catalog);
                 Ok(LinkOutcome::Rule(r.clone()))
             }
             LinkCommand::RemoveRule { name } => match self.rules.remove(name) {
-                Some(_) => Ok(LinkOutcome::Done),
+                Some(r) => {
+                    self.relink(&r.left.catalog);
+                    self.relink(&r.right.catalog);
+                    Ok(LinkOutcome::Done)
+                }
                 None => Err(StateError::not_found(format!("link rule {name:?}"))),
             },
             LinkCommand::Count(c) => self.count(at, q, c),
+        }
+    }
+
+    /// Re-indexes `catalog` when the set of its attributes that rules name
+    /// changed.
+    fn relink(&mut self, catalog: &str) {
+        let linked = linked_attrs(&self.rules, catalog);
+        let Some(cat) = self.catalogs.get_mut(catalog) else {
+            return;
+        };
+        if cat.linked == linked {
+            return;
+        }
+        let nos: Vec<u64> = cat.items.keys().copied().collect();
+        for &no in &nos {
+            unindex_item(&mut self.ranks, cat, no);
+        }
+        cat.linked = linked;
+        for no in nos {
+            index_item(&mut self.ranks, cat, no);
         }
     }
 
@@ -830,7 +867,7 @@ impl Linked {
             if new_rank == old_rank {
                 continue;
             }
-            for pair in &item.attrs {
+            for pair in item.attrs.iter().filter(|(k, _)| cat.linked.contains(k)) {
                 let p = cat.postings[pair].id;
                 let set = &mut self.ranks.by[*by as usize];
                 let removed = set.remove(&(p, u64::MAX - old_rank, no));
@@ -1016,7 +1053,11 @@ impl Linked {
         for c in self.catalogs.values() {
             assert_eq!(c.ids.len(), c.items.len());
             let total: u64 = c.postings.values().map(|p| p.items).sum();
-            let pairs: u64 = c.items.values().map(|i| i.attrs.len() as u64).sum();
+            let pairs: u64 = c
+                .items
+                .values()
+                .map(|i| i.attrs.iter().filter(|(k, _)| c.linked.contains(k)).count() as u64)
+                .sum();
             assert_eq!(total, pairs);
         }
     }
@@ -1039,6 +1080,16 @@ impl Linked {
         }
         out
     }
+}
+
+/// The attributes of `catalog` that some rule names.
+fn linked_attrs(rules: &BTreeMap<String, LinkRule>, catalog: &str) -> BTreeSet<String> {
+    rules
+        .values()
+        .flat_map(|r| [&r.left, &r.right])
+        .filter(|side| side.catalog == catalog)
+        .map(|side| side.attr.clone())
+        .collect()
 }
 
 fn catalog_mut<'a>(
@@ -1067,7 +1118,7 @@ fn index_item(ranks: &mut Ranks, cat: &mut Catalog, no: u64) {
         return;
     };
     let ranks_of: Vec<u64> = ORDERS.iter().map(|by| cat.rank(item, *by)).collect();
-    for pair in &item.attrs {
+    for pair in item.attrs.iter().filter(|(k, _)| cat.linked.contains(k)) {
         let posting = cat.postings.entry(pair.clone()).or_insert_with(|| {
             ranks.last_posting += 1;
             Posting {
@@ -1088,7 +1139,7 @@ fn unindex_item(ranks: &mut Ranks, cat: &mut Catalog, no: u64) {
         return;
     };
     let ranks_of: Vec<u64> = ORDERS.iter().map(|by| cat.rank(item, *by)).collect();
-    for pair in &item.attrs {
+    for pair in item.attrs.iter().filter(|(k, _)| cat.linked.contains(k)) {
         let Some(posting) = cat.postings.get_mut(pair) else {
             debug_assert!(false, "an indexed item's pair has a posting");
             continue;
@@ -1552,6 +1603,8 @@ mod tests {
         Remove(u8, u8),
         Count(u8, u8, bool, u8),
         Tick(u16),
+        /// Adds rule r2 (c0.a1 <-> c1.a1) if absent, removes it if present.
+        ToggleRule,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1565,6 +1618,7 @@ mod tests {
             (0..2u8, 0..8u8).prop_map(|(c, i)| Op::Remove(c, i)),
             (0..2u8, 0..8u8, any::<bool>(), 0..30u8).prop_map(|(c, i, p, r)| Op::Count(c, i, p, r)),
             (0..40u16).prop_map(Op::Tick),
+            Just(Op::ToggleRule),
             (0..2u8, 0..8u8, any::<bool>(), 0..30u8).prop_map(|(c, i, p, r)| Op::Count(c, i, p, r)),
         ]
     }
@@ -1639,6 +1693,13 @@ mod tests {
                         h.advance(u64::from(ms) * 100);
                         h.ok(Command::Tick);
                     }
+                    Op::ToggleRule => {
+                        if h.state.link_rules().iter().any(|r| r.name == "r2") {
+                            h.ok(link(LinkCommand::RemoveRule { name: "r2".into() }));
+                        } else {
+                            h.ok(rule("r2", ("c0", "a1"), ("c1", "a1")));
+                        }
+                    }
                 }
             }
             // Every count as the model says.
@@ -1652,6 +1713,7 @@ mod tests {
                 let sources: Vec<LinkSource> = (0..8)
                     .map(|i| LinkSource::Item(format!("i{i}")))
                     .chain((0..4).map(|v| value("a0", &format!("v{v}"))))
+                    .chain((0..4).map(|v| value("a1", &format!("v{v}"))))
                     .collect();
                 for source in sources {
                     for by in ORDERS {
