@@ -80,13 +80,16 @@ enum Command {
     /// Media sharing: storage servers, friendships, uploads, access
     #[command(subcommand)]
     Share(cmd::share::Cmd),
+    /// Linked catalogs: items, link rules, selections, purchases, ranked lookups
+    #[command(subcommand)]
+    Link(cmd::link::Cmd),
     /// Whether auth is enforced, and who you are
     #[command(subcommand)]
     Auth(cmd::auth::AuthCmd),
     /// Users and their roles
     #[command(subcommand)]
     User(cmd::auth::UserCmd),
-    /// Grant and revoke roles (admin, publisher, reader, pools, sessions, share)
+    /// Grant and revoke roles (admin, publisher, reader, pools, sessions, share, link)
     #[command(subcommand)]
     Role(cmd::auth::RoleCmd),
     /// Bearer tokens for callers without a client certificate
@@ -183,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session(c) => cmd::session::run(c, &ctx()?).await,
         Command::Pool(c) => cmd::pool::run(c, &ctx()?).await,
         Command::Share(c) => cmd::share::run(c, &ctx()?).await,
+        Command::Link(c) => cmd::link::run(c, &ctx()?).await,
         Command::Auth(c) => cmd::auth::auth(c, &ctx()?).await,
         Command::User(c) => cmd::auth::user(c, &ctx()?).await,
         Command::Role(c) => cmd::auth::role_cmd(c, &ctx()?).await,

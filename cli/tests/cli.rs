@@ -692,6 +692,83 @@ fn heraldctl_drives_a_playground_cluster() {
     assert_eq!(out.status.code(), Some(1));
     let listed = json(&pg, &["share", "storage-list"]);
     assert_eq!(listed["servers"][0]["committed_bytes"], 400, "{listed}");
+    // Linked catalogs: an album and a shop linked by camera model, a
+    // selection counted once per request id, a ranked lookup both ways.
+    for (name, wp) in [("album", "0"), ("shop", "10")] {
+        let out = run(
+            &pg,
+            &["link", "catalog-create", name, "--purchase-weight", wp],
+        );
+        assert!(out.status.success());
+    }
+    let out = run(
+        &pg,
+        &["link", "put", "album", "p1", "--attr", "camera_model=X100"],
+    );
+    assert!(out.status.success());
+    for (id, model) in [("lens", "X100"), ("strap", "X100"), ("bag", "Q2")] {
+        let attr = format!("model={model}");
+        assert!(
+            run(&pg, &["link", "put", "shop", id, "--attr", &attr])
+                .status
+                .success()
+        );
+    }
+    let out = run(
+        &pg,
+        &[
+            "link",
+            "rule-add",
+            "camera",
+            "album.camera_model",
+            "shop.model",
+        ],
+    );
+    assert!(out.status.success());
+    let first = json(
+        &pg,
+        &["link", "select", "shop", "strap", "--request-id", "r-1"],
+    );
+    assert_eq!(first["selections"], 1);
+    assert_eq!(first["replayed"], false);
+    let again = json(
+        &pg,
+        &["link", "select", "shop", "strap", "--request-id", "r-1"],
+    );
+    assert_eq!(
+        (again["selections"].as_u64(), again["replayed"].as_bool()),
+        (Some(1), Some(true))
+    );
+    let bought = json(&pg, &["link", "purchase", "shop", "lens"]);
+    assert_eq!(bought["score"], 10);
+    let found = json(&pg, &["link", "lookup", "album", "shop", "--item", "p1"]);
+    let order: Vec<&str> = found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["item"]["item_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["lens", "strap"]);
+    let out = run(
+        &pg,
+        &[
+            "link",
+            "lookup",
+            "shop",
+            "album",
+            "--value",
+            "model=X100",
+            "--by",
+            "selections",
+        ],
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("p1"));
+    let listed = json(&pg, &["link", "list"]);
+    assert_eq!(listed["rules"][0]["left"], "album.camera_model");
+    let out = run(&pg, &["link", "catalog-delete", "shop"]);
+    assert_eq!(out.status.code(), Some(1), "a linked catalog is kept");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("camera"));
 
     // Errors: to stderr, non-zero exit, the field named, nothing printed to stdout.
     let out = run(

@@ -104,6 +104,18 @@ pub struct Quotas {
     pub shares_per_user: u64,
     /// Friends one user may have.
     pub friends_per_user: u64,
+    /// Linked catalogs (P-link).
+    pub link_catalogs: u64,
+    /// Items over every linked catalog.
+    pub link_items: u64,
+    /// Link rules.
+    pub link_rules: u64,
+    /// Counted request ids remembered (for exactly-once counting); a count
+    /// over it is refused until older ids are forgotten.
+    pub link_request_ids: u64,
+    /// Cluster time a counted request id is remembered: a retry within it
+    /// counts nothing more.
+    pub link_request_retention_ms: u64,
 }
 
 impl Default for Quotas {
@@ -132,6 +144,11 @@ impl Default for Quotas {
             shares: 1_000_000,
             shares_per_user: 10_000,
             friends_per_user: 5_000,
+            link_catalogs: 1_000,
+            link_items: 2_000_000,
+            link_rules: 1_000,
+            link_request_ids: 2_000_000,
+            link_request_retention_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -140,7 +157,7 @@ impl Quotas {
     /// Values a cluster can run with: every count at least 1, the per-thing
     /// quotas within the field limits, retentions at most a year.
     pub fn validate(&self) -> Result<(), QuotaError> {
-        let counts: [(&str, u64); 19] = [
+        let counts: [(&str, u64); 23] = [
             ("users", self.users),
             ("clients_per_user", self.clients_per_user.into()),
             ("connections_per_user", self.connections_per_user.into()),
@@ -160,6 +177,10 @@ impl Quotas {
             ("shares", self.shares),
             ("shares_per_user", self.shares_per_user),
             ("friends_per_user", self.friends_per_user),
+            ("link_catalogs", self.link_catalogs),
+            ("link_items", self.link_items),
+            ("link_rules", self.link_rules),
+            ("link_request_ids", self.link_request_ids),
         ];
         for (name, value) in counts {
             if value == 0 {
@@ -217,6 +238,15 @@ impl Quotas {
             return Err(QuotaError::invalid(
                 "quotas.presence_retention_ms",
                 format!("must be 0 or at least {MAX_TTL_MS} ms (30 days)"),
+            ));
+        }
+        if !(1000..=MAX_TTL_MS).contains(&self.link_request_retention_ms) {
+            return Err(QuotaError::invalid(
+                "quotas.link_request_retention_ms",
+                format!(
+                    "must be 1000..={MAX_TTL_MS} ms, got {}",
+                    self.link_request_retention_ms
+                ),
             ));
         }
         if self.watch_history_bytes < 1024 * 1024 {

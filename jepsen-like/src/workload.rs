@@ -16,6 +16,10 @@
 //!   their own presence (they must never be expired while heartbeats are
 //!   acknowledged); silent users log in and never heartbeat (they must go
 //!   offline within the TTL plus [`TTL_GRACE_MS`]).
+//! - `link`: selections and purchases of [`LINK_ITEMS`] items of a linked
+//!   catalog, each with a fresh request id, retried with the same id after
+//!   an unknown outcome (it must count once); reads of an item's counts and
+//!   ranked linked lookups (by selections) of every item.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -59,6 +63,9 @@ pub const TTL_GRACE_MS: u64 = TTL_MS + 10_000;
 pub const TTL_LIVE_USERS: usize = 8;
 /// Silent users in the `ttl` workload.
 pub const TTL_SILENT_USERS: usize = 2;
+/// Items in the `link` workload's shop catalog.
+pub const LINK_ITEMS: usize = 4;
+
 /// The client type of `ttl` logins.
 const TTL_CLIENT: &str = "mobile";
 
@@ -73,6 +80,8 @@ pub enum Workload {
     Session,
     /// TTL presence: heartbeating and silent users.
     Ttl,
+    /// Linked catalogs: counted selections and purchases, ranked lookups.
+    Link,
 }
 
 impl FromStr for Workload {
@@ -83,7 +92,8 @@ impl FromStr for Workload {
             "pool" => Ok(Workload::Pool),
             "session" => Ok(Workload::Session),
             "ttl" => Ok(Workload::Ttl),
-            _ => bail!("unknown workload {s:?} (register, pool, session, ttl)"),
+            "link" => Ok(Workload::Link),
+            _ => bail!("unknown workload {s:?} (register, pool, session, ttl, link)"),
         }
     }
 }
@@ -228,7 +238,194 @@ pub async fn setup(client: &Client, workloads: &[Workload]) -> Result<Setup> {
             setup.sessions.push((session.session_id, terms));
         }
     }
+    if workloads.contains(&Workload::Link) {
+        link_setup(client, t).await?;
+    }
     Ok(setup)
+}
+
+/// Already there counts as made: a setup call retried after an unknown
+/// outcome finds its own earlier write.
+fn made<T>(r: Result<T, ClientError>) -> Result<(), ClientError> {
+    match r {
+        Ok(_) | Err(ClientError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn link_item_id(i: usize) -> String {
+    format!("item-{i}")
+}
+
+/// The `link` workload's catalogs: `src` with one item and `shop` with
+/// [`LINK_ITEMS`], all with `k=v`, linked by `k`.
+async fn link_setup(client: &Client, t: Duration) -> Result<()> {
+    for name in ["src", "shop"] {
+        retry("CreateCatalog", t, || async move {
+            made(
+                client
+                    .create_catalog(proto::Catalog {
+                        name: name.into(),
+                        selection_weight: 1,
+                        purchase_weight: 1,
+                        items: 0,
+                    })
+                    .await,
+            )
+        })
+        .await?;
+    }
+    let kv = vec![proto::ItemAttr {
+        key: "k".into(),
+        value: "v".into(),
+    }];
+    let items = std::iter::once(("src", "s".to_string()))
+        .chain((0..LINK_ITEMS).map(|i| ("shop", link_item_id(i))));
+    for (catalog, id) in items {
+        retry("PutItem", t, || {
+            client.put_item(proto::CatalogItem {
+                catalog: catalog.into(),
+                item_id: id.clone(),
+                attrs: kv.clone(),
+                ..Default::default()
+            })
+        })
+        .await?;
+    }
+    retry("AddLinkRule", t, || async move {
+        made(
+            client
+                .add_link_rule(proto::LinkRule {
+                    name: "k".into(),
+                    left: Some(proto::LinkSide {
+                        catalog: "src".into(),
+                        attr: "k".into(),
+                    }),
+                    right: Some(proto::LinkSide {
+                        catalog: "shop".into(),
+                        attr: "k".into(),
+                    }),
+                })
+                .await,
+        )
+    })
+    .await?;
+    Ok(())
+}
+
+fn counts_value(item: Option<&proto::CatalogItem>) -> Value {
+    match item {
+        Some(i) => json!({"selections": i.selections, "purchases": i.purchases}),
+        None => json!({}),
+    }
+}
+
+async fn link_read(ctx: &Context, client: &Client, p: u64, item: &str, fin: bool) -> bool {
+    op(
+        &ctx.recorder,
+        p,
+        "link",
+        "read",
+        item,
+        json!({ "final": fin }),
+        client.get_item("shop", item, Consistency::Linearizable),
+        |i| counts_value(Some(i)),
+    )
+    .await
+    .is_ok()
+}
+
+/// One `link` client: counts (retrying an unknown one with the same
+/// request id until it is known), reads and lookups.
+async fn link_worker(ctx: Context, p: u64, home: usize) {
+    let Ok(client) = client_preferring(&ctx.endpoints, ctx.tls.clone(), home) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(ctx.seed ^ (p << 32) ^ 0x11_4c);
+    let mut n = 0u64;
+    // A count whose outcome is unknown: (item, kind, rid).
+    let mut pending: Option<(String, &'static str, String)> = None;
+    while !stopped(&ctx.stop) {
+        let roll = rng.random_range(0..100);
+        if pending.is_some() || roll < 60 {
+            let (item, kind, rid) = pending.take().unwrap_or_else(|| {
+                n += 1;
+                let kind = if rng.random_bool(0.7) {
+                    "selection"
+                } else {
+                    "purchase"
+                };
+                (
+                    link_item_id(rng.random_range(0..LINK_ITEMS)),
+                    kind,
+                    format!("p{p}-{n}"),
+                )
+            });
+            let req = proto::CountRequest {
+                catalog: "shop".into(),
+                item_id: item.clone(),
+                kind: if kind == "selection" {
+                    proto::CountKind::Selection
+                } else {
+                    proto::CountKind::Purchase
+                } as i32,
+                request_id: rid.clone(),
+            };
+            let r = op(
+                &ctx.recorder,
+                p,
+                "link",
+                "count",
+                &item,
+                json!({"rid": rid, "kind": kind}),
+                client.count(req),
+                |r| {
+                    let mut v = counts_value(r.item.as_ref());
+                    v["replayed"] = json!(r.replayed);
+                    v
+                },
+            )
+            .await;
+            if matches!(&r, Err(e) if e.is_indeterminate()) {
+                pending = Some((item, kind, rid));
+            }
+        } else if roll < 80 {
+            let item = link_item_id(rng.random_range(0..LINK_ITEMS));
+            let _ = link_read(&ctx, &client, p, &item, false).await;
+        } else {
+            let req = proto::LinkedLookupRequest {
+                from_catalog: "src".into(),
+                item_id: "s".into(),
+                to_catalog: "shop".into(),
+                rank_by: proto::RankBy::Selections as i32,
+                limit: LINK_ITEMS as u32,
+                consistency: Consistency::Linearizable as i32,
+                ..Default::default()
+            };
+            let _ = op(
+                &ctx.recorder,
+                p,
+                "link",
+                "lookup",
+                "lookup",
+                json!({}),
+                client.linked_lookup(req),
+                |r| {
+                    let items: Vec<Value> = r
+                        .items
+                        .iter()
+                        .map(|ri| {
+                            let id = ri.item.as_ref().map(|i| i.item_id.clone());
+                            json!([ri.rank, id.unwrap_or_default()])
+                        })
+                        .collect();
+                    json!({ "items": items })
+                },
+            )
+            .await;
+        }
+        think(&mut rng).await;
+    }
 }
 
 /// Everything a worker shares.
@@ -340,6 +537,11 @@ pub fn spawn(workloads: &[Workload], setup: &Setup, ctx: &Context, tasks: &mut J
                             seq.clone(),
                         ));
                     }
+                }
+            }
+            Workload::Link => {
+                for i in 0..4 {
+                    tasks.spawn(link_worker(ctx.clone(), ctx.process(), i % n));
                 }
             }
             Workload::Ttl => {
@@ -905,6 +1107,7 @@ pub async fn final_reads(
             Workload::Session => {
                 keys.extend(setup.sessions.iter().map(|(id, _)| (*w, id.to_string())));
             }
+            Workload::Link => keys.extend((0..LINK_ITEMS).map(|i| (*w, link_item_id(i)))),
             // Checked from the workers' own reads and heartbeats.
             Workload::Ttl => {}
         }
@@ -928,6 +1131,7 @@ pub async fn final_reads(
                         .await
                         .is_some()
                 }
+                Workload::Link => link_read(ctx, &client, p, &key, true).await,
                 Workload::Ttl => true, // no keys
             };
             if done {

@@ -558,6 +558,11 @@ fn serve_client(
     let share_svc = ShareServer::new(api::client::ShareService::new(herald.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let link_svc = ::herald_client::proto::link_server::LinkServer::new(
+        api::client::link::LinkService::new(herald.clone()),
+    )
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
     let size_limit = api::layer::MessageLimitLayer::new(max_message);
     let client_guard = GuardLayer::new(guard.clone(), Gate::Client);
     tokio::spawn(async move {
@@ -572,6 +577,7 @@ fn serve_client(
             .add_service(admin_svc)
             .add_service(auth_svc)
             .add_service(share_svc)
+            .add_service(link_svc)
             .serve_with_incoming_shutdown(incoming, stopped)
             .await;
         if let Err(e) = r {

@@ -96,8 +96,9 @@ pub fn role(text: &str) -> Result<Role, String> {
         "pools" => Ok(Role::Pools),
         "sessions" => Ok(Role::Sessions),
         "share" => Ok(Role::Share),
+        "link" => Ok(Role::Link),
         _ => Err(format!(
-            "unknown role {text:?} (roles: admin, publisher, reader, pools, sessions, share)"
+            "unknown role {text:?} (roles: admin, publisher, reader, pools, sessions, share, link)"
         )),
     }
 }

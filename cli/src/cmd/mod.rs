@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod cert;
 pub mod cluster;
+pub mod link;
 pub mod playground;
 pub mod pool;
 pub mod presence;

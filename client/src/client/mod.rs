@@ -23,6 +23,7 @@ use tonic::Status;
 
 mod admin;
 mod auth;
+mod link;
 mod pools;
 mod presence;
 mod sessions;

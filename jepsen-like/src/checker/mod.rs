@@ -11,6 +11,7 @@
 
 pub mod lease_time;
 pub mod linear;
+pub mod link;
 pub mod pool;
 pub mod register;
 pub mod session;
@@ -30,7 +31,8 @@ use linear::Verdict;
 pub struct Anomaly {
     /// `not-linearizable`, `lost-write`, `double-lease`, `lease-expired-early`,
     /// `fenced-write-accepted`, `fenced-handoff-accepted`, `progress-went-back`, `live-user-expired`,
-    /// `silent-user-not-expired`, `silent-user-expired-early`.
+    /// `silent-user-not-expired`, `silent-user-expired-early`, `lost-count`,
+    /// `double-count`, `ranking-out-of-order`, `ranking-disagrees-with-counts`.
     pub kind: String,
     /// The workload.
     pub workload: String,
@@ -105,6 +107,12 @@ pub fn check(ops: &[Op], budget: Duration) -> Report {
     let mut anomalies = Vec::new();
     let mut unknown = Vec::new();
     let writable = ttl::writable_seconds(ops);
+    // The link checks span items (a lookup ranks several), so they run once
+    // over every link operation rather than per key.
+    let link_ops: Vec<&Op> = ops.iter().filter(|o| o.workload == "link").collect();
+    if !link_ops.is_empty() {
+        anomalies.extend(link::check(&link_ops));
+    }
     for ((workload, key), key_ops) in &by_key {
         let verdict = match workload.as_str() {
             "register" => {
@@ -140,6 +148,8 @@ pub fn check(ops: &[Op], budget: Duration) -> Report {
                 anomalies.extend(ttl::check(key, key_ops, &writable));
                 Verdict::Linearizable
             }
+            // Checked above, over every key at once.
+            "link" => Verdict::Linearizable,
             _ => Verdict::Linearizable,
         };
         match verdict {

@@ -708,3 +708,116 @@ fn ttl_silent_users_must_expire_within_ttl_and_grace_but_not_before() {
         "{r:?}"
     );
 }
+
+/// Link-workload ops: `count` (rid, kind) and `read`/`lookup`, on `key`.
+impl H {
+    #[allow(clippy::too_many_arguments)]
+    fn link(
+        self,
+        p: u64,
+        f: &str,
+        key: &str,
+        input: Value,
+        output: Value,
+        outcome: Outcome,
+        times: (u64, Option<u64>),
+    ) -> H {
+        let mut h = self.op(p, "link", f, input, output, outcome, None, times);
+        if let Some(last) = h.0.last_mut() {
+            last.key = key.into();
+        }
+        h
+    }
+    fn count(self, p: u64, item: &str, rid: &str, seen: Option<u64>, t: (u64, u64)) -> H {
+        let (output, outcome, done) = match seen {
+            Some(n) => (
+                json!({"selections": n, "purchases": 0}),
+                Outcome::Ok,
+                Some(t.1),
+            ),
+            None => (Value::Null, Outcome::Info, None),
+        };
+        self.link(
+            p,
+            "count",
+            item,
+            json!({"rid": rid, "kind": "selection"}),
+            output,
+            outcome,
+            (t.0, done),
+        )
+    }
+    fn item_read(self, p: u64, item: &str, n: u64, t: (u64, u64), fin: bool) -> H {
+        self.link(
+            p,
+            "read",
+            item,
+            json!({"final": fin}),
+            json!({"selections": n, "purchases": 0}),
+            Outcome::Ok,
+            (t.0, Some(t.1)),
+        )
+    }
+    fn lookup(self, p: u64, items: Value, t: (u64, u64)) -> H {
+        self.link(
+            p,
+            "lookup",
+            "lookup",
+            json!({}),
+            json!({ "items": items }),
+            Outcome::Ok,
+            (t.0, Some(t.1)),
+        )
+    }
+}
+
+#[test]
+fn a_link_history_with_retries_and_unknown_counts_is_valid() {
+    let r = H::new()
+        .count(1, "a", "r1", None, (0, 5)) // unknown outcome...
+        .count(1, "a", "r1", Some(1), (6, 10)) // ...retried: counted once
+        .count(2, "a", "r2", None, (11, 12)) // never known
+        .count(2, "b", "r3", Some(1), (13, 14))
+        .count(2, "b", "r4", Some(2), (15, 16))
+        .lookup(3, json!([[2, "b"], [1, "a"]]), (20, 30))
+        .item_read(3, "a", 2, (40, 41), true) // r2 landed after all
+        .item_read(3, "b", 2, (42, 43), true)
+        .check();
+    assert!(r.valid, "{r:#?}");
+}
+
+#[test]
+fn a_retry_counted_twice_is_a_double_count() {
+    let r = H::new()
+        .count(1, "a", "r1", None, (0, 5))
+        .count(1, "a", "r1", Some(2), (6, 10)) // the retry counted again
+        .item_read(3, "a", 2, (40, 41), true)
+        .check();
+    assert_eq!(kinds(&r), ["double-count"]);
+}
+
+#[test]
+fn an_acknowledged_count_gone_is_a_lost_count() {
+    let r = H::new()
+        .count(1, "a", "r1", Some(1), (0, 5))
+        .count(1, "a", "r2", Some(2), (6, 10))
+        .item_read(3, "a", 1, (40, 41), true)
+        .check();
+    assert_eq!(kinds(&r), ["lost-count"]);
+}
+
+#[test]
+fn a_ranking_against_the_counts_is_reported() {
+    let r = H::new()
+        .count(1, "a", "r1", Some(1), (0, 5))
+        .count(1, "b", "r2", Some(1), (6, 7))
+        .count(1, "b", "r3", Some(2), (8, 9))
+        // b has 2 acknowledged selections, a 1: listed out of order, and
+        // b's rank is not its count.
+        .lookup(3, json!([[1, "a"], [5, "b"]]), (20, 30))
+        .check();
+    assert_eq!(
+        kinds(&r),
+        ["ranking-disagrees-with-counts", "ranking-out-of-order"]
+    );
+}

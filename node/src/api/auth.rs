@@ -70,6 +70,7 @@ fn pb_role(value: i32) -> Option<state::Role> {
         Role::Pools => state::Role::Pools,
         Role::Sessions => state::Role::Sessions,
         Role::Share => state::Role::Share,
+        Role::Link => state::Role::Link,
         Role::Unspecified => return None,
     })
 }
@@ -83,6 +84,7 @@ pub fn role_pb(r: state::Role) -> Role {
         state::Role::Pools => Role::Pools,
         state::Role::Sessions => Role::Sessions,
         state::Role::Share => Role::Share,
+        state::Role::Link => Role::Link,
     }
 }
 

@@ -27,6 +27,14 @@
 //!   stream must end (its history was compacted under a slow reader, the
 //!   node shuts down), a last `event: error` carries the error document
 //!   (`{"error", "reason"}`); resume elsewhere with `Last-Event-ID`.
+//! - `GET /v1/link/lookup?from=album&to=shop&item=p1` (or
+//!   `&attr=camera_model&value=X100` instead of `item`)
+//!   `[&by=score|selections|purchases][&limit=20][&page_token=...]
+//!   [&consistency=serializable]`: a linked lookup (P-link) for the web
+//!   pages that show linked results, ranked from the index; answers
+//!   `{"items": [{"rank", "item_id", "attrs": [{"key", "value"}],
+//!   "selections", "purchases", "score"}], "next_page_token"}`. Needs the
+//!   `link` role.
 //! - `GET /health`; `GET /metrics` serves Prometheus metrics
 //!   ([`crate::metrics`]).
 //!
@@ -85,6 +93,7 @@ pub fn router(node: Herald) -> Router {
         .route("/v1/watch", get(watch))
         .route("/v1/shares/{id}", get(share_one))
         .route("/v1/storage", get(storage_list))
+        .route("/v1/link/lookup", get(link_lookup))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -99,6 +108,8 @@ fn permission(path: &str) -> Permission {
         Permission::Role(Role::Reader)
     } else if path.starts_with("/v1/shares/") || path == "/v1/storage" {
         Permission::Role(Role::Share)
+    } else if path == "/v1/link/lookup" {
+        Permission::Role(Role::Link)
     } else {
         Permission::Open
     }
@@ -564,5 +575,82 @@ async fn metrics(State(node): State<Herald>, headers: HeaderMap) -> Response {
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `GET /v1/link/lookup`: a linked lookup as JSON (see the module doc);
+/// the same answer as the gRPC `LinkedLookup`.
+async fn link_lookup(State(node): State<Herald>, uri: Uri) -> Response {
+    let mut r = ::herald_client::proto::LinkedLookupRequest::default();
+    let mut consistency: Option<String> = None;
+    let mut seen = std::collections::BTreeSet::new();
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let parsed = decode("query", key, true).and_then(|k| {
+            let v = decode(&k, value, true)?;
+            Ok((k, v))
+        });
+        let (key, value) = match parsed {
+            Ok(kv) => kv,
+            Err(e) => return error(state_status(&e)),
+        };
+        if !seen.insert(key.clone()) {
+            return invalid(&key, "given more than once");
+        }
+        match key.as_str() {
+            "from" => r.from_catalog = value,
+            "to" => r.to_catalog = value,
+            "item" => r.item_id = value,
+            "attr" => r.attr = value,
+            "value" => r.value = value,
+            "page_token" => r.page_token = value,
+            "consistency" => consistency = Some(value),
+            "by" => {
+                use ::herald_client::proto::RankBy;
+                r.rank_by = match value.as_str() {
+                    "score" => RankBy::Score,
+                    "selections" => RankBy::Selections,
+                    "purchases" => RankBy::Purchases,
+                    _ => return invalid("by", "must be score, selections or purchases"),
+                } as i32;
+            }
+            "limit" => match value.parse() {
+                Ok(n) => r.limit = n,
+                Err(_) => return invalid("limit", format!("must be 1..=1000, got {value:?}")),
+            },
+            _ => {}
+        }
+    }
+    if let Err(resp) = read_barrier(&node, consistency.as_deref()).await {
+        return *resp;
+    }
+    let answer = {
+        let m = node.store().read();
+        super::client::link::linked_lookup(&m.state, &r)
+    };
+    match answer {
+        Ok(a) => Json(json!({
+            "items": a.items.iter().map(|ri| {
+                let item = ri.item.clone().unwrap_or_default();
+                json!({
+                    "rank": ri.rank,
+                    "item_id": item.item_id,
+                    "attrs": item.attrs.iter()
+                        .map(|a| json!({"key": a.key, "value": a.value}))
+                        .collect::<Vec<_>>(),
+                    "selections": item.selections,
+                    "purchases": item.purchases,
+                    "score": item.score,
+                })
+            }).collect::<Vec<_>>(),
+            "next_page_token": a.next_page_token,
+        }))
+        .into_response(),
+        Err(e) => error(state_status(&e)),
     }
 }

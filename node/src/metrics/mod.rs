@@ -77,6 +77,7 @@ macro_rules! reg {
 
 mod api;
 mod clock;
+mod link;
 mod pools;
 mod presence;
 mod process;
@@ -87,6 +88,7 @@ mod storage;
 
 pub use api::{ApiDefs, ListenerLabel, MethodLabels, RefusalLabels, RequestLabels, ServerLabel};
 pub use clock::ClockDefs;
+pub use link::{CountLabels, LinkDefs};
 pub use pools::{MAX_POOL_SERIES, PoolDefs, PoolLabels, ReasonLabel};
 pub use presence::{
     ChangeLabel, ClientTypeLabel, KNOWN_CLIENT_TYPES, PresenceDefs, client_type_label,
@@ -126,6 +128,8 @@ pub struct Defs {
     pub clock: ClockDefs,
     /// Media sharing: storage servers, admissions, access.
     pub share: ShareDefs,
+    /// Linked catalogs: counts and lookup latency.
+    pub link: LinkDefs,
 }
 
 /// Handle to a node's metrics; cheap to clone.
@@ -158,6 +162,7 @@ impl Metrics {
         let pools = PoolDefs::new(&mut r);
         let clock = ClockDefs::new(&mut r);
         let share = ShareDefs::new(&mut r);
+        let link = LinkDefs::new(&mut r);
         r.register_collector(Box::new(process::ProcessCollector));
         let defs = Defs {
             registry: r,
@@ -169,6 +174,7 @@ impl Metrics {
             pools,
             clock,
             share,
+            link,
         };
         defs.raft.precreate();
         defs.storage.precreate();
@@ -177,6 +183,7 @@ impl Metrics {
         defs.sessions.precreate();
         defs.pools.precreate();
         defs.share.precreate();
+        defs.link.precreate();
         Metrics(Arc::new(defs))
     }
 
@@ -186,6 +193,7 @@ impl Metrics {
         self.sessions.observe_apply(&p.cmd, result);
         self.pools.observe_apply(&p.cmd, result);
         self.share.observe_apply(&p.cmd, result);
+        self.link.observe_apply(&p.cmd, result);
     }
 
     /// The registry in the OpenMetrics text format, as the metrics are now

@@ -113,6 +113,15 @@ pub fn command_kind(cmd: &Command) -> &'static str {
         Command::SetContentUnits(_) => "set_content_units",
         Command::RemoveContent(_) => "remove_content",
         Command::Share(_) => "share",
+        Command::Link(c) => match c {
+            crate::state::LinkCommand::CreateCatalog(_) => "link_create_catalog",
+            crate::state::LinkCommand::DeleteCatalog { .. } => "link_delete_catalog",
+            crate::state::LinkCommand::PutItem(_) => "link_put_item",
+            crate::state::LinkCommand::RemoveItem { .. } => "link_remove_item",
+            crate::state::LinkCommand::AddRule(_) => "link_add_rule",
+            crate::state::LinkCommand::RemoveRule { .. } => "link_remove_rule",
+            crate::state::LinkCommand::Count(_) => "link_count",
+        },
     }
 }
 

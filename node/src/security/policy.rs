@@ -121,6 +121,7 @@ pub fn permission_of(path: &str) -> Option<Permission> {
             | "ShareMedia" | "CommitShare" | "DeleteShare" | "AccessShare" | "GetShare"
             | "ListShares" | "CheckShareKey",
         ) => Role(crate::state::Role::Share),
+        ("herald.v1.Link", _) => Role(crate::state::Role::Link),
         ("herald.v1.Admin", "Status" | "Members") => Authenticated,
         (
             "herald.v1.Admin",

@@ -37,17 +37,20 @@ pub enum Role {
     Sessions,
     /// Media sharing: shares, friendships, access and storage heartbeats.
     Share,
+    /// Linked catalogs: catalogs, items, rules, counts and lookups.
+    Link,
 }
 
 impl Role {
     /// Every role, in order.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Admin,
         Role::Publisher,
         Role::Reader,
         Role::Pools,
         Role::Sessions,
         Role::Share,
+        Role::Link,
     ];
 
     /// The role's name as the CLI and messages spell it.
@@ -59,6 +62,7 @@ impl Role {
             Role::Pools => "pools",
             Role::Sessions => "sessions",
             Role::Share => "share",
+            Role::Link => "link",
         }
     }
 

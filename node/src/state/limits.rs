@@ -78,6 +78,18 @@ pub const MAX_LEASE_SECRET_BYTES: usize = 128;
 /// Bytes in the caller principal recorded with a lease (a certificate or
 /// token name; empty when the listener does not authenticate).
 pub const MAX_CALLER_BYTES: usize = 256;
+/// Bytes in a linked catalog, attribute or link rule name, at least 1.
+pub const MAX_LINK_NAME_BYTES: usize = 64;
+/// Bytes in a linked item id, at least 1.
+pub const MAX_ITEM_ID_BYTES: usize = 128;
+/// Bytes in a linked item's attribute value, at least 1.
+pub const MAX_ATTR_VALUE_BYTES: usize = 256;
+/// Attribute (key, value) pairs of one linked item.
+pub const MAX_ITEM_ATTRS: usize = 32;
+/// Items in one page of a linked lookup.
+pub const MAX_LINK_PAGE: usize = 1000;
+/// The largest score weight of a linked catalog.
+pub const MAX_LINK_WEIGHT: u32 = 1_000_000;
 
 /// `value` must be `min..=max` bytes.
 pub(crate) fn check_len(

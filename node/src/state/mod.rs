@@ -23,6 +23,7 @@ pub mod auth;
 mod error;
 mod history;
 pub mod limits;
+pub mod link;
 pub mod members;
 pub mod ownership;
 pub mod presence;
@@ -48,6 +49,10 @@ pub use accounts::{
 pub use auth::{Auth, AuthCommand, AuthOutcome, Role};
 pub use error::{Reason, StateError};
 pub use limits::MAX_BATCH;
+pub use link::{
+    CatalogView, CountEvent, CountKind, CreateCatalog, Cursor, ItemView, LinkCommand, LinkOutcome,
+    LinkPage, LinkQuery, LinkRule, LinkSide, LinkSource, PutItem, RankBy,
+};
 pub use members::{Incarnations, RecordIncarnation};
 pub use ownership::{OwnershipEpoch, SetOwnership};
 pub use presence::{
@@ -64,6 +69,7 @@ pub use sessions::{
 pub use share::{MediaShare, MediaShares, ShareCommand, ShareOutcome, StorageServer};
 
 use accounts::AccountPools;
+use link::Linked;
 use presence::Roster;
 use sessions::Sessions;
 
@@ -143,6 +149,8 @@ pub enum Command {
     RemoveContent(RemoveContent),
     /// Media sharing: storage servers, friendships, shares and access.
     Share(ShareCommand),
+    /// Linked catalogs: catalogs, items, link rules and counts.
+    Link(LinkCommand),
 }
 
 impl Command {
@@ -179,6 +187,7 @@ impl Command {
             Command::SetContentUnits(c) => c.validate(),
             Command::RemoveContent(c) => c.validate(),
             Command::Share(c) => c.validate(),
+            Command::Link(c) => c.validate(),
         }
     }
 }
@@ -214,6 +223,8 @@ pub enum Response {
     Done,
     /// Media sharing commands.
     Share(ShareOutcome),
+    /// Link commands.
+    Link(LinkOutcome),
 }
 
 /// The whole replicated state. Snapshots are this struct in bincode
@@ -237,6 +248,8 @@ pub struct State {
     /// Media sharing (P-share).
     #[serde(default)]
     share: MediaShares,
+    /// Linked catalogs (P-link).
+    link: Linked,
 }
 
 /// [`State`] as snapshots before the quotas and the ownership epoch held it.
@@ -264,6 +277,7 @@ impl From<StateBeforeOwnership> for State {
             ownership: OwnershipEpoch::default(),
             quotas: Quotas::default(),
             share: MediaShares::default(),
+            link: Linked::default(),
         }
     }
 }
@@ -284,6 +298,7 @@ impl State {
         state.roster.history_budget = state.quotas.watch_history_bytes;
         state.sessions.restored(state.last_index);
         state.sessions.history_budget = state.quotas.watch_history_bytes;
+        state.link.restored();
         Ok(state)
     }
 
@@ -302,6 +317,7 @@ impl State {
             quotas: self.quotas.clone(),
             ownership: self.ownership.clone(),
             share: self.share.clone(),
+            link: self.link.snapshot_view(),
         }
     }
 
@@ -324,6 +340,7 @@ impl State {
             Command::RegisterAccount(c) => self.accounts.admit_register(q, c),
             Command::SetContentUnits(c) => self.accounts.admit_content(q, c),
             Command::Share(c) => self.share.admit(q, c),
+            Command::Link(c) => self.link.admit(q, c),
             _ => Ok(()),
         }
     }
@@ -372,6 +389,7 @@ impl State {
         };
         self.accounts.expire_due(at.time_ms);
         self.share.expire_due(at.time_ms);
+        self.link.forget_due(at.time_ms);
         self.roster.history_budget = self.quotas.watch_history_bytes;
         self.sessions.history_budget = self.quotas.watch_history_bytes;
         self.sessions
@@ -431,6 +449,7 @@ impl State {
             Command::SetContentUnits(c) => self.accounts.set_content(c).map(|()| Response::Done),
             Command::RemoveContent(c) => self.accounts.remove_content(c).map(|()| Response::Done),
             Command::Share(c) => self.share.apply(at, c).map(Response::Share),
+            Command::Link(c) => self.link.apply(at, &self.quotas, c).map(Response::Link),
         }
     }
 
@@ -650,10 +669,50 @@ impl State {
             self.sessions.next_offer_expiry(),
             self.roster.next_forget(q.presence_retention_ms),
             self.share.next_due(),
+            self.link.next_forget(),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+}
+
+impl State {
+    /// Every linked catalog, by name.
+    pub fn link_catalogs(&self) -> Vec<CatalogView> {
+        self.link.catalogs()
+    }
+
+    /// Every link rule, by name.
+    pub fn link_rules(&self) -> Vec<&LinkRule> {
+        self.link.rules()
+    }
+
+    /// A linked catalog's item, with its counts.
+    pub fn link_item(&self, catalog: &str, item_id: &str) -> Option<ItemView> {
+        self.link.item(catalog, item_id)
+    }
+
+    /// A catalog's items with an insertion number above `after` (0 = from
+    /// the first), at most `limit`, with their numbers.
+    pub fn link_items(
+        &self,
+        catalog: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, ItemView)>, StateError> {
+        self.link.items(catalog, after, limit)
+    }
+
+    /// One page of a linked lookup, ranked from the index.
+    pub fn link_lookup(&self, q: &LinkQuery) -> Result<LinkPage, StateError> {
+        self.link.lookup(q)
+    }
+
+    /// Linked items over every catalog, and counted request ids remembered
+    /// (for metrics).
+    pub fn link_counts(&self) -> (u64, u64) {
+        (self.link.item_count(), self.link.request_count())
     }
 }
 

@@ -88,6 +88,7 @@ fn check_invariants(state: &State) {
     state.sessions.check_invariants();
     state.accounts.check_invariants();
     state.share.check_invariants();
+    state.link.check_invariants();
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod cluster;
 mod dashboards;
 mod flows;
 mod limits;
+mod link;
 mod mechanisms;
 mod presence;
 mod security;

@@ -113,6 +113,7 @@ fn needed(service: &str, method: &str) -> Option<&'static str> {
             | "ShareMedia" | "CommitShare" | "DeleteShare" | "AccessShare" | "GetShare"
             | "ListShares" | "CheckShareKey",
         ) => Some("share"),
+        ("Link", _) => Some("link"),
         ("Admin" | "Auth", "Status") | ("Admin", "Members") => None,
         ("Admin" | "Auth", _) => Some("admin"),
         other => panic!("no expectation for {other:?}: add it to this table"),
@@ -137,7 +138,15 @@ fn methods() -> Vec<(String, String)> {
     out
 }
 
-const ROLES: [&str; 6] = ["admin", "publisher", "reader", "pools", "sessions", "share"];
+const ROLES: [&str; 7] = [
+    "admin",
+    "publisher",
+    "reader",
+    "pools",
+    "sessions",
+    "share",
+    "link",
+];
 
 fn role_pb(name: &str) -> i32 {
     (match name {
@@ -147,6 +156,7 @@ fn role_pb(name: &str) -> i32 {
         "pools" => Role::Pools,
         "sessions" => Role::Sessions,
         "share" => Role::Share,
+        "link" => Role::Link,
         other => panic!("role {other}"),
     }) as i32
 }

@@ -17,10 +17,12 @@
 //!   content tags and the first access request, the account data read.
 //! - `share.rs`: the media-sharing service `herald.v1.Share` (its own tonic
 //!   service on the same listener).
+//! - `link.rs`: the linked catalogs (`herald.v1.Link`, its own service).
 //!
 //! `Batch` is served by [`super::batch`], which runs the same handlers for
 //! each of its calls.
 
+pub mod link;
 mod pools;
 mod presence;
 mod sessions;
