@@ -26,8 +26,8 @@ pub mod link;
 mod pools;
 mod presence;
 mod sessions;
-mod units;
 mod share;
+mod units;
 mod watch;
 
 use ::herald_client::proto::herald_server::Herald as HeraldApi;
