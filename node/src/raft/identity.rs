@@ -373,7 +373,11 @@ mod tests {
         fs::write(path(dir.path()), text.replace(&id.incarnation, "zz")).unwrap();
         let err = load(dir.path(), 1, None).unwrap_err().to_string();
         assert!(err.contains("32 hex digits"), "{err}");
-        fs::write(path(dir.path()), text.replace("format = 2", "format = 9")).unwrap();
+        fs::write(
+            path(dir.path()),
+            text.replace(&format!("format = {FORMAT_VERSION}"), "format = 9"),
+        )
+        .unwrap();
         let err = load(dir.path(), 1, None).unwrap_err().to_string();
         assert!(err.contains("format 9"), "{err}");
 
