@@ -70,6 +70,9 @@ impl HeraldService {
             state::Response::Done => {}
             other => return Err(unexpected(other)),
         }
+        // A forwarding follower may not have applied the entry yet: read
+        // the account once this node has caught up with the commit.
+        self.node().linearize().await?;
         let m = self.node().store().read();
         let account = m
             .state
