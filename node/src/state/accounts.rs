@@ -1397,6 +1397,31 @@ impl AccountPools {
             .filter(|r| r.ended_ms.is_some())
             .count();
         assert_eq!(ended, self.forget.len());
+        // Registered accounts and content tags go with their unit or
+        // platform; a list names 1..=64 distinct units of its own platform.
+        for (unit_id, account) in self.registered.keys() {
+            assert!(
+                self.unit_platform.contains_key(unit_id),
+                "registered account {account} of deleted unit {unit_id}"
+            );
+        }
+        for ((platform_id, content), units) in &self.contents {
+            let platform = self
+                .platforms
+                .get(platform_id)
+                .unwrap_or_else(|| panic!("content {content} of deleted platform {platform_id}"));
+            if let ContentUnits::List(ids) = units {
+                assert!((1..=64).contains(&ids.len()), "content {content}: {ids:?}");
+                let distinct: BTreeSet<u64> = ids.iter().copied().collect();
+                assert_eq!(distinct.len(), ids.len(), "content {content}: {ids:?}");
+                for id in ids {
+                    assert!(
+                        platform.units.iter().any(|u| u.unit_id == *id),
+                        "content {content} names unit {id} of another platform"
+                    );
+                }
+            }
+        }
     }
 }
 

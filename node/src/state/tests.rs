@@ -361,6 +361,29 @@ enum Op {
         right_secret: bool,
         key: u8,
     },
+    Register {
+        unit: usize,
+        account: usize,
+        replace: bool,
+    },
+    Unregister {
+        unit: usize,
+        account: usize,
+    },
+    /// `mode`: 0 a list of `units` (indexes into known units), 1 all, 2 none.
+    SetContent {
+        platform: usize,
+        content: usize,
+        mode: u8,
+        units: Vec<usize>,
+    },
+    RemoveContent {
+        platform: usize,
+        content: usize,
+    },
+    DeletePlatform {
+        platform: usize,
+    },
     /// A new ownership epoch; `stale` proposes one that skips an epoch.
     SetOwnership {
         live: u8,
@@ -401,9 +424,26 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(lease, as_holder, user, right_secret)| Op::Release { lease, as_holder, user, right_secret }),
         2 => (0..8usize, prop::bool::weighted(0.8), prop::bool::weighted(0.8), 0..3u8)
             .prop_map(|(lease, as_holder, right_secret, key)| Op::Put { lease, as_holder, right_secret, key }),
+        2 => (0..5usize, 0..3usize, any::<bool>()).prop_map(|(unit, account, replace)| Op::Register { unit, account, replace }),
+        1 => (0..5usize, 0..3usize).prop_map(|(unit, account)| Op::Unregister { unit, account }),
+        2 => (0..3usize, 0..3usize, 0..3u8, prop::collection::vec(0..5usize, 0..4))
+            .prop_map(|(platform, content, mode, units)| Op::SetContent { platform, content, mode, units }),
+        1 => (0..3usize, 0..3usize).prop_map(|(platform, content)| Op::RemoveContent { platform, content }),
+        1 => (0..3usize).prop_map(|platform| Op::DeletePlatform { platform }),
         1 => Just(Op::Tick),
         1 => Just(Op::Invalid),
     ]
+}
+
+/// The hash of registered account `account`'s password, made once per
+/// account: Argon2id is slow on purpose, and the state only stores it.
+fn registered_hash(account: usize) -> KdfHash {
+    static HASHES: std::sync::LazyLock<Vec<KdfHash>> = std::sync::LazyLock::new(|| {
+        (0..3u8)
+            .map(|a| KdfHash::new([a; 16], "a long password"))
+            .collect()
+    });
+    HASHES[account % HASHES.len()]
 }
 
 /// Ids seen in responses, so ops can refer to things that exist.
@@ -411,6 +451,7 @@ fn op() -> impl Strategy<Value = Op> {
 struct Known {
     sessions: Vec<u64>,
     units: Vec<u64>,
+    platforms: Vec<u64>,
     pools: Vec<u64>,
     /// (lease id, holder, the first answer's secret).
     leases: Vec<(u64, String, String)>,
@@ -784,6 +825,46 @@ fn concretize(op: &Op, state: &State, known: &Known) -> Command {
                 value: vec![key],
             })
         }
+        Op::Register {
+            unit,
+            account,
+            replace,
+        } => Command::RegisterAccount(RegisterAccount {
+            unit_id: pick(&known.units, unit, 999),
+            account: format!("viewer{account}"),
+            password: registered_hash(account),
+            replace,
+        }),
+        Op::Unregister { unit, account } => Command::RemoveAccount(RemoveAccount {
+            unit_id: pick(&known.units, unit, 999),
+            account: format!("viewer{account}"),
+        }),
+        Op::SetContent {
+            platform,
+            content,
+            mode,
+            units,
+        } => Command::SetContentUnits(SetContentUnits {
+            platform_id: pick(&known.platforms, platform, 999),
+            content_id: format!("content{content}"),
+            units: match mode {
+                0 => ContentUnits::List(
+                    units
+                        .into_iter()
+                        .map(|u| pick(&known.units, u, 999))
+                        .collect(),
+                ),
+                1 => ContentUnits::All,
+                _ => ContentUnits::None,
+            },
+        }),
+        Op::RemoveContent { platform, content } => Command::RemoveContent(RemoveContent {
+            platform_id: pick(&known.platforms, platform, 999),
+            content_id: format!("content{content}"),
+        }),
+        Op::DeletePlatform { platform } => Command::DeletePlatform(DeletePlatform {
+            platform_id: pick(&known.platforms, platform, 999),
+        }),
         Op::Tick => Command::Tick,
         Op::Invalid => Command::Login(Login {
             uid: String::new(),
@@ -819,7 +900,10 @@ fn learn(known: &mut Known, op: &Op, response: &Response) {
             known.sessions.push(s.session_id)
         }
         Response::Pool(p) => known.pools.push(p.pool_id),
-        Response::Platform(p) => known.units.extend(p.units.iter().map(|u| u.unit_id)),
+        Response::Platform(p) => {
+            known.platforms.push(p.platform_id);
+            known.units.extend(p.units.iter().map(|u| u.unit_id));
+        }
         _ => {}
     }
 }
