@@ -6,11 +6,15 @@
 //! - `register`: logins carrying `ext.v = n` (unique n) and linearizable
 //!   reads of a few uids;
 //! - `pool`: lease / renew / release / list on a pool of 3 accounts, with
-//!   lease retries by the same request id after an unknown outcome; each
+//!   lease retries by the same request id after an unknown outcome; some
+//!   leases are automatic logins (`LeaseAndLogin`: the login must be let
+//!   in whenever the lease is granted); each
 //!   lease request is for its own viewer, so a listing's holder names the
 //!   request, and renew and release present the lease secret;
 //! - `session`: two terminals per session, progress with a shared,
-//!   increasing `seq`, push handoffs between them, and reads;
+//!   increasing `seq`, handoffs between them in every mode (push, binding,
+//!   pull, pull-bound, and the two-step offer and accept), each naming the
+//!   epoch its terminal last saw, and reads;
 //! - `ttl`: TTL logins through the client library's owner routing. Live
 //!   users heartbeat every [`TTL_HEARTBEAT_EVERY`] and now and then read
 //!   their own presence (they must never be expired while heartbeats are
@@ -49,6 +53,10 @@ pub const SESSIONS: usize = 2;
 /// far shorter than the clock-jump fault's 3 h, so a cluster time that
 /// followed the jump would expire them, which `lease_time` reports.
 const LEASE_TTL_MS: u64 = 3_600_000;
+
+/// How long a two-step handoff offer stands: the most the cluster allows,
+/// so an offer never expires between its offer and its accept in a run.
+const OFFER_TTL_MS: u64 = 600_000;
 
 /// The `ttl` workload's login TTL.
 pub const TTL_MS: u64 = 4_000;
@@ -757,6 +765,12 @@ fn lease_value(r: &proto::LeaseResponse) -> Value {
     }
 }
 
+/// A lease-and-login answer as its lease and whether the login was let in.
+fn split_login(r: proto::LeaseAndLoginResponse) -> (proto::LeaseResponse, bool) {
+    let ok = r.login.is_some_and(|l| l.ok);
+    (r.lease.unwrap_or_default(), ok)
+}
+
 /// A listing as the checker reads it: holder and account of each lease (the
 /// cluster shows no request ids; the holder names the request, see
 /// [`viewer_of`]).
@@ -823,19 +837,41 @@ async fn pool_worker(ctx: Context, p: u64, home: usize, pool_id: u64) {
                     ttl_ms: LEASE_TTL_MS,
                     request_id: rid.clone(),
                 };
-                let input = json!({"rid": rid, "user": user, "pool_size": POOL_SIZE, "ttl_ms": LEASE_TTL_MS});
-                match op(
-                    rec,
-                    p,
-                    "pool",
-                    "lease",
-                    &key,
-                    input,
-                    client.lease_account(req),
-                    lease_value,
-                )
-                .await
-                {
+                // Now and then the automatic login (P-iptv): the same
+                // lease, logged in to the pool's unit in the same call.
+                let login = rng.random_bool(0.3);
+                let input = json!({"rid": rid, "user": user, "pool_size": POOL_SIZE, "ttl_ms": LEASE_TTL_MS, "login": login});
+                let leased = if login {
+                    op(
+                        rec,
+                        p,
+                        "pool",
+                        "lease",
+                        &key,
+                        input,
+                        async { Ok(split_login(client.lease_and_login(req).await?)) },
+                        |(r, ok)| {
+                            let mut v = lease_value(r);
+                            v["login_ok"] = json!(ok);
+                            v
+                        },
+                    )
+                    .await
+                    .map(|(r, _)| r)
+                } else {
+                    op(
+                        rec,
+                        p,
+                        "pool",
+                        "lease",
+                        &key,
+                        input,
+                        client.lease_account(req),
+                        lease_value,
+                    )
+                    .await
+                };
+                match leased {
                     Ok(r) => {
                         held = r.lease.map(|l| Held {
                             lease_id: l.lease_id,
@@ -917,6 +953,17 @@ fn session_value(s: &proto::Session, terms: &[proto::Terminal; 2]) -> Value {
     json!({"epoch": s.epoch, "terminal": t, "seq": s.seq})
 }
 
+/// A handoff's answer: the session after it, and whether it was accepted.
+fn handoff_value(h: &proto::HandoffResponse, terms: &[proto::Terminal; 2]) -> Value {
+    let mut v = h
+        .session
+        .as_ref()
+        .map(|s| session_value(s, terms))
+        .unwrap_or(json!({}));
+    v["accepted"] = json!(h.accepted);
+    v
+}
+
 async fn session_read(
     ctx: &Context,
     client: &Client,
@@ -992,75 +1039,71 @@ async fn session_worker(
             // through its binding, pulls it naming the other, or pulls it
             // through its binding. `epoch` is what this worker last saw, so
             // a stale one is refused FENCED, which the checker verifies.
-            let video = |t: &proto::Terminal| proto::Candidate {
-                terminal: Some(t.clone()),
-                capabilities: vec!["video".into()],
+            let r = if rng.random_range(0..5) == 0 {
+                offer_and_accept(&ctx, &client, p, session_id, &terms, me, epoch).await
+            } else {
+                let video = |t: &proto::Terminal| proto::Candidate {
+                    terminal: Some(t.clone()),
+                    capabilities: vec!["video".into()],
+                };
+                let (mode, from, req) = match rng.random_range(0..4) {
+                    0 => (
+                        "push",
+                        me,
+                        proto::HandoffRequest {
+                            mode: proto::HandoffMode::Push.into(),
+                            candidates: vec![video(&other)],
+                            ..Default::default()
+                        },
+                    ),
+                    1 => (
+                        "binding",
+                        me,
+                        proto::HandoffRequest {
+                            mode: proto::HandoffMode::Binding.into(),
+                            bound_capabilities: vec!["video".into()],
+                            ..Default::default()
+                        },
+                    ),
+                    2 => (
+                        "pull",
+                        1 - me,
+                        proto::HandoffRequest {
+                            mode: proto::HandoffMode::Pull.into(),
+                            holder: Some(other.clone()),
+                            candidates: vec![video(&mine)],
+                            ..Default::default()
+                        },
+                    ),
+                    _ => (
+                        "pull_bound",
+                        1 - me,
+                        proto::HandoffRequest {
+                            mode: proto::HandoffMode::PullBound.into(),
+                            candidates: vec![video(&mine)],
+                            ..Default::default()
+                        },
+                    ),
+                };
+                let req = proto::HandoffRequest {
+                    session_id,
+                    initiator: Some(mine.clone()),
+                    epoch,
+                    ..req
+                };
+                let input = json!({"from": from, "to": 1 - from, "epoch": epoch, "mode": mode});
+                op(
+                    rec,
+                    p,
+                    "session",
+                    "handoff",
+                    &key,
+                    input,
+                    client.handoff(req),
+                    |h| handoff_value(h, &terms),
+                )
+                .await
             };
-            let (mode, from, req) = match rng.random_range(0..4) {
-                0 => (
-                    "push",
-                    me,
-                    proto::HandoffRequest {
-                        mode: proto::HandoffMode::Push.into(),
-                        candidates: vec![video(&other)],
-                        ..Default::default()
-                    },
-                ),
-                1 => (
-                    "binding",
-                    me,
-                    proto::HandoffRequest {
-                        mode: proto::HandoffMode::Binding.into(),
-                        bound_capabilities: vec!["video".into()],
-                        ..Default::default()
-                    },
-                ),
-                2 => (
-                    "pull",
-                    1 - me,
-                    proto::HandoffRequest {
-                        mode: proto::HandoffMode::Pull.into(),
-                        holder: Some(other.clone()),
-                        candidates: vec![video(&mine)],
-                        ..Default::default()
-                    },
-                ),
-                _ => (
-                    "pull_bound",
-                    1 - me,
-                    proto::HandoffRequest {
-                        mode: proto::HandoffMode::PullBound.into(),
-                        candidates: vec![video(&mine)],
-                        ..Default::default()
-                    },
-                ),
-            };
-            let req = proto::HandoffRequest {
-                session_id,
-                initiator: Some(mine.clone()),
-                epoch,
-                ..req
-            };
-            let input = json!({"from": from, "to": 1 - from, "epoch": epoch, "mode": mode});
-            let r = op(
-                rec,
-                p,
-                "session",
-                "handoff",
-                &key,
-                input,
-                client.handoff(req),
-                |h| {
-                    let mut v = h
-                        .session
-                        .as_ref()
-                        .map(|s| session_value(s, &terms))
-                        .unwrap_or(json!({}));
-                    v["accepted"] = json!(h.accepted);
-                    v
-                },
-            )
-            .await;
             match r {
                 Ok(h) if h.accepted => epoch = h.session.map_or(epoch, |s| s.epoch),
                 // Only sometimes: a worker that always caught up would
@@ -1081,6 +1124,52 @@ async fn session_worker(
         }
         think(&mut rng).await;
     }
+}
+
+/// The two-step handoff: terminal `me` offers the session to the other at
+/// the epoch it saw, and the other accepts, confirming its capabilities.
+/// Only the accept is recorded, as a handoff from `me` at the offer's
+/// epoch: an offer outlived by a handoff must end with it, so its accept is
+/// refused, which is the fencing the checker verifies. A refused offer
+/// (fenced, not the holder) is returned as the handoff's refusal.
+async fn offer_and_accept(
+    ctx: &Context,
+    client: &Client,
+    p: u64,
+    session_id: u64,
+    terms: &[proto::Terminal; 2],
+    me: u64,
+    epoch: u64,
+) -> Result<proto::HandoffResponse, ClientError> {
+    let other = &terms[1 - me as usize];
+    let offered = client
+        .offer_handoff(proto::OfferHandoffRequest {
+            session_id,
+            initiator: Some(terms[me as usize].clone()),
+            epoch,
+            to: Some(other.clone()),
+            ttl_ms: OFFER_TTL_MS,
+        })
+        .await?;
+    let offer_id = offered.offer.map_or(0, |o| o.offer_id);
+    let req = proto::AcceptHandoffRequest {
+        session_id,
+        offer_id,
+        terminal: Some(other.clone()),
+        capabilities: vec!["video".into()],
+    };
+    let input = json!({"from": me, "to": 1 - me, "epoch": epoch, "mode": "offer"});
+    op(
+        &ctx.recorder,
+        p,
+        "session",
+        "handoff",
+        &session_id.to_string(),
+        input,
+        client.accept_handoff(req),
+        |h| handoff_value(h, terms),
+    )
+    .await
 }
 
 /// After healing: one successful linearizable read of every key, retried

@@ -125,6 +125,7 @@ pub fn check(ops: &[Op], budget: Duration) -> Report {
             }
             "pool" => {
                 anomalies.extend(double_leases(workload, key, key_ops));
+                anomalies.extend(refused_auto_logins(workload, key, key_ops));
                 anomalies.extend(lease_time::early_expiries(
                     workload,
                     key,
@@ -238,6 +239,31 @@ fn register_durability(workload: &str, key: &str, ops: &[&Op]) -> Option<Anomaly
 
 /// Two leases of one account whose certain holding times overlap: from the
 /// lease's acknowledgement to the invocation of its release.
+/// An automatic login (`LeaseAndLogin`) that got its lease must have been
+/// let in: the workload's unit admits every leased account, so a granted
+/// lease whose login was refused means the login did not see the lease it
+/// was made with.
+fn refused_auto_logins(workload: &str, key: &str, ops: &[&Op]) -> Vec<Anomaly> {
+    ops.iter()
+        .filter(|op| {
+            op.f == "lease"
+                && op.outcome == Outcome::Ok
+                && op.input.get("login").and_then(Value::as_bool) == Some(true)
+                && op.output.get("login_ok").and_then(Value::as_bool) != Some(true)
+        })
+        .map(|op| Anomaly {
+            kind: "auto-login-refused".into(),
+            workload: workload.into(),
+            key: key.into(),
+            message: format!(
+                "lease-and-login {} got account {} but its login was refused",
+                op.input["rid"], op.output["account"]
+            ),
+            ops: vec![(*op).clone()],
+        })
+        .collect()
+}
+
 fn double_leases(workload: &str, key: &str, ops: &[&Op]) -> Vec<Anomaly> {
     // request id -> (account, first ack, the ack's op)
     let mut held: BTreeMap<String, (String, u64, &Op)> = BTreeMap::new();

@@ -230,6 +230,28 @@ fn a_correct_pool_history_is_valid() {
     assert!(r.valid, "{r:#?}");
 }
 
+/// A lease-and-login answered with its login let in or not.
+fn auto_login(h: H, p: u64, rid: &str, account: &str, login_ok: bool, t: (u64, u64)) -> H {
+    h.op(
+        p,
+        "pool",
+        "lease",
+        json!({"rid": rid, "user": format!("viewer-{rid}"), "pool_size": 2, "login": true}),
+        json!({"account": account, "lease_id": 1, "login_ok": login_ok}),
+        Outcome::Ok,
+        None,
+        (t.0, Some(t.1)),
+    )
+}
+
+#[test]
+fn an_automatic_login_refused_after_its_lease_is_reported() {
+    let good = auto_login(H::new(), 1, "r1", "a", true, (0, 10)).check();
+    assert!(good.valid, "{good:#?}");
+    let bad = auto_login(H::new(), 1, "r1", "a", false, (0, 10)).check();
+    assert_eq!(kinds(&bad), ["auto-login-refused"]);
+}
+
 #[test]
 fn a_double_lease_is_reported() {
     let mut h = lease(H::new(), 1, "r1", Ok("a"), (0, 10));
@@ -399,6 +421,50 @@ fn a_fenced_terminal_succeeding_is_reported() {
     h = progress(h, 1, 0, 1, 2, true, (40, 50));
     let r = h.check();
     assert_eq!(kinds(&r), ["fenced-write-accepted", "not-linearizable"]);
+}
+
+/// An accepted offer is a handoff at the offer's epoch: an offer that
+/// outlived a handoff must end (OFFER_ENDED), never move the session on.
+#[test]
+fn an_offer_accepted_after_the_session_moved_is_reported() {
+    let accept = |h: H, p: u64, from: u64, epoch: u64, after: Option<u64>, t: (u64, u64)| {
+        let input = json!({"from": from, "to": 1 - from, "epoch": epoch, "mode": "offer"});
+        match after {
+            Some(e) => h.op(
+                p,
+                "session",
+                "handoff",
+                input,
+                json!({"accepted": true, "epoch": e, "terminal": 1 - from, "seq": 0}),
+                Outcome::Ok,
+                None,
+                (t.0, Some(t.1)),
+            ),
+            None => h.op(
+                p,
+                "session",
+                "handoff",
+                input,
+                json!({"code": "FailedPrecondition", "reason": "OFFER_ENDED"}),
+                Outcome::Fail,
+                Some("the offer ended"),
+                (t.0, Some(t.1)),
+            ),
+        }
+    };
+    // Terminal 0 offers at epoch 1; terminal 1 pulls first; the offer ends.
+    let mut good = handoff(H::new(), 2, 0, 2, 0, (0, 10));
+    good = accept(good, 1, 0, 1, None, (20, 30));
+    good = accept(good, 1, 1, 2, Some(3), (40, 50));
+    let r = good.check();
+    assert!(r.valid, "{r:#?}");
+    // The stale offer taken after the pull.
+    let mut bad = handoff(H::new(), 2, 0, 2, 0, (0, 10));
+    bad = accept(bad, 1, 0, 1, Some(3), (20, 30));
+    assert_eq!(
+        kinds(&bad.check()),
+        ["fenced-handoff-accepted", "not-linearizable"]
+    );
 }
 
 /// A pull by terminal 1 (naming the holder 0) and a refused stale handoff
