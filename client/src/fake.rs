@@ -28,6 +28,10 @@ pub struct Script {
     pub applied: u64,
     /// The event history watches are served from.
     pub events: Vec<PresenceEvent>,
+    /// The session event history session watches are served from; a
+    /// session watch "from now" starts at `applied + 1`, named in its
+    /// response's `herald-start-revision`.
+    pub session_events: Vec<SessionEvent>,
     /// After this many events a watch stream fails with `Unavailable`.
     pub break_watch_after: Option<usize>,
     /// Members for `Admin.Members`.
@@ -311,9 +315,33 @@ impl Herald for Fake {
     type WatchSessionsStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send>>;
     async fn watch_sessions(
         &self,
-        _: Request<WatchSessionsRequest>,
+        r: Request<WatchSessionsRequest>,
     ) -> Res<Self::WatchSessionsStream> {
-        no("WatchSessions")
+        self.count();
+        let mut script = self.script.lock().expect("lock");
+        let start = match r.into_inner().start_revision {
+            0 => script.applied + 1,
+            n => n,
+        };
+        script.watch_starts.push(start);
+        let events: Vec<_> = script
+            .session_events
+            .iter()
+            .filter(|e| e.revision >= start)
+            .cloned()
+            .map(Ok)
+            .collect();
+        let stream: Self::WatchSessionsStream = match script.break_watch_after {
+            Some(n) => Box::pin(futures::stream::iter(events.into_iter().take(n)).chain(
+                futures::stream::once(async { Err(Status::unavailable("shutting down")) }),
+            )),
+            None => Box::pin(futures::stream::iter(events).chain(futures::stream::pending())),
+        };
+        let mut response = Response::new(stream);
+        response
+            .metadata_mut()
+            .insert(crate::START_REVISION_HEADER, start.into());
+        Ok(response)
     }
     async fn offer_handoff(&self, _: Request<OfferHandoffRequest>) -> Res<OfferHandoffResponse> {
         no("OfferHandoff")
@@ -455,6 +483,54 @@ mod tests {
         // resume restarted at the revision of the last delivered event.
         assert_eq!(a.watch_starts(), [5]);
         assert_eq!(b.watch_starts(), [7]);
+    }
+
+    #[tokio::test]
+    async fn a_session_watch_from_now_resumes_on_another_node_at_the_start_it_was_named() {
+        let session = |revision: u64, id: u64| SessionEvent {
+            revision,
+            session: Some(Session {
+                session_id: id,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Revision 9 is one entry changing two sessions.
+        let events = vec![session(5, 1), session(9, 1), session(9, 2), session(10, 3)];
+        // a names "now" = 5 and breaks before it sends anything; b sends
+        // two events and breaks inside revision 9; c goes on. b and c are
+        // further on: a "from now" opened there would miss 5 and 9.
+        let node = |applied, break_watch_after| {
+            FakeNode::start(Script {
+                applied,
+                session_events: events.clone(),
+                break_watch_after,
+                ..Default::default()
+            })
+        };
+        let (a, b, c) = (
+            node(4, Some(0)).await,
+            node(9, Some(2)).await,
+            node(9, None).await,
+        );
+        let client =
+            Client::new(vec![a.endpoint(), b.endpoint(), c.endpoint()]).expect("endpoints");
+        let mut stream = client.watch_sessions_resumed(WatchSessionsRequest::default());
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let e = stream
+                .next()
+                .await
+                .expect("an event")
+                .expect("not an error");
+            got.push((e.revision, e.session.unwrap().session_id));
+        }
+        assert_eq!(got, [(5, 1), (9, 1), (9, 2), (10, 3)]);
+        // "Now" was the 5 a named, so b resumed there although nothing had
+        // come; c resumed at 9, skipping the one event of 9 delivered.
+        assert_eq!(a.watch_starts(), [5]);
+        assert_eq!(b.watch_starts(), [5]);
+        assert_eq!(c.watch_starts(), [9]);
     }
 
     /// A client that skips owner routing, so call counts show fail-over alone.

@@ -44,7 +44,7 @@ pub use cluster::{ClusterStatus, MemberStatus};
 pub use endpoint::{ClientTls, Transport, parse_endpoint, parse_endpoint_for};
 pub use error::{ClientError, Detail, ERROR_DOMAIN, reason_of, refusal};
 pub use retry::{Backoff, never_executed};
-pub use watch::WatchStream;
+pub use watch::{START_REVISION_HEADER, SessionWatchStream, WatchStream};
 
 /// Generated protobuf messages and gRPC clients/servers for `herald.v1`.
 pub mod proto {

@@ -1,4 +1,7 @@
-//! A presence watch that outlives the node it is attached to.
+//! A watch that outlives the node it is attached to: the presence watch
+//! ([`Client::watch`](crate::Client::watch)) and the session watch
+//! ([`Client::watch_sessions_resumed`](crate::Client::watch_sessions_resumed)),
+//! one loop over a [`Feed`] that says how to open each.
 //!
 //! A broken stream is reopened on the next endpoint from where it stopped.
 //! The resume point is the revision of the last delivered event itself, not
@@ -11,12 +14,14 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::endpoint::Transport;
 use futures::Stream;
+use futures::future::BoxFuture;
 use tokio::time::Instant;
-use tonic::Streaming;
+use tonic::{Status, Streaming};
 
 use crate::client::describe;
-use crate::proto::{Consistency, PresenceEvent, WatchRequest};
+use crate::proto::{Consistency, PresenceEvent, SessionEvent, WatchRequest, WatchSessionsRequest};
 use crate::retry::{Outcome, classify};
 use crate::{Client, ClientError};
 
@@ -28,6 +33,105 @@ use crate::{Client, ClientError};
 /// `max_attempts` failed reconnects in a row.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<PresenceEvent, ClientError>> + Send>>;
 
+/// The stream returned by
+/// [`Client::watch_sessions_resumed`](crate::Client::watch_sessions_resumed):
+/// session events in revision order, no gaps, no duplicates, across node
+/// failures; it ends like [`WatchStream`].
+pub type SessionWatchStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, ClientError>> + Send>>;
+
+/// The response metadata in which a node names the revision a session
+/// watch starts at (its "now" when asked for 0).
+pub const START_REVISION_HEADER: &str = "herald-start-revision";
+
+/// What one kind of watch needs: how to open its stream at a revision, and
+/// how "from now" is pinned to one.
+pub(crate) trait Feed: Send + 'static {
+    type Event: Send + 'static;
+    /// The RPC's name, for errors.
+    const NAME: &'static str;
+    fn revision(event: &Self::Event) -> u64;
+    fn open(
+        &self,
+        channel: Transport,
+        start_revision: u64,
+    ) -> BoxFuture<'static, Result<tonic::Response<Streaming<Self::Event>>, Status>>;
+    /// The revision "now" means, read before the first open; `None` when
+    /// the first stream's `herald-start-revision` names it instead.
+    fn anchor(&self, client: &Client) -> BoxFuture<'static, Result<Option<u64>, ClientError>>;
+}
+
+/// The presence watch.
+struct Presence {
+    uids: Vec<String>,
+}
+
+impl Feed for Presence {
+    type Event = PresenceEvent;
+    const NAME: &'static str = "Watch";
+    fn revision(event: &PresenceEvent) -> u64 {
+        event.revision
+    }
+    fn open(
+        &self,
+        channel: Transport,
+        start_revision: u64,
+    ) -> BoxFuture<'static, Result<tonic::Response<Streaming<PresenceEvent>>, Status>> {
+        let request = WatchRequest {
+            uids: self.uids.clone(),
+            start_revision,
+        };
+        Box::pin(async move { crate::endpoint::herald(channel).watch(request).await })
+    }
+    /// The applied index seen by a linearizable read, which covers every
+    /// write acknowledged before the watch began.
+    fn anchor(&self, client: &Client) -> BoxFuture<'static, Result<Option<u64>, ClientError>> {
+        let uid = self
+            .uids
+            .first()
+            .cloned()
+            .unwrap_or_else(|| ANCHOR_UID.to_string());
+        let client = client.clone();
+        Box::pin(async move {
+            let read = client
+                .batch_get_presence(vec![uid], Consistency::Linearizable)
+                .await?;
+            Ok(Some(read.revision))
+        })
+    }
+}
+
+/// The session watch. "From now" is the first stream's start, as its node
+/// names it: a session watcher may hold no presence role to read with.
+struct Sessions {
+    request: WatchSessionsRequest,
+}
+
+impl Feed for Sessions {
+    type Event = SessionEvent;
+    const NAME: &'static str = "WatchSessions";
+    fn revision(event: &SessionEvent) -> u64 {
+        event.revision
+    }
+    fn open(
+        &self,
+        channel: Transport,
+        start_revision: u64,
+    ) -> BoxFuture<'static, Result<tonic::Response<Streaming<SessionEvent>>, Status>> {
+        let request = WatchSessionsRequest {
+            start_revision,
+            ..self.request.clone()
+        };
+        Box::pin(async move {
+            crate::endpoint::herald(channel)
+                .watch_sessions(request)
+                .await
+        })
+    }
+    fn anchor(&self, _: &Client) -> BoxFuture<'static, Result<Option<u64>, ClientError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
 /// A stream that stayed up this long counts as healthy: its break starts a
 /// fresh series of reconnect attempts instead of adding to the old one, so a
 /// long watch survives any number of spaced-out node restarts.
@@ -38,9 +142,22 @@ const STABLE: Duration = Duration::from_secs(5);
 const ANCHOR_UID: &str = "herald-watch-anchor";
 
 pub(crate) fn watch(client: Client, uids: Vec<String>, start_revision: u64) -> WatchStream {
+    resumed(client, Presence { uids }, start_revision)
+}
+
+pub(crate) fn watch_sessions(client: Client, request: WatchSessionsRequest) -> SessionWatchStream {
+    let start = request.start_revision;
+    resumed(client, Sessions { request }, start)
+}
+
+fn resumed<F: Feed>(
+    client: Client,
+    feed: F,
+    start_revision: u64,
+) -> Pin<Box<dyn Stream<Item = Result<F::Event, ClientError>> + Send>> {
     let state = Watch {
         client,
-        uids,
+        feed,
         cursor: Cursor::new(start_revision),
         anchored: start_revision != 0,
         stream: None,
@@ -120,13 +237,13 @@ impl Cursor {
     }
 }
 
-struct Watch {
+struct Watch<F: Feed> {
     client: Client,
-    uids: Vec<String>,
+    feed: F,
     cursor: Cursor,
     /// False while "from now" has not been pinned to a revision yet.
     anchored: bool,
-    stream: Option<Streaming<PresenceEvent>>,
+    stream: Option<Streaming<F::Event>>,
     /// The endpoint index `stream` is attached to.
     endpoint: usize,
     opened_at: Instant,
@@ -136,8 +253,8 @@ struct Watch {
     done: bool,
 }
 
-impl Watch {
-    async fn next(&mut self) -> Option<Result<PresenceEvent, ClientError>> {
+impl<F: Feed> Watch<F> {
+    async fn next(&mut self) -> Option<Result<F::Event, ClientError>> {
         while !self.done {
             let Some(stream) = self.stream.as_mut() else {
                 if let Err(e) = self.open().await {
@@ -148,7 +265,7 @@ impl Watch {
             };
             match stream.message().await {
                 Ok(Some(event)) => {
-                    if self.cursor.accept(event.revision) {
+                    if self.cursor.accept(F::revision(&event)) {
                         return Some(Ok(event));
                     }
                 }
@@ -188,8 +305,10 @@ impl Watch {
             if self.failures >= config.max_attempts.max(1) {
                 return Err(ClientError::Unavailable(
                     format!(
-                        "Watch: gave up after {} failed attempts in a row; last error from {}",
-                        self.failures, self.last_error
+                        "{}: gave up after {} failed attempts in a row; last error from {}",
+                        F::NAME,
+                        self.failures,
+                        self.last_error
                     )
                     .into(),
                 ));
@@ -197,25 +316,43 @@ impl Watch {
             if self.failures > 0 {
                 tokio::time::sleep(config.backoff.jittered(self.failures - 1)).await;
             }
-            if !self.anchored {
-                self.cursor.start = self.anchor().await? + 1;
+            if !self.anchored
+                && let Some(now) = self.feed.anchor(&self.client).await?
+            {
+                self.cursor.start = now + 1;
                 self.anchored = true;
             }
             let endpoint = self.client.preferred();
             let (_, channel) = self.client.target(endpoint);
+            // Not anchored yet: open "from now" and learn the start from the
+            // stream's own header.
+            let start = if self.anchored {
+                self.cursor.reopen_at()
+            } else {
+                0
+            };
             // No grpc-timeout here: it would end the stream on the server.
             // The timeout bounds only the wait for the response headers.
-            let request = WatchRequest {
-                uids: self.uids.clone(),
-                start_revision: self.cursor.reopen_at(),
-            };
-            let opened = tokio::time::timeout(
-                config.request_timeout,
-                crate::endpoint::herald(channel).watch(request),
-            )
-            .await;
+            let opened =
+                tokio::time::timeout(config.request_timeout, self.feed.open(channel, start)).await;
             match opened {
                 Ok(Ok(response)) => {
+                    if !self.anchored {
+                        let named = response
+                            .metadata()
+                            .get(START_REVISION_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok());
+                        let Some(now) = named else {
+                            return Err(ClientError::Other(Status::internal(format!(
+                                "{}: the stream did not name its start ({START_REVISION_HEADER})",
+                                F::NAME
+                            ))));
+                        };
+                        self.cursor.start = now;
+                        self.cursor.reopen_at();
+                        self.anchored = true;
+                    }
                     self.stream = Some(response.into_inner());
                     self.endpoint = endpoint;
                     self.opened_at = Instant::now();
@@ -231,23 +368,6 @@ impl Watch {
                 ),
             }
         }
-    }
-
-    /// The revision "now" means: the applied index seen by a linearizable
-    /// read, which covers every write acknowledged before the watch began.
-    /// Pinning it once is what lets a reopened stream continue without a gap
-    /// even when it broke before its first event.
-    async fn anchor(&self) -> Result<u64, ClientError> {
-        let uid = self
-            .uids
-            .first()
-            .cloned()
-            .unwrap_or_else(|| ANCHOR_UID.to_string());
-        let read = self
-            .client
-            .batch_get_presence(vec![uid], Consistency::Linearizable)
-            .await?;
-        Ok(read.revision)
     }
 }
 

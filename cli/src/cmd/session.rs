@@ -145,7 +145,7 @@ pub enum Cmd {
         caps: Vec<String>,
     },
     /// Watch session changes (one JSON object or line per event) until
-    /// interrupted
+    /// interrupted; moves to another node when one goes, missing nothing
     Watch {
         /// Only this session; repeat for several
         #[arg(long = "session")]
@@ -415,15 +415,14 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<()> {
             terminals,
             from,
         } => {
-            let mut stream = client
-                .watch_sessions(proto::WatchSessionsRequest {
-                    session_ids: sessions,
-                    terminals,
-                    start_revision: from,
-                })
-                .await?;
+            // Resumed on another node when one goes, nothing missed.
+            let mut stream = client.watch_sessions_resumed(proto::WatchSessionsRequest {
+                session_ids: sessions,
+                terminals,
+                start_revision: from,
+            });
             while let Some(event) = stream.next().await {
-                let e = event.map_err(herald_client::ClientError::from)?;
+                let e = event?;
                 match ctx.format {
                     Format::Json => println!("{}", to_json::session_event(&e)),
                     Format::Table => {

@@ -208,11 +208,24 @@ impl Client {
         .await
     }
 
-    /// Opens a session watch on the preferred node. Unlike
-    /// [`Client::watch`] it does not move to another node by itself: when
-    /// the stream breaks, open it again with `start_revision` = the last
-    /// delivered revision and skip the events of that revision already
-    /// seen (one log entry can change several sessions).
+    /// Watches sessions like [`Client::watch`] watches presence: events in
+    /// revision order across node failures, the stream reopened on the next
+    /// node from where it stopped, no gap and nothing twice (one log entry
+    /// can change several sessions: those of its revision already delivered
+    /// are skipped). `start_revision` 0 is "from now", pinned to the start
+    /// the first node names, so a break before the first event loses
+    /// nothing either. Ends after a definite error (a compacted start) or
+    /// `max_attempts` failed reconnects in a row.
+    pub fn watch_sessions_resumed(
+        &self,
+        req: proto::WatchSessionsRequest,
+    ) -> crate::SessionWatchStream {
+        crate::watch::watch_sessions(self.clone(), req)
+    }
+
+    /// Opens one session watch stream on the preferred node, as it comes:
+    /// it ends when that node goes. [`Client::watch_sessions_resumed`]
+    /// moves to another node by itself.
     pub async fn watch_sessions(
         &self,
         req: proto::WatchSessionsRequest,

@@ -3,7 +3,8 @@
 //! the P-handoff Fig. 3 pull through a binding, the two-step offer/accept
 //! with the target told through the session watch, bindings read and
 //! removed, a terminal's sessions listed, stale handoffs fenced; and the
-//! P-iptv automatic login, refused for a closed or out-of-period unit.
+//! P-iptv automatic login, refused for a closed or out-of-period unit; and
+//! the same flows as a web page makes them over HTTP JSON and SSE.
 
 use ::herald_client::proto::herald_client::HeraldClient;
 use ::herald_client::proto::*;
@@ -45,6 +46,35 @@ async fn connect(cl: &mut HeraldClient<Channel>, t: &Terminal, app: &str) -> Ses
     .unwrap()
     .into_inner()
     .session
+    .unwrap()
+}
+
+/// A unit of the `tv` platform: QoS class gold, 150 ms target, `policy`,
+/// in service from `start` (ms since the epoch).
+fn unit(name: &str, policy: AccessPolicy, start: u64) -> UnitSpec {
+    UnitSpec {
+        name: name.into(),
+        service_start_ms: start,
+        qos_class: "gold".into(),
+        response_time_ms: 150,
+        access_policy: policy as i32,
+        ..Default::default()
+    }
+}
+
+/// Starts in the year 2286: a unit not yet in service.
+const LATER: u64 = 9_999_999_999_999;
+
+/// Creates the `tv` platform with `units`.
+async fn tv_platform(cl: &mut HeraldClient<Channel>, units: Vec<UnitSpec>) -> Platform {
+    cl.create_platform(CreatePlatformRequest {
+        name: "tv".into(),
+        units,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .platform
     .unwrap()
 }
 
@@ -260,29 +290,15 @@ async fn lease_and_login_logs_in_and_a_closed_or_out_of_period_unit_leases_nothi
     let c = TestCluster::start(3).await;
     let leader = c.wait_leader().await;
     let mut cl = c.client(c.alive().into_iter().find(|id| *id != leader).unwrap());
-    let unit = |name: &str, policy: AccessPolicy, start: u64| UnitSpec {
-        name: name.into(),
-        service_start_ms: start,
-        qos_class: "gold".into(),
-        response_time_ms: 150,
-        access_policy: policy as i32,
-        ..Default::default()
-    };
-    let p = cl
-        .create_platform(CreatePlatformRequest {
-            name: "tv".into(),
-            units: vec![
-                unit("vote", AccessPolicy::HolderOnly, 0),
-                unit("closed", AccessPolicy::Closed, 0),
-                // Opens in the year 2286.
-                unit("later", AccessPolicy::LeasedAccounts, 9_999_999_999_999),
-            ],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .platform
-        .unwrap();
+    let p = tv_platform(
+        &mut cl,
+        vec![
+            unit("vote", AccessPolicy::HolderOnly, 0),
+            unit("closed", AccessPolicy::Closed, 0),
+            unit("later", AccessPolicy::LeasedAccounts, LATER),
+        ],
+    )
+    .await;
     let mut pools = Vec::new();
     for u in &p.units {
         let pool = cl
@@ -375,28 +391,15 @@ async fn registered_accounts_content_tags_and_account_data_through_followers() {
     let followers: Vec<u64> = c.alive().into_iter().filter(|id| *id != leader).collect();
     let mut cl = c.client(followers[0]);
     let mut other = c.client(followers[1]);
-    let unit = |name: &str, policy: AccessPolicy, start: u64| UnitSpec {
-        name: name.into(),
-        service_start_ms: start,
-        qos_class: "gold".into(),
-        response_time_ms: 150,
-        access_policy: policy as i32,
-        ..Default::default()
-    };
-    let p = cl
-        .create_platform(CreatePlatformRequest {
-            name: "tv".into(),
-            units: vec![
-                unit("quiz", AccessPolicy::LeasedAccounts, 0),
-                unit("members", AccessPolicy::RegisteredOnly, 0),
-                unit("later", AccessPolicy::LeasedAccounts, 9_999_999_999_999),
-            ],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .platform
-        .unwrap();
+    let p = tv_platform(
+        &mut cl,
+        vec![
+            unit("quiz", AccessPolicy::LeasedAccounts, 0),
+            unit("members", AccessPolicy::RegisteredOnly, 0),
+            unit("later", AccessPolicy::LeasedAccounts, LATER),
+        ],
+    )
+    .await;
     let (quiz, members, later) = (p.units[0].unit_id, p.units[1].unit_id, p.units[2].unit_id);
 
     // Registered on one follower, logged in through the other.
@@ -626,4 +629,263 @@ async fn registered_accounts_content_tags_and_account_data_through_followers() {
         let target = format!("herald_unit_response_target_seconds{{unit=\"{unit}\"}} 0.15");
         assert!(metrics.contains(&target), "no {target}");
     }
+}
+
+/// The same flows as a web page makes them, over HTTP JSON on a follower:
+/// the automatic login (`POST /v1/pools/{id}/lease` with `login`), a
+/// closed unit's refusal, a login of its own (`POST /v1/units/{id}/login`),
+/// the first access request, and a terminal that follows its sessions by
+/// Server-Sent Events, finds them by terminal, and reads one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_lease_log_in_ask_first_access_and_follow_sessions_over_http() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let web = c.alive().into_iter().find(|id| *id != leader).unwrap();
+    let mut cl = c.client(leader);
+    let p = tv_platform(
+        &mut cl,
+        vec![
+            unit("quiz", AccessPolicy::HolderOnly, 0),
+            unit("closed", AccessPolicy::Closed, 0),
+        ],
+    )
+    .await;
+    let mut pools = Vec::new();
+    for u in &p.units {
+        let pool = cl
+            .create_pool(CreatePoolRequest {
+                unit_id: u.unit_id,
+                name: u.spec.as_ref().unwrap().name.clone(),
+                provision: 1,
+                max_size: 2,
+                default_ttl_ms: 60_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pool
+            .unwrap();
+        pools.push(pool.pool_id);
+    }
+    cl.set_content_units(SetContentUnitsRequest {
+        platform_id: p.platform_id,
+        content_id: "film".into(),
+        mode: ContentUnitsMode::UnitsAll as i32,
+        unit_ids: vec![],
+    })
+    .await
+    .unwrap();
+    let json = |(code, body): (u16, String)| -> (u16, serde_json::Value) {
+        let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (code, v)
+    };
+
+    // Lease and log in, in one call.
+    let (code, both) = json(
+        c.post(
+            web,
+            &format!("/v1/pools/{}/lease", pools[0]),
+            br#"{"user": "viewer-1", "request_id": "r1", "login": true}"#,
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(code, 200, "{both}");
+    assert_eq!(both["login"]["ok"], true, "{both}");
+    assert_eq!(
+        both["login"]["lease"]["lease_id"],
+        both["lease"]["lease_id"]
+    );
+    assert_eq!(both["service"]["qos_class"], "gold");
+    assert_eq!(both["service"]["response_time_ms"], 150);
+    let account = both["lease"]["account"].as_str().unwrap().to_string();
+    assert!(!both["password"].as_str().unwrap().is_empty());
+    // Its password and secret log in by themselves too.
+    let login = serde_json::json!({
+        "account": account,
+        "password": both["password"],
+        "user": "viewer-1",
+        "lease_secret": both["lease_secret"],
+    });
+    let (code, ok) = json(
+        c.post(
+            web,
+            &format!("/v1/units/{}/login", p.units[0].unit_id),
+            login.to_string().as_bytes(),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        (code, &ok["ok"], &ok["registered"]),
+        (200, &true.into(), &false.into()),
+        "{ok}"
+    );
+    // A holder-only unit without the secret: a refused login, not an error.
+    let mut no_secret = login.clone();
+    no_secret["lease_secret"] = "".into();
+    let (code, refused_login) = json(
+        c.post(
+            web,
+            &format!("/v1/units/{}/login", p.units[0].unit_id),
+            no_secret.to_string().as_bytes(),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        (code, &refused_login["ok"]),
+        (200, &false.into()),
+        "{refused_login}"
+    );
+    // A closed unit leases nothing; bad bodies are refused whole.
+    for (path, body, want, reason) in [
+        (
+            format!("/v1/pools/{}/lease", pools[1]),
+            r#"{"user": "viewer-1", "request_id": "r2", "login": true}"#,
+            412,
+            "UNIT_CLOSED",
+        ),
+        (
+            format!("/v1/pools/{}/lease", pools[0]),
+            r#"{"user": "viewer-1", "logn": true}"#,
+            400,
+            "INVALID_FIELD",
+        ),
+        (
+            "/v1/pools/x/lease".to_string(),
+            r#"{"user": "viewer-1"}"#,
+            400,
+            "INVALID_FIELD",
+        ),
+        (
+            format!("/v1/pools/{}/lease", pools[0]),
+            r#"{"user": ""}"#,
+            400,
+            "INVALID_FIELD",
+        ),
+    ] {
+        let (code, body) = json(c.post(web, &path, body.as_bytes()).await.unwrap());
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (want, Some(reason)),
+            "{path}: {body}"
+        );
+    }
+
+    // The first access request.
+    let (code, first) = json(
+        c.get(
+            web,
+            &format!("/v1/platforms/{}/contents/film", p.platform_id),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(first["mode"], "UNITS_ALL");
+    let shown: Vec<(u64, bool)> = first["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["unit"]["unit_id"].as_u64().unwrap(),
+                u["available"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![(p.units[0].unit_id, true), (p.units[1].unit_id, false)]
+    );
+    let (code, body) = json(
+        c.get(
+            web,
+            &format!("/v1/platforms/{}/contents/news", p.platform_id),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (404, Some("NOT_FOUND")),
+        "{body}"
+    );
+
+    // The TV follows its sessions by SSE; the phone pushes one to it.
+    let phone = imei("490154203237518");
+    let tv = mac("00:1a:2b:3c:4d:5e");
+    let tv_q = "MAC:00:1a:2b:3c:4d:5e";
+    let (code, _, stream) = crate::presence::sse_get(
+        &c,
+        web,
+        &format!("/v1/sessions/watch?terminals={tv_q}"),
+        &[],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let mut tv_watch = stream.unwrap();
+    let game = connect(&mut cl, &phone, "https://game.example/play").await;
+    let pushed = cl
+        .handoff(HandoffRequest {
+            session_id: game.session_id,
+            mode: HandoffMode::Push as i32,
+            initiator: Some(phone.clone()),
+            candidates: vec![video(&tv)],
+            epoch: game.epoch,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pushed.accepted);
+    let (sse, told) = tv_watch.event("session").await;
+    assert_eq!(told["kind"], "SESSION_HANDED_OFF", "{told}");
+    assert_eq!(told["session"]["session_id"], game.session_id);
+    assert_eq!(told["session"]["terminal"]["id"], tv.id);
+    assert_eq!(told["from"]["kind"], "IMEI");
+    assert_eq!(sse.id, Some(told["revision"].to_string()));
+
+    // Found again by terminal, read by id; a bad terminal is refused.
+    let (code, listed) = json(
+        c.get(web, &format!("/v1/sessions?terminal={tv_q}"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, 200, "{listed}");
+    assert_eq!(listed["sessions"][0]["session_id"], game.session_id);
+    let (code, one) = json(
+        c.get(web, &format!("/v1/sessions/{}", game.session_id))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((code, &one["session"]["epoch"]), (200, &2.into()), "{one}");
+    for bad in [
+        "/v1/sessions?terminal=TV:1",
+        "/v1/sessions?terminal=IMEI:12",
+        "/v1/sessions",
+    ] {
+        let (code, body) = json(c.get(web, bad).await.unwrap());
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (400, Some("INVALID_FIELD")),
+            "{bad}: {body}"
+        );
+    }
+    let (code, body) = json(c.get(web, "/v1/sessions/999999").await.unwrap());
+    assert_eq!(code, 404, "{body}");
+
+    // Resumed by Last-Event-ID from the session's start: the connect first.
+    let (code, _, stream) = crate::presence::sse_get(
+        &c,
+        leader,
+        &format!("/v1/sessions/watch?session_ids={}", game.session_id),
+        &[("last-event-id", (game.session_id - 1).to_string())],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (_, first) = stream.unwrap().event("session").await;
+    assert_eq!(first["kind"], "SESSION_CONNECTED", "{first}");
+    assert_eq!(first["revision"], game.session_id);
 }

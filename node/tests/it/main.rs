@@ -12,6 +12,7 @@ mod backup;
 mod cluster;
 mod dashboards;
 mod flows;
+mod interop;
 mod limits;
 mod link;
 mod mechanisms;

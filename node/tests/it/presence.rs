@@ -256,23 +256,23 @@ async fn connections_are_separate_entries_with_their_own_ttl_and_a_cap() {
 
 /// One event of a `text/event-stream`.
 #[derive(Debug, Default, Clone)]
-struct SseEvent {
-    id: Option<String>,
-    event: String,
-    data: String,
+pub(crate) struct SseEvent {
+    pub(crate) id: Option<String>,
+    pub(crate) event: String,
+    pub(crate) data: String,
 }
 
 /// A Server-Sent Events stream read through hyper's HTTP/1.1 client over
 /// the cluster's TLS, as `root`.
 #[derive(Debug)]
-struct EventStream {
+pub(crate) struct EventStream {
     body: hyper::body::Incoming,
     buf: String,
 }
 
 impl EventStream {
     /// The next event (comments skipped); `None` when the stream ended.
-    async fn next(&mut self) -> Option<SseEvent> {
+    pub(crate) async fn next(&mut self) -> Option<SseEvent> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
@@ -315,8 +315,13 @@ impl EventStream {
 
     /// The next `presence` event's data as JSON.
     async fn presence(&mut self) -> (SseEvent, serde_json::Value) {
+        self.event("presence").await
+    }
+
+    /// The next event, which must be a `name` event, and its data as JSON.
+    pub(crate) async fn event(&mut self, name: &str) -> (SseEvent, serde_json::Value) {
         let e = self.next().await.expect("the stream goes on");
-        assert_eq!(e.event, "presence", "{e:?}");
+        assert_eq!(e.event, name, "{e:?}");
         let json = serde_json::from_str(&e.data).expect("JSON data");
         (e, json)
     }
@@ -324,7 +329,7 @@ impl EventStream {
 
 /// `GET path` on node `id`'s HTTP port with `headers`: the status, the
 /// content type, and the event stream (2xx) or the body (else).
-async fn sse_get(
+pub(crate) async fn sse_get(
     c: &TestCluster,
     id: u64,
     path: &str,

@@ -247,20 +247,52 @@ async fn every_method_refuses_no_credential_and_the_wrong_role_and_serves_the_ri
         (code == 401).then_some(())
     })
     .await;
-    let (code, body) = get(Some("u-publisher"), "/v1/presence?ids=a")
-        .await
-        .unwrap();
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("reader"), "{body}");
-    let (code, body) = get(Some("u-reader"), "/v1/presence?ids=a").await.unwrap();
-    assert_eq!(code, 200, "{body}");
-    // One user's lookup needs the same role.
-    let (code, body) = get(None, "/v1/presence/a").await.unwrap();
-    assert_eq!(code, 401, "{body}");
-    let (code, body) = get(Some("u-publisher"), "/v1/presence/a").await.unwrap();
-    assert_eq!(code, 403, "{body}");
-    let (code, body) = get(Some("u-reader"), "/v1/presence/a").await.unwrap();
-    assert_eq!(code, 200, "{body}");
+    // Every HTTP route: 401 without a credential, 403 with the wrong role,
+    // served (whatever it answers) with the right one.
+    let routes = [
+        ("GET", "/v1/presence?ids=a", "reader"),
+        ("POST", "/v1/presence", "reader"),
+        ("GET", "/v1/presence/a", "reader"),
+        ("GET", "/v1/watch?start_revision=x", "reader"),
+        ("GET", "/v1/sessions/1", "sessions"),
+        ("GET", "/v1/sessions?terminal=IMEI:1", "sessions"),
+        ("GET", "/v1/sessions/watch?start_revision=x", "sessions"),
+        ("POST", "/v1/pools/1/lease", "pools"),
+        ("POST", "/v1/units/1/login", "pools"),
+        ("GET", "/v1/platforms/1/contents/c", "pools"),
+        ("GET", "/v1/shares/1", "share"),
+        ("GET", "/v1/storage", "share"),
+        ("GET", "/v1/link/lookup?from=a&to=b&item=c", "link"),
+    ];
+    for (method, path, role) in routes {
+        let send = |user: Option<String>| {
+            let http = &http;
+            let certs = &c.certs;
+            async move {
+                crate::common::https_request(
+                    certs,
+                    http,
+                    method,
+                    path,
+                    user.as_deref(),
+                    &[("content-type", "application/json")],
+                    if method == "POST" { b"{}" } else { b"" },
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let (code, body) = send(None).await;
+        assert_eq!(code, 401, "{method} {path}: {body}");
+        let (code, body) = send(Some("u-publisher".into())).await;
+        assert_eq!(code, 403, "{method} {path} as u-publisher: {body}");
+        assert!(body.contains(role), "{method} {path}: {body}");
+        let (code, body) = send(Some(format!("u-{role}"))).await;
+        assert!(
+            code != 401 && code != 403,
+            "{method} {path} as u-{role}: {code} {body}"
+        );
+    }
     for open in ["/health", "/metrics"] {
         let (code, body) = get(None, open).await.unwrap();
         assert_eq!(code, 200, "{open}: {body}");

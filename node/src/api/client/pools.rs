@@ -94,7 +94,7 @@ impl HeraldService {
         Ok(Response::new(DeleteResponse {}))
     }
 
-    pub(super) async fn lease_account(
+    pub(in crate::api) async fn lease_account(
         &self,
         req: Request<LeaseRequest>,
     ) -> Result<Response<LeaseResponse>, Status> {
@@ -252,7 +252,7 @@ impl HeraldService {
         }))
     }
 
-    pub(super) async fn account_login(
+    pub(in crate::api) async fn account_login(
         &self,
         req: Request<AccountLoginRequest>,
     ) -> Result<Response<AccountLoginResponse>, Status> {
@@ -297,7 +297,7 @@ impl HeraldService {
     /// Automatic login: a lease of the pool, then a login to its unit with
     /// the lease's own password and secret, checked as `AccountLogin`
     /// checks it once this node has applied the lease.
-    pub(super) async fn lease_and_login(
+    pub(in crate::api) async fn lease_and_login(
         &self,
         req: Request<LeaseAndLoginRequest>,
     ) -> Result<Response<LeaseAndLoginResponse>, Status> {

@@ -232,5 +232,5 @@ pub fn open_watch(
             }
         })
     });
-    spawn_watch(node, start_revision, source)
+    spawn_watch(node, start_revision, source).map(|(feed, _)| feed)
 }

@@ -123,7 +123,7 @@ impl HeraldService {
         }))
     }
 
-    pub(super) async fn list_sessions(
+    pub(in crate::api) async fn list_sessions(
         &self,
         req: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
@@ -150,7 +150,7 @@ impl HeraldService {
         }))
     }
 
-    pub(super) async fn watch_sessions(
+    pub(in crate::api) async fn watch_sessions(
         &self,
         req: Request<WatchSessionsRequest>,
     ) -> Result<Response<WatchSessionsStream>, Status> {
@@ -184,10 +184,10 @@ impl HeraldService {
                 }
             })
         });
-        serve_watch(&self.node, r.start_revision, source).map(Response::new)
+        serve_watch(&self.node, r.start_revision, source)
     }
 
-    pub(super) async fn get_session(
+    pub(in crate::api) async fn get_session(
         &self,
         req: Request<GetSessionRequest>,
     ) -> Result<Response<GetSessionResponse>, Status> {

@@ -224,7 +224,7 @@ impl HeraldService {
         Ok(Response::new(DeleteResponse {}))
     }
 
-    pub(super) async fn first_access(
+    pub(in crate::api) async fn first_access(
         &self,
         req: Request<FirstAccessRequest>,
     ) -> Result<Response<FirstAccessResponse>, Status> {

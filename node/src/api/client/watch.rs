@@ -30,19 +30,30 @@ pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub type EventSource<T> =
     Box<dyn FnMut(&State, u64, &mut Vec<T>) -> Result<(), StateError> + Send + 'static>;
 
+/// The response metadata that names the revision a watch stream starts at
+/// (the node's "now" when the request asked for 0): a client whose stream
+/// breaks before its first event reopens there, elsewhere, without a gap.
+pub const START_REVISION_HEADER: &str = "herald-start-revision";
+
 /// Starts a watch from `start_revision` (0 = from now) over `source`, as a
-/// gRPC stream.
+/// gRPC stream whose response names its start in
+/// [`START_REVISION_HEADER`].
 pub fn serve_watch<T: Send + 'static>(
     node: &Herald,
     start_revision: u64,
     source: EventSource<T>,
-) -> Result<EventStream<T>, Status> {
-    let rx = spawn_watch(node, start_revision, source)?;
-    Ok(Box::pin(ReceiverStream::new(rx)))
+) -> Result<tonic::Response<EventStream<T>>, Status> {
+    let (rx, start) = spawn_watch(node, start_revision, source)?;
+    let stream: EventStream<T> = Box::pin(ReceiverStream::new(rx));
+    let mut response = tonic::Response::new(stream);
+    response
+        .metadata_mut()
+        .insert(START_REVISION_HEADER, start.into());
+    Ok(response)
 }
 
-/// Starts a watch from `start_revision` (0 = from now) over `source`: the
-/// task that feeds the receiver holds a `limits.max_watch_streams` permit
+/// Starts a watch from `start_revision` (0 = from now) over `source`, and
+/// says the revision it starts at: the task that feeds the receiver holds a `limits.max_watch_streams` permit
 /// until the receiver is dropped (the client went away: the call was
 /// cancelled or the connection closed, which keepalive notices for a
 /// vanished peer).
@@ -50,7 +61,7 @@ pub fn spawn_watch<T: Send + 'static>(
     node: &Herald,
     start_revision: u64,
     mut source: EventSource<T>,
-) -> Result<mpsc::Receiver<Result<T, Status>>, Status> {
+) -> Result<(mpsc::Receiver<Result<T, Status>>, u64), Status> {
     let slot = node
         .watch_slots()
         .clone()
@@ -74,6 +85,7 @@ pub fn spawn_watch<T: Send + 'static>(
     };
     // Refuse a compacted start now, as a status rather than a broken stream.
     source(&store.read().state, next, &mut Vec::new()).map_err(|e| compacted(&e))?;
+    let start = next;
     let (tx, rx) = mpsc::channel(1024);
     let open_stream = node.metrics().api.watch_stream();
     tokio::spawn(async move {
@@ -108,7 +120,7 @@ pub fn spawn_watch<T: Send + 'static>(
             }
         }
     });
-    Ok(rx)
+    Ok((rx, start))
 }
 
 /// Resolves once the flag is (or becomes) true, or its sender is gone.
