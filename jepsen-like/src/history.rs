@@ -46,10 +46,12 @@ pub struct Event {
     #[serde(rename = "type")]
     pub kind: EventType,
     /// The operation: `write`, `read`, `lease`, `renew`, `release`, `list`,
-    /// `progress`, `handoff`, `get`, or a fault name for the nemesis.
+    /// `progress`, `handoff`, `get`, `share`, `commit`, `delete`, `access`,
+    /// `storage`, `register-storage`, `befriend`, or a fault name for the
+    /// nemesis.
     pub f: String,
     /// The workload the operation belongs to: `register`, `pool`, `session`,
-    /// `nemesis`.
+    /// `ttl`, `link`, `share`, `nemesis`.
     pub workload: String,
     /// The key the operation is about (a uid, a pool, a session).
     pub key: String,

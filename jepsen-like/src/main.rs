@@ -47,7 +47,7 @@ enum Cmd {
             default_value = "partition,kill,pause,clock,membership"
         )]
         nemesis: Vec<String>,
-        /// register, pool, session, ttl, link.
+        /// register, pool, session, ttl, link, share.
         #[arg(long, value_delimiter = ',', default_value = "register,pool,session")]
         workload: Vec<Workload>,
         #[arg(long, default_value_t = 1)]

@@ -24,6 +24,12 @@
 //!   catalog, each with a fresh request id, retried with the same id after
 //!   an unknown outcome (it must count once); reads of an item's counts and
 //!   ranked linked lookups (by selections) of every item.
+//! - `share`: media sharing among [`SHARE_USERS`] users with fixed
+//!   friendships (some pairs never friends) and [`SHARE_SERVERS`] small
+//!   storage servers. Each owner shares media with a fresh request id
+//!   (retried with the same id after an unknown outcome), commits an actual
+//!   size at most the reserved one, deletes, asks for access as friends and
+//!   non-friends, and reads every server's used bytes and capacity.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -74,6 +80,23 @@ pub const TTL_SILENT_USERS: usize = 2;
 /// Items in the `link` workload's shop catalog.
 pub const LINK_ITEMS: usize = 4;
 
+/// Users of the `share` workload; the first [`SHARE_OWNERS`] share media.
+pub const SHARE_USERS: usize = 6;
+/// Users of the `share` workload that own shares (one worker each).
+pub const SHARE_OWNERS: usize = 4;
+/// The `share` workload's friendships, made in setup and never ended
+/// (mutual: either order is the same friendship). Every other pair is never
+/// friends, e.g. 0 and 3, and 4 with anyone but 5.
+pub const SHARE_FRIENDS: [(usize, usize); 6] = [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3), (4, 5)];
+/// The `share` workload's storage servers and their capacities in bytes:
+/// small, so admission is often refused `STORAGE_FULL`.
+pub const SHARE_SERVERS: [(&str, u64); 3] = [("st-a", 1200), ("st-b", 800), ("st-c", 500)];
+/// Reservation deadline of `share` uploads: short, so some reservations
+/// (the abandoned ones) expire during the run.
+pub const SHARE_TTL_MS: u64 = 3_000;
+/// Shares a `share` worker tries to hold at once before it favours deletes.
+const SHARE_HELD_MAX: usize = 5;
+
 /// The client type of `ttl` logins.
 const TTL_CLIENT: &str = "mobile";
 
@@ -90,6 +113,9 @@ pub enum Workload {
     Ttl,
     /// Linked catalogs: counted selections and purchases, ranked lookups.
     Link,
+    /// Media sharing: admission against storage capacity, friend-checked
+    /// access, idempotent share requests.
+    Share,
 }
 
 impl FromStr for Workload {
@@ -101,7 +127,8 @@ impl FromStr for Workload {
             "session" => Ok(Workload::Session),
             "ttl" => Ok(Workload::Ttl),
             "link" => Ok(Workload::Link),
-            _ => bail!("unknown workload {s:?} (register, pool, session, ttl, link)"),
+            "share" => Ok(Workload::Share),
+            _ => bail!("unknown workload {s:?} (register, pool, session, ttl, link, share)"),
         }
     }
 }
@@ -248,6 +275,9 @@ pub async fn setup(client: &Client, workloads: &[Workload]) -> Result<Setup> {
     }
     if workloads.contains(&Workload::Link) {
         link_setup(client, t).await?;
+    }
+    if workloads.contains(&Workload::Share) {
+        share_setup(client, t).await?;
     }
     Ok(setup)
 }
@@ -436,6 +466,285 @@ async fn link_worker(ctx: Context, p: u64, home: usize) {
     }
 }
 
+fn share_user(i: usize) -> String {
+    format!("sh-u{i}")
+}
+
+/// True when users `a` and `b` are friends in the `share` workload.
+fn share_friends(a: usize, b: usize) -> bool {
+    SHARE_FRIENDS
+        .iter()
+        .any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b))
+}
+
+/// The `share` workload's storage servers (marked up until marked down, so
+/// only capacity refuses an admission) and friendships.
+async fn share_setup(client: &Client, t: Duration) -> Result<()> {
+    for (id, capacity) in SHARE_SERVERS {
+        retry("RegisterStorage", t, || async move {
+            made(
+                client
+                    .register_storage(proto::RegisterStorageRequest {
+                        server_id: id.into(),
+                        address: format!("{id}.storage.test:443"),
+                        capacity_bytes: capacity,
+                    })
+                    .await,
+            )
+        })
+        .await?;
+        retry("StorageHeartbeat", t, || {
+            client.storage_heartbeat(proto::StorageHeartbeatRequest {
+                server_id: id.into(),
+                up: true,
+                ttl_ms: 0,
+            })
+        })
+        .await?;
+    }
+    for (a, b) in SHARE_FRIENDS {
+        let (a, b) = (share_user(a), share_user(b));
+        retry("AddFriend", t, || client.set_friendship(&a, &b, true)).await?;
+    }
+    Ok(())
+}
+
+/// Writes what [`share_setup`] made (and the cluster acknowledged) into the
+/// history, so the checker reads the capacities and friendships from the
+/// history rather than from this file.
+fn share_record_setup(ctx: &Context) {
+    let p = ctx.process();
+    let rec = &ctx.recorder;
+    let fact = |f: &str, key: &str, input: Value| {
+        rec.record(p, EventType::Invoke, "share", f, key, input, None);
+        rec.record(p, EventType::Ok, "share", f, key, json!({}), None);
+    };
+    for (id, capacity) in SHARE_SERVERS {
+        fact(
+            "register-storage",
+            id,
+            json!({"server": id, "capacity": capacity}),
+        );
+    }
+    for (a, b) in SHARE_FRIENDS {
+        let (a, b) = (share_user(a), share_user(b));
+        fact(
+            "befriend",
+            &format!("{a}|{b}"),
+            json!({"user": a, "friend": b}),
+        );
+    }
+}
+
+fn share_value(s: &proto::MediaShare) -> Value {
+    json!({
+        "share_id": s.share_id,
+        "owner": s.owner,
+        "server": s.server_id,
+        "size": s.size_bytes,
+        "state": s.state().as_str_name(),
+    })
+}
+
+/// A linearizable `ListStorage`, recorded: every server's capacity and
+/// reserved and committed bytes.
+async fn share_read(ctx: &Context, client: &Client, p: u64, fin: bool) -> bool {
+    op(
+        &ctx.recorder,
+        p,
+        "share",
+        "storage",
+        "storage",
+        json!({ "final": fin }),
+        client.list_storage(Consistency::Linearizable),
+        |r| {
+            let servers: Vec<Value> = r
+                .servers
+                .iter()
+                .map(|s| {
+                    json!({
+                        "server": s.server_id,
+                        "capacity": s.capacity_bytes,
+                        "reserved": s.reserved_bytes,
+                        "committed": s.committed_bytes,
+                        "shares": s.shares,
+                    })
+                })
+                .collect();
+            json!({ "servers": servers, "cluster_time_ms": r.cluster_time_ms })
+        },
+    )
+    .await
+    .is_ok()
+}
+
+/// A share this worker holds: what commit, delete and access need.
+#[derive(Clone, Debug)]
+struct MyShare {
+    share_id: u64,
+    owner_key: String,
+    reserved: u64,
+    /// The committed size, once a commit is acknowledged.
+    committed: Option<u64>,
+    /// A commit whose outcome is unknown: retried with this size.
+    committing: Option<u64>,
+}
+
+/// A share request whose outcome is unknown: retried as it was.
+struct PendingShare {
+    rid: String,
+    receivers: Vec<String>,
+    size: u64,
+}
+
+/// One `share` owner: shares (retrying an unknown request with the same
+/// request id, size and receivers), commits, deletes, asks for access as
+/// a friend or not, and reads the storage servers.
+async fn share_worker(ctx: Context, p: u64, home: usize, me: usize) {
+    let Ok(client) = client_preferring(&ctx.endpoints, ctx.tls.clone(), home) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(ctx.seed ^ (p << 32) ^ 0x5a_a7e);
+    let owner = share_user(me);
+    let rec = &ctx.recorder;
+    let friends: Vec<usize> = (0..SHARE_USERS).filter(|&u| share_friends(me, u)).collect();
+    let strangers: Vec<usize> = (0..SHARE_USERS)
+        .filter(|&u| u != me && !share_friends(me, u))
+        .collect();
+    let mut held: Vec<MyShare> = Vec::new();
+    let mut pending: Option<PendingShare> = None;
+    let mut n = 0u64;
+    while !stopped(&ctx.stop) {
+        let roll = rng.random_range(0..100);
+        let want_share = held.len() < SHARE_HELD_MAX && roll < 30;
+        if pending.is_some() || want_share {
+            let req = pending.take().unwrap_or_else(|| {
+                n += 1;
+                let mut receivers: Vec<String> = friends
+                    .iter()
+                    .filter(|_| rng.random_bool(0.6))
+                    .map(|&u| share_user(u))
+                    .collect();
+                if receivers.is_empty() {
+                    receivers.push(share_user(friends[rng.random_range(0..friends.len())]));
+                }
+                // Now and then a stranger among the receivers: NOT_FRIEND.
+                if rng.random_range(0..10) == 0 {
+                    receivers.push(share_user(strangers[rng.random_range(0..strangers.len())]));
+                }
+                PendingShare {
+                    rid: format!("{owner}-{n}-{:x}", ctx.seed),
+                    receivers,
+                    size: rng.random_range(100..=500),
+                }
+            });
+            let call = client.share_media(proto::ShareMediaRequest {
+                owner: owner.clone(),
+                receivers: req.receivers.clone(),
+                size_bytes: req.size,
+                ttl_ms: SHARE_TTL_MS,
+                request_id: req.rid.clone(),
+            });
+            let input = json!({
+                "rid": req.rid,
+                "owner": owner,
+                "receivers": req.receivers,
+                "size": req.size,
+                "ttl_ms": SHARE_TTL_MS,
+            });
+            let r = op(rec, p, "share", "share", &owner, input, call, |r| {
+                let mut v = r.share.as_ref().map(share_value).unwrap_or(json!({}));
+                v["replayed"] = json!(r.replayed);
+                v
+            })
+            .await;
+            match r {
+                Ok(resp) => {
+                    let Some(share) = resp.share else { continue };
+                    // Some reservations are abandoned: they must expire.
+                    let known = held.iter().any(|h| h.share_id == share.share_id);
+                    if !known && rng.random_range(0..6) != 0 {
+                        held.push(MyShare {
+                            share_id: share.share_id,
+                            owner_key: resp.owner_key,
+                            reserved: share.size_bytes,
+                            committed: None,
+                            committing: None,
+                        });
+                    }
+                }
+                Err(e) if e.is_indeterminate() => pending = Some(req),
+                Err(_) => {}
+            }
+        } else if roll < 50 && held.iter().any(|h| h.committed.is_none()) {
+            let open: Vec<usize> = (0..held.len())
+                .filter(|&i| held[i].committed.is_none())
+                .collect();
+            let i = open[rng.random_range(0..open.len())];
+            let h = &mut held[i];
+            let size = h
+                .committing
+                .unwrap_or_else(|| rng.random_range(1..=h.reserved));
+            let call = client.commit_share(proto::CommitShareRequest {
+                share_id: h.share_id,
+                owner_key: h.owner_key.clone(),
+                size_bytes: size,
+            });
+            let key = h.share_id.to_string();
+            let input = json!({"share_id": h.share_id, "size": size});
+            match op(rec, p, "share", "commit", &key, input, call, share_value).await {
+                Ok(s) => {
+                    h.committed = Some(s.size_bytes);
+                    h.committing = None;
+                }
+                Err(e) if e.is_indeterminate() => h.committing = Some(size),
+                // Its reservation expired (SHARE_ENDED), or it is gone.
+                Err(_) => {
+                    held.remove(i);
+                }
+            }
+        } else if (roll < 62 || held.len() >= SHARE_HELD_MAX) && !held.is_empty() {
+            let i = rng.random_range(0..held.len());
+            let h = &held[i];
+            let key = h.share_id.to_string();
+            let input = json!({"share_id": h.share_id});
+            let call = client.delete_share(h.share_id, &h.owner_key);
+            // Unknown: deleted again later (an ended share is refused,
+            // which ends it here too).
+            if !matches!(
+                op(rec, p, "share", "delete", &key, input, call, |_| json!({})).await,
+                Err(e) if e.is_indeterminate()
+            ) {
+                held.remove(i);
+            }
+        } else if roll < 80 && held.iter().any(|h| h.committed.is_some()) {
+            let done: Vec<&MyShare> = held.iter().filter(|h| h.committed.is_some()).collect();
+            let h = done[rng.random_range(0..done.len())];
+            // Half the asks from strangers, who must be refused NOT_FRIEND.
+            let user = match rng.random_range(0..6) {
+                0..=2 => strangers[rng.random_range(0..strangers.len())],
+                3 => me,
+                _ => friends[rng.random_range(0..friends.len())],
+            };
+            let user = share_user(user);
+            let call = client.access_share(proto::AccessShareRequest {
+                share_id: h.share_id,
+                user: user.clone(),
+                ttl_ms: 60_000,
+            });
+            let key = h.share_id.to_string();
+            let input = json!({"share_id": h.share_id, "user": user, "owner": owner});
+            let _ = op(rec, p, "share", "access", &key, input, call, |r| {
+                r.share.as_ref().map(share_value).unwrap_or(json!({}))
+            })
+            .await;
+        } else {
+            let _ = share_read(&ctx, &client, p, false).await;
+        }
+        think(&mut rng).await;
+    }
+}
+
 /// Everything a worker shares.
 #[derive(Clone)]
 pub struct Context {
@@ -550,6 +859,12 @@ pub fn spawn(workloads: &[Workload], setup: &Setup, ctx: &Context, tasks: &mut J
             Workload::Link => {
                 for i in 0..4 {
                     tasks.spawn(link_worker(ctx.clone(), ctx.process(), i % n));
+                }
+            }
+            Workload::Share => {
+                share_record_setup(ctx);
+                for me in 0..SHARE_OWNERS {
+                    tasks.spawn(share_worker(ctx.clone(), ctx.process(), me % n, me));
                 }
             }
             Workload::Ttl => {
@@ -1197,6 +1512,7 @@ pub async fn final_reads(
                 keys.extend(setup.sessions.iter().map(|(id, _)| (*w, id.to_string())));
             }
             Workload::Link => keys.extend((0..LINK_ITEMS).map(|i| (*w, link_item_id(i)))),
+            Workload::Share => keys.push((*w, "storage".into())),
             // Checked from the workers' own reads and heartbeats.
             Workload::Ttl => {}
         }
@@ -1221,6 +1537,7 @@ pub async fn final_reads(
                         .is_some()
                 }
                 Workload::Link => link_read(ctx, &client, p, &key, true).await,
+                Workload::Share => share_read(ctx, &client, p, true).await,
                 Workload::Ttl => true, // no keys
             };
             if done {

@@ -15,6 +15,7 @@ pub mod link;
 pub mod pool;
 pub mod register;
 pub mod session;
+pub mod share;
 pub mod ttl;
 
 use std::collections::BTreeMap;
@@ -32,7 +33,9 @@ pub struct Anomaly {
     /// `not-linearizable`, `lost-write`, `double-lease`, `lease-expired-early`,
     /// `fenced-write-accepted`, `fenced-handoff-accepted`, `progress-went-back`, `live-user-expired`,
     /// `silent-user-not-expired`, `silent-user-expired-early`, `lost-count`,
-    /// `double-count`, `ranking-out-of-order`, `ranking-disagrees-with-counts`.
+    /// `double-count`, `ranking-out-of-order`, `ranking-disagrees-with-counts`,
+    /// `oversubscribed`, `lost-commit`, `non-friend-access`, `non-friend-share`,
+    /// `retry-not-idempotent`.
     pub kind: String,
     /// The workload.
     pub workload: String,
@@ -113,6 +116,12 @@ pub fn check(ops: &[Op], budget: Duration) -> Report {
     if !link_ops.is_empty() {
         anomalies.extend(link::check(&link_ops));
     }
+    // So do the share checks: capacity is per server, friendships and
+    // request ids span shares.
+    let share_ops: Vec<&Op> = ops.iter().filter(|o| o.workload == "share").collect();
+    if !share_ops.is_empty() {
+        anomalies.extend(share::check(&share_ops));
+    }
     for ((workload, key), key_ops) in &by_key {
         let verdict = match workload.as_str() {
             "register" => {
@@ -150,7 +159,7 @@ pub fn check(ops: &[Op], budget: Duration) -> Report {
                 Verdict::Linearizable
             }
             // Checked above, over every key at once.
-            "link" => Verdict::Linearizable,
+            "link" | "share" => Verdict::Linearizable,
             _ => Verdict::Linearizable,
         };
         match verdict {

@@ -887,3 +887,219 @@ fn a_ranking_against_the_counts_is_reported() {
         ["ranking-disagrees-with-counts", "ranking-out-of-order"]
     );
 }
+
+/// Share-workload ops on `key`; the setup facts as the workload records
+/// them (one server of 1000 bytes, u0 and u1 friends).
+impl H {
+    #[allow(clippy::too_many_arguments)]
+    fn sh(
+        self,
+        p: u64,
+        f: &str,
+        key: &str,
+        input: Value,
+        output: Value,
+        outcome: Outcome,
+        times: (u64, Option<u64>),
+    ) -> H {
+        let mut h = self.op(p, "share", f, input, output, outcome, None, times);
+        if let Some(last) = h.0.last_mut() {
+            last.key = key.into();
+        }
+        h
+    }
+    fn share_setup(self) -> H {
+        self.sh(
+            9,
+            "register-storage",
+            "st-a",
+            json!({"server": "st-a", "capacity": 1000}),
+            json!({}),
+            Outcome::Ok,
+            (0, Some(1)),
+        )
+        .sh(
+            9,
+            "befriend",
+            "u0|u1",
+            json!({"user": "u0", "friend": "u1"}),
+            json!({}),
+            Outcome::Ok,
+            (2, Some(3)),
+        )
+    }
+    /// A share request of u0 for u1; `answer` = (share id, server), or an
+    /// unknown outcome.
+    fn share(self, rid: &str, receivers: &[&str], answer: Option<(u64, &str)>, t: (u64, u64)) -> H {
+        let input = json!({"rid": rid, "owner": "u0", "receivers": receivers, "size": 500});
+        let (output, outcome, done) = match answer {
+            Some((id, server)) => (
+                json!({"share_id": id, "owner": "u0", "server": server, "size": 500,
+                       "state": "RESERVED", "replayed": false}),
+                Outcome::Ok,
+                Some(t.1),
+            ),
+            None => (Value::Null, Outcome::Info, None),
+        };
+        self.sh(1, "share", "u0", input, output, outcome, (t.0, done))
+    }
+    fn commit(self, id: u64, size: u64, t: (u64, u64)) -> H {
+        self.sh(
+            1,
+            "commit",
+            &id.to_string(),
+            json!({"share_id": id, "size": size}),
+            json!({"share_id": id, "owner": "u0", "server": "st-a", "size": size,
+                   "state": "COMMITTED"}),
+            Outcome::Ok,
+            (t.0, Some(t.1)),
+        )
+    }
+    fn delete(self, id: u64, known: bool, t: (u64, u64)) -> H {
+        let (output, outcome, done) = if known {
+            (json!({}), Outcome::Ok, Some(t.1))
+        } else {
+            (Value::Null, Outcome::Info, None)
+        };
+        self.sh(
+            1,
+            "delete",
+            &id.to_string(),
+            json!({"share_id": id}),
+            output,
+            outcome,
+            (t.0, done),
+        )
+    }
+    fn access(self, id: u64, user: &str, granted: bool, t: (u64, u64)) -> H {
+        let (output, outcome) = if granted {
+            (
+                json!({"share_id": id, "owner": "u0", "server": "st-a"}),
+                Outcome::Ok,
+            )
+        } else {
+            (
+                json!({"code": "PermissionDenied", "reason": "NOT_FRIEND"}),
+                Outcome::Fail,
+            )
+        };
+        self.sh(
+            2,
+            "access",
+            &id.to_string(),
+            json!({"share_id": id, "user": user, "owner": "u0"}),
+            output,
+            outcome,
+            (t.0, Some(t.1)),
+        )
+    }
+    /// A read of st-a: (reserved, committed) of its 1000 bytes.
+    fn storage(self, reserved: u64, committed: u64, t: (u64, u64), fin: bool) -> H {
+        self.sh(
+            3,
+            "storage",
+            "storage",
+            json!({"final": fin}),
+            json!({"servers": [{"server": "st-a", "capacity": 1000, "reserved": reserved,
+                                "committed": committed, "shares": 2}]}),
+            Outcome::Ok,
+            (t.0, Some(t.1)),
+        )
+    }
+}
+
+#[test]
+fn a_share_history_with_retries_refusals_and_deletes_is_valid() {
+    let r = H::new()
+        .share_setup()
+        .share("r1", &["u1"], None, (10, 15)) // unknown...
+        .share("r1", &["u1"], Some((1, "st-a")), (16, 20)) // ...the retry: the same share
+        .commit(1, 400, (21, 30))
+        .share("r2", &["u1"], Some((2, "st-a")), (31, 40))
+        .commit(2, 500, (41, 50))
+        .storage(0, 900, (51, 60), false)
+        .access(1, "u1", true, (61, 62)) // a friend
+        .access(1, "u0", true, (63, 64)) // the owner
+        .access(1, "u2", false, (65, 66)) // refused: never a friend
+        .delete(1, true, (70, 80))
+        .share("r3", &["u1"], Some((3, "st-a")), (81, 90))
+        .commit(3, 500, (91, 100)) // 500 + 500 after share 1 went
+        .delete(2, false, (101, 102)) // unknown: may be gone
+        .storage(0, 500, (110, 120), true)
+        .check();
+    assert!(r.valid, "{r:#?}");
+}
+
+#[test]
+fn a_storage_read_over_capacity_is_oversubscribed() {
+    let r = H::new()
+        .share_setup()
+        .storage(300, 800, (10, 20), false)
+        .check();
+    assert_eq!(kinds(&r), ["oversubscribed"]);
+}
+
+#[test]
+fn acknowledged_commits_over_capacity_are_oversubscribed() {
+    // No read at all: 600 + 600 committed and never deleted on 1000 bytes.
+    let r = H::new()
+        .share_setup()
+        .share("r1", &["u1"], Some((1, "st-a")), (10, 20))
+        .commit(1, 600, (21, 30))
+        .share("r2", &["u1"], Some((2, "st-a")), (31, 40))
+        .commit(2, 600, (41, 50))
+        .check();
+    assert_eq!(kinds(&r), ["oversubscribed"]);
+    // With the first deleted before the second commit, it fits.
+    let r = H::new()
+        .share_setup()
+        .share("r1", &["u1"], Some((1, "st-a")), (10, 20))
+        .commit(1, 600, (21, 30))
+        .delete(1, true, (31, 35))
+        .share("r2", &["u1"], Some((2, "st-a")), (36, 40))
+        .commit(2, 600, (41, 50))
+        .check();
+    assert!(r.valid, "{r:#?}");
+}
+
+#[test]
+fn a_committed_share_missing_from_a_read_is_a_lost_commit() {
+    let r = H::new()
+        .share_setup()
+        .share("r1", &["u1"], Some((1, "st-a")), (10, 20))
+        .commit(1, 400, (21, 30))
+        .storage(0, 0, (40, 50), true)
+        .check();
+    assert_eq!(kinds(&r), ["lost-commit"]);
+}
+
+#[test]
+fn access_granted_to_a_non_friend_is_reported() {
+    let r = H::new()
+        .share_setup()
+        .share("r1", &["u1"], Some((1, "st-a")), (10, 20))
+        .commit(1, 400, (21, 30))
+        .access(1, "u3", true, (31, 32))
+        .check();
+    assert_eq!(kinds(&r), ["non-friend-access"]);
+}
+
+#[test]
+fn a_share_admitted_for_a_non_friend_is_reported() {
+    let r = H::new()
+        .share_setup()
+        .share("r1", &["u1", "u4"], Some((1, "st-a")), (10, 20))
+        .check();
+    assert_eq!(kinds(&r), ["non-friend-share"]);
+}
+
+#[test]
+fn a_retry_answered_with_another_share_is_not_idempotent() {
+    let r = H::new()
+        .share_setup()
+        .share("r1", &["u1"], None, (10, 15))
+        .share("r1", &["u1"], Some((1, "st-a")), (16, 20))
+        .share("r1", &["u1"], Some((2, "st-a")), (21, 25))
+        .check();
+    assert_eq!(kinds(&r), ["retry-not-idempotent"]);
+}
