@@ -3,8 +3,12 @@
 //!
 //! For each system: start a fresh 3-node cluster on loopback, write every
 //! key once, run each workload for a warm-up and a measured window, kill -9
-//! the leader under write load a few times, stop. Then, for Herald only,
-//! load many presence records into a fresh cluster and restart it. Results
+//! the leader under write load a few times, stop. Then issue 20's linked
+//! catalogs (`herald_bench::link`) on a fresh cluster of each system: load
+//! N items, measure count updates per second and top-20 lookup latency
+//! (etcd: read-modify-write txns, and a range read sorted client-side).
+//! Then, for Herald only, load many presence records into a fresh cluster
+//! and restart it. Results
 //! go to `results/<timestamp>/` (markdown, JSON, SVG) and the table to
 //! stdout; progress goes to stderr.
 //!
@@ -30,6 +34,7 @@ use clap::Parser;
 use herald_bench::driver::{self, Load, Mix};
 use herald_bench::etcd::{self, EtcdCluster};
 use herald_bench::herald::HeraldCluster;
+use herald_bench::link::{self, LinkPlan};
 use herald_bench::overload::report::{OverloadReport, overload_markdown};
 use herald_bench::overload::{self, OverloadPlan, Setup};
 use herald_bench::procfs;
@@ -103,9 +108,21 @@ struct Args {
     /// Skip the memory and restart test.
     #[arg(long)]
     skip_memory: bool,
-    /// Only these workloads (comma-separated names, e.g. write-c16,read-c64).
+    /// Only these workloads (comma-separated names, e.g. write-c16,read-c64;
+    /// `link` for the linked-catalog scenario).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Skip the linked-catalog scenario (issue 20).
+    #[arg(long)]
+    skip_link: bool,
+    /// Shop items of the linked-catalog scenario, on each system
+    /// [default: 1000000, --tiny 2000].
+    #[arg(long)]
+    link_items: Option<u64>,
+    /// Top-20 lookups the linked-catalog scenario measures at least, past
+    /// its window if need be [default: 20, --tiny 5].
+    #[arg(long)]
+    link_min_lookups: Option<u64>,
     /// Where the clusters' data dirs and logs live during the run
     /// [default: $TMPDIR/herald-bench-<timestamp>]; removed afterwards
     /// unless --keep-work.
@@ -218,6 +235,8 @@ struct Plan {
     workloads: Vec<Workload>,
     /// Herald clients coalesce calls into `Batch` round trips.
     coalesce: bool,
+    /// The linked-catalog scenario, unless skipped.
+    link: Option<LinkPlan>,
 }
 
 /// mimalloc: the generator runs on the servers' cores, so every cycle it
@@ -262,7 +281,7 @@ async fn run(args: Args) -> Result<()> {
     let tiny = args.tiny;
     let all = workloads();
     for name in &args.only {
-        if !all.iter().any(|w| w.name == name) {
+        if name != "link" && !all.iter().any(|w| w.name == name) {
             let names: Vec<&str> = all.iter().map(|w| w.name).collect();
             bail!(
                 "--only {name}: no such workload (have {})",
@@ -290,6 +309,28 @@ async fn run(args: Args) -> Result<()> {
             .into_iter()
             .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.name))
             .collect(),
+        link: (!args.skip_link && (args.only.is_empty() || args.only.iter().any(|o| o == "link")))
+            .then(|| LinkPlan {
+                items: args
+                    .link_items
+                    .unwrap_or(if tiny { 2_000 } else { 1_000_000 }),
+                load_limit: args.load_limit,
+                warmup: if tiny {
+                    Duration::from_millis(500)
+                } else {
+                    args.warmup.unwrap_or(Duration::from_secs(2))
+                },
+                duration: if tiny {
+                    Duration::from_secs(1)
+                } else {
+                    args.duration.unwrap_or(Duration::from_secs(10))
+                },
+                min_lookups: args.link_min_lookups.unwrap_or(if tiny { 5 } else { 20 }),
+                connections: args.connections.max(1),
+                count_concurrency: 64,
+                lookup_concurrency: 1,
+                seed: args.seed,
+            }),
     };
     let (out, work, node_bin, etcd_bin) = prepare(&args, &stamp, "")?;
 
@@ -325,6 +366,42 @@ async fn run(args: Args) -> Result<()> {
             kernel()
         ),
     );
+    if let Some(lp) = &plan.link {
+        params.insert(
+            "link scenario".into(),
+            format!(
+                "{} shop items all linked to one album item (a lookup ranks the whole shop); \
+                 count updates: {} in flight, 1 in {} a purchase, score = selections * {} + \
+                 purchases * {}; top-{} lookups: {} in flight, linearizable, at least {}; \
+                 windows {:?} after {:?} of warm-up; load limit {:?}",
+                lp.items,
+                lp.count_concurrency,
+                100 / link::PURCHASE_PERCENT,
+                link::SELECTION_WEIGHT,
+                link::PURCHASE_WEIGHT,
+                link::TOP,
+                lp.lookup_concurrency,
+                lp.min_lookups,
+                lp.duration,
+                lp.warmup,
+                lp.load_limit
+            ),
+        );
+        params.insert(
+            "link on etcd".into(),
+            format!(
+                "items under {} (value: counts and model); count update = get, then a txn \
+                 putting the new counts and a {}<request id> marker if the item's mod_revision \
+                 is unchanged and the marker absent (again on a conflict; markers are never \
+                 removed); lookup = range read of the prefix in pages of {} keys at one \
+                 revision, sorted client-side, first {}",
+                link::ETCD_ITEMS,
+                link::ETCD_REQUESTS,
+                link::ETCD_PAGE,
+                link::TOP
+            ),
+        );
+    }
     params.insert(
         "etcd batch read".into(),
         "one txn of 100 gets (a single linearizable round trip)".into(),
@@ -368,6 +445,9 @@ async fn run(args: Args) -> Result<()> {
     for (m, &tls) in modes.iter().enumerate() {
         let suffix = if tls { "+tls" } else { "" };
         let failover = !args.skip_failover && m == 0;
+        if plan.workloads.is_empty() && !failover {
+            continue;
+        }
         if let Some(bin) = &etcd_bin {
             eprintln!(
                 "== etcd{suffix}: 3 members on 127.0.0.1:{}..",
@@ -411,6 +491,52 @@ async fn run(args: Args) -> Result<()> {
                 eprintln!("--- node{id} log tail ---\n{}", cluster.log_tail(id, 10));
             }
             return Err(e);
+        }
+    }
+    if let Some(lp) = &plan.link {
+        eprintln!("== herald link: {} items", lp.items);
+        let mut cluster = HeraldCluster::start(
+            &node_bin,
+            &work.join("herald-link"),
+            args.herald_base_port,
+            3,
+            modes[0],
+        )
+        .await?;
+        let result = link::herald(&cluster, lp).await;
+        cluster.stop().await;
+        match result {
+            Ok(r) => report.link.push(r),
+            Err(e) => {
+                for id in cluster.ids() {
+                    eprintln!("--- node{id} log tail ---\n{}", cluster.log_tail(id, 10));
+                }
+                return Err(e);
+            }
+        }
+        save(&out, &report)?;
+        if let Some(bin) = &etcd_bin {
+            eprintln!("== etcd link: {} items", lp.items);
+            let mut cluster = EtcdCluster::start(
+                bin,
+                &work.join("etcd-link"),
+                args.etcd_base_port,
+                3,
+                modes[0],
+            )
+            .await?;
+            let result = link::etcd(&cluster, lp).await;
+            cluster.stop().await;
+            match result {
+                Ok(r) => report.link.push(r),
+                Err(e) => {
+                    for i in 0..3 {
+                        eprintln!("--- etcd{i} log tail ---\n{}", cluster.log_tail(i, 10));
+                    }
+                    return Err(e);
+                }
+            }
+            save(&out, &report)?;
         }
     }
     if !args.skip_memory {

@@ -67,6 +67,130 @@ pub struct MemoryRestart {
     pub rss_after_restart: BTreeMap<u64, u64>,
 }
 
+/// Issue 20's linked-catalog scenario on one system (see
+/// [`crate::link`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LinkResult {
+    /// [`HERALD`] or [`ETCD`].
+    pub system: String,
+    /// Items asked for.
+    pub target_items: u64,
+    /// Items loaded (fewer than asked when the time limit struck).
+    pub items: u64,
+    /// Seconds the load took.
+    pub load_seconds: f64,
+    /// Failed load requests.
+    pub load_errors: u64,
+    /// How the items were loaded.
+    pub load_method: String,
+    /// RSS per server process before the load, bytes, by name.
+    pub rss_before: BTreeMap<String, u64>,
+    /// RSS per server process after the load, bytes, by name.
+    pub rss_after: BTreeMap<String, u64>,
+    /// Count updates in flight.
+    pub count_concurrency: usize,
+    /// Count updates: throughput and latency.
+    pub counts: Summary,
+    /// etcd's read-modify-write conflicts (each cost another get and txn).
+    pub count_conflicts: u64,
+    /// Lookups in flight.
+    pub lookup_concurrency: usize,
+    /// Top-20 lookups: throughput and latency.
+    pub lookups: Summary,
+    /// The best score after the count updates.
+    pub top_score: u64,
+    /// The first error seen, if any.
+    pub first_error: Option<String>,
+}
+
+impl LinkResult {
+    /// The largest RSS growth of one server process over the load, per
+    /// item loaded, bytes.
+    pub fn rss_growth_per_item(&self) -> Option<f64> {
+        if self.items == 0 {
+            return None;
+        }
+        self.rss_after
+            .iter()
+            .filter_map(|(name, after)| {
+                let before = self.rss_before.get(name)?;
+                Some(after.saturating_sub(*before) as f64 / self.items as f64)
+            })
+            .max_by(f64::total_cmp)
+    }
+}
+
+/// The linked-catalog table: one column per system.
+pub fn link_table(results: &[LinkResult]) -> String {
+    let mut out = String::from("| | ");
+    let names: Vec<&str> = results.iter().map(|r| r.system.as_str()).collect();
+    out.push_str(&names.join(" | "));
+    out.push_str(" |\n|---|");
+    out.push_str(&"---:|".repeat(results.len()));
+    out.push('\n');
+    let row = |out: &mut String, label: &str, cell: &dyn Fn(&LinkResult) -> String| {
+        let cells: Vec<String> = results.iter().map(cell).collect();
+        let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
+    };
+    row(&mut out, "items loaded (asked)", &|r| {
+        format!("{} ({})", r.items, r.target_items)
+    });
+    row(&mut out, "load", &|r| {
+        format!(
+            "{:.1} s, {:.0} items/s, {} errors; {}",
+            r.load_seconds,
+            if r.load_seconds > 0.0 {
+                r.items as f64 / r.load_seconds
+            } else {
+                0.0
+            },
+            r.load_errors,
+            r.load_method
+        )
+    });
+    row(&mut out, "count updates/s", &|r| {
+        format!("{:.0} (c{})", r.counts.throughput, r.count_concurrency)
+    });
+    row(&mut out, "count update p50 / p99 ms", &|r| {
+        format!("{:.2} / {:.2}", r.counts.p50_ms, r.counts.p99_ms)
+    });
+    row(&mut out, "count errors / txn conflicts", &|r| {
+        format!("{} / {}", r.counts.errors, r.count_conflicts)
+    });
+    row(&mut out, "top-20 lookup p50 / p99 ms", &|r| {
+        format!("{:.2} / {:.2}", r.lookups.p50_ms, r.lookups.p99_ms)
+    });
+    row(
+        &mut out,
+        "top-20 lookups measured (in flight), per s",
+        &|r| {
+            format!(
+                "{} (c{}), {:.1}/s, {} errors",
+                r.lookups.ops, r.lookup_concurrency, r.lookups.throughput, r.lookups.errors
+            )
+        },
+    );
+    row(
+        &mut out,
+        "RSS growth per item, bytes (largest process)",
+        &|r| {
+            r.rss_growth_per_item()
+                .map_or("—".into(), |b| format!("{b:.0}"))
+        },
+    );
+    row(&mut out, "RSS after load MiB (per process)", &|r| {
+        r.rss_after
+            .iter()
+            .map(|(name, b)| format!("{name} {:.0}", mib(*b)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    row(&mut out, "best score after the counts", &|r| {
+        r.top_score.to_string()
+    });
+    out
+}
+
 /// Everything one invocation measured.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Report {
@@ -82,6 +206,8 @@ pub struct Report {
     pub failover: Vec<Failover>,
     /// Herald's memory and restart figures, when measured.
     pub memory: Option<MemoryRestart>,
+    /// Issue 20's linked-catalog scenario, per system.
+    pub link: Vec<LinkResult>,
     /// Things that went wrong and are worth a look.
     pub notes: Vec<String>,
 }
@@ -241,6 +367,15 @@ pub fn markdown(report: &Report) -> String {
     if let Some(m) = &report.memory {
         out.push_str("\n## Herald memory and restart\n\n");
         out.push_str(&memory_table(m));
+    }
+    if !report.link.is_empty() {
+        out.push_str("\n## Linked catalogs (P-link): count updates and top-20 lookups\n\n");
+        out.push_str(&link_table(&report.link));
+        for r in &report.link {
+            if let Some(e) = &r.first_error {
+                let _ = writeln!(out, "\n{} link: first error: {e}", r.system);
+            }
+        }
     }
     if !report.notes.is_empty() {
         out.push_str("\n## Notes\n\n");

@@ -46,6 +46,14 @@ pub struct EtcdConnection {
     current: AtomicUsize,
 }
 
+impl EtcdConnection {
+    /// The client of the endpoint this connection is on.
+    pub fn kv(&self) -> KvClient {
+        let index = self.current.load(Ordering::Relaxed) % self.clients.len();
+        self.clients[index].clone()
+    }
+}
+
 impl Target {
     /// Herald clients over `endpoints`, client `c` preferring endpoint
     /// `(first + c) % len`; `coalesce` as in [`ClientConfig::coalesce`].

@@ -95,3 +95,52 @@ fn proc_parsing() {
     assert_eq!(parse_status_kb(status, "VmHWM"), Some(204_800));
     assert_eq!(parse_status_kb(status, "VmSwap"), None);
 }
+
+fn link(system: &str, items: u64, before: u64, after: u64) -> herald_bench::report::LinkResult {
+    herald_bench::report::LinkResult {
+        system: system.into(),
+        target_items: 1000,
+        items,
+        load_seconds: 2.0,
+        rss_before: [("a".to_string(), before), ("b".to_string(), before)].into(),
+        rss_after: [("a".to_string(), after), ("b".to_string(), before + 100)].into(),
+        counts: Summary {
+            throughput: 5000.0,
+            p50_ms: 1.0,
+            p99_ms: 4.0,
+            ..Summary::default()
+        },
+        lookups: Summary {
+            ops: 20,
+            p50_ms: 0.5,
+            p99_ms: 0.9,
+            ..Summary::default()
+        },
+        count_concurrency: 64,
+        lookup_concurrency: 1,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn link_table_has_a_column_per_system_and_memory_per_item() {
+    let herald = link(HERALD, 1000, 1 << 20, (1 << 20) + 200_000);
+    assert_eq!(herald.rss_growth_per_item(), Some(200.0));
+    assert_eq!(link(ETCD, 0, 0, 0).rss_growth_per_item(), None);
+    let table = herald_bench::report::link_table(&[herald, link(ETCD, 500, 0, 50_000)]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "| | herald | etcd |", "{table}");
+    assert_eq!(lines[1], "|---|---:|---:|");
+    assert!(
+        table.contains("| items loaded (asked) | 1000 (1000) | 500 (1000) |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| top-20 lookup p50 / p99 ms | 0.50 / 0.90 | 0.50 / 0.90 |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| RSS growth per item, bytes (largest process) | 200 | 100 |"),
+        "{table}"
+    );
+}
