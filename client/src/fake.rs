@@ -87,6 +87,20 @@ impl FakeNode {
     }
 }
 
+/// A watch stream of `events` that fails with `Unavailable` after
+/// `break_after` of them, or stays open after the last.
+fn scripted<T: Send + 'static>(
+    events: Vec<Result<T, Status>>,
+    break_after: Option<usize>,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+    match break_after {
+        Some(n) => Box::pin(futures::stream::iter(events.into_iter().take(n)).chain(
+            futures::stream::once(async { Err(Status::unavailable("shutting down")) }),
+        )),
+        None => Box::pin(futures::stream::iter(events).chain(futures::stream::pending())),
+    }
+}
+
 pub fn event(revision: u64, uid: &str) -> PresenceEvent {
     PresenceEvent {
         revision,
@@ -229,13 +243,7 @@ impl Herald for Fake {
             .cloned()
             .map(Ok)
             .collect();
-        let stream: Self::WatchStream = match script.break_watch_after {
-            Some(n) => Box::pin(futures::stream::iter(events.into_iter().take(n)).chain(
-                futures::stream::once(async { Err(Status::unavailable("shutting down")) }),
-            )),
-            None => Box::pin(futures::stream::iter(events).chain(futures::stream::pending())),
-        };
-        Ok(Response::new(stream))
+        Ok(Response::new(scripted(events, script.break_watch_after)))
     }
     async fn connect_session(&self, _: Request<ConnectRequest>) -> Res<ConnectResponse> {
         no("connect_session")
@@ -331,13 +339,7 @@ impl Herald for Fake {
             .cloned()
             .map(Ok)
             .collect();
-        let stream: Self::WatchSessionsStream = match script.break_watch_after {
-            Some(n) => Box::pin(futures::stream::iter(events.into_iter().take(n)).chain(
-                futures::stream::once(async { Err(Status::unavailable("shutting down")) }),
-            )),
-            None => Box::pin(futures::stream::iter(events).chain(futures::stream::pending())),
-        };
-        let mut response = Response::new(stream);
+        let mut response = Response::new(scripted(events, script.break_watch_after));
         response
             .metadata_mut()
             .insert(crate::START_REVISION_HEADER, start.into());
@@ -517,12 +519,13 @@ mod tests {
             Client::new(vec![a.endpoint(), b.endpoint(), c.endpoint()]).expect("endpoints");
         let mut stream = client.watch_sessions_resumed(WatchSessionsRequest::default());
         let mut got = Vec::new();
-        for _ in 0..4 {
-            let e = stream
-                .next()
-                .await
-                .expect("an event")
-                .expect("not an error");
+        while got.len() < 4 {
+            // A watch that lost events waits for ever: give up after a while.
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next());
+            let Ok(e) = next.await else {
+                panic!("only {got:?} came: a resume lost events");
+            };
+            let e = e.expect("an event").expect("not an error");
             got.push((e.revision, e.session.unwrap().session_id));
         }
         assert_eq!(got, [(5, 1), (9, 1), (9, 2), (10, 3)]);

@@ -338,7 +338,7 @@ impl<F: Feed> Watch<F> {
             match opened {
                 Ok(Ok(response)) => {
                     if !self.anchored {
-                        let named = response
+                        let named: Option<u64> = response
                             .metadata()
                             .get(START_REVISION_HEADER)
                             .and_then(|v| v.to_str().ok())

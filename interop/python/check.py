@@ -185,16 +185,14 @@ def main():
         pb.ConnectRequest(terminal=phone, app_url="https://apps.example/quiz", capabilities=["video"]),
         timeout=t,
     ).session
-    moved = api.Handoff(
-        pb.HandoffRequest(
-            session_id=session.session_id,
-            mode=pb.PUSH,
-            initiator=phone,
-            candidates=[pb.Candidate(terminal=tv, capabilities=["video"])],
-            epoch=session.epoch,
-        ),
-        timeout=t,
+    push = pb.HandoffRequest(
+        session_id=session.session_id,
+        mode=pb.PUSH,
+        initiator=phone,
+        candidates=[pb.Candidate(terminal=tv, capabilities=["video"])],
+        epoch=session.epoch,
     )
+    moved = api.Handoff(push, timeout=t)
     check(moved.accepted and moved.session.epoch == session.epoch + 1, "the push hands the session over")
     told = next(watch)
     check(
@@ -206,16 +204,7 @@ def main():
     watch.cancel()
     check(
         refused(
-            lambda: api.Handoff(
-                pb.HandoffRequest(
-                    session_id=session.session_id,
-                    mode=pb.PUSH,
-                    initiator=phone,
-                    candidates=[pb.Candidate(terminal=tv, capabilities=["video"])],
-                    epoch=session.epoch,
-                ),
-                timeout=t,
-            ),
+            lambda: api.Handoff(push, timeout=t),
             grpc.StatusCode.FAILED_PRECONDITION,
             "FENCED",
         ),

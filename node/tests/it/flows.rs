@@ -78,6 +78,29 @@ async fn tv_platform(cl: &mut HeraldClient<Channel>, units: Vec<UnitSpec>) -> Pl
     .unwrap()
 }
 
+/// One pool per unit of `p` (one account, at most `max_size`), in the
+/// units' order.
+async fn pool_per_unit(cl: &mut HeraldClient<Channel>, p: &Platform, max_size: u32) -> Vec<u64> {
+    let mut pools = Vec::new();
+    for u in &p.units {
+        let pool = cl
+            .create_pool(CreatePoolRequest {
+                unit_id: u.unit_id,
+                name: u.spec.as_ref().unwrap().name.clone(),
+                provision: 1,
+                max_size,
+                default_ttl_ms: 60_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pool
+            .unwrap();
+        pools.push(pool.pool_id);
+    }
+    pools
+}
+
 fn refused(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, reason: &str) {
     let status = r.expect_err("expected a refusal");
     assert_eq!(status.code(), code, "{status:?}");
@@ -299,23 +322,7 @@ async fn lease_and_login_logs_in_and_a_closed_or_out_of_period_unit_leases_nothi
         ],
     )
     .await;
-    let mut pools = Vec::new();
-    for u in &p.units {
-        let pool = cl
-            .create_pool(CreatePoolRequest {
-                unit_id: u.unit_id,
-                name: u.spec.as_ref().unwrap().name.clone(),
-                provision: 1,
-                max_size: 1,
-                default_ttl_ms: 60_000,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pool
-            .unwrap();
-        pools.push(pool.pool_id);
-    }
+    let pools = pool_per_unit(&mut cl, &p, 1).await;
     let lease = |pool_id: u64, rid: &str| LeaseAndLoginRequest {
         lease: Some(LeaseRequest {
             pool_id,
@@ -650,23 +657,7 @@ async fn web_pages_lease_log_in_ask_first_access_and_follow_sessions_over_http()
         ],
     )
     .await;
-    let mut pools = Vec::new();
-    for u in &p.units {
-        let pool = cl
-            .create_pool(CreatePoolRequest {
-                unit_id: u.unit_id,
-                name: u.spec.as_ref().unwrap().name.clone(),
-                provision: 1,
-                max_size: 2,
-                default_ttl_ms: 60_000,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pool
-            .unwrap();
-        pools.push(pool.pool_id);
-    }
+    let pools = pool_per_unit(&mut cl, &p, 2).await;
     cl.set_content_units(SetContentUnitsRequest {
         platform_id: p.platform_id,
         content_id: "film".into(),
