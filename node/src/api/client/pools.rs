@@ -268,7 +268,7 @@ impl HeraldService {
         };
         let answer = match registered {
             Some(now) => self.registered_login(&r, now).await?,
-            None => self.check_login(&r, secret.as_ref()),
+            None => self.check_login(&r, secret.as_ref(), Judge::NodeClock),
         };
         if answer.service.is_some() {
             self.unit_took(r.unit_id, started);
@@ -282,10 +282,14 @@ impl HeraldService {
         &self,
         r: &AccountLoginRequest,
         secret: Option<&state::SecretHash>,
+        judge: Judge,
     ) -> AccountLoginResponse {
         let m = self.node.store().read();
-        // Never judge a lease by a time earlier than the state has seen.
-        let now = self.node.clock().now_ms().max(m.state.now_ms());
+        let now = match judge {
+            // Never judge a lease by a time earlier than the state has seen.
+            Judge::NodeClock => self.node.clock().now_ms().max(m.state.now_ms()),
+            Judge::StateTime => m.state.now_ms(),
+        };
         let outcome = m
             .state
             .check_login(r.unit_id, &r.account, &r.password, &r.user, secret, now);
@@ -326,11 +330,26 @@ impl HeraldService {
             lease_secret: leased.lease_secret.clone(),
         };
         let secret = state::SecretHash::of(&leased.lease_secret);
-        let login = self.check_login(&login, Some(&secret));
+        // Judged at the cluster time of the state this read linearized to,
+        // which holds the lease: a node whose own clock jumped ahead must not
+        // refuse the lease it has just granted (the chaos smoke's clock-jump
+        // did, before).
+        let login = self.check_login(&login, Some(&secret), Judge::StateTime);
         self.unit_took(service.unit_id, started);
         Ok(Response::new(LeaseAndLoginResponse {
             lease: Some(leased),
             login: Some(login),
         }))
     }
+}
+
+/// The time a login is judged at (lease expiry, the unit's service period).
+#[derive(Clone, Copy)]
+enum Judge {
+    /// This node's clock, never before the state's own time: a login on
+    /// its own (`AccountLogin`).
+    NodeClock,
+    /// The time of the last entry this node applied: the automatic login,
+    /// right after a linearizable read that covers its lease.
+    StateTime,
 }
