@@ -42,6 +42,8 @@ pub struct Script {
     pub invalid_uid: Option<String>,
     /// How long a write takes to answer.
     pub write_delay: std::time::Duration,
+    /// Answer leases (after `write_delay`) with `ResourceExhausted`.
+    pub pool_exhausted: bool,
     /// How many calls each `Batch` carried, in arrival order.
     pub batch_sizes: Vec<usize>,
 }
@@ -273,6 +275,15 @@ impl Herald for Fake {
         no("create_pool")
     }
     async fn lease_account(&self, _: Request<LeaseRequest>) -> Res<LeaseResponse> {
+        self.count();
+        let (exhausted, delay) = {
+            let script = self.script.lock().expect("lock");
+            (script.pool_exhausted, script.write_delay)
+        };
+        tokio::time::sleep(delay).await;
+        if exhausted {
+            return Err(Status::resource_exhausted("pool 1 has no free account"));
+        }
         no("lease_account")
     }
     async fn renew_lease(&self, _: Request<RenewRequest>) -> Res<RenewResponse> {
@@ -570,6 +581,39 @@ mod tests {
             .await
             .expect("served by b");
         assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// An idempotent write whose first attempt went unanswered and whose
+    /// retry is refused is unknown, not refused: the first may still apply.
+    #[tokio::test]
+    async fn a_refused_retry_after_an_unanswered_attempt_is_unknown() {
+        let a = FakeNode::start(Script {
+            write_delay: std::time::Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await;
+        let b = FakeNode::start(Script {
+            pool_exhausted: true,
+            ..Default::default()
+        })
+        .await;
+        let config = crate::ClientConfig {
+            route_by_owner: false,
+            request_timeout: std::time::Duration::from_millis(200),
+            ..Default::default()
+        };
+        let client = Client::with_config(vec![a.endpoint(), b.endpoint()], config).unwrap();
+        let err = client
+            .lease_account(LeaseRequest {
+                pool_id: 1,
+                user: "viewer".into(),
+                ttl_ms: 0,
+                request_id: "r1".into(),
+            })
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, ClientError::Unknown(_)), "{err:?}");
+        assert_eq!(b.calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -431,6 +431,22 @@ impl Client {
             {
                 Ok(resp) => return Ok(resp),
                 Err(Failed::Status(status)) => match classify(&status) {
+                    // A retry refused while an earlier attempt went
+                    // unanswered proves nothing about that attempt: it may
+                    // still be in flight (a stalled link, an old leader's
+                    // queue) and apply after this refusal, when its request
+                    // id finds no lease to replay yet. The chaos soak saw a
+                    // lease refused POOL_EXHAUSTED granted 2.5 s later.
+                    Outcome::Definite if maybe_applied => {
+                        return Err(ClientError::Unknown(
+                            format!(
+                                "{method}: an earlier attempt went unanswered ({last_error}) and \
+                                 may still be applied; this retry was refused: {}",
+                                describe(&status)
+                            )
+                            .into(),
+                        ));
+                    }
                     Outcome::Definite => return Err(ClientError::from(status)),
                     outcome => (outcome, describe(&status)),
                 },
