@@ -788,7 +788,20 @@ impl H {
         outcome: Outcome,
         times: (u64, Option<u64>),
     ) -> H {
-        let mut h = self.op(p, "link", f, input, output, outcome, None, times);
+        self.keyed("link", (p, f, key), input, output, outcome, times)
+    }
+
+    /// An op of `workload` on its own key (the other builders use "k").
+    fn keyed(
+        self,
+        workload: &str,
+        (p, f, key): (u64, &str, &str),
+        input: Value,
+        output: Value,
+        outcome: Outcome,
+        times: (u64, Option<u64>),
+    ) -> H {
+        let mut h = self.op(p, workload, f, input, output, outcome, None, times);
         if let Some(last) = h.0.last_mut() {
             last.key = key.into();
         }
@@ -902,11 +915,7 @@ impl H {
         outcome: Outcome,
         times: (u64, Option<u64>),
     ) -> H {
-        let mut h = self.op(p, "share", f, input, output, outcome, None, times);
-        if let Some(last) = h.0.last_mut() {
-            last.key = key.into();
-        }
-        h
+        self.keyed("share", (p, f, key), input, output, outcome, times)
     }
     fn share_setup(self) -> H {
         self.sh(
