@@ -652,6 +652,9 @@ fn heraldctl_drives_a_playground_cluster() {
             "1000",
         ],
     );
+    let beat = json(&pg, &["share", "storage-up", "s1", "--ttl", "30s"]);
+    assert_eq!(beat["servers"][0]["heartbeat_ttl_ms"], 30_000, "{beat}");
+    assert_eq!(beat["servers"][0]["up"], true, "{beat}");
     json(&pg, &["share", "storage-up", "s1"]);
     json(&pg, &["share", "friend-add", "alice", "bob"]);
     let created = json(

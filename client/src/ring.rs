@@ -1,4 +1,5 @@
-//! The consistent-hash ring that maps each uid to its owner node.
+//! The consistent-hash ring that maps each uid (and each storage server,
+//! by [`storage_key`]) to its owner node.
 //!
 //! Built the same way on every node and in the client from the same input
 //! (a set of node ids and a virtual-node count), so everyone agrees on owners
@@ -12,6 +13,13 @@ use hashring::HashRing;
 
 /// Virtual nodes per member unless configured otherwise.
 pub const DEFAULT_VNODES: u32 = 64;
+
+/// The key a storage server's owner (the node that keeps its heartbeats)
+/// is found by on the ring: a prefix no user id needs, so servers spread
+/// apart from users.
+pub fn storage_key(server_id: &str) -> String {
+    format!("storage/{server_id}")
+}
 
 /// One point of a node on the ring.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]

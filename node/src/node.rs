@@ -126,6 +126,7 @@ pub(crate) struct Inner {
     pub(crate) peers: PeerChannels,
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
     pub(crate) ownership: crate::cluster::owner::Ownership,
+    pub(crate) storage_beats: crate::cluster::storage_beats::StorageBeats,
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) leader_contact: LeaderContact,
     pub(crate) guard: crate::security::Guard,
@@ -226,6 +227,11 @@ impl Herald {
         &self.inner.ownership
     }
 
+    /// The heartbeat-kept storage servers this node owns.
+    pub fn storage_beats(&self) -> &crate::cluster::storage_beats::StorageBeats {
+        &self.inner.storage_beats
+    }
+
     /// Channels to peers (with this node's peer routes).
     pub fn peers(&self) -> &PeerChannels {
         &self.inner.peers
@@ -291,8 +297,7 @@ impl Herald {
             m.presence
                 .sample(&machine.state, self.ownership().tracked_count());
             m.pools.sample(&machine.state);
-            let now = self.clock().now_ms().max(machine.state.now_ms());
-            m.share.sample(&machine.state, now);
+            m.share.sample(&machine.state);
         }
         m.clock.sample(self.clock());
         m.encode()
@@ -601,6 +606,78 @@ impl Herald {
         ))
     }
 
+    /// Keeps a storage server's heartbeat (TTL `ttl_ms` > 0) on this node,
+    /// its owner, and answers the server as the state shows it. Only a
+    /// change reaches the log: a server that is down, marked up without a
+    /// TTL, or kept by another TTL is marked up with this one first. A
+    /// server this replica does not know yet is looked up again after
+    /// catching up to the leader. `Unavailable` when this node has not
+    /// heard from a leader within the ring's down-after bound (its ring
+    /// and state may be stale: the server must try another node).
+    pub async fn storage_beat_here(
+        &self,
+        server_id: &str,
+        ttl_ms: u64,
+    ) -> Result<crate::state::StorageServer, NodeError> {
+        use crate::state::share::{ShareCommand, ShareOutcome, StorageHealth};
+        let within = Duration::from_millis(self.config().ring.down_after_ms);
+        if !self.in_touch_with_leader(within) {
+            return Err(NodeError::Unavailable(format!(
+                "node {} has not heard from a leader for {within:?}; try another node",
+                self.id()
+            )));
+        }
+        let known = || {
+            self.store()
+                .read()
+                .state
+                .share()
+                .storage(server_id)
+                .cloned()
+        };
+        let server = match known() {
+            Some(s) => s,
+            None => {
+                self.linearize().await?;
+                known().ok_or_else(|| {
+                    NodeError::State(StateError::not_found(format!(
+                        "storage server {server_id:?}"
+                    )))
+                })?
+            }
+        };
+        let mark = |renew| async move {
+            let cmd = Command::Share(ShareCommand::StorageHealth(StorageHealth {
+                server_id: server_id.to_string(),
+                up: true,
+                ttl_ms,
+                renew,
+            }));
+            match self.propose(cmd).await? {
+                Response::Share(ShareOutcome::Storage(s)) => Ok(s),
+                other => Err(NodeError::Internal(format!(
+                    "unexpected answer to a storage mark: {other:?}"
+                ))),
+            }
+        };
+        let mut server = if server.up && server.heartbeat_ttl_ms == ttl_ms {
+            server
+        } else {
+            mark(false).await?
+        };
+        let key = crate::cluster::storage_beats::ring_key(server_id);
+        let mine = || self.ownership().owner(&key) == Some(self.id());
+        let beats = self.storage_beats();
+        if !beats.beat(std::time::Instant::now(), &server, mine()) {
+            // Its TTL ran out here before this beat: the expiry of that
+            // spell may be under way, so this beat starts a new one
+            // (whichever commits first, the other does not end it).
+            server = mark(true).await?;
+            beats.beat(std::time::Instant::now(), &server, mine());
+        }
+        Ok(server)
+    }
+
     /// Makes the next local read linearizable: waits until this node has
     /// applied everything committed before the call.
     pub async fn linearize(&self) -> Result<(), NodeError> {
@@ -666,6 +743,7 @@ fn internal(cmd: &Command) -> bool {
     match cmd {
         Command::Tick | Command::SetOwnership(_) => true,
         Command::Logout(l) => l.reason == crate::state::LogoutReason::Expired,
+        Command::Share(crate::state::ShareCommand::ExpireStorage(_)) => true,
         _ => false,
     }
 }

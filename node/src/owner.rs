@@ -22,6 +22,10 @@
 //! compacted, it rescans the state and gives every TTL client it newly owns
 //! a full TTL of grace: a failover never logs out live users.
 //!
+//! Storage servers' heartbeats are kept the same way, keyed on the ring by
+//! [`ring_key`]: the owner proposes [`ExpireStorage`] when one's TTL passes
+//! without a beat (policy: [`crate::cluster::storage_beats`]).
+//!
 //! What to conclude from the probes and the state is the pure policy
 //! [`crate::cluster::owner::Ownership`]; this module is its shell: it
 //! probes, reads the clock and the committed state, feeds the policy, and
@@ -31,7 +35,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use crate::cluster::storage_beats::{Beat, ring_key};
 use crate::node::Herald;
+use crate::state::share::{ExpireStorage, ShareCommand};
 use crate::state::{Command, Logout, LogoutReason};
 
 async fn ping(node: &Herald, id: u64, addr: &str, timeout: Duration) -> bool {
@@ -95,8 +101,16 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
             }
             own.follow(Instant::now(), &m.state, next_rev)
         };
+        let beats = node.storage_beats();
+        {
+            let m = node.store().read();
+            let me = node.id();
+            let mine = |id: &str| own.owner(&ring_key(id)) == Some(me);
+            beats.follow(Instant::now(), own.epoch(), m.state.share().servers(), mine);
+        }
         let (epoch, due) = own.due(Instant::now());
-        if due.is_empty() || !node.in_touch_with_leader(down_after) {
+        let (storage_epoch, storage_due) = beats.due(Instant::now());
+        if (due.is_empty() && storage_due.is_empty()) || !node.in_touch_with_leader(down_after) {
             // Cut off from the leader, this node's ring may be stale: its
             // proposals would fail or be refused; the deadlines moved on.
             continue;
@@ -126,6 +140,35 @@ pub async fn run(node: Herald, stopped: impl Future<Output = ()>) {
                 Err(crate::node::NodeError::State(_)) => own.expired(&key, t.since_ms, false),
                 Err(e) => tracing::debug!(uid = %key.0, "expiry proposal: {e}"),
             }
+        }
+        if let Some(epoch) = storage_epoch {
+            expire_storage(&node, epoch, storage_due).await;
+        }
+    }
+}
+
+/// Proposes the expiry of each heartbeat-kept storage server whose TTL
+/// passed without a beat, judged under ownership `epoch`.
+async fn expire_storage(node: &Herald, epoch: u64, due: Vec<(String, Beat)>) {
+    for (server_id, b) in due {
+        let cmd = Command::Share(ShareCommand::ExpireStorage(ExpireStorage {
+            server_id: server_id.clone(),
+            up_since_ms: b.up_since_ms,
+            owner_epoch: epoch,
+        }));
+        match node.propose(cmd).await {
+            Ok(_) => {
+                tracing::info!(server = %server_id, ttl_ms = b.ttl.as_millis() as u64, epoch, "storage server expired");
+                node.storage_beats()
+                    .expired(&server_id, b.up_since_ms, true);
+            }
+            // Up again, marked or removed meanwhile, or the ring moved on
+            // (the next rescan tracks it again if it is still ours).
+            Err(crate::node::NodeError::State(_)) => {
+                node.storage_beats()
+                    .expired(&server_id, b.up_since_ms, false)
+            }
+            Err(e) => tracing::debug!(server = %server_id, "storage expiry proposal: {e}"),
         }
     }
 }

@@ -232,6 +232,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         peers,
         stopping: stop_rx.clone(),
         ownership: crate::cluster::owner::Ownership::new(config.id, config.ring.vnodes),
+        storage_beats: Default::default(),
         metrics: metrics.clone(),
         leader_contact: Default::default(),
         guard: guard.clone(),

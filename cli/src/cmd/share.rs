@@ -39,8 +39,9 @@ pub enum Cmd {
         #[arg(long, default_value_t = 0)]
         capacity: u64,
     },
-    /// A storage server's heartbeat: up for --ttl (e.g. 30s); without
-    /// --ttl, up until marked down
+    /// A storage server's heartbeat: up for --ttl (e.g. 30s) unless
+    /// another comes within it (kept by the server's owner node, not
+    /// logged); without --ttl, up until marked down
     StorageUp {
         /// The server's id
         server: String,
@@ -387,7 +388,8 @@ fn server_json(s: &StorageServer) -> Value {
         "committed_bytes": s.committed_bytes,
         "shares": s.shares,
         "up": s.up,
-        "up_until_ms": s.up_until_ms,
+        "heartbeat_ttl_ms": s.heartbeat_ttl_ms,
+        "up_since_ms": s.up_since_ms,
     })
 }
 
@@ -405,6 +407,7 @@ fn print_servers(format: Format, servers: &[StorageServer]) {
                 "COMMITTED",
                 "SHARES",
                 "UP",
+                "HEARTBEAT TTL",
             ]);
             for s in servers {
                 t.row(vec![
@@ -415,6 +418,10 @@ fn print_servers(format: Format, servers: &[StorageServer]) {
                     s.committed_bytes.to_string(),
                     s.shares.to_string(),
                     s.up.to_string(),
+                    match s.heartbeat_ttl_ms {
+                        0 => "-".to_string(),
+                        ms => format!("{ms}ms"),
+                    },
                 ]);
             }
             t.print();

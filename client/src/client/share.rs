@@ -40,19 +40,22 @@ impl Client {
     }
 
     /// A storage server's heartbeat (`up` with a TTL), or a mark up or
-    /// down. Idempotent.
+    /// down. Idempotent. A heartbeat goes straight to the server's owner
+    /// node (which keeps it in memory, off the log) when the client routes
+    /// by owner; a mark goes to the leader.
     pub async fn storage_heartbeat(
         &self,
         req: proto::StorageHeartbeatRequest,
     ) -> Result<proto::StorageServer, ClientError> {
-        let resp = self
-            .call(
-                "StorageHeartbeat",
-                Effect::IdempotentWrite,
-                req,
-                |ch, r| async move { stub(ch).storage_heartbeat(r).await },
-            )
-            .await?;
+        let rpc = |ch, r| async move { stub(ch).storage_heartbeat(r).await };
+        let resp = if req.up && req.ttl_ms > 0 {
+            let key = crate::ring::storage_key(&req.server_id);
+            self.routed(&key, "StorageHeartbeat", Effect::IdempotentWrite, req, rpc)
+                .await?
+        } else {
+            self.call("StorageHeartbeat", Effect::IdempotentWrite, req, rpc)
+                .await?
+        };
         required(resp.server, "StorageHeartbeat", "server")
     }
 

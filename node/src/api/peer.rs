@@ -540,6 +540,32 @@ impl Peer for PeerService {
             .await?;
         blob(&known)
     }
+
+    async fn storage_beat(&self, req: Request<RaftBlob>) -> Result<Response<RaftBlob>, Status> {
+        self.admit(&caller(&req), Sender::Other)?;
+        // Handled here whatever this node's view of the ring: never
+        // forwarded twice. A refusal of the state (an unknown server, a
+        // bad TTL) is answered as such; anything else is this node's
+        // failure, and the caller tries another node.
+        let (server_id, ttl_ms): (String, u64) = decode(&req.into_inner().data).map_err(bad)?;
+        let health =
+            crate::state::ShareCommand::StorageHealth(crate::state::share::StorageHealth {
+                server_id: server_id.clone(),
+                up: true,
+                ttl_ms,
+                renew: false,
+            });
+        if let Err(e) = health.validate() {
+            return blob(&Err::<crate::state::StorageServer, _>(e));
+        }
+        match self.node.storage_beat_here(&server_id, ttl_ms).await {
+            Ok(s) => blob(&Ok::<_, crate::state::StateError>(s)),
+            Err(crate::node::NodeError::State(e)) => {
+                blob(&Err::<crate::state::StorageServer, _>(e))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The cluster's policies, pure: numbered failover and the takeover
-//! ([`failover`]), liveness and TTL ownership ([`owner`]), and the clock's
-//! rules ([`stratum`], [`discipline`]).
+//! ([`failover`]), liveness and TTL ownership ([`owner`]), storage-server
+//! heartbeats ([`storage_beats`]), and the clock's rules ([`stratum`],
+//! [`discipline`]).
 //!
 //! Each takes observations and the time as arguments and returns decisions,
 //! in the way of ntp-proto: nothing here does I/O, reads a clock, awaits or
@@ -12,4 +13,5 @@
 pub mod discipline;
 pub mod failover;
 pub mod owner;
+pub mod storage_beats;
 pub mod stratum;

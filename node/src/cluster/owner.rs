@@ -39,6 +39,11 @@ pub struct Tracked {
     pub since_ms: u64,
     /// The user's session id, for the logout.
     pub sid: u64,
+    /// Its deadline passed and it was handed out for an expiry, which may
+    /// still commit: a heartbeat of this login is answered "not logged in"
+    /// (log in again) rather than "known", or it would be acknowledged
+    /// while the expiry commits after it.
+    pub expiring: bool,
 }
 
 /// How long a due client waits before it is due again, so a failed
@@ -87,6 +92,11 @@ impl Ownership {
         self.lock().ring.as_ref()?.owner(uid)
     }
 
+    /// The committed ownership epoch this node's ring was built from.
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
     /// The members of the committed ring this node follows.
     pub fn live(&self) -> BTreeSet<u64> {
         self.lock()
@@ -118,7 +128,8 @@ impl Ownership {
     /// Handles a heartbeat of one connection at `now`: refreshes that
     /// connection's deadline if this node owns the user on the committed
     /// ring (one that reached it during a ring change only answers). Returns
-    /// whether the connection is logged in (false: log in again).
+    /// whether the connection is logged in (false: log in again), and false
+    /// too once its deadline passed here and its expiry may be under way.
     pub fn heartbeat(
         &self,
         now: Instant,
@@ -143,6 +154,14 @@ impl Ownership {
         };
         let (sid, c) = entry;
         let mut inner = self.lock();
+        if inner
+            .tracked
+            .get(&key())
+            .is_some_and(|t| t.expiring && t.since_ms == c.since_ms)
+        {
+            // Its TTL ran out here first: the expiry may be under way.
+            return false;
+        }
         let mine = inner.ring.as_ref().and_then(|r| r.owner(uid)) == Some(self.me);
         if c.ttl_ms > 0 && mine {
             let ttl = Duration::from_millis(c.ttl_ms);
@@ -153,6 +172,7 @@ impl Ownership {
                     ttl,
                     since_ms: c.since_ms,
                     sid,
+                    expiring: false,
                 },
             );
         }
@@ -244,6 +264,7 @@ impl Ownership {
                             ttl,
                             since_ms: c.since_ms,
                             sid: e.record.sid,
+                            expiring: false,
                         },
                     );
                 } else if !tracked.is_empty() {
@@ -303,6 +324,7 @@ impl Ownership {
                             ttl,
                             since_ms: c.since_ms,
                             sid: r.sid,
+                            expiring: false,
                         });
                         inherited += 1;
                     }
@@ -316,14 +338,16 @@ impl Ownership {
     }
 
     /// Entries whose deadline passed by `now`, with the epoch they were
-    /// judged under; their deadlines move a second on so a failed proposal
-    /// is retried, not spun on.
+    /// judged under; each is marked expiring (see [`Tracked::expiring`])
+    /// and its deadline moves a second on so a failed proposal is retried,
+    /// not spun on.
     pub fn due(&self, now: Instant) -> (u64, Vec<(ClientKey, Tracked)>) {
         let mut inner = self.lock();
         let epoch = inner.epoch;
         let mut out = Vec::new();
         for (k, t) in inner.tracked.iter_mut() {
             if t.deadline <= now {
+                t.expiring = true;
                 out.push((k.clone(), *t));
                 t.deadline = now + RETRY_DUE;
             }
@@ -502,6 +526,32 @@ mod tests {
         own.expired(&key, t.since_ms, true);
         assert_eq!(own.tracked_count(), mine.len() - 1);
         assert_eq!(own.expired_total(), 1);
+    }
+
+    /// Found by the chaos run of issue 19 (for storage heartbeats; the
+    /// presence TTL had the same gap): an expiry proposal stalled in a
+    /// partition while the client's next heartbeats were answered "known",
+    /// and then committed after them. Once handed out for an expiry, a
+    /// login takes no heartbeat: the client is told to log in again.
+    #[test]
+    fn a_heartbeat_after_the_deadline_passed_is_answered_not_logged_in() {
+        let t0 = Instant::now();
+        let state = state_with(&[("a", 1000)]);
+        let own = Ownership::new(1, 64);
+        own.follow_ring(&state, &voters(&[1]));
+        own.follow(t0, &state, 1);
+        assert!(own.heartbeat(t0 + ms(900), &state, "a", "pc", ""));
+        assert!(own.due(t0 + ms(1899)).1.is_empty());
+        assert_eq!(own.due(t0 + ms(1900)).1.len(), 1);
+        assert!(
+            !own.heartbeat(t0 + ms(1950), &state, "a", "pc", ""),
+            "its expiry is under way"
+        );
+        assert_eq!(
+            own.due(t0 + ms(2900)).1.len(),
+            1,
+            "the beat did not refresh it"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Media-sharing metrics: each storage server's capacity, reserved and
 //! committed bytes and whether it is up (sampled at scrape time, with a
-//! bounded number of series), admissions and access grants, and refusals
-//! by reason (counted as each replica applies them).
+//! bounded number of series), admissions and access grants, refusals by
+//! reason and heartbeat expiries (counted as each replica applies them).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -56,6 +56,9 @@ pub struct ShareDefs {
     pub access_grants: Counter,
     /// `herald_share_refusals_total{op,reason}`.
     pub refusals: Family<ShareRefusalLabels, Counter>,
+    /// `herald_storage_expiries_total`: servers marked down by their owner
+    /// when a heartbeat TTL passed without a beat.
+    pub expiries: Counter,
 }
 
 const REASONS: [&str; 8] = [
@@ -95,7 +98,7 @@ impl ShareDefs {
             storage_up: reg!(
                 r,
                 "herald_storage_up",
-                "1 while the storage server takes uploads (marked up, heartbeat not expired)",
+                "1 while the storage server takes uploads (marked up, not marked down or expired since)",
                 Family::default()
             ),
             admissions: reg!(
@@ -115,6 +118,12 @@ impl ShareDefs {
                 "herald_share_refusals",
                 "Upload admissions and access requests refused, by reason",
                 Family::default()
+            ),
+            expiries: reg!(
+                r,
+                "herald_storage_expiries",
+                "Storage servers marked down by their owner node: a heartbeat TTL passed without a beat",
+                Counter::default()
             ),
         }
     }
@@ -142,6 +151,12 @@ impl ShareDefs {
         let op = match cmd {
             ShareCommand::Share(_) => "share",
             ShareCommand::Grant(_) => "access",
+            ShareCommand::ExpireStorage(_) => {
+                if result.is_ok() {
+                    self.expiries.inc();
+                }
+                return;
+            }
             _ => return,
         };
         match result {
@@ -160,9 +175,9 @@ impl ShareDefs {
         };
     }
 
-    /// Sets each storage server's bytes and health at cluster time
-    /// `now_ms` (past [`MAX_STORAGE_SERIES`] servers, summed under `other`).
-    pub fn sample(&self, state: &State, now_ms: u64) {
+    /// Sets each storage server's bytes and health (past
+    /// [`MAX_STORAGE_SERIES`] servers, summed under `other`).
+    pub fn sample(&self, state: &State) {
         self.storage_bytes.clear();
         self.storage_up.clear();
         for (i, s) in state.share().servers().enumerate() {
@@ -185,7 +200,7 @@ impl ShareDefs {
             }
             self.storage_up
                 .get_or_create(&StorageLabel { server })
-                .inc_by(i64::from(s.is_up(now_ms)));
+                .inc_by(i64::from(s.is_up()));
         }
     }
 }

@@ -106,6 +106,25 @@ impl PeerClient {
             .map_err(PeerError::Call)?;
         answer(r)
     }
+
+    /// `Peer.StorageBeat`: passes a storage server's heartbeat (TTL
+    /// `ttl_ms`) to the node (its owner); the server as the owner's state
+    /// shows it, or the state's refusal.
+    pub async fn storage_beat(
+        &mut self,
+        server_id: &str,
+        ttl_ms: u64,
+        timeout: Duration,
+    ) -> Result<Result<crate::state::StorageServer, crate::state::StateError>, PeerError> {
+        let data = encode(&(server_id.to_string(), ttl_ms))
+            .map_err(|e| PeerError::Encode(e.to_string()))?;
+        let r = self
+            .inner
+            .storage_beat(request(data, timeout))
+            .await
+            .map_err(PeerError::Call)?;
+        answer(r)
+    }
 }
 
 fn request(data: Vec<u8>, timeout: Duration) -> Request<RaftBlob> {

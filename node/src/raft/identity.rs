@@ -42,7 +42,9 @@ use super::segment_log::sync_dir;
 /// - 2: the seed flows (handoff epochs, per-connection presence).
 /// - 3: registered accounts, content tags and their quotas (issue 18's
 ///   last part), the share and link modules.
-pub const FORMAT_VERSION: u32 = 3;
+/// - 4: storage-server heartbeats off the log (a server records its
+///   heartbeat TTL and when it went up, instead of an expiry time).
+pub const FORMAT_VERSION: u32 = 4;
 const FILE_NAME: &str = "identity";
 const TMP_NAME: &str = "identity.tmp";
 

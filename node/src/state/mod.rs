@@ -448,7 +448,12 @@ impl State {
             Command::RemoveAccount(c) => self.accounts.remove_account(c).map(|()| Response::Done),
             Command::SetContentUnits(c) => self.accounts.set_content(c).map(|()| Response::Done),
             Command::RemoveContent(c) => self.accounts.remove_content(c).map(|()| Response::Done),
-            Command::Share(c) => self.share.apply(at, c).map(Response::Share),
+            Command::Share(c) => {
+                if let share::ShareCommand::ExpireStorage(e) = c {
+                    self.ownership.check_expiry(Some(e.owner_epoch))?;
+                }
+                self.share.apply(at, c).map(Response::Share)
+            }
             Command::Link(c) => self.link.apply(at, &self.quotas, c).map(Response::Link),
         }
     }

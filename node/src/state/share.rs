@@ -28,13 +28,17 @@
 //! earlier answers' (at most [`MAX_SHARE_ANSWERS`]). An ended share's
 //! request id is refused for [`REQUEST_ID_RETENTION_MS`] after it ended.
 //!
-//! Storage-server health: a heartbeat ([`StorageHealth`] with a TTL) is a
-//! replicated command, and a server is up while its last heartbeat's TTL
-//! has not run out by cluster time, or until an operator marks it down.
-//! Being up is a function of the replicated state and the entry's time, so
-//! no expiry command is needed and every replica decides the same.
-//! (Heartbeats go through Raft: storage servers are few and beat every few
-//! seconds, unlike presence clients.)
+//! Storage-server health is kept off the log, like presence: a storage
+//! server's heartbeats go to its owner on the ownership ring and live only
+//! in that node's memory (`crate::cluster::storage_beats`). The log holds
+//! only changes: [`StorageHealth`] marks a server up (with the TTL its
+//! heartbeats keep it up by, or none: up until marked down) or down, and
+//! [`ExpireStorage`] is the owner's proposal when a TTL passed without a
+//! beat. An expiry names the spell of being up it ends (`up_since_ms`) and
+//! the ownership epoch it was judged under, so one judged on a ring that
+//! has since moved, or on a spell that has since ended, is refused. A
+//! server is up exactly while the state says so: admission never reads a
+//! clock.
 //!
 //! Friendships are mutual: adding (a, b) makes each the other's friend,
 //! removing it ends both directions, as in an IM buddy list.
@@ -71,11 +75,16 @@ pub struct StorageServer {
     pub committed_bytes: u64,
     /// Shares (reserved or committed) it holds.
     pub shares: u64,
-    /// False once marked down; a heartbeat marks it up again.
+    /// Takes uploads: marked up, and neither marked down nor expired
+    /// since. A heartbeat to a server that is down marks it up again.
     pub up: bool,
-    /// Up only before this cluster time (its last heartbeat's TTL); 0 = no
-    /// heartbeat expiry (marked up by an operator).
-    pub up_until_ms: u64,
+    /// While up: the TTL its heartbeats keep it up by (its owner proposes
+    /// [`ExpireStorage`] when one passes without a beat); 0 = up until
+    /// marked down.
+    pub heartbeat_ttl_ms: u64,
+    /// While up: the cluster time it went up (or changed its TTL), which
+    /// names this spell of being up for an expiry; 0 while down.
+    pub up_since_ms: u64,
 }
 
 impl StorageServer {
@@ -89,9 +98,9 @@ impl StorageServer {
         self.capacity_bytes.saturating_sub(self.used_bytes())
     }
 
-    /// Whether it takes uploads at cluster time `now_ms`.
-    pub fn is_up(&self, now_ms: u64) -> bool {
-        self.up && (self.up_until_ms == 0 || now_ms < self.up_until_ms)
+    /// Whether it takes uploads.
+    pub fn is_up(&self) -> bool {
+        self.up
     }
 }
 
@@ -169,6 +178,26 @@ pub struct StorageHealth {
     /// When up: the heartbeat's TTL (1..=10 min), or 0 = up until marked
     /// down. Must be 0 when down.
     pub ttl_ms: u64,
+    /// Start a new spell of being up even if it is up with this TTL: the
+    /// owner proposes it for a beat that came after the server's deadline
+    /// passed there, when an expiry of the old spell may be under way
+    /// (that expiry is then refused as stale, or came first). Only with
+    /// `up` and a TTL; never from a client.
+    pub renew: bool,
+}
+
+/// The owner's expiry of a heartbeat-kept server whose TTL passed without
+/// a beat (proposed by the node, never by a client).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ExpireStorage {
+    /// A registered server.
+    pub server_id: String,
+    /// The spell of being up it ends ([`StorageServer::up_since_ms`]): a
+    /// server that went up again since is not expired.
+    pub up_since_ms: u64,
+    /// The ownership epoch the owner judged under: refused once the ring
+    /// moved, as another node may have heard the server's beats since.
+    pub owner_epoch: u64,
 }
 
 /// Removes a storage server (refused while it holds shares).
@@ -268,6 +297,8 @@ pub enum ShareCommand {
     Delete(DeleteShare),
     /// Access for a friend.
     Grant(GrantAccess),
+    /// A heartbeat TTL ran out (appended last: older logs stay readable).
+    ExpireStorage(ExpireStorage),
 }
 
 /// What an applied [`ShareCommand`] answers.
@@ -368,9 +399,16 @@ impl ShareCommand {
                         format!("must be 0 when marking down, got {}", c.ttl_ms),
                     ));
                 }
+                if c.renew && !(c.up && c.ttl_ms > 0) {
+                    return Err(StateError::invalid(
+                        "renew",
+                        "only a heartbeat (up, with a TTL) renews a spell",
+                    ));
+                }
                 Ok(())
             }
             ShareCommand::RemoveStorage(c) => check_server_id("server_id", &c.server_id),
+            ShareCommand::ExpireStorage(c) => check_server_id("server_id", &c.server_id),
             ShareCommand::SetFriendship(c) => {
                 check_uid("user", &c.user)?;
                 check_uid("friend", &c.friend)?;
@@ -563,6 +601,7 @@ impl MediaShares {
             ShareCommand::UpdateStorage(c) => self.update(c),
             ShareCommand::StorageHealth(c) => self.health(at, c),
             ShareCommand::RemoveStorage(c) => self.remove(c),
+            ShareCommand::ExpireStorage(c) => self.expire(c),
             ShareCommand::SetFriendship(c) => {
                 self.set_friendship(c);
                 Ok(ShareOutcome::Done)
@@ -597,7 +636,8 @@ impl MediaShares {
             committed_bytes: 0,
             shares: 0,
             up: false,
-            up_until_ms: 0,
+            heartbeat_ttl_ms: 0,
+            up_since_ms: 0,
         };
         self.servers.insert(c.server_id.clone(), server.clone());
         Ok(ShareOutcome::Storage(server))
@@ -640,12 +680,45 @@ impl MediaShares {
                 c.server_id
             )));
         };
-        server.up = c.up;
-        server.up_until_ms = if c.up && c.ttl_ms > 0 {
-            at.time_ms.saturating_add(c.ttl_ms)
-        } else {
-            0
+        // Marking a server the way it already is changes nothing: its
+        // spell of being up (and an expiry judged on it) goes on.
+        let ttl = if c.up { c.ttl_ms } else { 0 };
+        if server.up != c.up || server.heartbeat_ttl_ms != ttl || c.renew {
+            // A new spell is named by a time no earlier spell had.
+            let since = at.time_ms.max(server.up_since_ms + 1);
+            server.up = c.up;
+            server.heartbeat_ttl_ms = ttl;
+            server.up_since_ms = if c.up { since } else { 0 };
+        }
+        Ok(ShareOutcome::Storage(server.clone()))
+    }
+
+    /// Ends the spell of being up `c` names (the ownership epoch was
+    /// checked by the caller).
+    fn expire(&mut self, c: &ExpireStorage) -> Result<ShareOutcome, StateError> {
+        let Some(server) = self.servers.get_mut(&c.server_id) else {
+            return Err(StateError::not_found(format!(
+                "storage server {:?}",
+                c.server_id
+            )));
         };
+        if !server.up || server.heartbeat_ttl_ms == 0 || server.up_since_ms != c.up_since_ms {
+            return Err(StateError::precondition(
+                Reason::Stale,
+                format!(
+                    "stale expiry of storage server {:?}: judged on its spell up since {}, it is \
+                     now {} (heartbeat TTL {} ms, up since {})",
+                    c.server_id,
+                    c.up_since_ms,
+                    if server.up { "up" } else { "down" },
+                    server.heartbeat_ttl_ms,
+                    server.up_since_ms
+                ),
+            ));
+        }
+        server.up = false;
+        server.heartbeat_ttl_ms = 0;
+        server.up_since_ms = 0;
         Ok(ShareOutcome::Storage(server.clone()))
     }
 
@@ -699,7 +772,7 @@ impl MediaShares {
                 "no storage server is registered",
             ));
         }
-        let up: Vec<&StorageServer> = self.servers.values().filter(|s| s.is_up(now)).collect();
+        let up: Vec<&StorageServer> = self.servers.values().filter(|s| s.is_up()).collect();
         let Some(best) = up
             .iter()
             .copied()
@@ -1245,6 +1318,7 @@ mod tests {
             server_id: id.into(),
             up,
             ttl_ms,
+            renew: false,
         }))
     }
 
@@ -1347,6 +1421,13 @@ mod tests {
         assert!(field(h.err(register("s1", MAX_CAPACITY_BYTES + 1))).starts_with("capacity_bytes"));
         assert!(field(h.err(health("s1", false, 5))).starts_with("ttl_ms: must be 0 when"));
         assert!(field(h.err(health("s1", true, MAX_HEALTH_TTL_MS + 1))).starts_with("ttl_ms"));
+        let renew_marked = cmd(ShareCommand::StorageHealth(StorageHealth {
+            server_id: "s1".into(),
+            up: true,
+            ttl_ms: 0,
+            renew: true,
+        }));
+        assert!(field(h.err(renew_marked)).starts_with("renew: only a heartbeat"));
         assert!(field(h.err(befriend("a", "a", true))).starts_with("friend: must differ"));
         assert!(field(h.err(befriend("", "a", true))).starts_with("user: must be 1..=128"));
         assert!(
@@ -1442,31 +1523,82 @@ mod tests {
         assert_eq!(d.server_id, "s3");
     }
 
+    fn expire(id: &str, up_since_ms: u64, owner_epoch: u64) -> Command {
+        cmd(ShareCommand::ExpireStorage(ExpireStorage {
+            server_id: id.into(),
+            up_since_ms,
+            owner_epoch,
+        }))
+    }
+
     #[test]
-    fn a_heartbeat_keeps_a_server_up_for_its_ttl_of_cluster_time() {
+    fn a_heartbeat_kept_server_stays_up_however_long_until_its_owner_expires_it() {
         let mut h = Harness::new();
         h.ok(befriend("alice", "bob", true));
         h.ok(register("s1", 100));
         h.ok(health("s1", true, 5_000));
-        assert!(server(&h, "s1").is_up(h.state.now_ms()));
-        h.advance(4_999);
+        let since = server(&h, "s1").up_since_ms;
+        assert_eq!(since, h.state.now_ms());
+        assert_eq!(server(&h, "s1").heartbeat_ttl_ms, 5_000);
+        // Cluster time alone never ends it: only the owner's expiry does.
+        h.advance(MAX_UPLOAD_TTL_MS);
         shared(h.ok(share("alice", &["bob"], 1, "r1")));
-        h.advance(1);
-        let e = h.err(share("alice", &["bob"], 1, "r2"));
-        assert_eq!(reason(&e), Reason::StorageDown);
-        // A new heartbeat brings it back; an operator's mark down ends it.
+        // The same mark again goes on with the same spell.
         h.ok(health("s1", true, 5_000));
+        assert_eq!(server(&h, "s1").up_since_ms, since);
+        let epoch = h.state.ownership().epoch();
+        let stale = h.err(expire("s1", since, epoch + 1));
+        assert_eq!(stale.reason(), Reason::Stale, "another epoch: {stale}");
+        let stale = h.err(expire("s1", since + 1, epoch));
+        assert_eq!(stale.reason(), Reason::Stale, "another spell: {stale}");
+        assert!(server(&h, "s1").is_up());
+        h.ok(expire("s1", since, epoch));
+        let s = server(&h, "s1");
+        assert_eq!((s.up, s.heartbeat_ttl_ms, s.up_since_ms), (false, 0, 0));
+        assert_eq!(
+            reason(&h.err(share("alice", &["bob"], 1, "r2"))),
+            Reason::StorageDown
+        );
+        // Expired once, an expiry of that spell is refused.
+        assert_eq!(h.err(expire("s1", since, epoch)).reason(), Reason::Stale);
+        // The next heartbeat brings it back in a new spell.
+        h.advance(1);
+        h.ok(health("s1", true, 5_000));
+        let again = server(&h, "s1").up_since_ms;
+        assert!(again > since);
         shared(h.ok(share("alice", &["bob"], 1, "r2")));
+        // A renewal (the owner's, for a beat after the deadline passed
+        // there) is a new spell even at the same TTL: the expiry of the
+        // old one, committed after it, is stale.
+        let before = server(&h, "s1").up_since_ms;
+        h.ok(cmd(ShareCommand::StorageHealth(StorageHealth {
+            server_id: "s1".into(),
+            up: true,
+            ttl_ms: 5_000,
+            renew: true,
+        })));
+        let renewed = server(&h, "s1").up_since_ms;
+        assert!(renewed > before, "same ms, still a new spell");
+        assert_eq!(h.err(expire("s1", before, epoch)).reason(), Reason::Stale);
+        assert!(server(&h, "s1").is_up());
+        let again = renewed;
+        // Another TTL is another spell; an operator's mark ends expiry.
+        h.advance(1);
+        h.ok(health("s1", true, 9_000));
+        assert!(server(&h, "s1").up_since_ms > again);
+        h.ok(health("s1", true, 0));
+        let s = server(&h, "s1");
+        assert_eq!(
+            h.err(expire("s1", s.up_since_ms, epoch)).reason(),
+            Reason::Stale
+        );
         h.ok(health("s1", false, 0));
         assert_eq!(
             reason(&h.err(share("alice", &["bob"], 1, "r3"))),
             Reason::StorageDown
         );
-        // Marked up with no TTL: up until marked down, however long.
-        h.ok(health("s1", true, 0));
-        h.advance(MAX_UPLOAD_TTL_MS * 10);
-        shared(h.ok(share("alice", &["bob"], 1, "r4")));
         assert_eq!(h.err(health("nope", true, 0)).reason(), Reason::NotFound);
+        assert_eq!(h.err(expire("nope", 1, epoch)).reason(), Reason::NotFound);
     }
 
     #[test]
@@ -1773,6 +1905,10 @@ mod tests {
     enum Op {
         Register(usize, u64),
         Health(usize, bool, u64),
+        /// The owner's expiry of the server's current spell, or of a stale one.
+        Expire(usize, bool),
+        /// The owner's renewal of a spell (a beat after its deadline).
+        Renew(usize),
         Update(usize, u64),
         Remove(usize),
         Friends(usize, usize, bool),
@@ -1790,6 +1926,8 @@ mod tests {
         prop_oneof![
             1 => (0..3usize, 1..200u64).prop_map(|(s, c)| Op::Register(s, c)),
             1 => (0..3usize, any::<bool>(), 0..3u64).prop_map(|(s, up, t)| Op::Health(s, up, t * 20_000)),
+            1 => (0..3usize, any::<bool>()).prop_map(|(s, stale)| Op::Expire(s, stale)),
+            1 => (0..3usize).prop_map(Op::Renew),
             1 => (0..3usize, 1..200u64).prop_map(|(s, c)| Op::Update(s, c)),
             1 => (0..3usize).prop_map(Op::Remove),
             1 => (0..4usize, 0..4usize, any::<bool>()).prop_map(|(a, b, f)| Op::Friends(a, b, f)),
@@ -1818,6 +1956,20 @@ mod tests {
                 let c = match op {
                     Op::Register(s, c) => register(SERVERS[s], c),
                     Op::Health(s, up, t) => health(SERVERS[s], up, if up { t } else { 0 }),
+                    Op::Expire(s, stale) => {
+                        let before = h.state.share().storage(SERVERS[s]).cloned();
+                        let since = before.as_ref().map_or(0, |b| b.up_since_ms) + u64::from(stale);
+                        let r = h.apply(expire(SERVERS[s], since, h.state.ownership().epoch()));
+                        let expirable = before.is_some_and(|b| b.up && b.heartbeat_ttl_ms > 0);
+                        prop_assert_eq!(r.is_ok(), expirable && !stale, "expiry of {:?}", SERVERS[s]);
+                        continue;
+                    }
+                    Op::Renew(s) => cmd(ShareCommand::StorageHealth(StorageHealth {
+                        server_id: SERVERS[s].into(),
+                        up: true,
+                        ttl_ms: 20_000,
+                        renew: true,
+                    })),
                     Op::Update(s, c) => cmd(ShareCommand::UpdateStorage(UpdateStorage {
                         server_id: SERVERS[s].into(),
                         address: String::new(),

@@ -247,3 +247,145 @@ async fn uploads_are_admitted_by_capacity_friends_get_access_and_a_leader_change
     .expect("delete");
     assert_eq!(storage(&mut g, "s1").await.committed_bytes, 0);
 }
+
+/// `ListStorage` on node `id`, serializable (what that node's state says).
+async fn storage_on(c: &TestCluster, id: u64, server: &str) -> Option<StorageServer> {
+    let all = share_client(c, id)
+        .list_storage(ListStorageRequest {
+            consistency: Consistency::Serializable as i32,
+        })
+        .await
+        .ok()?
+        .into_inner();
+    all.servers.into_iter().find(|s| s.server_id == server)
+}
+
+fn beat(server: &str, ttl_ms: u64) -> StorageHeartbeatRequest {
+    StorageHeartbeatRequest {
+        server_id: server.into(),
+        up: true,
+        ttl_ms,
+    }
+}
+
+/// Storage heartbeats live in the memory of the server's owner on the
+/// ownership ring, as presence heartbeats do: beats through every node
+/// (forwarded to the owner) leave the log where it was; a server that falls
+/// silent is marked down by its owner (an upload is then refused
+/// `STORAGE_DOWN`); and a server that keeps beating while its owner dies is
+/// never expired, as the node that takes it over waits a whole TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_heartbeats_stay_off_the_log_and_only_a_silent_server_is_expired() {
+    use ::herald_client::ring::{DEFAULT_VNODES, Ring, storage_key};
+    use std::time::Duration;
+    let mut c = TestCluster::start_custom(3, crate::common::timings(), |cfg| {
+        cfg.failover.hold_ms = 600_000;
+        cfg.ring.down_after_ms = 800;
+    })
+    .await;
+    let leader = c.wait_leader().await;
+    // A server whose owner (on the ring over all three nodes) is not the
+    // leader, so killing the owner keeps the leader.
+    let ring = Ring::new(c.alive(), DEFAULT_VNODES);
+    let keep = (0..)
+        .map(|i| format!("keep-{i}"))
+        .find(|s| ring.owner(&storage_key(s)) != Some(leader))
+        .unwrap();
+    let owner = ring.owner(&storage_key(&keep)).unwrap();
+    let mut l = share_client(&c, leader);
+    for id in [keep.as_str(), "silent"] {
+        l.register_storage(RegisterStorageRequest {
+            server_id: id.into(),
+            address: format!("{id}.media:9000"),
+            capacity_bytes: 1000,
+        })
+        .await
+        .expect("register");
+    }
+    l.add_friend(FriendshipRequest {
+        user: "alice".into(),
+        friend: "bob".into(),
+    })
+    .await
+    .expect("friends");
+    // The first beat marks it up (a change, logged once).
+    let first = l
+        .storage_heartbeat(beat(&keep, 3_000))
+        .await
+        .expect("first beat")
+        .into_inner()
+        .server
+        .unwrap();
+    assert!(first.up && first.heartbeat_ttl_ms == 3_000, "{first:?}");
+    let applied = c.status(leader).await.unwrap().applied_index;
+    c.wait_applied(applied).await;
+    for round in 0..10 {
+        for id in c.alive() {
+            let s = share_client(&c, id)
+                .storage_heartbeat(beat(&keep, 3_000))
+                .await
+                .unwrap_or_else(|e| panic!("beat {round} through node {id}: {e}"))
+                .into_inner()
+                .server
+                .unwrap();
+            assert_eq!(s.up_since_ms, first.up_since_ms, "one spell of being up");
+        }
+    }
+    assert_eq!(
+        c.status(leader).await.unwrap().applied_index,
+        applied,
+        "30 heartbeats wrote to the log"
+    );
+    // A beat for a server nobody registered: refused, through any node.
+    for id in c.alive() {
+        let e = share_client(&c, id)
+            .storage_heartbeat(beat("nobody", 3_000))
+            .await
+            .expect_err("unknown server");
+        assert_eq!(e.code(), Code::NotFound, "through node {id}: {e:?}");
+    }
+
+    // `silent` beats once and falls silent; `keep` beats every 300 ms
+    // through the client library while its owner dies.
+    l.storage_heartbeat(beat("silent", 1_000))
+        .await
+        .expect("silent's one beat");
+    let cl = c.client_lib();
+    let hb = {
+        let (cl, keep) = (cl.clone(), keep.clone());
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + Duration::from_secs(8);
+            while tokio::time::Instant::now() < until {
+                let _ = cl.storage_heartbeat(beat(&keep, 3_000)).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    c.wait_for("the silent server expired", || async {
+        storage_on(&c, leader, "silent").await.filter(|s| !s.up)
+    })
+    .await;
+    refused(
+        l.share_media(ShareMediaRequest {
+            owner: "alice".into(),
+            receivers: vec!["bob".into()],
+            size_bytes: 1001,
+            ttl_ms: 0,
+            request_id: "too-big-for-keep".into(),
+        })
+        .await,
+        Code::ResourceExhausted,
+        "STORAGE_FULL",
+    );
+    c.kill(owner);
+    hb.await.unwrap();
+    let kept = storage_on(&c, leader, &keep).await.expect("keep listed");
+    assert!(
+        kept.up && kept.up_since_ms == first.up_since_ms,
+        "{keep} was expired although it kept beating while its owner died: {kept:?}\n{}",
+        c.log_tails()
+    );
+    let (_, metrics) = c.get(leader, "/metrics").await.expect("metrics");
+    let expiries = crate::common::sample(&metrics, "herald_storage_expiries_total").unwrap_or(0.0);
+    assert_eq!(expiries, 1.0, "only the silent server expired");
+}

@@ -52,9 +52,22 @@ impl ShareService {
         Ok(())
     }
 
-    fn storage_pb(&self, s: &state::StorageServer) -> StorageServer {
-        let now = self.node.clock().now_ms();
-        storage_pb(s, now)
+    /// Passes a storage heartbeat to the server's owner: its answer, or
+    /// `None` if it cannot be reached.
+    async fn forward_beat(
+        &self,
+        owner: u64,
+        server_id: &str,
+        ttl_ms: u64,
+    ) -> Option<Result<state::StorageServer, StateError>> {
+        let (members, _) = self.node.members();
+        let (member, _) = members.get(&owner)?;
+        let mut client =
+            crate::peer::PeerClient::new(self.node.peers(), owner, &member.peer_addr).ok()?;
+        client
+            .storage_beat(server_id, ttl_ms, std::time::Duration::from_secs(2))
+            .await
+            .ok()
     }
 }
 
@@ -80,7 +93,7 @@ fn key_hash(field: &str, key: &str) -> Result<SecretHash, Status> {
     Ok(SecretHash::of(key))
 }
 
-fn storage_pb(s: &state::StorageServer, now_ms: u64) -> StorageServer {
+fn storage_pb(s: &state::StorageServer) -> StorageServer {
     StorageServer {
         server_id: s.server_id.clone(),
         address: s.address.clone(),
@@ -88,8 +101,9 @@ fn storage_pb(s: &state::StorageServer, now_ms: u64) -> StorageServer {
         reserved_bytes: s.reserved_bytes,
         committed_bytes: s.committed_bytes,
         shares: s.shares,
-        up: s.is_up(now_ms),
-        up_until_ms: s.up_until_ms,
+        up: s.is_up(),
+        heartbeat_ttl_ms: s.heartbeat_ttl_ms,
+        up_since_ms: s.up_since_ms,
     }
 }
 
@@ -111,10 +125,10 @@ pub fn share_pb(s: &state::MediaShare, address: &str) -> MediaShare {
     }
 }
 
-fn storage_of(o: ShareOutcome, node: &ShareService) -> Result<Response<StorageResponse>, Status> {
+fn storage_of(o: ShareOutcome) -> Result<Response<StorageResponse>, Status> {
     match o {
         ShareOutcome::Storage(s) => Ok(Response::new(StorageResponse {
-            server: Some(node.storage_pb(&s)),
+            server: Some(storage_pb(&s)),
         })),
         other => Err(unexpected(state::Response::Share(other))),
     }
@@ -134,7 +148,7 @@ impl ShareApi for ShareService {
                 capacity_bytes: r.capacity_bytes,
             }))
             .await?;
-        storage_of(o, self)
+        storage_of(o)
     }
 
     async fn update_storage(
@@ -149,7 +163,7 @@ impl ShareApi for ShareService {
                 capacity_bytes: r.capacity_bytes,
             }))
             .await?;
-        storage_of(o, self)
+        storage_of(o)
     }
 
     async fn storage_heartbeat(
@@ -157,14 +171,46 @@ impl ShareApi for ShareService {
         req: Request<StorageHeartbeatRequest>,
     ) -> Result<Response<StorageResponse>, Status> {
         let r = req.into_inner();
-        let o = self
-            .propose(ShareCommand::StorageHealth(sh::StorageHealth {
-                server_id: r.server_id,
-                up: r.up,
-                ttl_ms: r.ttl_ms,
-            }))
-            .await?;
-        storage_of(o, self)
+        let health = ShareCommand::StorageHealth(sh::StorageHealth {
+            server_id: r.server_id,
+            up: r.up,
+            ttl_ms: r.ttl_ms,
+            renew: false,
+        });
+        health.validate().map_err(invalid)?;
+        let ShareCommand::StorageHealth(h) = &health else {
+            unreachable!("built above")
+        };
+        if !(h.up && h.ttl_ms > 0) {
+            // An operator's mark (down, or up until marked down): a change,
+            // through the log.
+            return storage_of(self.propose(health).await?);
+        }
+        // A heartbeat: kept in the memory of the server's owner on the
+        // committed ring, never logged (the owner logs only a change). If
+        // the owner cannot be reached from here the server must try
+        // another node: keeping the beat here would not stop the owner
+        // from expiring it.
+        let me = self.node.id();
+        let key = crate::cluster::storage_beats::ring_key(&h.server_id);
+        let server = match self.node.ownership().owner(&key).filter(|o| *o != me) {
+            Some(owner) => match self.forward_beat(owner, &h.server_id, h.ttl_ms).await {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => return Err(state_status(&e)),
+                None => {
+                    return Err(crate::node::NodeError::Unavailable(format!(
+                        "the owner of storage server {:?}, node {owner}, did not take the \
+                         heartbeat from node {me}; try another node",
+                        h.server_id
+                    ))
+                    .into());
+                }
+            },
+            None => self.node.storage_beat_here(&h.server_id, h.ttl_ms).await?,
+        };
+        Ok(Response::new(StorageResponse {
+            server: Some(storage_pb(&server)),
+        }))
     }
 
     async fn remove_storage(
@@ -186,7 +232,7 @@ impl ShareApi for ShareService {
         self.read_barrier(req.into_inner().consistency).await?;
         let m = self.node.store().read();
         let now = self.node.clock().now_ms().max(m.state.now_ms());
-        let servers = m.state.share().servers().map(|s| storage_pb(s, now));
+        let servers = m.state.share().servers().map(storage_pb);
         Ok(Response::new(ListStorageResponse {
             servers: servers.collect(),
             cluster_time_ms: now,

@@ -70,7 +70,9 @@ pub(super) async fn storage(State(node): State<Herald>, uri: Uri) -> Answer {
                 "reserved_bytes": s.reserved_bytes,
                 "committed_bytes": s.committed_bytes,
                 "shares": s.shares,
-                "up": s.is_up(now),
+                "up": s.is_up(),
+                "heartbeat_ttl_ms": s.heartbeat_ttl_ms,
+                "up_since_ms": s.up_since_ms,
             })
         })
         .collect();
