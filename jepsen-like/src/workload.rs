@@ -29,7 +29,9 @@
 //!   storage servers. Each owner shares media with a fresh request id
 //!   (retried with the same id after an unknown outcome), commits an actual
 //!   size at most the reserved one, deletes, asks for access as friends and
-//!   non-friends, and reads every server's used bytes and capacity.
+//!   non-friends, and reads every server's used bytes and capacity. One
+//!   more server, [`SHARE_BEATEN`], is kept up by heartbeats that now and
+//!   then stop for longer than its TTL.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -91,6 +93,15 @@ pub const SHARE_FRIENDS: [(usize, usize); 6] = [(0, 1), (0, 2), (1, 2), (1, 3), 
 /// The `share` workload's storage servers and their capacities in bytes:
 /// small, so admission is often refused `STORAGE_FULL`.
 pub const SHARE_SERVERS: [(&str, u64); 3] = [("st-a", 1200), ("st-b", 800), ("st-c", 500)];
+/// The `share` workload's heartbeat-kept storage server and its capacity:
+/// up only while its beats (every [`SHARE_BEAT_EVERY`], TTL
+/// [`SHARE_BEAT_TTL_MS`]) reach its owner node; now and then it falls
+/// silent for longer than the TTL, so its owner expires it.
+pub const SHARE_BEATEN: (&str, u64) = ("st-d", 600);
+/// The heartbeat TTL of [`SHARE_BEATEN`].
+pub const SHARE_BEAT_TTL_MS: u64 = 1_500;
+/// How often [`SHARE_BEATEN`] beats while it is not silent.
+const SHARE_BEAT_EVERY: Duration = Duration::from_millis(300);
 /// Reservation deadline of `share` uploads: short, so some reservations
 /// (the abandoned ones) expire during the run.
 pub const SHARE_TTL_MS: u64 = 3_000;
@@ -478,9 +489,10 @@ fn share_friends(a: usize, b: usize) -> bool {
 }
 
 /// The `share` workload's storage servers (marked up until marked down, so
-/// only capacity refuses an admission) and friendships.
+/// only capacity refuses an admission; [`SHARE_BEATEN`] is brought up by
+/// its beats) and friendships.
 async fn share_setup(client: &Client, t: Duration) -> Result<()> {
-    for (id, capacity) in SHARE_SERVERS {
+    for (id, capacity) in SHARE_SERVERS.into_iter().chain([SHARE_BEATEN]) {
         retry("RegisterStorage", t, || async move {
             made(
                 client
@@ -493,6 +505,9 @@ async fn share_setup(client: &Client, t: Duration) -> Result<()> {
             )
         })
         .await?;
+        if id == SHARE_BEATEN.0 {
+            continue;
+        }
         retry("StorageHeartbeat", t, || {
             client.storage_heartbeat(proto::StorageHeartbeatRequest {
                 server_id: id.into(),
@@ -519,7 +534,7 @@ fn share_record_setup(ctx: &Context) {
         rec.record(p, EventType::Invoke, "share", f, key, input, None);
         rec.record(p, EventType::Ok, "share", f, key, json!({}), None);
     };
-    for (id, capacity) in SHARE_SERVERS {
+    for (id, capacity) in SHARE_SERVERS.into_iter().chain([SHARE_BEATEN]) {
         fact(
             "register-storage",
             id,
@@ -568,6 +583,8 @@ async fn share_read(ctx: &Context, client: &Client, p: u64, fin: bool) -> bool {
                         "reserved": s.reserved_bytes,
                         "committed": s.committed_bytes,
                         "shares": s.shares,
+                        "up": s.up,
+                        "up_since": s.up_since_ms,
                     })
                 })
                 .collect();
@@ -576,6 +593,47 @@ async fn share_read(ctx: &Context, client: &Client, p: u64, fin: bool) -> bool {
     )
     .await
     .is_ok()
+}
+
+/// [`SHARE_BEATEN`]'s heartbeats, recorded (`storage-beat`: whether the
+/// answer says up, and since when): a beat every [`SHARE_BEAT_EVERY`] for
+/// 4 to 8 s, then silent for twice the TTL, so its owner expires it and
+/// the next beat brings it up again.
+async fn share_beater(ctx: Context, p: u64, home: usize) {
+    let Ok(client) = client_preferring(&ctx.endpoints, ctx.tls.clone(), home) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(ctx.seed ^ (p << 32) ^ 0xbea7);
+    let (server, _) = SHARE_BEATEN;
+    let mut beating_until = tokio::time::Instant::now();
+    while !stopped(&ctx.stop) {
+        let now = tokio::time::Instant::now();
+        if now >= beating_until {
+            beating_until = now + Duration::from_millis(rng.random_range(4_000..8_000));
+            // Silent: its owner must expire it (none of this is checked
+            // as a wait: the next beat shows whether it did).
+            tokio::time::sleep(Duration::from_millis(2 * SHARE_BEAT_TTL_MS)).await;
+            continue;
+        }
+        let call = client.storage_heartbeat(proto::StorageHeartbeatRequest {
+            server_id: server.into(),
+            up: true,
+            ttl_ms: SHARE_BEAT_TTL_MS,
+        });
+        let input = json!({"server": server, "ttl_ms": SHARE_BEAT_TTL_MS});
+        let _ = op(
+            &ctx.recorder,
+            p,
+            "share",
+            "storage-beat",
+            server,
+            input,
+            call,
+            |s| json!({"up": s.up, "up_since": s.up_since_ms}),
+        )
+        .await;
+        tokio::time::sleep(SHARE_BEAT_EVERY).await;
+    }
 }
 
 /// A share this worker holds: what commit, delete and access need.
@@ -866,6 +924,7 @@ pub fn spawn(workloads: &[Workload], setup: &Setup, ctx: &Context, tasks: &mut J
                 for me in 0..SHARE_OWNERS {
                     tasks.spawn(share_worker(ctx.clone(), ctx.process(), me % n, me));
                 }
+                tasks.spawn(share_beater(ctx.clone(), ctx.process(), SHARE_OWNERS % n));
             }
             Workload::Ttl => {
                 for i in 0..TTL_LIVE_USERS {

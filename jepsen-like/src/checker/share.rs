@@ -22,7 +22,10 @@
 //! - `non-friend-share`: a share admitted with a receiver who was never the
 //!   owner's friend;
 //! - `retry-not-idempotent`: two acknowledged answers to one share request
-//!   (owner and request id) naming different shares or servers.
+//!   (owner and request id) naming different shares or servers;
+//! - `live-storage-expired`: a heartbeat-kept storage server seen down (or
+//!   up again in a new spell) within a TTL of a beat that reached its owner
+//!   in time ([`check_beats`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -319,6 +322,93 @@ pub fn check(ops: &[&Op]) -> Vec<Anomaly> {
                 ));
             }
             Some(_) => {}
+        }
+    }
+    out.extend(check_beats(ops));
+    out
+}
+
+/// What an `ok` op says of heartbeat-kept `server`: up and since when, or
+/// down (a storage read or a beat's answer).
+fn seen(op: &Op, server: &str) -> Option<(bool, u64)> {
+    let s = match op.f.as_str() {
+        "storage-beat" if op.key == server => &op.output,
+        "storage" => op
+            .output
+            .get("servers")?
+            .as_array()?
+            .iter()
+            .find(|s| str_of(s, "server") == Some(server))?,
+        _ => return None,
+    };
+    Some((s.get("up")?.as_bool()?, u64_of(s, "up_since")?))
+}
+
+/// `live-storage-expired`, per heartbeat-kept server, as `live-user-expired`
+/// is for TTL presence (`checker::ttl`): the server was seen down, or up in
+/// another spell (an expiry came between), less than a TTL after a beat `P`
+/// was invoked, where `P` came in time (answered before a TTL had passed
+/// since the beat before it was invoked, or the beat that brought it up).
+/// The owner's deadline after that earlier beat was at least its invocation
+/// plus the TTL, so `P` reached the owner before it and no expiry could be
+/// under way.
+fn check_beats(ops: &[&Op]) -> Vec<Anomaly> {
+    use super::ttl::SLACK_NS;
+    const MS: u64 = 1_000_000;
+    let mut out = Vec::new();
+    let mut servers: BTreeMap<&str, u64> = BTreeMap::new();
+    for op in ops.iter().filter(|o| o.f == "storage-beat") {
+        if let Some(ttl) = u64_of(&op.input, "ttl_ms") {
+            servers.insert(op.key.as_str(), ttl * MS);
+        }
+    }
+    for (server, ttl_ns) in servers {
+        let mut seq: Vec<(&Op, bool, u64)> = ops
+            .iter()
+            .filter(|o| o.outcome == Outcome::Ok)
+            .filter_map(|o| seen(o, server).map(|(up, since)| (*o, up, since)))
+            .collect();
+        seq.sort_by_key(|(o, _, _)| o.invoke_ns);
+        // The last acknowledged beat, its spell, and whether it came in time.
+        let mut last: Option<(&Op, u64, bool)> = None;
+        for (op, up, since) in seq {
+            let Some(done) = op.complete_ns else { continue };
+            let beat = op.f == "storage-beat";
+            let Some((prev, spell, in_time)) = last else {
+                if beat && up {
+                    last = Some((op, since, true));
+                }
+                continue;
+            };
+            let down = !up || since != spell;
+            // An op invoked before `prev` was answered may have been
+            // served before it (before the spell `prev` began).
+            let after = prev.complete_ns.is_some_and(|c| op.invoke_ns >= c);
+            if down && after && in_time && done + SLACK_NS < prev.invoke_ns + ttl_ns {
+                out.push(anomaly(
+                    "live-storage-expired",
+                    server,
+                    format!(
+                        "heartbeat-kept storage server seen {} ({} op {}) {} ms after its beat \
+                         (op {}) was invoked and acknowledged, within its TTL of {} ms",
+                        if up { "in a new spell" } else { "down" },
+                        op.f,
+                        op.id,
+                        done.saturating_sub(prev.invoke_ns) / MS,
+                        prev.id,
+                        ttl_ns / MS
+                    ),
+                    vec![prev.clone(), op.clone()],
+                ));
+            }
+            if beat && up {
+                // A beat of a new spell is like a login: the owner's
+                // deadline counts from the mark it proposed.
+                let in_time = down || done + SLACK_NS < prev.invoke_ns + ttl_ns;
+                last = Some((op, since, in_time));
+            } else if down && after {
+                last = None;
+            }
         }
     }
     out

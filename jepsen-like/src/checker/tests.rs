@@ -1002,6 +1002,31 @@ impl H {
             (t.0, Some(t.1)),
         )
     }
+    /// A beat of st-d (TTL 1.5 s) answered up since `since`; times in ms.
+    fn beat(self, since: u64, t: (u64, u64)) -> H {
+        self.sh(
+            4,
+            "storage-beat",
+            "st-d",
+            json!({"server": "st-d", "ttl_ms": 1500}),
+            json!({"up": true, "up_since": since}),
+            Outcome::Ok,
+            (t.0 * MS, Some(t.1 * MS)),
+        )
+    }
+    /// A read showing st-d `up` since `since`; times in ms.
+    fn beaten_read(self, up: bool, since: u64, t: (u64, u64)) -> H {
+        self.sh(
+            3,
+            "storage",
+            "storage",
+            json!({"final": false}),
+            json!({"servers": [{"server": "st-d", "capacity": 600, "reserved": 0,
+                                "committed": 0, "shares": 0, "up": up, "up_since": since}]}),
+            Outcome::Ok,
+            (t.0 * MS, Some(t.1 * MS)),
+        )
+    }
     /// A read of st-a: (reserved, committed) of its 1000 bytes.
     fn storage(self, reserved: u64, committed: u64, t: (u64, u64), fin: bool) -> H {
         self.sh(
@@ -1111,4 +1136,52 @@ fn a_retry_answered_with_another_share_is_not_idempotent() {
         .share("r1", &["u1"], Some((2, "st-a")), (21, 25))
         .check();
     assert_eq!(kinds(&r), ["retry-not-idempotent"]);
+}
+
+const MS: u64 = 1_000_000;
+
+/// Beats every 300 ms with a TTL of 1.5 s: the server must stay up in one
+/// spell. Seen down 500 ms after a beat (or up in a new spell) is the
+/// owner expiring a server whose beats reached it.
+#[test]
+fn a_heartbeat_kept_server_seen_down_within_its_ttl_is_reported() {
+    let beating = || {
+        H::new()
+            .share_setup()
+            .beat(100, (0, 10))
+            .beat(100, (300, 310))
+            .beat(100, (600, 610))
+    };
+    let r = beating().beaten_read(false, 0, (1100, 1110)).check();
+    assert_eq!(kinds(&r), ["live-storage-expired"]);
+    let r = beating().beat(1200, (900, 910)).check();
+    assert_eq!(kinds(&r), ["live-storage-expired"]);
+    let r = beating().beaten_read(true, 100, (1100, 1110)).check();
+    assert!(r.valid, "{r:#?}");
+}
+
+/// Silent for longer than the TTL: expired, and the next beat brings it up
+/// in a new spell (which starts the count again); a read that overlapped
+/// that beat may show it still down.
+#[test]
+fn a_heartbeat_kept_server_expired_after_a_silence_is_valid() {
+    let r = H::new()
+        .share_setup()
+        .beat(100, (0, 10))
+        .beat(100, (300, 310))
+        .beaten_read(false, 0, (2000, 2010)) // 1.7 s after the last beat
+        .beat(4000, (3000, 3020))
+        .beaten_read(false, 0, (3005, 3030)) // served before the beat
+        .beat(4000, (3300, 3310))
+        .beaten_read(true, 4000, (3400, 3410))
+        .check();
+    assert!(r.valid, "{r:#?}");
+    // The new spell is watched like the first: down 400 ms into it is not.
+    let r = H::new()
+        .share_setup()
+        .beat(100, (0, 10))
+        .beat(4000, (3000, 3020))
+        .beaten_read(false, 0, (3400, 3410))
+        .check();
+    assert_eq!(kinds(&r), ["live-storage-expired"]);
 }

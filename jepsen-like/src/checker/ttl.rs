@@ -69,7 +69,7 @@ pub fn is_write(op: &Op) -> bool {
     op.outcome == Outcome::Ok
         && !matches!(
             op.f.as_str(),
-            "read" | "get" | "list" | "heartbeat" | "status"
+            "read" | "get" | "list" | "heartbeat" | "status" | "storage-beat"
         )
 }
 
