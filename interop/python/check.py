@@ -2,12 +2,14 @@
 """A client of Herald that is not Herald's own.
 
 Stubs are generated from client/proto/herald.proto by grpcio-tools at run
-time (never herald-client), and the P-iptv and P-handoff flows are driven
-over TLS with a client certificate, as any other gRPC stack would: the
-automatic login, a refusal read back through the standard
+time (never herald-client), and the P-iptv, P-handoff and P-share flows
+are driven over TLS with a client certificate, as any other gRPC stack
+would: the automatic login, a refusal read back through the standard
 google.rpc.ErrorInfo in the status details, a registered account's login,
 the first access request, and a session handed to a terminal that is told
-through the session watch (whose response names its start revision).
+through the session watch (whose response names its start revision); and
+P-share: a storage server kept up by heartbeats, an upload admitted with
+keys, a stranger refused access.
 
     python3 interop/python/check.py --endpoint 127.0.0.1:7300 \\
         --ca ca.crt --cert client.root.crt --key client.root.key
@@ -209,6 +211,58 @@ def main():
             "FENCED",
         ),
         "the old holder at its old epoch is fenced: reason FENCED",
+    )
+    # P-share: a storage server kept up by its heartbeats (never logged),
+    # an upload admitted to it, a stranger refused access.
+    share = rpc.ShareStub(channel)
+    share.RegisterStorage(
+        pb.RegisterStorageRequest(server_id="py-s1", address="py-s1.media:9000", capacity_bytes=1000),
+        timeout=t,
+    )
+    share.AddFriend(pb.FriendshipRequest(user="ann", friend="ben"), timeout=t)
+    check(
+        refused(
+            lambda: share.ShareMedia(
+                pb.ShareMediaRequest(owner="ann", receivers=["ben"], size_bytes=10, request_id="py-0"),
+                timeout=t,
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "STORAGE_DOWN",
+        ),
+        "a storage server never heard from takes no upload: STORAGE_DOWN",
+    )
+    beats = [
+        share.StorageHeartbeat(
+            pb.StorageHeartbeatRequest(server_id="py-s1", up=True, ttl_ms=30_000), timeout=t
+        ).server
+        for _ in range(3)
+    ]
+    check(
+        all(b.up and b.heartbeat_ttl_ms == 30_000 for b in beats)
+        and len({b.up_since_ms for b in beats}) == 1,
+        "heartbeats keep the storage server up in one spell",
+    )
+    made = share.ShareMedia(
+        pb.ShareMediaRequest(owner="ann", receivers=["ben"], size_bytes=600, request_id="py-1"),
+        timeout=t,
+    )
+    check(
+        made.share.server_id == "py-s1" and len(made.owner_key) == 32 and len(made.receiver_keys) == 1,
+        "an upload is admitted to the server with keys shown once",
+    )
+    share.CommitShare(
+        pb.CommitShareRequest(share_id=made.share.share_id, owner_key=made.owner_key, size_bytes=500),
+        timeout=t,
+    )
+    check(
+        refused(
+            lambda: share.AccessShare(
+                pb.AccessShareRequest(share_id=made.share.share_id, user="eve"), timeout=t
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "NOT_FRIEND",
+        ),
+        "a stranger is refused access: PERMISSION_DENIED, reason NOT_FRIEND",
     )
     print("interop: every check held")
 

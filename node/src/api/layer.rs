@@ -247,6 +247,7 @@ const PEER_METHODS: &[&str] = &[
     "ReadIndex",
     "Ping",
     "Heartbeat",
+    "StorageBeat",
 ];
 
 /// The `method` label of a request: its path when it names a method or
