@@ -171,16 +171,14 @@ impl ShareApi for ShareService {
         req: Request<StorageHeartbeatRequest>,
     ) -> Result<Response<StorageResponse>, Status> {
         let r = req.into_inner();
-        let health = ShareCommand::StorageHealth(sh::StorageHealth {
+        let h = sh::StorageHealth {
             server_id: r.server_id,
             up: r.up,
             ttl_ms: r.ttl_ms,
             renew: false,
-        });
-        health.validate().map_err(invalid)?;
-        let ShareCommand::StorageHealth(h) = &health else {
-            unreachable!("built above")
         };
+        let health = ShareCommand::StorageHealth(h.clone());
+        health.validate().map_err(invalid)?;
         if !(h.up && h.ttl_ms > 0) {
             // An operator's mark (down, or up until marked down): a change,
             // through the log.
